@@ -1,0 +1,1 @@
+"""The Knative functions: each folder is one service, deployed from the same image."""

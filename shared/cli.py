@@ -1,0 +1,67 @@
+"""`otel-worker`: the command line for operators and developers.
+
+Each subcommand's work lives in the module that owns it; this file only parses arguments
+and imports that module when the subcommand runs, so `otel-worker --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from shared import config
+
+Handler = Callable[[argparse.Namespace], int]
+
+_GROUPS: dict[str, type[config._Group]] = {
+    "database": config.DatabaseSettings,
+    "analysis": config.AnalysisSettings,
+    "storage": config.StorageSettings,
+    "jobs": config.JobSettings,
+    "events": config.EventSettings,
+    "http": config.HttpServerSettings,
+    "grpc": config.GrpcSettings,
+    "upstream": config.UpstreamSettings,
+    "telemetry": config.TelemetrySettings,
+}
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    """Validate the chosen settings groups and print them (secrets masked)."""
+    for name in args.groups or sorted(_GROUPS):
+        settings = config.load(_GROUPS[name])
+        sys.stdout.write(f"[{name}]\n")
+        for key, value in settings.model_dump().items():
+            sys.stdout.write(f"  {key.upper()} = {value}\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="otel-worker", description="Distance-from-home metrics from OwnTracks history."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = commands.add_parser("config", help="validate settings from the environment and .env")
+    check.add_argument(
+        "groups", nargs="*", choices=sorted(_GROUPS), metavar="GROUP", help="groups to check"
+    )
+    check.set_defaults(handler=_config_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; configuration errors exit 2 with the variable's name."""
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except config.ConfigError as exc:
+        sys.stderr.write(f"otel-worker: {exc}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

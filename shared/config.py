@@ -1,0 +1,244 @@
+"""Settings, read once from the environment (and `.env` when present).
+
+Every setting keeps the environment name of the Go original. Settings are grouped by
+concern; a process loads only the groups it uses, so the ingress never needs object-store
+keys and the engine never needs a database. A bad value fails at start-up with a
+`ConfigError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Annotated, Literal, Self, TypeVar
+from urllib.parse import quote
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+_SQL_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # S3 SigV4 refuses longer expiries
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names each offending variable."""
+
+
+class _Group(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        frozen=True,
+    )
+
+
+class DatabaseSettings(_Group):
+    """PostgreSQL: one DSN for reads, the jobs store and migrations (PgBouncer in production)."""
+
+    database_url: str | None = None
+    postgres_host: str = "127.0.0.1"
+    postgres_port: Port = 5432
+    postgres_db: str = "owntracks"
+    postgres_user: str = "postgres"
+    postgres_password: SecretStr = SecretStr("")
+    jobs_schema: str = "otel_worker"
+    db_connect_timeout_seconds: PositiveFloat = 5.0
+    db_startup_retry_seconds: Annotated[float, Field(ge=0)] = 30.0
+    db_pool_max_size: Annotated[int, Field(ge=1, le=100)] = 4
+
+    @field_validator("jobs_schema")
+    @classmethod
+    def _schema_is_identifier(cls, value: str) -> str:
+        if not _SQL_IDENTIFIER.match(value):
+            raise ValueError("must be a lower-case SQL identifier (letters, digits, _)")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _url_is_postgres(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("postgres://", "postgresql://")):
+            raise ValueError("must start with postgresql://")
+        return value or None
+
+    def conninfo(self) -> str:
+        """The libpq connection string: `DATABASE_URL` if set, else built from the parts."""
+        if self.database_url:
+            return self.database_url
+        password = self.postgres_password.get_secret_value()
+        auth = quote(self.postgres_user, safe="")
+        if password:
+            auth += ":" + quote(password, safe="")
+        return (
+            f"postgresql://{auth}@{self.postgres_host}:{self.postgres_port}/"
+            f"{quote(self.postgres_db, safe='')}"
+        )
+
+
+class AnalysisSettings(_Group):
+    """Home, time zone and the filter thresholds of the distance engine."""
+
+    home_latitude: Annotated[float, Field(ge=-90, le=90)] = 40.736097
+    home_longitude: Annotated[float, Field(ge=-180, le=180)] = -74.039373
+    away_threshold_km: PositiveFloat = 0.5
+    home_enter_km: PositiveFloat = 0.3
+    home_timezone: str = "America/New_York"
+    max_accuracy_m: PositiveFloat = 200.0
+    max_speed_kmh: PositiveFloat = 300.0
+    max_gap_minutes: PositiveFloat = 30.0
+    jitter_radius_m: Annotated[float, Field(ge=0)] = 50.0
+
+    @field_validator("home_timezone")
+    @classmethod
+    def _timezone_exists(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _radii_ordered(self) -> Self:
+        if self.home_enter_km >= self.away_threshold_km:
+            raise ValueError(
+                "HOME_ENTER_KM must be smaller than AWAY_THRESHOLD_KM "
+                f"({self.home_enter_km} >= {self.away_threshold_km})"
+            )
+        return self
+
+
+class StorageSettings(_Group):
+    """Object storage (MinIO in production) and the CSV limits."""
+
+    minio_endpoint: str = "127.0.0.1:9000"
+    minio_public_endpoint: str | None = None
+    minio_region: str = "us-east-1"
+    minio_access_key: SecretStr
+    minio_secret_key: SecretStr
+    minio_bucket: str = "otel-worker"
+    minio_secure: bool = False
+    minio_create_bucket: bool = True
+    presign_expiry_seconds: Annotated[int, Field(ge=1, le=MAX_PRESIGN_SECONDS)] = 3600
+    csv_output_path: Path | None = None
+    max_csv_rows: Annotated[int, Field(ge=1)] = 5_000_000
+    max_csv_bytes: Annotated[int, Field(ge=1)] = 1_000_000_000
+
+    @field_validator("minio_endpoint", "minio_public_endpoint")
+    @classmethod
+    def _endpoint_is_host_port(cls, value: str | None) -> str | None:
+        if value is not None and ("/" in value or not value):
+            raise ValueError("must be host[:port] without a scheme or path")
+        return value
+
+    @field_validator("minio_bucket")
+    @classmethod
+    def _bucket_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
+            raise ValueError("must be a valid S3 bucket name (3-63 of a-z 0-9 . -)")
+        return value
+
+    @property
+    def public_endpoint(self) -> str:
+        """The endpoint presigned URLs are signed for (what a browser can reach)."""
+        return self.minio_public_endpoint or self.minio_endpoint
+
+
+class JobSettings(_Group):
+    """Job lifecycle: request limits, leases, retries and retention."""
+
+    max_range_days: Annotated[int, Field(ge=1, le=366)] = 31
+    job_lease_seconds: Annotated[int, Field(ge=5)] = 300
+    job_max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
+    job_retention_days: Annotated[int, Field(ge=1)] = 30
+    job_republish_seconds: Annotated[int, Field(ge=1)] = 120
+
+
+class EventSettings(_Group):
+    """Where events are published: `K_SINK` is injected by a Knative SinkBinding."""
+
+    k_sink: AnyHttpUrl | None = None
+    event_source: str = "/otel-worker"
+    publish_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    publish_timeout_seconds: PositiveFloat = 5.0
+
+
+class HttpServerSettings(_Group):
+    """The HTTP port a function listens on (Knative sets `PORT`)."""
+
+    port: Port = 8080
+
+
+class GrpcSettings(_Group):
+    """The gRPC ingress server: port, optional bearer token, message size limit."""
+
+    grpc_port: Port = 50051
+    port: Port | None = None
+    grpc_auth_token: SecretStr | None = None
+    grpc_max_receive_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 64 * 1024
+
+    @property
+    def listen_port(self) -> int:
+        """`PORT` when Knative sets it, else `GRPC_PORT`."""
+        return self.port or self.grpc_port
+
+
+class UpstreamSettings(_Group):
+    """The functions the ingress adapts to gRPC, and how long it waits for them."""
+
+    submit_url: AnyHttpUrl
+    status_url: AnyHttpUrl
+    upstream_timeout_seconds: PositiveFloat = 10.0
+
+
+class TelemetrySettings(_Group):
+    """Logging and OpenTelemetry export (no endpoint: nothing leaves the process)."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    otel_exporter_otlp_endpoint: AnyHttpUrl | None = None
+    otel_service_name: str = "otel-worker"
+    otel_traces_sampler: Literal[
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    ] = "parentbased_always_on"
+    otel_traces_sampler_arg: Annotated[float, Field(ge=0, le=1)] = 1.0
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+G = TypeVar("G", bound=_Group)
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = field.upper() if field else "configuration"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "missing":
+            message = "is required but not set"
+        problems.append(f"{name}: {message}")
+    return "; ".join(problems)
+
+
+@functools.cache
+def load(group: type[G]) -> G:
+    """Build one settings group from the environment, once per process.
+
+    Raises `ConfigError` naming every invalid or missing variable.
+    """
+    try:
+        return group()
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {_describe(exc)}") from None

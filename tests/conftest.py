@@ -1,0 +1,181 @@
+"""Real services for the tests: PostgreSQL, PgBouncer in front of it, and an S3 server.
+
+Nothing here is mocked. PostgreSQL is the machine's server (127.0.0.1:5432, or
+`TEST_DATABASE_URL`) with a fresh database per test session; PgBouncer runs in transaction
+pooling mode as production does; S3 is SeaweedFS on free loopback ports.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from minio import Minio
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from shared import config
+from shared.devstack import SeaweedS3, free_ports, wait_until
+
+S3_REGION = "us-east-1"
+
+
+@dataclass(frozen=True)
+class Database:
+    """Where a test database can be reached."""
+
+    dsn: str
+    host: str
+    port: int
+    dbname: str
+    user: str
+
+    def connect(self, **kwargs: object) -> psycopg.Connection[tuple[object, ...]]:
+        """A new autocommit connection without server-side prepared statements."""
+        return psycopg.connect(self.dsn, autocommit=True, prepare_threshold=None, **kwargs)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """A running S3-compatible server and the identity that may use it."""
+
+    endpoint: str
+    access_key: str
+    secret_key: str
+    region: str
+    server: SeaweedS3
+
+    def client(self) -> Minio:
+        """A minio client for this server."""
+        return Minio(
+            self.endpoint,
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+            secure=False,
+            region=self.region,
+        )
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Each test reads settings anew, and never from a developer's `.env`."""
+    monkeypatch.chdir(tmp_path)
+    config.load.cache_clear()
+    yield
+    config.load.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Database]:
+    """A fresh database on the real server for this test session, dropped at the end."""
+    admin = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    name = f"otel_worker_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    params = conninfo_to_dict(admin)
+    params["dbname"] = name
+    dsn = make_conninfo(**params)  # type: ignore[arg-type]
+    yield Database(
+        dsn=dsn,
+        host=str(params.get("host", "127.0.0.1")),
+        port=int(params.get("port", 5432) or 5432),
+        dbname=name,
+        user=str(params.get("user", "postgres")),
+    )
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _pgbouncer_binary() -> str:
+    # Debian installs it in /usr/sbin, which a non-root PATH may lack.
+    found = shutil.which("pgbouncer", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
+    if not found:
+        pytest.fail("pgbouncer is not installed: run `make system-deps`")
+    return found
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(postgres: Database) -> Iterator[Database]:
+    """PgBouncer in transaction pooling mode in front of the session database."""
+    # Not under pytest's private (0700, root) temp root: the postgres user must reach it.
+    folder = Path(tempfile.mkdtemp(prefix="otel-worker-pgbouncer-"))
+    (port,) = free_ports(1)
+    (folder / "userlist.txt").write_text(f'"{postgres.user}" ""\n')
+    (folder / "pgbouncer.ini").write_text(
+        "\n".join(
+            [
+                "[databases]",
+                f"{postgres.dbname} = host={postgres.host} port={postgres.port}",
+                "[pgbouncer]",
+                "listen_addr = 127.0.0.1",
+                f"listen_port = {port}",
+                f"unix_socket_dir = {folder}",
+                "auth_type = trust",
+                f"auth_file = {folder / 'userlist.txt'}",
+                f"admin_users = {postgres.user}",
+                "pool_mode = transaction",
+                "max_client_conn = 500",
+                "default_pool_size = 20",
+                "ignore_startup_parameters = extra_float_digits,options",
+                f"logfile = {folder / 'pgbouncer.log'}",
+                "",
+            ]
+        )
+    )
+    command = [_pgbouncer_binary(), str(folder / "pgbouncer.ini")]
+    if os.geteuid() == 0:
+        # PgBouncer refuses to run as root: hand it the files and drop to postgres.
+        account = pwd.getpwnam("postgres")
+        for path in [folder, *folder.iterdir()]:
+            os.chown(path, account.pw_uid, account.pw_gid)
+        command[1:1] = ["-u", "postgres"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    bouncer = Database(
+        dsn=f"postgresql://{postgres.user}@127.0.0.1:{port}/{postgres.dbname}",
+        host="127.0.0.1",
+        port=port,
+        dbname=postgres.dbname,
+        user=postgres.user,
+    )
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"pgbouncer exited; see {folder / 'pgbouncer.log'}")
+        with bouncer.connect(connect_timeout=1) as conn:
+            return conn.execute("select 1").fetchone() == (1,)
+
+    try:
+        wait_until(answers, 20, f"pgbouncer on port {port}", ignore=(psycopg.OperationalError,))
+        yield bouncer
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server (SeaweedFS) on free loopback ports, killed at the end."""
+    server = SeaweedS3(
+        data_dir=tmp_path_factory.mktemp("seaweedfs"),
+        access_key="otel-worker-test",
+        secret_key=uuid.uuid4().hex,
+    ).start()
+    try:
+        yield S3Server(
+            endpoint=server.endpoint,
+            access_key=server.access_key,
+            secret_key=server.secret_key,
+            region=S3_REGION,
+            server=server,
+        )
+    finally:
+        server.stop()
