@@ -14,23 +14,11 @@ from shared import config
 
 Handler = Callable[[argparse.Namespace], int]
 
-_GROUPS: dict[str, type[config._Group]] = {
-    "database": config.DatabaseSettings,
-    "analysis": config.AnalysisSettings,
-    "storage": config.StorageSettings,
-    "jobs": config.JobSettings,
-    "events": config.EventSettings,
-    "http": config.HttpServerSettings,
-    "grpc": config.GrpcSettings,
-    "upstream": config.UpstreamSettings,
-    "telemetry": config.TelemetrySettings,
-}
-
 
 def _config_check(args: argparse.Namespace) -> int:
     """Validate the chosen settings groups and print them (secrets masked)."""
-    for name in args.groups or sorted(_GROUPS):
-        settings = config.load(_GROUPS[name])
+    for name in args.groups or sorted(config.GROUPS):
+        settings = config.load(config.GROUPS[name])
         sys.stdout.write(f"[{name}]\n")
         for key, value in settings.model_dump().items():
             sys.stdout.write(f"  {key.upper()} = {value}\n")
@@ -46,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("config", help="validate settings from the environment and .env")
     check.add_argument(
-        "groups", nargs="*", choices=sorted(_GROUPS), metavar="GROUP", help="groups to check"
+        "groups", nargs="*", choices=sorted(config.GROUPS), metavar="GROUP", help="groups to check"
     )
     check.set_defaults(handler=_config_check)
     return parser

@@ -217,6 +217,25 @@ class TelemetrySettings(_Group):
         return value.upper() if isinstance(value, str) else value
 
 
+GROUPS: dict[str, type[_Group]] = {
+    "database": DatabaseSettings,
+    "analysis": AnalysisSettings,
+    "storage": StorageSettings,
+    "jobs": JobSettings,
+    "events": EventSettings,
+    "http": HttpServerSettings,
+    "grpc": GrpcSettings,
+    "upstream": UpstreamSettings,
+    "telemetry": TelemetrySettings,
+}
+"""Every settings group by a short name (for `otel-worker config` and documentation)."""
+
+
+def variable_names() -> set[str]:
+    """The environment variable of every setting."""
+    return {name.upper() for group in GROUPS.values() for name in group.model_fields}
+
+
 G = TypeVar("G", bound=_Group)
 
 

@@ -166,3 +166,80 @@ class SeaweedS3:
                 log.warning("weed did not stop within 30 s; killing it")
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HTTP_FUNCTIONS = ("submit", "compute", "status")
+
+
+@dataclass
+class ServiceProcess:
+    """One function (or other service) run as its own process, as in production."""
+
+    name: str
+    command: list[str]
+    port: int
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        """Base URL of the service on loopback."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, stdout: int | None = None) -> ServiceProcess:
+        """Start the process (its own session, so it can be signalled as a group)."""
+        self.process = subprocess.Popen(
+            self.command,
+            env=self.env,
+            cwd=REPO_ROOT,
+            stdout=stdout,
+            stderr=subprocess.STDOUT if stdout is not None else None,
+            start_new_session=True,
+        )
+        return self
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.process is not None and self.process.poll() is None
+
+    def signal(self, signum: int) -> None:
+        """Send `signum` to the process group."""
+        if self.alive():
+            assert self.process is not None
+            os.killpg(self.process.pid, signum)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM, wait up to `timeout` s for a graceful exit, then SIGKILL; the exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.0f s; killing it", self.name, timeout)
+                self.signal(signal.SIGKILL)
+                self.process.wait(timeout=10)
+        return self.process.returncode
+
+
+def http_function(name: str, port: int, env: dict[str, str]) -> ServiceProcess:
+    """A functions-framework process serving `functions/<name>/main.py` on `port`."""
+    command = [
+        sys.executable,
+        "-m",
+        "functions_framework",
+        f"--source={REPO_ROOT / 'functions' / name / 'main.py'}",
+        f"--target={name}",
+        "--host=127.0.0.1",
+        f"--port={port}",
+    ]
+    return ServiceProcess(name=name, command=command, port=port, env=env)
+
+
+def ingress_process(port: int, env: dict[str, str]) -> ServiceProcess:
+    """The gRPC ingress as a plain process listening on `port`."""
+    command = [sys.executable, str(REPO_ROOT / "functions" / "ingress" / "main.py")]
+    env = {**env, "PORT": str(port)}
+    return ServiceProcess(name="ingress", command=command, port=port, env=env)

@@ -66,8 +66,10 @@ class S3Server:
 
 @pytest.fixture(autouse=True)
 def _fresh_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """Each test reads settings anew, and never from a developer's `.env`."""
+    """Each test reads settings anew, never from a developer's `.env` or shell."""
     monkeypatch.chdir(tmp_path)
+    for name in config.variable_names():
+        monkeypatch.delenv(name, raising=False)
     config.load.cache_clear()
     yield
     config.load.cache_clear()

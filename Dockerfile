@@ -1,0 +1,28 @@
+# One image for every function; each Knative Service picks its function by environment
+# (FUNCTION_SOURCE + FUNCTION_TARGET for functions-framework) or command (the gRPC ingress).
+
+FROM python:3.11.14-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_PROJECT_ENVIRONMENT=/app/.venv
+WORKDIR /app
+COPY uv.lock pyproject.toml README.md ./
+# The uv release the lock pins, then the runtime dependencies alone (cached layer).
+RUN pip install --no-cache-dir "uv==$(awk '/^name = "uv"$/{getline; gsub(/[^0-9.]/, ""); print}' uv.lock)" \
+ && uv sync --frozen --no-dev --no-install-project
+COPY shared ./shared
+RUN uv sync --frozen --no-dev --no-editable
+
+FROM python:3.11.14-slim-bookworm
+ENV PATH=/app/.venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin app
+WORKDIR /app
+COPY --from=build /app/.venv /app/.venv
+COPY functions ./functions
+USER 10001
+EXPOSE 8080
+CMD ["functions-framework"]

@@ -1,0 +1,181 @@
+"""Settings: defaults, every validation rule, and errors that name the variable."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from shared import config
+from shared.cli import main as cli_main
+from shared.devstack import REPO_ROOT
+
+
+def _load_error(group: type[config._Group]) -> str:
+    with pytest.raises(config.ConfigError) as info:
+        config.load(group)
+    return str(info.value)
+
+
+def test_defaults_keep_the_original_values() -> None:
+    analysis = config.load(config.AnalysisSettings)
+    assert (analysis.home_latitude, analysis.home_longitude) == (40.736097, -74.039373)
+    assert analysis.away_threshold_km == 0.5
+    assert analysis.home_timezone == "America/New_York"
+    assert config.load(config.GrpcSettings).listen_port == 50051
+
+
+def test_each_group_is_built_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = config.load(config.AnalysisSettings)
+    monkeypatch.setenv("HOME_LATITUDE", "10")
+    assert config.load(config.AnalysisSettings) is first
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("HOME_LATITUDE", "91", "HOME_LATITUDE"),
+        ("HOME_LATITUDE", "north", "HOME_LATITUDE"),
+        ("HOME_LONGITUDE", "-180.5", "HOME_LONGITUDE"),
+        ("HOME_TIMEZONE", "Mars/Olympus_Mons", "HOME_TIMEZONE: unknown time zone"),
+        ("AWAY_THRESHOLD_KM", "0", "AWAY_THRESHOLD_KM"),
+        ("HOME_ENTER_KM", "0.5", "HOME_ENTER_KM must be smaller than AWAY_THRESHOLD_KM"),
+        ("MAX_ACCURACY_M", "-3", "MAX_ACCURACY_M"),
+        ("MAX_GAP_MINUTES", "0", "MAX_GAP_MINUTES"),
+    ],
+)
+def test_analysis_rules_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert expected in _load_error(config.AnalysisSettings)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PRESIGN_EXPIRY_SECONDS", "604801"),
+        ("PRESIGN_EXPIRY_SECONDS", "0"),
+        ("MINIO_ENDPOINT", "http://minio:9000"),
+        ("MINIO_PUBLIC_ENDPOINT", "files.example.org/minio"),
+        ("MINIO_BUCKET", "Not_A_Bucket"),
+        ("MINIO_SECURE", "perhaps"),
+        ("MAX_CSV_ROWS", "0"),
+    ],
+)
+def test_storage_rules_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv("MINIO_ACCESS_KEY", "k")
+    monkeypatch.setenv("MINIO_SECRET_KEY", "s")
+    monkeypatch.setenv(variable, value)
+    assert variable in _load_error(config.StorageSettings)
+
+
+def test_presign_expiry_of_exactly_seven_days_is_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINIO_ACCESS_KEY", "k")
+    monkeypatch.setenv("MINIO_SECRET_KEY", "s")
+    monkeypatch.setenv("PRESIGN_EXPIRY_SECONDS", "604800")
+    assert config.load(config.StorageSettings).presign_expiry_seconds == 604800
+
+
+def test_missing_credentials_are_named() -> None:
+    message = _load_error(config.StorageSettings)
+    assert "MINIO_ACCESS_KEY: is required but not set" in message
+    assert "MINIO_SECRET_KEY: is required but not set" in message
+
+
+def test_public_endpoint_defaults_to_the_internal_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINIO_ACCESS_KEY", "k")
+    monkeypatch.setenv("MINIO_SECRET_KEY", "s")
+    monkeypatch.setenv("MINIO_ENDPOINT", "minio.storage.svc:9000")
+    storage = config.load(config.StorageSettings)
+    assert storage.public_endpoint == "minio.storage.svc:9000"
+
+
+@pytest.mark.parametrize(
+    ("group", "variable", "value"),
+    [
+        (config.DatabaseSettings, "POSTGRES_PORT", "70000"),
+        (config.DatabaseSettings, "POSTGRES_PORT", "five"),
+        (config.DatabaseSettings, "DATABASE_URL", "mysql://x"),
+        (config.DatabaseSettings, "JOBS_SCHEMA", "jobs; drop table x"),
+        (config.GrpcSettings, "GRPC_PORT", "0"),
+        (config.GrpcSettings, "PORT", "65536"),
+        (config.HttpServerSettings, "PORT", "-1"),
+        (config.JobSettings, "JOB_MAX_ATTEMPTS", "0"),
+        (config.JobSettings, "MAX_RANGE_DAYS", "400"),
+        (config.EventSettings, "K_SINK", "not a url"),
+        (config.TelemetrySettings, "LOG_LEVEL", "chatty"),
+        (config.TelemetrySettings, "OTEL_TRACES_SAMPLER", "sometimes"),
+    ],
+)
+def test_other_rules_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, group: type[config._Group], variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert _load_error(group).startswith(f"invalid configuration: {variable}:")
+
+
+def test_upstream_urls_are_required_only_by_the_ingress() -> None:
+    message = _load_error(config.UpstreamSettings)
+    assert "SUBMIT_URL" in message
+    assert "STATUS_URL" in message
+    # Processes that do not talk to the functions load without them.
+    config.load(config.GrpcSettings)
+    config.load(config.DatabaseSettings)
+
+
+def test_conninfo_from_parts_escapes_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POSTGRES_HOST", "db.local")
+    monkeypatch.setenv("POSTGRES_PORT", "6432")
+    monkeypatch.setenv("POSTGRES_DB", "owntracks")
+    monkeypatch.setenv("POSTGRES_USER", "app")
+    monkeypatch.setenv("POSTGRES_PASSWORD", "p@ss/word")
+    conninfo = config.load(config.DatabaseSettings).conninfo()
+    assert conninfo == "postgresql://app:p%40ss%2Fword@db.local:6432/owntracks"
+
+
+def test_database_url_wins_over_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@h:1/d")
+    monkeypatch.setenv("POSTGRES_HOST", "ignored")
+    assert config.load(config.DatabaseSettings).conninfo() == "postgresql://u@h:1/d"
+
+
+def test_dotenv_file_is_read_and_environment_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text("HOME_LATITUDE=51.5\nHOME_LONGITUDE=-0.12\n")
+    monkeypatch.setenv("HOME_LONGITUDE", "2.35")
+    analysis = config.load(config.AnalysisSettings)
+    assert analysis.home_latitude == 51.5
+    assert analysis.home_longitude == 2.35
+
+
+def test_cli_reports_bad_config_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HOME_TIMEZONE", "Nowhere/Land")
+    assert cli_main(["config", "analysis"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("otel-worker: invalid configuration: HOME_TIMEZONE")
+    assert "Traceback" not in err
+
+
+def test_cli_prints_settings_with_secrets_masked(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MINIO_ACCESS_KEY", "AKIDEXAMPLE")
+    monkeypatch.setenv("MINIO_SECRET_KEY", "very-secret-value")
+    assert cli_main(["config", "storage"]) == 0
+    out = capsys.readouterr().out
+    assert "MINIO_BUCKET = otel-worker" in out
+    assert "very-secret-value" not in out
+    assert "AKIDEXAMPLE" not in out
+
+
+def test_env_example_documents_every_setting_and_nothing_else() -> None:
+    text = (REPO_ROOT / ".env.example").read_text()
+    documented = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", text, flags=re.MULTILINE))
+    assert documented == config.variable_names()

@@ -1,0 +1,62 @@
+"""Each function starts as its own process, as Knative runs it, and answers its health check."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shared.devstack import (
+    HTTP_FUNCTIONS,
+    ServiceProcess,
+    free_ports,
+    http_function,
+    http_status,
+    ingress_process,
+    wait_until,
+)
+
+
+@pytest.fixture
+def base_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PORT", "GRPC_"))}
+
+
+@pytest.fixture
+def processes() -> Iterator[list[ServiceProcess]]:
+    started: list[ServiceProcess] = []
+    yield started
+    for process in started:
+        process.stop()
+
+
+@pytest.mark.parametrize("name", HTTP_FUNCTIONS)
+def test_http_function_serves_healthz(
+    name: str, base_env: dict[str, str], processes: list[ServiceProcess]
+) -> None:
+    (port,) = free_ports(1)
+    service = http_function(name, port, base_env).start()
+    processes.append(service)
+    wait_until(lambda: http_status(f"{service.url}/healthz") == 200, 30, name)
+    assert service.stop() == 0
+
+
+def test_ingress_serves_grpc_health_and_drains_on_sigterm(
+    base_env: dict[str, str], processes: list[ServiceProcess]
+) -> None:
+    (port,) = free_ports(1)
+    service = ingress_process(port, base_env).start()
+    processes.append(service)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = health_pb2_grpc.HealthStub(channel)
+
+    def serving() -> bool:
+        reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    wait_until(serving, 30, "ingress health", ignore=(grpc.RpcError,))
+    channel.close()
+    assert service.stop() == 0
