@@ -21,6 +21,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 Port = Annotated[int, Field(ge=1, le=65535)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 _SQL_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$")
+_PUBLIC_ENDPOINT = re.compile(
+    r"^(?:(?P<scheme>https?)://)?(?P<host>[A-Za-z0-9.-]+(?::\d{1,5})?)/?$"
+)
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # S3 SigV4 refuses longer expiries
 
 
@@ -128,12 +132,19 @@ class StorageSettings(_Group):
     max_csv_rows: Annotated[int, Field(ge=1)] = 5_000_000
     max_csv_bytes: Annotated[int, Field(ge=1)] = 1_000_000_000
 
-    @field_validator("minio_endpoint", "minio_public_endpoint")
+    @field_validator("minio_endpoint")
     @classmethod
-    def _endpoint_is_host_port(cls, value: str | None) -> str | None:
-        if value is not None and ("/" in value or not value):
+    def _endpoint_is_host_port(cls, value: str) -> str:
+        if not _HOST_PORT.match(value):
             raise ValueError("must be host[:port] without a scheme or path")
         return value
+
+    @field_validator("minio_public_endpoint")
+    @classmethod
+    def _public_endpoint(cls, value: str | None) -> str | None:
+        if value and not _PUBLIC_ENDPOINT.match(value):
+            raise ValueError("must be host[:port] or http(s)://host[:port], without a path")
+        return value or None
 
     @field_validator("minio_bucket")
     @classmethod
@@ -143,9 +154,13 @@ class StorageSettings(_Group):
         return value
 
     @property
-    def public_endpoint(self) -> str:
-        """The endpoint presigned URLs are signed for (what a browser can reach)."""
-        return self.minio_public_endpoint or self.minio_endpoint
+    def public_host(self) -> tuple[str, bool]:
+        """host:port presigned URLs are signed for (what a browser reaches), and whether it
+        uses HTTPS (an explicit scheme on MINIO_PUBLIC_ENDPOINT wins over MINIO_SECURE)."""
+        match = _PUBLIC_ENDPOINT.match(self.minio_public_endpoint or self.minio_endpoint)
+        assert match is not None  # both were validated
+        scheme = match["scheme"]
+        return match["host"], (scheme == "https") if scheme else self.minio_secure
 
 
 class JobSettings(_Group):

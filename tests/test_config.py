@@ -86,12 +86,26 @@ def test_missing_credentials_are_named() -> None:
     assert "MINIO_SECRET_KEY: is required but not set" in message
 
 
-def test_public_endpoint_defaults_to_the_internal_one(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("public", "secure", "expected"),
+    [
+        (None, "false", ("minio.storage.svc:9000", False)),
+        (None, "true", ("minio.storage.svc:9000", True)),
+        ("files.example.org", "false", ("files.example.org", False)),
+        ("https://files.example.org", "false", ("files.example.org", True)),
+        ("http://192.168.1.20:9000/", "true", ("192.168.1.20:9000", False)),
+    ],
+)
+def test_public_endpoint_host_and_scheme(
+    monkeypatch: pytest.MonkeyPatch, public: str | None, secure: str, expected: tuple[str, bool]
+) -> None:
     monkeypatch.setenv("MINIO_ACCESS_KEY", "k")
     monkeypatch.setenv("MINIO_SECRET_KEY", "s")
     monkeypatch.setenv("MINIO_ENDPOINT", "minio.storage.svc:9000")
-    storage = config.load(config.StorageSettings)
-    assert storage.public_endpoint == "minio.storage.svc:9000"
+    monkeypatch.setenv("MINIO_SECURE", secure)
+    if public:
+        monkeypatch.setenv("MINIO_PUBLIC_ENDPOINT", public)
+    assert config.load(config.StorageSettings).public_host == expected
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,173 @@
+"""The public data contracts: event payloads and the JSON shape of a job.
+
+These pydantic models are the single source of truth for what travels between the
+functions and what callers see; their JSON Schemas are exported to `docs/events/`
+(`make schemas`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Annotated, Any, Literal
+from uuid import UUID
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DEVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,99}$")
+
+JobStatus = Literal["queued", "processing", "completed", "failed"]
+JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "processing", "completed", "failed")
+FINISHED: frozenset[str] = frozenset({"completed", "failed"})
+
+
+def parse_local_date(value: object) -> dt.date:
+    """A calendar date written exactly as YYYY-MM-DD (a real day: no 2026-02-30)."""
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value
+    if not isinstance(value, str) or not _DATE.match(value):
+        raise ValueError("must be a date written YYYY-MM-DD")
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{value} is not a calendar date") from None
+
+
+def _device_id(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not _DEVICE.match(value):
+        raise ValueError(
+            "must be 1-100 characters of letters, digits and . _ @ : + - "
+            "(starting with a letter or digit)"
+        )
+    return value
+
+
+def _timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}") from None
+    return value
+
+
+LocalDate = Annotated[
+    dt.date,
+    BeforeValidator(parse_local_date),
+    Field(json_schema_extra={"type": "string", "format": "date"}),
+]
+DeviceId = Annotated[
+    str | None,
+    BeforeValidator(_device_id),
+    Field(description="OwnTracks device id; empty or absent means every device"),
+]
+TimeZone = Annotated[str, AfterValidator(_timezone), Field(description="IANA time zone")]
+
+
+class _Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Requester(_Contract):
+    """The CloudEvent that asked for a job, so the requester can match the outcome to it."""
+
+    source: str
+    id: str
+
+
+class DistanceRequested(_Contract):
+    """Data of `distance.requested`: compute distance from home over local days."""
+
+    date: LocalDate = Field(description="first local day, YYYY-MM-DD")
+    end_date: LocalDate | None = Field(
+        default=None, description="last local day (inclusive) of a range; absent = one day"
+    )
+    device_id: DeviceId = None
+    timezone: TimeZone | None = Field(
+        default=None, description="time zone of the days; absent = the home time zone"
+    )
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        default=None,
+        description="repeat requests with one key get one job; absent = the event's source+id",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DistanceRequested:
+        if self.end_date is not None and self.end_date < self.date:
+            raise ValueError(f"end_date {self.end_date} is before date {self.date}")
+        return self
+
+    @property
+    def last_date(self) -> dt.date:
+        """The last local day of the request (the start day for one-day jobs)."""
+        return self.end_date or self.date
+
+    @property
+    def days(self) -> int:
+        """Number of local days asked for."""
+        return (self.last_date - self.date).days + 1
+
+
+class JobQueued(_Contract):
+    """Data of `job.queued`: a job is ready to be computed."""
+
+    job_id: UUID
+
+
+class Download(_Contract):
+    """A presigned link to one result object."""
+
+    url: str
+    expires_at: dt.datetime
+
+
+class JobView(_Contract):
+    """A job as callers see it (status API, `job.accepted`, outcome events)."""
+
+    job_id: UUID
+    status: JobStatus
+    date: dt.date
+    end_date: dt.date
+    device_id: str | None
+    timezone: str
+    queued_at: dt.datetime
+    started_at: dt.datetime | None = None
+    completed_at: dt.datetime | None = None
+    attempts: int = 0
+    max_attempts: int
+    error_message: str | None = None
+    requester: Requester | None = None
+    idempotency_key: str
+    csv_key: str | None = None
+    summary_key: str | None = None
+    csv_bytes: int | None = None
+    csv_sha256: str | None = None
+    processing_time_ms: int | None = None
+    result: dict[str, Any] | None = Field(
+        default=None, description="the engine's summary (see FUNCTIONALITY.md)"
+    )
+    csv: Download | None = None
+    summary: Download | None = None
+
+
+class JobAccepted(_Contract):
+    """Data of `job.accepted`, submit's reply: the job, and whether this request created it."""
+
+    created: bool
+    job: JobView
+
+
+class JobOutcome(_Contract):
+    """Data of `job.completed` and `job.failed`."""
+
+    job: JobView

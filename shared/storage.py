@@ -1,0 +1,226 @@
+"""Result objects in S3-compatible storage (MinIO in production).
+
+Object keys derive from the job only (its id, days and a slug of the device), never from
+raw input, so a retried attempt overwrites its own objects and two jobs never collide. The
+CSV basename keeps the old `distance_*.csv` pattern and embeds the first 8 hex digits of
+the job id, so a basename alone leads back to its job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, BinaryIO
+from uuid import UUID
+
+import urllib3
+
+from shared.config import StorageSettings
+from shared.contracts import Download
+
+if TYPE_CHECKING:
+    from minio import Minio
+
+log = logging.getLogger(__name__)
+
+CSV_TYPE = "text/csv; charset=utf-8"
+JSON_TYPE = "application/json"
+_BASENAME = re.compile(
+    r"^distance_(?P<days>\d{8}(?:-\d{8})?)(?:_(?P<device>[A-Za-z0-9-]+))?_(?P<short>[0-9a-f]{8})\.csv$"
+)
+
+
+class StorageUnavailable(RuntimeError):
+    """The object store could not be reached or refused the request (transient: retry)."""
+
+
+@dataclass(frozen=True)
+class ResultKeys:
+    """Where one job's objects live."""
+
+    csv_key: str
+    summary_key: str
+
+    @property
+    def csv_name(self) -> str:
+        """The CSV's basename (what existing clients link to)."""
+        return self.csv_key.rsplit("/", 1)[1]
+
+
+def _slug(device_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", device_id).strip("-")[:40] or "device"
+
+
+def result_keys(
+    job_id: UUID, date_from: dt.date, date_to: dt.date, device_id: str | None
+) -> ResultKeys:
+    """The object keys of a job's CSV and JSON summary."""
+    days = date_from.strftime("%Y%m%d")
+    if date_to != date_from:
+        days += "-" + date_to.strftime("%Y%m%d")
+    device = f"_{_slug(device_id)}" if device_id else ""
+    stem = f"jobs/{job_id}/distance_{days}{device}_{job_id.hex[:8]}"
+    return ResultKeys(csv_key=f"{stem}.csv", summary_key=f"{stem}.summary.json")
+
+
+def short_id_of(basename: str) -> str | None:
+    """The 8-hex job id prefix embedded in a CSV basename, or None if it is not one of ours."""
+    match = _BASENAME.match(basename)
+    return match["short"] if match else None
+
+
+def sha256_of(stream: IO[bytes]) -> tuple[str, int]:
+    """Hex digest and length of a seekable stream, read from the start; rewinds it."""
+    stream.seek(0)
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := stream.read(1 << 20):
+        digest.update(chunk)
+        size += len(chunk)
+    stream.seek(0)
+    return digest.hexdigest(), size
+
+
+class ObjectStore:
+    """Uploads results and signs download URLs. Clients are created on first use."""
+
+    def __init__(self, settings: StorageSettings) -> None:
+        self.settings = settings
+        self._client: Minio | None = None
+        self._signer: Minio | None = None
+        self._bucket_checked = False
+
+    def _make(self, endpoint: str, secure: bool) -> Minio:
+        from minio import Minio
+
+        # Bounded timeouts and retries: a dead store must surface as a retryable failure
+        # within seconds, not hang the request until the broker gives up.
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=5, read=60),
+            maxsize=4,
+            retries=urllib3.Retry(
+                total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
+            ),
+        )
+        return Minio(
+            endpoint,
+            access_key=self.settings.minio_access_key.get_secret_value(),
+            secret_key=self.settings.minio_secret_key.get_secret_value(),
+            secure=secure,
+            # An explicit region keeps signing local: no bucket-location round trip.
+            region=self.settings.minio_region,
+            http_client=http,
+        )
+
+    @property
+    def client(self) -> Minio:
+        """The client for the in-cluster endpoint."""
+        if self._client is None:
+            self._client = self._make(self.settings.minio_endpoint, self.settings.minio_secure)
+        return self._client
+
+    @property
+    def signer(self) -> Minio:
+        """A client for the public endpoint: the host is part of a SigV4 signature."""
+        if self._signer is None:
+            host, secure = self.settings.public_host
+            self._signer = self._make(host, secure)
+        return self._signer
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket when missing (if allowed); done once per process."""
+        if self._bucket_checked:
+            return
+        bucket = self.settings.minio_bucket
+        with _translated("checking the bucket"):
+            if not self.client.bucket_exists(bucket):
+                if not self.settings.minio_create_bucket:
+                    raise StorageUnavailable(
+                        f"bucket {bucket!r} does not exist and MINIO_CREATE_BUCKET is false"
+                    )
+                self.client.make_bucket(bucket)
+                log.info("created bucket", extra={"bucket": bucket})
+        self._bucket_checked = True
+
+    def upload(self, key: str, stream: BinaryIO, length: int, content_type: str) -> None:
+        """Store `length` bytes of `stream` at `key`. S3 makes the object visible whole or
+        not at all, so a reader never sees a partial upload."""
+        self.ensure_bucket()
+        with _translated(f"uploading {key}"):
+            self.client.put_object(
+                self.settings.minio_bucket,
+                key,
+                stream,
+                length,
+                content_type=content_type,
+                part_size=16 * 1024 * 1024,
+            )
+
+    def exists(self, key: str) -> bool:
+        """True when an object is stored at `key`."""
+        from minio.error import S3Error
+
+        try:
+            self.client.stat_object(self.settings.minio_bucket, key)
+        except S3Error as exc:
+            if exc.code in {"NoSuchKey", "NoSuchObject", "NotFound"}:
+                return False
+            raise StorageUnavailable(f"checking {key}: {exc.code}") from None
+        except OSError as exc:
+            raise StorageUnavailable(f"checking {key}: {exc}") from None
+        return True
+
+    def presign(self, key: str, now: dt.datetime | None = None) -> Download:
+        """A GET URL for `key`, signed for the public endpoint, valid PRESIGN_EXPIRY_SECONDS."""
+        now = now or dt.datetime.now(dt.UTC)
+        expires = dt.timedelta(seconds=self.settings.presign_expiry_seconds)
+        url = self.signer.presigned_get_object(
+            self.settings.minio_bucket, key, expires=expires, request_date=now
+        )
+        return Download(url=url, expires_at=now + expires)
+
+    def check(self) -> None:
+        """Raise StorageUnavailable unless the bucket can be reached."""
+        with _translated("reaching the object store"):
+            self.client.bucket_exists(self.settings.minio_bucket)
+
+
+def write_compat_copy(folder: Path, name: str, stream: IO[bytes]) -> Path:
+    """Write the CSV to `folder/name` for callers reading a shared volume.
+
+    Written to a temporary file in the same folder and renamed, so a reader never sees a
+    half-written CSV.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    stream.seek(0)
+    descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            while chunk := stream.read(1 << 20):
+                out.write(chunk)
+        os.replace(temporary, folder / name)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    finally:
+        stream.seek(0)
+    return folder / name
+
+
+@contextlib.contextmanager
+def _translated(action: str) -> Iterator[None]:
+    """Turn the SDK's and the network's errors into StorageUnavailable, naming the action."""
+    from minio.error import MinioException
+
+    try:
+        yield
+    except (MinioException, OSError, urllib3.exceptions.HTTPError) as exc:
+        raise StorageUnavailable(f"{action}: {exc}") from exc
