@@ -126,5 +126,8 @@ def load_eventing(folder: Path = BASE) -> tuple[list[Broker], list[Trigger]]:
             resource = _EVENTING.validate_python(document)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None
-        (brokers if isinstance(resource, Broker) else triggers).append(resource)
+        if isinstance(resource, Broker):
+            brokers.append(resource)
+        else:
+            triggers.append(resource)
     return brokers, triggers
