@@ -125,8 +125,9 @@ class SeaweedS3:
             f"-filer.port.grpc={grpc[2]}",
             f"-s3.port={s3}",
             f"-s3.port.grpc={grpc[3]}",
-            "-master.volumeSizeLimitMB=1024",
-            "-volume.max=8",
+            # Each bucket is a collection that grows 7 volumes at once: allow many small ones.
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=200",
             "-master.telemetry=false",
             "-filer=true",
             "-s3",

@@ -12,10 +12,13 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -181,3 +184,52 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         )
     finally:
         server.stop()
+
+
+Reply = tuple[int, dict[str, str], bytes]
+
+
+@dataclass
+class RecordingServer:
+    """A real HTTP server on loopback that records the POSTs it receives and answers them
+    from a script (then with `default`): a peer for code that calls out over HTTP."""
+
+    script: list[Reply] = field(default_factory=list)
+    default: Reply = (202, {}, b"")
+    received: list[dict[str, Any]] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+
+    def start(self) -> RecordingServer:
+        subscriber = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                subscriber.received.append({"path": self.path, "headers": headers, "body": body})
+                status, reply_headers, reply = (
+                    subscriber.script.pop(0) if subscriber.script else subscriber.default
+                )
+                self.send_response(status)
+                for key, value in reply_headers.items():
+                    self.send_header(key, value)
+                self.send_header("content-length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,53 +16,9 @@ from shared import events
 from shared.devbroker import Delivery, DevBroker, service_resolver
 from shared.devstack import wait_until
 from shared.manifests import Broker, DeliverySpec, Trigger, load_eventing
+from tests.conftest import RecordingServer, Reply
 
-Reply = tuple[int, dict[str, str], bytes]
-
-
-@dataclass
-class Subscriber:
-    """A real HTTP server that records what it receives and answers from a script."""
-
-    script: list[Reply] = field(default_factory=list)
-    default: Reply = (202, {}, b"")
-    received: list[dict[str, Any]] = field(default_factory=list)
-    server: ThreadingHTTPServer | None = None
-
-    def start(self) -> Subscriber:
-        subscriber = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                subscriber.received.append({"path": self.path, "headers": headers, "body": body})
-                status, reply_headers, reply = (
-                    subscriber.script.pop(0) if subscriber.script else subscriber.default
-                )
-                self.send_response(status)
-                for key, value in reply_headers.items():
-                    self.send_header(key, value)
-                self.send_header("content-length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-        return self
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+Servers = dict[str, RecordingServer]
 
 
 class Payload(BaseModel):
@@ -117,14 +70,14 @@ BROKER = Broker.model_validate(
 
 
 @pytest.fixture
-def subscribers() -> Iterator[dict[str, Subscriber]]:
-    started = {name: Subscriber().start() for name in ("a", "b", "dls")}
+def subscribers() -> Iterator[Servers]:
+    started = {name: RecordingServer().start() for name in ("a", "b", "dls")}
     yield started
     for subscriber in started.values():
         subscriber.stop()
 
 
-def _broker(subscribers: dict[str, Subscriber], *triggers: Trigger) -> DevBroker:
+def _broker(subscribers: Servers, *triggers: Trigger) -> DevBroker:
     resolve = service_resolver({name: s.url for name, s in subscribers.items()})
     return DevBroker([BROKER], list(triggers), resolve, time_scale=0.001).start()
 
@@ -142,7 +95,7 @@ def _reply_event(event_type: str) -> Reply:
 
 
 def test_events_go_only_to_triggers_whose_filter_matches(
-    subscribers: dict[str, Subscriber],
+    subscribers: Servers,
 ) -> None:
     broker = _broker(subscribers, _trigger("ta", "t.a", "a"), _trigger("tb", "t.b", "b"))
     try:
@@ -158,7 +111,7 @@ def test_events_go_only_to_triggers_whose_filter_matches(
     assert first["prefer"] == "reply"
 
 
-def test_retries_on_5xx_404_409_429_then_succeeds(subscribers: dict[str, Subscriber]) -> None:
+def test_retries_on_5xx_404_409_429_then_succeeds(subscribers: Servers) -> None:
     subscribers["a"].script = [(503, {}, b""), (409, {}, b""), (404, {}, b""), (429, {}, b"")]
     broker = _broker(subscribers, _trigger("ta", "t.a", "a", retry=4))
     try:
@@ -171,7 +124,9 @@ def test_retries_on_5xx_404_409_429_then_succeeds(subscribers: dict[str, Subscri
     assert subscribers["dls"].received == []
 
 
-def test_400_is_final_and_goes_to_the_dead_letter_sink(subscribers: dict[str, Subscriber]) -> None:
+def test_400_is_final_and_goes_to_the_dead_letter_sink(
+    subscribers: Servers,
+) -> None:
     subscribers["a"].script = [
         (400, {"content-type": "application/json"}, b'{"error":"date: bad"}')
     ]
@@ -191,7 +146,9 @@ def test_400_is_final_and_goes_to_the_dead_letter_sink(subscribers: dict[str, Su
     assert json.loads(dead["body"]) == {"n": 1}
 
 
-def test_exhausted_retries_go_to_the_dead_letter_sink(subscribers: dict[str, Subscriber]) -> None:
+def test_exhausted_retries_go_to_the_dead_letter_sink(
+    subscribers: Servers,
+) -> None:
     subscribers["a"].default = (500, {}, b"down")
     broker = _broker(subscribers, _trigger("ta", "t.a", "a"))  # the broker's retry: 2
     try:
@@ -204,7 +161,7 @@ def test_exhausted_retries_go_to_the_dead_letter_sink(subscribers: dict[str, Sub
 
 
 def test_a_2xx_body_that_is_not_a_cloudevent_is_a_failed_delivery(
-    subscribers: dict[str, Subscriber],
+    subscribers: Servers,
 ) -> None:
     subscribers["a"].default = (200, {"content-type": "application/json"}, b'{"job_id": "x"}')
     broker = _broker(subscribers, _trigger("ta", "t.a", "a", retry=1))
@@ -218,7 +175,7 @@ def test_a_2xx_body_that_is_not_a_cloudevent_is_a_failed_delivery(
 
 
 def test_reply_events_are_published_back_into_the_broker(
-    subscribers: dict[str, Subscriber],
+    subscribers: Servers,
 ) -> None:
     subscribers["a"].script = [_reply_event("t.b")]
     broker = _broker(subscribers, _trigger("ta", "t.a", "a"), _trigger("tb", "t.b", "b"))
@@ -232,7 +189,7 @@ def test_reply_events_are_published_back_into_the_broker(
     assert reply["headers"]["ce-source"] == "/sub"
 
 
-def test_ingress_refuses_what_is_not_a_cloudevent(subscribers: dict[str, Subscriber]) -> None:
+def test_ingress_refuses_what_is_not_a_cloudevent(subscribers: Servers) -> None:
     broker = _broker(subscribers, _trigger("ta", "t.a", "a"))
     try:
         response = urllib3.request(
@@ -248,7 +205,7 @@ def test_ingress_refuses_what_is_not_a_cloudevent(subscribers: dict[str, Subscri
 
 
 def test_unreachable_subscriber_is_retried_then_dead_lettered(
-    subscribers: dict[str, Subscriber],
+    subscribers: Servers,
 ) -> None:
     resolve = service_resolver({"a": "http://127.0.0.1:9", "dls": subscribers["dls"].url})
     broker = DevBroker(

@@ -1,0 +1,160 @@
+"""CloudEvents: contracts validate with messages naming the field; both HTTP modes round-trip;
+publishing retries what is transient and reports what is not."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from shared import events
+from shared.contracts import DistanceRequested, JobQueued
+from shared.devstack import free_ports
+from tests.conftest import RecordingServer
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.fixture
+def sink() -> Iterator[RecordingServer]:
+    server = RecordingServer().start()
+    yield server
+    server.stop()
+
+
+def _request_event(data: dict[str, object]) -> events.CloudEvent:
+    return events.CloudEvent(
+        {"type": events.DISTANCE_REQUESTED, "source": "/tests", "id": "r-1"}, data
+    )
+
+
+@pytest.mark.parametrize("mode", [events.binary, events.structured])
+def test_events_round_trip_in_both_http_modes(mode: object) -> None:
+    job_id = uuid.uuid4()
+    event = events.new_event(
+        events.JOB_QUEUED,
+        JobQueued(job_id=job_id),
+        source="/otel-worker/submit",
+        subject=str(job_id),
+        traceparent=TRACEPARENT,
+    )
+    headers, body = mode(event)  # type: ignore[operator]
+    assert events.is_cloudevent(headers)
+    parsed = events.parse(headers, body)
+    assert parsed["type"] == events.JOB_QUEUED
+    assert parsed["subject"] == str(job_id)
+    assert parsed["traceparent"] == TRACEPARENT
+    assert events.data_as(parsed, JobQueued).job_id == job_id
+
+
+def test_binary_mode_also_sends_the_w3c_traceparent_header() -> None:
+    event = events.new_event(
+        events.JOB_QUEUED, JobQueued(job_id=uuid.uuid4()), source="/s", traceparent=TRACEPARENT
+    )
+    headers, _ = events.binary(event)
+    assert headers["traceparent"] == TRACEPARENT
+    assert headers["ce-traceparent"] == TRACEPARENT
+
+
+def test_plain_json_is_not_taken_for_a_cloudevent() -> None:
+    assert not events.is_cloudevent({"Content-Type": "application/json"})
+    with pytest.raises(events.EventError, match="not a valid CloudEvent"):
+        events.parse({"content-type": "application/json"}, b'{"date": "2026-01-01"}')
+
+
+def test_a_request_with_every_field_validates() -> None:
+    data = {
+        "date": "2026-03-07",
+        "end_date": "2026-03-09",
+        "device_id": "stuart.phone-2",
+        "timezone": "Europe/Berlin",
+        "idempotency_key": "abc",
+    }
+    request = events.data_as(_request_event(data), DistanceRequested)
+    assert request.date == dt.date(2026, 3, 7)
+    assert request.days == 3
+    assert request.device_id == "stuart.phone-2"
+
+
+def test_an_empty_device_means_all_devices() -> None:
+    request = events.data_as(
+        _request_event({"date": "2026-03-07", "device_id": ""}), DistanceRequested
+    )
+    assert request.device_id is None
+    assert request.days == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({}, "date: Field required"),
+        ({"date": "2026-02-30"}, "date: 2026-02-30 is not a calendar date"),
+        ({"date": "03/07/2026"}, "date: must be a date written YYYY-MM-DD"),
+        ({"date": 20260307}, "date: must be a date written YYYY-MM-DD"),
+        ({"date": "2026-03-07", "end_date": "2026-03-01"}, "end_date 2026-03-01 is before date"),
+        ({"date": "2026-03-07", "device_id": "a b"}, "device_id: must be 1-100 characters"),
+        ({"date": "2026-03-07", "device_id": "x" * 101}, "device_id: must be 1-100 characters"),
+        ({"date": "2026-03-07", "device_id": "../etc"}, "device_id: must be 1-100 characters"),
+        ({"date": "2026-03-07", "timezone": "Moon/Base"}, "timezone: unknown time zone"),
+        ({"date": "2026-03-07", "colour": "red"}, "colour: Extra inputs are not permitted"),
+        ({"date": "2026-03-07", "idempotency_key": ""}, "idempotency_key: String should have"),
+    ],
+)
+def test_bad_requests_name_the_field(data: dict[str, object], message: str) -> None:
+    with pytest.raises(events.EventError, match=message):
+        events.data_as(_request_event(data), DistanceRequested)
+
+
+@pytest.mark.parametrize("data", [b"not json", b"[1, 2]", b""])
+def test_data_that_is_not_a_json_object_is_refused(data: bytes) -> None:
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-type": events.DISTANCE_REQUESTED,
+        "ce-source": "/t",
+        "ce-id": "1",
+        "content-type": "application/json",
+    }
+    with pytest.raises(events.EventError, match="data: must be a JSON object"):
+        events.data_as(events.parse(headers, data), DistanceRequested)
+
+
+def test_publisher_retries_transient_failures(sink: RecordingServer) -> None:
+    sink.script = [(503, {}, b""), (429, {}, b"")]
+    publisher = events.Publisher(sink.url, attempts=3, backoff=0.01)
+    event = events.new_event(events.JOB_QUEUED, JobQueued(job_id=uuid.uuid4()), source="/s")
+    publisher.publish(event)
+    assert len(sink.received) == 3
+    assert sink.received[-1]["headers"]["ce-id"] == event["id"]
+    assert json.loads(sink.received[-1]["body"])["job_id"] == event.get_data()["job_id"]
+
+
+def test_publisher_gives_up_after_its_attempts(sink: RecordingServer) -> None:
+    sink.default = (500, {}, b"broken")
+    publisher = events.Publisher(sink.url, attempts=2, backoff=0.01)
+    event = events.new_event(events.JOB_QUEUED, JobQueued(job_id=uuid.uuid4()), source="/s")
+    with pytest.raises(events.PublishError, match=r"job.queued.v1 .* failed: HTTP 500"):
+        publisher.publish(event)
+    assert len(sink.received) == 2
+
+
+def test_publisher_does_not_retry_a_rejected_event(sink: RecordingServer) -> None:
+    sink.default = (400, {}, b"bad event")
+    publisher = events.Publisher(sink.url, attempts=5, backoff=0.01)
+    event = events.new_event(events.JOB_QUEUED, JobQueued(job_id=uuid.uuid4()), source="/s")
+    with pytest.raises(events.PublishError, match="HTTP 400"):
+        publisher.publish(event)
+    assert len(sink.received) == 1
+
+
+def test_unreachable_broker_fails_fast_and_clearly() -> None:
+    (port,) = free_ports(1)
+    publisher = events.Publisher(f"http://127.0.0.1:{port}/", attempts=3, backoff=0.01, timeout=1)
+    event = events.new_event(events.JOB_QUEUED, JobQueued(job_id=uuid.uuid4()), source="/s")
+    started = time.monotonic()
+    with pytest.raises(events.PublishError, match=f"127.0.0.1:{port}"):
+        publisher.publish(event)
+    assert time.monotonic() - started < 5

@@ -1,0 +1,153 @@
+"""Result objects on a real S3 server: keys, uploads, presigned URLs, the compatibility copy."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from shared import config
+from shared.devstack import free_ports
+from shared.storage import (
+    CSV_TYPE,
+    ObjectStore,
+    StorageUnavailable,
+    result_keys,
+    sha256_of,
+    short_id_of,
+    write_compat_copy,
+)
+from tests.conftest import S3Server
+
+JOB = uuid.UUID("3f2b8c1e-0d4a-4b6e-9c2f-7a1e5d9b0c42")
+
+
+def _settings(
+    monkeypatch: pytest.MonkeyPatch, s3: S3Server, **extra: str
+) -> config.StorageSettings:
+    env = {
+        "MINIO_ENDPOINT": s3.endpoint,
+        "MINIO_ACCESS_KEY": s3.access_key,
+        "MINIO_SECRET_KEY": s3.secret_key,
+        "MINIO_REGION": s3.region,
+        "MINIO_BUCKET": f"results-{uuid.uuid4().hex[:8]}",
+        **extra,
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return config.load(config.StorageSettings)
+
+
+def _download(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+
+
+def test_keys_derive_from_the_job_only() -> None:
+    one_day = result_keys(JOB, dt.date(2026, 1, 5), dt.date(2026, 1, 5), None)
+    assert one_day.csv_key == f"jobs/{JOB}/distance_20260105_3f2b8c1e.csv"
+    assert one_day.summary_key == f"jobs/{JOB}/distance_20260105_3f2b8c1e.summary.json"
+    assert one_day.csv_name == "distance_20260105_3f2b8c1e.csv"
+    ranged = result_keys(JOB, dt.date(2026, 1, 5), dt.date(2026, 1, 11), "stu@phone:2")
+    assert ranged.csv_name == "distance_20260105-20260111_stu-phone-2_3f2b8c1e.csv"
+
+
+def test_a_basename_leads_back_to_its_job() -> None:
+    keys = result_keys(JOB, dt.date(2026, 1, 5), dt.date(2026, 1, 6), "phone")
+    assert short_id_of(keys.csv_name) == JOB.hex[:8]
+    assert short_id_of("distance_20260105.csv") is None
+    assert short_id_of("../../etc/passwd") is None
+
+
+def test_upload_then_presigned_download_returns_the_bytes(
+    monkeypatch: pytest.MonkeyPatch, s3: S3Server
+) -> None:
+    store = ObjectStore(_settings(monkeypatch, s3, PRESIGN_EXPIRY_SECONDS="600"))
+    payload = b"timestamp,device_id\n" + b"2026-01-05T00:00:00-05:00,phone\n" * 1000
+    store.upload("jobs/x/a.csv", io.BytesIO(payload), len(payload), CSV_TYPE)
+    assert store.exists("jobs/x/a.csv")
+    assert not store.exists("jobs/x/missing.csv")
+
+    now = dt.datetime.now(dt.UTC)
+    link = store.presign("jobs/x/a.csv", now=now)
+    assert link.expires_at == now + dt.timedelta(seconds=600)
+    assert _download(link.url) == (200, payload)
+
+
+def test_presigned_urls_are_signed_for_the_public_endpoint(
+    monkeypatch: pytest.MonkeyPatch, s3: S3Server
+) -> None:
+    # The public name differs from the internal one; the host is part of the signature,
+    # so the URL names the public host and only works when requested under that name.
+    public = f"localhost:{s3.endpoint.rsplit(':', 1)[1]}"
+    store = ObjectStore(_settings(monkeypatch, s3, MINIO_PUBLIC_ENDPOINT=f"http://{public}"))
+    store.upload("k.csv", io.BytesIO(b"abc"), 3, CSV_TYPE)
+    url = store.presign("k.csv").url
+    assert urlsplit(url).netloc == public
+    assert _download(url) == (200, b"abc")
+    internal = url.replace(public, s3.endpoint)
+    assert _download(internal)[0] == 403
+
+
+def test_missing_bucket_is_created_or_reported(
+    monkeypatch: pytest.MonkeyPatch, s3: S3Server
+) -> None:
+    settings = _settings(monkeypatch, s3, MINIO_CREATE_BUCKET="false")
+    with pytest.raises(StorageUnavailable, match="does not exist and MINIO_CREATE_BUCKET is false"):
+        ObjectStore(settings).upload("k", io.BytesIO(b"x"), 1, CSV_TYPE)
+    created = ObjectStore(settings.model_copy(update={"minio_create_bucket": True}))
+    created.upload("k", io.BytesIO(b"x"), 1, CSV_TYPE)
+    assert created.exists("k")
+
+
+def test_an_unreachable_store_is_a_storage_error(
+    monkeypatch: pytest.MonkeyPatch, s3: S3Server
+) -> None:
+    (port,) = free_ports(1)
+    store = ObjectStore(_settings(monkeypatch, s3, MINIO_ENDPOINT=f"127.0.0.1:{port}"))
+    with pytest.raises(StorageUnavailable, match="checking the bucket"):
+        store.upload("k", io.BytesIO(b"x"), 1, CSV_TYPE)
+    with pytest.raises(StorageUnavailable):
+        store.check()
+
+
+def test_sha256_and_length_rewind_the_stream() -> None:
+    stream = io.BytesIO(b"hello")
+    digest, size = sha256_of(stream)
+    assert size == 5
+    assert digest == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+    assert stream.read() == b"hello"
+
+
+def test_compat_copy_is_never_seen_half_written(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "distance_20260105_3f2b8c1e.csv"
+    big = b"x" * (8 << 20)
+    seen: set[int] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            if target.exists():
+                seen.add(target.stat().st_size)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for _ in range(3):
+            write_compat_copy(target.parent, target.name, io.BytesIO(big))
+    finally:
+        stop.set()
+        watcher.join()
+    assert target.read_bytes() == big
+    assert seen <= {len(big)}
+    assert [p.name for p in target.parent.iterdir()] == [target.name]
