@@ -31,6 +31,10 @@ system-deps:  ## make sure the system packages the tests use are installed
 proto: install  ## regenerate the gRPC stubs in shared/rpc from proto/
 	$(PY) proto/generate.py
 
+.PHONY: schemas
+schemas: install  ## export the JSON Schemas of the event data to docs/events
+	.venv/bin/otel-worker schemas --out docs/events
+
 .PHONY: lint
 lint: install  ## ruff (lint + format check) and mypy --strict
 	$(VENV)/bin/ruff check $(CODE) tests

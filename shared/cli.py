@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from collections.abc import Callable, Sequence
 
 from shared import config
@@ -25,6 +26,14 @@ def _config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schemas(args: argparse.Namespace) -> int:
+    from shared.events import export_schemas
+
+    for path in export_schemas(args.out):
+        sys.stdout.write(f"wrote {path}\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -37,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
         "groups", nargs="*", choices=sorted(config.GROUPS), metavar="GROUP", help="groups to check"
     )
     check.set_defaults(handler=_config_check)
+
+    schemas = commands.add_parser("schemas", help="export the JSON Schemas of the event data")
+    schemas.add_argument("--out", type=Path, default=Path("docs/events"), help="folder")
+    schemas.set_defaults(handler=_schemas)
     return parser
 
 

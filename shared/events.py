@@ -12,6 +12,7 @@ import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import urllib3
@@ -20,6 +21,8 @@ from cloudevents.exceptions import GenericException as CloudEventsError
 from cloudevents.http import CloudEvent, from_http
 from pydantic import BaseModel, ValidationError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from shared import contracts
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,15 @@ JOB_COMPLETED = f"{PREFIX}.job.completed.v1"
 JOB_FAILED = f"{PREFIX}.job.failed.v1"
 EMITTED = (JOB_ACCEPTED, JOB_QUEUED, JOB_COMPLETED, JOB_FAILED)
 """Every type this system emits (`distance.requested` comes from callers)."""
+
+DATA_MODELS: dict[str, type[BaseModel]] = {
+    DISTANCE_REQUESTED: contracts.DistanceRequested,
+    JOB_ACCEPTED: contracts.JobAccepted,
+    JOB_QUEUED: contracts.JobQueued,
+    JOB_COMPLETED: contracts.JobOutcome,
+    JOB_FAILED: contracts.JobOutcome,
+}
+"""The pydantic model of each event type's data."""
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -45,6 +57,23 @@ class PublishError(RuntimeError):
 
 class _Retryable(Exception):
     pass
+
+
+def export_schemas(folder: Path) -> list[Path]:
+    """Write the JSON Schema of every event type's data to `folder`; return the files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for type_, model in DATA_MODELS.items():
+        schema = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": f"{type_}.schema.json",
+            "title": f"data of {type_}",
+            **model.model_json_schema(mode="serialization"),
+        }
+        path = folder / f"{type_}.schema.json"
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        written.append(path)
+    return written
 
 
 def is_cloudevent(headers: Mapping[str, str]) -> bool:

@@ -8,12 +8,13 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from shared import events
 from shared.contracts import DistanceRequested, JobQueued
-from shared.devstack import free_ports
+from shared.devstack import REPO_ROOT, free_ports
 from tests.conftest import RecordingServer
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -158,3 +159,18 @@ def test_unreachable_broker_fails_fast_and_clearly() -> None:
     with pytest.raises(events.PublishError, match=f"127.0.0.1:{port}"):
         publisher.publish(event)
     assert time.monotonic() - started < 5
+
+
+def test_committed_event_schemas_are_current(tmp_path: Path) -> None:
+    fresh = events.export_schemas(tmp_path)
+    committed = REPO_ROOT / "docs" / "events"
+    assert {p.name for p in fresh} == {p.name for p in committed.glob("*.schema.json")}
+    for path in fresh:
+        assert (committed / path.name).read_text() == path.read_text(), "run `make schemas`"
+
+
+def test_the_request_schema_tells_callers_the_date_format() -> None:
+    schema = DistanceRequested.model_json_schema()
+    assert schema["required"] == ["date"]
+    assert schema["properties"]["date"]["format"] == "date"
+    assert schema["additionalProperties"] is False
