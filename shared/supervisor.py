@@ -1,0 +1,197 @@
+"""`otel-worker dev`: the whole system on one machine, each function its own process.
+
+The supervisor starts the dev broker (in this process, reading the Triggers from
+`knative/`), the three HTTP functions under functions-framework and the gRPC ingress,
+wires them together the way Knative does (K_SINK, SUBMIT_URL, STATUS_URL), runs the
+maintenance sweep periodically, and streams one log in which every line is prefixed by
+its service. Stopping it stops everything it started. The end-to-end tests use it too.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO
+
+import grpc
+
+from shared.devbroker import DevBroker, service_resolver
+from shared.devstack import (
+    HTTP_FUNCTIONS,
+    ServiceProcess,
+    free_ports,
+    grpc_serving,
+    http_function,
+    http_status,
+    ingress_process,
+    wait_until,
+)
+from shared.manifests import load_eventing
+
+log = logging.getLogger(__name__)
+
+
+class PrefixedLog:
+    """One output stream shared by several services, each line prefixed by its name."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+        self._width = max(len(n) for n in (*HTTP_FUNCTIONS, "ingress", "broker"))
+
+    def line(self, service: str, text: str) -> None:
+        """Write one line for `service`."""
+        with self._lock:
+            self._out.write(f"{service:<{self._width}} | {text.rstrip()}\n")
+            self._out.flush()
+
+    def pump(self, service: str, stream: IO[bytes]) -> threading.Thread:
+        """Copy a child's output line by line until it closes."""
+
+        def run() -> None:
+            for raw in stream:
+                self.line(service, raw.decode(errors="replace"))
+
+        thread = threading.Thread(target=run, name=f"log-{service}", daemon=True)
+        thread.start()
+        return thread
+
+
+class _LogHandler(logging.Handler):
+    """Routes this process's own records (broker, sweep) into the prefixed log."""
+
+    def __init__(self, sink: PrefixedLog, formatter: logging.Formatter | None) -> None:
+        super().__init__()
+        self.sink = sink
+        if formatter is not None:
+            self.setFormatter(formatter)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        service = "broker" if record.name.startswith("shared.devbroker") else "dev"
+        self.sink.line(service, self.format(record))
+
+
+@dataclass
+class Supervisor:
+    """Starts, watches and stops the local stack.
+
+    `env` is the environment every function gets (database, storage, analysis settings);
+    `migrate` runs once before anything starts; `sweep` runs every `sweep_interval` s.
+    """
+
+    env: dict[str, str]
+    out: IO[str]
+    migrate: Callable[[], object] | None = None
+    sweep: Callable[[str], object] | None = None
+    sweep_interval: float = 30.0
+    time_scale: float = 1.0
+    ready_timeout: float = 60.0
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+    broker: DevBroker | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _log: PrefixedLog | None = None
+    _handler: logging.Handler | None = None
+
+    @property
+    def urls(self) -> dict[str, str]:
+        """Where each service listens (the ingress as host:port, the others as URLs)."""
+        urls = {name: s.url for name, s in self.services.items() if name != "ingress"}
+        if "ingress" in self.services:
+            urls["ingress"] = f"127.0.0.1:{self.services['ingress'].port}"
+        if self.broker is not None:
+            urls["broker"] = self.broker.url
+        return urls
+
+    def start(self) -> Supervisor:
+        """Bring everything up and wait until each service answers its readiness check."""
+        self._log = PrefixedLog(self.out)
+        root = logging.getLogger()
+        formatter = root.handlers[0].formatter if root.handlers else None
+        self._handler = _LogHandler(self._log, formatter)
+        root.addHandler(self._handler)
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        if self.migrate is not None:
+            self.migrate()
+        ports = dict(zip((*HTTP_FUNCTIONS, "ingress"), free_ports(4), strict=True))
+        urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+        brokers, triggers = load_eventing()
+        self.broker = DevBroker(
+            brokers, triggers, service_resolver(urls), time_scale=self.time_scale
+        ).start()
+        base = {**self.env, "K_SINK": self.broker.url}
+        for name in HTTP_FUNCTIONS:
+            env = {**base, "OTEL_SERVICE_NAME": f"otel-worker-{name}"}
+            self.services[name] = http_function(name, ports[name], env)
+        ingress_env = {
+            **base,
+            "SUBMIT_URL": urls["submit"],
+            "STATUS_URL": urls["status"],
+            "OTEL_SERVICE_NAME": "otel-worker-ingress",
+        }
+        self.services["ingress"] = ingress_process(ports["ingress"], ingress_env)
+        assert self._log is not None
+        for name, service in self.services.items():
+            service.start(stdout=subprocess.PIPE)
+            assert service.process is not None
+            assert service.process.stdout is not None
+            self._threads.append(self._log.pump(name, service.process.stdout))
+        for name, service in self.services.items():
+            self._wait_ready(name, service)
+        if self.sweep is not None:
+            thread = threading.Thread(target=self._sweep_loop, name="sweep", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        for name, url in self.urls.items():
+            log.info("%s listening on %s", name, url)
+
+    def _wait_ready(self, name: str, service: ServiceProcess) -> None:
+        def ready() -> bool:
+            if not service.alive():
+                raise RuntimeError(f"{name} exited before it was ready")
+            if name == "ingress":
+                return grpc_serving(f"127.0.0.1:{service.port}")
+            return http_status(f"{service.url}/readyz") == 200
+
+        wait_until(ready, self.ready_timeout, name, interval=0.05, ignore=(OSError, grpc.RpcError))
+
+    def _sweep_loop(self) -> None:
+        assert self.sweep is not None
+        assert self.broker is not None
+        while not self._stop.wait(self.sweep_interval):
+            try:
+                self.sweep(self.broker.url)
+            except Exception:
+                log.exception("sweep failed; trying again next round")
+
+    def stop(self) -> None:
+        """Stop every service (the ingress first, so it drains), then the broker."""
+        self._stop.set()
+        order = ["ingress", *(n for n in self.services if n != "ingress")]
+        for name in order:
+            if name in self.services:
+                self.services[name].stop()
+        if self.broker is not None:
+            self.broker.stop()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        if self._handler is not None:
+            logging.getLogger().removeHandler(self._handler)
+
+    def wait(self) -> None:
+        """Block until stopped or until a service dies (then stop the rest)."""
+        while not self._stop.wait(0.5):
+            dead = [name for name, s in self.services.items() if not s.alive()]
+            if dead:
+                log.error("%s exited; stopping the stack", ", ".join(dead))
+                self.stop()

@@ -1,0 +1,85 @@
+"""HTTP plumbing shared by the functions: JSON errors, CloudEvent replies, status codes.
+
+Functions answer the broker by its rules: 2xx only after the work is committed, 400 for
+a poison event (not retried), 409 while another attempt holds the job, 5xx for
+transient failures. Every error body is JSON naming what was wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+import flask
+from cloudevents.http import CloudEvent
+
+from shared import events
+
+log = logging.getLogger(__name__)
+
+
+class HttpError(Exception):
+    """An error with the HTTP status it should be answered with."""
+
+    def __init__(self, status: int, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details
+
+
+def json_response(body: Any, status: int = HTTPStatus.OK, **headers: str) -> flask.Response:
+    """`body` as JSON with `status`."""
+    response = flask.jsonify(body)
+    response.status_code = status
+    response.headers.update(headers)
+    return response
+
+
+def error_response(status: int, message: str, **details: Any) -> flask.Response:
+    """A JSON error: {"error": message, "status": status, ...details}."""
+    return json_response({"error": message, "status": status, **details}, status)
+
+
+def event_response(event: CloudEvent, status: int = HTTPStatus.OK) -> flask.Response:
+    """A binary-mode CloudEvent as the HTTP reply (the broker publishes it)."""
+    headers, body = events.binary(event)
+    return flask.Response(body, status=status, headers=headers)
+
+
+def request_headers(request: flask.Request) -> dict[str, str]:
+    """The request's headers as a plain dict."""
+    return dict(request.headers.items())
+
+
+def guarded(
+    handler: Callable[[flask.Request], flask.Response],
+    transient: tuple[type[Exception], ...] = (),
+) -> Callable[[flask.Request], flask.Response]:
+    """Wrap a handler so failures become JSON errors with the right status.
+
+    `HttpError` keeps its status; `EventError` is a poison event (400); the `transient`
+    types (database or object store down) are 503 so callers and the broker retry;
+    anything else is logged with its traceback and answered 500.
+    """
+
+    def run(request: flask.Request) -> flask.Response:
+        try:
+            return handler(request)
+        except HttpError as exc:
+            return error_response(exc.status, exc.message, **exc.details)
+        except events.EventError as exc:
+            log.warning("refused a bad event", extra={"error": str(exc)})
+            return error_response(HTTPStatus.BAD_REQUEST, str(exc))
+        except transient as exc:
+            log.warning("dependency unavailable", extra={"error": str(exc)})
+            return error_response(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
+        except Exception:
+            log.exception("unexpected failure")
+            return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
+
+    run.__name__ = handler.__name__
+    run.__doc__ = handler.__doc__
+    return run
