@@ -171,3 +171,12 @@ class JobOutcome(_Contract):
     """Data of `job.completed` and `job.failed`."""
 
     job: JobView
+
+
+class JobPage(_Contract):
+    """One page of a job listing, newest first, with the count of every match."""
+
+    jobs: list[JobView]
+    total_count: int
+    limit: int
+    offset: int

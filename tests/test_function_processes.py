@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 
 import grpc
@@ -47,8 +48,27 @@ def test_http_function_serves_healthz(
 def test_ingress_serves_grpc_health_and_drains_on_sigterm(
     base_env: dict[str, str], processes: list[ServiceProcess]
 ) -> None:
-    (port,) = free_ports(1)
-    service = ingress_process(port, base_env).start()
+    port, upstream = free_ports(2)
+    env = {
+        **base_env,
+        "SUBMIT_URL": f"http://127.0.0.1:{upstream}",
+        "STATUS_URL": f"http://127.0.0.1:{upstream}",
+    }
+    service = ingress_process(port, env).start()
     processes.append(service)
     wait_until(lambda: grpc_serving(f"127.0.0.1:{port}"), 30, "ingress", ignore=(grpc.RpcError,))
     assert service.stop() == 0
+
+
+def test_ingress_without_its_upstreams_configured_exits_naming_them(
+    base_env: dict[str, str], processes: list[ServiceProcess]
+) -> None:
+    (port,) = free_ports(1)
+    service = ingress_process(port, base_env)
+    service.start(stdout=subprocess.PIPE)
+    processes.append(service)
+    assert service.process is not None
+    output, _ = service.process.communicate(timeout=30)
+    assert service.process.returncode == 2
+    assert b"SUBMIT_URL: is required but not set" in output
+    assert b"Traceback" not in output

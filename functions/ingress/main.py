@@ -1,6 +1,7 @@
-"""The gRPC ingress: serves gRPC health checking and reflection so far.
+"""The gRPC ingress: `distance.v1.DistanceService` in front of submit and status.
 
-DistanceService itself lands with the ingress issue.
+Runs as a plain process (`python functions/ingress/main.py`) listening on `$PORT` (h2c on
+Knative) or `GRPC_PORT`. Serves gRPC health checking and reflection, and drains on SIGTERM.
 """
 
 from __future__ import annotations
@@ -12,49 +13,84 @@ from concurrent import futures
 from types import FrameType
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from shared import config
+from shared import config, telemetry
+from shared.ingress import SERVICE, BearerAuth, DependencyHealth, DistanceService, Upstream
 from shared.logs import setup_logging
+from shared.rpc.distance.v1 import distance_pb2_grpc
 
 log = logging.getLogger("ingress")
+WORKERS = 16
+DRAIN_SECONDS = 20
 
 
-def serve(port: int) -> None:
-    """Serve on `port` until SIGTERM/SIGINT, then drain for up to 10 s."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    health_servicer = health.HealthServicer()
+def build_server(
+    grpc_settings: config.GrpcSettings, upstream: Upstream
+) -> tuple[grpc.Server, DependencyHealth]:
+    """The server with DistanceService, health and reflection, bound to its port."""
+    from opentelemetry.instrumentation.grpc import filters, server_interceptor
+
+    # The instrumentation and the generated registration carry no annotations.
+    interceptors = [
+        server_interceptor(  # type: ignore[no-untyped-call]
+            tracer_provider=telemetry.tracer_provider(),
+            filter_=filters.negate(filters.health_check()),
+        )
+    ]
+    if grpc_settings.grpc_auth_token is not None:
+        interceptors.append(BearerAuth(grpc_settings.grpc_auth_token.get_secret_value()))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="grpc"),
+        interceptors=interceptors,
+        options=[("grpc.max_receive_message_length", grpc_settings.grpc_max_receive_bytes)],
+        maximum_concurrent_rpcs=WORKERS * 8,
+    )
+    distance_pb2_grpc.add_DistanceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        DistanceService(upstream), server
+    )
+    health_servicer = DependencyHealth(upstream)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        [
+            SERVICE,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
-    server.add_insecure_port(f"[::]:{port}")
-    server.start()
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    log.info("ingress listening", extra={"port": port})
-
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("draining", extra={"signal": signum})
-        health_servicer.enter_graceful_shutdown()
-        server.stop(grace=10)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    server.wait_for_termination()
+    server.add_insecure_port(f"[::]:{grpc_settings.listen_port}")
+    return server, health_servicer
 
 
 def main() -> int:
-    """Entry point: configure, then serve."""
+    """Configure, serve until SIGTERM/SIGINT, then drain in-flight calls."""
     try:
-        telemetry = config.load(config.TelemetrySettings)
-        port = config.load(config.GrpcSettings).listen_port
+        telemetry_settings = config.load(config.TelemetrySettings)
+        grpc_settings = config.load(config.GrpcSettings)
+        upstream_settings = config.load(config.UpstreamSettings)
     except config.ConfigError as exc:
         sys.stderr.write(f"ingress: {exc}\n")
         return 2
-    setup_logging(telemetry.log_level)
-    serve(port)
+    setup_logging(telemetry_settings.log_level)
+    telemetry.setup("ingress", telemetry_settings)
+    server, health_servicer = build_server(grpc_settings, Upstream(upstream_settings, WORKERS))
+    server.start()
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    log.info("ingress serving", extra={"port": grpc_settings.listen_port})
+
+    def drain(signum: int, _frame: FrameType | None) -> None:
+        log.info("draining", extra={"signal": signal.Signals(signum).name})
+        health_servicer.enter_graceful_shutdown()
+        server.stop(grace=DRAIN_SECONDS)
+
+    signal.signal(signal.SIGTERM, drain)
+    signal.signal(signal.SIGINT, drain)
+    server.wait_for_termination()
+    telemetry.shutdown()
+    log.info("ingress stopped")
     return 0
 
 

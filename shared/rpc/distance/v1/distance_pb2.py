@@ -25,29 +25,43 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64istance/v1/distance.proto\x12\x0b\x64istance.v1\x1a\x1fgoogle/protobuf/timestamp.proto\";\n\x18\x43\x61lculateDistanceRequest\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\"j\n\x19\x43\x61lculateDistanceResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12-\n\tqueued_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"%\n\x13GetJobStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x86\x02\n\x14GetJobStatusResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12-\n\tqueued_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rerror_message\x18\x06 \x01(\t\x12&\n\x06result\x18\x07 \x01(\x0b\x32\x16.distance.v1.JobResult\"a\n\x0fListJobsRequest\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x05\x12\x0c\n\x04\x64\x61te\x18\x04 \x01(\t\x12\x11\n\tdevice_id\x18\x05 \x01(\t\"m\n\x10ListJobsResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.distance.v1.JobSummary\x12\x13\n\x0btotal_count\x18\x02 \x01(\x05\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x0e\n\x06offset\x18\x04 \x01(\x05\"\xae\x01\n\nJobSummary\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61te\x18\x03 \x01(\t\x12\x11\n\tdevice_id\x18\x04 \x01(\t\x12-\n\tqueued_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc0\x01\n\tJobResult\x12\x10\n\x08\x63sv_path\x18\x01 \x01(\t\x12\x19\n\x11total_distance_km\x18\x02 \x01(\x01\x12\x17\n\x0ftotal_locations\x18\x03 \x01(\x05\x12\x17\n\x0fmax_distance_km\x18\x04 \x01(\x01\x12\x17\n\x0fmin_distance_km\x18\x05 \x01(\x01\x12\x0c\n\x04\x64\x61te\x18\x06 \x01(\t\x12\x11\n\tdevice_id\x18\x07 \x01(\t\x12\x1a\n\x12processing_time_ms\x18\x08 \x01(\x03\x32\x9b\x02\n\x0f\x44istanceService\x12j\n\x19\x43\x61lculateDistanceFromHome\x12%.distance.v1.CalculateDistanceRequest\x1a&.distance.v1.CalculateDistanceResponse\x12S\n\x0cGetJobStatus\x12 .distance.v1.GetJobStatusRequest\x1a!.distance.v1.GetJobStatusResponse\x12G\n\x08ListJobs\x12\x1c.distance.v1.ListJobsRequest\x1a\x1d.distance.v1.ListJobsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64istance/v1/distance.proto\x12\x0b\x64istance.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"x\n\x18\x43\x61lculateDistanceRequest\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x03 \x01(\t\x12\x10\n\x08timezone\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"{\n\x19\x43\x61lculateDistanceResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12-\n\tqueued_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63reated\x18\x04 \x01(\x08\"%\n\x13GetJobStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xf3\x02\n\x14GetJobStatusResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12-\n\tqueued_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rerror_message\x18\x06 \x01(\t\x12&\n\x06result\x18\x07 \x01(\x0b\x32\x16.distance.v1.JobResult\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\t \x01(\x05\x12\x0c\n\x04\x64\x61te\x18\n \x01(\t\x12\x10\n\x08\x65nd_date\x18\x0b \x01(\t\x12\x11\n\tdevice_id\x18\x0c \x01(\t\x12\x10\n\x08timezone\x18\r \x01(\t\"a\n\x0fListJobsRequest\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x05\x12\x0c\n\x04\x64\x61te\x18\x04 \x01(\t\x12\x11\n\tdevice_id\x18\x05 \x01(\t\"m\n\x10ListJobsResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.distance.v1.JobSummary\x12\x13\n\x0btotal_count\x18\x02 \x01(\x05\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x0e\n\x06offset\x18\x04 \x01(\x05\"\xe9\x01\n\nJobSummary\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61te\x18\x03 \x01(\t\x12\x11\n\tdevice_id\x18\x04 \x01(\t\x12-\n\tqueued_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65nd_date\x18\x07 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\x12\x15\n\rerror_message\x18\t \x01(\t\"\xa5\x03\n\tJobResult\x12\x10\n\x08\x63sv_path\x18\x01 \x01(\t\x12\x19\n\x11total_distance_km\x18\x02 \x01(\x01\x12\x17\n\x0ftotal_locations\x18\x03 \x01(\x05\x12\x17\n\x0fmax_distance_km\x18\x04 \x01(\x01\x12\x17\n\x0fmin_distance_km\x18\x05 \x01(\x01\x12\x0c\n\x04\x64\x61te\x18\x06 \x01(\t\x12\x11\n\tdevice_id\x18\x07 \x01(\t\x12\x1a\n\x12processing_time_ms\x18\x08 \x01(\x03\x12\x0f\n\x07\x63sv_url\x18\t \x01(\t\x12\x36\n\x12\x63sv_url_expires_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsummary_url\x18\x0b \x01(\t\x12\x10\n\x08\x65nd_date\x18\x0c \x01(\t\x12\x10\n\x08timezone\x18\r \x01(\t\x12%\n\x07metrics\x18\x0e \x01(\x0b\x32\x14.distance.v1.Metrics\x12+\n\x07\x64\x65vices\x18\x0f \x03(\x0b\x32\x1a.distance.v1.DeviceMetrics\x12\r\n\x05notes\x18\x10 \x03(\t\"\x9e\x04\n\x07Metrics\x12\x13\n\x0bpoints_read\x18\x01 \x01(\x03\x12\x13\n\x0bpoints_used\x18\x02 \x01(\x03\x12?\n\x0epoints_dropped\x18\x03 \x03(\x0b\x32\'.distance.v1.Metrics.PointsDroppedEntry\x12\x1f\n\x17points_accuracy_unknown\x18\x04 \x01(\x03\x12\x0f\n\x07path_km\x18\x05 \x01(\x01\x12\x13\n\x0braw_path_km\x18\x06 \x01(\x01\x12\x17\n\x0fmax_distance_km\x18\x07 \x01(\x01\x12+\n\x0fmax_distance_at\x18\x08 \x01(\x0b\x32\x12.distance.v1.Place\x12\x17\n\x0fmin_distance_km\x18\t \x01(\x01\x12\x18\n\x10mean_distance_km\x18\n \x01(\x01\x12\x1a\n\x12median_distance_km\x18\x0b \x01(\x01\x12\x16\n\x0etime_at_home_s\x18\x0c \x01(\x01\x12\x13\n\x0btime_away_s\x18\r \x01(\x01\x12\x16\n\x0etime_unknown_s\x18\x0e \x01(\x01\x12 \n\x05trips\x18\x0f \x03(\x0b\x32\x11.distance.v1.Trip\x12/\n\x0c\x63ompleteness\x18\x10 \x01(\x0b\x32\x19.distance.v1.Completeness\x1a\x34\n\x12PointsDroppedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"I\n\rDeviceMetrics\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12%\n\x07metrics\x18\x02 \x01(\x0b\x32\x14.distance.v1.Metrics\"i\n\x05Place\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08latitude\x18\x02 \x01(\x01\x12\x11\n\tlongitude\x18\x03 \x01(\x01\x12\x11\n\tdevice_id\x18\x04 \x01(\t\"\xe3\x01\n\x04Trip\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12)\n\x05start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nduration_s\x18\x05 \x01(\x01\x12\x17\n\x0fmax_distance_km\x18\x06 \x01(\x01\x12\x0f\n\x07path_km\x18\x07 \x01(\x01\x12\x15\n\rclipped_start\x18\x08 \x01(\x08\x12\x13\n\x0b\x63lipped_end\x18\t \x01(\x08\"\xa5\x01\n\x0c\x43ompleteness\x12\x10\n\x08\x63overage\x18\x01 \x01(\x01\x12\x15\n\rlargest_gap_s\x18\x02 \x01(\x01\x12\x35\n\x11largest_gap_start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13ingest_lag_median_s\x18\x04 \x01(\x01\x12\x18\n\x10ingest_lag_max_s\x18\x05 \x01(\x01\x32\x9b\x02\n\x0f\x44istanceService\x12j\n\x19\x43\x61lculateDistanceFromHome\x12%.distance.v1.CalculateDistanceRequest\x1a&.distance.v1.CalculateDistanceResponse\x12S\n\x0cGetJobStatus\x12 .distance.v1.GetJobStatusRequest\x1a!.distance.v1.GetJobStatusResponse\x12G\n\x08ListJobs\x12\x1c.distance.v1.ListJobsRequest\x1a\x1d.distance.v1.ListJobsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'distance.v1.distance_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_METRICS_POINTSDROPPEDENTRY']._loaded_options = None
+  _globals['_METRICS_POINTSDROPPEDENTRY']._serialized_options = b'8\001'
   _globals['_CALCULATEDISTANCEREQUEST']._serialized_start=76
-  _globals['_CALCULATEDISTANCEREQUEST']._serialized_end=135
-  _globals['_CALCULATEDISTANCERESPONSE']._serialized_start=137
-  _globals['_CALCULATEDISTANCERESPONSE']._serialized_end=243
-  _globals['_GETJOBSTATUSREQUEST']._serialized_start=245
-  _globals['_GETJOBSTATUSREQUEST']._serialized_end=282
-  _globals['_GETJOBSTATUSRESPONSE']._serialized_start=285
-  _globals['_GETJOBSTATUSRESPONSE']._serialized_end=547
-  _globals['_LISTJOBSREQUEST']._serialized_start=549
-  _globals['_LISTJOBSREQUEST']._serialized_end=646
-  _globals['_LISTJOBSRESPONSE']._serialized_start=648
-  _globals['_LISTJOBSRESPONSE']._serialized_end=757
-  _globals['_JOBSUMMARY']._serialized_start=760
-  _globals['_JOBSUMMARY']._serialized_end=934
-  _globals['_JOBRESULT']._serialized_start=937
-  _globals['_JOBRESULT']._serialized_end=1129
-  _globals['_DISTANCESERVICE']._serialized_start=1132
-  _globals['_DISTANCESERVICE']._serialized_end=1415
+  _globals['_CALCULATEDISTANCEREQUEST']._serialized_end=196
+  _globals['_CALCULATEDISTANCERESPONSE']._serialized_start=198
+  _globals['_CALCULATEDISTANCERESPONSE']._serialized_end=321
+  _globals['_GETJOBSTATUSREQUEST']._serialized_start=323
+  _globals['_GETJOBSTATUSREQUEST']._serialized_end=360
+  _globals['_GETJOBSTATUSRESPONSE']._serialized_start=363
+  _globals['_GETJOBSTATUSRESPONSE']._serialized_end=734
+  _globals['_LISTJOBSREQUEST']._serialized_start=736
+  _globals['_LISTJOBSREQUEST']._serialized_end=833
+  _globals['_LISTJOBSRESPONSE']._serialized_start=835
+  _globals['_LISTJOBSRESPONSE']._serialized_end=944
+  _globals['_JOBSUMMARY']._serialized_start=947
+  _globals['_JOBSUMMARY']._serialized_end=1180
+  _globals['_JOBRESULT']._serialized_start=1183
+  _globals['_JOBRESULT']._serialized_end=1604
+  _globals['_METRICS']._serialized_start=1607
+  _globals['_METRICS']._serialized_end=2149
+  _globals['_METRICS_POINTSDROPPEDENTRY']._serialized_start=2097
+  _globals['_METRICS_POINTSDROPPEDENTRY']._serialized_end=2149
+  _globals['_DEVICEMETRICS']._serialized_start=2151
+  _globals['_DEVICEMETRICS']._serialized_end=2224
+  _globals['_PLACE']._serialized_start=2226
+  _globals['_PLACE']._serialized_end=2331
+  _globals['_TRIP']._serialized_start=2334
+  _globals['_TRIP']._serialized_end=2561
+  _globals['_COMPLETENESS']._serialized_start=2564
+  _globals['_COMPLETENESS']._serialized_end=2729
+  _globals['_DISTANCESERVICE']._serialized_start=2732
+  _globals['_DISTANCESERVICE']._serialized_end=3015
 # @@protoc_insertion_point(module_scope)

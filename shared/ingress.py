@@ -1,0 +1,441 @@
+"""The gRPC face of the system: `distance.v1.DistanceService` adapted to submit and status.
+
+The ingress owns no job logic and no database: a `CalculateDistanceFromHome` becomes a
+`distance.requested` CloudEvent posted to submit, whose reply (a `job.accepted` event)
+carries the job; `GetJobStatus` and `ListJobs` read status's JSON. Validation happens
+there, once; the ingress turns each HTTP answer into the matching gRPC status code and
+passes the caller's deadline on to the HTTP call.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any, NoReturn, Protocol, TypeVar
+from urllib.parse import quote, urlencode
+
+import grpc
+import urllib3
+from cloudevents.http import CloudEvent
+from grpc_health.v1 import health, health_pb2
+from pydantic import BaseModel, ValidationError
+
+from shared import events, telemetry
+from shared.config import UpstreamSettings
+from shared.contracts import JobAccepted, JobPage, JobView
+from shared.rpc.distance.v1 import distance_pb2 as pb
+from shared.rpc.distance.v1 import distance_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE = pb.DESCRIPTOR.services_by_name["DistanceService"].full_name
+M = TypeVar("M", bound=BaseModel)
+
+_CODES = {
+    HTTPStatus.BAD_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
+    HTTPStatus.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    HTTPStatus.CONFLICT: grpc.StatusCode.ALREADY_EXISTS,
+    HTTPStatus.SERVICE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    HTTPStatus.BAD_GATEWAY: grpc.StatusCode.UNAVAILABLE,
+    HTTPStatus.GATEWAY_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+    HTTPStatus.TOO_MANY_REQUESTS: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+class UpstreamError(Exception):
+    """submit or status answered with an error, or could not be reached."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Deadline(Protocol):
+    """What the servicer needs of a gRPC context."""
+
+    def time_remaining(self) -> float | None: ...
+
+
+class Upstream:
+    """HTTP client of submit and status, with bounded timeouts and no retries of its own
+    (the gRPC caller decides whether to retry)."""
+
+    def __init__(self, settings: UpstreamSettings, pool_size: int = 16) -> None:
+        self.settings = settings
+        self._http = urllib3.PoolManager(maxsize=pool_size, block=False, retries=False)
+        self.reachable: dict[str, bool] = {"submit": True, "status": True}
+
+    def _timeout(self, context: Deadline) -> float:
+        remaining = context.time_remaining()
+        limit = self.settings.upstream_timeout_seconds
+        if remaining is None:
+            return limit
+        if remaining <= 0:
+            raise UpstreamError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+        return min(remaining, limit)
+
+    def _call(
+        self,
+        service: str,
+        method: str,
+        url: str,
+        context: Deadline,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> urllib3.BaseHTTPResponse:
+        timeout = self._timeout(context)
+        started = time.monotonic()
+        try:
+            response = self._http.request(
+                method, url, body=body, headers=dict(headers or {}), timeout=timeout
+            )
+        except urllib3.exceptions.TimeoutError:
+            raise UpstreamError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"{service} did not answer within {time.monotonic() - started:.1f} s",
+            ) from None
+        except urllib3.exceptions.HTTPError as exc:
+            self.reachable[service] = False
+            raise UpstreamError(
+                grpc.StatusCode.UNAVAILABLE, f"{service} is unreachable: {exc}"
+            ) from None
+        self.reachable[service] = response.status < 500 or response.status == 501
+        if response.status >= 400:
+            raise UpstreamError(
+                _CODES.get(HTTPStatus(response.status), grpc.StatusCode.INTERNAL),
+                _error_text(service, response),
+            )
+        return response
+
+    def submit(self, data: dict[str, Any], context: Deadline) -> JobAccepted:
+        """Post a `distance.requested` event to submit; the job from its reply."""
+        event = CloudEvent(
+            {
+                "type": events.DISTANCE_REQUESTED,
+                "source": "/otel-worker/ingress",
+                "id": str(uuid.uuid4()),
+                "datacontenttype": "application/json",
+                **({"traceparent": tp} if (tp := telemetry.traceparent()) else {}),
+            },
+            data,
+        )
+        headers, body = events.binary(event)
+        response = self._call(
+            "submit", "POST", str(self.settings.submit_url), context, body, headers
+        )
+        try:
+            reply = events.parse(dict(response.headers.items()), response.data)
+            if reply["type"] != events.JOB_ACCEPTED:
+                raise events.EventError(f"unexpected reply type {reply['type']}")
+            return events.data_as(reply, JobAccepted)
+        except events.EventError as exc:
+            raise UpstreamError(grpc.StatusCode.INTERNAL, f"submit replied badly: {exc}") from None
+
+    def job(self, job_id: str, context: Deadline) -> JobView:
+        """One job from status."""
+        url = f"{_base(self.settings.status_url)}/jobs/{quote(job_id, safe='')}"
+        return _model(JobView, self._call("status", "GET", url, context, headers=_trace()))
+
+    def jobs(self, query: dict[str, str | int], context: Deadline) -> JobPage:
+        """A page of jobs from status."""
+        url = f"{_base(self.settings.status_url)}/jobs?{urlencode(query)}"
+        return _model(JobPage, self._call("status", "GET", url, context, headers=_trace()))
+
+    def probe(self) -> bool:
+        """Quick liveness probe of both functions (used by the health service)."""
+        for service, url in (
+            ("submit", f"{_base(self.settings.submit_url)}/healthz"),
+            ("status", f"{_base(self.settings.status_url)}/healthz"),
+        ):
+            try:
+                response = self._http.request("GET", url, timeout=2.0)
+                self.reachable[service] = response.status == 200
+            except urllib3.exceptions.HTTPError:
+                self.reachable[service] = False
+        return all(self.reachable.values())
+
+
+def _base(url: object) -> str:
+    return str(url).rstrip("/")
+
+
+def _trace() -> dict[str, str]:
+    traceparent = telemetry.traceparent()
+    return {"traceparent": traceparent} if traceparent else {}
+
+
+def _error_text(service: str, response: urllib3.BaseHTTPResponse) -> str:
+    try:
+        return str(json.loads(response.data)["error"])
+    except (ValueError, KeyError, TypeError):
+        return f"{service} answered HTTP {response.status}"
+
+
+def _model(model: type[M], response: urllib3.BaseHTTPResponse) -> M:
+    try:
+        return model.model_validate_json(response.data)
+    except ValidationError as exc:
+        raise UpstreamError(grpc.StatusCode.INTERNAL, f"status replied badly: {exc}") from None
+
+
+def _timestamp(value: dt.datetime | None) -> Any:
+    if value is None:
+        return None
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _day(value: dt.date | None) -> str:
+    return value.isoformat() if value else ""
+
+
+def metrics_message(summary: Mapping[str, Any]) -> pb.Metrics:
+    """The proto `Metrics` of one summary (or one device's part of it)."""
+    points = summary.get("points", {})
+    completeness = summary.get("completeness") or {}
+    place = summary.get("max_distance_at")
+    return pb.Metrics(
+        points_read=points.get("read", 0),
+        points_used=points.get("used", 0),
+        points_dropped=points.get("dropped", {}),
+        points_accuracy_unknown=points.get("accuracy_unknown", 0),
+        path_km=summary.get("path_km", 0.0),
+        raw_path_km=summary.get("raw_path_km", 0.0),
+        max_distance_km=summary.get("max_distance_km", 0.0),
+        max_distance_at=pb.Place(
+            time=_timestamp(_parse_time(place["time"])),
+            latitude=place["latitude"],
+            longitude=place["longitude"],
+            device_id=place["device_id"],
+        )
+        if place
+        else None,
+        min_distance_km=summary.get("min_distance_km", 0.0),
+        mean_distance_km=summary.get("mean_distance_km", 0.0),
+        median_distance_km=summary.get("median_distance_km", 0.0),
+        time_at_home_s=summary.get("time_at_home_s", 0.0),
+        time_away_s=summary.get("time_away_s", 0.0),
+        time_unknown_s=summary.get("time_unknown_s", 0.0),
+        trips=[
+            pb.Trip(
+                id=trip["id"],
+                device_id=trip["device_id"],
+                start=_timestamp(_parse_time(trip["start"])),
+                end=_timestamp(_parse_time(trip["end"])),
+                duration_s=trip["duration_s"],
+                max_distance_km=trip.get("max_distance_km") or 0.0,
+                path_km=trip["path_km"],
+                clipped_start=trip["clipped_start"],
+                clipped_end=trip["clipped_end"],
+            )
+            for trip in summary.get("trips", [])
+        ],
+        completeness=pb.Completeness(
+            coverage=completeness.get("coverage", 0.0),
+            largest_gap_s=completeness.get("largest_gap_s", 0.0),
+            largest_gap_start=_timestamp(_parse_time(completeness.get("largest_gap_start"))),
+            ingest_lag_median_s=completeness.get("ingest_lag_median_s") or 0.0,
+            ingest_lag_max_s=completeness.get("ingest_lag_max_s") or 0.0,
+        ),
+    )
+
+
+def _parse_time(value: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value) if value else None
+
+
+def result_message(job: JobView) -> pb.JobResult | None:
+    """The proto `JobResult` of a completed job (None before it completes)."""
+    if job.status != "completed" or job.result is None:
+        return None
+    summary = job.result
+    points = summary.get("points", {})
+    return pb.JobResult(
+        csv_path=job.csv_key or "",
+        total_distance_km=summary.get("path_km", 0.0),
+        total_locations=points.get("read", 0),
+        max_distance_km=summary.get("max_distance_km", 0.0),
+        min_distance_km=summary.get("min_distance_km", 0.0),
+        date=_day(job.date),
+        device_id=job.device_id or "",
+        processing_time_ms=job.processing_time_ms or 0,
+        csv_url=job.csv.url if job.csv else "",
+        csv_url_expires_at=_timestamp(job.csv.expires_at) if job.csv else None,
+        summary_url=job.summary.url if job.summary else "",
+        end_date=_day(job.end_date),
+        timezone=job.timezone,
+        metrics=metrics_message(summary),
+        devices=[
+            pb.DeviceMetrics(device_id=device, metrics=metrics_message(part))
+            for device, part in sorted(summary.get("devices", {}).items())
+        ],
+        notes=summary.get("notes", []),
+    )
+
+
+def status_message(job: JobView) -> pb.GetJobStatusResponse:
+    """The proto answer of `GetJobStatus`."""
+    return pb.GetJobStatusResponse(
+        job_id=str(job.job_id),
+        status=job.status,
+        queued_at=_timestamp(job.queued_at),
+        started_at=_timestamp(job.started_at),
+        completed_at=_timestamp(job.completed_at),
+        error_message=job.error_message or "",
+        result=result_message(job),
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+        date=_day(job.date),
+        end_date=_day(job.end_date),
+        device_id=job.device_id or "",
+        timezone=job.timezone,
+    )
+
+
+def summary_message(job: JobView) -> pb.JobSummary:
+    """One row of `ListJobs`."""
+    return pb.JobSummary(
+        job_id=str(job.job_id),
+        status=job.status,
+        date=_day(job.date),
+        device_id=job.device_id or "",
+        queued_at=_timestamp(job.queued_at),
+        completed_at=_timestamp(job.completed_at),
+        end_date=_day(job.end_date),
+        attempts=job.attempts,
+        error_message=job.error_message or "",
+    )
+
+
+class DistanceService(distance_pb2_grpc.DistanceServiceServicer):
+    """`distance.v1.DistanceService`, delegating to submit and status."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+
+    def CalculateDistanceFromHome(
+        self, request: pb.CalculateDistanceRequest, context: grpc.ServicerContext
+    ) -> pb.CalculateDistanceResponse:
+        """Queue a job (or return the one an earlier call with the same key made)."""
+        data: dict[str, Any] = {"date": request.date}
+        for name in ("end_date", "device_id", "timezone", "idempotency_key"):
+            if value := getattr(request, name):
+                data[name] = value
+        try:
+            accepted = self.upstream.submit(data, context)
+        except UpstreamError as exc:
+            _abort(context, exc)
+        job = accepted.job
+        return pb.CalculateDistanceResponse(
+            job_id=str(job.job_id),
+            status=job.status,
+            queued_at=_timestamp(job.queued_at),
+            created=accepted.created,
+        )
+
+    def GetJobStatus(
+        self, request: pb.GetJobStatusRequest, context: grpc.ServicerContext
+    ) -> pb.GetJobStatusResponse:
+        """The job's state, and its result once completed."""
+        if not request.job_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id: is required")
+        try:
+            return status_message(self.upstream.job(request.job_id, context))
+        except UpstreamError as exc:
+            _abort(context, exc)
+
+    def ListJobs(
+        self, request: pb.ListJobsRequest, context: grpc.ServicerContext
+    ) -> pb.ListJobsResponse:
+        """Jobs matching the filters, newest first, with the count of all matches."""
+        query: dict[str, str | int] = {"limit": request.limit, "offset": request.offset}
+        for name in ("status", "date", "device_id"):
+            if value := getattr(request, name):
+                query[name] = value
+        try:
+            page = self.upstream.jobs(query, context)
+        except UpstreamError as exc:
+            _abort(context, exc)
+        return pb.ListJobsResponse(
+            jobs=[summary_message(job) for job in page.jobs],
+            total_count=page.total_count,
+            limit=page.limit,
+            offset=page.offset,
+        )
+
+
+def _abort(context: grpc.ServicerContext, exc: UpstreamError) -> NoReturn:
+    log.info("call refused", extra={"code": exc.code.name, "error": exc.message})
+    context.abort(exc.code, exc.message)
+    raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
+class DependencyHealth(health.HealthServicer):
+    """Standard health checking. The overall service ("") is SERVING while this process
+    serves (what Knative probes); `distance.v1.DistanceService` is NOT_SERVING while
+    submit or status cannot be reached, refreshed on demand at most every `interval` s
+    so a health check never keeps a scaled-to-zero function awake on its own."""
+
+    def __init__(self, upstream: Upstream, interval: float = 5.0) -> None:
+        super().__init__()
+        self.upstream = upstream
+        self.interval = interval
+        self._checked = 0.0
+        self._probe_lock = threading.Lock()
+
+    def refresh(self) -> None:
+        """Probe the functions and publish the result."""
+        serving = self.upstream.probe()
+        self.set(
+            SERVICE,
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING,
+        )
+
+    def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext) -> Any:
+        """Answer a health check, refreshing the dependency state when it is stale."""
+        if request.service == SERVICE:
+            with self._probe_lock:
+                if time.monotonic() - self._checked > self.interval:
+                    self._checked = time.monotonic()
+                    self.refresh()
+        return super().Check(request, context)
+
+
+class BearerAuth(grpc.ServerInterceptor):
+    """Requires `authorization: Bearer <token>` on every call but health checks (Kubernetes
+    probes cannot send metadata)."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+        def deny(_request: object, context: grpc.ServicerContext) -> None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+        self._deny: grpc.RpcMethodHandler[object, None] = grpc.unary_unary_rpc_method_handler(deny)
+
+    def intercept_service(
+        self,
+        continuation: Any,
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        """Let the call through only with the right token."""
+        if handler_call_details.method.startswith("/grpc.health.v1.Health/"):
+            return continuation(handler_call_details)
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        offered = str(metadata.get("authorization", "")).encode()
+        if hmac.compare_digest(offered, self._expected):
+            return continuation(handler_call_details)
+        return self._deny
