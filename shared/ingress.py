@@ -97,6 +97,12 @@ class Upstream:
             response = self._http.request(
                 method, url, body=body, headers=dict(headers or {}), timeout=timeout
             )
+        except urllib3.exceptions.NewConnectionError as exc:
+            # Checked first: urllib3 makes a refused connection a kind of timeout error.
+            self.reachable[service] = False
+            raise UpstreamError(
+                grpc.StatusCode.UNAVAILABLE, f"{service} is unreachable: {exc}"
+            ) from None
         except urllib3.exceptions.TimeoutError:
             raise UpstreamError(
                 grpc.StatusCode.DEADLINE_EXCEEDED,

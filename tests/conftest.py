@@ -11,8 +11,10 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -189,26 +191,39 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 Reply = tuple[int, dict[str, str], bytes]
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (deadline tests) is expected, not worth a traceback.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 @dataclass
 class RecordingServer:
-    """A real HTTP server on loopback that records the POSTs it receives and answers them
+    """A real HTTP server on loopback that records the requests it receives and answers them
     from a script (then with `default`): a peer for code that calls out over HTTP."""
 
     script: list[Reply] = field(default_factory=list)
     default: Reply = (202, {}, b"")
+    delay: float = 0.0
     received: list[dict[str, Any]] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
 
     def start(self) -> RecordingServer:
-        subscriber = self
+        recorder = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                subscriber.received.append({"path": self.path, "headers": headers, "body": body})
+                recorder.received.append(
+                    {"method": self.command, "path": self.path, "headers": headers, "body": body}
+                )
+                time.sleep(recorder.delay)
                 status, reply_headers, reply = (
-                    subscriber.script.pop(0) if subscriber.script else subscriber.default
+                    recorder.script.pop(0) if recorder.script else recorder.default
                 )
                 self.send_response(status)
                 for key, value in reply_headers.items():
@@ -217,10 +232,12 @@ class RecordingServer:
                 self.end_headers()
                 self.wfile.write(reply)
 
+            do_GET = do_POST  # noqa: N815 (the name http.server dispatches GET to)
+
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
         return self
 

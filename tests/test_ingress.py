@@ -1,0 +1,337 @@
+"""The gRPC ingress as a real process, in front of scripted HTTP peers standing in for
+submit and status: request mapping, every error code, deadlines, auth, health, reflection.
+(The end-to-end tests run it against the real functions.)"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from shared import events
+from shared.contracts import JobAccepted, JobPage, JobView
+from shared.devstack import ServiceProcess, free_ports, grpc_serving, ingress_process, wait_until
+from shared.ingress import SERVICE
+from shared.rpc.distance.v1 import distance_pb2 as pb
+from shared.rpc.distance.v1 import distance_pb2_grpc
+from tests.conftest import RecordingServer
+
+JOB_ID = uuid.UUID("0b9f3a52-5d3c-4c1e-8f0a-2b6d7e9c1a44")
+QUEUED = dt.datetime(2026, 3, 8, 12, 0, tzinfo=dt.UTC)
+
+
+def _view(**changes: object) -> JobView:
+    base: dict[str, object] = {
+        "job_id": JOB_ID,
+        "status": "queued",
+        "date": dt.date(2026, 3, 7),
+        "end_date": dt.date(2026, 3, 7),
+        "device_id": "phone",
+        "timezone": "America/New_York",
+        "queued_at": QUEUED,
+        "max_attempts": 3,
+        "idempotency_key": "k",
+    }
+    return JobView.model_validate({**base, **changes})
+
+
+def _accepted(created: bool = True) -> tuple[int, dict[str, str], bytes]:
+    event = events.new_event(
+        events.JOB_ACCEPTED, JobAccepted(created=created, job=_view()), source="/submit"
+    )
+    headers, body = events.binary(event)
+    return 200, headers, body
+
+
+def _json(status: int, body: object) -> tuple[int, dict[str, str], bytes]:
+    return status, {"content-type": "application/json"}, json.dumps(body).encode()
+
+
+@dataclass
+class Ingress:
+    target: str
+    submit: RecordingServer
+    status: RecordingServer
+    process: ServiceProcess
+
+    def stub(self, channel: grpc.Channel) -> distance_pb2_grpc.DistanceServiceStub:
+        return distance_pb2_grpc.DistanceServiceStub(channel)  # type: ignore[no-untyped-call]
+
+
+def _start(extra: dict[str, str] | None = None) -> Ingress:
+    submit, status = RecordingServer().start(), RecordingServer().start()
+    (port,) = free_ports(1)
+    env = {
+        **os.environ,
+        "SUBMIT_URL": submit.url,
+        "STATUS_URL": status.url,
+        "UPSTREAM_TIMEOUT_SECONDS": "5",
+        **(extra or {}),
+    }
+    process = ingress_process(port, env).start()
+    target = f"127.0.0.1:{port}"
+    wait_until(lambda: grpc_serving(target), 30, "ingress", ignore=(grpc.RpcError,))
+    return Ingress(target, submit, status, process)
+
+
+def _stop(ingress: Ingress) -> None:
+    ingress.process.stop()
+    ingress.submit.stop()
+    ingress.status.stop()
+
+
+@pytest.fixture(scope="module")
+def ingress() -> Iterator[Ingress]:
+    started = _start()
+    yield started
+    _stop(started)
+
+
+@pytest.fixture
+def channel(ingress: Ingress) -> Iterator[grpc.Channel]:
+    ingress.submit.received.clear()
+    ingress.status.received.clear()
+    ingress.submit.delay = ingress.status.delay = 0
+    with grpc.insecure_channel(ingress.target) as channel:
+        yield channel
+
+
+def test_calculate_posts_a_binary_cloudevent_and_returns_the_job(
+    ingress: Ingress, channel: grpc.Channel
+) -> None:
+    ingress.submit.script = [_accepted(created=False)]
+    reply = ingress.stub(channel).CalculateDistanceFromHome(
+        pb.CalculateDistanceRequest(date="2026-03-07", device_id="phone", idempotency_key="k"),
+        timeout=10,
+    )
+    assert reply.job_id == str(JOB_ID)
+    assert reply.status == "queued"
+    assert reply.queued_at.ToDatetime(dt.UTC) == QUEUED
+    assert reply.created is False
+    (request,) = ingress.submit.received
+    assert request["headers"]["ce-type"] == events.DISTANCE_REQUESTED
+    assert request["headers"]["ce-source"] == "/otel-worker/ingress"
+    assert json.loads(request["body"]) == {
+        "date": "2026-03-07",
+        "device_id": "phone",
+        "idempotency_key": "k",
+    }
+
+
+@pytest.mark.parametrize(
+    ("reply", "code", "message"),
+    [
+        (
+            _json(400, {"error": "date: 2026-02-30 is not a calendar date"}),
+            "INVALID_ARGUMENT",
+            "date: 2026-02-30",
+        ),
+        (
+            _json(409, {"error": "idempotency_key: used for another request"}),
+            "ALREADY_EXISTS",
+            "idempotency_key",
+        ),
+        (_json(503, {"error": "database unavailable"}), "UNAVAILABLE", "database unavailable"),
+        (_json(500, {"error": "internal error"}), "INTERNAL", "internal error"),
+        ((200, {"content-type": "application/json"}, b"{}"), "INTERNAL", "submit replied badly"),
+    ],
+)
+def test_submit_errors_become_grpc_codes(
+    ingress: Ingress,
+    channel: grpc.Channel,
+    reply: tuple[int, dict[str, str], bytes],
+    code: str,
+    message: str,
+) -> None:
+    ingress.submit.script = [reply]
+    with pytest.raises(grpc.RpcError) as info:
+        ingress.stub(channel).CalculateDistanceFromHome(
+            pb.CalculateDistanceRequest(date="2026-02-30"), timeout=10
+        )
+    assert info.value.code().name == code
+    assert message in (info.value.details() or "")
+
+
+def test_get_job_status_maps_a_completed_job(ingress: Ingress, channel: grpc.Channel) -> None:
+    summary = {
+        "points": {"read": 3012, "used": 2950, "dropped": {"jitter": 40, "accuracy": 22}},
+        "path_km": 41.5,
+        "raw_path_km": 57.0,
+        "max_distance_km": 12.25,
+        "min_distance_km": 0.01,
+        "trips": [],
+        "devices": {},
+        "notes": [],
+    }
+    completed = _view(
+        status="completed",
+        started_at=QUEUED,
+        completed_at=QUEUED + dt.timedelta(seconds=1),
+        attempts=1,
+        result=summary,
+        csv_key=f"jobs/{JOB_ID}/distance_20260307_phone_0b9f3a52.csv",
+        processing_time_ms=830,
+        csv={"url": "http://files.example/x.csv?X-Amz-Signature=a", "expires_at": QUEUED},
+    )
+    ingress.status.script = [_json(200, completed.model_dump(mode="json"))]
+    reply = ingress.stub(channel).GetJobStatus(
+        pb.GetJobStatusRequest(job_id=str(JOB_ID)), timeout=10
+    )
+    assert ingress.status.received[0]["path"] == f"/jobs/{JOB_ID}"
+    assert reply.status == "completed"
+    assert reply.attempts == 1
+    result = reply.result
+    assert result.csv_path.rsplit("/", 1)[1] == "distance_20260307_phone_0b9f3a52.csv"
+    assert result.total_distance_km == 41.5
+    assert result.total_locations == 3012
+    assert result.max_distance_km == 12.25
+    assert result.date == "2026-03-07"
+    assert result.processing_time_ms == 830
+    assert result.csv_url.startswith("http://files.example/")
+    assert dict(result.metrics.points_dropped) == {"jitter": 40, "accuracy": 22}
+    assert result.metrics.raw_path_km == 57.0
+
+
+@pytest.mark.parametrize(
+    ("reply", "code"),
+    [
+        (_json(404, {"error": "job 0b9f3a52-... not found"}), "NOT_FOUND"),
+        (_json(400, {"error": "job_id: must be a UUID"}), "INVALID_ARGUMENT"),
+        (_json(503, {"error": "database unavailable"}), "UNAVAILABLE"),
+    ],
+)
+def test_status_errors_become_grpc_codes(
+    ingress: Ingress, channel: grpc.Channel, reply: tuple[int, dict[str, str], bytes], code: str
+) -> None:
+    ingress.status.script = [reply]
+    with pytest.raises(grpc.RpcError) as info:
+        ingress.stub(channel).GetJobStatus(pb.GetJobStatusRequest(job_id="x"), timeout=10)
+    assert info.value.code().name == code
+
+
+def test_an_empty_job_id_is_invalid_without_asking_status(
+    ingress: Ingress, channel: grpc.Channel
+) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        ingress.stub(channel).GetJobStatus(pb.GetJobStatusRequest(), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "job_id" in (info.value.details() or "")
+    assert ingress.status.received == []
+
+
+def test_list_jobs_passes_every_filter_and_returns_the_page(
+    ingress: Ingress, channel: grpc.Channel
+) -> None:
+    page = JobPage(jobs=[_view()], total_count=7, limit=50, offset=5)
+    ingress.status.script = [_json(200, page.model_dump(mode="json"))]
+    reply = ingress.stub(channel).ListJobs(
+        pb.ListJobsRequest(
+            status="queued", limit=0, offset=5, date="2026-03-07", device_id="phone"
+        ),
+        timeout=10,
+    )
+    path = ingress.status.received[0]["path"]
+    assert path.startswith("/jobs?")
+    for part in ("limit=0", "offset=5", "status=queued", "date=2026-03-07", "device_id=phone"):
+        assert part in path
+    assert (reply.total_count, reply.limit, reply.offset) == (7, 50, 5)
+    assert [j.job_id for j in reply.jobs] == [str(JOB_ID)]
+
+
+def test_the_callers_deadline_bounds_the_http_call(ingress: Ingress, channel: grpc.Channel) -> None:
+    ingress.status.delay = 3
+    with pytest.raises(grpc.RpcError) as info:
+        ingress.stub(channel).GetJobStatus(pb.GetJobStatusRequest(job_id=str(JOB_ID)), timeout=0.5)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_a_slow_upstream_past_the_server_limit_is_deadline_exceeded() -> None:
+    started = _start({"UPSTREAM_TIMEOUT_SECONDS": "0.3"})
+    try:
+        started.status.delay = 2
+        with grpc.insecure_channel(started.target) as channel, pytest.raises(grpc.RpcError) as info:
+            started.stub(channel).GetJobStatus(pb.GetJobStatusRequest(job_id="x"), timeout=10)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "did not answer" in (info.value.details() or "")
+    finally:
+        _stop(started)
+
+
+def test_unreachable_functions_are_unavailable_and_unhealthy() -> None:
+    started = _start()
+    started.submit.stop()
+    started.status.stop()
+    try:
+        with grpc.insecure_channel(started.target) as channel:
+            with pytest.raises(grpc.RpcError) as info:
+                started.stub(channel).CalculateDistanceFromHome(
+                    pb.CalculateDistanceRequest(date="2026-03-07"), timeout=10
+                )
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            check = channel.unary_unary(
+                "/grpc.health.v1.Health/Check",
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString,
+            )
+            assert (
+                check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10).status
+                == health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            # The process itself still serves: Knative must not restart it for this.
+            assert (
+                check(health_pb2.HealthCheckRequest(), timeout=10).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
+    finally:
+        _stop(started)
+
+
+def test_oversized_requests_are_refused(ingress: Ingress, channel: grpc.Channel) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        ingress.stub(channel).CalculateDistanceFromHome(
+            pb.CalculateDistanceRequest(date="2026-03-07", device_id="x" * 200_000), timeout=10
+        )
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert ingress.submit.received == []
+
+
+def test_reflection_lists_the_services(ingress: Ingress, channel: grpc.Channel) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)  # type: ignore[no-untyped-call]
+    replies = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+    )
+    names = {s.name for reply in replies for s in reply.list_services_response.service}
+    assert {SERVICE, "grpc.health.v1.Health"} <= names
+
+
+def test_bearer_token_is_required_when_configured() -> None:
+    started = _start({"GRPC_AUTH_TOKEN": "s3cret-token"})
+    started.status.default = _json(200, _view().model_dump(mode="json"))
+    try:
+        with grpc.insecure_channel(started.target) as channel:
+            stub = started.stub(channel)
+            request = pb.GetJobStatusRequest(job_id=str(JOB_ID))
+            for metadata in [
+                (),
+                (("authorization", "Bearer wrong"),),
+                (("authorization", "s3cret-token"),),
+            ]:
+                with pytest.raises(grpc.RpcError) as info:
+                    stub.GetJobStatus(request, timeout=10, metadata=metadata)
+                assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert started.status.received == []
+            reply = stub.GetJobStatus(
+                request, timeout=10, metadata=(("authorization", "Bearer s3cret-token"),)
+            )
+            assert reply.job_id == str(JOB_ID)
+        assert grpc_serving(started.target)  # health needs no token: probes cannot send one
+    finally:
+        _stop(started)
