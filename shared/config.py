@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Literal, Self, TypeVar
 from urllib.parse import quote
@@ -277,3 +278,14 @@ def load(group: type[G]) -> G:
         return group()
     except ValidationError as exc:
         raise ConfigError(f"invalid configuration: {_describe(exc)}") from None
+
+
+def require(process: str, *groups: type[_Group]) -> None:
+    """Validate `groups` at start-up; on a bad value, exit with the variable's name (status 2)
+    rather than fail later inside a request."""
+    try:
+        for group in groups:
+            load(group)
+    except ConfigError as exc:
+        sys.stderr.write(f"{process}: {exc}\n")
+        raise SystemExit(2) from None

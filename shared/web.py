@@ -83,3 +83,24 @@ def guarded(
     run.__name__ = handler.__name__
     run.__doc__ = handler.__doc__
     return run
+
+
+def health(request: flask.Request, ready: Callable[[], None]) -> flask.Response | None:
+    """Answer `/healthz` (the process serves) and `/readyz` (`ready()` does not raise: its
+    dependencies answer); None for any other path."""
+    if request.path == "/healthz":
+        return json_response({"status": "ok"})
+    if request.path == "/readyz":
+        try:
+            ready()
+        except Exception as exc:
+            return error_response(HTTPStatus.SERVICE_UNAVAILABLE, f"not ready: {exc}")
+        return json_response({"status": "ready"})
+    return None
+
+
+def method_not_allowed(request: flask.Request, allowed: str) -> HttpError:
+    """The error for a request with a method this path does not serve."""
+    return HttpError(
+        HTTPStatus.METHOD_NOT_ALLOWED, f"{request.method} is not served here; use {allowed}"
+    )

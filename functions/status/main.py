@@ -1,19 +1,195 @@
-"""The `status` function (functions-framework, HTTP signature).
+"""status: jobs by id, job listings, presigned downloads, and the dead-letter sink.
 
-Liveness only so far: its job handling lands with the function-set issue.
+GET /jobs/{id}, GET /jobs?status=&date=&device_id=&limit=&offset= (newest first, with the
+count of every match), GET /download/{job_id} (302 to a fresh presigned CSV URL; also by
+the CSV's basename, so old relative links keep working, and /download/{job_id}/summary),
+POST /dead-letters (events the broker gave up on), /healthz and /readyz.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import uuid
+from http import HTTPStatus
+
 import flask
 import functions_framework
+from shared.db import DatabaseUnavailable
+from shared.jobs import Job, JobStatus, JobStore
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import Map, Rule
+
+from shared import config, events, resources, telemetry, web
+from shared.contracts import JOB_STATUSES, JobPage, parse_local_date
+from shared.logs import setup_logging
+from shared.storage import ObjectStore, StorageUnavailable, short_id_of
+from shared.views import job_view
+
+FUNCTION = "status"
+log = logging.getLogger(FUNCTION)
+config.require(
+    FUNCTION,
+    config.DatabaseSettings,
+    config.StorageSettings,
+    config.JobSettings,
+    config.TelemetrySettings,
+)
+
+ROUTES = Map(
+    [
+        Rule("/jobs", endpoint="list", methods=["GET"]),
+        Rule("/jobs/<job_id>", endpoint="job", methods=["GET"]),
+        Rule("/download/<name>", endpoint="download", methods=["GET"]),
+        Rule("/download/<name>/summary", endpoint="download_summary", methods=["GET"]),
+        Rule("/dead-letters", endpoint="dead_letter", methods=["POST"]),
+    ],
+    strict_slashes=False,
+)
+
+
+@functools.cache
+def _started() -> tuple[JobStore, ObjectStore]:
+    telemetry_settings = config.load(config.TelemetrySettings)
+    setup_logging(telemetry_settings.log_level)
+    telemetry.setup(FUNCTION, telemetry_settings, instrument_psycopg=True)
+    return resources.jobs(), resources.objects()
+
+
+def _ready() -> None:
+    _started()
+    with resources.pool().connection() as conn:
+        conn.execute("SELECT 1")
+
+
+def _job_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise web.HttpError(HTTPStatus.BAD_REQUEST, f"job_id: {text!r} is not a UUID") from None
+
+
+def _existing(jobs: JobStore, job_id: uuid.UUID) -> Job:
+    job = jobs.get(job_id)
+    if job is None:
+        raise web.HttpError(HTTPStatus.NOT_FOUND, f"job {job_id} not found")
+    return job
+
+
+def _int(request: flask.Request, name: str) -> int:
+    raw = request.args.get(name, "0") or "0"
+    try:
+        value = int(raw)
+    except ValueError:
+        raise web.HttpError(
+            HTTPStatus.BAD_REQUEST, f"{name}: {raw!r} is not a whole number"
+        ) from None
+    if value < 0:
+        raise web.HttpError(HTTPStatus.BAD_REQUEST, f"{name}: must not be negative (got {value})")
+    return value
+
+
+def _list(request: flask.Request) -> flask.Response:
+    jobs, _ = _started()
+    status = request.args.get("status") or None
+    if status is not None and status not in JOB_STATUSES:
+        raise web.HttpError(
+            HTTPStatus.BAD_REQUEST, f"status: must be one of {', '.join(JOB_STATUSES)}"
+        )
+    date = request.args.get("date") or None
+    try:
+        day = parse_local_date(date) if date else None
+    except ValueError as exc:
+        raise web.HttpError(HTTPStatus.BAD_REQUEST, f"date: {exc}") from None
+    limit, offset = _int(request, "limit"), _int(request, "offset")
+    page, total = jobs.list_jobs(
+        status=JobStatus(status) if status else None,
+        date=day,
+        device_id=request.args.get("device_id") or None,
+        limit=limit,
+        offset=offset,
+    )
+    applied = min(limit or 50, 500)
+    body = JobPage(
+        jobs=[job_view(j) for j in page], total_count=total, limit=applied, offset=offset
+    )
+    return web.json_response(body.model_dump(mode="json"))
+
+
+def _job(job_id: str) -> flask.Response:
+    jobs, objects = _started()
+    job = _existing(jobs, _job_id(job_id))
+    return web.json_response(job_view(job, objects).model_dump(mode="json"))
+
+
+def _resolve(jobs: JobStore, name: str) -> Job:
+    """A job by id, or by its CSV's basename (what old clients link to)."""
+    if name.endswith(".csv"):
+        short = short_id_of(name)
+        job = jobs.by_csv_name(name) if short else None
+        if job is None:
+            raise web.HttpError(HTTPStatus.NOT_FOUND, f"no CSV named {name}")
+        return job
+    return _existing(jobs, _job_id(name))
+
+
+def _download(name: str, summary: bool = False) -> flask.Response:
+    jobs, objects = _started()
+    job = _resolve(jobs, name)
+    key = job.summary_key if summary else job.csv_key
+    if job.status != JobStatus.COMPLETED or key is None:
+        raise web.HttpError(
+            HTTPStatus.CONFLICT,
+            f"job {job.id} is {job.status.value}: its files exist once it has completed",
+            job_status=job.status.value,
+        )
+    link = objects.presign(key)
+    return flask.redirect(link.url, code=HTTPStatus.FOUND)
+
+
+def _dead_letter(request: flask.Request) -> flask.Response:
+    event = events.parse(web.request_headers(request), request.get_data())
+    attributes = event.get_attributes()
+    log.error(
+        "event dead-lettered by the broker",
+        extra={
+            "event_type": attributes.get("type"),
+            "event_id": attributes.get("id"),
+            "event_source": attributes.get("source"),
+            "subject": attributes.get("subject"),
+            "error_code": attributes.get("knativeerrorcode"),
+            "error_destination": attributes.get("knativeerrordest"),
+        },
+    )
+    return web.json_response({"status": "recorded"}, HTTPStatus.ACCEPTED)
+
+
+def _serve(request: flask.Request) -> flask.Response:
+    if (answer := web.health(request, _ready)) is not None:
+        return answer
+    try:
+        endpoint, arguments = ROUTES.bind("", "/").match(request.path, method=request.method)
+    except NotFound:
+        raise web.HttpError(HTTPStatus.NOT_FOUND, f"no such resource: {request.path}") from None
+    except MethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.valid_methods or []))
+        raise web.method_not_allowed(request, allowed) from None
+    with telemetry.span(f"status {endpoint}", parent=web.request_headers(request)):
+        if endpoint == "list":
+            return _list(request)
+        if endpoint == "job":
+            return _job(arguments["job_id"])
+        if endpoint == "download":
+            return _download(arguments["name"])
+        if endpoint == "download_summary":
+            return _download(arguments["name"], summary=True)
+        return _dead_letter(request)
 
 
 @functions_framework.http
 def status(request: flask.Request) -> flask.Response:
-    """Answer health checks; anything else is not served yet (501)."""
-    if request.path == "/healthz":
-        return flask.jsonify(status="ok")
-    response = flask.jsonify(error="not implemented yet", function="status")
-    response.status_code = 501
-    return response
+    """Entry point (FUNCTION_TARGET=status)."""
+    return _handle(request)
+
+
+_handle = web.guarded(_serve, transient=(DatabaseUnavailable, StorageUnavailable))

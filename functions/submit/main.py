@@ -1,19 +1,129 @@
-"""The `submit` function (functions-framework, HTTP signature).
+"""submit: accepts distance requests, records the job, queues it.
 
-Liveness only so far: its job handling lands with the function-set issue.
+A CloudEvent (`distance.requested`, from the broker or straight from the ingress) is
+answered with a binary-mode `job.accepted` CloudEvent, which a Knative broker publishes;
+a plain JSON POST is answered 202 with the same data as JSON. Bad requests get 400 naming
+the field, and nothing is recorded.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+from http import HTTPStatus
+
 import flask
 import functions_framework
+from pydantic import ValidationError
+from shared.db import DatabaseUnavailable
+from shared.jobs import IdempotencyConflict
+
+from shared import config, events, resources, telemetry, web
+from shared.contracts import DistanceRequested, JobAccepted, Requester
+from shared.logs import log_context, setup_logging
+from shared.submission import RequestError, Submission
+from shared.submission import submit as submit_job
+from shared.views import job_view
+
+FUNCTION = "submit"
+log = logging.getLogger(FUNCTION)
+config.require(
+    FUNCTION,
+    config.DatabaseSettings,
+    config.AnalysisSettings,
+    config.JobSettings,
+    config.EventSettings,
+    config.TelemetrySettings,
+)
+
+
+@functools.cache
+def _submission() -> Submission:
+    telemetry_settings = config.load(config.TelemetrySettings)
+    setup_logging(telemetry_settings.log_level)
+    telemetry.setup(FUNCTION, telemetry_settings, instrument_psycopg=True)
+    return Submission(
+        jobs=resources.jobs(),
+        publisher=resources.publisher(),
+        analysis=config.load(config.AnalysisSettings),
+        limits=config.load(config.JobSettings),
+        source=resources.event_source(FUNCTION),
+    )
+
+
+def _ready() -> None:
+    _submission()
+    with resources.pool().connection() as conn:
+        conn.execute("SELECT 1")
+
+
+def _from_event(request: flask.Request) -> flask.Response:
+    event = events.parse(web.request_headers(request), request.get_data())
+    if event["type"] != events.DISTANCE_REQUESTED:
+        raise events.EventError(f"type: expected {events.DISTANCE_REQUESTED}, got {event['type']}")
+    data = events.data_as(event, DistanceRequested)
+    parent = {"traceparent": event["traceparent"]} if event.get("traceparent") else None
+    with telemetry.span("submit distance.requested", parent=parent) as span:
+        try:
+            job, created = submit_job(
+                _submission(),
+                data,
+                requester=Requester(source=event["source"], id=event["id"]),
+                idempotency_key=None,
+                traceparent=telemetry.traceparent(),
+            )
+        except (RequestError, IdempotencyConflict) as exc:
+            # A CloudEvent that can never succeed: 400, so the broker does not retry it.
+            raise events.EventError(str(exc)) from None
+        span.set_attribute("job.id", str(job.id))
+        reply = events.new_event(
+            events.JOB_ACCEPTED,
+            JobAccepted(created=created, job=job_view(job)),
+            source=_submission().source,
+            subject=str(job.id),
+            traceparent=telemetry.traceparent(),
+        )
+    with log_context(job_id=str(job.id)):
+        log.info("job accepted", extra={"created": created, "requester": event["id"]})
+    return web.event_response(reply)
+
+
+def _from_json(request: flask.Request) -> flask.Response:
+    try:
+        data = DistanceRequested.model_validate_json(request.get_data() or b"{}")
+    except ValidationError as exc:
+        raise web.HttpError(HTTPStatus.BAD_REQUEST, events.describe(exc)) from None
+    with telemetry.span("submit json"):
+        try:
+            job, created = submit_job(
+                _submission(),
+                data,
+                requester=None,
+                idempotency_key=request.headers.get("Idempotency-Key"),
+                traceparent=telemetry.traceparent(),
+            )
+        except RequestError as exc:
+            raise web.HttpError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        except IdempotencyConflict as exc:
+            raise web.HttpError(HTTPStatus.CONFLICT, str(exc)) from None
+    body = JobAccepted(created=created, job=job_view(job)).model_dump(mode="json")
+    return web.json_response(body, HTTPStatus.ACCEPTED if created else HTTPStatus.OK)
+
+
+def _serve(request: flask.Request) -> flask.Response:
+    if (answer := web.health(request, _ready)) is not None:
+        return answer
+    if request.method != "POST":
+        raise web.method_not_allowed(request, "POST")
+    if events.is_cloudevent(web.request_headers(request)):
+        return _from_event(request)
+    return _from_json(request)
 
 
 @functions_framework.http
 def submit(request: flask.Request) -> flask.Response:
-    """Answer health checks; anything else is not served yet (501)."""
-    if request.path == "/healthz":
-        return flask.jsonify(status="ok")
-    response = flask.jsonify(error="not implemented yet", function="submit")
-    response.status_code = 501
-    return response
+    """Entry point (FUNCTION_TARGET=submit)."""
+    return _handle(request)
+
+
+_handle = web.guarded(_serve, transient=(DatabaseUnavailable,))

@@ -1,0 +1,202 @@
+"""Computing a queued job: claim, read, analyse, upload, finish, and say what happened.
+
+Every outcome maps to the answer the broker needs: 2xx only once the result (or the
+failure) is committed, 409 while another attempt holds the lease, 5xx when a dependency
+is down so the broker retries, 400 for an event that can never succeed. A job is marked
+completed only after both objects are uploaded, so completed implies the CSV exists.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from cloudevents.http import CloudEvent
+from pydantic import ValidationError
+
+from shared import events, telemetry
+from shared.config import StorageSettings
+from shared.contracts import JobOutcome
+from shared.db import ConnectionSource, DatabaseUnavailable
+from shared.jobs import ClaimResult, Job, JobStatus, JobStore, LeaseLost
+from shared.storage import (
+    CSV_TYPE,
+    JSON_TYPE,
+    ObjectStore,
+    StorageUnavailable,
+    result_keys,
+    sha256_of,
+    write_compat_copy,
+)
+from shared.views import job_view
+
+log = logging.getLogger(__name__)
+
+
+class JobFailure(Exception):
+    """The job can never succeed as asked (too many points, bad parameters): fail it."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The HTTP status toward the broker, the event to reply with, and why."""
+
+    status: int
+    event: CloudEvent | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class Computation:
+    """What compute needs: the jobs store, the points' database, the object store."""
+
+    jobs: JobStore
+    connection: ConnectionSource
+    objects: ObjectStore
+    storage: StorageSettings
+    worker: str
+    source: str
+    lease_seconds: float
+
+    def run(self, job_id: uuid.UUID) -> Outcome:
+        """Handle one delivery of `job.queued` for `job_id`."""
+        claim = self.jobs.claim(job_id, self.worker, self.lease_seconds)
+        job = claim.job
+        if claim.result == ClaimResult.NOT_FOUND or job is None:
+            return Outcome(HTTPStatus.BAD_REQUEST, None, f"job {job_id} not found")
+        if claim.result == ClaimResult.BUSY:
+            until = f"{job.lease_expires_at:%H:%M:%S%z}" if job.lease_expires_at else "?"
+            return Outcome(
+                HTTPStatus.CONFLICT, None, f"job {job_id} is being computed (lease until {until})"
+            )
+        if claim.result == ClaimResult.FINISHED:
+            return Outcome(HTTPStatus.OK, None, f"job {job_id} is already {job.status.value}")
+        if claim.result == ClaimResult.EXHAUSTED:
+            return self._finished(job)
+        return self._attempt(job)
+
+    def _attempt(self, job: Job) -> Outcome:
+        assert job.lease_token is not None
+        token = job.lease_token
+        started = time.monotonic()
+        try:
+            facts = self._compute(job)
+        except JobFailure:
+            return self._fenced(lambda: self.jobs.fail(job.id, token, str(exc)))
+        except (DatabaseUnavailable, StorageUnavailable) as exc:
+            log.warning("attempt failed, dependency down", extra={"error": str(exc)})
+            return self._release(job, token, str(exc), HTTPStatus.SERVICE_UNAVAILABLE)
+        except Exception as exc:
+            log.exception("attempt failed unexpectedly")
+            return self._release(
+                job, token, f"internal error: {exc}", HTTPStatus.INTERNAL_SERVER_ERROR
+            )
+        outcome = self._fenced(lambda: self.jobs.complete(job.id, token, **facts))
+        telemetry.instruments().job_duration.record(time.monotonic() - started)
+        return outcome
+
+    def _release(self, job: Job, token: uuid.UUID, error: str, status: int) -> Outcome:
+        try:
+            released = self.jobs.release(job.id, token, error)
+        except LeaseLost as exc:
+            return Outcome(HTTPStatus.OK, None, str(exc))
+        except DatabaseUnavailable:
+            # The lease stays; once it expires a retried delivery (or the sweep) takes over.
+            return Outcome(HTTPStatus.SERVICE_UNAVAILABLE, None, error)
+        if released.status == JobStatus.FAILED:
+            return self._finished(released)
+        return Outcome(status, None, error)
+
+    def _fenced(self, finish: Any) -> Outcome:
+        try:
+            job: Job = finish()
+        except LeaseLost as exc:
+            # A newer attempt owns the job; this one's work is dropped, nothing to retry.
+            return Outcome(HTTPStatus.OK, None, str(exc))
+        return self._finished(job)
+
+    def _finished(self, job: Job) -> Outcome:
+        completed = job.status == JobStatus.COMPLETED
+        telemetry.instruments().jobs.add(1, {"outcome": job.status.value})
+        event = events.new_event(
+            events.JOB_COMPLETED if completed else events.JOB_FAILED,
+            JobOutcome(job=job_view(job)),
+            source=self.source,
+            subject=str(job.id),
+            traceparent=telemetry.traceparent(),
+        )
+        detail = f"job {job.id} {job.status.value}"
+        if not completed:
+            detail += f": {job.error_message}"
+        return Outcome(HTTPStatus.OK, event, detail)
+
+    def _compute(self, job: Job) -> dict[str, Any]:
+        from shared.engine import EngineParams, analyze, day_window, read_range
+        from shared.export import write_csv
+        from shared.locations import count_points, read_points
+
+        try:
+            params = EngineParams.model_validate(job.parameters)
+        except ValidationError as exc:
+            raise JobFailure(f"the job's parameters are invalid: {exc}") from None
+        window = day_window(job.date_from, job.date_to, job.timezone)
+        start, end = read_range(window, params)
+        metrics = telemetry.instruments()
+        with telemetry.span("read points", **{"job.id": str(job.id)}):
+            read_started = time.monotonic()
+            with self.connection() as conn:
+                in_window = count_points(
+                    conn, _utc(window.start_us), _utc(window.end_us), job.device_id
+                )
+                if in_window > self.storage.max_csv_rows:
+                    raise JobFailure(
+                        f"{in_window} points in the window exceed MAX_CSV_ROWS "
+                        f"({self.storage.max_csv_rows}); ask for fewer days or one device"
+                    )
+                points = read_points(conn, _utc(start), _utc(end), job.device_id)
+            metrics.db_read.record(time.monotonic() - read_started)
+        with telemetry.span("analyze", points=len(points)):
+            analysis = analyze(points, window, params)
+        summary = analysis.summary
+        metrics.points.add(summary.points.read)
+        for rule, count in summary.points.dropped.model_dump().items():
+            if count:
+                metrics.dropped.add(count, {"rule": rule})
+        keys = result_keys(job.id, job.date_from, job.date_to, job.device_id)
+        with tempfile.TemporaryFile() as csv, telemetry.span("upload", key=keys.csv_key):
+            size = write_csv(analysis, csv)
+            if size > self.storage.max_csv_bytes:
+                raise JobFailure(
+                    f"the CSV would be {size} bytes, over MAX_CSV_BYTES "
+                    f"({self.storage.max_csv_bytes}); ask for fewer days or one device"
+                )
+            digest, size = sha256_of(csv)
+            self.objects.upload(keys.csv_key, csv, size, CSV_TYPE)
+            document = summary.model_dump_json(indent=2).encode()
+            with tempfile.TemporaryFile() as summary_file:
+                summary_file.write(document)
+                summary_file.seek(0)
+                self.objects.upload(keys.summary_key, summary_file, len(document), JSON_TYPE)
+            if self.storage.csv_output_path is not None:
+                write_compat_copy(self.storage.csv_output_path, keys.csv_name, csv)
+            metrics.csv_bytes.record(size)
+        return {
+            "result": summary.model_dump(mode="json"),
+            "csv_key": keys.csv_key,
+            "summary_key": keys.summary_key,
+            "csv_bytes": size,
+            "csv_sha256": digest,
+        }
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _utc(us: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(microseconds=us)

@@ -1,0 +1,130 @@
+"""Accepting a distance request: validate it, record the job, announce it.
+
+The job row is the outbox: it is committed with `published_at` unset, then `job.queued`
+is published; only a successful publish marks it. If the broker cannot be reached the job
+stays queued and unannounced, and the sweep publishes it later, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from cloudevents.http import CloudEvent
+
+from shared import events
+from shared.config import AnalysisSettings, JobSettings
+from shared.contracts import DistanceRequested, JobQueued, Requester
+from shared.events import Publisher, PublishError
+from shared.jobs import Job, JobRequest, JobStatus, JobStore
+
+log = logging.getLogger(__name__)
+
+
+class RequestError(ValueError):
+    """A request that is well-formed but cannot be served; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What submit needs besides the request: where jobs live, how to announce them."""
+
+    jobs: JobStore
+    publisher: Publisher | None
+    analysis: AnalysisSettings
+    limits: JobSettings
+    source: str
+
+
+def analysis_parameters(settings: AnalysisSettings) -> dict[str, Any]:
+    """The analysis settings a job is computed with, captured when it is submitted so a
+    retry computes exactly what was asked even if the deployment's settings change."""
+    return {
+        "home_latitude": settings.home_latitude,
+        "home_longitude": settings.home_longitude,
+        "exit_radius_km": settings.away_threshold_km,
+        "enter_radius_km": settings.home_enter_km,
+        "max_accuracy_m": settings.max_accuracy_m,
+        "max_speed_kmh": settings.max_speed_kmh,
+        "max_gap_s": settings.max_gap_minutes * 60,
+        "jitter_radius_m": settings.jitter_radius_m,
+    }
+
+
+def _check_limits(request: DistanceRequested, timezone: str, limits: JobSettings) -> None:
+    if request.days > limits.max_range_days:
+        raise RequestError(
+            f"end_date: the range is {request.days} days; at most MAX_RANGE_DAYS "
+            f"({limits.max_range_days}) are allowed"
+        )
+    today = dt.datetime.now(ZoneInfo(timezone)).date()
+    for field, day in (("date", request.date), ("end_date", request.last_date)):
+        if day > today:
+            raise RequestError(f"{field}: {day} is in the future (today is {today} in {timezone})")
+
+
+def queued_event(job: Job, source: str) -> CloudEvent:
+    """The `job.queued` event of a job, carrying the trace it was submitted in."""
+    return events.new_event(
+        events.JOB_QUEUED,
+        JobQueued(job_id=job.id),
+        source=source,
+        subject=str(job.id),
+        traceparent=job.traceparent,
+    )
+
+
+def submit(
+    submission: Submission,
+    request: DistanceRequested,
+    *,
+    requester: Requester | None,
+    idempotency_key: str | None,
+    traceparent: str | None,
+) -> tuple[Job, bool]:
+    """Record the job for `request` (or find the one its idempotency key names) and make
+    sure it is announced. Returns `(job, created)`.
+
+    Raises `RequestError` for a request beyond the limits, `IdempotencyConflict` when the
+    key names a different request, and `DatabaseUnavailable` when the jobs table cannot
+    be reached. A broker that cannot be reached is not an error: the sweep retries.
+    """
+    timezone = request.timezone or submission.analysis.home_timezone
+    _check_limits(request, timezone, submission.limits)
+    job_request = JobRequest(
+        date_from=request.date,
+        date_to=request.last_date,
+        device_id=request.device_id,
+        timezone=timezone,
+        parameters=analysis_parameters(submission.analysis),
+    )
+    job, created = submission.jobs.create(
+        job_request,
+        idempotency_key=idempotency_key or request.idempotency_key,
+        requester_source=requester.source if requester else None,
+        requester_id=requester.id if requester else None,
+        traceparent=traceparent,
+    )
+    if job.status == JobStatus.QUEUED and job.published_at is None:
+        announce(submission, job)
+    return job, created
+
+
+def announce(submission: Submission, job: Job) -> bool:
+    """Publish `job.queued` for `job` and mark it published; False if that has to wait."""
+    if submission.publisher is None:
+        log.warning("no K_SINK: job left for the sweep to publish", extra={"job_id": str(job.id)})
+        return False
+    try:
+        submission.publisher.publish(queued_event(job, submission.source))
+    except PublishError as exc:
+        log.warning(
+            "could not publish job.queued; the sweep will",
+            extra={"job_id": str(job.id), "error": str(exc)},
+        )
+        return False
+    submission.jobs.mark_published(job.id)
+    return True

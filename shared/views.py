@@ -1,0 +1,47 @@
+"""How a job is shown to callers: the store's row as the public `JobView`.
+
+Download links are signed fresh on every read (they expire), and only for completed
+jobs, whose objects are known to exist.
+"""
+
+from __future__ import annotations
+
+from shared.contracts import JobView, Requester
+from shared.jobs import Job, JobStatus
+from shared.storage import ObjectStore
+
+
+def job_view(job: Job, objects: ObjectStore | None = None) -> JobView:
+    """The public view of `job`; with `objects`, presigned links to a completed job's CSV
+    and summary."""
+    completed = job.status == JobStatus.COMPLETED
+    processing_ms = None
+    if completed and job.started_at and job.completed_at:
+        processing_ms = round((job.completed_at - job.started_at).total_seconds() * 1000)
+    links = objects is not None and completed
+    return JobView(
+        job_id=job.id,
+        status=job.status.value,
+        date=job.date_from,
+        end_date=job.date_to,
+        device_id=job.device_id,
+        timezone=job.timezone,
+        queued_at=job.queued_at,
+        started_at=job.started_at,
+        completed_at=job.completed_at,
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+        error_message=job.error_message,
+        requester=Requester(source=job.requester_source, id=job.requester_id)
+        if job.requester_source and job.requester_id
+        else None,
+        idempotency_key=job.idempotency_key,
+        csv_key=job.csv_key,
+        summary_key=job.summary_key,
+        csv_bytes=job.csv_bytes,
+        csv_sha256=job.csv_sha256,
+        processing_time_ms=processing_ms,
+        result=job.result,
+        csv=objects.presign(job.csv_key) if links and objects and job.csv_key else None,
+        summary=objects.presign(job.summary_key) if links and objects and job.summary_key else None,
+    )
