@@ -87,8 +87,9 @@ class Computation:
         started = time.monotonic()
         try:
             facts = self._compute(job)
-        except JobFailure:
-            return self._fenced(lambda: self.jobs.fail(job.id, token, str(exc)))
+        except JobFailure as exc:
+            reason = str(exc)
+            return self._fenced(lambda: self.jobs.fail(job.id, token, reason))
         except (DatabaseUnavailable, StorageUnavailable) as exc:
             log.warning("attempt failed, dependency down", extra={"error": str(exc)})
             return self._release(job, token, str(exc), HTTPStatus.SERVICE_UNAVAILABLE)
