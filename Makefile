@@ -54,6 +54,20 @@ test: install system-deps lint  ## everything CI checks: lint, types, the test s
 demo: install  ## run the main job end to end on embedded defaults
 	@echo "make demo arrives with its own issue; until then see README.md"; exit 1
 
+.PHONY: audit
+audit: install  ## check the runtime lock for known vulnerabilities (needs the audit service)
+	$(UV) export --frozen --no-dev --no-emit-project --format requirements-txt -o .venv/runtime-requirements.txt -q
+	$(VENV)/bin/pip-audit --strict --require-hashes --disable-pip -r .venv/runtime-requirements.txt
+
+.PHONY: arm64-check
+arm64-check: install  ## prove every runtime dependency has an arm64 wheel (the Pi 5 cluster)
+	$(UV) export --frozen --no-dev --no-emit-project --format requirements-txt -o .venv/runtime-requirements.txt -q
+	rm -rf .venv/arm64-wheels
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --platform manylinux2014_aarch64 \
+	  --python-version 3.11 --implementation cp -r .venv/runtime-requirements.txt -d .venv/arm64-wheels
+	@ls .venv/arm64-wheels | sed 's/^/  /'
+	@echo "all $$(ls .venv/arm64-wheels | wc -l) runtime wheels exist for arm64"
+
 .PHONY: clean
 clean:  ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov

@@ -35,6 +35,10 @@ JOB_FAILED = f"{PREFIX}.job.failed.v1"
 EMITTED = (JOB_ACCEPTED, JOB_QUEUED, JOB_COMPLETED, JOB_FAILED)
 """Every type this system emits (`distance.requested` comes from callers)."""
 
+OUTBOUND = (JOB_ACCEPTED, JOB_COMPLETED, JOB_FAILED)
+"""Emitted for requesters, consumed by no Trigger of ours: other cluster apps subscribe to
+them with Triggers of their own, matching `data.job.requester` to their request."""
+
 DATA_MODELS: dict[str, type[BaseModel]] = {
     DISTANCE_REQUESTED: contracts.DistanceRequested,
     JOB_ACCEPTED: contracts.JobAccepted,

@@ -1,0 +1,518 @@
+"""The Kubernetes and Knative manifests, held against the code they deploy.
+
+Kubernetes cannot run here, so every manifest is parsed into strict models of the fields
+we use (a misspelt field fails), cross-checked with the code (event types, settings,
+ports, probe paths, commands), built with `kubectl kustomize`, validated against the
+Kubernetes schemas, linted, and the Dockerfile is linted too.
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime as dt
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import kubernetes_validate
+import pytest
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared import config, events
+from shared.cli import build_parser
+from shared.devstack import REPO_ROOT
+from shared.manifests import BASE, Broker, ObjectMeta, Trigger, documents, load_eventing
+
+KNATIVE = REPO_ROOT / "knative"
+OVERLAYS = sorted(p.parent for p in (KNATIVE / "clusters").rglob("kustomization.yaml"))
+BIN = Path(sys.executable).parent
+# Variables the runtime reads besides our settings.
+RUNTIME_VARIABLES = {"FUNCTION_SOURCE", "FUNCTION_TARGET", "THREADS"}
+HTTP_FUNCTIONS = {"submit", "compute", "status"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class EnvVar(_Strict):
+    name: str
+    value: str
+
+
+class Ref(_Strict):
+    name: str
+
+
+class EnvFrom(_Strict):
+    config_map_ref: Ref | None = Field(default=None, alias="configMapRef")
+    secret_ref: Ref | None = Field(default=None, alias="secretRef")
+
+
+class HttpGet(_Strict):
+    path: str
+
+
+class GrpcProbe(_Strict):
+    service: str
+
+
+class Probe(_Strict):
+    http_get: HttpGet | None = Field(default=None, alias="httpGet")
+    grpc: GrpcProbe | None = None
+    period_seconds: int = Field(alias="periodSeconds")
+    failure_threshold: int | None = Field(default=None, alias="failureThreshold")
+
+
+class Port(_Strict):
+    name: Literal["http1", "h2c"]
+    container_port: int = Field(alias="containerPort")
+
+
+class Resources(_Strict):
+    requests: dict[Literal["cpu", "memory"], str]
+    limits: dict[Literal["cpu", "memory"], str]
+
+
+class Capabilities(_Strict):
+    drop: list[str]
+
+
+class Seccomp(_Strict):
+    type: Literal["RuntimeDefault"]
+
+
+class SecurityContext(_Strict):
+    run_as_non_root: Literal[True] = Field(alias="runAsNonRoot")
+    run_as_user: int = Field(alias="runAsUser", gt=0)
+    read_only_root_filesystem: Literal[True] = Field(alias="readOnlyRootFilesystem")
+    allow_privilege_escalation: Literal[False] = Field(alias="allowPrivilegeEscalation")
+    capabilities: Capabilities
+    seccomp_profile: Seccomp = Field(alias="seccompProfile")
+
+
+class VolumeMount(_Strict):
+    name: str
+    mount_path: str = Field(alias="mountPath")
+
+
+class Container(_Strict):
+    name: str
+    image: str
+    command: list[str] | None = None
+    ports: list[Port] | None = None
+    env: list[EnvVar] = Field(default_factory=list)
+    env_from: list[EnvFrom] = Field(alias="envFrom")
+    readiness_probe: Probe | None = Field(default=None, alias="readinessProbe")
+    liveness_probe: Probe | None = Field(default=None, alias="livenessProbe")
+    resources: Resources
+    security_context: SecurityContext = Field(alias="securityContext")
+    volume_mounts: list[VolumeMount] = Field(default_factory=list, alias="volumeMounts")
+
+
+class EmptyDir(_Strict):
+    size_limit: str = Field(alias="sizeLimit")
+
+
+class Volume(_Strict):
+    name: str
+    empty_dir: EmptyDir = Field(alias="emptyDir")
+
+
+class RevisionSpec(_Strict):
+    container_concurrency: int = Field(alias="containerConcurrency", ge=1)
+    timeout_seconds: int = Field(alias="timeoutSeconds", ge=1)
+    containers: list[Container] = Field(min_length=1, max_length=1)
+    volumes: list[Volume] = Field(default_factory=list)
+
+
+class TemplateMeta(_Strict):
+    annotations: dict[str, str]
+
+
+class Template(_Strict):
+    metadata: TemplateMeta
+    spec: RevisionSpec
+
+
+class ServiceSpec(_Strict):
+    template: Template
+
+
+class KnativeService(_Strict):
+    api_version: Literal["serving.knative.dev/v1"] = Field(alias="apiVersion")
+    kind: Literal["Service"]
+    metadata: ObjectMeta
+    spec: ServiceSpec
+
+
+class SinkSubject(_Strict):
+    api_version: str = Field(alias="apiVersion")
+    kind: str
+    name: str | None = None
+    selector: dict[str, dict[str, str]] | None = None
+
+
+class SinkRef(_Strict):
+    ref: dict[str, str]
+
+
+class SinkBindingSpec(_Strict):
+    subject: SinkSubject
+    sink: SinkRef
+
+
+class SinkBinding(_Strict):
+    api_version: Literal["sources.knative.dev/v1"] = Field(alias="apiVersion")
+    kind: Literal["SinkBinding"]
+    metadata: ObjectMeta
+    spec: SinkBindingSpec
+
+
+class PodSpec(_Strict):
+    restart_policy: Literal["Never", "OnFailure"] = Field(alias="restartPolicy")
+    containers: list[Container]
+
+
+class PodTemplate(_Strict):
+    metadata: ObjectMeta | dict[str, Any] | None = None
+    spec: PodSpec
+
+
+class JobSpec(_Strict):
+    backoff_limit: int = Field(alias="backoffLimit")
+    active_deadline_seconds: int = Field(alias="activeDeadlineSeconds")
+    ttl_seconds_after_finished: int | None = Field(default=None, alias="ttlSecondsAfterFinished")
+    template: PodTemplate
+
+
+class BatchJob(_Strict):
+    api_version: Literal["batch/v1"] = Field(alias="apiVersion")
+    kind: Literal["Job"]
+    metadata: ObjectMeta
+    spec: JobSpec
+
+
+class CronJobTemplate(_Strict):
+    spec: JobSpec
+
+
+class CronJobSpec(_Strict):
+    schedule: str
+    concurrency_policy: Literal["Forbid"] = Field(alias="concurrencyPolicy")
+    successful_jobs_history_limit: int = Field(alias="successfulJobsHistoryLimit")
+    failed_jobs_history_limit: int = Field(alias="failedJobsHistoryLimit")
+    job_template: CronJobTemplate = Field(alias="jobTemplate")
+
+
+class CronJob(_Strict):
+    api_version: Literal["batch/v1"] = Field(alias="apiVersion")
+    kind: Literal["CronJob"]
+    metadata: ObjectMeta
+    spec: CronJobSpec
+
+
+class ConfigMap(_Strict):
+    api_version: Literal["v1"] = Field(alias="apiVersion")
+    kind: Literal["ConfigMap"]
+    metadata: ObjectMeta
+    data: dict[str, str]
+
+
+class Secret(_Strict):
+    api_version: Literal["v1"] = Field(alias="apiVersion")
+    kind: Literal["Secret"]
+    metadata: ObjectMeta
+    type: Literal["Opaque"]
+    string_data: dict[str, str] = Field(alias="stringData")
+
+
+class Namespace(_Strict):
+    api_version: Literal["v1"] = Field(alias="apiVersion")
+    kind: Literal["Namespace"]
+    metadata: ObjectMeta
+
+
+MODELS: dict[str, type[BaseModel]] = {
+    "Service": KnativeService,
+    "SinkBinding": SinkBinding,
+    "Job": BatchJob,
+    "CronJob": CronJob,
+    "ConfigMap": ConfigMap,
+    "Secret": Secret,
+    "Namespace": Namespace,
+    "Broker": Broker,
+    "Trigger": Trigger,
+}
+
+
+def _base() -> dict[str, list[Any]]:
+    """Every resource of the base, by kind, parsed strictly."""
+    resources: dict[str, list[Any]] = {}
+    for path, document in documents(BASE):
+        if document.get("kind") == "Kustomization":
+            continue
+        model = MODELS[document["kind"]]
+        resources.setdefault(document["kind"], []).append(model.model_validate(document))
+        assert path.suffix == ".yaml"
+    return resources
+
+
+@pytest.fixture(scope="module")
+def base() -> dict[str, list[Any]]:
+    return _base()
+
+
+def _services(base: dict[str, list[Any]]) -> dict[str, KnativeService]:
+    return {s.metadata.name: s for s in base["Service"]}
+
+
+def _configmap_keys(base: dict[str, list[Any]]) -> set[str]:
+    return {key for cm in base["ConfigMap"] for key in cm.data}
+
+
+def _secret_keys(base: dict[str, list[Any]]) -> set[str]:
+    return {key for secret in base["Secret"] for key in secret.string_data}
+
+
+def test_every_manifest_parses_strictly(base: dict[str, list[Any]]) -> None:
+    assert set(base) == set(MODELS)
+    assert set(_services(base)) == {*HTTP_FUNCTIONS, "ingress"}
+
+
+def test_a_misspelt_field_is_caught() -> None:
+    service = yaml.safe_load((BASE / "service-submit.yaml").read_text())
+    service["spec"]["template"]["spec"]["containerConcurency"] = 8
+    with pytest.raises(ValueError, match="containerConcurency"):
+        KnativeService.model_validate(service)
+
+
+def test_trigger_filters_name_types_the_code_handles(base: dict[str, list[Any]]) -> None:
+    _, triggers = load_eventing()
+    handled = {events.DISTANCE_REQUESTED: "submit", events.JOB_QUEUED: "compute"}
+    for trigger in triggers:
+        event_type = trigger.spec.filter.attributes["type"]
+        assert event_type in handled, f"{trigger.metadata.name} filters on unknown {event_type}"
+        assert trigger.spec.subscriber.ref is not None
+        assert trigger.spec.subscriber.ref.name == handled[event_type]
+        assert trigger.spec.subscriber.ref.name in _services(base)
+
+
+def test_every_emitted_type_has_a_consumer_or_is_outbound() -> None:
+    _, triggers = load_eventing()
+    consumed = {t.spec.filter.attributes["type"] for t in triggers}
+    for event_type in events.EMITTED:
+        assert event_type in consumed or event_type in events.OUTBOUND, event_type
+    assert not set(events.OUTBOUND) & consumed
+
+
+def test_every_variable_set_is_a_known_setting(base: dict[str, list[Any]]) -> None:
+    known = config.variable_names() | RUNTIME_VARIABLES
+    containers = [s.spec.template.spec.containers[0] for s in _services(base).values()]
+    containers += [j.spec.template.spec.containers[0] for j in base["Job"]]
+    containers += [c.spec.job_template.spec.template.spec.containers[0] for c in base["CronJob"]]
+    set_here = {var.name for c in containers for var in c.env}
+    assert set_here | _configmap_keys(base) | _secret_keys(base) <= known
+
+
+REQUIRED = {
+    "submit": [
+        config.DatabaseSettings,
+        config.AnalysisSettings,
+        config.JobSettings,
+        config.EventSettings,
+    ],
+    "compute": [
+        config.DatabaseSettings,
+        config.StorageSettings,
+        config.JobSettings,
+        config.EventSettings,
+    ],
+    "status": [config.DatabaseSettings, config.StorageSettings, config.JobSettings],
+    "ingress": [config.GrpcSettings, config.UpstreamSettings],
+}
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED))
+def test_every_required_setting_is_provided(base: dict[str, list[Any]], name: str) -> None:
+    container = _services(base)[name].spec.template.spec.containers[0]
+    provided = {v.name for v in container.env} | _configmap_keys(base) | _secret_keys(base)
+    assert {ref.config_map_ref.name for ref in container.env_from if ref.config_map_ref} == {
+        "otel-worker"
+    }
+    assert {ref.secret_ref.name for ref in container.env_from if ref.secret_ref} == {"otel-worker"}
+    for group in REQUIRED[name]:
+        for field_name, field in group.model_fields.items():
+            if field.is_required():
+                assert field_name.upper() in provided, f"{name} lacks {field_name.upper()}"
+
+
+def _defines(source: Path, function: str) -> bool:
+    tree = ast.parse(source.read_text())
+    return any(isinstance(node, ast.FunctionDef) and node.name == function for node in tree.body)
+
+
+@pytest.mark.parametrize("name", sorted(HTTP_FUNCTIONS))
+def test_http_functions_point_at_their_code_and_probes(
+    base: dict[str, list[Any]], name: str
+) -> None:
+    spec = _services(base)[name].spec.template.spec
+    container = spec.containers[0]
+    env = {v.name: v.value for v in container.env}
+    source = Path(env["FUNCTION_SOURCE"].replace("/app/", f"{REPO_ROOT}/", 1))
+    assert source.exists()
+    assert env["FUNCTION_TARGET"] == name
+    assert _defines(source, name)
+    assert container.ports == [Port(name="http1", containerPort=8080)]
+    assert container.readiness_probe
+    assert container.readiness_probe.http_get
+    assert container.readiness_probe.http_get.path == "/readyz"
+    assert container.liveness_probe
+    assert container.liveness_probe.http_get
+    assert container.liveness_probe.http_get.path == "/healthz"
+    # One gunicorn worker, THREADS threads, one pooled connection per thread.
+    assert env["THREADS"] == env["DB_POOL_MAX_SIZE"] == str(spec.container_concurrency)
+
+
+def test_ingress_speaks_h2c_with_grpc_probes(base: dict[str, list[Any]]) -> None:
+    container = _services(base)["ingress"].spec.template.spec.containers[0]
+    assert container.command == ["python", "/app/functions/ingress/main.py"]
+    assert (REPO_ROOT / "functions" / "ingress" / "main.py").exists()
+    assert container.ports == [Port(name="h2c", containerPort=8080)]
+    assert container.readiness_probe
+    assert container.readiness_probe.grpc
+    assert container.readiness_probe.grpc.service == ""
+    assert container.liveness_probe
+    assert container.liveness_probe.grpc
+
+
+def test_commands_of_jobs_are_cli_subcommands(base: dict[str, list[Any]]) -> None:
+    parser = build_parser()
+    commands = [j.spec.template.spec.containers[0].command for j in base["Job"]]
+    commands += [
+        c.spec.job_template.spec.template.spec.containers[0].command for c in base["CronJob"]
+    ]
+    assert sorted(c[1] for c in commands if c) == ["migrate", "sweep"]
+    for command in commands:
+        assert command is not None
+        assert command[0] == "otel-worker"
+        parser.parse_args(command[1:])
+
+
+def test_scale_to_zero_and_limits_as_planned(base: dict[str, list[Any]]) -> None:
+    for name, service in _services(base).items():
+        annotations = service.spec.template.metadata.annotations
+        assert annotations["autoscaling.knative.dev/class"] == "kpa.autoscaling.knative.dev"
+        assert annotations["autoscaling.knative.dev/min-scale"] == "0", name
+        assert int(annotations["autoscaling.knative.dev/max-scale"]) >= 1
+        assert (
+            int(annotations["autoscaling.knative.dev/target"])
+            <= service.spec.template.spec.container_concurrency
+        )
+        resources = service.spec.template.spec.containers[0].resources
+        assert resources.limits == {"cpu": "200m", "memory": "512Mi"}, name
+        assert service.metadata.labels["networking.knative.dev/visibility"] == "cluster-local"
+
+
+def _seconds(delta: dt.timedelta | None) -> float:
+    assert delta is not None
+    return delta.total_seconds()
+
+
+def test_timeouts_leases_and_retries_fit_together(base: dict[str, list[Any]]) -> None:
+    """worst compute < delivery timeout < Service timeoutSeconds < lease < retry window."""
+    _, triggers = load_eventing()
+    compute_trigger = next(
+        t for t in triggers if t.spec.subscriber.ref and t.spec.subscriber.ref.name == "compute"
+    )
+    delivery = compute_trigger.spec.delivery
+    assert delivery is not None
+    assert delivery.retry is not None
+    timeout = _seconds(delivery.timeout)
+    service_timeout = _services(base)["compute"].spec.template.spec.timeout_seconds
+    lease = int(next(cm for cm in base["ConfigMap"]).data["JOB_LEASE_SECONDS"])
+    window = sum(_seconds(delivery.backoff_delay) * 2**n for n in range(1, delivery.retry + 1))
+    assert timeout < service_timeout < lease < window
+
+
+@pytest.mark.parametrize("folder", [BASE, *OVERLAYS], ids=lambda p: str(p.relative_to(KNATIVE)))
+def test_kustomize_builds_and_core_resources_validate(folder: Path, tmp_path: Path) -> None:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl (with kustomize) is needed: it is on these machines"
+    built = subprocess.run(
+        [kubectl, "kustomize", str(folder)], capture_output=True, text=True, check=True
+    ).stdout
+    resources = [r for r in yaml.safe_load_all(built) if r]
+    kinds = {r["kind"] for r in resources}
+    assert {"Service", "Broker", "Trigger", "CronJob", "Job", "ConfigMap"} <= kinds
+    for resource in resources:
+        assert resource["metadata"].get("namespace", "otel-worker") == "otel-worker"
+        if resource["apiVersion"] in {"v1", "batch/v1"}:
+            kubernetes_validate.validate(resource, "1.33.0", strict=True)
+
+
+def test_the_overlay_exposes_only_ingress_and_status() -> None:
+    kubectl = shutil.which("kubectl")
+    assert kubectl
+    for folder in OVERLAYS:
+        built = subprocess.run(
+            [kubectl, "kustomize", str(folder)], capture_output=True, text=True, check=True
+        ).stdout
+        services = {
+            r["metadata"]["name"]: r
+            for r in yaml.safe_load_all(built)
+            if r and r["kind"] == "Service"
+        }
+        local = {
+            n
+            for n, s in services.items()
+            if s["metadata"]["labels"].get("networking.knative.dev/visibility") == "cluster-local"
+        }
+        assert local == {"submit", "compute"}
+
+
+def test_yaml_passes_yamllint() -> None:
+    result = subprocess.run(
+        [
+            str(BIN / "yamllint"),
+            "--strict",
+            "-c",
+            str(REPO_ROOT / ".yamllint.yaml"),
+            str(KNATIVE),
+            str(REPO_ROOT / ".github"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    result = subprocess.run(
+        [str(BIN / "hadolint"), "--failure-threshold", "style", str(REPO_ROOT / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout
+
+
+def test_github_workflows_match_their_schema() -> None:
+    workflows = sorted((REPO_ROOT / ".github" / "workflows").glob("*.yml"))
+    assert {p.stem for p in workflows} >= {"lint", "test", "image"}
+    result = subprocess.run(
+        [
+            str(BIN / "check-jsonschema"),
+            "--builtin-schema",
+            "vendor.github-workflows",
+            *map(str, workflows),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
