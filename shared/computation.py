@@ -149,7 +149,7 @@ class Computation:
         window = day_window(job.date_from, job.date_to, job.timezone)
         start, end = read_range(window, params)
         metrics = telemetry.instruments()
-        with telemetry.span("read points", **{"job.id": str(job.id)}):
+        with telemetry.span("read points", attributes={"job.id": str(job.id)}):
             read_started = time.monotonic()
             with self.connection() as conn:
                 in_window = count_points(
@@ -162,7 +162,7 @@ class Computation:
                     )
                 points = read_points(conn, _utc(start), _utc(end), job.device_id)
             metrics.db_read.record(time.monotonic() - read_started)
-        with telemetry.span("analyze", points=len(points)):
+        with telemetry.span("analyze", attributes={"points": len(points)}):
             analysis = analyze(points, window, params)
         summary = analysis.summary
         metrics.points.add(summary.points.read)
@@ -170,7 +170,10 @@ class Computation:
             if count:
                 metrics.dropped.add(count, {"rule": rule})
         keys = result_keys(job.id, job.date_from, job.date_to, job.device_id)
-        with tempfile.TemporaryFile() as csv, telemetry.span("upload", key=keys.csv_key):
+        with (
+            tempfile.TemporaryFile() as csv,
+            telemetry.span("upload", attributes={"key": keys.csv_key}),
+        ):
             size = write_csv(analysis, csv)
             if size > self.storage.max_csv_bytes:
                 raise JobFailure(

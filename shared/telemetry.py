@@ -141,7 +141,7 @@ def span(
     if parent is not None:
         token = otel_context.attach(extract(dict(parent)))
     try:
-        with tracer().start_as_current_span(name, attributes=attributes) as current:
+        with tracer().start_as_current_span(name, attributes=dict(attributes or {})) as current:
             yield current
     finally:
         if token is not None:

@@ -144,7 +144,7 @@ def _download(name: str, summary: bool = False) -> flask.Response:
             job_status=job.status.value,
         )
     link = objects.presign(key)
-    return flask.redirect(link.url, code=HTTPStatus.FOUND)
+    return flask.Response(status=HTTPStatus.FOUND, headers={"Location": link.url})
 
 
 def _dead_letter(request: flask.Request) -> flask.Response:
