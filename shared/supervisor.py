@@ -155,6 +155,17 @@ class Supervisor:
         for name, url in self.urls.items():
             log.info("%s listening on %s", name, url)
 
+    def restart(self, name: str) -> None:
+        """Stop `name` if it still runs and start it again on the same port (a new pod)."""
+        service = self.services[name]
+        service.stop()
+        assert self._log is not None
+        service.start(stdout=subprocess.PIPE)
+        assert service.process is not None
+        assert service.process.stdout is not None
+        self._threads.append(self._log.pump(name, service.process.stdout))
+        self._wait_ready(name, service)
+
     def _wait_ready(self, name: str, service: ServiceProcess) -> None:
         def ready() -> bool:
             if not service.alive():

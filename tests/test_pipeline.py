@@ -1,0 +1,352 @@
+"""The whole system end to end: real PostgreSQL (through PgBouncer), a real S3 server, the
+dev broker and every function as its own process, started by the same supervisor as
+`otel-worker dev`.
+
+Each test names the failure a user would notice: a lost job, a duplicate computation, a
+completed job without its CSV, a retry storm, a request cut off by a shutdown.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import os
+import signal
+import subprocess
+import threading
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import urllib3
+from minio import Minio
+
+from shared import config, events
+from shared.contracts import DistanceRequested, JobAccepted, JobView
+from shared.devstack import SeaweedS3, http_function, wait_until
+from shared.maintenance import migrate_jobs, sweep_once
+from shared.supervisor import Supervisor
+from shared.tracks import TrackSpec, generate
+from shared.locations import write_points
+from tests.conftest import Database, S3Server
+
+DAY = dt.date(2024, 3, 12)
+"""A weekday of the seeded data (one device, 30 s fixes)."""
+SEED = TrackSpec(seed=7, start=dt.date(2024, 3, 1), days=31, devices=3)
+
+
+@dataclass
+class Stack:
+    supervisor: Supervisor
+    env: dict[str, str]
+    database: Database
+    s3: S3Server
+    bucket: str
+
+    @property
+    def broker(self) -> str:
+        return self.supervisor.urls["broker"]
+
+    def url(self, service: str) -> str:
+        return self.supervisor.urls[service]
+
+    def job(self, job_id: uuid.UUID | str) -> JobView:
+        response = urllib3.request("GET", f"{self.url('status')}/jobs/{job_id}")
+        assert response.status == 200, response.data
+        return JobView.model_validate_json(response.data)
+
+    def wait_finished(self, job_id: uuid.UUID | str, timeout: float = 60) -> JobView:
+        seen: list[JobView] = []
+
+        def finished() -> bool:
+            seen.append(self.job(job_id))
+            return seen[-1].status in {"completed", "failed"}
+
+        wait_until(finished, timeout, f"job {job_id}", interval=0.05)
+        return seen[-1]
+
+    def objects(self) -> list[str]:
+        client = self.s3.client()
+        return sorted(o.object_name or "" for o in client.list_objects(self.bucket, recursive=True))
+
+    def db(self) -> psycopg.Connection[tuple[Any, ...]]:
+        return self.database.connect()
+
+
+def _request_event(data: dict[str, Any], event_id: str | None = None) -> tuple[dict[str, str], bytes]:
+    event = events.CloudEvent(
+        {
+            "type": events.DISTANCE_REQUESTED,
+            "source": "/tests/pipeline",
+            "id": event_id or str(uuid.uuid4()),
+            "datacontenttype": "application/json",
+        },
+        data,
+    )
+    return events.binary(event)
+
+
+def _stack_env(database: Database, s3: S3Server, bucket: str, **extra: str) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if k not in config.variable_names()}
+    return {
+        **keep,
+        "DATABASE_URL": database.dsn,
+        "MINIO_ENDPOINT": s3.endpoint,
+        "MINIO_ACCESS_KEY": s3.access_key,
+        "MINIO_SECRET_KEY": s3.secret_key,
+        "MINIO_REGION": s3.region,
+        "MINIO_BUCKET": bucket,
+        "JOB_LEASE_SECONDS": "10",
+        "JOB_REPUBLISH_SECONDS": "1",
+        "LOG_LEVEL": "WARNING",
+        "DB_STARTUP_RETRY_SECONDS": "5",
+        **extra,
+    }
+
+
+def _start(database: Database, s3: S3Server, out: io.TextIOBase | None = None, **extra: str) -> Stack:
+    bucket = f"pipeline-{uuid.uuid4().hex[:10]}"
+    env = _stack_env(database, s3, bucket, **extra)
+    settings = config.DatabaseSettings(database_url=database.dsn)
+    jobs = config.JobSettings(job_lease_seconds=10, job_republish_seconds=1)
+    supervisor = Supervisor(
+        env=env,
+        out=out or _Discard(),
+        migrate=lambda: migrate_jobs(settings),
+        sweep=lambda sink: sweep_once(settings, jobs, sink),
+        sweep_interval=0.5,
+        time_scale=0.05,
+    ).start()
+    return Stack(supervisor, env, database, s3, bucket)
+
+
+class _Discard(io.TextIOBase):
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+@pytest.fixture(scope="module")
+def seeded(pgbouncer: Database, postgres: Database) -> Database:
+    """public.locations holding a month of three devices (written directly, once)."""
+    with postgres.connect() as conn:
+        write_points(conn, generate(SEED).points, force=True)
+    return pgbouncer
+
+
+@pytest.fixture(scope="module")
+def stack(seeded: Database, s3: S3Server) -> Iterator[Stack]:
+    started = _start(seeded, s3)
+    yield started
+    started.supervisor.stop()
+
+
+def _post(url: str, headers: dict[str, str], body: bytes, timeout: float = 30) -> urllib3.BaseHTTPResponse:
+    return urllib3.request("POST", url, headers=headers, body=body, timeout=timeout, retries=False)
+
+
+def test_a_request_event_becomes_a_completed_job_with_a_csv_that_matches(stack: Stack) -> None:
+    headers, body = _request_event({"date": DAY.isoformat(), "device_id": "phone1"})
+    reply = _post(stack.url("submit"), headers, body)
+    accepted = _accepted(reply)
+    assert reply.headers["ce-type"] == events.JOB_ACCEPTED
+    assert accepted.created
+    assert accepted.job.requester is not None
+    assert accepted.job.requester.source == "/tests/pipeline"
+
+    job = stack.wait_finished(accepted.job.job_id)
+    assert job.status == "completed", job.error_message
+    assert job.attempts == 1
+    assert job.csv is not None
+    assert job.result is not None
+    with urllib.request.urlopen(job.csv.url, timeout=10) as download:  # noqa: S310
+        rows = list(csv.DictReader(io.TextIOWrapper(download, "utf-8")))
+    summary = job.result
+    assert len(rows) == summary["points"]["read"] > 2000
+    kept = [r for r in rows if not r["dropped_by"]]
+    assert len(kept) == summary["points"]["used"]
+    assert {r["device_id"] for r in rows} == {"phone1"}
+    assert abs(sum(float(r["segment_km"]) for r in kept) - summary["path_km"]) < 0.01
+    assert max(float(r["distance_from_home_km"]) for r in kept) == pytest.approx(
+        summary["max_distance_km"], abs=1e-5
+    )
+    assert rows[0]["timestamp"].startswith(f"{DAY.isoformat()}T00:")
+    assert rows[0]["timestamp"].endswith("-04:00")  # EDT: local days, not UTC days
+    assert job.csv_key is not None
+    assert job.csv_key.rsplit("/", 1)[1] == f"distance_20240312_phone1_{job.job_id.hex[:8]}.csv"
+
+
+def test_duplicate_deliveries_make_one_job_one_object_one_computation(stack: Stack) -> None:
+    request_id = str(uuid.uuid4())
+    headers, body = _request_event({"date": "2024-03-13", "device_id": "phone2"}, request_id)
+    replies = [_post(stack.broker, headers, body) for _ in range(10)]
+    assert {r.status for r in replies} == {202}
+    with stack.db() as conn:
+
+        def one_job() -> bool:
+            rows = conn.execute(
+                "SELECT count(*) FROM otel_worker.jobs WHERE requester_id = %s", (request_id,)
+            ).fetchone()
+            return rows == (1,)
+
+        wait_until(one_job, 20, "the job row")
+        (job_id,) = conn.execute(
+            "SELECT id FROM otel_worker.jobs WHERE requester_id = %s", (request_id,)
+        ).fetchone() or (None,)
+    job = stack.wait_finished(job_id)
+    assert job.status == "completed"
+    # Now deliver its job.queued ten more times, straight to compute.
+    queued = events.new_event(
+        events.JOB_QUEUED, events.DATA_MODELS[events.JOB_QUEUED](job_id=job_id), source="/tests"
+    )
+    q_headers, q_body = events.binary(queued)
+    statuses = {_post(stack.url("compute"), q_headers, q_body).status for _ in range(10)}
+    assert statuses == {200}
+    again = stack.job(job_id)
+    assert again.attempts == 1
+    assert again.completed_at == job.completed_at
+    assert [k for k in stack.objects() if str(job_id) in k] == [job.csv_key, job.summary_key]
+
+
+def test_a_poison_event_is_dead_lettered_without_retry(stack: Stack) -> None:
+    request_id = str(uuid.uuid4())
+    headers, body = _request_event({"date": "2024-02-30"}, request_id)
+    assert _post(stack.broker, headers, body).status == 202
+    broker = stack.supervisor.broker
+    assert broker is not None
+
+    def dead_lettered() -> bool:
+        return any(h.event_id == request_id and h.outcome == "dead-lettered" for h in broker.hops)
+
+    wait_until(dead_lettered, 20, "the dead letter")
+    attempts = [h for h in broker.hops if h.event_id == request_id and h.attempt > 0]
+    assert [(h.status, h.outcome) for h in attempts] == [(400, "final")]
+    with stack.db() as conn:
+        count = conn.execute(
+            "SELECT count(*) FROM otel_worker.jobs WHERE requester_id = %s", (request_id,)
+        ).fetchone()
+    assert count == (0,)
+
+
+def test_plain_json_post_gets_json_and_bad_fields_are_named(stack: Stack) -> None:
+    ok = urllib3.request(
+        "POST", stack.url("submit"), json={"date": "2024-03-14", "device_id": "phone3"}, retries=False
+    )
+    assert ok.status == 202
+    assert JobAccepted.model_validate_json(ok.data).created
+    for data, field in [
+        ({"date": "2024-13-01"}, "date"),
+        ({"date": "2024-03-01", "end_date": "2024-05-01"}, "end_date"),
+        ({"date": "2024-03-01", "device_id": "bad id"}, "device_id"),
+        ({"date": "2024-03-01", "timezone": "Nowhere/City"}, "timezone"),
+        ({"date": "2999-01-01"}, "date"),
+    ]:
+        bad = urllib3.request("POST", stack.url("submit"), json=data, retries=False)
+        assert bad.status == 400, data
+        assert json.loads(bad.data)["error"].startswith(f"{field}:"), bad.data
+
+
+def test_compute_killed_mid_job_is_taken_over_after_the_lease(stack: Stack) -> None:
+    headers, body = _request_event({"date": "2024-03-01", "end_date": "2024-03-31"})
+    reply = _post(stack.url("submit"), headers, body)
+    job_id = _accepted(reply).job.job_id
+    compute = stack.supervisor.services["compute"]
+    with stack.db() as conn:
+        wait_until(lambda: _status(conn, job_id) == "processing", 30, "processing", interval=0.005)
+    compute.signal(signal.SIGKILL)
+    assert compute.process is not None
+    compute.process.wait(timeout=10)
+    stack.supervisor.restart("compute")
+    job = stack.wait_finished(job_id, timeout=90)
+    assert job.status == "completed", job.error_message
+    assert job.attempts == 2
+
+
+def test_broker_down_at_submit_time_is_published_by_the_sweep(stack: Stack, seeded: Database) -> None:
+    # A submit whose broker is unreachable: the job is committed but not announced.
+    env = {**stack.env, "K_SINK": "http://127.0.0.1:9/", "PUBLISH_ATTEMPTS": "1"}
+    lonely = http_function("submit", 0, env)
+    lonely.port = _free_port()
+    lonely.start()
+    try:
+        wait_until(lambda: urllib3.request("GET", f"{lonely.url}/readyz").status == 200, 30, "submit")
+        reply = urllib3.request("POST", lonely.url, json={"date": "2024-03-15", "device_id": "phone1"})
+        assert reply.status == 202
+        job_id = JobAccepted.model_validate_json(reply.data).job.job_id
+    finally:
+        lonely.stop()
+    with stack.db() as conn:
+        published = conn.execute("SELECT published_at FROM otel_worker.jobs WHERE id = %s", (job_id,)).fetchone()
+    assert published == (None,)
+    job = stack.wait_finished(job_id, timeout=60)  # the supervisor's sweep runs every 0.5 s
+    assert job.status == "completed"
+
+
+def _accepted(reply: urllib3.BaseHTTPResponse) -> JobAccepted:
+    assert reply.status == 200, reply.data
+    return events.data_as(events.parse(dict(reply.headers.items()), reply.data), JobAccepted)
+
+
+def _status(conn: psycopg.Connection[tuple[Any, ...]], job_id: uuid.UUID) -> str | None:
+    row = conn.execute("SELECT status FROM otel_worker.jobs WHERE id = %s", (job_id,)).fetchone()
+    return str(row[0]) if row else None
+
+
+def _free_port() -> int:
+    from shared.devstack import free_ports
+
+    return free_ports(1)[0]
+
+
+def test_sigterm_lets_the_running_request_finish(stack: Stack) -> None:
+    """Knative sends SIGTERM when it scales a pod down: the delivery in progress must
+    complete (one attempt, no takeover after the lease), then the process exits."""
+    headers, body = _request_event({"date": "2024-03-02", "end_date": "2024-03-31"})
+    reply = _post(stack.url("submit"), headers, body)
+    job_id = _accepted(reply).job.job_id
+    compute = stack.supervisor.services["compute"]
+    with stack.db() as conn:
+        wait_until(lambda: _status(conn, job_id) == "processing", 30, "processing", interval=0.005)
+    compute.signal(signal.SIGTERM)
+    assert compute.process is not None
+    assert compute.process.wait(timeout=60) == 0
+    with stack.db() as conn:
+        assert _status(conn, job_id) == "completed"
+    stack.supervisor.restart("compute")
+    job = stack.job(job_id)
+    assert job.attempts == 1
+
+
+def test_object_store_down_is_retried_then_fails_clearly_never_completed_without_csv(
+    seeded: Database, tmp_path: Path
+) -> None:
+    own = SeaweedS3(data_dir=tmp_path / "weed", access_key="k-down", secret_key=uuid.uuid4().hex).start()
+    s3 = S3Server(own.endpoint, own.access_key, own.secret_key, "us-east-1", own)
+    stack = _start(seeded, s3, JOB_MAX_ATTEMPTS="2")
+    try:
+        bucket_ready = urllib3.request("POST", stack.url("submit"), json={"date": "2024-03-05", "device_id": "phone1"})
+        first = JobAccepted.model_validate_json(bucket_ready.data).job.job_id
+        assert stack.wait_finished(first).status == "completed"
+        own.stop()
+        reply = urllib3.request("POST", stack.url("submit"), json={"date": "2024-03-06", "device_id": "phone1"})
+        job_id = JobAccepted.model_validate_json(reply.data).job.job_id
+        job = stack.wait_finished(job_id, timeout=120)
+        assert job.status == "failed"
+        assert job.attempts == 2
+        assert job.error_message is not None
+        assert "gave up after 2 attempt(s)" in job.error_message
+        assert "uploading" in job.error_message or "bucket" in job.error_message
+        with stack.db() as conn:
+            orphans = conn.execute(
+                "SELECT count(*) FROM otel_worker.jobs WHERE status = 'completed' AND csv_key IS NULL"
+            ).fetchone()
+        assert orphans == (0,)
+    finally:
+        stack.supervisor.stop()
+        own.stop()
