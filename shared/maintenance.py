@@ -21,20 +21,16 @@ def migrate_jobs(settings: DatabaseSettings) -> list[Migration]:
         return migrate(conn, settings.jobs_schema)
 
 
-def sweep_once(
-    database: DatabaseSettings,
-    jobs: JobSettings,
-    sink: str | None,
-    events: EventSettings | None = None,
-) -> SweepReport:
-    """One sweep; queued jobs needing their event are published to `sink` (K_SINK), or
-    only listed when there is no sink."""
-    events = events or EventSettings()
+def sweep_once(database: DatabaseSettings, jobs: JobSettings, events: EventSettings) -> SweepReport:
+    """One sweep; queued jobs needing their event are published to K_SINK, or only
+    listed when no sink is set."""
     source = f"{events.event_source.rstrip('/')}/sweep"
     publish = None
-    if sink is not None:
+    if events.k_sink is not None:
         publisher = Publisher(
-            sink, attempts=events.publish_attempts, timeout=events.publish_timeout_seconds
+            str(events.k_sink),
+            attempts=events.publish_attempts,
+            timeout=events.publish_timeout_seconds,
         )
 
         def publish(job: Job) -> None:

@@ -120,7 +120,7 @@ def _start(database: Database, s3: S3Server, out: io.TextIOBase | None = None, *
         env=env,
         out=out or _Discard(),
         migrate=lambda: migrate_jobs(settings),
-        sweep=lambda sink: sweep_once(settings, jobs, sink),
+        sweep=lambda sink: sweep_once(settings, jobs, config.EventSettings(k_sink=sink)),
         sweep_interval=0.5,
         time_scale=0.05,
     ).start()
