@@ -34,6 +34,14 @@ def _schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dev(args: argparse.Namespace) -> int:
+    from shared.logs import setup_logging
+    from shared.supervisor import run_dev
+
+    setup_logging(config.load(config.TelemetrySettings).log_level)
+    return run_dev(sys.stdout, args.sweep_interval, args.local_s3)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -50,6 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     schemas = commands.add_parser("schemas", help="export the JSON Schemas of the event data")
     schemas.add_argument("--out", type=Path, default=Path("docs/events"), help="folder")
     schemas.set_defaults(handler=_schemas)
+
+    dev = commands.add_parser(
+        "dev", help="run the broker and every function locally, one log, Ctrl-C stops all"
+    )
+    dev.add_argument(
+        "--sweep-interval", type=float, default=30.0, help="seconds between sweeps (30)"
+    )
+    dev.add_argument(
+        "--local-s3",
+        type=Path,
+        metavar="DIR",
+        help="start a SeaweedFS S3 server with its data in DIR and use it",
+    )
+    dev.set_defaults(handler=_dev)
     return parser
 
 

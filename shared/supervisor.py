@@ -10,17 +10,23 @@ its service. Stopping it stops everything it started. The end-to-end tests use i
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import signal
 import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 import grpc
 
+from shared import config
 from shared.devbroker import DevBroker, service_resolver
 from shared.devstack import (
     HTTP_FUNCTIONS,
+    SeaweedS3,
     ServiceProcess,
     free_ports,
     grpc_serving,
@@ -155,6 +161,11 @@ class Supervisor:
         for name, url in self.urls.items():
             log.info("%s listening on %s", name, url)
 
+    def say(self, text: str) -> None:
+        """A line of the supervisor's own in the shared log."""
+        assert self._log is not None, "not started"
+        self._log.line("dev", text)
+
     def restart(self, name: str) -> None:
         """Stop `name` if it still runs and start it again on the same port (a new pod)."""
         service = self.services[name]
@@ -199,10 +210,58 @@ class Supervisor:
         if self._handler is not None:
             logging.getLogger().removeHandler(self._handler)
 
-    def wait(self) -> None:
-        """Block until stopped or until a service dies (then stop the rest)."""
-        while not self._stop.wait(0.5):
-            dead = [name for name, s in self.services.items() if not s.alive()]
+
+def run_dev(out: IO[str], sweep_interval: float, local_s3: Path | None) -> int:
+    """`otel-worker dev`: run the stack until Ctrl-C or SIGTERM, then stop all of it.
+
+    With `local_s3`, a SeaweedFS S3 server is started with its data in that folder and
+    the functions use it; otherwise they use the configured object store.
+    """
+    from shared.maintenance import migrate_jobs, sweep_once
+
+    database = config.load(config.DatabaseSettings)
+    jobs = config.load(config.JobSettings)
+    event_settings = config.load(config.EventSettings)
+    env = dict(os.environ)
+    s3: SeaweedS3 | None = None
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    if local_s3 is not None:
+        s3 = SeaweedS3(
+            data_dir=local_s3,
+            access_key=env.get("MINIO_ACCESS_KEY") or "otel-worker-dev",
+            secret_key=env.get("MINIO_SECRET_KEY") or secrets.token_hex(16),
+        ).start()
+        env.update(
+            MINIO_ENDPOINT=s3.endpoint,
+            MINIO_ACCESS_KEY=s3.access_key,
+            MINIO_SECRET_KEY=s3.secret_key,
+            MINIO_SECURE="false",
+        )
+    supervisor = Supervisor(
+        env=env,
+        out=out,
+        migrate=lambda: migrate_jobs(database),
+        sweep=lambda sink: sweep_once(
+            database, jobs, event_settings.model_copy(update={"k_sink": sink})
+        ),
+        sweep_interval=sweep_interval,
+    )
+    try:
+        supervisor.start()
+        for name, url in supervisor.urls.items():
+            supervisor.say("dev", f"{name:<8} {url}")
+        if s3 is not None:
+            supervisor.say("dev", f"s3       http://{s3.endpoint} (bucket settings apply)")
+        supervisor.say("dev", "press Ctrl-C to stop everything")
+        while not stop.wait(0.5):
+            dead = [name for name, s in supervisor.services.items() if not s.alive()]
             if dead:
-                log.error("%s exited; stopping the stack", ", ".join(dead))
-                self.stop()
+                supervisor.say("dev", f"{', '.join(dead)} exited; stopping")
+                return 1
+        return 0
+    finally:
+        supervisor.stop()
+        if s3 is not None:
+            s3.stop(graceful=True)
