@@ -77,9 +77,13 @@ def connect(settings: DatabaseSettings, *, retry_seconds: float | None = None) -
 
     def warn(state: tenacity.RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
+        pause = state.next_action.sleep if state.next_action else 0.0
         log.warning(
-            "database not reachable yet, retrying",
-            extra={"attempt": state.attempt_number, "error": _first_line(error or Exception())},
+            "database at %s not reachable (attempt %d: %s); retrying in %.1f s",
+            _where(conninfo),
+            state.attempt_number,
+            _first_line(error) if error else "no error",
+            pause,
         )
 
     retrying = tenacity.Retrying(
