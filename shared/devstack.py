@@ -223,6 +223,8 @@ class PgBouncer:
         lines = [
             "[databases]",
             f"{self.dbname} = host={self.server_host} port={self.server_port}",
+            # Any other database name is passed through to the same server.
+            f"* = host={self.server_host} port={self.server_port}",
             "[pgbouncer]",
             *(f"{key} = {value}" for key, value in settings.items()),
         ]

@@ -249,8 +249,6 @@ class _RowStream:
             del pending[: len(_HEADER)]
             self.header_checked = True
         count = min(len(pending) // _ROW.itemsize, self.end - self.position)
-        if count == 0:
-            return
         rows = np.frombuffer(pending, dtype=_ROW, count=count)
         # A NULL or a column of another width would shift every later row: refuse, loudly.
         if not (rows["fields"] == len(_READ_COLUMNS)).all():

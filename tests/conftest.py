@@ -7,6 +7,7 @@ pooling mode as production does; S3 is SeaweedFS on free loopback ports.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -33,6 +34,11 @@ class Database:
     port: int
     dbname: str
     user: str
+
+    @property
+    def url(self) -> str:
+        """The same place as a postgresql:// URL (the form DATABASE_URL takes)."""
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}"
 
     def connect(self, **kwargs: object) -> psycopg.Connection[tuple[object, ...]]:
         """A new autocommit connection without server-side prepared statements."""
@@ -69,9 +75,9 @@ def _fresh_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator
     config.load.cache_clear()
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Database]:
-    """A fresh database on the real server for this test session, dropped at the end."""
+@contextlib.contextmanager
+def _new_database() -> Iterator[Database]:
+    """A fresh database on the real server, dropped afterwards."""
     admin = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     name = f"otel_worker_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin, autocommit=True) as conn:
@@ -79,15 +85,31 @@ def postgres() -> Iterator[Database]:
     params = conninfo_to_dict(admin)
     params["dbname"] = name
     dsn = make_conninfo(**params)  # type: ignore[arg-type]
-    yield Database(
-        dsn=dsn,
-        host=str(params.get("host", "127.0.0.1")),
-        port=int(params.get("port", 5432) or 5432),
-        dbname=name,
-        user=str(params.get("user", "postgres")),
-    )
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield Database(
+            dsn=dsn,
+            host=str(params.get("host", "127.0.0.1")),
+            port=int(params.get("port", 5432) or 5432),
+            dbname=name,
+            user=str(params.get("user", "postgres")),
+        )
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Database]:
+    """A fresh database on the real server for this test session, dropped at the end."""
+    with _new_database() as database:
+        yield database
+
+
+@pytest.fixture
+def scratch_database() -> Iterator[Database]:
+    """A database of its own for one test (e.g. one that needs `public` to itself)."""
+    with _new_database() as database:
+        yield database
 
 
 @pytest.fixture(scope="session")
