@@ -88,7 +88,7 @@ def connect(settings: DatabaseSettings, *, retry_seconds: float | None = None) -
 
     retrying = tenacity.Retrying(
         stop=tenacity.stop_before_delay(window),
-        wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=5.0),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.1),
         retry=tenacity.retry_if_exception_type(psycopg.OperationalError),
         before_sleep=warn,
         reraise=True,

@@ -376,8 +376,12 @@ class JobStore:
         }
         with self._connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
             rows = cursor.execute(query, params).fetchall()
-        total = int(rows[0].pop("total"))
-        jobs = [Job.model_validate(row) for row in rows if row["id"] is not None]
+        total = int(rows[0]["total"])
+        jobs = [
+            Job.model_validate({name: value for name, value in row.items() if name != "total"})
+            for row in rows
+            if row["id"] is not None
+        ]
         return jobs, total
 
     def mark_published(self, job_id: uuid.UUID) -> None:

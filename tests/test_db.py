@@ -109,3 +109,30 @@ def test_a_connection_lost_inside_the_block_is_reported_as_unavailable(
             assert conn.execute("SELECT 1").fetchone() == (1,)
     finally:
         pool.close()
+
+
+def test_settings_built_from_parts_reach_the_server(postgres: Database) -> None:
+    settings = DatabaseSettings(
+        postgres_host=postgres.host,
+        postgres_port=postgres.port,
+        postgres_db=postgres.dbname,
+        postgres_user=postgres.user,
+        postgres_password="p@ss word/:",  # type: ignore[arg-type]
+    )
+    assert settings.conninfo() == (
+        f"postgresql://{postgres.user}:p%40ss%20word%2F%3A@{postgres.host}:{postgres.port}/"
+        f"{postgres.dbname}"
+    )
+    with db.connect(settings) as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == (postgres.dbname,)
+
+
+def test_bad_database_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared import config
+
+    monkeypatch.setenv("JOBS_SCHEMA", "Robert'); DROP TABLE jobs;--")
+    monkeypatch.setenv("DATABASE_URL", "mysql://somewhere/else")
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(DatabaseSettings)
+    assert "JOBS_SCHEMA: must be a lower-case SQL identifier" in str(caught.value)
+    assert "DATABASE_URL: must start with postgresql://" in str(caught.value)
