@@ -190,21 +190,21 @@ def schema_difference(expected: str, actual: str) -> str:
 def describe_schema(conn: Connection, schema: str) -> str:
     """A normalised text description of every object in `schema`, read from the catalog.
 
-    Tables with their columns (in order), constraints and indexes; sequences, views,
-    functions and types by name. Definitions are printed with `search_path` set to the
-    schema, so the description does not depend on the schema's name.
+    Tables with their storage options, columns (in order), constraints and indexes;
+    sequences, views, functions and types by name. Definitions are printed with
+    `search_path` set to the schema, so the description does not depend on its name.
     """
     lines: list[str] = []
     with conn.transaction():
         conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
         tables = conn.execute(
-            """SELECT c.oid, c.relname FROM pg_class c
+            """SELECT c.oid, c.relname, array_to_string(c.reloptions, ', ') FROM pg_class c
                WHERE c.relnamespace = %s::regnamespace AND c.relkind IN ('r', 'p')
                ORDER BY c.relname""",
             [schema],
         ).fetchall()
-        for oid, table in tables:
-            lines.append(f"table {table}")
+        for oid, table, options in tables:
+            lines.append(f"table {table}" + (f" WITH ({options})" if options else ""))
             for column, kind, not_null, default in conn.execute(
                 """SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
                           pg_get_expr(d.adbin, d.adrelid)
