@@ -246,6 +246,9 @@ class JobStore:
         self, connection: Connection | ConnectionSource, settings: JobSettings, *, schema: str
     ) -> None:
         if isinstance(connection, psycopg.Connection):
+            if not connection.autocommit:
+                # Each operation must commit on its own, or others would never see it.
+                raise ValueError("JobStore needs an autocommit connection")
             single = connection
             self._connection: ConnectionSource = lambda: contextlib.nullcontext(single)
         else:

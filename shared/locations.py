@@ -12,8 +12,9 @@ How `read_points` stays fast (about what the server can stream):
   client already knows which device each COPY returns.
 - Every copied column has a fixed width (nullable integers are COALESCEd to -1, a NULL
   `created_at` to `-infinity`), so a chunk of rows is one `np.frombuffer` with a structured
-  big-endian dtype, assigned column by column into the preallocated arrays. No Python object
-  per row, and no copy of the whole result besides the arrays themselves.
+  big-endian dtype, assigned column by column into the preallocated arrays. No Python
+  value is made per row (only the transient message buffer libpq hands over), and no copy
+  of the whole result exists besides the arrays themselves.
 - Timestamps arrive as PostgreSQL's int64 microseconds since 2000-01-01 and become Unix
   microseconds with one vectorised add.
 """

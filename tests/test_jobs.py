@@ -85,6 +85,15 @@ def _run_together(count: int, work: Callable[[int], object]) -> list[object]:
     return results
 
 
+def _lease(store: JobStore, job_id: uuid.UUID, worker: str = "w", **options: Any) -> Job:
+    """Claim `job_id`, which must succeed; the job as claimed, with its lease token."""
+    outcome = store.claim(job_id, worker, **options)
+    assert outcome.result is ClaimResult.CLAIMED
+    assert outcome.job is not None
+    assert outcome.job.lease_token is not None
+    return outcome.job
+
+
 def _set(conn: psycopg.Connection[Any], schema: str, job_id: uuid.UUID, assignments: str) -> None:
     """Backdate or otherwise edit a job row directly (the tests' time machine)."""
     conn.execute(f"UPDATE {schema}.jobs SET {assignments} WHERE id = %s", [job_id])
@@ -119,6 +128,12 @@ def test_the_same_key_with_another_request_is_a_conflict(store: JobStore) -> Non
     assert caught.value.job.id == job.id
     with pytest.raises(ValueError, match="longer than"):
         store.create(REQUEST, idempotency_key="x" * 1001)
+
+
+def test_the_store_wants_autocommit(pgbouncer: Database, schema: str) -> None:
+    with psycopg.connect(pgbouncer.url, prepare_threshold=None) as plain:
+        with pytest.raises(ValueError, match="autocommit"):
+            JobStore(plain, SETTINGS, schema=schema)
 
 
 def test_requests_without_a_key_are_not_deduplicated(store: JobStore) -> None:
@@ -169,9 +184,7 @@ def test_the_store_borrows_pooled_connections(pgbouncer: Database, schema: str) 
     try:
         store = JobStore(pool.connection, SETTINGS, schema=schema)
         job, created = store.create(REQUEST, idempotency_key="pooled")
-        lease = store.claim(job.id, "w").job
-        assert lease is not None
-        assert lease.lease_token is not None
+        lease = _lease(store, job.id, "w")
         done = store.complete(job.id, lease.lease_token, result={"ok": True})
     finally:
         pool.close()
@@ -219,11 +232,9 @@ def test_claim_outcomes(store: JobStore, conn: psycopg.Connection[Any], schema: 
 
     # A processing job whose lease expired is claimed again, with a new token.
     other, _ = store.create(REQUEST)
-    first = store.claim(other.id, "worker-a").job
-    assert first is not None
+    first = _lease(store, other.id, "worker-a")
     _set(conn, schema, other.id, "lease_expires_at = now() - interval '1 second'")
-    second = store.claim(other.id, "worker-b", lease_seconds=60).job
-    assert second is not None
+    second = _lease(store, other.id, "worker-b", lease_seconds=60)
     assert second.attempts == 2
     assert second.lease_token != first.lease_token
     assert second.claimed_by == "worker-b"
@@ -233,13 +244,9 @@ def test_a_stale_lease_holder_changes_nothing(
     store: JobStore, conn: psycopg.Connection[Any], schema: str
 ) -> None:
     job, _ = store.create(REQUEST)
-    stale = store.claim(job.id, "slow-worker").job
-    assert stale is not None
-    assert stale.lease_token is not None
+    stale = _lease(store, job.id, "slow-worker")
     _set(conn, schema, job.id, "lease_expires_at = now() - interval '1 second'")
-    fresh = store.claim(job.id, "new-worker").job
-    assert fresh is not None
-    assert fresh.lease_token is not None
+    fresh = _lease(store, job.id, "new-worker")
     before = store.get(job.id)
 
     with pytest.raises(LeaseLost, match="processing") as caught:
@@ -263,18 +270,14 @@ def test_fail_is_final_and_release_requeues_until_the_attempts_are_spent(
     store: JobStore, conn: psycopg.Connection[Any], schema: str
 ) -> None:
     job, _ = store.create(REQUEST)
-    lease = store.claim(job.id, "w").job
-    assert lease is not None
-    assert lease.lease_token is not None
+    lease = _lease(store, job.id, "w")
     failed = store.fail(job.id, lease.lease_token, "no such device")
     assert (failed.status, failed.error_message) == (JobStatus.FAILED, "no such device")
     assert failed.completed_at is not None
 
     job, _ = store.create(REQUEST)
     for attempt in range(1, SETTINGS.job_max_attempts + 1):
-        lease = store.claim(job.id, "w").job
-        assert lease is not None
-        assert lease.lease_token is not None
+        lease = _lease(store, job.id, "w")
         assert lease.attempts == attempt
         released = store.release(job.id, lease.lease_token, f"storage down ({attempt})")
         if attempt < SETTINGS.job_max_attempts:
@@ -368,9 +371,7 @@ def test_list_filters_orders_pages_and_counts(
             }
         )
         made.append(store.create(request)[0])
-    lease = store.claim(made[1].id, "w").job
-    assert lease is not None
-    assert lease.lease_token is not None
+    lease = _lease(store, made[1].id, "w")
     store.complete(made[1].id, lease.lease_token, result={})
 
     everything, total = store.list_jobs()
