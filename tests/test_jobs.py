@@ -131,9 +131,11 @@ def test_the_same_key_with_another_request_is_a_conflict(store: JobStore) -> Non
 
 
 def test_the_store_wants_autocommit(pgbouncer: Database, schema: str) -> None:
-    with psycopg.connect(pgbouncer.url, prepare_threshold=None) as plain:
-        with pytest.raises(ValueError, match="autocommit"):
-            JobStore(plain, SETTINGS, schema=schema)
+    with (
+        psycopg.connect(pgbouncer.url, prepare_threshold=None) as plain,
+        pytest.raises(ValueError, match="autocommit"),
+    ):
+        JobStore(plain, SETTINGS, schema=schema)
 
 
 def test_requests_without_a_key_are_not_deduplicated(store: JobStore) -> None:
