@@ -199,7 +199,7 @@ def describe_schema(conn: Connection, schema: str) -> str:
         conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
         tables = conn.execute(
             """SELECT c.oid, c.relname, array_to_string(c.reloptions, ', ') FROM pg_class c
-               WHERE c.relnamespace = %s::regnamespace AND c.relkind IN ('r', 'p')
+               WHERE c.relnamespace = to_regnamespace(%s) AND c.relkind IN ('r', 'p')
                ORDER BY c.relname""",
             [schema],
         ).fetchall()
@@ -235,20 +235,20 @@ def describe_schema(conn: Connection, schema: str) -> str:
                                    WHEN 'm' THEN 'materialized view' ELSE 'relation' END,
                       relname
                FROM pg_class
-               WHERE relnamespace = %s::regnamespace AND relkind NOT IN ('r', 'p', 'i')
+               WHERE relnamespace = to_regnamespace(%s) AND relkind NOT IN ('r', 'p', 'i')
                ORDER BY 1, 2""",
             [schema],
         ):
             lines.append(f"{kind} {name}")
         for (signature,) in conn.execute(
             """SELECT p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')'
-               FROM pg_proc p WHERE p.pronamespace = %s::regnamespace ORDER BY 1""",
+               FROM pg_proc p WHERE p.pronamespace = to_regnamespace(%s) ORDER BY 1""",
             [schema],
         ):
             lines.append(f"function {signature}")
         for (name,) in conn.execute(
             """SELECT t.typname FROM pg_type t
-               WHERE t.typnamespace = %s::regnamespace AND t.typtype IN ('e', 'd', 'r')
+               WHERE t.typnamespace = to_regnamespace(%s) AND t.typtype IN ('e', 'd', 'r')
                ORDER BY 1""",
             [schema],
         ):

@@ -31,6 +31,7 @@ def test_migrations_are_numbered_from_one_without_gaps() -> None:
 
 def test_migrate_applies_once_and_then_nothing(pgbouncer: Database, schema: str) -> None:
     with pgbouncer.connect() as conn:
+        assert migrate.describe_schema(conn, schema) == ""
         assert migrate.status(conn, schema).pending == tuple(migrate.available())
         applied = migrate.migrate(conn, schema)
         assert [m.version for m in applied] == [m.version for m in migrate.available()]
