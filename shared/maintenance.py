@@ -8,9 +8,9 @@ unless a job needs its `job.queued` event again.
 from __future__ import annotations
 
 from shared.config import DatabaseSettings, EventSettings, JobSettings
-from shared.db import connect
+from shared.db import Connection, connect
 from shared.events import Publisher
-from shared.jobs import Job, JobStore, SweepReport
+from shared.jobs import Job, JobStore, Publish, SweepReport
 from shared.migrate import Migration, migrate
 from shared.submission import queued_event
 
@@ -21,20 +21,35 @@ def migrate_jobs(settings: DatabaseSettings) -> list[Migration]:
         return migrate(conn, settings.jobs_schema)
 
 
-def sweep_once(database: DatabaseSettings, jobs: JobSettings, events: EventSettings) -> SweepReport:
-    """One sweep; queued jobs needing their event are published to K_SINK, or only
-    listed when no sink is set."""
+def queued_publisher(events: EventSettings) -> Publish | None:
+    """Publishes a job's `job.queued` to K_SINK; None when no sink is set (the sweep then
+    only lists the jobs that need it)."""
+    if events.k_sink is None:
+        return None
     source = f"{events.event_source.rstrip('/')}/sweep"
-    publish = None
-    if events.k_sink is not None:
-        publisher = Publisher(
-            str(events.k_sink),
-            attempts=events.publish_attempts,
-            timeout=events.publish_timeout_seconds,
-        )
+    publisher = Publisher(
+        str(events.k_sink), attempts=events.publish_attempts, timeout=events.publish_timeout_seconds
+    )
 
-        def publish(job: Job) -> None:
-            publisher.publish(queued_event(job, source))
+    def publish(job: Job) -> None:
+        publisher.publish(queued_event(job, source))
 
+    return publish
+
+
+def sweep(
+    conn: Connection,
+    database: DatabaseSettings,
+    jobs: JobSettings,
+    events: EventSettings,
+    limit: int = 1000,
+) -> SweepReport:
+    """One sweep over `conn`, publishing to K_SINK."""
+    store = JobStore(conn, jobs, schema=database.jobs_schema)
+    return store.sweep(queued_publisher(events), limit=limit)
+
+
+def sweep_once(database: DatabaseSettings, jobs: JobSettings, events: EventSettings) -> SweepReport:
+    """One sweep on a connection of its own (the dev supervisor's periodic run)."""
     with connect(database) as conn:
-        return JobStore(conn, jobs, schema=database.jobs_schema).sweep(publish)
+        return sweep(conn, database, jobs, events)

@@ -251,14 +251,14 @@ def run_dev(out: IO[str], sweep_interval: float, local_s3: Path | None) -> int:
     try:
         supervisor.start()
         for name, url in supervisor.urls.items():
-            supervisor.say("dev", f"{name:<8} {url}")
+            supervisor.say(f"{name:<8} {url}")
         if s3 is not None:
-            supervisor.say("dev", f"s3       http://{s3.endpoint} (bucket settings apply)")
-        supervisor.say("dev", "press Ctrl-C to stop everything")
+            supervisor.say(f"s3       http://{s3.endpoint} (bucket settings apply)")
+        supervisor.say("press Ctrl-C to stop everything")
         while not stop.wait(0.5):
             dead = [name for name, s in supervisor.services.items() if not s.alive()]
             if dead:
-                supervisor.say("dev", f"{', '.join(dead)} exited; stopping")
+                supervisor.say(f"{', '.join(dead)} exited; stopping")
                 return 1
         return 0
     finally:

@@ -7,12 +7,9 @@ pooling mode as production does; S3 is SeaweedFS on free loopback ports.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import pwd
-import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -28,7 +25,7 @@ from minio import Minio
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from shared import config
-from shared.devstack import SeaweedS3, free_ports, wait_until
+from shared.devstack import PgBouncer, SeaweedS3
 
 S3_REGION = "us-east-1"
 
@@ -42,6 +39,11 @@ class Database:
     port: int
     dbname: str
     user: str
+
+    @property
+    def url(self) -> str:
+        """The same place as a postgresql:// URL (the form DATABASE_URL takes)."""
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}"
 
     def connect(self, **kwargs: object) -> psycopg.Connection[tuple[object, ...]]:
         """A new autocommit connection without server-side prepared statements."""
@@ -80,9 +82,9 @@ def _fresh_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator
     config.load.cache_clear()
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Database]:
-    """A fresh database on the real server for this test session, dropped at the end."""
+@contextlib.contextmanager
+def _new_database() -> Iterator[Database]:
+    """A fresh database on the real server, dropped afterwards."""
     admin = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     name = f"otel_worker_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin, autocommit=True) as conn:
@@ -90,82 +92,56 @@ def postgres() -> Iterator[Database]:
     params = conninfo_to_dict(admin)
     params["dbname"] = name
     dsn = make_conninfo(**params)  # type: ignore[arg-type]
-    yield Database(
-        dsn=dsn,
-        host=str(params.get("host", "127.0.0.1")),
-        port=int(params.get("port", 5432) or 5432),
-        dbname=name,
-        user=str(params.get("user", "postgres")),
-    )
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield Database(
+            dsn=dsn,
+            host=str(params.get("host", "127.0.0.1")),
+            port=int(params.get("port", 5432) or 5432),
+            dbname=name,
+            user=str(params.get("user", "postgres")),
+        )
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _pgbouncer_binary() -> str:
-    # Debian installs it in /usr/sbin, which a non-root PATH may lack.
-    found = shutil.which("pgbouncer", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
-    if not found:
-        pytest.fail("pgbouncer is not installed: run `make system-deps`")
-    return found
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Database]:
+    """A fresh database on the real server for this test session, dropped at the end."""
+    with _new_database() as database:
+        yield database
+
+
+@pytest.fixture
+def scratch_database() -> Iterator[Database]:
+    """A database of its own for one test (e.g. one that needs `public` to itself)."""
+    with _new_database() as database:
+        yield database
 
 
 @pytest.fixture(scope="session")
 def pgbouncer(postgres: Database) -> Iterator[Database]:
     """PgBouncer in transaction pooling mode in front of the session database."""
-    # Not under pytest's private (0700, root) temp root: the postgres user must reach it.
-    folder = Path(tempfile.mkdtemp(prefix="otel-worker-pgbouncer-"))
-    (port,) = free_ports(1)
-    (folder / "userlist.txt").write_text(f'"{postgres.user}" ""\n')
-    (folder / "pgbouncer.ini").write_text(
-        "\n".join(
-            [
-                "[databases]",
-                f"{postgres.dbname} = host={postgres.host} port={postgres.port}",
-                "[pgbouncer]",
-                "listen_addr = 127.0.0.1",
-                f"listen_port = {port}",
-                f"unix_socket_dir = {folder}",
-                "auth_type = trust",
-                f"auth_file = {folder / 'userlist.txt'}",
-                f"admin_users = {postgres.user}",
-                "pool_mode = transaction",
-                "max_client_conn = 500",
-                "default_pool_size = 20",
-                "ignore_startup_parameters = extra_float_digits,options",
-                f"logfile = {folder / 'pgbouncer.log'}",
-                "",
-            ]
-        )
-    )
-    command = [_pgbouncer_binary(), str(folder / "pgbouncer.ini")]
-    if os.geteuid() == 0:
-        # PgBouncer refuses to run as root: hand it the files and drop to postgres.
-        account = pwd.getpwnam("postgres")
-        for path in [folder, *folder.iterdir()]:
-            os.chown(path, account.pw_uid, account.pw_gid)
-        command[1:1] = ["-u", "postgres"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    bouncer = Database(
-        dsn=f"postgresql://{postgres.user}@127.0.0.1:{port}/{postgres.dbname}",
-        host="127.0.0.1",
-        port=port,
+    bouncer = PgBouncer(
+        server_host=postgres.host,
+        server_port=postgres.port,
         dbname=postgres.dbname,
         user=postgres.user,
     )
-
-    def answers() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"pgbouncer exited; see {folder / 'pgbouncer.log'}")
-        with bouncer.connect(connect_timeout=1) as conn:
-            return conn.execute("select 1").fetchone() == (1,)
-
     try:
-        wait_until(answers, 20, f"pgbouncer on port {port}", ignore=(psycopg.OperationalError,))
-        yield bouncer
+        bouncer.start()
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield Database(
+            dsn=bouncer.dsn,
+            host="127.0.0.1",
+            port=bouncer.port,
+            dbname=postgres.dbname,
+            user=postgres.user,
+        )
     finally:
-        process.terminate()
-        process.wait(timeout=10)
-        shutil.rmtree(folder, ignore_errors=True)
+        bouncer.stop()
 
 
 @pytest.fixture(scope="session")

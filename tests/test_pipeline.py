@@ -14,11 +14,9 @@ import io
 import json
 import os
 import signal
-import subprocess
-import threading
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,15 +24,14 @@ from typing import Any
 import psycopg
 import pytest
 import urllib3
-from minio import Minio
+from shared.tracks import TrackSpec, generate
 
 from shared import config, events
-from shared.contracts import DistanceRequested, JobAccepted, JobView
+from shared.contracts import JobAccepted, JobView
 from shared.devstack import SeaweedS3, http_function, wait_until
+from shared.locations import write_points
 from shared.maintenance import migrate_jobs, sweep_once
 from shared.supervisor import Supervisor
-from shared.tracks import TrackSpec, generate
-from shared.locations import write_points
 from tests.conftest import Database, S3Server
 
 DAY = dt.date(2024, 3, 12)
@@ -80,7 +77,9 @@ class Stack:
         return self.database.connect()
 
 
-def _request_event(data: dict[str, Any], event_id: str | None = None) -> tuple[dict[str, str], bytes]:
+def _request_event(
+    data: dict[str, Any], event_id: str | None = None
+) -> tuple[dict[str, str], bytes]:
     event = events.CloudEvent(
         {
             "type": events.DISTANCE_REQUESTED,
@@ -111,7 +110,9 @@ def _stack_env(database: Database, s3: S3Server, bucket: str, **extra: str) -> d
     }
 
 
-def _start(database: Database, s3: S3Server, out: io.TextIOBase | None = None, **extra: str) -> Stack:
+def _start(
+    database: Database, s3: S3Server, out: io.TextIOBase | None = None, **extra: str
+) -> Stack:
     bucket = f"pipeline-{uuid.uuid4().hex[:10]}"
     env = _stack_env(database, s3, bucket, **extra)
     settings = config.DatabaseSettings(database_url=database.dsn)
@@ -147,7 +148,9 @@ def stack(seeded: Database, s3: S3Server) -> Iterator[Stack]:
     started.supervisor.stop()
 
 
-def _post(url: str, headers: dict[str, str], body: bytes, timeout: float = 30) -> urllib3.BaseHTTPResponse:
+def _post(
+    url: str, headers: dict[str, str], body: bytes, timeout: float = 30
+) -> urllib3.BaseHTTPResponse:
     return urllib3.request("POST", url, headers=headers, body=body, timeout=timeout, retries=False)
 
 
@@ -165,7 +168,7 @@ def test_a_request_event_becomes_a_completed_job_with_a_csv_that_matches(stack: 
     assert job.attempts == 1
     assert job.csv is not None
     assert job.result is not None
-    with urllib.request.urlopen(job.csv.url, timeout=10) as download:  # noqa: S310
+    with urllib.request.urlopen(job.csv.url, timeout=10) as download:
         rows = list(csv.DictReader(io.TextIOWrapper(download, "utf-8")))
     summary = job.result
     assert len(rows) == summary["points"]["read"] > 2000
@@ -236,7 +239,10 @@ def test_a_poison_event_is_dead_lettered_without_retry(stack: Stack) -> None:
 
 def test_plain_json_post_gets_json_and_bad_fields_are_named(stack: Stack) -> None:
     ok = urllib3.request(
-        "POST", stack.url("submit"), json={"date": "2024-03-14", "device_id": "phone3"}, retries=False
+        "POST",
+        stack.url("submit"),
+        json={"date": "2024-03-14", "device_id": "phone3"},
+        retries=False,
     )
     assert ok.status == 202
     assert JobAccepted.model_validate_json(ok.data).created
@@ -268,21 +274,29 @@ def test_compute_killed_mid_job_is_taken_over_after_the_lease(stack: Stack) -> N
     assert job.attempts == 2
 
 
-def test_broker_down_at_submit_time_is_published_by_the_sweep(stack: Stack, seeded: Database) -> None:
+def test_broker_down_at_submit_time_is_published_by_the_sweep(
+    stack: Stack, seeded: Database
+) -> None:
     # A submit whose broker is unreachable: the job is committed but not announced.
     env = {**stack.env, "K_SINK": "http://127.0.0.1:9/", "PUBLISH_ATTEMPTS": "1"}
     lonely = http_function("submit", 0, env)
     lonely.port = _free_port()
     lonely.start()
     try:
-        wait_until(lambda: urllib3.request("GET", f"{lonely.url}/readyz").status == 200, 30, "submit")
-        reply = urllib3.request("POST", lonely.url, json={"date": "2024-03-15", "device_id": "phone1"})
+        wait_until(
+            lambda: urllib3.request("GET", f"{lonely.url}/readyz").status == 200, 30, "submit"
+        )
+        reply = urllib3.request(
+            "POST", lonely.url, json={"date": "2024-03-15", "device_id": "phone1"}
+        )
         assert reply.status == 202
         job_id = JobAccepted.model_validate_json(reply.data).job.job_id
     finally:
         lonely.stop()
     with stack.db() as conn:
-        published = conn.execute("SELECT published_at FROM otel_worker.jobs WHERE id = %s", (job_id,)).fetchone()
+        published = conn.execute(
+            "SELECT published_at FROM otel_worker.jobs WHERE id = %s", (job_id,)
+        ).fetchone()
     assert published == (None,)
     job = stack.wait_finished(job_id, timeout=60)  # the supervisor's sweep runs every 0.5 s
     assert job.status == "completed"
@@ -326,15 +340,21 @@ def test_sigterm_lets_the_running_request_finish(stack: Stack) -> None:
 def test_object_store_down_is_retried_then_fails_clearly_never_completed_without_csv(
     seeded: Database, tmp_path: Path
 ) -> None:
-    own = SeaweedS3(data_dir=tmp_path / "weed", access_key="k-down", secret_key=uuid.uuid4().hex).start()
+    own = SeaweedS3(
+        data_dir=tmp_path / "weed", access_key="k-down", secret_key=uuid.uuid4().hex
+    ).start()
     s3 = S3Server(own.endpoint, own.access_key, own.secret_key, "us-east-1", own)
     stack = _start(seeded, s3, JOB_MAX_ATTEMPTS="2")
     try:
-        bucket_ready = urllib3.request("POST", stack.url("submit"), json={"date": "2024-03-05", "device_id": "phone1"})
+        bucket_ready = urllib3.request(
+            "POST", stack.url("submit"), json={"date": "2024-03-05", "device_id": "phone1"}
+        )
         first = JobAccepted.model_validate_json(bucket_ready.data).job.job_id
         assert stack.wait_finished(first).status == "completed"
         own.stop()
-        reply = urllib3.request("POST", stack.url("submit"), json={"date": "2024-03-06", "device_id": "phone1"})
+        reply = urllib3.request(
+            "POST", stack.url("submit"), json={"date": "2024-03-06", "device_id": "phone1"}
+        )
         job_id = JobAccepted.model_validate_json(reply.data).job.job_id
         job = stack.wait_finished(job_id, timeout=120)
         assert job.status == "failed"
@@ -344,7 +364,8 @@ def test_object_store_down_is_retried_then_fails_clearly_never_completed_without
         assert "uploading" in job.error_message or "bucket" in job.error_message
         with stack.db() as conn:
             orphans = conn.execute(
-                "SELECT count(*) FROM otel_worker.jobs WHERE status = 'completed' AND csv_key IS NULL"
+                "SELECT count(*) FROM otel_worker.jobs"
+                " WHERE status = 'completed' AND csv_key IS NULL"
             ).fetchone()
         assert orphans == (0,)
     finally:

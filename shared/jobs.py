@@ -1,0 +1,649 @@
+"""The jobs store: job rows in PostgreSQL, their leases, outcomes and maintenance.
+
+A job is created `queued` (idempotently, by key), announced by a `job.queued` event (the
+row's `published_at` is the outbox mark), claimed by one worker at a time with a lease and
+a fresh lease token, and finished `completed` or `failed` only by the holder of the current
+token. The periodic sweep re-announces jobs whose event may have been lost, re-queues jobs
+whose worker died, fails jobs out of attempts and prunes old finished jobs.
+
+Every operation is one statement or one short transaction on an autocommit connection and
+keeps no session state, so the store works through PgBouncer in transaction pooling mode.
+Concurrency is settled by row locks and the unique idempotency key, never by the caller.
+Times come from the database's clock, so every pod judges leases alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import enum
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, LiteralString
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared.config import JobSettings
+from shared.db import Connection, ConnectionSource
+
+DEFAULT_LIST_LIMIT: Final = 50
+MAX_LIST_LIMIT: Final = 500
+MAX_KEY_LENGTH: Final = 1000  # a btree entry must stay well below its ~2.7 kB limit
+
+
+class JobStatus(enum.StrEnum):
+    """Where a job is in its life; `completed` and `failed` are final."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+FINISHED: Final = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
+
+
+class JobRequest(BaseModel):
+    """What was asked: inclusive local dates, a device (None = all), time zone, parameters."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    date_from: dt.date
+    date_to: dt.date
+    device_id: str | None = Field(default=None, min_length=1, max_length=100)
+    timezone: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    """The analysis parameters captured at submission, so a retry computes the same thing."""
+
+    @field_validator("parameters")
+    @classmethod
+    def _json(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Stored as jsonb: keep exactly what will be read back (tuples become lists...).
+        normalised: dict[str, Any] = json.loads(json.dumps(value))
+        return normalised
+
+    @model_validator(mode="after")
+    def _ordered(self) -> JobRequest:
+        if self.date_from > self.date_to:
+            raise ValueError(f"date_from {self.date_from} is after date_to {self.date_to}")
+        return self
+
+
+class Job(JobRequest):
+    """A job row: its request plus its lifecycle."""
+
+    id: uuid.UUID
+    status: JobStatus
+    idempotency_key: str
+    requester_source: str | None
+    requester_id: str | None
+    attempts: int
+    max_attempts: int
+    lease_token: uuid.UUID | None
+    lease_expires_at: dt.datetime | None
+    claimed_by: str | None
+    queued_at: dt.datetime
+    started_at: dt.datetime | None
+    """When the latest attempt started."""
+    completed_at: dt.datetime | None
+    """When the job finished, completed or failed."""
+    updated_at: dt.datetime
+    result: dict[str, Any] | None
+    csv_key: str | None
+    summary_key: str | None
+    csv_bytes: int | None
+    csv_sha256: str | None
+    error_message: str | None
+    """Why the job failed; while it is retried, the last attempt's error."""
+    traceparent: str | None
+    published_at: dt.datetime | None
+    """When the current queued state was last announced (NULL: not yet)."""
+
+    @property
+    def request(self) -> JobRequest:
+        """The request part alone (what idempotent creation compares)."""
+        return JobRequest(**{name: getattr(self, name) for name in JobRequest.model_fields})
+
+    @property
+    def finished(self) -> bool:
+        """Completed or failed: nothing more will happen to it."""
+        return self.status in FINISHED
+
+
+_COLUMNS: Final = sql.SQL(", ").join(sql.Identifier(name) for name in Job.model_fields)
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key already names a job with a different request (answer 409/400)."""
+
+    def __init__(self, key: str, job: Job) -> None:
+        super().__init__(
+            f"idempotency key {key!r} already names job {job.id} with a different request"
+        )
+        self.job = job
+
+
+class LeaseLost(Exception):
+    """The lease token is no longer the job's: another attempt owns it, or it was re-queued.
+
+    The stale holder changed nothing and must drop its work.
+    """
+
+    def __init__(self, job_id: uuid.UUID, status: JobStatus | None) -> None:
+        now = f"it is now {status}" if status else "it no longer exists"
+        super().__init__(f"job {job_id}: the lease token is no longer valid ({now})")
+        self.job_id = job_id
+        self.status = status
+
+
+class ClaimResult(enum.StrEnum):
+    """How a claim ended, and what the compute function answers the broker."""
+
+    CLAIMED = "claimed"
+    """Work on it now (with `outcome.job.lease_token`)."""
+    BUSY = "busy"
+    """A live lease is held by another attempt: answer 409 so the broker retries later."""
+    FINISHED = "finished"
+    """Already completed or failed: answer 2xx and do nothing (a duplicate delivery)."""
+    EXHAUSTED = "exhausted"
+    """No attempts were left: the claim marked it failed. Emit job.failed, answer 2xx."""
+    NOT_FOUND = "not_found"
+    """No such job."""
+
+
+@dataclass(frozen=True)
+class ClaimOutcome:
+    """The result of `JobStore.claim` and the job as it now stands (None if not found)."""
+
+    result: ClaimResult
+    job: Job | None
+
+
+Publish = Callable[[Job], None]
+"""Sends a job's job.queued event; raises when it could not."""
+
+
+@dataclass
+class SweepReport:
+    """What one sweep did."""
+
+    failed: list[Job] = field(default_factory=list)
+    requeued: list[Job] = field(default_factory=list)
+    republished: list[Job] = field(default_factory=list)
+    publish_failures: list[tuple[Job, str]] = field(default_factory=list)
+    unpublished: list[Job] = field(default_factory=list)
+    """Jobs that need their event sent, left as they are because no publisher was given."""
+    pruned: int = 0
+
+    def lines(self) -> list[str]:
+        """One human-readable line per action, and one per job acted on."""
+        lines = [f"failed {len(self.failed)} job(s) out of attempts"]
+        lines += [f"  {job.id}: {job.error_message}" for job in self.failed]
+        lines.append(f"re-queued {len(self.requeued)} job(s) whose lease expired")
+        lines += [f"  {job.id}: {job.error_message}" for job in self.requeued]
+        lines.append(f"re-published {len(self.republished)} queued job(s)")
+        lines += [f"  {job.id}" for job in self.republished]
+        if self.publish_failures:
+            lines.append(f"could not publish {len(self.publish_failures)} job(s) (kept queued)")
+            lines += [f"  {job.id}: {error}" for job, error in self.publish_failures]
+        if self.unpublished:
+            lines.append(
+                f"{len(self.unpublished)} queued job(s) need publishing; no publisher is "
+                "configured, so they were left unpublished"
+            )
+            lines += [
+                f"  {job.id} (queued {job.queued_at:%Y-%m-%d %H:%M:%S%z})"
+                for job in self.unpublished
+            ]
+        lines.append(f"pruned {self.pruned} finished job(s) past the retention")
+        return lines
+
+
+def effective_limit(limit: int) -> int:
+    """The page size a listing applies: 0 means DEFAULT_LIST_LIMIT, at most MAX_LIST_LIMIT."""
+    return min(limit or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)
+
+
+def default_idempotency_key(source: str | None, event_id: str | None) -> str:
+    """The key of a request without an explicit one: its event's (source, id), else random.
+
+    A random key makes the request not deduplicated (e.g. a plain POST without a key).
+    """
+    if source is not None and event_id is not None:
+        return json.dumps([source, event_id], separators=(",", ":"))
+    return f"random:{uuid.uuid4()}"
+
+
+_GAVE_UP: Final = "'gave up after ' || attempts || ' attempt(s): ' || "
+# Why a job with no attempts left is failed by a claim or the sweep.
+_EXHAUSTED_REASON: Final = (
+    _GAVE_UP + "CASE WHEN status = 'processing' THEN 'the lease of the last attempt (worker '"
+    " || coalesce(claimed_by, 'unknown') || ') expired' "
+    "ELSE coalesce(error_message, 'no attempts left') END"
+)
+_FAIL_EXHAUSTED: Final = (
+    "status = 'failed', error_message = " + _EXHAUSTED_REASON + ", completed_at = now(), "
+    "updated_at = now(), lease_token = NULL, lease_expires_at = NULL"
+)
+_EXHAUSTED: Final = (
+    "status IN ('queued', 'processing') AND attempts >= max_attempts"
+    " AND (status = 'queued' OR lease_expires_at <= {now})"
+)
+_AT: Final = "coalesce(%(now)s::timestamptz, now())"
+"""The sweep's reference instant: the caller's `now`, else the database clock."""
+
+
+class JobStore:
+    """Jobs in `<schema>.jobs` (see `shared.migrate`), reached through `connection`.
+
+    `connection` is either one autocommit connection (a CLI, a test) or a source that
+    lends one per operation, such as `LazyPool.connection`. `settings` gives the default
+    lease, the attempts a new job gets, the republish delay and the retention.
+    """
+
+    def __init__(
+        self, connection: Connection | ConnectionSource, settings: JobSettings, *, schema: str
+    ) -> None:
+        if isinstance(connection, psycopg.Connection):
+            if not connection.autocommit:
+                # Each operation must commit on its own, or others would never see it.
+                raise ValueError("JobStore needs an autocommit connection")
+            single = connection
+            self._connection: ConnectionSource = lambda: contextlib.nullcontext(single)
+        else:
+            self._connection = connection
+        self.settings = settings
+        self._names = {"jobs": sql.Identifier(schema, "jobs"), "columns": _COLUMNS}
+        self._statements: dict[tuple[str, ...], bytes] = {}
+
+    def _sql(self, template: LiteralString, **parts: LiteralString) -> bytes:
+        """`template` with {jobs}, {columns} and the SQL `parts` filled in, composed once."""
+        key = (template, *(f"{name}={part}" for name, part in sorted(parts.items())))
+        query = self._statements.get(key)
+        if query is None:
+            snippets = {name: sql.SQL(part) for name, part in parts.items()}
+            query = sql.SQL(template).format(**self._names, **snippets).as_bytes(None)
+            self._statements[key] = query
+        return query
+
+    def _one(self, conn: Connection, query: bytes, params: dict[str, Any]) -> Job | None:
+        with conn.cursor(row_factory=dict_row) as cursor:
+            row = cursor.execute(query, params).fetchone()
+        return Job.model_validate(row) if row else None
+
+    def _by_id(self, conn: Connection, job_id: uuid.UUID) -> Job | None:
+        query = self._sql("SELECT {columns} FROM {jobs} WHERE id = %(id)s")
+        return self._one(conn, query, {"id": job_id})
+
+    def _all(self, conn: Connection, query: bytes, params: dict[str, Any]) -> list[Job]:
+        with conn.cursor(row_factory=dict_row) as cursor:
+            return [Job.model_validate(row) for row in cursor.execute(query, params)]
+
+    # --- creating and reading -----------------------------------------------------------
+
+    def create(
+        self,
+        request: JobRequest,
+        *,
+        idempotency_key: str | None = None,
+        requester_source: str | None = None,
+        requester_id: str | None = None,
+        traceparent: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Create a queued job, or return the one its idempotency key already names.
+
+        Returns `(job, created)`. The key defaults to `default_idempotency_key(source, id)`.
+        Concurrent creates with one key make one row and all get that job. The same key
+        with a different request raises `IdempotencyConflict`; a key longer than
+        `MAX_KEY_LENGTH` raises ValueError.
+        """
+        key = idempotency_key or default_idempotency_key(requester_source, requester_id)
+        if len(key) > MAX_KEY_LENGTH:
+            raise ValueError(f"idempotency key longer than {MAX_KEY_LENGTH} characters")
+        params = {
+            **request.model_dump(),
+            "parameters": Jsonb(request.parameters),
+            "key": key,
+            "source": requester_source,
+            "requester": requester_id,
+            "traceparent": traceparent,
+            "max_attempts": self.settings.job_max_attempts,
+        }
+        insert = self._sql(
+            "INSERT INTO {jobs} (date_from, date_to, device_id, timezone, parameters,"
+            " idempotency_key, requester_source, requester_id, traceparent, max_attempts)"
+            " VALUES (%(date_from)s, %(date_to)s, %(device_id)s, %(timezone)s, %(parameters)s,"
+            " %(key)s, %(source)s, %(requester)s, %(traceparent)s, %(max_attempts)s)"
+            " ON CONFLICT (idempotency_key) DO NOTHING RETURNING {columns}"
+        )
+        existing = self._sql("SELECT {columns} FROM {jobs} WHERE idempotency_key = %(key)s")
+        with self._connection() as conn:
+            while True:
+                # The losing inserts wait for the winner's commit, then see its row. Should
+                # that row vanish in between (pruned), inserting again is right.
+                job = self._one(conn, insert, params)
+                if job is not None:
+                    return job, True
+                job = self._one(conn, existing, params)
+                if job is not None:
+                    break
+        if job.request != request:
+            raise IdempotencyConflict(key, job)
+        return job, False
+
+    def get(self, job_id: uuid.UUID) -> Job | None:
+        """The job, or None."""
+        with self._connection() as conn:
+            return self._by_id(conn, job_id)
+
+    def list_jobs(
+        self,
+        *,
+        status: JobStatus | None = None,
+        date: dt.date | None = None,
+        device_id: str | None = None,
+        limit: int = DEFAULT_LIST_LIMIT,
+        offset: int = 0,
+    ) -> tuple[list[Job], int]:
+        """A page of jobs, newest first, and the number of all jobs matching the filters.
+
+        `date` matches jobs whose date range contains it; `device_id` matches jobs of that
+        device. `limit` 0 means `DEFAULT_LIST_LIMIT` and is capped at `MAX_LIST_LIMIT`;
+        a negative limit or offset raises ValueError. Page and total come from one
+        statement, so they agree.
+        """
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must not be negative")
+        limit = effective_limit(limit)
+        where: LiteralString = "TRUE"
+        if status is not None:
+            where += " AND status = %(status)s"
+        if date is not None:
+            where += " AND date_from <= %(date)s AND date_to >= %(date)s"
+        if device_id is not None:
+            where += " AND device_id = %(device_id)s"
+        query = self._sql(
+            "SELECT {columns}, matches.total FROM"
+            " (SELECT count(*) AS total FROM {jobs} WHERE {where}) matches"
+            " LEFT JOIN LATERAL (SELECT {columns} FROM {jobs} WHERE {where}"
+            "  ORDER BY queued_at DESC, id DESC LIMIT %(limit)s OFFSET %(offset)s) page ON TRUE",
+            where=where,
+        )
+        params = {
+            "status": status,
+            "date": date,
+            "device_id": device_id,
+            "limit": limit,
+            "offset": offset,
+        }
+        with self._connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+            rows = cursor.execute(query, params).fetchall()
+        total = int(rows[0]["total"])
+        jobs = [
+            Job.model_validate({name: value for name, value in row.items() if name != "total"})
+            for row in rows
+            if row["id"] is not None
+        ]
+        return jobs, total
+
+    def by_csv_name(self, name: str) -> Job | None:
+        """The job whose CSV has the basename `name`, which embeds the first 8 hex digits of
+        the job id (see `shared.storage.result_keys`), or None."""
+        short = name.rsplit("_", 1)[-1].removesuffix(".csv")
+        if len(short) != 8 or not all(c in "0123456789abcdef" for c in short):
+            return None
+        # A range of ids with that prefix: served by the primary key, unlike a LIKE on text.
+        low = uuid.UUID(short + "0" * 24)
+        high = uuid.UUID(short + "f" * 24)
+        query = self._sql(
+            "SELECT {columns} FROM {jobs} WHERE id BETWEEN %(low)s AND %(high)s"
+            " AND csv_key LIKE %(suffix)s"
+        )
+        suffix = "%/" + name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        with self._connection() as conn:
+            return self._one(conn, query, {"low": low, "high": high, "suffix": suffix})
+
+    def mark_published(self, job_id: uuid.UUID) -> None:
+        """Record that the job's job.queued event was sent (the outbox mark)."""
+        with self._connection() as conn:
+            conn.execute(
+                self._sql("UPDATE {jobs} SET published_at = now() WHERE id = %(id)s"),
+                {"id": job_id},
+            )
+
+    # --- the lease ----------------------------------------------------------------------
+
+    def claim(
+        self, job_id: uuid.UUID, worker: str, lease_seconds: float | None = None
+    ) -> ClaimOutcome:
+        """Take the job for one attempt, under a lease with a fresh token.
+
+        A queued job, or a processing one whose lease has expired, becomes processing with
+        `attempts` + 1, a new `lease_token`, `lease_expires_at` = now + `lease_seconds`
+        (default JOB_LEASE_SECONDS), `claimed_by` = `worker` and `started_at` = now:
+        CLAIMED. Otherwise: BUSY (a live lease elsewhere), FINISHED (completed or failed),
+        EXHAUSTED (no attempts left: the claim fails the job with a message naming the
+        attempts) or NOT_FOUND. Two claims never both succeed: the row lock orders them and
+        the second sees the first's live lease.
+        """
+        params = {
+            "id": job_id,
+            "worker": worker,
+            "lease": self.settings.job_lease_seconds if lease_seconds is None else lease_seconds,
+        }
+        claim = self._sql(
+            "UPDATE {jobs} SET status = 'processing', attempts = attempts + 1,"
+            " lease_token = gen_random_uuid(),"
+            " lease_expires_at = now() + make_interval(secs => %(lease)s),"
+            " claimed_by = %(worker)s, started_at = now(), updated_at = now()"
+            " WHERE id = %(id)s AND attempts < max_attempts"
+            " AND (status = 'queued' OR (status = 'processing' AND lease_expires_at <= now()))"
+            " RETURNING {columns}"
+        )
+        exhaust = self._sql(
+            "UPDATE {jobs} SET "
+            + _FAIL_EXHAUSTED
+            + " WHERE id = %(id)s AND "
+            + _EXHAUSTED
+            + " RETURNING {columns}",
+            now="now()",
+        )
+        with self._connection() as conn:
+            job = self._one(conn, claim, params)
+            if job is not None:
+                return ClaimOutcome(ClaimResult.CLAIMED, job)
+            job = self._one(conn, exhaust, params)
+            if job is not None:
+                return ClaimOutcome(ClaimResult.EXHAUSTED, job)
+            job = self._by_id(conn, job_id)
+        if job is None:
+            return ClaimOutcome(ClaimResult.NOT_FOUND, None)
+        # Anything else is a live lease, or a state that changed under us: let it retry.
+        return ClaimOutcome(ClaimResult.FINISHED if job.finished else ClaimResult.BUSY, job)
+
+    def _fenced(
+        self,
+        job_id: uuid.UUID,
+        token: uuid.UUID,
+        assignments: LiteralString,
+        params: dict[str, Any],
+    ) -> Job:
+        """Apply `assignments` if `token` is still the job's lease token, else `LeaseLost`."""
+        update = self._sql(
+            "UPDATE {jobs} SET " + assignments + ", lease_token = NULL,"
+            " lease_expires_at = NULL, updated_at = now()"
+            " WHERE id = %(id)s AND status = 'processing' AND lease_token = %(token)s"
+            " RETURNING {columns}"
+        )
+        with self._connection() as conn:
+            job = self._one(conn, update, {**params, "id": job_id, "token": token})
+            if job is not None:
+                return job
+            current = self._by_id(conn, job_id)
+        raise LeaseLost(job_id, current.status if current else None)
+
+    def complete(
+        self,
+        job_id: uuid.UUID,
+        token: uuid.UUID,
+        *,
+        result: dict[str, Any],
+        csv_key: str | None = None,
+        summary_key: str | None = None,
+        csv_bytes: int | None = None,
+        csv_sha256: str | None = None,
+    ) -> Job:
+        """Finish the job as completed with its result and object facts; fenced by `token`.
+
+        Accepted while `token` is the job's current lease token (even if the lease has just
+        expired, as long as no one else took over); otherwise raises `LeaseLost` and
+        changes nothing. Clears the error of earlier attempts.
+        """
+        return self._fenced(
+            job_id,
+            token,
+            "status = 'completed', completed_at = now(), error_message = NULL,"
+            " result = %(result)s, csv_key = %(csv_key)s, summary_key = %(summary_key)s,"
+            " csv_bytes = %(csv_bytes)s, csv_sha256 = %(csv_sha256)s",
+            {
+                "result": Jsonb(result),
+                "csv_key": csv_key,
+                "summary_key": summary_key,
+                "csv_bytes": csv_bytes,
+                "csv_sha256": csv_sha256,
+            },
+        )
+
+    def fail(self, job_id: uuid.UUID, token: uuid.UUID, message: str) -> Job:
+        """Finish the job as failed for good with `message`; fenced by `token` (`LeaseLost`)."""
+        return self._fenced(
+            job_id,
+            token,
+            "status = 'failed', completed_at = now(), error_message = %(message)s",
+            {"message": message},
+        )
+
+    def release(self, job_id: uuid.UUID, token: uuid.UUID, error: str) -> Job:
+        """Give the lease back after a transient failure; fenced by `token` (`LeaseLost`).
+
+        With attempts left the job is queued again at once (so the broker's retry can
+        claim it) with `error` recorded; otherwise it fails with a message naming the
+        attempts and `error`. The returned job says which (`status`): on failed, emit
+        job.failed and answer 2xx; on queued, answer 5xx so the broker retries.
+        """
+        return self._fenced(
+            job_id,
+            token,
+            "status = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'failed' END,"
+            " error_message = CASE WHEN attempts < max_attempts THEN %(error)s"
+            " ELSE " + _GAVE_UP + "%(error)s END,"
+            " completed_at = CASE WHEN attempts < max_attempts THEN NULL ELSE now() END",
+            {"error": error},
+        )
+
+    # --- maintenance --------------------------------------------------------------------
+
+    def sweep(
+        self, publish: Publish | None, *, now: dt.datetime | None = None, limit: int = 1000
+    ) -> SweepReport:
+        """One maintenance pass (what the CronJob runs); safe to run concurrently with itself.
+
+        In order, each step on at most `limit` jobs, skipping rows another session has
+        locked:
+        1. fail jobs with no attempts left whose lease expired (or that sit queued),
+           with a message naming the attempts;
+        2. re-queue processing jobs whose lease expired, recording the lost attempt and
+           clearing their outbox mark so step 3 announces them;
+        3. re-publish queued jobs never announced, or announced more than
+           JOB_REPUBLISH_SECONDS ago and unchanged since: `publish(job)` then mark them
+           published; a failure is reported and the job stays as it was. Without a
+           publisher they are only listed (`unpublished`);
+        4. delete completed and failed jobs that finished more than JOB_RETENTION_DAYS ago.
+        `now` (default: the database's clock) is the instant ages are judged against.
+        """
+        report = SweepReport()
+        params = {
+            "now": now,
+            "limit": limit,
+            "republish": self.settings.job_republish_seconds,
+            "retention": self.settings.job_retention_days,
+        }
+        fail = self._sql(
+            "UPDATE {jobs} SET " + _FAIL_EXHAUSTED + " WHERE id IN (SELECT id FROM {jobs}"
+            " WHERE " + _EXHAUSTED + " LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+            " RETURNING {columns}",
+            now=_AT,
+        )
+        requeue = self._sql(
+            "UPDATE {jobs} SET status = 'queued', lease_token = NULL, lease_expires_at = NULL,"
+            " published_at = NULL, updated_at = now(),"
+            " error_message = 'attempt ' || attempts || ' lost its lease (worker '"
+            " || coalesce(claimed_by, 'unknown') || ' stopped answering)'"
+            " WHERE id IN (SELECT id FROM {jobs} WHERE status = 'processing'"
+            " AND lease_expires_at <= {now} AND attempts < max_attempts"
+            " LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+            " RETURNING {columns}",
+            now=_AT,
+        )
+        prune = self._sql(
+            "DELETE FROM {jobs} WHERE id IN (SELECT id FROM {jobs}"
+            " WHERE status IN ('completed', 'failed')"
+            " AND completed_at < {now} - make_interval(days => %(retention)s)"
+            " LIMIT %(limit)s FOR UPDATE SKIP LOCKED)",
+            now=_AT,
+        )
+        with self._connection() as conn:
+            report.failed = self._all(conn, fail, params)
+            report.requeued = self._all(conn, requeue, params)
+            self._republish(conn, publish, params, report)
+            report.pruned = conn.execute(prune, params).rowcount
+        return report
+
+    def _republish(
+        self,
+        conn: Connection,
+        publish: Publish | None,
+        params: dict[str, Any],
+        report: SweepReport,
+    ) -> None:
+        due = (
+            "status = 'queued' AND id <> ALL(%(seen)s) AND (published_at IS NULL OR"
+            " (published_at < {now} - make_interval(secs => %(republish)s)"
+            " AND updated_at < {now} - make_interval(secs => %(republish)s)))"
+        )
+        if publish is None:
+            listing = self._sql(
+                "SELECT {columns} FROM {jobs} WHERE " + due + " ORDER BY queued_at LIMIT %(limit)s",
+                now=_AT,
+            )
+            report.unpublished = self._all(conn, listing, {**params, "seen": []})
+            return
+        # One job per transaction: its row stays locked while it is published (so a
+        # concurrent sweep skips it) but no longer than that.
+        take = self._sql(
+            "SELECT {columns} FROM {jobs} WHERE "
+            + due
+            + " ORDER BY queued_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+            now=_AT,
+        )
+        mark = self._sql("UPDATE {jobs} SET published_at = now() WHERE id = %(id)s")
+        seen: list[uuid.UUID] = []
+        while len(seen) < params["limit"]:
+            with conn.transaction():
+                job = self._one(conn, take, {**params, "seen": seen})
+                if job is None:
+                    return
+                seen.append(job.id)
+                try:
+                    publish(job)
+                except Exception as exc:  # any failure of the caller's publisher: report it
+                    report.publish_failures.append((job, f"{type(exc).__name__}: {exc}"))
+                    continue
+                conn.execute(mark, {"id": job.id})
+                report.republished.append(job)

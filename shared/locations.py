@@ -1,0 +1,491 @@
+"""`public.locations` (OwnTracks fixes): read it into `Points` fast, seed it, check its index.
+
+The table belongs to the OwnTracks recorder; the service only reads it (`write_points` is
+for development and demos). Reads select a half-open window on the fix `timestamp` and
+never apply a function to a column in the predicate, so the `(device_id, timestamp)` index
+serves them.
+
+How `read_points` stays fast (about what the server can stream):
+- One snapshot (REPEATABLE READ) counts each device's rows in the window, then one
+  `COPY ... TO STDOUT (FORMAT BINARY)` per device streams its rows in time order. The
+  counts size the output arrays exactly, and the device column never crosses the wire: the
+  client already knows which device each COPY returns.
+- Every copied column has a fixed width (nullable integers are COALESCEd to -1, a NULL
+  `created_at` to `-infinity`), so a chunk of rows is one `np.frombuffer` with a structured
+  big-endian dtype, assigned column by column into the preallocated arrays. No Python
+  value is made per row (only the transient message buffer libpq hands over), and no copy
+  of the whole result exists besides the arrays themselves.
+- Timestamps arrive as PostgreSQL's int64 microseconds since 2000-01-01 and become Unix
+  microseconds with one vectorised add.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import select
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+from psycopg import pq, sql
+
+from shared.db import Connection
+from shared.points import DTYPES, MISSING, MISSING_TIME, US_PER_S, Points
+
+INDEX_NAME: Final = "locations_device_id_timestamp_idx"
+PG_EPOCH_US: Final = 946_684_800 * US_PER_S
+"""2000-01-01T00:00Z, PostgreSQL's timestamp origin, in Unix microseconds."""
+
+_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+_HEADER = _SIGNATURE + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"  # no flags, no extension
+_TRAILER = b"\xff\xff"
+_CHUNK_BYTES = 4 << 20
+
+CREATE_TABLE: Final = """\
+CREATE TABLE IF NOT EXISTS public.locations (
+    id serial PRIMARY KEY,
+    device_id varchar(100) NOT NULL,
+    tid varchar(10),
+    latitude double precision NOT NULL,
+    longitude double precision NOT NULL,
+    accuracy integer,
+    altitude double precision,
+    velocity integer,
+    battery integer,
+    battery_status integer,
+    connection_type varchar(10),
+    "trigger" varchar(10),
+    "timestamp" timestamptz NOT NULL,
+    created_at timestamptz DEFAULT now(),
+    raw_payload jsonb
+)"""
+"""The production schema of `public.locations`."""
+
+
+def create_index_statement(*, concurrently: bool = True) -> str:
+    """The statement that creates the index the reader needs.
+
+    CONCURRENTLY keeps a live table writable while the index builds (it cannot run inside
+    a transaction block, so seeding, which loads in one transaction, builds it plainly).
+    """
+    how = " CONCURRENTLY" if concurrently else ""
+    return (
+        f'CREATE INDEX{how} IF NOT EXISTS {INDEX_NAME} ON public.locations (device_id, "timestamp")'
+    )
+
+
+# --- reading ---------------------------------------------------------------------------
+
+# (Points column, big-endian wire type, SELECT expression), in COPY order.
+_READ_COLUMNS: Final = (
+    ("timestamp", ">i8", '"timestamp"'),
+    ("lat", ">f8", "latitude"),
+    ("lon", ">f8", "longitude"),
+    ("accuracy", ">i4", f"COALESCE(accuracy, {MISSING})"),
+    ("velocity", ">i4", f"COALESCE(velocity, {MISSING})"),
+    ("battery", ">i4", f"COALESCE(battery, {MISSING})"),
+    ("created_at", ">i8", "COALESCE(created_at, '-infinity')"),
+)
+_ROW: Final = np.dtype(
+    [("fields", ">i2")]
+    + [item for name, wire, _ in _READ_COLUMNS for item in ((f"{name}_len", ">i4"), (name, wire))]
+)
+
+_WINDOW = sql.SQL('"timestamp" >= %(start)s AND "timestamp" < %(end)s')
+_DEVICE_WINDOW = sql.SQL("device_id = %(device)s AND {}").format(_WINDOW)
+
+_SELECT_DEVICE = sql.SQL(
+    'SELECT {columns} FROM public.locations WHERE {where} ORDER BY "timestamp"'
+).format(
+    columns=sql.SQL(", ").join(sql.SQL(expression) for _, _, expression in _READ_COLUMNS),
+    where=_DEVICE_WINDOW,
+)
+
+_COUNT_DEVICE = sql.SQL(
+    "SELECT device_id, count(*) FROM public.locations WHERE {} GROUP BY device_id"
+).format(_DEVICE_WINDOW)
+
+# PostgreSQL (before 18) has no skip scan: enumerate the devices through the
+# (device_id, timestamp) index with one probe per device, then count each device's window
+# with a range scan of the same index. A plain GROUP BY over the window would read every
+# index entry (or the table) when no index leads with "timestamp".
+_COUNT_ALL = sql.SQL(
+    """WITH RECURSIVE devices AS (
+    (SELECT device_id FROM public.locations ORDER BY device_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT l.device_id FROM public.locations l
+            WHERE l.device_id > d.device_id ORDER BY l.device_id LIMIT 1)
+    FROM devices d WHERE d.device_id IS NOT NULL
+)
+SELECT d.device_id, c.n FROM devices d
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n FROM public.locations l
+    WHERE l.device_id = d.device_id AND {window}
+) c
+WHERE c.n > 0"""
+).format(window=_WINDOW)
+
+
+def _window(start_utc: dt.datetime, end_utc: dt.datetime, device_id: str | None) -> dict[str, Any]:
+    if start_utc.tzinfo is None or end_utc.tzinfo is None:
+        raise ValueError("the window bounds must be timezone-aware datetimes")
+    if end_utc < start_utc:
+        raise ValueError(f"the window ends ({end_utc}) before it starts ({start_utc})")
+    return {"start": start_utc, "end": end_utc, "device": device_id}
+
+
+@contextlib.contextmanager
+def _snapshot(conn: Connection) -> Iterator[None]:
+    """One read-only REPEATABLE READ transaction: counts and copies see the same rows."""
+    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        raise ValueError("reading locations needs a connection outside a transaction")
+    with conn.transaction():
+        # jit off: the planner's row estimates for the device scan cross jit_above_cost,
+        # and compiling then takes longer than the whole query.
+        conn.execute(
+            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL jit = off"
+        )
+        yield
+
+
+def _device_counts(conn: Connection, window: dict[str, Any]) -> list[tuple[str, int]]:
+    query = _COUNT_ALL if window["device"] is None else _COUNT_DEVICE
+    rows = conn.execute(query, window).fetchall()
+    # Python's code-point order, whatever the database collation: stable device codes.
+    return sorted((str(device), int(count)) for device, count in rows)
+
+
+def count_points(
+    conn: Connection, start_utc: dt.datetime, end_utc: dt.datetime, device_id: str | None
+) -> int:
+    """How many fixes `read_points` would return for the same arguments (index-only, cheap)."""
+    window = _window(start_utc, end_utc, device_id)
+    with _snapshot(conn):
+        return sum(count for _, count in _device_counts(conn, window))
+
+
+def read_points(
+    conn: Connection, start_utc: dt.datetime, end_utc: dt.datetime, device_id: str | None
+) -> Points:
+    """The fixes with `start_utc <= timestamp < end_utc` of one device (or all when None).
+
+    Sorted by device (code-point order of the ids) then timestamp; `device_ids` lists only
+    devices with fixes in the window. NULL accuracy/velocity/battery read as -1 and a NULL
+    `created_at` as `MISSING_TIME`. `conn` must not be inside a transaction: the read runs
+    in its own read-only snapshot.
+    """
+    window = _window(start_utc, end_utc, device_id)
+    with _snapshot(conn):
+        counts = _device_counts(conn, window)
+        total = sum(count for _, count in counts)
+        out = {name: np.empty(total, dtype) for name, dtype in DTYPES.items()}
+        cursor = conn.cursor()
+        statement = sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(_SELECT_DEVICE)
+        position = 0
+        for code, (device, count) in enumerate(counts):
+            out["device"][position : position + count] = code
+            with cursor.copy(statement, {**window, "device": device}) as copy:
+                _RowStream(out, position, count).consume(conn, copy)
+            position += count
+    out["timestamp"] += PG_EPOCH_US
+    created = out["created_at"]
+    np.add(created, PG_EPOCH_US, out=created, where=created != MISSING_TIME)
+    return Points(device_ids=tuple(device for device, _ in counts), **out)
+
+
+class _RowStream:
+    """Parses one binary COPY of `count` rows of `_ROW`'s layout into `out[...][position:]`.
+
+    The server sends one message per row. Reading them through `Copy.read()` costs about a
+    microsecond of Python per row (more than the server spends producing it), so the
+    messages are taken straight from libpq (psycopg's `pq` layer) until the exact number of
+    bytes the counted rows make has arrived; `Copy.read()` then sees the end of the COPY as
+    usual. Each message is appended to a bytearray, and every `_CHUNK_BYTES` the whole rows
+    gathered are parsed with one `np.frombuffer` and assigned column by column.
+    """
+
+    def __init__(self, out: dict[str, npt.NDArray[Any]], position: int, count: int) -> None:
+        self.out = out
+        self.position = position
+        self.end = position + count
+        self.pending = bytearray()
+        self.header_checked = False
+
+    def consume(self, conn: Connection, copy: psycopg.Copy) -> None:
+        """Read the COPY to its end; raise `psycopg.DataError` unless it held the rows counted."""
+        pgconn = conn.pgconn
+        pending = self.pending
+        expected = len(_HEADER) + (self.end - self.position) * _ROW.itemsize + len(_TRAILER)
+        received = 0
+        poller = select.poll()
+        poller.register(pgconn.socket, select.POLLIN)
+        get = pgconn.get_copy_data
+        while received < expected:
+            size, data = get(1)
+            if size > 0:
+                pending += data
+                received += size
+                if len(pending) >= _CHUNK_BYTES:
+                    self._drain()
+            elif size == 0:  # nothing buffered yet: wait for the server
+                poller.poll()
+                pgconn.consume_input()
+            else:
+                raise _ended_early(conn)
+        if copy.read():
+            raise psycopg.DataError("binary COPY returned more rows than were counted")
+        self._drain()
+        if pending != _TRAILER or self.position != self.end:
+            raise psycopg.DataError("binary COPY did not hold the rows that were counted")
+
+    def _drain(self) -> None:
+        pending = self.pending
+        if not self.header_checked:
+            if pending[: len(_SIGNATURE)] != _SIGNATURE or pending[15:19] != bytes(4):
+                raise psycopg.DataError("not a binary COPY stream without header extension")
+            del pending[: len(_HEADER)]
+            self.header_checked = True
+        count = min(len(pending) // _ROW.itemsize, self.end - self.position)
+        rows = np.frombuffer(pending, dtype=_ROW, count=count)
+        # A NULL or a column of another width would shift every later row: refuse, loudly.
+        if not (rows["fields"] == len(_READ_COLUMNS)).all():
+            raise psycopg.DataError("binary COPY row with an unexpected layout")
+        end = self.position + count
+        for name, _, _ in _READ_COLUMNS:
+            self.out[name][self.position : end] = rows[name]
+        self.position = end
+        del rows  # releases the buffer export so the parsed bytes can be dropped
+        del pending[: count * _ROW.itemsize]
+
+
+def _ended_early(conn: Connection) -> psycopg.Error:
+    """The error that ended a COPY before its rows were all sent (e.g. a statement timeout)."""
+    error: psycopg.Error = psycopg.DataError("binary COPY ended before the rows counted")
+    while (result := conn.pgconn.get_result()) is not None:
+        if result.status == pq.ExecStatus.FATAL_ERROR:
+            error = psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+    return error
+
+
+# --- seeding ---------------------------------------------------------------------------
+
+
+class ExistingRowsError(RuntimeError):
+    """`public.locations` already holds rows and replacing them was not asked for."""
+
+
+Progress = Callable[[int, int], None]
+"""Called as `progress(rows_written, rows_total)` after each batch."""
+
+_WRITE_COLUMNS: Final = (
+    # (table column, Points column, big-endian wire type, nullable)
+    ("latitude", "lat", ">f8", False),
+    ("longitude", "lon", ">f8", False),
+    ("accuracy", "accuracy", ">i4", True),
+    ("velocity", "velocity", ">i4", True),
+    ("battery", "battery", ">i4", True),
+    ("timestamp", "timestamp", ">i8", False),
+    ("created_at", "created_at", ">i8", True),
+)
+
+
+def write_points(
+    conn: Connection,
+    points: Points,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+    batch_rows: int = 100_000,
+) -> int:
+    """Load `points` into `public.locations` with binary COPY; return the rows written.
+
+    Creates the table with the production schema when it is absent (and then, after the
+    load, the `(device_id, timestamp)` index). A table that already holds rows is left
+    alone with `ExistingRowsError` unless `force`, which replaces them all. Everything
+    happens in one transaction: a failed load leaves the table as it was. Columns `Points`
+    does not carry (tid, altitude, ...) stay NULL; -1 and `MISSING_TIME` are written as NULL.
+    """
+    with conn.transaction():
+        exists = conn.execute("SELECT to_regclass('public.locations') IS NOT NULL").fetchone()
+        conn.execute(CREATE_TABLE)
+        conn.execute("LOCK TABLE public.locations IN ACCESS EXCLUSIVE MODE")
+        has_rows = conn.execute("SELECT EXISTS (SELECT FROM public.locations)").fetchone()
+        if has_rows and has_rows[0] and not force:
+            raise ExistingRowsError("public.locations already has rows; pass force to replace them")
+        # Truncating in this transaction lets COPY FREEZE write rows already frozen, so the
+        # first reads neither set hint bits nor wait for a vacuum to allow index-only scans.
+        conn.execute("TRUNCATE public.locations RESTART IDENTITY")
+        columns = sql.SQL(", ").join(
+            sql.Identifier(name) for name in ("device_id", *(c[0] for c in _WRITE_COLUMNS))
+        )
+        statement = sql.SQL("COPY public.locations ({}) FROM STDIN (FORMAT BINARY, FREEZE)").format(
+            columns
+        )
+        encoder = _RowEncoder(points.device_ids)
+        with conn.cursor().copy(statement) as copy:
+            copy.write(_HEADER)
+            for start in range(0, len(points), batch_rows):
+                end = min(start + batch_rows, len(points))
+                copy.write(encoder.encode(points, start, end).data)
+                if progress is not None:
+                    progress(end, len(points))
+            copy.write(_TRAILER)
+        if not (exists and exists[0]):
+            conn.execute(create_index_statement(concurrently=False))
+        conn.execute("ANALYZE public.locations")
+    return len(points)
+
+
+class _RowEncoder:
+    """Binary COPY rows for a slice of `Points`, built with numpy.
+
+    Every row is first laid out at its widest (all values present, the longest device id),
+    then the bytes of NULL values and of device-id padding are masked out, which keeps the
+    rows in order while their widths vary.
+    """
+
+    def __init__(self, device_ids: tuple[str, ...]) -> None:
+        encoded = [device.encode() for device in device_ids]
+        width = max((len(device) for device in encoded), default=0) or 1
+        self.device_bytes = np.zeros((max(len(encoded), 1), width), np.uint8)
+        for code, device in enumerate(encoded):
+            self.device_bytes[code, : len(device)] = np.frombuffer(device, np.uint8)
+        self.device_lengths = np.array([len(device) for device in encoded] or [0], np.int32)
+        self.uniform = len(set(self.device_lengths.tolist())) == 1
+        fields = [("fields", ">i2"), ("device_len", ">i4"), ("device", np.uint8, (width,))]
+        for name, _, wire, _ in _WRITE_COLUMNS:
+            fields += [(f"{name}_len", ">i4"), (name, wire)]
+        self.row = np.dtype(fields)
+        layout = self.row.fields
+        assert layout is not None  # a structured dtype always has fields
+        self.offsets = {name: int(place[1]) for name, place in layout.items()}
+        self.widths = {name: int(place[0].itemsize) for name, place in layout.items()}
+
+    def encode(self, points: Points, start: int, end: int) -> npt.NDArray[np.uint8]:
+        """The rows `start:end` of `points`, as the bytes of binary COPY rows."""
+        rows = np.empty(end - start, self.row)
+        rows["fields"] = 1 + len(_WRITE_COLUMNS)
+        codes = points.device[start:end]
+        lengths = self.device_lengths[codes]
+        rows["device_len"] = lengths
+        rows["device"] = self.device_bytes[codes]
+        nulls: list[tuple[str, npt.NDArray[np.bool_]]] = []
+        for name, column, wire, nullable in _WRITE_COLUMNS:
+            values = getattr(points, column)[start:end]
+            width = np.dtype(wire).itemsize
+            if name in ("timestamp", "created_at"):
+                missing = values == MISSING_TIME
+                values = values - PG_EPOCH_US
+            else:
+                missing = values == MISSING
+            if nullable and missing.any():
+                rows[f"{name}_len"] = np.where(missing, -1, width)
+                nulls.append((name, missing))
+            else:
+                rows[f"{name}_len"] = width
+            rows[name] = values
+        flat = rows.view(np.uint8).reshape(len(rows), self.row.itemsize)
+        if self.uniform and not nulls:
+            return flat.reshape(-1)
+        keep = np.ones(flat.shape, np.bool_)
+        if not self.uniform:
+            first, width = self.offsets["device"], self.widths["device"]
+            keep[:, first : first + width] = np.arange(width) < lengths[:, None]
+        for name, missing in nulls:
+            first = self.offsets[name]
+            keep[:, first : first + self.widths[name]] = ~missing[:, None]
+        return flat[keep]
+
+
+# --- diagnosis -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocationsReport:
+    """What `otel-worker doctor` says about `public.locations`."""
+
+    table_exists: bool
+    estimated_rows: int
+    """From the planner's statistics; -1 when the table was never analyzed."""
+    index: str | None
+    """A valid btree index leading with (device_id, timestamp), if there is one."""
+    create_index: str
+    """The statement that creates the index (run it by hand: doctor never does)."""
+    sample: tuple[str, dt.datetime, dt.datetime] | None
+    """The device and UTC day the plans were made for: the last day of the first device."""
+    plans: dict[str, str]
+    """EXPLAIN ANALYZE output of the reader's two queries for the sample."""
+
+    @property
+    def healthy(self) -> bool:
+        """The table exists and the reader's index is there."""
+        return self.table_exists and self.index is not None
+
+
+_FIND_INDEX = """\
+SELECT i.relname
+FROM pg_index x
+JOIN pg_class i ON i.oid = x.indexrelid
+JOIN pg_am am ON am.oid = i.relam
+WHERE x.indrelid = 'public.locations'::regclass
+  AND am.amname = 'btree' AND x.indisvalid AND x.indpred IS NULL AND x.indnkeyatts >= 2
+  AND x.indkey[0] = (SELECT attnum FROM pg_attribute
+                     WHERE attrelid = x.indrelid AND attname = 'device_id')
+  AND x.indkey[1] = (SELECT attnum FROM pg_attribute
+                     WHERE attrelid = x.indrelid AND attname = 'timestamp')
+ORDER BY i.relname
+LIMIT 1"""
+
+
+def diagnose(conn: Connection) -> LocationsReport:
+    """Inspect `public.locations`: index present, the statement to create it, query plans.
+
+    Read-only: it never creates anything. The plans come from EXPLAIN ANALYZE of the
+    reader's queries (the device counts and one device's COPY query) for one day of data.
+    """
+    statement = create_index_statement()
+    with _snapshot(conn):
+        exists = conn.execute("SELECT to_regclass('public.locations') IS NOT NULL").fetchone()
+        if not (exists and exists[0]):
+            return LocationsReport(False, 0, None, statement, None, {})
+        estimate = conn.execute(
+            "SELECT reltuples::bigint FROM pg_class WHERE oid = 'public.locations'::regclass"
+        ).fetchone()
+        index = conn.execute(_FIND_INDEX).fetchone()
+        sample = _sample_day(conn)
+        plans = {}
+        if sample is not None:
+            window = {"device": sample[0], "start": sample[1], "end": sample[2]}
+            for label, query in (
+                ("devices and counts in the window (all devices)", _COUNT_ALL),
+                ("one device's points (the COPY query)", _SELECT_DEVICE),
+            ):
+                explain = sql.SQL("EXPLAIN (ANALYZE) {}").format(query)
+                lines = conn.execute(explain, window).fetchall()
+                plans[label] = "\n".join(str(line[0]) for line in lines)
+    return LocationsReport(
+        table_exists=True,
+        estimated_rows=int(estimate[0]) if estimate else -1,
+        index=str(index[0]) if index else None,
+        create_index=statement,
+        sample=sample,
+        plans=plans,
+    )
+
+
+def _sample_day(conn: Connection) -> tuple[str, dt.datetime, dt.datetime] | None:
+    first = conn.execute(
+        "SELECT device_id FROM public.locations ORDER BY device_id LIMIT 1"
+    ).fetchone()
+    if first is None:
+        return None
+    last = conn.execute(
+        'SELECT max("timestamp") FROM public.locations WHERE device_id = %s', [first[0]]
+    ).fetchone()
+    assert last is not None  # an aggregate always returns a row
+    day = last[0].astimezone(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return str(first[0]), day, day + dt.timedelta(days=1)
