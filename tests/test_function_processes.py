@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
 
 import grpc
 import pytest
+import urllib3
 
+from shared import config
 from shared.devstack import (
     HTTP_FUNCTIONS,
     ServiceProcess,
@@ -23,7 +26,7 @@ from shared.devstack import (
 
 @pytest.fixture
 def base_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("PORT", "GRPC_"))}
+    return {k: v for k, v in os.environ.items() if k not in config.variable_names()}
 
 
 @pytest.fixture
@@ -35,14 +38,39 @@ def processes() -> Iterator[list[ServiceProcess]]:
 
 
 @pytest.mark.parametrize("name", HTTP_FUNCTIONS)
-def test_http_function_serves_healthz(
+def test_http_function_is_live_but_not_ready_without_its_database(
+    name: str, base_env: dict[str, str], processes: list[ServiceProcess]
+) -> None:
+    port, dead = free_ports(2)
+    env = {
+        **base_env,
+        "MINIO_ACCESS_KEY": "k",
+        "MINIO_SECRET_KEY": "s",
+        "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{dead}/none",
+        "DB_STARTUP_RETRY_SECONDS": "0",
+    }
+    service = http_function(name, port, env).start()
+    processes.append(service)
+    wait_until(lambda: http_status(f"{service.url}/healthz") == 200, 30, name)
+    response = urllib3.request("GET", f"{service.url}/readyz")
+    assert response.status == 503
+    assert f"127.0.0.1:{dead}" in json.loads(response.data)["error"]
+    assert service.stop() == 0
+
+
+@pytest.mark.parametrize("name", HTTP_FUNCTIONS)
+def test_http_function_with_bad_config_exits_naming_the_variable(
     name: str, base_env: dict[str, str], processes: list[ServiceProcess]
 ) -> None:
     (port,) = free_ports(1)
-    service = http_function(name, port, base_env).start()
+    env = {**base_env, "MINIO_ACCESS_KEY": "k", "MINIO_SECRET_KEY": "s", "POSTGRES_PORT": "99999"}
+    service = http_function(name, port, env)
+    service.start(stdout=subprocess.PIPE)
     processes.append(service)
-    wait_until(lambda: http_status(f"{service.url}/healthz") == 200, 30, name)
-    assert service.stop() == 0
+    assert service.process is not None
+    output, _ = service.process.communicate(timeout=60)
+    assert service.process.returncode != 0
+    assert f"{name}: invalid configuration: POSTGRES_PORT".encode() in output
 
 
 def test_ingress_serves_grpc_health_and_drains_on_sigterm(
