@@ -191,10 +191,22 @@ class _Planner:
             self.travel(now + round(rng.uniform(600, 1200) * US_PER_S), [shop, self.home], 4.5)
 
 
-def _sample(
-    legs: _Legs, start_us: int, end_us: int, interval_us: int, phase_us: int
-) -> tuple[npt.NDArray[np.int64], Floats, Floats, Floats, npt.NDArray[np.bool_]]:
-    """Fix times in [start, end) and the true position, speed and rest flag at each."""
+@dataclass(frozen=True, eq=False)
+class _Samples:
+    """Fix times and the true position and speed at each."""
+
+    t: npt.NDArray[np.int64]
+    lat: Floats
+    lon: Floats
+    speed_kmh: Floats
+
+    @property
+    def resting(self) -> npt.NDArray[np.bool_]:
+        return self.speed_kmh == 0
+
+
+def _sample(legs: _Legs, start_us: int, end_us: int, interval_us: int, phase_us: int) -> _Samples:
+    """Fix times in [start, end), skipping legs in the air, and the truth at each."""
     t = np.arange(start_us + phase_us, end_us, interval_us, dtype=np.int64)
     begin = np.array(legs.start, dtype=np.int64)
     leg = np.searchsorted(begin, t, side="right") - 1
