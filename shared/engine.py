@@ -338,6 +338,19 @@ def haversine_km(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> Floats:
     return _distance_km(_unit_vectors(a, b), _unit_vectors(c, d)).reshape(shape)
 
 
+def destination(lat: float, lon: float, bearing: Any, km: Any) -> tuple[Floats, Floats]:
+    """Points `km` away from (lat, lon) in degrees along `bearing` (radians from north)."""
+    phi, lam = np.radians(lat), np.radians(lon)
+    delta = np.asarray(km, np.float64) / EARTH_RADIUS_KM
+    theta = np.asarray(bearing, np.float64)
+    sin_phi2 = np.sin(phi) * np.cos(delta) + np.cos(phi) * np.sin(delta) * np.cos(theta)
+    phi2 = np.arcsin(np.clip(sin_phi2, -1.0, 1.0))
+    lam2 = lam + np.arctan2(
+        np.sin(theta) * np.sin(delta) * np.cos(phi), np.cos(delta) - np.sin(phi) * sin_phi2
+    )
+    return np.degrees(phi2), (np.degrees(lam2) + 540.0) % 360.0 - 180.0
+
+
 # --- the chain of fixes that survive a filter ---------------------------------------------------
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.engine import EARTH_RADIUS_KM, haversine_km, zone
+from shared.engine import EARTH_RADIUS_KM, destination, haversine_km, zone
 from shared.points import MISSING, US_PER_S, Points
 
 _M_PER_DEG = EARTH_RADIUS_KM * 1000 * np.pi / 180
@@ -91,13 +91,9 @@ class _Legs:
 
 
 def _offset(lat: float, lon: float, bearing: float, km: float) -> tuple[float, float]:
-    """The point `km` away from (lat, lon) along `bearing` (radians), on the sphere."""
-    phi, lam, delta = np.radians(lat), np.radians(lon), km / EARTH_RADIUS_KM
-    phi2 = np.arcsin(np.sin(phi) * np.cos(delta) + np.cos(phi) * np.sin(delta) * np.cos(bearing))
-    lam2 = lam + np.arctan2(
-        np.sin(bearing) * np.sin(delta) * np.cos(phi), np.cos(delta) - np.sin(phi) * np.sin(phi2)
-    )
-    return float(np.degrees(phi2)), float((np.degrees(lam2) + 540) % 360 - 180)
+    """The point `km` away from (lat, lon) along `bearing` (radians)."""
+    lat2, lon2 = destination(lat, lon, bearing, km)
+    return float(lat2), float(lon2)
 
 
 class _Planner:
@@ -202,7 +198,8 @@ class _Samples:
 
     @property
     def resting(self) -> npt.NDArray[np.bool_]:
-        return self.speed_kmh == 0
+        still: npt.NDArray[np.bool_] = self.speed_kmh == 0
+        return still
 
 
 def _sample(legs: _Legs, start_us: int, end_us: int, interval_us: int, phase_us: int) -> _Samples:
@@ -243,7 +240,7 @@ def generate(spec: TrackSpec) -> Track:
             planner.plan_day(day, flight=k == flight_day)
         path_km[device_id] = planner.path_km
         trips.extend(planner.trips)
-        phase = int(rng.integers(0, interval_us))
+        phase = int(rng.integers(0, spec.interval_s)) * US_PER_S
         truth = _sample(planner.legs, start_us, end_us, interval_us, phase)
         for name, value in _observe(spec, rng, truth, code).items():
             columns.setdefault(name, []).append(value)
@@ -321,5 +318,6 @@ def _duplicate(
     n = len(columns["timestamp"])
     again = np.flatnonzero(rng.random(n) < spec.duplicate_rate)
     copies = {name: value[again] for name, value in columns.items()}
-    copies["created_at"] = copies["created_at"] + rng.integers(1, 600, len(again)) * US_PER_S
+    late = rng.integers(1, 600, len(again)) * US_PER_S
+    copies["created_at"] = columns["created_at"][again].astype(np.int64) + late
     return {name: np.concatenate((columns[name], copies[name])) for name in columns}
