@@ -11,6 +11,7 @@ the csv module, pyarrow or polars were measured here.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.engine import DROP_RULES, Analysis, destination, zone
-from shared.points import MISSING, US_PER_S
+from shared.points import MISSING, MISSING_TIME, US_PER_S, Points
 
 CSV_COLUMNS: tuple[str, ...] = (
     "timestamp",
@@ -122,7 +123,8 @@ def _labels(codes: npt.NDArray[Any], labels: Sequence[str]) -> Bytes:
     table = np.zeros((len(encoded), max(width, 1)), dtype=np.uint8)
     for row, text in enumerate(encoded):
         table[row, : len(text)] = np.frombuffer(text, dtype=np.uint8)
-    return table[codes]
+    cells: Bytes = table[codes]
+    return cells
 
 
 def _csv_field(text: str) -> str:
@@ -146,7 +148,7 @@ def utc_offsets(us: npt.NDArray[np.int64], timezone: str) -> npt.NDArray[np.int6
     # Offsets change at most a few times a year: probe daily, bisect each change to the second.
     changes, values = [], [offset(first)]
     probes = [*range(first, last, 86400), last]
-    for a, b in zip(probes, probes[1:], strict=False):
+    for a, b in itertools.pairwise(probes):
         if offset(b) != offset(a):
             lo, hi = a, b
             while hi - lo > 1:
@@ -247,6 +249,66 @@ def write_csv(analysis: Analysis, out: BinaryIO | Path) -> int:
         ]
         written += out.write(csv_rows(columns))
     return written
+
+
+LOCATIONS_COLUMNS: tuple[str, ...] = (
+    "id",
+    "device_id",
+    "tid",
+    "latitude",
+    "longitude",
+    "accuracy",
+    "velocity",
+    "battery",
+    "battery_status",
+    "connection_type",
+    "trigger",
+    "timestamp",
+    "created_at",
+)
+"""The `public.locations` columns a seed CSV fills (the rest stay NULL)."""
+
+
+def write_locations_csv(points: Points, out: BinaryIO | Path) -> int:
+    """Write fixes as a CSV export of `public.locations` (times in UTC); returns the rows.
+
+    Columns the fixes do not carry are derived: `tid` from the device id, `battery_status`
+    (3 full at 100 %, else 1 unplugged), `connection_type` (w at rest, m moving) and
+    `trigger` (p at rest, t moving).
+    """
+    if isinstance(out, Path):
+        with out.open("wb") as stream:
+            return write_locations_csv(points, stream)
+    tids = [device_id[:1] + device_id[-1:] for device_id in points.device_ids]
+    out.write(header(LOCATIONS_COLUMNS))
+    for start in range(0, len(points), BLOCK_ROWS):
+        rows = slice(start, start + BLOCK_ROWS)
+        n = len(points.timestamp[rows])
+        moving = points.velocity[rows] > 0
+        created = points.created_at[rows]
+        columns = [
+            _integers(np.arange(start + 1, start + n + 1)),
+            _labels(points.device[rows], points.device_ids),
+            _labels(points.device[rows], tids),
+            _decimals(points.lat[rows], 7),
+            _decimals(points.lon[rows], 7),
+            *(
+                _integers(column[rows], column[rows] == MISSING)
+                for column in (points.accuracy, points.velocity, points.battery)
+            ),
+            _labels(np.where(points.battery[rows] == 100, 1, 0), ("1", "3")),
+            _labels(moving.view(np.int8), ("w", "m")),
+            _labels(moving.view(np.int8), ("p", "t")),
+            _timestamps(points.timestamp[rows], np.zeros(n, dtype=np.int64), micro=False),
+            _timestamps(
+                np.where(created == MISSING_TIME, 0, created),
+                np.zeros(n, dtype=np.int64),
+                micro=False,
+            ),
+        ]
+        columns[-1][created == MISSING_TIME] = 0
+        out.write(csv_rows(columns))
+    return len(points)
 
 
 def csv_bytes(analysis: Analysis) -> bytes:
