@@ -506,27 +506,38 @@ def _states(home_km: Floats, chain: _Chain, params: EngineParams) -> npt.NDArray
 
 
 def _spread(
-    chain: _Chain, amount: Floats, group: Ints, *, n_groups: int, t: Ints, day: Ints, bounds: Ints
+    chain: _Chain,
+    amount: Floats,
+    group: Ints,
+    *,
+    n_groups: int,
+    t: Ints,
+    day: Ints,
+    bounds: Ints,
+    since: Ints | None = None,
 ) -> tuple[Floats, Floats]:
-    """Share each step of `chain` (the interval from the previous fix to this one) and its
-    `amount` among the days it overlaps, in proportion to the overlap.
+    """Share each step of `chain` and its `amount` among the days it overlaps, in
+    proportion to the overlap in time.
 
-    `t` and `day` are every context fix's time and day index (-1 before the window, n_days
-    after it). Returns the sums per (group, day) and each step's amount inside the window.
+    A step runs from the fix at context position `since` (by default the chain's previous
+    fix) to the chain's fix. `t` and `day` are every context fix's time and day index (-1
+    before the window, n_days after it). Returns the sums per (group, day) and each step's
+    amount inside the window.
     """
     n_days = len(bounds) - 1
     cells = n_groups * n_days
-    t1 = t[chain.idx]
-    t0 = t1 - chain.step_us
-    day1 = day[chain.idx]
-    day0 = np.empty_like(day1)
-    day0[1:] = day1[:-1]
-    day0[~chain.linked] = day1[~chain.linked]
+    if since is None:
+        since = np.empty_like(chain.idx)
+        since[1:] = chain.idx[:-1]
+        since[~chain.linked] = chain.idx[~chain.linked]
+    t0, t1 = t[since], t[chain.idx]
+    day0, day1 = day[since], day[chain.idx]
     same = day0 == day1
     inside = same & (day0 >= 0) & (day0 < n_days)
+    # An empty bincount is integer: keep the sums float whatever happens.
     totals = np.bincount(
         group[inside] * n_days + day0[inside], weights=amount[inside], minlength=cells
-    )
+    ).astype(np.float64)
     kept = np.where(inside, amount, 0.0)
     crossing = np.flatnonzero(~same)
     if crossing.size:
@@ -541,7 +552,7 @@ def _spread(
             totals += np.bincount(where + d, weights=part, minlength=cells)
             got += part
         kept[crossing] = got
-    return totals.reshape(n_groups, n_days).astype(np.float64), kept
+    return totals.reshape(n_groups, n_days), kept
 
 
 @dataclass(frozen=True, eq=False)
@@ -675,8 +686,16 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
     used = fixes.subchain(valid, ~still)
 
     spread = {"t": t, "day": day, "bounds": bounds}
+    # A resting device was seen where it rested until its last jitter fix: a move away
+    # happened after that, so the step is placed in time from there, not from the anchor.
+    last_seen = valid.idx[np.maximum(np.flatnonzero(~still) - 1, 0)]
     path_days, path_kept = _spread(
-        used, used.step_km, device[used.idx], n_groups=n_devices, **spread
+        used,
+        used.step_km,
+        device[used.idx],
+        n_groups=n_devices,
+        since=np.where(used.linked, last_seen, used.idx),
+        **spread,
     )
     raw_days, _ = _spread(raw, raw.step_km, device[raw.idx], n_groups=n_devices, **spread)
     state_used = _states(home_km, used, params)
@@ -778,9 +797,10 @@ class _Summarizer:
         then the totals over those devices."""
         points, n_devices, n_days = self.points, self.n_devices, self.n_days
         device = points.device.astype(np.int64)
-        counts = np.bincount(
-            device * (len(DROP_RULES) + 1) + self.code, minlength=n_devices * (len(DROP_RULES) + 1)
-        ).reshape(n_devices, -1)
+        codes = len(DROP_RULES) + 1
+        counts = np.bincount(device * codes + self.code, minlength=n_devices * codes).reshape(
+            n_devices, codes
+        )
         cells = device * n_days + self.day
         read_days = np.bincount(cells, minlength=n_devices * n_days).reshape(n_devices, n_days)
         used_days = np.bincount(cells[self.used], minlength=n_devices * n_days).reshape(
