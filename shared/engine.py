@@ -863,8 +863,10 @@ class _Summarizer:
         notes = []
         if not len(points):
             notes.append("no fixes in the window: every metric is zero")
-        elif not self.used.any():
+        elif not self.seen.any():
             notes.append("every fix in the window was dropped by a filter")
+        elif not self.used.any():
+            notes.append("no movement: every fix in the window was stationary jitter")
         return Summary(
             **dict(totals),
             window=WindowInfo(

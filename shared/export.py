@@ -280,6 +280,11 @@ def write_locations_csv(points: Points, out: BinaryIO | Path) -> int:
         with out.open("wb") as stream:
             return write_locations_csv(points, stream)
     tids = [device_id[:1] + device_id[-1:] for device_id in points.device_ids]
+    has_created = points.created_at != MISSING_TIME
+    micro = bool(
+        (points.timestamp % US_PER_S).any() or (points.created_at[has_created] % US_PER_S).any()
+    )
+    utc = np.zeros(min(len(points), BLOCK_ROWS), dtype=np.int64)
     out.write(header(LOCATIONS_COLUMNS))
     for start in range(0, len(points), BLOCK_ROWS):
         rows = slice(start, start + BLOCK_ROWS)
@@ -299,12 +304,8 @@ def write_locations_csv(points: Points, out: BinaryIO | Path) -> int:
             _labels(np.where(points.battery[rows] == 100, 1, 0), ("1", "3")),
             _labels(moving.view(np.int8), ("w", "m")),
             _labels(moving.view(np.int8), ("p", "t")),
-            _timestamps(points.timestamp[rows], np.zeros(n, dtype=np.int64), micro=False),
-            _timestamps(
-                np.where(created == MISSING_TIME, 0, created),
-                np.zeros(n, dtype=np.int64),
-                micro=False,
-            ),
+            _timestamps(points.timestamp[rows], utc[:n], micro),
+            _timestamps(np.where(created == MISSING_TIME, 0, created), utc[:n], micro),
         ]
         columns[-1][created == MISSING_TIME] = 0
         out.write(csv_rows(columns))
@@ -357,8 +358,12 @@ def geojson(analysis: Analysis) -> dict[str, Any]:
             _feature({"type": "Polygon", "coordinates": [ring]}, kind=kind, radius_km=km)
         )
     kept = analysis.dropped_by == 0
+    seen = kept | (analysis.dropped_by == DROP_RULES.index("jitter") + 1)
     for code, device_id in enumerate(points.device_ids):
         mine = np.flatnonzero(kept & (points.device == code))
+        if not mine.size:
+            # A device that never moved in the window: where it rested.
+            mine = np.flatnonzero(seen & (points.device == code))[:1]
         if device_id in summary.devices and mine.size:
             features.append(
                 _feature(
@@ -368,7 +373,6 @@ def geojson(analysis: Analysis) -> dict[str, Any]:
                     path_km=summary.devices[device_id].path_km,
                 )
             )
-    seen = kept | (analysis.dropped_by == DROP_RULES.index("jitter") + 1)
     for trip in summary.trips:
         mine = np.flatnonzero(seen & (analysis.trip == trip.id))
         if mine.size:

@@ -189,13 +189,15 @@ def test_generated_trips_are_found_exactly(week: tuple) -> None:
         assert true.leave_us <= start_us <= true.leave_us + 600e6
         assert true.return_us - 600e6 <= end_us <= true.return_us + 60e6
         assert trip.max_distance_km == pytest.approx(true.max_distance_km, rel=0.02)
-        assert not trip.clipped_start and not trip.clipped_end
+        assert not trip.clipped_start
+        assert not trip.clipped_end
 
 
 def test_teleports_and_low_accuracy_fixes_cannot_move_the_maximum(week: tuple) -> None:
     generated, analysis = week
     points = generated.points
-    assert generated.teleport.any() and generated.low_accuracy.any()
+    assert generated.teleport.any()
+    assert generated.low_accuracy.any()
     rules = np.array(("kept", *DROP_RULES))[analysis.dropped_by]
     assert set(rules[generated.teleport]) <= {"jump", "duplicate"}
     assert set(rules[generated.low_accuracy]) <= {"accuracy", "duplicate"}
@@ -241,7 +243,8 @@ def test_a_trip_cut_by_the_window_is_clipped_and_flagged() -> None:
         track(seconds, north, np.zeros(len(seconds)), window.start_us), window, params()
     )
     (trip,) = analysis.summary.trips
-    assert trip.clipped_start and not trip.clipped_end
+    assert trip.clipped_start
+    assert not trip.clipped_end
     assert trip.start == window.local_time(window.start_us)
     assert trip.duration_s == 2 * 3600
     assert analysis.summary.time_away_s == 2 * 3600
@@ -280,7 +283,8 @@ def test_devices_are_never_joined_and_totals_are_sums() -> None:
     assert summary.path_km == pytest.approx(
         summary.devices["a"].path_km + summary.devices["b"].path_km
     )
-    assert summary.max_distance_at is not None and summary.max_distance_at.device_id == "b"
+    assert summary.max_distance_at is not None
+    assert summary.max_distance_at.device_id == "b"
 
 
 def test_filters_can_each_be_switched_off() -> None:
@@ -346,11 +350,13 @@ def test_empty_input_is_a_result_not_an_error() -> None:
     summary = analyze(Points.empty(), one_day(), params()).summary
     assert summary.points.read == 0
     assert summary.path_km == summary.max_distance_km == summary.time_at_home_s == 0
-    assert summary.trips == [] and summary.devices == {}
+    assert summary.trips == []
+    assert summary.devices == {}
     assert summary.notes
     assert summary.time_unknown_s == 0
     data = json.loads(summary.model_dump_json())
-    assert data["points"]["read"] == 0 and data["schema_version"] == 1
+    assert data["points"]["read"] == 0
+    assert data["schema_version"] == 1
 
 
 def test_fixes_outside_the_window_are_context_only() -> None:
@@ -361,7 +367,8 @@ def test_fixes_outside_the_window_are_context_only() -> None:
     assert summary.points.read == 0
     assert summary.devices == {} or summary.devices["phone"].points.read == 0
     lo, hi = read_range(window, params())
-    assert lo < window.start_us and hi > window.end_us
+    assert lo < window.start_us
+    assert hi > window.end_us
 
 
 def test_summary_json_has_the_documented_keys(week: tuple) -> None:
