@@ -102,14 +102,20 @@ def _times(
     values: Sequence[str], name: str, path: Path, lines: Sequence[int]
 ) -> npt.NDArray[np.int64]:
     """ISO-8601 times (UTC when they carry no offset) or epoch seconds, as µs since the epoch."""
-    text = np.array(values, dtype=np.str_)
-    if not len(text):
-        return np.zeros(0, dtype=np.int64)
-    try:
-        return np.rint(text.astype(np.float64) * US_PER_S).astype(np.int64)
-    except ValueError:
-        pass
-    normal = np.strings.replace(np.strings.strip(text), " ", "T")
+    text = np.strings.strip(np.array(values, dtype=np.str_))
+    epoch = np.strings.isdigit(np.strings.replace(text, ".", "", 1))
+    times = np.zeros(len(text), dtype=np.int64)
+    times[epoch] = np.rint(text[epoch].astype(np.float64) * US_PER_S).astype(np.int64)
+    iso = np.flatnonzero(~epoch).tolist()
+    if iso:
+        times[iso] = _iso_times(text[iso], name, path, [lines[k] for k in iso])
+    return times
+
+
+def _iso_times(
+    text: npt.NDArray[np.str_], name: str, path: Path, lines: Sequence[int]
+) -> npt.NDArray[np.int64]:
+    normal = np.strings.replace(text, " ", "T")
     normal = np.strings.replace(normal, "Z", "+00:00")
     sign_at = np.maximum(np.strings.rfind(normal, "+"), np.strings.rfind(normal, "-"))
     cut = np.where(sign_at > 10, sign_at, np.strings.str_len(normal))
@@ -124,6 +130,7 @@ def _times(
         ).all():
             raise ValueError
     except ValueError:
+        values = text.tolist()
         k = _first_bad(values, _is_time)
         raise _fail(
             path, lines[k], f"{name} {values[k]!r} is not an ISO-8601 time or epoch seconds"

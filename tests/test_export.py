@@ -94,7 +94,8 @@ def test_odd_values_are_written_correctly() -> None:
     assert [r["accuracy"] for r in table] == ["0", "", "12345"]
     assert [r["velocity"] for r in table] == ["", "7", "0"]
     assert [r["battery"] for r in table] == ["100", "5", ""]
-    assert table[1]["distance_from_home_km"] == "" and table[1]["dropped_by"] == "invalid"
+    assert table[1]["distance_from_home_km"] == ""
+    assert table[1]["dropped_by"] == "invalid"
     assert table[0]["distance_from_home_km"] == "0.000000"
 
 
@@ -141,7 +142,8 @@ def test_geojson_shows_home_radii_tracks_trips_and_the_farthest_point(
     assert kinds.count("trip") == len(dst_day.summary.trips)
     assert kinds[-1] == "max_distance"
     ring = data["features"][1]["geometry"]["coordinates"][0]
-    assert ring[0] == ring[-1] and len(ring) == 65
+    assert ring[0] == ring[-1]
+    assert len(ring) == 65
     track = next(f for f in data["features"] if f["properties"]["kind"] == "track")
     assert track["geometry"]["type"] == "LineString"
     assert all(

@@ -58,9 +58,11 @@ def test_the_range_holds_a_dst_change_and_a_flight(week: Track) -> None:
 
 def test_the_data_is_spoiled_as_real_data_is(week: Track) -> None:
     points = week.points
-    assert week.teleport.sum() > 0 and week.low_accuracy.sum() > 0
+    assert week.teleport.sum() > 0
+    assert week.low_accuracy.sum() > 0
     assert (points.accuracy[week.low_accuracy] >= 1000).all()
-    assert (points.accuracy == -1).any() and (points.velocity == -1).any()
+    assert (points.accuracy == -1).any()
+    assert (points.velocity == -1).any()
     same = (
         (np.diff(points.timestamp) == 0)
         & (np.diff(points.lat) == 0)
