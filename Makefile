@@ -46,6 +46,10 @@ fmt: install  ## apply ruff's fixes and formatting
 test: install system-deps lint  ## everything CI checks: lint, types, the test suite with coverage
 	$(PY) -m pytest --cov --cov-report=term $(PYTEST_ARGS)
 
+.PHONY: bench-engine
+bench-engine: install  ## engine and CSV writer throughput and memory for 1M and 10M fixes
+	$(PY) tests/bench/bench_engine.py
+
 .PHONY: demo
 demo: install  ## run the main job end to end on embedded defaults
 	@echo "make demo arrives with its own issue; until then see README.md"; exit 1
