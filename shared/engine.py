@@ -54,6 +54,8 @@ _US_PER_H = 3600 * US_PER_S
 Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
 Bools = npt.NDArray[np.bool_]
+Codes = npt.NDArray[np.integer[Any]]
+"""Small non-negative integers (device codes, groups) of whatever width they come in."""
 
 
 class EngineParams(BaseModel):
@@ -308,25 +310,46 @@ class Analysis:
 # --- geometry --------------------------------------------------------------------------------
 
 
+# The hot helpers below work in place: at millions of fixes, allocating a fresh array for
+# every step costs as much as the arithmetic (page faults), and peak memory is a target.
+
+
 def _unit_vectors(lat: Floats, lon: Floats) -> tuple[Floats, Floats, Floats]:
-    phi = np.radians(lat)
-    lam = np.radians(lon)
-    cos_phi = np.cos(phi)
-    return cos_phi * np.cos(lam), cos_phi * np.sin(lam), np.sin(phi)
+    z = np.radians(lat)
+    np.sin(z, out=z)
+    # cos(lat) >= 0, so sqrt((1 - z)(1 + z)) gives it exactly enough (sub-mm but for the last
+    # metre at the poles) for a third of a sine's cost.
+    cos_phi = 1.0 - z
+    cos_phi *= 1.0 + z
+    np.sqrt(cos_phi, out=cos_phi)
+    y = np.radians(lon)
+    x = np.cos(y)
+    np.sin(y, out=y)
+    x *= cos_phi
+    y *= cos_phi
+    return x, y, z
 
 
 def _chord_km(chord: Floats) -> Floats:
-    """Great-circle km from chord lengths on the unit sphere."""
-    np.clip(chord, 0.0, 2.0, out=chord)
-    np.arcsin(chord * 0.5, out=chord)
+    """Great-circle km from chord lengths on the unit sphere (in place)."""
+    chord *= 0.5
+    np.minimum(chord, 1.0, out=chord)
+    np.arcsin(chord, out=chord)
     chord *= 2.0 * EARTH_RADIUS_KM
     return chord
 
 
-def _distance_km(a: tuple[Floats, Floats, Floats], b: tuple[Floats, Floats, Floats]) -> Floats:
-    sq = np.square(a[0] - b[0])
-    sq += np.square(a[1] - b[1])
-    sq += np.square(a[2] - b[2])
+def _distance_km(
+    a: tuple[Floats, Floats, Floats], b: tuple[Floats, Floats, Floats], out: Floats | None = None
+) -> Floats:
+    sq = np.subtract(a[0], b[0], out=out)
+    sq *= sq
+    part = a[1] - b[1]
+    part *= part
+    sq += part
+    np.subtract(a[2], b[2], out=part)
+    part *= part
+    sq += part
     return _chord_km(np.sqrt(sq, out=sq))
 
 
@@ -384,11 +407,13 @@ class _Fixes:
         linked = np.zeros(len(idx), dtype=bool)
         linked[1:] = device[1:] == device[:-1]
         step_km = np.zeros(len(idx))
+        whole = len(idx) == len(self.t)  # every fix: the columns themselves, no copies
         if len(idx) > 1:
-            x, y, z = (c[idx] for c in self.xyz)
-            step_km[1:] = _distance_km((x[1:], y[1:], z[1:]), (x[:-1], y[:-1], z[:-1]))
+            x, y, z = self.xyz if whole else (c[idx] for c in self.xyz)
+            _distance_km((x[1:], y[1:], z[1:]), (x[:-1], y[:-1], z[:-1]), out=step_km[1:])
         step_us = np.zeros(len(idx), dtype=np.int64)
-        step_us[1:] = np.diff(self.t[idx])
+        t = self.t if whole else self.t[idx]
+        np.subtract(t[1:], t[:-1], out=step_us[1:])
         step_km[~linked] = 0.0
         step_us[~linked] = 0
         return _Chain(idx=idx, linked=linked, step_km=step_km, step_us=step_us)
@@ -478,13 +503,16 @@ def _still(fixes: _Fixes, chain: _Chain, params: EngineParams) -> Bools:
     sq = np.zeros(n)
     total = np.empty(n + 1)
     total[0] = 0.0
+    c, centroid = np.empty(n), np.empty(n)
     for column in fixes.xyz:
-        c = column[chain.idx]
+        np.take(column, chain.idx, out=c)
         np.cumsum(c, out=total[1:])
-        centroid = total[:-1] - total[lo]
+        np.take(total, lo, out=centroid)
+        np.subtract(total[:-1], centroid, out=centroid)
         centroid /= divisor
         c -= centroid
-        sq += np.square(c, out=c)
+        c *= c
+        sq += c
     radius_m = np.full(n, params.jitter_radius_m)
     accuracy = fixes.points.accuracy[chain.idx]
     np.maximum(radius_m, accuracy, out=radius_m, where=accuracy != MISSING)
@@ -508,7 +536,7 @@ def _states(home_km: Floats, chain: _Chain, params: EngineParams) -> npt.NDArray
 def _spread(
     chain: _Chain,
     amount: Floats,
-    group: Ints,
+    group: Codes,
     *,
     n_groups: int,
     t: Ints,
@@ -530,18 +558,23 @@ def _spread(
         since = np.empty_like(chain.idx)
         since[1:] = chain.idx[:-1]
         since[~chain.linked] = chain.idx[~chain.linked]
-    t0, t1 = t[since], t[chain.idx]
     day0, day1 = day[since], day[chain.idx]
     same = day0 == day1
-    inside = same & (day0 >= 0) & (day0 < n_days)
+    # Steps within one day go to (group, day) in a single bincount; days -1 and n_days
+    # (before and after the window) get their own columns, dropped afterwards.
+    kept = np.where(same, amount, 0.0)
+    cell = group * (n_days + 2)
+    cell += day0
+    cell += 1
     # An empty bincount is integer: keep the sums float whatever happens.
-    totals = np.bincount(
-        group[inside] * n_days + day0[inside], weights=amount[inside], minlength=cells
-    ).astype(np.float64)
-    kept = np.where(inside, amount, 0.0)
+    by_day = np.bincount(cell, weights=kept, minlength=n_groups * (n_days + 2)).astype(
+        np.float64, copy=False
+    )
+    totals = by_day.reshape(n_groups, n_days + 2)[:, 1:-1].ravel()  # a contiguous copy
+    kept[(day0 < 0) | (day0 >= n_days)] = 0.0
     crossing = np.flatnonzero(~same)
     if crossing.size:
-        start, end = t0[crossing], t1[crossing]
+        start, end = t[since[crossing]], t[chain.idx[crossing]]
         part_of = amount[crossing] / (end - start)
         where = group[crossing] * n_days
         got = np.zeros(len(crossing))
@@ -559,7 +592,7 @@ def _spread(
 class _Trips:
     """Trips overlapping the window, as parallel arrays, and each valid fix's trip id."""
 
-    device: Ints
+    device: Codes
     start_us: Ints
     end_us: Ints
     clipped_start: Bools
@@ -576,7 +609,7 @@ def _trips(
     t: Ints,
     path_km: Floats,
     seen_km: Floats,
-    device: Ints,
+    device: Codes,
     window: Window,
 ) -> _Trips:
     """Runs of away fixes per device; `path_km` is each fix's in-window path and `seen_km`
@@ -629,6 +662,17 @@ def _check_sorted(points: Points) -> None:
             raise ValueError("points must be sorted by device, then timestamp")
 
 
+def _median(values: Floats) -> float:
+    """The median, partitioning `values` in place: one partition, as the lower middle of an
+    even count is the largest value left of the upper one."""
+    middle = len(values) // 2
+    values.partition(middle)
+    median = float(values[middle])
+    if len(values) % 2 == 0:
+        median = (median + float(values[:middle].max())) / 2
+    return median
+
+
 def _round_km(value: float) -> float:
     return round(float(value), 6)
 
@@ -653,7 +697,7 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
     lat, lon, t = points.lat, points.lon, points.timestamp
     n, n_devices, n_days = len(points), len(points.device_ids), len(window.dates)
     bounds = window.bounds_us
-    device = points.device.astype(np.int64)
+    device = points.device
     day = np.searchsorted(bounds, t, side="right") - 1
 
     located = np.abs(lat) <= 90  # NaN compares False, so it is invalid too
@@ -705,8 +749,9 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
     before[1:] = state[:-1]
     observed = valid.linked & (valid.step_us <= round(params.max_gap_s * US_PER_S))
     seconds = np.where(observed, valid.step_us / US_PER_S, 0.0)
+    valid_device, valid_t = device[valid.idx], t[valid.idx]
     time_days, _ = _spread(
-        valid, seconds, device[valid.idx] * 2 + before, n_groups=n_devices * 2, **spread
+        valid, seconds, valid_device * 2 + before, n_groups=n_devices * 2, **spread
     )
 
     seg = np.zeros(n)
@@ -716,10 +761,10 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
     trips = _trips(
         valid,
         state,
-        t=t[valid.idx],
+        t=valid_t,
         path_km=seg[valid.idx],
         seen_km=seen_km,
-        device=device[valid.idx],
+        device=valid_device,
         window=window,
     )
     at_home = np.full(n, STATE_UNKNOWN, dtype=np.int8)
@@ -747,8 +792,8 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
         raw_days=raw_days,
         time_days=time_days.reshape(n_devices, 2, n_days),
         trips=trips,
-        valid_device=device[valid.idx],
-        valid_t=t[valid.idx],
+        valid_device=valid_device,
+        valid_t=valid_t,
     )
     return Analysis(
         summary=summary,
@@ -782,6 +827,9 @@ class _Summarizer:
         self.seen = self.used | (code == JITTER)
         self.n_devices, self.n_days = len(points.device_ids), len(window.dates)
         self.day_s = np.diff(window.bounds_us) / US_PER_S
+        # Distance statistics by row range, so totals over one device reuse the device's.
+        self._stats: dict[tuple[int, int], tuple[Place | None, float, float, float, float]] = {}
+        self._lag: dict[tuple[int, int], tuple[float | None, float | None]] = {}
 
     def summary(
         self,
@@ -790,7 +838,7 @@ class _Summarizer:
         raw_days: Floats,
         time_days: Floats,
         trips: _Trips,
-        valid_device: Ints,
+        valid_device: Codes,
         valid_t: Ints,
     ) -> Summary:
         """The whole result: each device that has fixes in (or segments across) the window,
@@ -881,6 +929,35 @@ class _Summarizer:
             notes=notes,
         )
 
+    def _distance_stats(self, rows: slice) -> tuple[Place | None, float, float, float, float]:
+        """Farthest place, max, min, mean and median distance of the fixes seen in `rows`."""
+        points = self.points
+        chosen = np.flatnonzero(self.seen[rows]) + (rows.start or 0)
+        if not len(chosen):
+            return None, 0.0, 0.0, 0.0, 0.0
+        distance = self.distance_km[chosen]
+        k = int(chosen[np.argmax(distance)])
+        farthest = Place(
+            time=self.window.local_time(int(points.timestamp[k])),
+            latitude=float(points.lat[k]),
+            longitude=float(points.lon[k]),
+            device_id=points.device_ids[points.device[k]],
+        )
+        maximum, minimum, mean = distance.max(), distance.min(), distance.mean()
+        return farthest, *(_round_km(v) for v in (maximum, minimum, mean, _median(distance)))  # type: ignore[return-value]
+
+    def _lags(self, rows: slice) -> tuple[float | None, float | None]:
+        """Median and largest ingest lag (s) of the fixes in `rows` that have a created_at."""
+        key = (int(rows.start or 0), int(rows.stop))
+        if key not in self._lag:
+            created = self.points.created_at[rows]
+            has = created != MISSING_TIME
+            lag = (created[has] - self.points.timestamp[rows][has]) / US_PER_S
+            self._lag[key] = (
+                (_round_s(_median(lag)), _round_s(lag.max())) if len(lag) else (None, None)
+            )
+        return self._lag[key]
+
     def _largest_gap(self, observed: Ints) -> tuple[float, int]:
         edges = np.concatenate(([self.window.start_us], observed, [self.window.end_us]))
         gaps = np.diff(edges)
@@ -902,23 +979,13 @@ class _Summarizer:
         gap: tuple[float, int],
         n_devices: int,
     ) -> Metrics:
-        points = self.points
-        chosen = np.flatnonzero(self.seen[rows]) + (rows.start or 0)
-        distance = self.distance_km[chosen]
-        farthest: Place | None = None
-        if len(chosen):
-            k = int(chosen[np.argmax(distance)])
-            farthest = Place(
-                time=self.window.local_time(int(points.timestamp[k])),
-                latitude=float(points.lat[k]),
-                longitude=float(points.lon[k]),
-                device_id=points.device_ids[points.device[k]],
-            )
+        key = (int(rows.start or 0), int(rows.stop))
+        if key not in self._stats:
+            self._stats[key] = self._distance_stats(rows)
+        farthest, maximum, minimum, mean, median = self._stats[key]
         window_s = self.day_s * n_devices
         unknown = np.maximum(window_s - time[HOME] - time[AWAY], 0.0)
-        created = points.created_at[rows]
-        has_created = created != MISSING_TIME
-        lag = (created[has_created] - points.timestamp[rows][has_created]) / US_PER_S
+        lag_median, lag_max = self._lags(rows)
         total_s = float(window_s.sum())
         known_s = float(time[HOME].sum() + time[AWAY].sum())
         return Metrics(
@@ -932,13 +999,11 @@ class _Summarizer:
             ),
             path_km=_round_km(path.sum()),
             raw_path_km=_round_km(raw.sum()),
-            max_distance_km=_round_km(distance.max()) if len(distance) else 0.0,
+            max_distance_km=maximum,
             max_distance_at=farthest,
-            min_distance_km=_round_km(distance.min()) if len(distance) else 0.0,
-            mean_distance_km=_round_km(distance.mean()) if len(distance) else 0.0,
-            median_distance_km=_round_km(np.median(distance, overwrite_input=True))
-            if len(distance)
-            else 0.0,
+            min_distance_km=minimum,
+            mean_distance_km=mean,
+            median_distance_km=median,
             time_at_home_s=_round_s(time[HOME].sum()),
             time_away_s=_round_s(time[AWAY].sum()),
             time_unknown_s=_round_s(unknown.sum()),
@@ -947,8 +1012,8 @@ class _Summarizer:
                 coverage=round(known_s / total_s, 6) if total_s else 0.0,
                 largest_gap_s=_round_s(gap[0]),
                 largest_gap_start=self.window.local_time(gap[1]),
-                ingest_lag_median_s=_round_s(np.median(lag)) if len(lag) else None,
-                ingest_lag_max_s=_round_s(lag.max()) if len(lag) else None,
+                ingest_lag_median_s=lag_median,
+                ingest_lag_max_s=lag_max,
             ),
             days=[
                 DayMetrics(
