@@ -494,11 +494,12 @@ def _still(fixes: _Fixes, chain: _Chain, params: EngineParams) -> Bools:
     n = len(chain.idx)
     if n == 0 or params.jitter_radius_m == 0:
         return np.zeros(n, dtype=bool)
-    pos = np.arange(n)
-    lo = np.where(chain.linked, 0, pos)
+    # lo: where each fix's window of predecessors starts (never before its device's first).
+    count = np.arange(n)
+    lo = np.where(chain.linked, 0, count)
     np.maximum.accumulate(lo, out=lo)
-    np.maximum(lo, pos - params.jitter_fixes, out=lo)
-    count = pos - lo
+    np.maximum(lo, count - params.jitter_fixes, out=lo)
+    count -= lo
     divisor = np.maximum(count, 1).astype(np.float64)
     sq = np.zeros(n)
     total = np.empty(n + 1)
@@ -513,11 +514,13 @@ def _still(fixes: _Fixes, chain: _Chain, params: EngineParams) -> Bools:
         c -= centroid
         c *= c
         sq += c
-    radius_m = np.full(n, params.jitter_radius_m)
+    del c, centroid, total, divisor, lo
+    unit_m = EARTH_RADIUS_KM * 1000.0
+    still: Bools = (count > 0) & (sq < (params.jitter_radius_m / unit_m) ** 2)
+    # A fix claiming a worse accuracy than the radius must move by its accuracy (rare).
     accuracy = fixes.points.accuracy[chain.idx]
-    np.maximum(radius_m, accuracy, out=radius_m, where=accuracy != MISSING)
-    radius_m /= EARTH_RADIUS_KM * 1000.0
-    still: Bools = (count > 0) & (sq < np.square(radius_m))
+    vague = np.flatnonzero(accuracy > params.jitter_radius_m)
+    still[vague] = (count[vague] > 0) & (sq[vague] < (accuracy[vague] / unit_m) ** 2)
     return still
 
 
@@ -715,8 +718,11 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
         inaccurate = good & (points.accuracy > params.max_accuracy_m)
         code[inaccurate] = ACCURACY
         good &= ~inaccurate
+    spread = {"t": t, "day": day, "bounds": bounds}
     raw = fixes.chain(np.flatnonzero(located))
     valid = fixes.subchain(raw, good[raw.idx])
+    raw_days, _ = _spread(raw, raw.step_km, device[raw.idx], n_groups=n_devices, **spread)
+    del raw  # the largest chain: free it before the next ones are built
     if params.drop_duplicates:
         repeated = _duplicates(fixes, valid.idx)
         code[valid.idx[repeated]] = DUPLICATE
@@ -729,7 +735,6 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
     code[valid.idx[still]] = JITTER
     used = fixes.subchain(valid, ~still)
 
-    spread = {"t": t, "day": day, "bounds": bounds}
     # A resting device was seen where it rested until its last jitter fix: a move away
     # happened after that, so the step is placed in time from there, not from the anchor.
     last_seen = valid.idx[np.maximum(np.flatnonzero(~still) - 1, 0)]
@@ -741,7 +746,6 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
         since=np.where(used.linked, last_seen, used.idx),
         **spread,
     )
-    raw_days, _ = _spread(raw, raw.step_km, device[raw.idx], n_groups=n_devices, **spread)
     state_used = _states(home_km, used, params)
     # A jitter fix is where its device's last used fix was: it shares that fix's state.
     state = state_used[np.cumsum(~still) - 1]
