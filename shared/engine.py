@@ -557,11 +557,13 @@ def _spread(
     """
     n_days = len(bounds) - 1
     cells = n_groups * n_days
+    day1 = day[chain.idx]
     if since is None:
-        since = np.empty_like(chain.idx)
-        since[1:] = chain.idx[:-1]
-        since[~chain.linked] = chain.idx[~chain.linked]
-    day0, day1 = day[since], day[chain.idx]
+        day0 = np.empty_like(day1)
+        day0[1:] = day1[:-1]
+        day0[~chain.linked] = day1[~chain.linked]
+    else:
+        day0 = day[since]
     same = day0 == day1
     # Steps within one day go to (group, day) in a single bincount; days -1 and n_days
     # (before and after the window) get their own columns, dropped afterwards.
@@ -577,7 +579,9 @@ def _spread(
     kept[(day0 < 0) | (day0 >= n_days)] = 0.0
     crossing = np.flatnonzero(~same)
     if crossing.size:
-        start, end = t[since[crossing]], t[chain.idx[crossing]]
+        # Only linked steps can cross: a device's first fix starts where it ends.
+        origin = chain.idx[crossing - 1] if since is None else since[crossing]
+        start, end = t[origin], t[chain.idx[crossing]]
         part_of = amount[crossing] / (end - start)
         where = group[crossing] * n_days
         got = np.zeros(len(crossing))
