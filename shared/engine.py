@@ -75,7 +75,7 @@ class EngineParams(BaseModel):
     """A fix reached and left faster than this is a jump and dropped; None disables."""
     max_gap_s: Annotated[float, Field(gt=0)] = 1800.0
     """Longer gaps between observed fixes are unknown time."""
-    jitter_radius_m: Annotated[float, Field(ge=0)] = 100.0
+    jitter_radius_m: Annotated[float, Field(ge=0)] = 120.0
     """A fix this close to where the device was over its last `jitter_fixes` fixes adds no
     path (a fix reporting a worse accuracy must move by its accuracy); 0 disables."""
     jitter_fixes: Annotated[int, Field(ge=1, le=1000)] = 10
