@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from geographiclib.geodesic import Geodesic
 
+from shared import engine
 from shared.engine import (
     DROP_RULES,
     EngineParams,
@@ -164,6 +165,19 @@ def week() -> tuple[object, object]:
     generated = generate(spec)
     window = day_window(spec.start, spec.start + dt.timedelta(days=6), spec.timezone)
     return generated, analyze(generated.points, window, params())
+
+
+def test_devices_analysed_in_blocks_give_the_same_result(
+    week: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    generated, whole = week
+    monkeypatch.setattr(engine, "BLOCK_FIXES", 1000)
+    spec = TrackSpec(days=7, devices=2, seed=1)
+    window = day_window(spec.start, spec.start + dt.timedelta(days=6), spec.timezone)
+    blocked = analyze(generated.points, window, params())
+    assert blocked.summary == whole.summary
+    for name in ("distance_km", "segment_km", "cumulative_km", "at_home", "trip", "dropped_by"):
+        assert np.array_equal(getattr(blocked, name), getattr(whole, name), equal_nan=True)
 
 
 def test_noisy_generated_routes_come_within_5_percent_of_their_true_length(week: tuple) -> None:
