@@ -91,6 +91,16 @@ def test_local_days_are_cut_at_local_midnight_and_dst_days_have_their_length(
     assert summary.days[0].date == day
 
 
+def test_every_instant_falls_in_its_local_day() -> None:
+    window = day_window(dt.date(2024, 3, 1), dt.date(2024, 11, 30), TZ)
+    rng = np.random.default_rng(2)
+    t = np.sort(rng.integers(window.start_us - 86400 * 10**6, window.end_us + 86400 * 10**6, 20000))
+    t = np.concatenate((t, window.bounds_us, window.bounds_us - 1))
+    expected = np.searchsorted(window.bounds_us, t, side="right") - 1
+    expected = np.clip(expected, -1, len(window.dates))
+    assert np.array_equal(engine._day_index(t, window.bounds_us), expected)
+
+
 def test_fixes_are_selected_by_local_day_not_utc_day() -> None:
     window = one_day()
     # 23:30 local the day before is 03:30 UTC on the day itself: not in the window.
