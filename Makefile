@@ -54,6 +54,10 @@ test: install system-deps lint  ## everything CI checks: lint, types, the test s
 bench-db: install system-deps  ## benchmark seeding, the locations reader and the jobs store
 	$(PY) -m tests.bench.bench_db $(BENCH_ARGS)
 
+.PHONY: bench-engine
+bench-engine: install  ## engine and CSV writer throughput and memory for 1M and 10M fixes
+	$(PY) tests/bench/bench_engine.py
+
 .PHONY: demo
 demo: install  ## run the main job end to end on embedded defaults
 	@echo "make demo arrives with its own issue; until then see README.md"; exit 1

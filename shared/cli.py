@@ -7,6 +7,7 @@ and imports that module when the subcommand runs, so `otel-worker --help` stays 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -139,6 +140,77 @@ def _sweep(args: argparse.Namespace, conn: Connection, settings: config.Database
     return 1 if report.publish_failures else 0
 
 
+def _home(text: str) -> tuple[float, float]:
+    try:
+        lat, lon = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LAT,LON, got {text!r}") from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid LAT,LON")
+    return lat, lon
+
+
+def _day(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
+
+
+def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `otel-worker analyze`."""
+    parser.add_argument("file", type=Path, help="locations CSV, OwnTracks JSON or .rec file")
+    when = parser.add_argument_group("days (default: every day the file covers)")
+    when.add_argument("--date", type=_day, help="one local day, YYYY-MM-DD")
+    when.add_argument("--from", dest="first", type=_day, help="first local day of a range")
+    when.add_argument("--to", dest="last", type=_day, help="last local day of a range")
+    parser.add_argument("--tz", help="home time zone (default HOME_TIMEZONE)")
+    parser.add_argument(
+        "--home", type=_home, help="home as LAT,LON (default HOME_LATITUDE/LONGITUDE)"
+    )
+    parser.add_argument("--device", help="only this device id")
+    filters = parser.add_argument_group("filters (defaults from the environment)")
+    filters.add_argument("--exit-km", type=float, help="exit radius (AWAY_THRESHOLD_KM)")
+    filters.add_argument("--enter-km", type=float, help="enter radius (HOME_ENTER_KM)")
+    filters.add_argument("--max-accuracy-m", type=float, help="drop worse fixes; 0 keeps all")
+    filters.add_argument("--max-speed-kmh", type=float, help="jump limit; 0 disables")
+    filters.add_argument("--max-gap-min", type=float, help="longer gaps are unknown time")
+    filters.add_argument("--jitter-m", type=float, help="jitter radius; 0 disables")
+    filters.add_argument("--jitter-fixes", type=int, help="fixes averaged for the jitter test")
+    filters.add_argument("--keep-duplicates", action="store_true", help="do not drop repeats")
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="print the summary as JSON")
+    out.add_argument("--csv", type=Path, metavar="OUT", help="write the per-fix CSV")
+    out.add_argument("--geojson", type=Path, metavar="OUT", help="write a GeoJSON map")
+
+
+def add_seed_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `otel-worker seed`."""
+    parser.add_argument(
+        "--csv", type=Path, metavar="OUT", help="write a CSV export instead of the database"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace the rows public.locations already holds"
+    )
+    parser.add_argument("--days", type=int, default=7, help="days to generate (default 7)")
+    parser.add_argument("--devices", type=int, default=1, help="devices (default 1)")
+    parser.add_argument("--start", type=_day, help="first local day (default 2024-03-08)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--interval-s", type=int, default=30, help="seconds between fixes")
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from shared import analyze
+
+    return analyze.run_analyze(args)
+
+
+def _seed(args: argparse.Namespace) -> int:
+    from shared import analyze
+
+    return analyze.run_seed(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -189,6 +261,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=int, default=1000, help="at most this many jobs per step (default 1000)"
     )
     sweep.set_defaults(handler=_with_database(_sweep))
+
+    analyze = commands.add_parser(
+        "analyze", help="distance-from-home metrics of a locations CSV, OwnTracks JSON or .rec file"
+    )
+    add_analyze_arguments(analyze)
+    analyze.set_defaults(handler=_analyze)
+
+    seed = commands.add_parser(
+        "seed", help="write generated tracks to public.locations (or a CSV export of it)"
+    )
+    add_seed_arguments(seed)
+    seed.set_defaults(handler=_seed)
     return parser
 
 

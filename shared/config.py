@@ -12,12 +12,15 @@ import functools
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Annotated, Literal, Self, TypeVar
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from shared.engine import EngineParams
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -86,7 +89,13 @@ class DatabaseSettings(_Group):
 
 
 class AnalysisSettings(_Group):
-    """Home, time zone and the filter thresholds of the distance engine."""
+    """Home, time zone and the filter thresholds of the distance engine.
+
+    The filter defaults were chosen by measurement (docs/engine.md): JITTER_RADIUS_M 120
+    and JITTER_FIXES 10 keep a phone resting for 24 h with 25 m noise under 0.2 km while
+    a 400 m walk still counts; MAX_SPEED_KMH 500 is above any ground transport, so only
+    teleports (and fixes taken in flight, whose path the segments still bridge) are jumps.
+    """
 
     home_latitude: Annotated[float, Field(ge=-90, le=90)] = 40.736097
     home_longitude: Annotated[float, Field(ge=-180, le=180)] = -74.039373
@@ -94,9 +103,11 @@ class AnalysisSettings(_Group):
     home_enter_km: PositiveFloat = 0.3
     home_timezone: str = "America/New_York"
     max_accuracy_m: PositiveFloat = 200.0
-    max_speed_kmh: PositiveFloat = 300.0
+    max_speed_kmh: PositiveFloat = 500.0
     max_gap_minutes: PositiveFloat = 30.0
-    jitter_radius_m: Annotated[float, Field(ge=0)] = 50.0
+    jitter_radius_m: Annotated[float, Field(ge=0)] = 120.0
+    jitter_fixes: Annotated[int, Field(ge=1, le=1000)] = 10
+    drop_duplicates: bool = True
 
     @field_validator("home_timezone")
     @classmethod
@@ -106,6 +117,23 @@ class AnalysisSettings(_Group):
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {value!r}") from exc
         return value
+
+    def engine_params(self) -> EngineParams:
+        """These settings as the distance engine's parameters."""
+        from shared.engine import EngineParams
+
+        return EngineParams(
+            home_latitude=self.home_latitude,
+            home_longitude=self.home_longitude,
+            exit_radius_km=self.away_threshold_km,
+            enter_radius_km=self.home_enter_km,
+            max_accuracy_m=self.max_accuracy_m,
+            max_speed_kmh=self.max_speed_kmh,
+            max_gap_s=self.max_gap_minutes * 60,
+            jitter_radius_m=self.jitter_radius_m,
+            jitter_fixes=self.jitter_fixes,
+            drop_duplicates=self.drop_duplicates,
+        )
 
     @model_validator(mode="after")
     def _radii_ordered(self) -> Self:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from cloudevents.http import CloudEvent
@@ -37,21 +36,6 @@ class Submission:
     analysis: AnalysisSettings
     limits: JobSettings
     source: str
-
-
-def analysis_parameters(settings: AnalysisSettings) -> dict[str, Any]:
-    """The analysis settings a job is computed with, captured when it is submitted so a
-    retry computes exactly what was asked even if the deployment's settings change."""
-    return {
-        "home_latitude": settings.home_latitude,
-        "home_longitude": settings.home_longitude,
-        "exit_radius_km": settings.away_threshold_km,
-        "enter_radius_km": settings.home_enter_km,
-        "max_accuracy_m": settings.max_accuracy_m,
-        "max_speed_kmh": settings.max_speed_kmh,
-        "max_gap_s": settings.max_gap_minutes * 60,
-        "jitter_radius_m": settings.jitter_radius_m,
-    }
 
 
 def _check_limits(request: DistanceRequested, timezone: str, limits: JobSettings) -> None:
@@ -99,7 +83,8 @@ def submit(
         date_to=request.last_date,
         device_id=request.device_id,
         timezone=timezone,
-        parameters=analysis_parameters(submission.analysis),
+        # Captured now so a retry computes what was asked even if the settings change.
+        parameters=submission.analysis.engine_params().model_dump(mode="json"),
     )
     job, created = submission.jobs.create(
         job_request,

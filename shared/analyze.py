@@ -1,0 +1,218 @@
+"""`otel-worker analyze FILE` and `otel-worker seed --csv OUT`.
+
+`analyze` runs the distance engine on a file (a `public.locations` CSV export, OwnTracks
+JSON or a Recorder `.rec` file) and prints a readable table or the summary JSON, and can
+write the per-fix CSV and a GeoJSON map. Thresholds come from the environment
+(`AnalysisSettings`) unless an option overrides them. `seed` writes generated tracks as a
+`public.locations` CSV export or straight into the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from typing import TextIO
+
+from shared import config, export, tracks
+from shared.engine import (
+    Analysis,
+    EngineParams,
+    Metrics,
+    Summary,
+    Window,
+    analyze,
+    day_window,
+    zone,
+)
+from shared.points import Points
+from shared.sources import read_file
+
+
+def engine_params(args: argparse.Namespace, settings: config.AnalysisSettings) -> EngineParams:
+    """The settings, overridden by the options given on the command line."""
+    params = settings.engine_params()
+    changes: dict[str, object] = {}
+    if args.home:
+        changes["home_latitude"], changes["home_longitude"] = args.home
+    for option, field in (("exit_km", "exit_radius_km"), ("enter_km", "enter_radius_km")):
+        if getattr(args, option) is not None:
+            changes[field] = getattr(args, option)
+    for option, field in (("max_accuracy_m", "max_accuracy_m"), ("max_speed_kmh", "max_speed_kmh")):
+        value = getattr(args, option)
+        if value is not None:
+            changes[field] = value or None
+    if args.max_gap_min is not None:
+        changes["max_gap_s"] = args.max_gap_min * 60
+    if args.jitter_m is not None:
+        changes["jitter_radius_m"] = args.jitter_m
+    if args.jitter_fixes is not None:
+        changes["jitter_fixes"] = args.jitter_fixes
+    if args.keep_duplicates:
+        changes["drop_duplicates"] = False
+    return EngineParams.model_validate({**params.model_dump(), **changes})
+
+
+def _window(args: argparse.Namespace, points: Points, timezone: str) -> Window:
+    if args.date and (args.first or args.last):
+        raise ValueError("give --date or --from/--to, not both")
+    first, last = args.date or args.first, args.date or args.last
+    if first is None or last is None:
+        if not len(points):
+            today = dt.datetime.now(zone(timezone)).date()
+            first, last = first or last or today, last or first or today
+        else:
+            tz = zone(timezone)
+            edges = [
+                dt.datetime.fromtimestamp(int(t) / 1e6, tz).date()
+                for t in (points.timestamp.min(), points.timestamp.max())
+            ]
+            first, last = first or edges[0], last or edges[1]
+    return day_window(first, last, timezone)
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    """Read the file, analyse it, print and write what was asked; 2 for bad input."""
+    try:
+        return _analyze(args)
+    except ValueError as exc:  # SourceError, bad options, invalid parameters
+        sys.stderr.write(f"otel-worker analyze: {exc}\n")
+        return 2
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    settings = config.load(config.AnalysisSettings)
+    timezone = args.tz or settings.home_timezone
+    params = engine_params(args, settings)
+    points = read_file(args.file)
+    if args.device is not None:
+        if args.device not in points.device_ids:
+            raise ValueError(
+                f"device {args.device!r} is not in {args.file} "
+                f"(devices: {', '.join(points.device_ids) or 'none'})"
+            )
+        points = points.take(points.device == points.device_ids.index(args.device))
+    analysis = analyze(points, _window(args, points, timezone), params)
+    if args.csv:
+        export.write_csv(analysis, args.csv)
+    if args.geojson:
+        export.write_geojson(analysis, args.geojson)
+    if args.json:
+        sys.stdout.write(analysis.summary.model_dump_json(indent=2) + "\n")
+    else:
+        write_table(analysis, sys.stdout)
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def _metrics_line(name: str, m: Metrics) -> str:
+    return (
+        f"  {name:<16} {m.points.read:>8} {m.points.used:>8} {m.path_km:>10.3f} "
+        f"{m.raw_path_km:>10.3f} {m.max_distance_km:>9.3f} {_duration(m.time_at_home_s):>9} "
+        f"{_duration(m.time_away_s):>9} {_duration(m.time_unknown_s):>9} {len(m.trips):>5}"
+    )
+
+
+def write_table(analysis: Analysis, out: TextIO) -> None:
+    """The summary as a readable table."""
+    s: Summary = analysis.summary
+    w = s.window
+    dropped = ", ".join(
+        f"{rule} {count}" for rule, count in s.points.dropped.model_dump().items() if count
+    )
+    lines = [
+        f"Window        {w.first_day} to {w.last_day} ({w.timezone}): "
+        f"{w.start.isoformat()} to {w.end.isoformat()}",
+        f"Fixes         {s.points.read} read, {s.points.used} used"
+        + (f"; dropped: {dropped}" if dropped else "")
+        + (f"; {s.points.accuracy_unknown} without accuracy" if s.points.accuracy_unknown else ""),
+        f"Path          {s.path_km:.3f} km (raw {s.raw_path_km:.3f} km)",
+        f"From home     max {s.max_distance_km:.3f} km, min {s.min_distance_km:.3f} km, "
+        f"mean {s.mean_distance_km:.3f} km, median {s.median_distance_km:.3f} km",
+    ]
+    if s.max_distance_at:
+        at = s.max_distance_at
+        lines.append(
+            f"Farthest      {at.time.isoformat()} at {at.latitude:.6f},{at.longitude:.6f} "
+            f"({at.device_id})"
+        )
+    lines.append(
+        f"Time          at home {_duration(s.time_at_home_s)}, away {_duration(s.time_away_s)}, "
+        f"unknown {_duration(s.time_unknown_s)}"
+    )
+    c = s.completeness
+    lag = (
+        f"ingest lag median {c.ingest_lag_median_s:.0f} s, max {c.ingest_lag_max_s:.0f} s"
+        if c.ingest_lag_median_s is not None and c.ingest_lag_max_s is not None
+        else "no ingest times"
+    )
+    lines.append(
+        f"Completeness  coverage {c.coverage:.1%}, largest gap {_duration(c.largest_gap_s)}, {lag}"
+    )
+    lines.append(f"Trips         {len(s.trips)}")
+    for trip in s.trips:
+        flags = " ".join(
+            flag
+            for flag, on in (
+                ("clipped-start", trip.clipped_start),
+                ("clipped-end", trip.clipped_end),
+            )
+            if on
+        )
+        farthest = "-" if trip.max_distance_km is None else f"{trip.max_distance_km:.3f} km"
+        lines.append(
+            f"  #{trip.id:<4} {trip.device_id:<16} {trip.start:%Y-%m-%d %H:%M} to "
+            f"{trip.end:%Y-%m-%d %H:%M} ({_duration(trip.duration_s)}), farthest {farthest}, "
+            f"path {trip.path_km:.3f} km {flags}".rstrip()
+        )
+    header = (
+        f"  {'device':<16} {'read':>8} {'used':>8} {'path km':>10} {'raw km':>10} "
+        f"{'max km':>9} {'home':>9} {'away':>9} {'unknown':>9} {'trips':>5}"
+    )
+    lines += ["Devices", header]
+    lines += [_metrics_line(name, m) for name, m in s.devices.items()]
+    lines += [f"Note          {note}" for note in s.notes]
+    out.write("\n".join(lines) + "\n")
+
+
+def run_seed(args: argparse.Namespace) -> int:
+    """Generate tracks and write them to `public.locations` (or, with --csv, as a CSV export
+    of it); 1 when the table already holds rows and --force was not given."""
+    spec = tracks.TrackSpec(
+        seed=args.seed,
+        days=args.days,
+        devices=args.devices,
+        interval_s=args.interval_s,
+        **({"start": args.start} if args.start else {}),
+    )
+    track = tracks.generate(spec)
+    if args.csv is not None:
+        rows = export.write_locations_csv(track.points, args.csv)
+        sys.stdout.write(f"wrote {rows} rows to {args.csv}\n")
+        return 0
+    from shared import db, locations
+
+    settings = config.load(config.DatabaseSettings)
+    total = len(track.points)
+
+    def progress(done: int, _total: int) -> None:
+        bar = "#" * (30 * done // max(total, 1))
+        sys.stderr.write(f"\rseeding [{bar:<30}] {done:,}/{total:,} rows")
+        sys.stderr.flush()
+
+    with db.connect(settings) as conn:
+        try:
+            rows = locations.write_points(conn, track.points, force=args.force, progress=progress)
+        except locations.ExistingRowsError as exc:
+            sys.stderr.write(f"otel-worker: {exc} (use --force)\n")
+            return 1
+    sys.stderr.write("\n")
+    sys.stdout.write(
+        f"wrote {rows:,} rows for {spec.devices} device(s), {spec.days} day(s) from "
+        f"{spec.start} to public.locations\n"
+    )
+    return 0

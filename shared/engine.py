@@ -1,0 +1,1152 @@
+"""The distance engine: GPS fixes in, distance-from-home metrics out. Pure and vectorised.
+
+`analyze(points, window, params)` runs every filter and metric over numpy arrays in one
+call and returns an `Analysis`: the JSON-ready `Summary` plus per-fix arrays for the CSV.
+It imports nothing but numpy, pydantic and the standard library, so it runs the same in
+the compute function, in `otel-worker analyze` and in the benchmark.
+
+How the numbers are made (ARCHITECTURE.md, "Metrics"):
+
+- Distances are great-circle distances on a sphere of the mean Earth radius. They are
+  computed as the chord between unit vectors, which is the haversine formula rearranged
+  (hav(d/R) = (chord/2)^2): one set of trigonometric calls per fix instead of per pair.
+- Filters run in a fixed order and the first one that applies names the fix's
+  `dropped_by` rule: invalid coordinates, accuracy above the limit, exact duplicates,
+  impossible jumps, stationary jitter. The first four are quality filters: such a fix is
+  ignored everywhere. A jitter fix is a genuine but noisy observation of a device that has
+  not moved: it adds no path and no statistics, but it still counts as "observed" for
+  time accounting, so a quiet night at home is time at home rather than a gap.
+- Fixes outside the window are context only (never counted): they let segments and time
+  that cross the window's edges be split exactly at the edge, the same way segments that
+  cross local midnight are split between days, so the days of a range add up to the range.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.points import DTYPES, MISSING, MISSING_TIME, US_PER_S, Points
+
+EARTH_RADIUS_KM = 6371.0088
+"""Mean Earth radius (IUGG), the radius of the sphere all distances are measured on."""
+
+SCHEMA_VERSION = 1
+"""Version of the `Summary` JSON; bumped whenever a key changes meaning or disappears."""
+
+DROP_RULES: tuple[str, ...] = ("invalid", "accuracy", "duplicate", "jump", "jitter")
+"""Filter rules in the order they run; `Analysis.dropped_by` holds 1 + the rule's index."""
+
+KEPT = 0
+INVALID, ACCURACY, DUPLICATE, JUMP, JITTER = range(1, 6)
+NO_TRIP = 0
+HOME, AWAY, UNKNOWN = 0, 1, 2
+STATE_UNKNOWN = -1
+"""`Analysis.at_home` of a fix a quality filter dropped: it tells nothing about the state."""
+
+_US_PER_H = 3600 * US_PER_S
+Floats = npt.NDArray[np.float64]
+Ints = npt.NDArray[np.int64]
+Bools = npt.NDArray[np.bool_]
+Codes = npt.NDArray[np.integer[Any]]
+"""Small non-negative integers (device codes, groups) of whatever width they come in."""
+
+
+class EngineParams(BaseModel):
+    """Home, radii and filter thresholds: everything `analyze` needs besides the data."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    home_latitude: Annotated[float, Field(ge=-90, le=90)]
+    home_longitude: Annotated[float, Field(ge=-180, le=180)]
+    exit_radius_km: Annotated[float, Field(gt=0)] = 0.5
+    """Leaving this radius starts a trip (`AWAY_THRESHOLD_KM`)."""
+    enter_radius_km: Annotated[float, Field(gt=0)] = 0.3
+    """Coming back inside this smaller radius ends it, so boundary jitter makes no trips."""
+    max_accuracy_m: Annotated[float, Field(gt=0)] | None = 200.0
+    """Fixes reporting a worse accuracy are dropped; None keeps them all."""
+    max_speed_kmh: Annotated[float, Field(gt=0)] | None = 500.0
+    """A fix reached and left faster than this is a jump and dropped; None disables."""
+    max_gap_s: Annotated[float, Field(gt=0)] = 1800.0
+    """Longer gaps between observed fixes are unknown time."""
+    jitter_radius_m: Annotated[float, Field(ge=0)] = 120.0
+    """A fix this close to where the device was over its last `jitter_fixes` fixes adds no
+    path (a fix reporting a worse accuracy must move by its accuracy); 0 disables."""
+    jitter_fixes: Annotated[int, Field(ge=1, le=1000)] = 10
+    drop_duplicates: bool = True
+    null_island_invalid: bool = True
+    """Treat latitude 0, longitude 0 (a common placeholder for "no fix") as invalid."""
+    context_s: Annotated[float, Field(ge=0)] = 86400.0
+    """How far beyond the window fixes are used as context (see `read_range`)."""
+
+    @model_validator(mode="after")
+    def _radii_ordered(self) -> Self:
+        if self.enter_radius_km >= self.exit_radius_km:
+            raise ValueError(
+                f"enter_radius_km ({self.enter_radius_km}) must be smaller than "
+                f"exit_radius_km ({self.exit_radius_km})"
+            )
+        return self
+
+
+@dataclass(frozen=True, eq=False)
+class Window:
+    """A half-open UTC range made of whole local days of one time zone.
+
+    `bounds_us[k]` is the UTC instant (µs since the epoch) local day `dates[k]` starts;
+    the last element is where the window ends. Days are 23, 24 or 25 hours long.
+    """
+
+    timezone: str
+    dates: tuple[dt.date, ...]
+    bounds_us: npt.NDArray[np.int64]
+
+    @property
+    def start_us(self) -> int:
+        """First instant inside the window."""
+        return int(self.bounds_us[0])
+
+    @property
+    def end_us(self) -> int:
+        """First instant after the window."""
+        return int(self.bounds_us[-1])
+
+    def local_time(self, us: int) -> dt.datetime:
+        """An instant as an aware datetime in the window's time zone."""
+        return dt.datetime.fromtimestamp(us / US_PER_S, ZoneInfo(self.timezone))
+
+
+def zone(name: str) -> ZoneInfo:
+    """The time zone `name`, or ValueError naming it."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r}") from exc
+
+
+def local_midnight_us(day: dt.date, tz: ZoneInfo) -> int:
+    """The UTC instant (µs) local `day` begins in `tz`.
+
+    Where a DST change skips midnight itself, the day begins at the change, which is what
+    the offset in force before it gives.
+    """
+    start = dt.datetime(day.year, day.month, day.day, tzinfo=tz)
+    return int(start.timestamp()) * US_PER_S
+
+
+def day_window(first: dt.date, last: dt.date, timezone: str) -> Window:
+    """The window covering local days `first` to `last` (both included) in `timezone`."""
+    if last < first:
+        raise ValueError(f"the last day ({last}) is before the first day ({first})")
+    tz = zone(timezone)
+    days = (last - first).days + 1
+    dates = tuple(first + dt.timedelta(days=k) for k in range(days))
+    bounds = [local_midnight_us(day, tz) for day in (*dates, last + dt.timedelta(days=1))]
+    return Window(timezone=timezone, dates=dates, bounds_us=np.array(bounds, dtype=np.int64))
+
+
+def read_range(window: Window, params: EngineParams) -> tuple[int, int]:
+    """The half-open range of fix timestamps (µs) a reader should fetch for `window`.
+
+    The window plus `params.context_s` on each side: the context lets filters judge the
+    window's first and last fixes by their real neighbours and lets segments crossing the
+    window's edges be split there, so consecutive days add up to their range exactly.
+    """
+    margin = round(params.context_s * US_PER_S)
+    return window.start_us - margin, window.end_us + margin
+
+
+# --- result model -------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DroppedCounts(_Model):
+    """Fixes read in the window that each filter rule dropped (the first rule that applied)."""
+
+    invalid: int = 0
+    accuracy: int = 0
+    duplicate: int = 0
+    jump: int = 0
+    jitter: int = 0
+
+
+class PointCounts(_Model):
+    """Fixes read in the window, used by every metric, and dropped per rule."""
+
+    read: int = 0
+    used: int = 0
+    dropped: DroppedCounts = DroppedCounts()
+    accuracy_unknown: int = 0
+    """Fixes without an accuracy (NULL): kept, since unknown is not bad."""
+
+
+class Place(_Model):
+    """Where and when a device was."""
+
+    time: dt.datetime
+    latitude: float
+    longitude: float
+    device_id: str
+
+
+class Trip(_Model):
+    """Leaving the exit radius until coming back inside the enter radius."""
+
+    id: int
+    device_id: str
+    start: dt.datetime
+    end: dt.datetime
+    duration_s: float
+    max_distance_km: float | None
+    """Farthest used fix of the trip inside the window (None when none is inside)."""
+    path_km: float
+    clipped_start: bool
+    """The departure is before the window or was not observed (the data start away)."""
+    clipped_end: bool
+    """The return is after the window or was not observed (the data end away)."""
+
+
+class Completeness(_Model):
+    """How well the fixes cover the window."""
+
+    coverage: float
+    """Share of the window (per device) that is known time, 0 to 1."""
+    largest_gap_s: float
+    """Longest stretch of the window without an observed fix (edges included)."""
+    largest_gap_start: dt.datetime | None
+    ingest_lag_median_s: float | None
+    """created_at - timestamp over the fixes read that have a created_at."""
+    ingest_lag_max_s: float | None
+
+
+class DayMetrics(_Model):
+    """One local day of the window; the days of a window add up to the window's totals."""
+
+    date: dt.date
+    points_read: int
+    points_used: int
+    path_km: float
+    raw_path_km: float
+    time_at_home_s: float
+    time_away_s: float
+    time_unknown_s: float
+
+
+class Metrics(_Model):
+    """The metrics of one device, or of all devices together (sums over devices)."""
+
+    points: PointCounts
+    path_km: float
+    """Path through the used fixes: segments between consecutive fixes of one device."""
+    raw_path_km: float
+    """The same through every fix with valid coordinates, before any other filter."""
+    max_distance_km: float
+    max_distance_at: Place | None
+    min_distance_km: float
+    mean_distance_km: float
+    median_distance_km: float
+    time_at_home_s: float
+    time_away_s: float
+    time_unknown_s: float
+    trips: list[Trip]
+    completeness: Completeness
+    days: list[DayMetrics]
+
+
+class WindowInfo(_Model):
+    """The analysed window: local days, their time zone and the UTC range they make."""
+
+    timezone: str
+    first_day: dt.date
+    last_day: dt.date
+    start: dt.datetime
+    end: dt.datetime
+
+
+class Summary(Metrics):
+    """The result of one analysis: totals over devices, then each device on its own."""
+
+    schema_version: Literal[1] = 1
+    """`SCHEMA_VERSION`: bumped whenever a key changes meaning or disappears."""
+    window: WindowInfo
+    parameters: EngineParams
+    devices: dict[str, Metrics]
+    notes: list[str]
+
+
+@dataclass(frozen=True, eq=False)
+class Analysis:
+    """A `Summary` plus one row per fix read in the window (the rows of the CSV).
+
+    Every array is parallel to `points` (the fixes inside the window, sorted by device and
+    time, dropped ones included).
+    """
+
+    summary: Summary
+    points: Points
+    distance_km: Floats
+    """Distance from home; NaN where the coordinates are invalid."""
+    segment_km: Floats
+    """Path added by this fix (from the previous used fix, the part inside the window)."""
+    cumulative_km: Floats
+    """Running path of the fix's device."""
+    at_home: npt.NDArray[np.int8]
+    """1 at home, 0 away, -1 for fixes a quality filter dropped."""
+    trip: npt.NDArray[np.int32]
+    """Id of the trip the fix belongs to, 0 for none."""
+    dropped_by: npt.NDArray[np.uint8]
+    """0 for kept fixes, else 1 + the index of the rule in `DROP_RULES`."""
+
+
+# --- geometry --------------------------------------------------------------------------------
+
+
+# The hot helpers below work in place: at millions of fixes, allocating a fresh array for
+# every step costs as much as the arithmetic (page faults), and peak memory is a target.
+
+
+def _unit_vectors(lat: Floats, lon: Floats) -> tuple[Floats, Floats, Floats]:
+    z = np.radians(lat)
+    np.sin(z, out=z)
+    # cos(lat) >= 0, so sqrt((1 - z)(1 + z)) gives it exactly enough (sub-mm but for the last
+    # metre at the poles) for a third of a sine's cost.
+    cos_phi = 1.0 - z
+    cos_phi *= 1.0 + z
+    np.sqrt(cos_phi, out=cos_phi)
+    y = np.radians(lon)
+    x = np.cos(y)
+    np.sin(y, out=y)
+    x *= cos_phi
+    y *= cos_phi
+    return x, y, z
+
+
+def _chord_km(chord: Floats) -> Floats:
+    """Great-circle km from chord lengths on the unit sphere (in place)."""
+    chord *= 0.5
+    np.minimum(chord, 1.0, out=chord)
+    np.arcsin(chord, out=chord)
+    chord *= 2.0 * EARTH_RADIUS_KM
+    return chord
+
+
+def _distance_km(
+    a: tuple[Floats, Floats, Floats], b: tuple[Floats, Floats, Floats], out: Floats | None = None
+) -> Floats:
+    sq = np.subtract(a[0], b[0], out=out)
+    sq *= sq
+    part = a[1] - b[1]
+    part *= part
+    sq += part
+    np.subtract(a[2], b[2], out=part)
+    part *= part
+    sq += part
+    return _chord_km(np.sqrt(sq, out=sq))
+
+
+def haversine_km(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> Floats:
+    """Great-circle km between points given in degrees (array-likes that broadcast)."""
+    a, b = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, np.float64)) for v in (lat1, lon1)))
+    c, d = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, np.float64)) for v in (lat2, lon2)))
+    shape = np.broadcast_shapes(np.shape(lat1), np.shape(lon1), np.shape(lat2), np.shape(lon2))
+    return _distance_km(_unit_vectors(a, b), _unit_vectors(c, d)).reshape(shape)
+
+
+def destination(lat: float, lon: float, bearing: Any, km: Any) -> tuple[Floats, Floats]:
+    """Points `km` away from (lat, lon) in degrees along `bearing` (radians from north)."""
+    phi, lam = np.radians(lat), np.radians(lon)
+    delta = np.asarray(km, np.float64) / EARTH_RADIUS_KM
+    theta = np.asarray(bearing, np.float64)
+    sin_phi2 = np.sin(phi) * np.cos(delta) + np.cos(phi) * np.sin(delta) * np.cos(theta)
+    phi2 = np.arcsin(np.clip(sin_phi2, -1.0, 1.0))
+    lam2 = lam + np.arctan2(
+        np.sin(theta) * np.sin(delta) * np.cos(phi), np.cos(delta) - np.sin(phi) * sin_phi2
+    )
+    return np.degrees(phi2), (np.degrees(lam2) + 540.0) % 360.0 - 180.0
+
+
+# --- the chain of fixes that survive a filter ---------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class _Chain:
+    """Fixes at positions `idx` of the context arrays, with the step from each one's predecessor
+    of the same device (`linked` False and step 0 for a device's first fix)."""
+
+    idx: Ints
+    linked: Bools
+    step_km: Floats
+    step_us: Ints
+
+
+class _Fixes:
+    """The context fixes as arrays, and chains of subsets of them."""
+
+    def __init__(self, points: Points, located: Bools) -> None:
+        self.points = points
+        self.device = points.device
+        self.t = points.timestamp
+        lat, lon = points.lat, points.lon
+        if not located.all():
+            # Out-of-range values would make the trigonometry warn; those fixes are dropped.
+            lat, lon = np.where(located, lat, 0.0), np.where(located, lon, 0.0)
+        self.xyz = _unit_vectors(lat, lon)
+
+    def chain(self, idx: Ints) -> _Chain:
+        """The fixes at `idx` (increasing) and their steps."""
+        device = self.device[idx]
+        linked = np.zeros(len(idx), dtype=bool)
+        linked[1:] = device[1:] == device[:-1]
+        step_km = np.zeros(len(idx))
+        whole = len(idx) == len(self.t)  # every fix: the columns themselves, no copies
+        if len(idx) > 1:
+            x, y, z = self.xyz if whole else (c[idx] for c in self.xyz)
+            _distance_km((x[1:], y[1:], z[1:]), (x[:-1], y[:-1], z[:-1]), out=step_km[1:])
+        step_us = np.zeros(len(idx), dtype=np.int64)
+        t = self.t if whole else self.t[idx]
+        np.subtract(t[1:], t[:-1], out=step_us[1:])
+        step_km[~linked] = 0.0
+        step_us[~linked] = 0
+        return _Chain(idx=idx, linked=linked, step_km=step_km, step_us=step_us)
+
+    def subchain(self, parent: _Chain, keep: Bools) -> _Chain:
+        """The fixes of `parent` where `keep` holds. Steps are reused from the parent and
+        measured anew only where a dropped fix separates a fix from its new predecessor."""
+        if keep.all():
+            return parent
+        pos = np.flatnonzero(keep)
+        idx = parent.idx[pos]
+        device = self.device[idx]
+        linked = np.zeros(len(idx), dtype=bool)
+        linked[1:] = device[1:] == device[:-1]
+        step_km, step_us = parent.step_km[pos], parent.step_us[pos]
+        bridged = np.flatnonzero(linked[1:] & (np.diff(pos) != 1)) + 1
+        now, before = idx[bridged], idx[bridged - 1]
+        step_km[bridged] = self.distance(now, before)
+        step_us[bridged] = self.t[now] - self.t[before]
+        step_km[~linked] = 0.0
+        step_us[~linked] = 0
+        return _Chain(idx=idx, linked=linked, step_km=step_km, step_us=step_us)
+
+    def distance(self, i: Ints, j: Ints) -> Floats:
+        return _distance_km(tuple(c[i] for c in self.xyz), tuple(c[j] for c in self.xyz))  # type: ignore[arg-type]
+
+
+def _duplicates(fixes: _Fixes, idx: Ints) -> Bools:
+    """Among the fixes at `idx`, those repeating an earlier one's device, time and place."""
+    device, t = fixes.device[idx], fixes.t[idx]
+    same_time = np.zeros(len(idx), dtype=bool)
+    same_time[1:] = (device[1:] == device[:-1]) & (t[1:] == t[:-1])
+    dup = np.zeros(len(idx), dtype=bool)
+    if not same_time.any():
+        return dup
+    # Only fixes sharing a timestamp can repeat each other: order just those by place.
+    tied = same_time.copy()
+    tied[:-1] |= same_time[1:]
+    members = np.flatnonzero(tied)
+    pos = idx[members]
+    lat, lon = fixes.points.lat[pos], fixes.points.lon[pos]
+    order = np.lexsort((members, lon, lat, t[members], device[members]))
+    key = (device[members][order], t[members][order], lat[order], lon[order])
+    repeat = np.ones(len(order) - 1, dtype=bool)
+    for column in key:
+        repeat &= column[1:] == column[:-1]
+    dup[members[order[1:][repeat]]] = True
+    return dup
+
+
+def _jumps(fixes: _Fixes, chain: _Chain, max_speed_kmh: float) -> Bools:
+    """Fixes reached and left faster than the limit (the first and last fix of a device are
+    judged against their next-but-one neighbour instead of the one they lack)."""
+    n = len(chain.idx)
+    limit = max_speed_kmh / _US_PER_H  # km per µs
+    fast_in = chain.linked & (chain.step_km > limit * chain.step_us)
+    fast_out = np.zeros(n, dtype=bool)
+    fast_out[:-1] = fast_in[1:]
+    first = np.flatnonzero(~chain.linked)
+    last = np.append(first[1:], n) - 1
+    for end, step, fast in ((first, 2, fast_in), (last, -2, fast_out)):
+        other = end + step
+        exists = (other >= 0) & (other < n)
+        i, j = chain.idx[end[exists]], chain.idx[other[exists]]
+        same = fixes.device[i] == fixes.device[j]
+        i, j = i[same], j[same]
+        fast[end[exists][same]] = fixes.distance(i, j) > limit * np.abs(fixes.t[i] - fixes.t[j])
+    return fast_in & fast_out
+
+
+def _still(fixes: _Fixes, chain: _Chain, params: EngineParams) -> Bools:
+    """Fixes within the jitter radius of where their device was over its previous fixes.
+
+    "Where it was" is the centroid of the device's `jitter_fixes` fixes before this one:
+    averaging makes it steady, so a resting device's noise rarely escapes the radius,
+    while a walk leaves it within a few fixes. A device's first fix is never jitter.
+    """
+    n = len(chain.idx)
+    if n == 0 or params.jitter_radius_m == 0:
+        return np.zeros(n, dtype=bool)
+    # lo: where each fix's window of predecessors starts (never before its device's first).
+    count = np.arange(n)
+    lo = np.where(chain.linked, 0, count)
+    np.maximum.accumulate(lo, out=lo)
+    np.maximum(lo, count - params.jitter_fixes, out=lo)
+    count -= lo
+    divisor = np.maximum(count, 1).astype(np.float64)
+    sq = np.zeros(n)
+    total = np.empty(n + 1)
+    total[0] = 0.0
+    c, centroid = np.empty(n), np.empty(n)
+    for column in fixes.xyz:
+        np.take(column, chain.idx, out=c)
+        np.cumsum(c, out=total[1:])
+        np.take(total, lo, out=centroid)
+        np.subtract(total[:-1], centroid, out=centroid)
+        centroid /= divisor
+        c -= centroid
+        c *= c
+        sq += c
+    del c, centroid, total, divisor, lo
+    unit_m = EARTH_RADIUS_KM * 1000.0
+    still: Bools = (count > 0) & (sq < (params.jitter_radius_m / unit_m) ** 2)
+    # A fix claiming a worse accuracy than the radius must move by its accuracy (rare).
+    accuracy = fixes.points.accuracy[chain.idx]
+    vague = np.flatnonzero(accuracy > params.jitter_radius_m)
+    still[vague] = (count[vague] > 0) & (sq[vague] < (accuracy[vague] / unit_m) ** 2)
+    return still
+
+
+def _states(home_km: Floats, chain: _Chain, params: EngineParams) -> npt.NDArray[np.int8]:
+    """At home (HOME) or away (AWAY) at each fix of `chain`, with hysteresis: leaving takes
+    a fix beyond the exit radius, coming back one inside the enter radius; in between the
+    state carries on. A device's first fix is away only beyond the exit radius."""
+    n = len(chain.idx)
+    d = home_km[chain.idx]
+    decided = (d > params.exit_radius_km) | (d < params.enter_radius_km) | ~chain.linked
+    source = np.where(decided, np.arange(n), 0)
+    np.maximum.accumulate(source, out=source)
+    return np.where(d[source] > params.exit_radius_km, AWAY, HOME).astype(np.int8)
+
+
+def _spread(
+    chain: _Chain,
+    amount: Floats,
+    group: Codes,
+    *,
+    n_groups: int,
+    t: Ints,
+    day: Ints,
+    bounds: Ints,
+    since: Ints | None = None,
+) -> tuple[Floats, Floats]:
+    """Share each step of `chain` and its `amount` among the days it overlaps, in
+    proportion to the overlap in time.
+
+    A step runs from the fix at context position `since` (by default the chain's previous
+    fix) to the chain's fix. `t` and `day` are every context fix's time and day index (-1
+    before the window, n_days after it). Returns the sums per (group, day) and each step's
+    amount inside the window.
+    """
+    n_days = len(bounds) - 1
+    cells = n_groups * n_days
+    day1 = day[chain.idx]
+    if since is None:
+        day0 = np.empty_like(day1)
+        day0[1:] = day1[:-1]
+        day0[~chain.linked] = day1[~chain.linked]
+    else:
+        day0 = day[since]
+    same = day0 == day1
+    # Steps within one day go to (group, day) in a single bincount; days -1 and n_days
+    # (before and after the window) get their own columns, dropped afterwards.
+    kept = np.where(same, amount, 0.0)
+    cell = group * (n_days + 2)
+    cell += day0
+    cell += 1
+    # An empty bincount is integer: keep the sums float whatever happens.
+    by_day = np.bincount(cell, weights=kept, minlength=n_groups * (n_days + 2)).astype(
+        np.float64, copy=False
+    )
+    totals = by_day.reshape(n_groups, n_days + 2)[:, 1:-1].ravel()  # a contiguous copy
+    kept[(day0 < 0) | (day0 >= n_days)] = 0.0
+    crossing = np.flatnonzero(~same)
+    if crossing.size:
+        # Only linked steps can cross: a device's first fix starts where it ends.
+        origin = chain.idx[crossing - 1] if since is None else since[crossing]
+        start, end = t[origin], t[chain.idx[crossing]]
+        part_of = amount[crossing] / (end - start)
+        where = group[crossing] * n_days
+        got = np.zeros(len(crossing))
+        first = max(int(day0[crossing].min()), 0)
+        for d in range(first, min(int(day1[crossing].max()), n_days - 1) + 1):
+            overlap = np.minimum(end, bounds[d + 1]) - np.maximum(start, bounds[d])
+            part = np.maximum(overlap, 0) * part_of
+            totals += np.bincount(where + d, weights=part, minlength=cells)
+            got += part
+        kept[crossing] = got
+    return totals.reshape(n_groups, n_days), kept
+
+
+@dataclass(frozen=True, eq=False)
+class _Trips:
+    """Trips overlapping the window, as parallel arrays, and each valid fix's trip id."""
+
+    device: Codes
+    start_us: Ints
+    end_us: Ints
+    clipped_start: Bools
+    clipped_end: Bools
+    path_km: Floats
+    max_km: Floats
+    fix_trip: npt.NDArray[np.int32]
+
+    @staticmethod
+    def joined(parts: list[_Trips]) -> _Trips:
+        """The trips of consecutive blocks as one set (fix_trip is left to the caller)."""
+        if len(parts) == 1:
+            return parts[0]
+        return _Trips(
+            **{
+                name: np.concatenate([getattr(part, name) for part in parts])
+                for name in (
+                    "device",
+                    "start_us",
+                    "end_us",
+                    "clipped_start",
+                    "clipped_end",
+                    "path_km",
+                    "max_km",
+                )
+            },
+            fix_trip=np.zeros(0, dtype=np.int32),
+        )
+
+
+def _trips(
+    chain: _Chain,
+    state: npt.NDArray[np.int8],
+    *,
+    t: Ints,
+    path_km: Floats,
+    seen_km: Floats,
+    device: Codes,
+    window: Window,
+) -> _Trips:
+    """Runs of away fixes per device; `path_km` is each fix's in-window path and `seen_km`
+    its distance from home inside the window (-inf outside)."""
+    n = len(t)
+    away = state == AWAY
+    first = ~chain.linked
+    last = np.ones(n, dtype=bool)
+    last[:-1] = first[1:]
+    before_away = np.zeros(n, dtype=bool)
+    before_away[1:] = away[:-1]
+    after_away = np.zeros(n, dtype=bool)
+    after_away[:-1] = away[1:]
+    starts = np.flatnonzero(away & (first | ~before_away))
+    ends = np.flatnonzero(away & (last | ~after_away))
+    returned = ~last[ends]
+    stop = np.where(returned, ends + 1, ends)
+    begin_us, finish_us = t[starts], t[stop]
+    lo, hi = window.start_us, window.end_us
+    keep = ((begin_us < hi) & (finish_us > lo)) | ((begin_us >= lo) & (begin_us < hi))
+    starts, ends, stop, returned = starts[keep], ends[keep], stop[keep], returned[keep]
+    begin_us, finish_us = begin_us[keep], finish_us[keep]
+    total = np.zeros(n + 1)
+    np.cumsum(path_km, out=total[1:])
+    padded = np.append(seen_km, -np.inf)
+    bounds = np.empty(2 * len(starts), dtype=np.int64)
+    bounds[0::2], bounds[1::2] = starts, ends + 1
+    farthest = np.maximum.reduceat(padded, bounds)[0::2] if len(starts) else np.zeros(0)
+    ids = np.arange(1, len(starts) + 1, dtype=np.int32)
+    marks = np.zeros(n + 1, dtype=np.int32)
+    marks[starts] += ids
+    marks[ends + 1] -= ids
+    return _Trips(
+        device=device[starts],
+        start_us=np.maximum(begin_us, lo),
+        end_us=np.minimum(finish_us, hi),
+        clipped_start=(begin_us < lo) | first[starts],
+        clipped_end=(finish_us > hi) | ~returned,
+        path_km=total[stop + 1] - total[starts],
+        max_km=np.where(np.isfinite(farthest), farthest, np.nan),
+        fix_trip=np.cumsum(marks)[:-1].astype(np.int32),
+    )
+
+
+def _check_sorted(points: Points) -> None:
+    device, t = points.device, points.timestamp
+    if len(points) > 1:
+        step = np.diff(device)
+        if (step < 0).any() or ((step == 0) & (np.diff(t) < 0)).any():
+            raise ValueError("points must be sorted by device, then timestamp")
+
+
+def _median(values: Floats) -> float:
+    """The median, partitioning `values` in place: one partition, as the lower middle of an
+    even count is the largest value left of the upper one."""
+    middle = len(values) // 2
+    values.partition(middle)
+    median = float(values[middle])
+    if len(values) % 2 == 0:
+        median = (median + float(values[:middle].max())) / 2
+    return median
+
+
+def _round_km(value: float) -> float:
+    return round(float(value), 6)
+
+
+def _round_s(value: float) -> float:
+    return round(float(value), 3)
+
+
+BLOCK_FIXES = 1 << 20
+"""Devices are analysed in blocks of about this many fixes (every step is per device):
+arrays this size are reused from the heap rather than faulted in afresh, which keeps the
+time per fix at ten million fixes close to that at one million and bounds temporaries."""
+
+
+@dataclass(frozen=True, eq=False)
+class _Part:
+    """The per-fix results and per-day sums of one block of whole devices."""
+
+    code: npt.NDArray[np.uint8]
+    home_km: Floats
+    segment_km: Floats
+    at_home: npt.NDArray[np.int8]
+    trip: npt.NDArray[np.int32]
+    path_days: Floats
+    raw_days: Floats
+    time_days: Floats
+    trips: _Trips
+    valid_device: Codes
+    valid_t: Ints
+
+
+def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
+    """Run every filter and metric over `points` for `window`.
+
+    `points` must be sorted by device, then timestamp (as `Points.from_columns` and the
+    readers produce them). Fixes outside the window serve as context only (see
+    `read_range`); the result describes the fixes inside it. No fixes is a valid input and
+    gives zeros and a note.
+    """
+    _check_sorted(points)
+    lo, hi = read_range(window, params)
+    near = (points.timestamp >= lo) & (points.timestamp < hi)
+    if not near.all():
+        points = points.take(near)
+    n_devices, n_days = len(points.device_ids), len(window.dates)
+    day = _day_index(points.timestamp, window.bounds_us)
+    parts = [
+        _analyze_devices(points, rows, day[rows], window, params)
+        for rows in _blocks(points.device, n_devices)
+    ]
+    trips = _Trips.joined([part.trips for part in parts])
+    offsets = np.cumsum([0] + [len(part.trips.device) for part in parts])
+    for part, offset in zip(parts, offsets, strict=False):
+        part.trip[part.trip > 0] += offset
+
+    def joined(name: str) -> Any:
+        columns = [getattr(part, name) for part in parts]
+        return columns[0] if len(columns) == 1 else np.concatenate(columns)
+
+    in_window = (day >= 0) & (day < n_days)
+    w: slice | Ints = slice(None)
+    window_points = points
+    if not in_window.all():
+        w = np.flatnonzero(in_window)
+        window_points = points.take(w)
+    segment_km = joined("segment_km")[w]
+    cumulative = np.cumsum(segment_km)
+    if len(segment_km):
+        first = np.ones(len(segment_km), dtype=bool)
+        first[1:] = window_points.device[1:] != window_points.device[:-1]
+        origin = np.where(first, np.arange(len(segment_km)), 0)
+        np.maximum.accumulate(origin, out=origin)
+        cumulative -= cumulative[origin] - segment_km[origin]
+    home_km, code = joined("home_km")[w], joined("code")[w]
+    summary = _Summarizer(
+        window_points, window, params, distance_km=home_km, code=code, day=day[w]
+    ).summary(
+        path_days=sum((part.path_days for part in parts), np.zeros((n_devices, n_days))),
+        raw_days=sum((part.raw_days for part in parts), np.zeros((n_devices, n_days))),
+        time_days=sum(
+            (part.time_days for part in parts), np.zeros((n_devices * 2, n_days))
+        ).reshape(n_devices, 2, n_days),
+        trips=trips,
+        valid_device=joined("valid_device"),
+        valid_t=joined("valid_t"),
+    )
+    return Analysis(
+        summary=summary,
+        points=window_points,
+        distance_km=home_km,
+        segment_km=segment_km,
+        cumulative_km=cumulative,
+        at_home=joined("at_home")[w],
+        trip=joined("trip")[w],
+        dropped_by=code,
+    )
+
+
+def _day_index(t: Ints, bounds: Ints) -> Ints:
+    """The window day of each instant: -1 before the window, n_days after it.
+
+    Days are 23 to 25 hours long, so dividing by 24 hours is at most one day off, and one
+    comparison with each neighbouring boundary corrects it: cheaper than a binary search.
+    """
+    n_days = len(bounds) - 1
+    day: Ints = t - bounds[0]
+    day //= 86400 * US_PER_S
+    np.clip(day, -1, n_days, out=day)
+    edges = np.concatenate(([np.iinfo(np.int64).min], bounds, [np.iinfo(np.int64).max]))
+    day -= t < edges[day + 1]
+    day += t >= edges[day + 2]
+    return day
+
+
+def _blocks(device: Codes, n_devices: int) -> list[slice]:
+    """Row ranges of whole devices, each about BLOCK_FIXES long (or one larger device)."""
+    starts = np.searchsorted(device, np.arange(1, n_devices + 1)).tolist()
+    edges = [0]
+    for end in starts:
+        if end - edges[-1] >= BLOCK_FIXES:
+            edges.append(end)
+    if edges[-1] != len(device) or len(edges) == 1:
+        edges.append(len(device))
+    return [slice(a, b) for a, b in itertools.pairwise(edges)]
+
+
+def _analyze_devices(
+    all_points: Points, rows: slice, day: Ints, window: Window, params: EngineParams
+) -> _Part:
+    """Every filter and per-fix metric for the fixes in `rows` (whole devices)."""
+    points = Points(
+        device_ids=all_points.device_ids,
+        **{name: getattr(all_points, name)[rows] for name in DTYPES},
+    )
+    lat, lon, t = points.lat, points.lon, points.timestamp
+    n, n_devices, n_days = len(points), len(points.device_ids), len(window.dates)
+    bounds = window.bounds_us
+    device = points.device
+    located = np.abs(lat) <= 90  # NaN compares False, so it is invalid too
+    located &= np.abs(lon) <= 180
+    if params.null_island_invalid:
+        located &= (lat != 0) | (lon != 0)
+    fixes = _Fixes(points, located)
+    home = _unit_vectors(np.array([params.home_latitude]), np.array([params.home_longitude]))
+    home_km = _distance_km(fixes.xyz, home)
+    home_km[~located] = np.nan
+
+    code = (~located).view(np.uint8)  # INVALID where not located, KEPT elsewhere
+    good = located.copy()
+    if params.max_accuracy_m is not None:
+        inaccurate = good & (points.accuracy > params.max_accuracy_m)
+        code[inaccurate] = ACCURACY
+        good &= ~inaccurate
+    spread = {"t": t, "day": day, "bounds": bounds}
+    raw = fixes.chain(np.flatnonzero(located))
+    valid = fixes.subchain(raw, good[raw.idx])
+    raw_days, _ = _spread(raw, raw.step_km, device[raw.idx], n_groups=n_devices, **spread)
+    del raw  # the largest chain: free it before the next ones are built
+    if params.drop_duplicates:
+        repeated = _duplicates(fixes, valid.idx)
+        code[valid.idx[repeated]] = DUPLICATE
+        valid = fixes.subchain(valid, ~repeated)
+    if params.max_speed_kmh is not None:
+        jumped = _jumps(fixes, valid, params.max_speed_kmh)
+        code[valid.idx[jumped]] = JUMP
+        valid = fixes.subchain(valid, ~jumped)
+    still = _still(fixes, valid, params)
+    code[valid.idx[still]] = JITTER
+    used = fixes.subchain(valid, ~still)
+
+    # A resting device was seen where it rested until its last jitter fix: a move away
+    # happened after that, so the step is placed in time from there, not from the anchor.
+    last_seen = valid.idx[np.maximum(np.flatnonzero(~still) - 1, 0)]
+    path_days, path_kept = _spread(
+        used,
+        used.step_km,
+        device[used.idx],
+        n_groups=n_devices,
+        since=np.where(used.linked, last_seen, used.idx),
+        **spread,
+    )
+    state_used = _states(home_km, used, params)
+    # A jitter fix is where its device's last used fix was: it shares that fix's state.
+    state = state_used[np.cumsum(~still) - 1]
+    before = np.full_like(state, HOME)
+    before[1:] = state[:-1]
+    observed = valid.linked & (valid.step_us <= round(params.max_gap_s * US_PER_S))
+    seconds = np.where(observed, valid.step_us / US_PER_S, 0.0)
+    valid_device, valid_t = device[valid.idx], t[valid.idx]
+    time_days, _ = _spread(
+        valid, seconds, valid_device * 2 + before, n_groups=n_devices * 2, **spread
+    )
+
+    seg = np.zeros(n)
+    seg[used.idx] = path_kept
+    in_window = (day >= 0) & (day < n_days)
+    seen_km = np.where(in_window[valid.idx], home_km[valid.idx], -np.inf)
+    trips = _trips(
+        valid,
+        state,
+        t=valid_t,
+        path_km=seg[valid.idx],
+        seen_km=seen_km,
+        device=valid_device,
+        window=window,
+    )
+    at_home = np.full(n, STATE_UNKNOWN, dtype=np.int8)
+    at_home[valid.idx] = state == HOME
+    trip = np.zeros(n, dtype=np.int32)
+    trip[valid.idx] = trips.fix_trip
+
+    return _Part(
+        code=code,
+        home_km=home_km,
+        segment_km=seg,
+        at_home=at_home,
+        trip=trip,
+        path_days=path_days,
+        raw_days=raw_days,
+        time_days=time_days,
+        trips=trips,
+        valid_device=valid_device,
+        valid_t=valid_t,
+    )
+
+
+class _Summarizer:
+    """Builds the `Summary` from the fixes in the window and the per-day sums."""
+
+    def __init__(
+        self,
+        points: Points,
+        window: Window,
+        params: EngineParams,
+        *,
+        distance_km: Floats,
+        code: npt.NDArray[np.uint8],
+        day: Ints,
+    ) -> None:
+        self.points, self.window, self.params = points, window, params
+        self.distance_km, self.code, self.day = distance_km, code, day
+        self.used = code == KEPT
+        # Jitter fixes add no path, but a resting device is really where they say.
+        self.seen = self.used | (code == JITTER)
+        self.n_devices, self.n_days = len(points.device_ids), len(window.dates)
+        self.day_s = np.diff(window.bounds_us) / US_PER_S
+        # Distance statistics by row range, so totals over one device reuse the device's.
+        self._stats: dict[tuple[int, int], tuple[Place | None, float, float, float, float]] = {}
+        self._lag: dict[tuple[int, int], tuple[float | None, float | None]] = {}
+
+    def summary(
+        self,
+        *,
+        path_days: Floats,
+        raw_days: Floats,
+        time_days: Floats,
+        trips: _Trips,
+        valid_device: Codes,
+        valid_t: Ints,
+    ) -> Summary:
+        """The whole result: each device that has fixes in (or segments across) the window,
+        then the totals over those devices."""
+        points, n_devices, n_days = self.points, self.n_devices, self.n_days
+        device = points.device.astype(np.int64)
+        codes = len(DROP_RULES) + 1
+        counts = np.bincount(device * codes + self.code, minlength=n_devices * codes).reshape(
+            n_devices, codes
+        )
+        cells = device * n_days + self.day
+        read_days = np.bincount(cells, minlength=n_devices * n_days).reshape(n_devices, n_days)
+        used_days = np.bincount(cells[self.used], minlength=n_devices * n_days).reshape(
+            n_devices, n_days
+        )
+        unknown_accuracy = np.bincount(device[points.accuracy == MISSING], minlength=n_devices)
+        lo, hi = self.window.start_us, self.window.end_us
+        seen_before = np.bincount(valid_device[valid_t < lo], minlength=n_devices) > 0
+        seen_after = np.bincount(valid_device[valid_t >= hi], minlength=n_devices) > 0
+        reported = np.flatnonzero((read_days.sum(axis=1) > 0) | (seen_before & seen_after))
+
+        all_trips = [
+            Trip(
+                id=k + 1,
+                device_id=points.device_ids[trips.device[k]],
+                start=self.window.local_time(int(trips.start_us[k])),
+                end=self.window.local_time(int(trips.end_us[k])),
+                duration_s=_round_s((trips.end_us[k] - trips.start_us[k]) / US_PER_S),
+                max_distance_km=None if np.isnan(trips.max_km[k]) else _round_km(trips.max_km[k]),
+                path_km=_round_km(trips.path_km[k]),
+                clipped_start=bool(trips.clipped_start[k]),
+                clipped_end=bool(trips.clipped_end[k]),
+            )
+            for k in range(len(trips.device))
+        ]
+        first_fix = np.searchsorted(device, np.arange(n_devices + 1))
+        first_valid = np.searchsorted(valid_device, np.arange(n_devices + 1))
+        devices: dict[str, Metrics] = {}
+        gaps: list[tuple[float, int]] = []
+        for g in reported:
+            observed = valid_t[first_valid[g] : first_valid[g + 1]]
+            gap = self._largest_gap(observed[(observed >= lo) & (observed < hi)])
+            gaps.append(gap)
+            devices[points.device_ids[g]] = self._metrics(
+                slice(first_fix[g], first_fix[g + 1]),
+                counts=counts[g],
+                path=path_days[g],
+                raw=raw_days[g],
+                time=time_days[g],
+                read=read_days[g],
+                used=used_days[g],
+                unknown_accuracy=int(unknown_accuracy[g]),
+                trips=[trip for trip in all_trips if trip.device_id == points.device_ids[g]],
+                gap=gap,
+                n_devices=1,
+            )
+        totals = self._metrics(
+            slice(0, len(points)),
+            counts=counts[reported].sum(axis=0),
+            path=path_days[reported].sum(axis=0),
+            raw=raw_days[reported].sum(axis=0),
+            time=time_days[reported].sum(axis=0),
+            read=read_days[reported].sum(axis=0),
+            used=used_days[reported].sum(axis=0),
+            unknown_accuracy=int(unknown_accuracy[reported].sum()),
+            trips=all_trips,
+            gap=max(gaps, default=((hi - lo) / US_PER_S, lo)),
+            n_devices=len(reported),
+        )
+        notes = []
+        if not len(points):
+            notes.append("no fixes in the window: every metric is zero")
+        elif not self.seen.any():
+            notes.append("every fix in the window was dropped by a filter")
+        elif not self.used.any():
+            notes.append("no movement: every fix in the window was stationary jitter")
+        return Summary(
+            **dict(totals),
+            window=WindowInfo(
+                timezone=self.window.timezone,
+                first_day=self.window.dates[0],
+                last_day=self.window.dates[-1],
+                start=self.window.local_time(lo),
+                end=self.window.local_time(hi),
+            ),
+            parameters=self.params,
+            devices=devices,
+            notes=notes,
+        )
+
+    def _distance_stats(self, rows: slice) -> tuple[Place | None, float, float, float, float]:
+        """Farthest place, max, min, mean and median distance of the fixes seen in `rows`."""
+        points = self.points
+        chosen = np.flatnonzero(self.seen[rows]) + (rows.start or 0)
+        if not len(chosen):
+            return None, 0.0, 0.0, 0.0, 0.0
+        distance = self.distance_km[chosen]
+        k = int(chosen[np.argmax(distance)])
+        farthest = Place(
+            time=self.window.local_time(int(points.timestamp[k])),
+            latitude=float(points.lat[k]),
+            longitude=float(points.lon[k]),
+            device_id=points.device_ids[points.device[k]],
+        )
+        maximum, minimum, mean = distance.max(), distance.min(), distance.mean()
+        return farthest, *(_round_km(v) for v in (maximum, minimum, mean, _median(distance)))  # type: ignore[return-value]
+
+    def _lags(self, rows: slice) -> tuple[float | None, float | None]:
+        """Median and largest ingest lag (s) of the fixes in `rows` that have a created_at."""
+        key = (int(rows.start or 0), int(rows.stop))
+        if key not in self._lag:
+            created = self.points.created_at[rows]
+            has = created != MISSING_TIME
+            lag = (created[has] - self.points.timestamp[rows][has]) / US_PER_S
+            self._lag[key] = (
+                (_round_s(_median(lag)), _round_s(lag.max())) if len(lag) else (None, None)
+            )
+        return self._lag[key]
+
+    def _largest_gap(self, observed: Ints) -> tuple[float, int]:
+        edges = np.concatenate(([self.window.start_us], observed, [self.window.end_us]))
+        gaps = np.diff(edges)
+        k = int(np.argmax(gaps))
+        return float(gaps[k]) / US_PER_S, int(edges[k])
+
+    def _metrics(
+        self,
+        rows: slice,
+        *,
+        counts: Ints,
+        path: Floats,
+        raw: Floats,
+        time: Floats,
+        read: Ints,
+        used: Ints,
+        unknown_accuracy: int,
+        trips: list[Trip],
+        gap: tuple[float, int],
+        n_devices: int,
+    ) -> Metrics:
+        key = (int(rows.start or 0), int(rows.stop))
+        if key not in self._stats:
+            self._stats[key] = self._distance_stats(rows)
+        farthest, maximum, minimum, mean, median = self._stats[key]
+        window_s = self.day_s * n_devices
+        unknown = np.maximum(window_s - time[HOME] - time[AWAY], 0.0)
+        lag_median, lag_max = self._lags(rows)
+        total_s = float(window_s.sum())
+        known_s = float(time[HOME].sum() + time[AWAY].sum())
+        return Metrics(
+            points=PointCounts(
+                read=int(counts.sum()),
+                used=int(counts[KEPT]),
+                dropped=DroppedCounts(
+                    **{rule: int(counts[k + 1]) for k, rule in enumerate(DROP_RULES)}
+                ),
+                accuracy_unknown=unknown_accuracy,
+            ),
+            path_km=_round_km(path.sum()),
+            raw_path_km=_round_km(raw.sum()),
+            max_distance_km=maximum,
+            max_distance_at=farthest,
+            min_distance_km=minimum,
+            mean_distance_km=mean,
+            median_distance_km=median,
+            time_at_home_s=_round_s(time[HOME].sum()),
+            time_away_s=_round_s(time[AWAY].sum()),
+            time_unknown_s=_round_s(unknown.sum()),
+            trips=trips,
+            completeness=Completeness(
+                coverage=round(known_s / total_s, 6) if total_s else 0.0,
+                largest_gap_s=_round_s(gap[0]),
+                largest_gap_start=self.window.local_time(gap[1]),
+                ingest_lag_median_s=lag_median,
+                ingest_lag_max_s=lag_max,
+            ),
+            days=[
+                DayMetrics(
+                    date=date,
+                    points_read=int(read[d]),
+                    points_used=int(used[d]),
+                    path_km=_round_km(path[d]),
+                    raw_path_km=_round_km(raw[d]),
+                    time_at_home_s=_round_s(time[HOME][d]),
+                    time_away_s=_round_s(time[AWAY][d]),
+                    time_unknown_s=_round_s(unknown[d]),
+                )
+                for d, date in enumerate(self.window.dates)
+            ],
+        )

@@ -1,0 +1,322 @@
+"""Readers of location files into `Points`, for `otel-worker analyze`.
+
+Three formats:
+
+- a CSV export of `public.locations` (header names = column names; `device_id`,
+  `latitude`, `longitude` and `timestamp` required; `timestamp` and `created_at` as
+  ISO-8601, with or without an offset (UTC when absent), or as epoch seconds);
+- OwnTracks JSON: an array of objects or one object per line; `_type: location` objects
+  are read (`lat`, `lon`, `tst`, `acc`, `vel`, `batt`, and the device from `device`,
+  else `tid`), other types skipped;
+- OwnTracks Recorder `.rec` files: `ISO-time<TAB>marker<TAB>JSON` per line, the JSON as
+  above and the recorder's time as `created_at`.
+
+Columns are converted by numpy in bulk; only when that fails is the file walked again to
+find the first bad line, so a malformed file raises `SourceError` naming the line and the
+problem while good files never pay for the walk.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from shared.points import MISSING, MISSING_TIME, US_PER_S, Points
+
+_EPOCH_PATTERN = re.compile(r"^\s*-?\d+(\.\d*)?\s*$")
+_ISO_PATTERN = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
+)
+_REQUIRED_CSV = ("device_id", "latitude", "longitude", "timestamp")
+
+
+class SourceError(ValueError):
+    """A file cannot be read; the message names the file, the line and the problem."""
+
+
+def read_file(path: Path) -> Points:
+    """Read a locations CSV, OwnTracks JSON or Recorder `.rec` file, by its content."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise SourceError(f"{path}: {exc.strerror or exc}") from None
+    head = text.lstrip()[:1]
+    if path.suffix == ".rec" or re.match(r"^\d{4}-\d{2}-\d{2}T[^\t\n]*\t", text):
+        return read_recorder(text, path)
+    if head in ("[", "{"):
+        return read_owntracks_json(text, path)
+    return read_locations_csv(text, path)
+
+
+def _fail(path: Path, line: int, problem: str) -> SourceError:
+    return SourceError(f"{path}, line {line}: {problem}")
+
+
+def _first_bad(values: Sequence[Any], good: Callable[[Any], bool]) -> int:
+    """Index of the first value `good` rejects (called only once bulk conversion failed)."""
+    return next(k for k, value in enumerate(values) if not good(value))
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool) or value is None:
+        return False
+    try:
+        return bool(np.isfinite(float(value)))
+    except (TypeError, ValueError):
+        return False
+
+
+def _numbers(
+    values: Sequence[Any], name: str, path: Path, lines: Sequence[int]
+) -> npt.NDArray[np.float64]:
+    """Values as float64, or SourceError naming the first value that is not a finite number."""
+    try:
+        array = np.array(values, dtype=np.float64)
+        if np.isfinite(array).all():
+            return array
+    except (TypeError, ValueError):
+        pass
+    k = _first_bad(values, _is_number)
+    raise _fail(path, lines[k], f"{name} {values[k]!r} is not a number")
+
+
+def _optional_ints(
+    values: Sequence[Any], name: str, path: Path, lines: Sequence[int]
+) -> npt.NDArray[np.int32]:
+    """Integers where present, MISSING where empty or null."""
+    filled = [MISSING if value in ("", None) else value for value in values]
+    return np.rint(_numbers(filled, name, path, lines)).astype(np.int32)
+
+
+def _times(
+    values: Sequence[str], name: str, path: Path, lines: Sequence[int]
+) -> npt.NDArray[np.int64]:
+    """ISO-8601 times (UTC when they carry no offset) or epoch seconds, as µs since the epoch."""
+    text = np.strings.strip(np.array(values, dtype=np.str_))
+    epoch = np.strings.isdigit(np.strings.replace(text, ".", "", 1))
+    times = np.zeros(len(text), dtype=np.int64)
+    times[epoch] = np.rint(text[epoch].astype(np.float64) * US_PER_S).astype(np.int64)
+    iso = np.flatnonzero(~epoch).tolist()
+    if iso:
+        times[iso] = _iso_times(text[iso], name, path, [lines[k] for k in iso])
+    return times
+
+
+def _iso_times(
+    text: npt.NDArray[np.str_], name: str, path: Path, lines: Sequence[int]
+) -> npt.NDArray[np.int64]:
+    normal = np.strings.replace(text, " ", "T")
+    normal = np.strings.replace(normal, "Z", "+00:00")
+    sign_at = np.maximum(np.strings.rfind(normal, "+"), np.strings.rfind(normal, "-"))
+    cut = np.where(sign_at > 10, sign_at, np.strings.str_len(normal))
+    offset = np.strings.replace(np.strings.slice(normal, cut, None), ":", "")
+    digits = np.strings.slice(offset, 1, None)
+    try:
+        # numpy parses the naive part; the offset is applied here, not by numpy (deprecated).
+        base = np.strings.slice(normal, 0, cut).astype("datetime64[us]").astype(np.int64)
+        width = np.strings.str_len(digits)
+        if (base == MISSING_TIME).any() or not (
+            (offset == "") | (np.strings.isdigit(digits) & ((width == 2) | (width == 4)))
+        ).all():
+            raise ValueError
+    except ValueError:
+        values = text.tolist()
+        k = _first_bad(values, _is_time)
+        raise _fail(
+            path, lines[k], f"{name} {values[k]!r} is not an ISO-8601 time or epoch seconds"
+        ) from None
+    hours = np.strings.slice(digits, 0, 2)
+    minutes = np.strings.slice(digits, 2, 4)
+    offset_s = np.where(hours == "", "0", hours).astype(np.int64) * 3600
+    offset_s += np.where(minutes == "", "0", minutes).astype(np.int64) * 60
+    offset_s *= np.where(np.strings.startswith(offset, "-"), -1, 1)
+    times: npt.NDArray[np.int64] = base - offset_s * US_PER_S
+    return times
+
+
+def _is_time(value: str) -> bool:
+    return bool(_EPOCH_PATTERN.match(value) or _ISO_PATTERN.match(value.strip()))
+
+
+def _build(
+    path: Path,
+    lines: Sequence[int],
+    devices: Sequence[str],
+    columns: dict[str, Any],
+) -> Points:
+    if not len(devices):
+        return Points.empty()
+    names, codes = np.unique(np.array(devices, dtype=np.str_), return_inverse=True)
+    if any("\0" in name for name in names.tolist()):
+        k = _first_bad(devices, lambda d: "\0" not in d)
+        raise _fail(path, lines[k], "device id contains a NUL character")
+    return Points.from_columns([str(name) for name in names], device=codes, **columns)
+
+
+def read_locations_csv(text: str, path: Path) -> Points:
+    """A CSV export of `public.locations`."""
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        raise _fail(path, 1, "empty file: expected a header row")
+    header = [name.strip() for name in rows[0]]
+    for name in _REQUIRED_CSV:
+        if name not in header:
+            raise _fail(path, 1, f"missing column {name!r} in the header")
+    body = rows[1:]
+    # Physical line of each row, which quoted newlines can push below its index.
+    reader = csv.reader(io.StringIO(text))
+    next(reader)
+    ends = np.fromiter((reader.line_num for _ in reader), dtype=np.int64, count=len(body))
+    lines = (np.concatenate(([1], ends[:-1])) + 1).tolist() if len(body) else []
+    lengths = np.fromiter(map(len, body), dtype=np.int64, count=len(body))
+    if (lengths != len(header)).any():
+        k = int(np.flatnonzero(lengths != len(header))[0])
+        raise _fail(path, lines[k], f"{lengths[k]} fields, expected {len(header)} as in the header")
+    columns = dict(zip(header, zip(*body, strict=True), strict=True)) if body else {}
+    if not body:
+        return Points.empty()
+
+    def column(name: str) -> Sequence[str]:
+        return columns.get(name) or ("",) * len(body)
+
+    created = column("created_at")
+    has_created = np.array(created, dtype=np.str_) != ""
+    created_at = np.full(len(body), MISSING_TIME, dtype=np.int64)
+    if has_created.any():
+        present = np.flatnonzero(has_created).tolist()
+        created_at[present] = _times(
+            [created[k] for k in present], "created_at", path, [lines[k] for k in present]
+        )
+    return _build(
+        path,
+        lines,
+        columns["device_id"],
+        {
+            "timestamp": _times(columns["timestamp"], "timestamp", path, lines),
+            "lat": _numbers(columns["latitude"], "latitude", path, lines),
+            "lon": _numbers(columns["longitude"], "longitude", path, lines),
+            "accuracy": _optional_ints(column("accuracy"), "accuracy", path, lines),
+            "velocity": _optional_ints(column("velocity"), "velocity", path, lines),
+            "battery": _optional_ints(column("battery"), "battery", path, lines),
+            "created_at": created_at,
+        },
+    )
+
+
+def _locations(
+    items: Sequence[Any],
+    lines: Sequence[int],
+    path: Path,
+    received: npt.NDArray[np.int64] | None = None,
+) -> Points:
+    """`_type: location` objects as Points; other message types are skipped. `received`
+    (parallel to `items`) is when each arrived, used as created_at when given."""
+    for k, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise _fail(path, lines[k], f"expected a JSON object, got {type(item).__name__}")
+    keep = [k for k, item in enumerate(items) if item.get("_type") == "location"]
+    found = [items[k] for k in keep]
+    where = [lines[k] for k in keep]
+    for name in ("lat", "lon", "tst"):
+        missing = [k for k, item in enumerate(found) if name not in item]
+        if missing:
+            raise _fail(path, where[missing[0]], f"location without {name!r}")
+    devices = [str(item.get("device") or item.get("tid") or path.stem) for item in found]
+    tst = _numbers([item["tst"] for item in found], "tst", path, where)
+    if received is not None:
+        created_at = received[keep]
+    else:
+        created = [item.get("created_at") for item in found]
+        created_at = np.full(len(found), MISSING_TIME, dtype=np.int64)
+        present = [k for k, value in enumerate(created) if value is not None]
+        seconds = _numbers(
+            [created[k] for k in present], "created_at", path, [where[k] for k in present]
+        )
+        created_at[present] = np.rint(seconds * US_PER_S).astype(np.int64)
+    return _build(
+        path,
+        where,
+        devices,
+        {
+            "timestamp": np.rint(tst * US_PER_S).astype(np.int64),
+            "lat": _numbers([item["lat"] for item in found], "lat", path, where),
+            "lon": _numbers([item["lon"] for item in found], "lon", path, where),
+            "accuracy": _optional_ints([item.get("acc") for item in found], "acc", path, where),
+            "velocity": _optional_ints([item.get("vel") for item in found], "vel", path, where),
+            "battery": _optional_ints([item.get("batt") for item in found], "batt", path, where),
+            "created_at": created_at,
+        },
+    )
+
+
+def _json_lines(payloads: Sequence[str], lines: Sequence[int], path: Path) -> list[Any]:
+    """Parse one JSON document per entry in a single call; on failure find the bad one."""
+    try:
+        parsed: list[Any] = json.loads("[" + ",".join(payloads) + "]")
+        if len(parsed) == len(payloads):
+            return parsed
+    except json.JSONDecodeError:
+        pass
+    for payload, line in zip(payloads, lines, strict=True):
+        try:
+            json.loads(payload)
+        except json.JSONDecodeError as exc:
+            raise _fail(path, line, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+    raise _fail(path, lines[0], "invalid JSON")  # pragma: no cover - every payload parsed alone
+
+
+def read_owntracks_json(text: str, path: Path) -> Points:
+    """OwnTracks JSON: one array of objects, or one object per line."""
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise _fail(path, exc.lineno, f"invalid JSON: {exc.msg}") from None
+        if not isinstance(items, list):
+            raise _fail(path, 1, "expected a JSON array of objects")
+        return _locations(items, _item_lines(text, len(items)), path)
+    numbered = [(k + 1, line) for k, line in enumerate(text.splitlines()) if line.strip()]
+    lines = [k for k, _ in numbered]
+    items = _json_lines([line for _, line in numbered], lines, path)
+    return _locations(items, lines, path)
+
+
+def _item_lines(text: str, count: int) -> list[int]:
+    """The line each element of a top-level JSON array starts on."""
+    decoder = json.JSONDecoder()
+    starts: list[int] = []
+    at = text.index("[") + 1
+    for _ in range(count):
+        while text[at] in " \t\r\n,":
+            at += 1
+        starts.append(at)
+        _, at = decoder.raw_decode(text, at)
+    newlines = np.flatnonzero(np.frombuffer(text.encode(), dtype=np.uint8) == ord("\n"))
+    # Byte offsets and str offsets differ for non-ASCII text; count lines on the str itself.
+    if len(text.encode()) != len(text):
+        return [text.count("\n", 0, start) + 1 for start in starts]
+    found: list[int] = (np.searchsorted(newlines, np.array(starts, dtype=np.int64)) + 1).tolist()
+    return found
+
+
+def read_recorder(text: str, path: Path) -> Points:
+    """An OwnTracks Recorder `.rec` file."""
+    numbered = [(k + 1, line) for k, line in enumerate(text.splitlines()) if line.strip()]
+    fields = [line.split("\t", 2) for _, line in numbered]
+    lines = [k for k, _ in numbered]
+    for (line, _), parts in zip(numbered, fields, strict=True):
+        if len(parts) != 3:
+            raise _fail(path, line, "expected 'time<TAB>marker<TAB>JSON'")
+    received = _times([parts[0] for parts in fields], "record time", path, lines)
+    items = _json_lines([parts[2] for parts in fields], lines, path)
+    return _locations(items, lines, path, received)

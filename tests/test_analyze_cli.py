@@ -1,0 +1,166 @@
+"""`otel-worker analyze` and `otel-worker seed` as a person runs them."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from shared.cli import main
+
+SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
+REC = SAMPLES / "owntracks-recorder-demo-iphone.rec"
+BERLIN = ["--tz", "Europe/Berlin", "--home", "52.3759,9.7320"]  # Hanover, where the drive began
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_the_real_sample_gives_a_readable_table(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "analyze", str(REC), *BERLIN)
+    assert code == 0, err
+    assert "2015-08-24 to 2015-08-24 (Europe/Berlin)" in out
+    assert "23 read" in out
+    assert "dropped: accuracy 15" in out
+    assert "Trips         1" in out
+    assert "NE" in out
+
+
+def test_json_output_is_the_summary(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = run(
+        capsys,
+        "analyze",
+        str(REC),
+        *BERLIN,
+        "--date",
+        "2015-08-24",
+        "--json",
+        "--csv",
+        str(tmp_path / "fixes.csv"),
+        "--geojson",
+        str(tmp_path / "map.geojson"),
+    )
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["schema_version"] == 1
+    assert summary["points"]["read"] == 23
+    assert summary["points"]["dropped"]["accuracy"] == 15
+    # Dresden is about 300 km from Hanover: the farthest honest fix.
+    assert 290 < summary["max_distance_km"] < 320
+    assert summary["path_km"] < summary["raw_path_km"]
+    assert summary["devices"]["NE"]["path_km"] == summary["path_km"]
+    table = list(csv.DictReader(io.StringIO((tmp_path / "fixes.csv").read_text())))
+    assert len(table) == 23
+    assert table[0]["timestamp"] == "2015-08-24T07:49:21+02:00"
+    assert json.loads((tmp_path / "map.geojson").read_text())["type"] == "FeatureCollection"
+
+
+def test_options_override_the_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys,
+        "analyze",
+        str(REC),
+        *BERLIN,
+        "--json",
+        "--max-accuracy-m",
+        "0",
+        "--max-speed-kmh",
+        "0",
+        "--jitter-m",
+        "0",
+        "--keep-duplicates",
+        "--exit-km",
+        "2",
+        "--enter-km",
+        "1",
+        "--max-gap-min",
+        "60",
+        "--jitter-fixes",
+        "3",
+    )
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["points"]["used"] == 23
+    assert summary["parameters"]["max_accuracy_m"] is None
+    assert summary["parameters"]["exit_radius_km"] == 2
+    assert summary["parameters"]["max_gap_s"] == 3600
+
+
+def test_a_day_without_fixes_is_a_result_with_a_note(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "analyze", str(REC), *BERLIN, "--date", "2015-08-25")
+    assert code == 0
+    assert "0 read" in out
+    assert "no fixes in the window" in out
+
+
+def test_seed_writes_a_locations_export_analyze_can_read(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    target = tmp_path / "locations.csv"
+    code, out, _ = run(
+        capsys, "seed", "--csv", str(target), "--days", "2", "--devices", "2", "--seed", "3"
+    )
+    assert code == 0
+    assert "rows" in out
+    code, out, _ = run(
+        capsys,
+        "analyze",
+        str(target),
+        "--from",
+        "2024-03-08",
+        "--to",
+        "2024-03-09",
+        "--device",
+        "phone2",
+        "--json",
+    )
+    assert code == 0
+    summary = json.loads(out)
+    assert list(summary["devices"]) == ["phone2"]
+    assert [day["date"] for day in summary["days"]] == ["2024-03-08", "2024-03-09"]
+    assert summary["trips"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--date", "2015-08-24", "--from", "2015-08-24"], "not both"),
+        (["--device", "nobody"], "device 'nobody' is not in"),
+        (["--from", "2015-08-25", "--to", "2015-08-24"], "before the first day"),
+        (["--tz", "Nowhere/Land"], "unknown time zone"),
+        (["--exit-km", "0.1"], "enter_radius_km"),
+    ],
+)
+def test_bad_options_exit_2_with_a_clear_message(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    code, _, err = run(capsys, "analyze", str(REC), *argv)
+    assert code == 2
+    assert message in err
+
+
+def test_a_malformed_file_exits_2_naming_the_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("device_id,latitude,longitude,timestamp\np,1,2,1700000000\np,1,2,soon\n")
+    code, out, err = run(capsys, "analyze", str(bad))
+    assert code == 2
+    assert out == ""
+    assert "line 3: timestamp 'soon'" in err
+
+
+def test_argument_errors_are_refused_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--home", "north"], ["--home", "95,0"], ["--date", "24/08/2015"]):
+        with pytest.raises(SystemExit) as raised:
+            main(["analyze", str(REC), *argv])
+        assert raised.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["seed", "--days", "1"])  # --csv is required
+    assert "--csv" in capsys.readouterr().err

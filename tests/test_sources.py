@@ -1,0 +1,157 @@
+"""Reading location files: the real Recorder sample, CSV exports, OwnTracks JSON, and bad files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.points import MISSING, MISSING_TIME
+from shared.sources import SourceError, read_file
+
+SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
+REC = SAMPLES / "owntracks-recorder-demo-iphone.rec"
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_the_real_recorder_sample_reads_its_location_fixes() -> None:
+    points = read_file(REC)
+    assert len(points) == 23  # 25 lines, two of them lwt messages
+    assert points.device_ids == ("NE",)
+    assert points.timestamp[0] == 1440395361 * 1_000_000
+    assert np.all(np.diff(points.timestamp) > 0)
+    assert points.accuracy.max() == 5000
+    assert (points.velocity == MISSING).sum() > 10  # vel -1 means unknown
+    lag = points.created_at - points.timestamp
+    assert (lag >= 0).all()
+    assert lag.max() > 60 * 1_000_000
+
+
+def test_a_locations_csv_with_iso_and_epoch_times(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "export.csv",
+        "id,device_id,latitude,longitude,accuracy,velocity,battery,timestamp,created_at,raw_payload\n"
+        '1,phone,40.7,-74.0,10,,80,2024-03-10 12:00:00+00,,"{""a"": 1}"\n'
+        "2,phone,40.8,-74.1,,5,,2024-03-10T08:00:30-04:00,2024-03-10T12:00:31Z,\n"
+        "3,tablet,40.9,-74.2,7,0,50,2024-03-10T12:01:00.5,1710072061,\n",
+    )
+    points = read_file(path)
+    assert points.device_ids == ("phone", "tablet")
+    base = 1710072000 * 1_000_000
+    assert points.timestamp.tolist() == [base, base + 30_000_000, base + 60_500_000]
+    assert points.accuracy.tolist() == [10, MISSING, 7]
+    assert points.velocity.tolist() == [MISSING, 5, 0]
+    assert points.battery.tolist() == [80, MISSING, 50]
+    assert points.created_at.tolist() == [MISSING_TIME, base + 31_000_000, base + 61_000_000]
+
+
+def test_owntracks_json_as_an_array_and_as_lines(tmp_path: Path) -> None:
+    fixes = [
+        {
+            "_type": "location",
+            "lat": 52.1,
+            "lon": 10.1,
+            "tst": 1440395361,
+            "acc": 10,
+            "tid": "NE",
+            "batt": 90,
+            "vel": 30,
+        },
+        {"_type": "lwt", "tst": "1440363922"},
+        {"_type": "location", "lat": 52.2, "lon": 10.2, "tst": "1440395400", "tid": "NE"},
+    ]
+    array = read_file(write(tmp_path, "a.json", json.dumps(fixes, indent=1)))
+    lines = read_file(write(tmp_path, "b.jsonl", "\n".join(map(json.dumps, fixes)) + "\n\n"))
+    for points in (array, lines):
+        assert len(points) == 2
+        assert points.device_ids == ("NE",)
+        assert points.timestamp.tolist() == [1440395361_000_000, 1440395400_000_000]
+        assert points.accuracy.tolist() == [10, MISSING]
+        assert points.velocity.tolist() == [30, MISSING]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("a.csv", "device_id,latitude,longitude\nx,1,2\n", "line 1: missing column 'timestamp'"),
+        (
+            "b.csv",
+            "device_id,latitude,longitude,timestamp\nx,1,2,1700000000\nx,1,two,1700000001\n",
+            "line 3: longitude 'two' is not a number",
+        ),
+        (
+            "c.csv",
+            "device_id,latitude,longitude,timestamp\nx,1,2,1700000000\nx,1,2\n",
+            "line 3: 3 fields, expected 4",
+        ),
+        (
+            "d.csv",
+            "device_id,latitude,longitude,timestamp\nx,1,2,yesterday\n",
+            "line 2: timestamp 'yesterday' is not an ISO-8601 time",
+        ),
+        (
+            "e.csv",
+            "device_id,latitude,longitude,timestamp,accuracy\nx,1,2,1700000000,\nx,1,2,1700000001,far\n",
+            "line 3: accuracy 'far' is not a number",
+        ),
+        (
+            "f.jsonl",
+            '{"_type":"location","lat":1,"lon":2,"tst":3}\n{"_type":"location","lat":1,\n',
+            "line 2: invalid JSON",
+        ),
+        (
+            "g.jsonl",
+            '{"_type":"location","lat":1,"lon":2,"tst":3}\n{"_type":"location","lon":2,"tst":4}\n',
+            "line 2: location without 'lat'",
+        ),
+        (
+            "h.json",
+            '[\n {"_type":"location","lat":1,"lon":2,"tst":3},\n'
+            ' {"_type":"location","lat":"north","lon":2,"tst":4}\n]',
+            "line 3: lat 'north' is not a number",
+        ),
+        ("i.json", '[\n {"_type":"location","lat":1,"lon":2,"tst":3},\n', "line 3: invalid JSON"),
+        ("j.json", "[1]", "line 1: expected a JSON object"),
+        (
+            "k.rec",
+            '2015-08-24T05:55:07Z\t*\t{"_type":"location","lat":1,"lon":2,"tst":3}\n'
+            "2015-08-24T05:55:08Z no tabs here\n",
+            "line 2: expected 'time<TAB>marker<TAB>JSON'",
+        ),
+        (
+            "l.rec",
+            '2015-08-24T05:55:07Z\t*\t{"_type":"location","lat":1,"lon":2,"tst":3}\n2015-08-24T05:55:08Z\t*\t{"_type":"location",\n',
+            "line 2: invalid JSON",
+        ),
+        ("m.csv", "", "line 1: empty file"),
+    ],
+)
+def test_a_malformed_file_names_the_line_and_the_problem(
+    tmp_path: Path, name: str, text: str, message: str
+) -> None:
+    path = write(tmp_path, name, text)
+    with pytest.raises(SourceError) as raised:
+        read_file(path)
+    assert str(raised.value).startswith(f"{path}, {message}")
+
+
+def test_unreadable_files_are_reported(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="No such file"):
+        read_file(tmp_path / "missing.csv")
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"device_id\xff\xfe")
+    with pytest.raises(SourceError, match="not UTF-8"):
+        read_file(binary)
+
+
+def test_files_without_fixes_are_empty(tmp_path: Path) -> None:
+    assert len(read_file(write(tmp_path, "h.csv", "device_id,latitude,longitude,timestamp\n"))) == 0
+    assert len(read_file(write(tmp_path, "w.jsonl", '{"_type":"lwt","tst":1}\n'))) == 0
