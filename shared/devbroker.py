@@ -82,6 +82,8 @@ class Hop:
     trigger: str
     event_type: str
     event_id: str
+    event_source: str
+    subject: str | None
     attempt: int
     status: int | None
     outcome: str
@@ -224,7 +226,16 @@ class DevBroker:
     def _record(
         self, trigger: Trigger, event: CloudEvent, attempt: int, status: int | None, outcome: str
     ) -> None:
-        hop = Hop(trigger.metadata.name, event["type"], event["id"], attempt, status, outcome)
+        hop = Hop(
+            trigger.metadata.name,
+            event["type"],
+            event["id"],
+            event["source"],
+            event.get("subject"),
+            attempt,
+            status,
+            outcome,
+        )
         with self._lock:
             self.hops.append(hop)
         log.info("delivery attempt", extra=dataclasses.asdict(hop))
@@ -260,7 +271,16 @@ class DevBroker:
                 outcome = f"dead-letter sink answered {response.status}"
         except urllib3.exceptions.HTTPError as exc:
             outcome = f"dead-letter sink unreachable: {exc}"
-        hop = Hop(trigger.metadata.name, event["type"], event["id"], 0, status, outcome)
+        hop = Hop(
+            trigger.metadata.name,
+            event["type"],
+            event["id"],
+            event["source"],
+            event.get("subject"),
+            0,
+            status,
+            outcome,
+        )
         with self._lock:
             self.hops.append(hop)
         log.error("delivery failed for good", extra=dataclasses.asdict(hop))

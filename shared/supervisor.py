@@ -58,8 +58,9 @@ class PrefixedLog:
         """Copy a child's output line by line until it closes."""
 
         def run() -> None:
-            for raw in stream:
-                self.line(service, raw.decode(errors="replace"))
+            with stream:
+                for raw in stream:
+                    self.line(service, raw.decode(errors="replace"))
 
         thread = threading.Thread(target=run, name=f"log-{service}", daemon=True)
         thread.start()

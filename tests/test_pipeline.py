@@ -24,14 +24,14 @@ from typing import Any
 import psycopg
 import pytest
 import urllib3
-from shared.tracks import TrackSpec, generate
 
 from shared import config, events
 from shared.contracts import JobAccepted, JobView
-from shared.devstack import SeaweedS3, http_function, wait_until
+from shared.devstack import SeaweedS3, free_ports, http_function, http_status, wait_until
 from shared.locations import write_points
 from shared.maintenance import migrate_jobs, sweep_once
 from shared.supervisor import Supervisor
+from shared.tracks import TrackSpec, generate
 from tests.conftest import Database, S3Server
 
 DAY = dt.date(2024, 3, 12)
@@ -176,7 +176,9 @@ def test_a_request_event_becomes_a_completed_job_with_a_csv_that_matches(stack: 
     assert len(kept) == summary["points"]["used"]
     assert {r["device_id"] for r in rows} == {"phone1"}
     assert abs(sum(float(r["segment_km"]) for r in kept) - summary["path_km"]) < 0.01
-    assert max(float(r["distance_from_home_km"]) for r in kept) == pytest.approx(
+    # Jitter fixes add no path but are real positions: they count for the distances.
+    observed = [r for r in rows if r["dropped_by"] in {"", "jitter"}]
+    assert max(float(r["distance_from_home_km"]) for r in observed) == pytest.approx(
         summary["max_distance_km"], abs=1e-5
     )
     assert rows[0]["timestamp"].startswith(f"{DAY.isoformat()}T00:")
@@ -279,13 +281,9 @@ def test_broker_down_at_submit_time_is_published_by_the_sweep(
 ) -> None:
     # A submit whose broker is unreachable: the job is committed but not announced.
     env = {**stack.env, "K_SINK": "http://127.0.0.1:9/", "PUBLISH_ATTEMPTS": "1"}
-    lonely = http_function("submit", 0, env)
-    lonely.port = _free_port()
-    lonely.start()
+    lonely = http_function("submit", free_ports(1)[0], env).start()
     try:
-        wait_until(
-            lambda: urllib3.request("GET", f"{lonely.url}/readyz").status == 200, 30, "submit"
-        )
+        wait_until(lambda: http_status(f"{lonely.url}/readyz") == 200, 30, "submit")
         reply = urllib3.request(
             "POST", lonely.url, json={"date": "2024-03-15", "device_id": "phone1"}
         )
@@ -293,13 +291,12 @@ def test_broker_down_at_submit_time_is_published_by_the_sweep(
         job_id = JobAccepted.model_validate_json(reply.data).job.job_id
     finally:
         lonely.stop()
-    with stack.db() as conn:
-        published = conn.execute(
-            "SELECT published_at FROM otel_worker.jobs WHERE id = %s", (job_id,)
-        ).fetchone()
-    assert published == (None,)
     job = stack.wait_finished(job_id, timeout=60)  # the supervisor's sweep runs every 0.5 s
     assert job.status == "completed"
+    broker = stack.supervisor.broker
+    assert broker is not None
+    announced = {h.event_source for h in broker.hops if h.subject == str(job_id)}
+    assert announced == {"/otel-worker/sweep"}
 
 
 def _accepted(reply: urllib3.BaseHTTPResponse) -> JobAccepted:
@@ -310,12 +307,6 @@ def _accepted(reply: urllib3.BaseHTTPResponse) -> JobAccepted:
 def _status(conn: psycopg.Connection[tuple[Any, ...]], job_id: uuid.UUID) -> str | None:
     row = conn.execute("SELECT status FROM otel_worker.jobs WHERE id = %s", (job_id,)).fetchone()
     return str(row[0]) if row else None
-
-
-def _free_port() -> int:
-    from shared.devstack import free_ports
-
-    return free_ports(1)[0]
 
 
 def test_sigterm_lets_the_running_request_finish(stack: Stack) -> None:

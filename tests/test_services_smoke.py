@@ -32,17 +32,19 @@ def _with_query(url: str, **changes: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def test_postgres_is_a_real_server_with_a_fresh_database(postgres: Database) -> None:
+def test_postgres_is_a_real_server_with_a_database_of_this_session(postgres: Database) -> None:
     with postgres.connect() as conn:
         version = conn.execute("select current_setting('server_version_num')::int").fetchone()
-        tables = conn.execute(
-            "select count(*) from information_schema.tables where table_schema = 'public'"
-        ).fetchone()
         name = conn.execute("select current_database()").fetchone()
+        sessions = conn.execute(
+            "select count(*) from pg_stat_activity where datname = current_database()"
+        ).fetchone()
     assert version is not None
     assert version[0] >= 130000
     assert name == (postgres.dbname,)
-    assert tables == (0,)
+    assert postgres.dbname.startswith("otel_worker_test_")
+    assert sessions is not None
+    assert sessions[0] >= 1
 
 
 def test_query_through_pgbouncer_in_transaction_mode(pgbouncer: Database) -> None:
