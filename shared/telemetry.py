@@ -10,6 +10,7 @@ the broker hop and compute.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Iterator, Mapping
@@ -216,3 +217,18 @@ def record_queue(depth: int, oldest_age_seconds: float) -> None:
     instruments()
     _state.queue_depth = depth
     _state.oldest_queued_age = oldest_age_seconds
+
+
+def start(function: str, settings: TelemetrySettings, *, database: bool = False) -> None:
+    """Set up this serving process's logs and telemetry (once) and say it started."""
+    from shared.logs import setup_logging
+
+    first = _state.pid != os.getpid()
+    setup_logging(settings.log_level)
+    setup(function, settings, instrument_psycopg=database)
+    if first:
+        logging.getLogger(function).info(
+            "%s started",
+            function,
+            extra={"pid": os.getpid(), "service": settings.otel_service_name},
+        )

@@ -14,6 +14,8 @@ import io
 import json
 import os
 import signal
+import subprocess
+import sys
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -28,6 +30,7 @@ import urllib3
 from shared import config, events
 from shared.contracts import JobAccepted, JobView
 from shared.devstack import SeaweedS3, free_ports, http_function, http_status, wait_until
+from shared.jobs import JobRequest, JobStore
 from shared.locations import write_points
 from shared.maintenance import migrate_jobs, sweep_once
 from shared.supervisor import Supervisor
@@ -362,3 +365,162 @@ def test_object_store_down_is_retried_then_fails_clearly_never_completed_without
     finally:
         stack.supervisor.stop()
         own.stop()
+
+
+def _get(stack: Stack, path: str) -> urllib3.BaseHTTPResponse:
+    return urllib3.request("GET", f"{stack.url('status')}{path}", redirect=False, retries=False)
+
+
+def _completed_job(stack: Stack) -> JobView:
+    reply = urllib3.request(
+        "POST", stack.url("submit"), json={"date": "2024-03-20", "device_id": "phone2"}
+    )
+    job = stack.wait_finished(JobAccepted.model_validate_json(reply.data).job.job_id)
+    assert job.status == "completed"
+    return job
+
+
+def test_status_lists_jobs_newest_first_with_filters_and_counts(stack: Stack) -> None:
+    for day in ("2024-03-21", "2024-03-22"):
+        urllib3.request("POST", stack.url("submit"), json={"date": day, "device_id": "phone3"})
+    everything = json.loads(_get(stack, "/jobs").data)
+    assert everything["limit"] == 50
+    assert everything["total_count"] >= len(everything["jobs"]) >= 2
+    queued_at = [job["queued_at"] for job in everything["jobs"]]
+    assert queued_at == sorted(queued_at, reverse=True)
+
+    page = json.loads(_get(stack, "/jobs?device_id=phone3&limit=1&offset=1").data)
+    assert page["limit"] == 1
+    assert page["offset"] == 1
+    assert len(page["jobs"]) == 1
+    assert page["total_count"] >= 2
+    assert {job["device_id"] for job in page["jobs"]} == {"phone3"}
+
+    on_day = json.loads(_get(stack, "/jobs?date=2024-03-22").data)
+    assert on_day["jobs"]
+    for job in on_day["jobs"]:
+        assert job["date"] <= "2024-03-22" <= job["end_date"]
+    capped = json.loads(_get(stack, "/jobs?limit=100000").data)
+    assert capped["limit"] == 500
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "field"),
+    [
+        ("/jobs?limit=-1", 400, "limit"),
+        ("/jobs?offset=-5", 400, "offset"),
+        ("/jobs?limit=ten", 400, "limit"),
+        ("/jobs?status=done", 400, "status"),
+        ("/jobs?date=2024-02-30", 400, "date"),
+        ("/jobs/not-a-uuid", 400, "job_id"),
+        (f"/jobs/{uuid.UUID(int=1)}", 404, "job"),
+        ("/download/distance_20240101_0000beef.csv", 404, "no CSV"),
+        ("/nowhere", 404, "no such resource"),
+    ],
+)
+def test_status_errors_are_json_naming_the_problem(
+    stack: Stack, path: str, status: int, field: str
+) -> None:
+    response = _get(stack, path)
+    assert response.status == status
+    assert field in json.loads(response.data)["error"]
+
+
+def test_status_refuses_methods_it_does_not_serve(stack: Stack) -> None:
+    response = urllib3.request("DELETE", f"{stack.url('status')}/jobs", retries=False)
+    assert response.status == 405
+    assert "GET" in json.loads(response.data)["error"]
+
+
+def test_downloads_redirect_to_fresh_presigned_urls_by_id_and_by_basename(stack: Stack) -> None:
+    job = _completed_job(stack)
+    assert job.csv_key is not None
+    name = job.csv_key.rsplit("/", 1)[1]
+    for path in (f"/download/{job.job_id}", f"/download/{name}"):
+        response = _get(stack, path)
+        assert response.status == 302
+        location = response.headers["Location"]
+        assert "X-Amz-Signature=" in location
+        body = urllib3.request("GET", location).data
+        assert body.startswith(b"timestamp,device_id,")
+        assert len(body) == job.csv_bytes
+    summary = _get(stack, f"/download/{job.job_id}/summary")
+    assert summary.status == 302
+    document = json.loads(urllib3.request("GET", summary.headers["Location"]).data)
+    assert document["points"]["read"] == (job.result or {})["points"]["read"]
+
+
+def test_download_of_an_unfinished_job_says_so(stack: Stack) -> None:
+    with stack.db() as conn:
+        store = JobStore(conn, config.JobSettings(), schema="otel_worker")
+        request = JobRequest(
+            date_from=dt.date(2024, 3, 25), date_to=dt.date(2024, 3, 25), timezone="UTC"
+        )
+        job, _ = store.create(request, idempotency_key=f"unfinished-{uuid.uuid4()}")
+        claim = store.claim(job.id, "test-holder", lease_seconds=120)
+        assert claim.job is not None
+        assert claim.job.lease_token is not None
+        try:
+            response = _get(stack, f"/download/{job.id}")
+            assert response.status == 409
+            assert json.loads(response.data)["job_status"] == "processing"
+        finally:
+            store.fail(job.id, claim.job.lease_token, "ended by the test")
+
+
+def test_otel_worker_dev_runs_everything_and_ctrl_c_stops_it_all(
+    seeded: Database, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in config.variable_names()} | {
+        "DATABASE_URL": seeded.dsn,
+        "LOG_LEVEL": "INFO",
+        "MINIO_BUCKET": "dev-cli",
+    }
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "otel-worker"),
+            "dev",
+            "--local-s3",
+            str(tmp_path / "s3"),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    for line in process.stdout:
+        lines.append(line)
+        if "press Ctrl-C" in line:
+            break
+    urls = {
+        parts[2]: parts[3]
+        for line in lines
+        if line.startswith("dev ") and len(parts := line.split()) == 4
+    }
+    assert {"submit", "compute", "status", "ingress", "broker"} <= set(urls)
+    accepted = urllib3.request("POST", urls["submit"], json={"date": "2024-03-12"})
+    assert accepted.status == 202
+    job_id = JobAccepted.model_validate_json(accepted.data).job.job_id
+
+    def done() -> bool:
+        view = JobView.model_validate_json(
+            urllib3.request("GET", f"{urls['status']}/jobs/{job_id}").data
+        )
+        return view.status == "completed"
+
+    wait_until(done, 60, "the job via otel-worker dev")
+    os.killpg(process.pid, signal.SIGINT)
+    rest, _ = process.communicate(timeout=90)
+    assert process.returncode == 0, rest
+    prefixes = {line.split("|", 1)[0].strip() for line in lines + rest.splitlines() if "|" in line}
+    assert {"submit", "compute", "status", "ingress", "broker", "dev"} <= prefixes
+    for name in ("submit", "compute", "status"):
+        with pytest.raises(OSError, match="Connection refused"):
+            http_status(f"{urls[name]}/healthz")
+    leftovers = subprocess.run(
+        ["pgrep", "-f", str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert leftovers.stdout == ""

@@ -16,12 +16,12 @@ from http import HTTPStatus
 
 import flask
 import functions_framework
-from shared.db import DatabaseUnavailable
 
 from shared import config, events, resources, telemetry, web
 from shared.computation import Computation
 from shared.contracts import JobQueued
-from shared.logs import log_context, setup_logging
+from shared.db import DatabaseUnavailable
+from shared.logs import log_context
 from shared.storage import StorageUnavailable
 
 FUNCTION = "compute"
@@ -38,9 +38,7 @@ config.require(
 
 @functools.cache
 def _computation() -> Computation:
-    telemetry_settings = config.load(config.TelemetrySettings)
-    setup_logging(telemetry_settings.log_level)
-    telemetry.setup(FUNCTION, telemetry_settings, instrument_psycopg=True)
+    telemetry.start(FUNCTION, config.load(config.TelemetrySettings), database=True)
     return Computation(
         jobs=resources.jobs(),
         connection=resources.pool().connection,

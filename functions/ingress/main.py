@@ -18,7 +18,6 @@ from grpc_reflection.v1alpha import reflection
 
 from shared import config, telemetry
 from shared.ingress import SERVICE, BearerAuth, DependencyHealth, DistanceService, Upstream
-from shared.logs import setup_logging
 from shared.rpc.distance.v1 import distance_pb2_grpc
 
 log = logging.getLogger("ingress")
@@ -73,8 +72,7 @@ def main() -> int:
     except config.ConfigError as exc:
         sys.stderr.write(f"ingress: {exc}\n")
         return 2
-    setup_logging(telemetry_settings.log_level)
-    telemetry.setup("ingress", telemetry_settings)
+    telemetry.start("ingress", telemetry_settings)
     server, health_servicer = build_server(grpc_settings, Upstream(upstream_settings, WORKERS))
     server.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)

@@ -15,14 +15,13 @@ from http import HTTPStatus
 
 import flask
 import functions_framework
-from shared.db import DatabaseUnavailable
-from shared.jobs import Job, JobStatus, JobStore
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
 from shared import config, events, resources, telemetry, web
 from shared.contracts import JOB_STATUSES, JobPage, parse_local_date
-from shared.logs import setup_logging
+from shared.db import DatabaseUnavailable
+from shared.jobs import Job, JobStatus, JobStore
 from shared.storage import ObjectStore, StorageUnavailable, short_id_of
 from shared.views import job_view
 
@@ -50,9 +49,7 @@ ROUTES = Map(
 
 @functools.cache
 def _started() -> tuple[JobStore, ObjectStore]:
-    telemetry_settings = config.load(config.TelemetrySettings)
-    setup_logging(telemetry_settings.log_level)
-    telemetry.setup(FUNCTION, telemetry_settings, instrument_psycopg=True)
+    telemetry.start(FUNCTION, config.load(config.TelemetrySettings), database=True)
     return resources.jobs(), resources.objects()
 
 

@@ -15,12 +15,12 @@ from http import HTTPStatus
 import flask
 import functions_framework
 from pydantic import ValidationError
-from shared.db import DatabaseUnavailable
-from shared.jobs import IdempotencyConflict
 
 from shared import config, events, resources, telemetry, web
 from shared.contracts import DistanceRequested, JobAccepted, Requester
-from shared.logs import log_context, setup_logging
+from shared.db import DatabaseUnavailable
+from shared.jobs import IdempotencyConflict
+from shared.logs import log_context
 from shared.submission import RequestError, Submission
 from shared.submission import submit as submit_job
 from shared.views import job_view
@@ -39,9 +39,7 @@ config.require(
 
 @functools.cache
 def _submission() -> Submission:
-    telemetry_settings = config.load(config.TelemetrySettings)
-    setup_logging(telemetry_settings.log_level)
-    telemetry.setup(FUNCTION, telemetry_settings, instrument_psycopg=True)
+    telemetry.start(FUNCTION, config.load(config.TelemetrySettings), database=True)
     return Submission(
         jobs=resources.jobs(),
         publisher=resources.publisher(),
