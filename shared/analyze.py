@@ -16,7 +16,6 @@ from typing import TextIO
 
 from shared import config, export, tracks
 from shared.engine import (
-    Analysis,
     EngineParams,
     Metrics,
     Summary,
@@ -100,7 +99,7 @@ def _analyze(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(analysis.summary.model_dump_json(indent=2) + "\n")
     else:
-        write_table(analysis, sys.stdout)
+        write_table(analysis.summary, sys.stdout)
     return 0
 
 
@@ -117,9 +116,8 @@ def _metrics_line(name: str, m: Metrics) -> str:
     )
 
 
-def write_table(analysis: Analysis, out: TextIO) -> None:
-    """The summary as a readable table."""
-    s: Summary = analysis.summary
+def write_table(s: Summary, out: TextIO) -> None:
+    """A summary as a readable table (analyze, and the job results of `submit --wait`)."""
     w = s.window
     dropped = ", ".join(
         f"{rule} {count}" for rule, count in s.points.dropped.model_dump().items() if count

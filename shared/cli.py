@@ -211,6 +211,74 @@ def _seed(args: argparse.Namespace) -> int:
     return analyze.run_seed(args)
 
 
+def _client(args: argparse.Namespace) -> int:
+    import grpc
+
+    from shared import client
+    from shared.rpc.distance.v1 import distance_pb2 as pb
+
+    settings = config.load(config.ClientSettings)
+    if args.ingress:
+        settings = settings.model_copy(update={"ingress_address": args.ingress})
+    try:
+        if args.command == "submit":
+            request = pb.CalculateDistanceRequest(
+                date=args.date.isoformat(),
+                end_date=args.to.isoformat() if args.to else "",
+                device_id=args.device or "",
+                timezone=args.tz or "",
+                idempotency_key=args.key or "",
+            )
+            return client.submit(settings, request, wait_for_it=args.wait)
+        if args.command == "status":
+            return client.status(settings, args.job_id, args.json)
+        return client.jobs(
+            settings,
+            pb.ListJobsRequest(
+                status=args.status or "",
+                date=args.date.isoformat() if args.date else "",
+                device_id=args.device or "",
+                limit=args.limit,
+                offset=args.offset,
+            ),
+        )
+    except grpc.RpcError as exc:
+        code = exc.code().name if exc.code() else "UNKNOWN"
+        sys.stderr.write(f"otel-worker: {code}: {exc.details()}\n")
+        return client.EXIT_RPC
+
+
+def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ingress = argparse.ArgumentParser(add_help=False)
+    ingress.add_argument(
+        "--ingress", metavar="HOST:PORT", help="the gRPC ingress (INGRESS_ADDRESS)"
+    )
+
+    submit = commands.add_parser("submit", parents=[ingress], help="ask for a job over gRPC")
+    submit.add_argument("--date", type=_day, required=True, help="local day, YYYY-MM-DD")
+    submit.add_argument("--to", type=_day, help="last day of a range (inclusive)")
+    submit.add_argument("--device", help="one device id (default: every device)")
+    submit.add_argument("--tz", help="time zone of the days (default: the home time zone)")
+    submit.add_argument("--key", help="idempotency key: repeating it returns the same job")
+    submit.add_argument(
+        "--wait", action="store_true", help="follow the job, then print its summary and CSV link"
+    )
+    submit.set_defaults(handler=_client)
+
+    status = commands.add_parser("status", parents=[ingress], help="show one job")
+    status.add_argument("job_id", help="the job id")
+    status.add_argument("--json", action="store_true", help="the whole answer as JSON")
+    status.set_defaults(handler=_client)
+
+    jobs = commands.add_parser("jobs", parents=[ingress], help="list jobs, newest first")
+    jobs.add_argument("--status", choices=["queued", "processing", "completed", "failed"])
+    jobs.add_argument("--date", type=_day, help="jobs whose days include this one")
+    jobs.add_argument("--device", help="jobs of this device")
+    jobs.add_argument("--limit", type=int, default=20, help="page size (default 20, max 500)")
+    jobs.add_argument("--offset", type=int, default=0, help="jobs to skip")
+    jobs.set_defaults(handler=_client)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -273,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_seed_arguments(seed)
     seed.set_defaults(handler=_seed)
+
+    _add_client_commands(commands)
     return parser
 
 

@@ -239,6 +239,14 @@ class UpstreamSettings(_Group):
     upstream_timeout_seconds: PositiveFloat = 10.0
 
 
+class ClientSettings(_Group):
+    """The command-line client (`otel-worker submit/status/jobs`): where the ingress is."""
+
+    ingress_address: str = "127.0.0.1:50051"
+    grpc_auth_token: SecretStr | None = None
+    client_timeout_seconds: PositiveFloat = 30.0
+
+
 class TelemetrySettings(_Group):
     """Logging and OpenTelemetry export (no endpoint: nothing leaves the process)."""
 
@@ -271,6 +279,7 @@ GROUPS: dict[str, type[_Group]] = {
     "http": HttpServerSettings,
     "grpc": GrpcSettings,
     "upstream": UpstreamSettings,
+    "client": ClientSettings,
     "telemetry": TelemetrySettings,
 }
 """Every settings group by a short name (for `otel-worker config` and documentation)."""

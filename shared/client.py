@@ -1,0 +1,170 @@
+"""`otel-worker submit | status | jobs`: a gRPC client of the ingress, for people.
+
+`submit --wait` shows progress while the job runs, then the summary table (the same one
+`analyze` prints, from the job's JSON summary) and the CSV link.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TextIO
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from shared.config import ClientSettings
+from shared.rpc.distance.v1 import distance_pb2 as pb
+from shared.rpc.distance.v1 import distance_pb2_grpc
+
+FINISHED = {"completed", "failed"}
+EXIT_FAILED = 1
+EXIT_RPC = 3
+
+
+class Client:
+    """A DistanceService stub with the bearer token and a deadline on every call."""
+
+    def __init__(self, settings: ClientSettings, channel: grpc.Channel) -> None:
+        self.stub = distance_pb2_grpc.DistanceServiceStub(channel)  # type: ignore[no-untyped-call]
+        token = settings.grpc_auth_token
+        self.metadata = (("authorization", f"Bearer {token.get_secret_value()}"),) if token else ()
+        self.timeout = settings.client_timeout_seconds
+
+    def calculate(self, request: pb.CalculateDistanceRequest) -> pb.CalculateDistanceResponse:
+        """CalculateDistanceFromHome."""
+        reply: pb.CalculateDistanceResponse = self.stub.CalculateDistanceFromHome(
+            request, timeout=self.timeout, metadata=self.metadata
+        )
+        return reply
+
+    def status(self, job_id: str) -> pb.GetJobStatusResponse:
+        """GetJobStatus."""
+        reply: pb.GetJobStatusResponse = self.stub.GetJobStatus(
+            pb.GetJobStatusRequest(job_id=job_id), timeout=self.timeout, metadata=self.metadata
+        )
+        return reply
+
+    def jobs(self, request: pb.ListJobsRequest) -> pb.ListJobsResponse:
+        """ListJobs."""
+        reply: pb.ListJobsResponse = self.stub.ListJobs(
+            request, timeout=self.timeout, metadata=self.metadata
+        )
+        return reply
+
+
+@contextmanager
+def connected(settings: ClientSettings) -> Iterator[Client]:
+    """A client on a channel to INGRESS_ADDRESS, closed afterwards."""
+    with grpc.insecure_channel(settings.ingress_address) as channel:
+        yield Client(settings, channel)
+
+
+def _when(stamp: object) -> str:
+    if not getattr(stamp, "seconds", 0):
+        return "-"
+    moment: dt.datetime = stamp.ToDatetime(dt.UTC)  # type: ignore[attr-defined]
+    return moment.astimezone().isoformat(timespec="seconds")
+
+
+def wait(
+    client: Client, job_id: str, err: TextIO, interval: float = 0.5
+) -> pb.GetJobStatusResponse:
+    """Poll until the job finishes, showing its state and elapsed time on `err`."""
+    started = time.monotonic()
+    while True:
+        reply = client.status(job_id)
+        attempt = f", attempt {reply.attempts}/{reply.max_attempts}" if reply.attempts else ""
+        err.write(f"\r{reply.status}{attempt}, {time.monotonic() - started:.1f} s ")
+        err.flush()
+        if reply.status in FINISHED:
+            err.write("\n")
+            return reply
+        time.sleep(interval)
+
+
+def show_result(reply: pb.GetJobStatusResponse, out: TextIO) -> None:
+    """The summary table of a completed job and where to download its CSV."""
+    from shared.analyze import write_table
+    from shared.engine import Summary
+
+    result = reply.result
+    if result.summary_url:
+        with urllib.request.urlopen(result.summary_url, timeout=30) as response:  # noqa: S310
+            write_table(Summary.model_validate_json(response.read()), out)
+    else:
+        out.write(f"path {result.total_distance_km:.3f} km, {result.total_locations} fixes\n")
+    out.write(f"CSV           {result.csv_url or result.csv_path}\n")
+    if result.csv_url:
+        out.write(f"              (link valid until {_when(result.csv_url_expires_at)})\n")
+
+
+def submit(
+    settings: ClientSettings,
+    request: pb.CalculateDistanceRequest,
+    *,
+    wait_for_it: bool,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+) -> int:
+    """Queue a job and print its id; with `wait_for_it`, follow it to the end."""
+    with connected(settings) as client:
+        reply = client.calculate(request)
+        verb = "queued" if reply.created else "already known as"
+        out.write(f"job {reply.job_id} {verb} ({reply.status})\n")
+        if not wait_for_it:
+            return 0
+        final = wait(client, reply.job_id, err)
+        if final.status == "failed":
+            out.write(f"failed: {final.error_message}\n")
+            return EXIT_FAILED
+        show_result(final, out)
+    return 0
+
+
+def status(settings: ClientSettings, job_id: str, as_json: bool, out: TextIO = sys.stdout) -> int:
+    """Print one job."""
+    with connected(settings) as client:
+        reply = client.status(job_id)
+    if as_json:
+        out.write(json.dumps(MessageToDict(reply), indent=2) + "\n")
+        return 0
+    days = reply.date if reply.end_date in {"", reply.date} else f"{reply.date} to {reply.end_date}"
+    out.write(
+        f"job       {reply.job_id}\nstatus    {reply.status} "
+        f"(attempt {reply.attempts} of {reply.max_attempts})\n"
+        f"days      {days} ({reply.timezone}), device {reply.device_id or 'all'}\n"
+        f"queued    {_when(reply.queued_at)}\nstarted   {_when(reply.started_at)}\n"
+        f"finished  {_when(reply.completed_at)}\n"
+    )
+    if reply.error_message:
+        out.write(f"error     {reply.error_message}\n")
+    if reply.status == "completed":
+        result = reply.result
+        out.write(
+            f"path      {result.total_distance_km:.3f} km from {result.total_locations} fixes, "
+            f"max {result.max_distance_km:.3f} km from home\n"
+            f"CSV       {result.csv_url or result.csv_path}\n"
+        )
+    return 0
+
+
+def jobs(settings: ClientSettings, request: pb.ListJobsRequest, out: TextIO = sys.stdout) -> int:
+    """Print a page of jobs, newest first."""
+    with connected(settings) as client:
+        reply = client.jobs(request)
+    out.write(f"{'job':<36}  {'status':<10}  {'days':<23}  {'device':<16}  queued\n")
+    for job in reply.jobs:
+        days = job.date if job.end_date in {"", job.date} else f"{job.date}..{job.end_date}"
+        out.write(
+            f"{job.job_id:<36}  {job.status:<10}  {days:<23}  {job.device_id or 'all':<16}  "
+            f"{_when(job.queued_at)}\n"
+        )
+    shown = f"{reply.offset + 1}-{reply.offset + len(reply.jobs)}" if reply.jobs else "none"
+    out.write(f"{shown} of {reply.total_count}\n")
+    return 0
