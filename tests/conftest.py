@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
@@ -25,6 +25,10 @@ from minio import Minio
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from shared import config
+
+if TYPE_CHECKING:
+    from tests.stack import Stack
+
 from shared.devstack import PgBouncer, SeaweedS3
 
 S3_REGION = "us-east-1"
@@ -226,3 +230,26 @@ class RecordingServer:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+
+
+@pytest.fixture(scope="session")
+def seeded(pgbouncer: Database, postgres: Database) -> Database:
+    """public.locations holding a month of three devices (written once), reached through
+    PgBouncer as production reads it."""
+    from shared.locations import write_points
+    from shared.tracks import generate
+    from tests.stack import SEED
+
+    with postgres.connect() as conn:
+        write_points(conn, generate(SEED).points, force=True)
+    return pgbouncer
+
+
+@pytest.fixture(scope="session")
+def stack(seeded: Database, s3: S3Server) -> Iterator[Stack]:
+    """The whole system running: broker, submit, compute, status and the ingress."""
+    from tests.stack import start_stack
+
+    started = start_stack(seeded, s3)
+    yield started
+    started.supervisor.stop()

@@ -18,8 +18,6 @@ import subprocess
 import sys
 import urllib.request
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,124 +29,11 @@ from shared import config, events
 from shared.contracts import JobAccepted, JobView
 from shared.devstack import SeaweedS3, free_ports, http_function, http_status, wait_until
 from shared.jobs import JobRequest, JobStore
-from shared.locations import write_points
-from shared.maintenance import migrate_jobs, sweep_once
-from shared.supervisor import Supervisor
-from shared.tracks import TrackSpec, generate
 from tests.conftest import Database, S3Server
+from tests.stack import Stack, request_event, start_stack
 
 DAY = dt.date(2024, 3, 12)
 """A weekday of the seeded data (one device, 30 s fixes)."""
-SEED = TrackSpec(seed=7, start=dt.date(2024, 3, 1), days=31, devices=3)
-
-
-@dataclass
-class Stack:
-    supervisor: Supervisor
-    env: dict[str, str]
-    database: Database
-    s3: S3Server
-    bucket: str
-
-    @property
-    def broker(self) -> str:
-        return self.supervisor.urls["broker"]
-
-    def url(self, service: str) -> str:
-        return self.supervisor.urls[service]
-
-    def job(self, job_id: uuid.UUID | str) -> JobView:
-        response = urllib3.request("GET", f"{self.url('status')}/jobs/{job_id}")
-        assert response.status == 200, response.data
-        return JobView.model_validate_json(response.data)
-
-    def wait_finished(self, job_id: uuid.UUID | str, timeout: float = 60) -> JobView:
-        seen: list[JobView] = []
-
-        def finished() -> bool:
-            seen.append(self.job(job_id))
-            return seen[-1].status in {"completed", "failed"}
-
-        wait_until(finished, timeout, f"job {job_id}", interval=0.05)
-        return seen[-1]
-
-    def objects(self) -> list[str]:
-        client = self.s3.client()
-        return sorted(o.object_name or "" for o in client.list_objects(self.bucket, recursive=True))
-
-    def db(self) -> psycopg.Connection[tuple[Any, ...]]:
-        return self.database.connect()
-
-
-def _request_event(
-    data: dict[str, Any], event_id: str | None = None
-) -> tuple[dict[str, str], bytes]:
-    event = events.CloudEvent(
-        {
-            "type": events.DISTANCE_REQUESTED,
-            "source": "/tests/pipeline",
-            "id": event_id or str(uuid.uuid4()),
-            "datacontenttype": "application/json",
-        },
-        data,
-    )
-    return events.binary(event)
-
-
-def _stack_env(database: Database, s3: S3Server, bucket: str, **extra: str) -> dict[str, str]:
-    keep = {k: v for k, v in os.environ.items() if k not in config.variable_names()}
-    return {
-        **keep,
-        "DATABASE_URL": database.dsn,
-        "MINIO_ENDPOINT": s3.endpoint,
-        "MINIO_ACCESS_KEY": s3.access_key,
-        "MINIO_SECRET_KEY": s3.secret_key,
-        "MINIO_REGION": s3.region,
-        "MINIO_BUCKET": bucket,
-        "JOB_LEASE_SECONDS": "10",
-        "JOB_REPUBLISH_SECONDS": "1",
-        "LOG_LEVEL": "WARNING",
-        "DB_STARTUP_RETRY_SECONDS": "5",
-        **extra,
-    }
-
-
-def _start(
-    database: Database, s3: S3Server, out: io.TextIOBase | None = None, **extra: str
-) -> Stack:
-    bucket = f"pipeline-{uuid.uuid4().hex[:10]}"
-    env = _stack_env(database, s3, bucket, **extra)
-    settings = config.DatabaseSettings(database_url=database.dsn)
-    jobs = config.JobSettings(job_lease_seconds=10, job_republish_seconds=1)
-    supervisor = Supervisor(
-        env=env,
-        out=out or _Discard(),
-        migrate=lambda: migrate_jobs(settings),
-        sweep=lambda sink: sweep_once(settings, jobs, config.EventSettings(k_sink=sink)),
-        sweep_interval=0.5,
-        time_scale=0.05,
-    ).start()
-    return Stack(supervisor, env, database, s3, bucket)
-
-
-class _Discard(io.TextIOBase):
-    def write(self, text: str) -> int:
-        return len(text)
-
-
-@pytest.fixture(scope="module")
-def seeded(pgbouncer: Database, postgres: Database) -> Database:
-    """public.locations holding a month of three devices (written directly, once)."""
-    with postgres.connect() as conn:
-        write_points(conn, generate(SEED).points, force=True)
-    return pgbouncer
-
-
-@pytest.fixture(scope="module")
-def stack(seeded: Database, s3: S3Server) -> Iterator[Stack]:
-    started = _start(seeded, s3)
-    yield started
-    started.supervisor.stop()
 
 
 def _post(
@@ -158,7 +43,7 @@ def _post(
 
 
 def test_a_request_event_becomes_a_completed_job_with_a_csv_that_matches(stack: Stack) -> None:
-    headers, body = _request_event({"date": DAY.isoformat(), "device_id": "phone1"})
+    headers, body = request_event({"date": DAY.isoformat(), "device_id": "phone1"})
     reply = _post(stack.url("submit"), headers, body)
     accepted = _accepted(reply)
     assert reply.headers["ce-type"] == events.JOB_ACCEPTED
@@ -192,7 +77,7 @@ def test_a_request_event_becomes_a_completed_job_with_a_csv_that_matches(stack: 
 
 def test_duplicate_deliveries_make_one_job_one_object_one_computation(stack: Stack) -> None:
     request_id = str(uuid.uuid4())
-    headers, body = _request_event({"date": "2024-03-13", "device_id": "phone2"}, request_id)
+    headers, body = request_event({"date": "2024-03-13", "device_id": "phone2"}, request_id)
     replies = [_post(stack.broker, headers, body) for _ in range(10)]
     assert {r.status for r in replies} == {202}
     with stack.db() as conn:
@@ -224,7 +109,7 @@ def test_duplicate_deliveries_make_one_job_one_object_one_computation(stack: Sta
 
 def test_a_poison_event_is_dead_lettered_without_retry(stack: Stack) -> None:
     request_id = str(uuid.uuid4())
-    headers, body = _request_event({"date": "2024-02-30"}, request_id)
+    headers, body = request_event({"date": "2024-02-30"}, request_id)
     assert _post(stack.broker, headers, body).status == 202
     broker = stack.supervisor.broker
     assert broker is not None
@@ -264,7 +149,7 @@ def test_plain_json_post_gets_json_and_bad_fields_are_named(stack: Stack) -> Non
 
 
 def test_compute_killed_mid_job_is_taken_over_after_the_lease(stack: Stack) -> None:
-    headers, body = _request_event({"date": "2024-03-01", "end_date": "2024-03-31"})
+    headers, body = request_event({"date": "2024-03-01", "end_date": "2024-03-31"})
     reply = _post(stack.url("submit"), headers, body)
     job_id = _accepted(reply).job.job_id
     compute = stack.supervisor.services["compute"]
@@ -315,7 +200,7 @@ def _status(conn: psycopg.Connection[tuple[Any, ...]], job_id: uuid.UUID) -> str
 def test_sigterm_lets_the_running_request_finish(stack: Stack) -> None:
     """Knative sends SIGTERM when it scales a pod down: the delivery in progress must
     complete (one attempt, no takeover after the lease), then the process exits."""
-    headers, body = _request_event({"date": "2024-03-02", "end_date": "2024-03-31"})
+    headers, body = request_event({"date": "2024-03-02", "end_date": "2024-03-31"})
     reply = _post(stack.url("submit"), headers, body)
     job_id = _accepted(reply).job.job_id
     compute = stack.supervisor.services["compute"]
@@ -338,7 +223,7 @@ def test_object_store_down_is_retried_then_fails_clearly_never_completed_without
         data_dir=tmp_path / "weed", access_key="k-down", secret_key=uuid.uuid4().hex
     ).start()
     s3 = S3Server(own.endpoint, own.access_key, own.secret_key, "us-east-1", own)
-    stack = _start(seeded, s3, JOB_MAX_ATTEMPTS="2")
+    stack = start_stack(seeded, s3, JOB_MAX_ATTEMPTS="2")
     try:
         bucket_ready = urllib3.request(
             "POST", stack.url("submit"), json={"date": "2024-03-05", "device_id": "phone1"}

@@ -1,0 +1,119 @@
+"""The whole system for tests: the supervisor of `otel-worker dev` with every function as
+its own process, on the session's PostgreSQL (through PgBouncer) and S3 server, over a
+month of generated fixes for three devices."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import urllib3
+
+from shared import config, events
+from shared.contracts import JobView
+from shared.devstack import wait_until
+from shared.maintenance import migrate_jobs, sweep_once
+from shared.supervisor import Supervisor
+from shared.tracks import TrackSpec
+from tests.conftest import Database, S3Server
+
+SEED = TrackSpec(seed=7, start=dt.date(2024, 3, 1), days=31, devices=3)
+
+
+@dataclass
+class Stack:
+    supervisor: Supervisor
+    env: dict[str, str]
+    database: Database
+    s3: S3Server
+    bucket: str
+
+    @property
+    def broker(self) -> str:
+        return self.supervisor.urls["broker"]
+
+    def url(self, service: str) -> str:
+        return self.supervisor.urls[service]
+
+    def job(self, job_id: uuid.UUID | str) -> JobView:
+        response = urllib3.request("GET", f"{self.url('status')}/jobs/{job_id}")
+        assert response.status == 200, response.data
+        return JobView.model_validate_json(response.data)
+
+    def wait_finished(self, job_id: uuid.UUID | str, timeout: float = 60) -> JobView:
+        seen: list[JobView] = []
+
+        def finished() -> bool:
+            seen.append(self.job(job_id))
+            return seen[-1].status in {"completed", "failed"}
+
+        wait_until(finished, timeout, f"job {job_id}", interval=0.05)
+        return seen[-1]
+
+    def objects(self) -> list[str]:
+        client = self.s3.client()
+        return sorted(o.object_name or "" for o in client.list_objects(self.bucket, recursive=True))
+
+    def db(self) -> psycopg.Connection[tuple[Any, ...]]:
+        return self.database.connect()
+
+
+def request_event(
+    data: dict[str, Any], event_id: str | None = None
+) -> tuple[dict[str, str], bytes]:
+    event = events.CloudEvent(
+        {
+            "type": events.DISTANCE_REQUESTED,
+            "source": "/tests/pipeline",
+            "id": event_id or str(uuid.uuid4()),
+            "datacontenttype": "application/json",
+        },
+        data,
+    )
+    return events.binary(event)
+
+
+def stack_env(database: Database, s3: S3Server, bucket: str, **extra: str) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if k not in config.variable_names()}
+    return {
+        **keep,
+        "DATABASE_URL": database.dsn,
+        "MINIO_ENDPOINT": s3.endpoint,
+        "MINIO_ACCESS_KEY": s3.access_key,
+        "MINIO_SECRET_KEY": s3.secret_key,
+        "MINIO_REGION": s3.region,
+        "MINIO_BUCKET": bucket,
+        "JOB_LEASE_SECONDS": "10",
+        "JOB_REPUBLISH_SECONDS": "1",
+        "LOG_LEVEL": "WARNING",
+        "DB_STARTUP_RETRY_SECONDS": "5",
+        **extra,
+    }
+
+
+def start_stack(
+    database: Database, s3: S3Server, out: io.TextIOBase | None = None, **extra: str
+) -> Stack:
+    bucket = f"pipeline-{uuid.uuid4().hex[:10]}"
+    env = stack_env(database, s3, bucket, **extra)
+    settings = config.DatabaseSettings(database_url=database.dsn)
+    jobs = config.JobSettings(job_lease_seconds=10, job_republish_seconds=1)
+    supervisor = Supervisor(
+        env=env,
+        out=out or Discard(),
+        migrate=lambda: migrate_jobs(settings),
+        sweep=lambda sink: sweep_once(settings, jobs, config.EventSettings(k_sink=sink)),
+        sweep_interval=0.5,
+        time_scale=0.05,
+    ).start()
+    return Stack(supervisor, env, database, s3, bucket)
+
+
+class Discard(io.TextIOBase):
+    def write(self, text: str) -> int:
+        return len(text)
