@@ -1,0 +1,252 @@
+"""The gRPC ingress against the real stack: old clients keep working, every error has its
+code, repeated keys make one job, and the command-line client shows what a user needs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_tools import protoc
+
+from shared.devstack import REPO_ROOT
+from shared.rpc.distance.v1 import distance_pb2 as pb
+from shared.rpc.distance.v1 import distance_pb2_grpc
+from tests.stack import Stack
+
+LEGACY = Path(__file__).parent / "legacy"
+
+
+@pytest.fixture
+def stub(stack: Stack) -> Iterator[distance_pb2_grpc.DistanceServiceStub]:
+    with grpc.insecure_channel(stack.url("ingress")) as channel:
+        yield distance_pb2_grpc.DistanceServiceStub(channel)  # type: ignore[no-untyped-call]
+
+
+def _code(call: object) -> tuple[str, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call()  # type: ignore[operator]
+    return info.value.code().name, info.value.details() or ""
+
+
+def test_a_client_built_from_the_original_proto_still_works(stack: Stack, tmp_path: Path) -> None:
+    include = Path(protoc.__file__).parent / "_proto"
+    generated = protoc.main(
+        [
+            "protoc",
+            f"-I{LEGACY}",
+            f"-I{include}",
+            f"--python_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}",
+            "distance/v1/distance.proto",
+        ]
+    )
+    assert generated == 0
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(LEGACY / "old_client.py"),
+            stack.url("ingress"),
+            "2024-03-12",
+            "phone3",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    seen = json.loads(run.stdout)
+    assert seen["queued_status"] == "queued"
+    assert seen["queued_at"] > 0
+    assert seen["status"] == "completed", seen["error"]
+    assert seen["completed_at"] >= seen["queued_at"]
+    assert seen["date"] == "2024-03-12"
+    assert seen["device_id"] == "phone3"
+    assert seen["total_locations"] > 2000
+    assert 0 < seen["total_distance_km"] < 500
+    assert seen["min_distance_km"] <= seen["max_distance_km"]
+    assert seen["processing_time_ms"] > 0
+    name = Path(seen["csv_path"]).name
+    assert name.startswith("distance_20240312_phone3_")
+    assert name.endswith(".csv")
+    # The basename is what old clients link to: status serves it.
+    assert seen["job_id"][:8] in name
+    assert seen["job_id"] in seen["listed"]
+    assert seen["limit"] == 50
+    assert seen["total_count"] >= len(seen["listed"])
+    assert seen["bad_date_code"] == "INVALID_ARGUMENT"
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        ({"date": "2024-02-30"}, "date"),
+        ({"date": "03/12/2024"}, "date"),
+        ({"date": ""}, "date"),
+        ({"date": "2024-03-12", "end_date": "2024-03-01"}, "end_date"),
+        ({"date": "2024-01-01", "end_date": "2024-06-01"}, "end_date"),
+        ({"date": "2024-03-12", "device_id": "no spaces please"}, "device_id"),
+        ({"date": "2024-03-12", "timezone": "Mars/Olympus"}, "timezone"),
+        ({"date": "2099-01-01"}, "date"),
+    ],
+)
+def test_bad_requests_are_invalid_argument_naming_the_field(
+    stub: distance_pb2_grpc.DistanceServiceStub, request_fields: dict[str, str], field: str
+) -> None:
+    code, details = _code(
+        lambda: stub.CalculateDistanceFromHome(
+            pb.CalculateDistanceRequest(**request_fields), timeout=10
+        )
+    )
+    assert code == "INVALID_ARGUMENT"
+    assert field in details
+
+
+def test_lookups_have_their_codes(stub: distance_pb2_grpc.DistanceServiceStub) -> None:
+    unknown = str(uuid.uuid4())
+    assert (
+        _code(lambda: stub.GetJobStatus(pb.GetJobStatusRequest(job_id=unknown), timeout=10))[0]
+        == "NOT_FOUND"
+    )
+    assert (
+        _code(lambda: stub.GetJobStatus(pb.GetJobStatusRequest(job_id="42"), timeout=10))[0]
+        == "INVALID_ARGUMENT"
+    )
+    for bad in (
+        pb.ListJobsRequest(limit=-1),
+        pb.ListJobsRequest(offset=-1),
+        pb.ListJobsRequest(date="soon"),
+        pb.ListJobsRequest(status="done"),
+    ):
+        assert _code(lambda bad=bad: stub.ListJobs(bad, timeout=10))[0] == "INVALID_ARGUMENT"
+    assert stub.ListJobs(pb.ListJobsRequest(limit=0), timeout=10).limit == 50
+    assert stub.ListJobs(pb.ListJobsRequest(limit=9999), timeout=10).limit == 500
+
+
+def test_fifty_concurrent_calls_with_one_key_make_one_job(
+    stub: distance_pb2_grpc.DistanceServiceStub,
+) -> None:
+    key = f"dashboard-{uuid.uuid4()}"
+    barrier = threading.Barrier(50)
+    replies: list[pb.CalculateDistanceResponse] = []
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        barrier.wait()
+        try:
+            replies.append(
+                stub.CalculateDistanceFromHome(
+                    pb.CalculateDistanceRequest(
+                        date="2024-03-18", device_id="phone1", idempotency_key=key
+                    ),
+                    timeout=30,
+                )
+            )
+        except grpc.RpcError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len({r.job_id for r in replies}) == 1
+    assert sum(r.created for r in replies) == 1
+
+
+def test_an_empty_day_completes_with_zeros_and_a_note(
+    stack: Stack, stub: distance_pb2_grpc.DistanceServiceStub
+) -> None:
+    queued = stub.CalculateDistanceFromHome(
+        pb.CalculateDistanceRequest(date="2023-01-15"), timeout=10
+    )
+    job = stack.wait_finished(queued.job_id)
+    assert job.status == "completed"
+    reply = stub.GetJobStatus(pb.GetJobStatusRequest(job_id=queued.job_id), timeout=10)
+    assert reply.result.total_locations == 0
+    assert reply.result.total_distance_km == 0
+    assert reply.result.notes
+    assert reply.result.csv_url
+
+
+def test_new_clients_get_every_metric(
+    stack: Stack, stub: distance_pb2_grpc.DistanceServiceStub
+) -> None:
+    queued = stub.CalculateDistanceFromHome(
+        pb.CalculateDistanceRequest(
+            date="2024-03-11", end_date="2024-03-13", timezone="America/New_York"
+        ),
+        timeout=10,
+    )
+    stack.wait_finished(queued.job_id)
+    reply = stub.GetJobStatus(pb.GetJobStatusRequest(job_id=queued.job_id), timeout=10)
+    result = reply.result
+    assert reply.end_date == "2024-03-13"
+    assert result.csv_url.startswith("http://")
+    assert result.summary_url
+    assert result.csv_url_expires_at.ToDatetime(dt.UTC) > dt.datetime.now(dt.UTC)
+    metrics = result.metrics
+    assert metrics.points_read == result.total_locations
+    assert metrics.path_km == pytest.approx(result.total_distance_km)
+    assert metrics.raw_path_km >= metrics.path_km
+    assert set(metrics.points_dropped) == {"invalid", "accuracy", "duplicate", "jump", "jitter"}
+    assert metrics.time_at_home_s + metrics.time_away_s + metrics.time_unknown_s > 0
+    assert len(metrics.trips) >= 3
+    assert {d.device_id for d in result.devices} == {"phone1", "phone2", "phone3"}
+    assert sum(d.metrics.path_km for d in result.devices) == pytest.approx(metrics.path_km)
+    assert 0 < metrics.completeness.coverage <= 1
+
+
+def test_the_command_line_client_follows_a_job_to_its_table_and_link(stack: Stack) -> None:
+    cli = [str(Path(sys.executable).parent / "otel-worker")]
+    env = {**os.environ, "INGRESS_ADDRESS": stack.url("ingress")}
+    submit = subprocess.run(
+        [*cli, "submit", "--date", "2024-03-19", "--device", "phone2", "--wait"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=REPO_ROOT,
+    )
+    assert submit.returncode == 0, submit.stderr
+    out = submit.stdout
+    assert "queued" in out
+    for heading in ("Window", "Fixes", "Path", "From home", "Time", "Trips", "Devices", "CSV"):
+        assert heading in out, heading
+    assert "completed" in submit.stderr
+    job_id = out.split()[1]
+    status = subprocess.run(
+        [*cli, "status", job_id], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "completed" in status.stdout
+    listing = subprocess.run(
+        [*cli, "jobs", "--device", "phone2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert job_id in listing.stdout
+    bad = subprocess.run(
+        [*cli, "status", "not-a-job"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 3
+    assert "INVALID_ARGUMENT" in bad.stderr
