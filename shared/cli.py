@@ -127,7 +127,9 @@ def _doctor(args: argparse.Namespace, conn: Connection, settings: config.Databas
 
 def _sweep(args: argparse.Namespace, conn: Connection, settings: config.DatabaseSettings) -> int:
     """One maintenance pass over the jobs (publishing to K_SINK); prints what it did."""
-    from shared import maintenance
+    from shared import maintenance, telemetry
+
+    telemetry.start("sweep", config.load(config.TelemetrySettings), database=True)
 
     report = maintenance.sweep(
         conn,
@@ -137,6 +139,7 @@ def _sweep(args: argparse.Namespace, conn: Connection, settings: config.Database
         limit=args.limit,
     )
     sys.stdout.write("".join(line + "\n" for line in report.lines()))
+    telemetry.shutdown()  # the CronJob's pod ends here: flush what it measured
     return 1 if report.publish_failures else 0
 
 

@@ -409,6 +409,17 @@ class JobStore:
         with self._connection() as conn:
             return self._one(conn, query, {"low": low, "high": high, "suffix": suffix})
 
+    def queue_stats(self) -> tuple[int, float]:
+        """How many jobs are queued, and the age in seconds of the oldest (0 when none)."""
+        query = self._sql(
+            "SELECT count(*), coalesce(extract(epoch FROM now() - min(queued_at)), 0)::float8"
+            " FROM {jobs} WHERE status = 'queued'"
+        )
+        with self._connection() as conn:
+            row = conn.execute(query).fetchone()
+        assert row is not None
+        return int(row[0]), float(row[1])
+
     def mark_published(self, job_id: uuid.UUID) -> None:
         """Record that the job's job.queued event was sent (the outbox mark)."""
         with self._connection() as conn:

@@ -7,6 +7,7 @@ unless a job needs its `job.queued` event again.
 
 from __future__ import annotations
 
+from shared import telemetry
 from shared.config import DatabaseSettings, EventSettings, JobSettings
 from shared.db import Connection, connect
 from shared.events import Publisher
@@ -46,7 +47,9 @@ def sweep(
 ) -> SweepReport:
     """One sweep over `conn`, publishing to K_SINK."""
     store = JobStore(conn, jobs, schema=database.jobs_schema)
-    return store.sweep(queued_publisher(events), limit=limit)
+    report = store.sweep(queued_publisher(events), limit=limit)
+    telemetry.record_queue(*store.queue_stats())
+    return report
 
 
 def sweep_once(database: DatabaseSettings, jobs: JobSettings, events: EventSettings) -> SweepReport:

@@ -15,7 +15,7 @@ from typing import Any
 import flask
 from cloudevents.http import CloudEvent
 
-from shared import events
+from shared import events, telemetry
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,12 @@ def guarded(
 
 
 def health(request: flask.Request, ready: Callable[[], None]) -> flask.Response | None:
-    """Answer `/healthz` (the process serves) and `/readyz` (`ready()` does not raise: its
-    dependencies answer); None for any other path."""
+    """Answer `/healthz` (the process serves), `/readyz` (`ready()` does not raise: its
+    dependencies answer) and, when METRICS_PROMETHEUS is on, `/metrics`; None otherwise."""
+    if request.path == "/metrics" and telemetry.prometheus_enabled():
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return flask.Response(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
     if request.path == "/healthz":
         return json_response({"status": "ok"})
     if request.path == "/readyz":

@@ -82,7 +82,7 @@ def _from_event(request: flask.Request) -> flask.Response:
             traceparent=telemetry.traceparent(),
         )
     with log_context(job_id=str(job.id)):
-        log.info("job accepted", extra={"created": created, "requester": event["id"]})
+        log.info("job accepted", extra={"job_created": created, "requester": event["id"]})
     return web.event_response(reply)
 
 
