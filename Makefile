@@ -58,6 +58,10 @@ bench-db: install system-deps  ## benchmark seeding, the locations reader and th
 bench-engine: install  ## engine and CSV writer throughput and memory for 1M and 10M fixes
 	$(PY) tests/bench/bench_engine.py
 
+.PHONY: bench-pipeline
+bench-pipeline: install system-deps  ## the whole system: job latency, throughput, status latency, start-up
+	$(PY) -m tests.bench.bench_pipeline $(BENCH_ARGS)
+
 .PHONY: demo
 demo: install  ## run the main job end to end on embedded defaults
 	@echo "make demo arrives with its own issue; until then see README.md"; exit 1

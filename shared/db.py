@@ -140,8 +140,12 @@ class LazyPool:
                     min_size=1,
                     max_size=self._settings.db_pool_max_size,
                     kwargs=connection_options(self._settings),
-                    # Detects connections PgBouncer or PostgreSQL closed while idle.
-                    check=ConnectionPool.check_connection,
+                    # No round trip per checkout (it cost a statement per operation): a
+                    # connection closed while idle fails its next use with OperationalError,
+                    # which becomes DatabaseUnavailable (a retried 503), and the pool then
+                    # replaces it. Idle connections are recycled well before PgBouncer's
+                    # client_idle_timeout would cut them.
+                    max_idle=300,
                     timeout=self._settings.db_connect_timeout_seconds,
                     name="otel-worker",
                     open=False,

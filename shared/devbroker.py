@@ -120,6 +120,10 @@ class DevBroker:
         broker = self
 
         class Ingress(BaseHTTPRequestHandler):
+            # Keep-alive, as a real broker ingress: a new connection per event costs more
+            # than the event.
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)

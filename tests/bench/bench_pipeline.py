@@ -1,0 +1,375 @@
+"""Benchmark of the whole system: every function a process, real PostgreSQL (through
+PgBouncer), SeaweedFS as S3, the dev broker. Run with `make bench-pipeline`.
+
+Prints, for the issue targets:
+  - one-day job (~3,000 fixes), warm, submit -> completed: p50 / p95;
+  - a 31-day, 3-device range: end to end, and the compute worker's peak RSS;
+  - CalculateDistanceFromHome alone (compute stopped): calls/s sustained, latency;
+  - the whole pipeline: one-day jobs/s submitted and completed;
+  - GetJobStatus latency while the pipeline runs at half that rate;
+  - ingress process start -> health SERVING, and -> its first completed job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import itertools
+import multiprocessing
+import os
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from multiprocessing.queues import Queue
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psycopg
+import urllib3
+from psycopg.conninfo import make_conninfo
+
+from shared.devstack import PgBouncer, SeaweedS3, free_ports, grpc_serving, ingress_process
+from shared.locations import write_points
+from shared.rpc.distance.v1 import distance_pb2 as pb
+from shared.rpc.distance.v1 import distance_pb2_grpc
+from shared.tracks import TrackSpec, generate
+from tests.bench.bench_db import bench_database
+from tests.conftest import Database, S3Server
+from tests.stack import Stack, start_stack
+
+SPEC = TrackSpec(seed=11, start=dt.date(2024, 1, 1), days=62, devices=3)
+DAYS = [SPEC.start + dt.timedelta(days=k) for k in range(SPEC.days)]
+DEVICES = ("phone1", "phone2", "phone3")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+class Jobs:
+    """Reads job state straight from the jobs table (no load on status while timing)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.conn = psycopg.connect(dsn, autocommit=True, prepare_threshold=None)
+
+    def finished(self, job_ids: list[str], timeout: float) -> dict[str, dt.datetime]:
+        deadline = time.monotonic() + timeout
+        done: dict[str, dt.datetime] = {}
+        while len(done) < len(job_ids) and time.monotonic() < deadline:
+            rows = self.conn.execute(
+                "SELECT id::text, completed_at FROM otel_worker.jobs"
+                " WHERE id = ANY(%s::uuid[]) AND status = 'completed'",
+                ([j for j in job_ids if j not in done],),
+            ).fetchall()
+            done.update({row[0]: row[1] for row in rows})
+            time.sleep(0.005)
+        missing = len(job_ids) - len(done)
+        if missing:
+            raise RuntimeError(f"{missing} job(s) did not complete within {timeout:.0f} s")
+        return done
+
+
+def one_day_latency(stack: Stack, jobs: Jobs, count: int) -> None:
+    http = urllib3.PoolManager()
+    latencies = []
+    for day, device in itertools.islice(itertools.product(DAYS[31:], DEVICES), count):
+        started = dt.datetime.now(dt.UTC)
+        reply = http.request(
+            "POST", stack.url("submit"), json={"date": day.isoformat(), "device_id": device}
+        )
+        job_id = reply.json()["job"]["job_id"]
+        completed = jobs.finished([job_id], 60)[job_id]
+        latencies.append((completed - started).total_seconds())
+    print(
+        f"one-day job, warm, submit -> completed ({count} jobs, ~2,900 fixes each): "
+        f"p50 {ms(statistics.median(latencies))}, p95 {ms(percentile(latencies, 95))}, "
+        f"best {ms(min(latencies))}"
+    )
+
+
+def children_rss(pid: int) -> int:
+    """Peak RSS (VmHWM, kB) of the gunicorn workers under `pid`."""
+    peak = 0
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        for line in Path(f"/proc/{child}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peak = max(peak, int(line.split()[1]))
+    return peak
+
+
+def month_range(stack: Stack, jobs: Jobs) -> None:
+    compute = stack.supervisor.services["compute"]
+    assert compute.process is not None
+    before = children_rss(compute.process.pid)
+    started = dt.datetime.now(dt.UTC)
+    reply = urllib3.request(
+        "POST", stack.url("submit"), json={"date": "2024-01-01", "end_date": "2024-01-31"}
+    )
+    job_id = reply.json()["job"]["job_id"]
+    completed = jobs.finished([job_id], 120)[job_id]
+    view = urllib3.request("GET", f"{stack.url('status')}/jobs/{job_id}").json()
+    points = view["result"]["points"]["read"]
+    after = children_rss(compute.process.pid)
+    print(
+        f"31-day, 3-device range ({points:,} fixes): {(completed - started).total_seconds():.2f} s "
+        f"end to end; compute worker peak RSS {after / 1024:.0f} MB "
+        f"(warm worker before the job: {before / 1024:.0f} MB)"
+    )
+
+
+def load(
+    duration: float, threads: int, call: Callable[[int], None]
+) -> tuple[int, list[float], float]:
+    """Call `call` from `threads` threads for `duration` s; (calls, latencies, elapsed)."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + duration
+    counter = itertools.count()
+
+    def worker() -> None:
+        while time.monotonic() < stop:
+            n = next(counter)
+            begun = time.perf_counter()
+            call(n)
+            spent = time.perf_counter() - begun
+            with lock:
+                latencies.append(spent)
+
+    started = time.monotonic()
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return len(latencies), latencies, time.monotonic() - started
+
+
+def _submit_load(target: str, seconds: float, threads: int, results: Queue[Any]) -> None:
+    with grpc.insecure_channel(target) as channel:
+        stub = distance_pb2_grpc.DistanceServiceStub(channel)  # type: ignore[no-untyped-call]
+
+        def call(n: int) -> None:
+            day = DAYS[n % 31]
+            stub.CalculateDistanceFromHome(
+                pb.CalculateDistanceRequest(date=day.isoformat(), device_id=DEVICES[n % 3]),
+                timeout=10,
+            )
+
+        results.put(load(seconds, threads, call))
+
+
+def submit_path(stack: Stack, seconds: float) -> None:
+    stack.supervisor.services["compute"].stop()
+    try:
+        # The load comes from a process of its own: this one hosts the dev broker.
+        context = multiprocessing.get_context("spawn")
+        results: Queue[Any] = context.Queue()
+        worker = context.Process(
+            target=_submit_load, args=(stack.url("ingress"), seconds, 16, results)
+        )
+        worker.start()
+        calls, latencies, elapsed = results.get(timeout=seconds + 120)
+        worker.join()
+        print(
+            f"CalculateDistanceFromHome alone (compute stopped), 16 client threads, "
+            f"{elapsed:.0f} s: {calls / elapsed:.0f} calls/s sustained, "
+            f"p50 {ms(statistics.median(latencies))}, p99 {ms(percentile(latencies, 99))}"
+        )
+    finally:
+        with psycopg.connect(stack.database.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM otel_worker.jobs WHERE status = 'queued'")
+        stack.supervisor.restart("compute")
+
+
+def submit_jobs(stub: distance_pb2_grpc.DistanceServiceStub, count: int, threads: int) -> list[str]:
+    ids: list[str] = []
+    lock = threading.Lock()
+    work = iter(itertools.islice(itertools.product(DAYS[:60], DEVICES), count))
+
+    def worker() -> None:
+        for day, device in work:
+            reply = stub.CalculateDistanceFromHome(
+                pb.CalculateDistanceRequest(
+                    date=day.isoformat(), device_id=device, idempotency_key=str(uuid.uuid4())
+                ),
+                timeout=30,
+            )
+            with lock:
+                ids.append(reply.job_id)
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return ids
+
+
+def pipeline_rate(stub: distance_pb2_grpc.DistanceServiceStub, jobs: Jobs, count: int) -> float:
+    started = time.monotonic()
+    ids = submit_jobs(stub, count, 8)
+    jobs.finished(ids, 600)
+    elapsed = time.monotonic() - started
+    rate = count / elapsed
+    print(
+        f"whole pipeline: {count} one-day jobs submitted and completed in {elapsed:.1f} s: "
+        f"{rate:.1f} jobs/s"
+    )
+    return rate
+
+
+def status_latency(
+    stub: distance_pb2_grpc.DistanceServiceStub, jobs: Jobs, rate: float, seconds: float
+) -> None:
+    known = [row[0] for row in jobs.conn.execute("SELECT id::text FROM otel_worker.jobs LIMIT 500")]
+    stop = threading.Event()
+
+    def feed() -> None:
+        interval = 1 / rate
+        for day, device in itertools.cycle(itertools.product(DAYS[:60], DEVICES)):
+            if stop.is_set():
+                return
+            begun = time.monotonic()
+            stub.CalculateDistanceFromHome(
+                pb.CalculateDistanceRequest(
+                    date=day.isoformat(), device_id=device, idempotency_key=str(uuid.uuid4())
+                ),
+                timeout=30,
+            )
+            time.sleep(max(0.0, interval - (time.monotonic() - begun)))
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        calls, latencies, elapsed = load(
+            seconds,
+            2,
+            lambda n: stub.GetJobStatus(
+                pb.GetJobStatusRequest(job_id=known[n % len(known)]), timeout=10
+            ),
+        )
+    finally:
+        stop.set()
+        feeder.join()
+    print(
+        f"GetJobStatus while jobs are submitted at {rate:.1f}/s ({calls} calls, 2 threads, "
+        f"{elapsed:.0f} s): p50 {ms(statistics.median(latencies))}, "
+        f"p99 {ms(percentile(latencies, 99))}"
+    )
+
+
+def ingress_start(stack: Stack, jobs: Jobs, runs: int) -> None:
+    timings = []
+    first_jobs = []
+    env = {
+        **stack.env,
+        "SUBMIT_URL": stack.url("submit"),
+        "STATUS_URL": stack.url("status"),
+    }
+    for run in range(runs):
+        (port,) = free_ports(1)
+        process = ingress_process(port, env)
+        begun = time.monotonic()
+        process.start(stdout=subprocess.DEVNULL)
+        try:
+            while True:
+                with contextlib.suppress(grpc.RpcError):
+                    if grpc_serving(f"127.0.0.1:{port}", timeout=0.5):
+                        break
+                time.sleep(0.005)
+            serving = time.monotonic() - begun
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = distance_pb2_grpc.DistanceServiceStub(channel)  # type: ignore[no-untyped-call]
+                reply = stub.CalculateDistanceFromHome(
+                    pb.CalculateDistanceRequest(
+                        date=DAYS[40 + run].isoformat(), device_id="phone2"
+                    ),
+                    timeout=30,
+                )
+                jobs.finished([reply.job_id], 60)
+            timings.append(serving)
+            first_jobs.append(time.monotonic() - begun)
+        finally:
+            process.stop()
+    print(
+        f"ingress process start -> health SERVING: median {ms(statistics.median(timings))} "
+        f"(best {ms(min(timings))}, {runs} runs); -> first job completed: "
+        f"median {ms(statistics.median(first_jobs))}"
+    )
+
+
+@contextlib.contextmanager
+def system(admin: str) -> Iterator[tuple[Stack, Jobs]]:
+    with bench_database(admin) as params, tempfile.TemporaryDirectory() as folder:
+        direct = make_conninfo(**params)
+        bouncer = PgBouncer(
+            server_host=str(params.get("host", "127.0.0.1")),
+            server_port=int(params.get("port", 5432) or 5432),
+            dbname=str(params["dbname"]),
+            user=str(params.get("user", "postgres")),
+        ).start()
+        weed = SeaweedS3(
+            Path(folder) / "s3", access_key="bench", secret_key=uuid.uuid4().hex
+        ).start()
+        try:
+            with psycopg.connect(direct, autocommit=True) as conn:
+                rows = write_points(conn, generate(SPEC).points)
+            print(
+                f"seeded {rows:,} fixes: {SPEC.devices} devices, {SPEC.days} days from {SPEC.start}"
+            )
+            database = Database(
+                bouncer.dsn, "127.0.0.1", bouncer.port, str(params["dbname"]), "postgres"
+            )
+            s3 = S3Server(weed.endpoint, weed.access_key, weed.secret_key, "us-east-1", weed)
+            stack = start_stack(
+                database,
+                s3,
+                JOB_LEASE_SECONDS="120",
+                JOB_REPUBLISH_SECONDS="120",
+                LOG_LEVEL="WARNING",
+            )
+            try:
+                yield stack, Jobs(direct)
+            finally:
+                stack.supervisor.stop()
+        finally:
+            weed.stop()
+            bouncer.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=30, help="length of the load phases")
+    parser.add_argument("--jobs", type=int, default=150, help="jobs in the pipeline phase")
+    args = parser.parse_args()
+    admin = os.environ.get("BENCH_DATABASE_URL") or os.environ.get(
+        "TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    print(f"machine: {os.cpu_count()} cores; every service a separate process on it")
+    with system(admin) as (stack, jobs), grpc.insecure_channel(stack.url("ingress")) as channel:
+        stub = distance_pb2_grpc.DistanceServiceStub(channel)  # type: ignore[no-untyped-call]
+        one_day_latency(stack, jobs, 5)  # warm-up
+        one_day_latency(stack, jobs, 30)
+        month_range(stack, jobs)
+        rate = pipeline_rate(stub, jobs, args.jobs)
+        status_latency(stub, jobs, rate / 2, min(args.seconds, 20))
+        ingress_start(stack, jobs, 5)
+        # Last: it leaves thousands of undelivered job.queued events behind.
+        submit_path(stack, args.seconds)
+
+
+if __name__ == "__main__":
+    main()
