@@ -9,6 +9,8 @@ completed only after both objects are uploaded, so completed implies the CSV exi
 from __future__ import annotations
 
 import datetime as dt
+import io
+import json
 import logging
 import tempfile
 import time
@@ -137,10 +139,14 @@ class Computation:
             detail += f": {job.error_message}"
         return Outcome(HTTPStatus.OK, event, detail)
 
+    def _upload_json(self, key: str, document: bytes) -> None:
+        self.objects.upload(key, io.BytesIO(document), len(document), JSON_TYPE)
+
     def _compute(self, job: Job) -> dict[str, Any]:
         from shared.engine import EngineParams, analyze, day_window, read_range
         from shared.export import write_csv
         from shared.locations import count_points, read_points
+        from shared.report import series_of
 
         try:
             params = EngineParams.model_validate(job.parameters)
@@ -182,11 +188,8 @@ class Computation:
                 )
             digest, size = sha256_of(csv)
             self.objects.upload(keys.csv_key, csv, size, CSV_TYPE)
-            document = summary.model_dump_json(indent=2).encode()
-            with tempfile.TemporaryFile() as summary_file:
-                summary_file.write(document)
-                summary_file.seek(0)
-                self.objects.upload(keys.summary_key, summary_file, len(document), JSON_TYPE)
+            self._upload_json(keys.series_key, json.dumps(series_of(analysis)).encode())
+            self._upload_json(keys.summary_key, summary.model_dump_json(indent=2).encode())
             if self.storage.csv_output_path is not None:
                 write_compat_copy(self.storage.csv_output_path, keys.csv_name, csv)
             metrics.csv_bytes.record(size)

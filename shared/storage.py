@@ -50,6 +50,11 @@ class ResultKeys:
     summary_key: str
 
     @property
+    def series_key(self) -> str:
+        """The report's chart data, beside the summary."""
+        return self.summary_key.removesuffix(".summary.json") + ".series.json"
+
+    @property
     def csv_name(self) -> str:
         """The CSV's basename (what existing clients link to)."""
         return self.csv_key.rsplit("/", 1)[1]
@@ -177,6 +182,16 @@ class ObjectStore:
         except OSError as exc:
             raise StorageUnavailable(f"checking {key}: {exc}") from None
         return True
+
+    def read(self, key: str) -> bytes:
+        """The whole object at `key` (small objects: summaries and chart data)."""
+        with _translated(f"reading {key}"):
+            response = self.client.get_object(self.settings.minio_bucket, key)
+            try:
+                return bytes(response.read())
+            finally:
+                response.close()
+                response.release_conn()
 
     def presign(self, key: str, now: dt.datetime | None = None) -> Download:
         """A GET URL for `key`, signed for the public endpoint, valid PRESIGN_EXPIRY_SECONDS."""

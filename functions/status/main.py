@@ -1,7 +1,8 @@
-"""status: jobs by id, job listings, presigned downloads, and the dead-letter sink.
+"""status: jobs by id, job listings, reports, presigned downloads, the dead-letter sink.
 
-GET /jobs/{id}, GET /jobs?status=&date=&device_id=&limit=&offset= (newest first, with the
-count of every match), GET /download/{job_id} (302 to a fresh presigned CSV URL; also by
+GET /jobs/{id}, GET /jobs/{id}/report (an HTML page), GET
+/jobs?status=&date=&device_id=&limit=&offset= (newest first, with the count of every
+match), GET /download/{job_id} (302 to a fresh presigned CSV URL; also by
 the CSV's basename, so old relative links keep working, and /download/{job_id}/summary),
 POST /dead-letters (events the broker gave up on), /healthz and /readyz.
 """
@@ -9,6 +10,7 @@ POST /dead-letters (events the broker gave up on), /healthz and /readyz.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import uuid
 from http import HTTPStatus
@@ -22,7 +24,7 @@ from shared import config, events, resources, telemetry, web
 from shared.contracts import JOB_STATUSES, JobPage, parse_local_date
 from shared.db import DatabaseUnavailable
 from shared.jobs import Job, JobStatus, JobStore
-from shared.storage import ObjectStore, StorageUnavailable, short_id_of
+from shared.storage import ObjectStore, StorageUnavailable, result_keys, short_id_of
 from shared.views import job_view
 
 FUNCTION = "status"
@@ -39,6 +41,7 @@ ROUTES = Map(
     [
         Rule("/jobs", endpoint="list", methods=["GET"]),
         Rule("/jobs/<job_id>", endpoint="job", methods=["GET"]),
+        Rule("/jobs/<job_id>/report", endpoint="report", methods=["GET"]),
         Rule("/download/<name>", endpoint="download", methods=["GET"]),
         Rule("/download/<name>/summary", endpoint="download_summary", methods=["GET"]),
         Rule("/dead-letters", endpoint="dead_letter", methods=["POST"]),
@@ -119,6 +122,23 @@ def _job(job_id: str) -> flask.Response:
     return web.json_response(job_view(job, objects).model_dump(mode="json"))
 
 
+def _report(job_id: str) -> flask.Response:
+    from shared.report import render
+
+    jobs, objects = _started()
+    job = _existing(jobs, _job_id(job_id))
+    if job.status != JobStatus.COMPLETED:
+        raise web.HttpError(
+            HTTPStatus.CONFLICT,
+            f"job {job.id} is {job.status.value}: its report exists once it has completed",
+            job_status=job.status.value,
+        )
+    keys = result_keys(job.id, job.date_from, job.date_to, job.device_id)
+    series = json.loads(objects.read(keys.series_key))
+    page = render(job_view(job).model_dump(mode="json"), series)
+    return flask.Response(page, headers={"Content-Type": "text/html; charset=utf-8"})
+
+
 def _resolve(jobs: JobStore, name: str) -> Job:
     """A job by id, or by its CSV's basename (what old clients link to)."""
     if name.endswith(".csv"):
@@ -176,6 +196,8 @@ def _serve(request: flask.Request) -> flask.Response:
             return _list(request)
         if endpoint == "job":
             return _job(arguments["job_id"])
+        if endpoint == "report":
+            return _report(arguments["job_id"])
         if endpoint == "download":
             return _download(arguments["name"])
         if endpoint == "download_summary":

@@ -1,0 +1,131 @@
+"""The job report page: chart data that keeps what matters, a page that shows the job's
+numbers, and the page rendered by real headless Chromium with working download links."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import urljoin
+
+import numpy as np
+import pytest
+import urllib3
+
+from shared import config
+from shared.engine import Analysis, analyze, day_window
+from shared.report import MAX_POINTS, render, series_of
+from shared.tracks import TrackSpec, generate
+from tests.stack import Stack
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+
+
+def _analysis(days: int = 1, devices: int = 1) -> Analysis:
+    track = generate(TrackSpec(seed=3, start=dt.date(2024, 3, 12), days=days, devices=devices))
+    window = day_window(dt.date(2024, 3, 12), dt.date(2024, 3, 11 + days), "America/New_York")
+    return analyze(track.points, window, config.AnalysisSettings().engine_params())
+
+
+def test_series_is_bounded_time_ordered_and_keeps_the_farthest_point() -> None:
+    analysis = _analysis(days=7, devices=2)
+    series = series_of(analysis)
+    assert set(series["devices"]) == {"phone1", "phone2"}
+    for device, data in series["devices"].items():
+        assert 0 < len(data["t"]) <= MAX_POINTS
+        assert data["t"] == sorted(data["t"])
+        assert len(data["km"]) == len(data["east"]) == len(data["north"]) == len(data["t"])
+        farthest = analysis.summary.devices[device].max_distance_km
+        assert max(data["km"]) == pytest.approx(farthest, abs=1e-4)
+        # East/north offsets agree with the distance from home (flat within a few %).
+        flat = np.hypot(data["east"], data["north"])
+        assert np.allclose(flat, data["km"], rtol=0.05, atol=0.01)
+
+
+def test_render_shows_the_numbers_and_escapes_what_it_is_given() -> None:
+    analysis = _analysis()
+    summary = analysis.summary.model_dump(mode="json")
+    job = {
+        "job_id": "0b9f3a52-5d3c-4c1e-8f0a-2b6d7e9c1a44",
+        "date": "2024-03-12",
+        "end_date": "2024-03-12",
+        "device_id": "<script>alert(1)</script>",
+        "result": summary,
+    }
+    page = render(job, series_of(analysis))
+    assert f"{summary['points']['read']:,}" in page
+    assert f"<b>{len(summary['trips'])}</b><span>trips</span>" in page
+    assert "<script>" not in page
+    assert "&lt;script&gt;" in page
+    assert 'href="../../download/0b9f3a52-5d3c-4c1e-8f0a-2b6d7e9c1a44"' in page
+    assert page.count("<polyline") == 2  # the time chart and the track, one device
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        pytest.fail("chromium is not installed: run `make system-deps`")
+    return found
+
+
+def test_the_report_renders_in_headless_chromium(stack: Stack, tmp_path: Path) -> None:
+    reply = urllib3.request(
+        "POST", stack.url("submit"), json={"date": "2024-03-12", "device_id": "phone1"}
+    )
+    job = stack.wait_finished(reply.json()["job"]["job_id"])
+    assert job.result is not None
+    url = f"{stack.url('status')}/jobs/{job.job_id}/report"
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "report.png"
+    flags = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--window-size=1100,1900",
+    ]
+    dom = subprocess.run(
+        [*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True
+    )
+    shot = subprocess.run(
+        [*flags, f"--screenshot={screenshot}", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    page = dom.stdout
+    console = [
+        line for line in dom.stderr.splitlines() + shot.stderr.splitlines() if "CONSOLE" in line
+    ]
+    assert console == [], console
+    points = job.result["points"]["read"]
+    trips = len(job.result["trips"])
+    assert f"{points:,}" in page
+    assert re.search(rf"<b>{trips}</b><span>trips</span>", page)
+    assert page.count("<tr>") == max(trips, 1) + 1
+    assert screenshot.stat().st_size > 20_000
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    link = re.search(r'<a id="csv" href="([^"]+)"', page)
+    assert link is not None
+    csv = urllib3.request("GET", urljoin(url, link.group(1)))
+    assert csv.status == 200
+    assert csv.data.startswith(b"timestamp,device_id,")
+    assert csv.data.count(b"\n") == points + 1
+
+
+def test_no_report_before_the_job_completes(stack: Stack) -> None:
+    missing = urllib3.request(
+        "GET", f"{stack.url('status')}/jobs/00000000-0000-4000-8000-000000000000/report"
+    )
+    assert missing.status == 404
