@@ -63,8 +63,8 @@ bench-pipeline: install system-deps  ## the whole system: job latency, throughpu
 	$(PY) -m tests.bench.bench_pipeline $(BENCH_ARGS)
 
 .PHONY: demo
-demo: install  ## run the main job end to end on embedded defaults
-	@echo "make demo arrives with its own issue; until then see README.md"; exit 1
+demo: install  ## run the whole system end to end on embedded defaults, then stop it
+	$(VENV)/bin/otel-worker demo
 
 .PHONY: audit
 audit: install  ## check the runtime lock for known vulnerabilities (needs the audit service)

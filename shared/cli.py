@@ -51,6 +51,13 @@ def _dev(args: argparse.Namespace) -> int:
     return run_dev(sys.stdout, args.sweep_interval, args.local_s3)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from shared import demo
+
+    options = demo.Options(data_dir=args.data_dir, out_dir=args.out, embedded=args.embedded)
+    return demo.run(options)
+
+
 def _with_database(run: DatabaseHandler) -> Handler:
     """A handler that gives `run` one connection (after the start-up retry) and its settings."""
 
@@ -312,6 +319,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="start a SeaweedFS S3 server with its data in DIR and use it",
     )
     dev.set_defaults(handler=_dev)
+
+    demo = commands.add_parser(
+        "demo", help="run the whole system on this machine: seed, two jobs, summaries, CSVs"
+    )
+    demo.add_argument("--data-dir", type=Path, default=Path(".data"), help="data (.data)")
+    demo.add_argument("--out", type=Path, default=Path("out"), help="CSVs and reports (out)")
+    demo.add_argument(
+        "--embedded-postgres",
+        dest="embedded",
+        action="store_true",
+        help="use the embedded PostgreSQL even if a server answers",
+    )
+    demo.set_defaults(handler=_demo)
     migrate = commands.add_parser("migrate", help="apply the jobs schema migrations")
     migrate.add_argument(
         "--describe",
