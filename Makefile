@@ -62,6 +62,10 @@ bench-engine: install  ## engine and CSV writer throughput and memory for 1M and
 bench-pipeline: install system-deps  ## the whole system: job latency, throughput, status latency, start-up
 	$(PY) -m tests.bench.bench_pipeline $(BENCH_ARGS)
 
+.PHONY: coldstart
+coldstart: install system-deps  ## each function: process start -> ready -> first answered request
+	$(PY) -m tests.bench.coldstart $(BENCH_ARGS)
+
 .PHONY: demo
 demo: install  ## run the whole system end to end on embedded defaults, then stop it
 	$(VENV)/bin/otel-worker demo

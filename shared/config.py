@@ -38,6 +38,8 @@ class ConfigError(ValueError):
 
 class _Group(BaseSettings):
     model_config = SettingsConfigDict(
+        # Validators are built when a group is first loaded: a process pays only for its own.
+        defer_build=True,
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",

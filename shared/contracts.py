@@ -75,7 +75,7 @@ TimeZone = Annotated[str, AfterValidator(_timezone), Field(description="IANA tim
 
 
 class _Contract(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Requester(_Contract):

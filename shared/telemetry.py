@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
-from opentelemetry.propagate import extract, inject
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from shared.config import TelemetrySettings
 
@@ -35,6 +35,7 @@ class _State:
     lock = threading.Lock()
     pid: int | None = None
     prometheus = False
+    exporting = False
     tracer_provider: trace.TracerProvider | None = None
     meter_provider: metrics.MeterProvider | None = None
     instruments: Instruments | None = None
@@ -43,6 +44,9 @@ class _State:
 
 
 _state = _State()
+# W3C trace context, the one format our events and calls carry. Used directly: the global
+# propagator looks its plugins up through package metadata, slow on every cold start.
+_PROPAGATOR = TraceContextTextMapPropagator()
 
 
 def _sampler(settings: TelemetrySettings) -> Sampler:
@@ -94,6 +98,7 @@ def setup(function: str, settings: TelemetrySettings, *, instrument_psycopg: boo
             readers.append(
                 PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=f"{base}/v1/metrics"))
             )
+        _state.exporting = endpoint is not None
         _state.prometheus = settings.metrics_prometheus
         if _state.prometheus:
             from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -102,7 +107,9 @@ def setup(function: str, settings: TelemetrySettings, *, instrument_psycopg: boo
         _state.tracer_provider = tracer_provider
         _state.meter_provider = MeterProvider(resource=resource, metric_readers=readers)
         _state.instruments = None
-        if instrument_psycopg:
+        # Database spans only matter where spans are exported; the instrumentation costs a
+        # few hundred milliseconds of every cold start.
+        if instrument_psycopg and endpoint is not None:
             from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 
             instrumentor = PsycopgInstrumentor()
@@ -140,7 +147,7 @@ def span(
     """A span named `name`; `parent` carries a W3C `traceparent` to continue a trace."""
     token = None
     if parent is not None:
-        token = otel_context.attach(extract(dict(parent)))
+        token = otel_context.attach(_PROPAGATOR.extract(dict(parent)))
     try:
         with tracer().start_as_current_span(name, attributes=dict(attributes or {})) as current:
             yield current
@@ -152,8 +159,13 @@ def span(
 def traceparent() -> str | None:
     """The W3C traceparent of the current span, to put on outgoing events and requests."""
     carrier: dict[str, str] = {}
-    inject(carrier)
+    _PROPAGATOR.inject(carrier)
     return carrier.get("traceparent")
+
+
+def exporting() -> bool:
+    """True when spans leave this process (an OTLP endpoint is configured)."""
+    return _state.exporting
 
 
 def prometheus_enabled() -> bool:

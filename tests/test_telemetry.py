@@ -133,8 +133,9 @@ def test_one_job_is_one_trace_across_ingress_submit_and_compute(
         ("otel-worker-submit", "submit distance.requested"),
         ("otel-worker-compute", "compute job"),
     ):
-        (parent,) = [s for s in trace if s.service == service and s.name == parent_name]
-        children = [s for s in trace if s.parent_id == parent.span_id and s.service == service]
+        # (A duplicate delivery is a second, childless "compute job" span: allowed.)
+        parents = [s for s in trace if s.service == service and s.name == parent_name]
+        children = [s for s in trace if s.parent_id in {p.span_id for p in parents}]
         assert len(children) >= 2, service
     # Health checks are not traced.
     assert not [s for s in spans if "grpc.health" in s.name]

@@ -29,15 +29,18 @@ def build_server(
     grpc_settings: config.GrpcSettings, upstream: Upstream
 ) -> tuple[grpc.Server, DependencyHealth]:
     """The server with DistanceService, health and reflection, bound to its port."""
-    from opentelemetry.instrumentation.grpc import filters, server_interceptor
+    interceptors: list[grpc.ServerInterceptor] = []
+    if telemetry.exporting():
+        # Traced calls (health checks excluded) only where spans are exported: the
+        # instrumentation costs a good part of a cold start.
+        from opentelemetry.instrumentation.grpc import filters, server_interceptor
 
-    # The instrumentation and the generated registration carry no annotations.
-    interceptors = [
-        server_interceptor(  # type: ignore[no-untyped-call]
-            tracer_provider=telemetry.tracer_provider(),
-            filter_=filters.negate(filters.health_check()),
+        interceptors.append(
+            server_interceptor(  # type: ignore[no-untyped-call]
+                tracer_provider=telemetry.tracer_provider(),
+                filter_=filters.negate(filters.health_check()),
+            )
         )
-    ]
     if grpc_settings.grpc_auth_token is not None:
         interceptors.append(BearerAuth(grpc_settings.grpc_auth_token.get_secret_value()))
     server = grpc.server(
@@ -46,6 +49,7 @@ def build_server(
         options=[("grpc.max_receive_message_length", grpc_settings.grpc_max_receive_bytes)],
         maximum_concurrent_rpcs=WORKERS * 8,
     )
+    # The generated registration carries no annotations.
     distance_pb2_grpc.add_DistanceServiceServicer_to_server(  # type: ignore[no-untyped-call]
         DistanceService(upstream), server
     )
