@@ -100,3 +100,30 @@ def test_ingress_without_its_upstreams_configured_exits_naming_them(
     assert service.process.returncode == 2
     assert b"SUBMIT_URL: is required but not set" in output
     assert b"Traceback" not in output
+
+
+def test_metrics_endpoint_serves_prometheus_text_only_when_enabled(
+    base_env: dict[str, str], processes: list[ServiceProcess]
+) -> None:
+    port, dead, other = free_ports(3)
+    env = {
+        **base_env,
+        "MINIO_ACCESS_KEY": "k",
+        "MINIO_SECRET_KEY": "s",
+        "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{dead}/none",
+        "DB_STARTUP_RETRY_SECONDS": "0",
+        "OTEL_SERVICE_NAME": "otel-worker-status",
+    }
+    enabled = http_function("status", port, {**env, "METRICS_PROMETHEUS": "true"}).start()
+    disabled = http_function("status", other, env).start()
+    processes.extend([enabled, disabled])
+    for service in (enabled, disabled):
+        wait_until(
+            lambda service=service: http_status(f"{service.url}/healthz") == 200, 30, "status"
+        )
+        urllib3.request("GET", f"{service.url}/readyz")  # starts telemetry
+    metrics = urllib3.request("GET", f"{enabled.url}/metrics")
+    assert metrics.status == 200
+    assert metrics.headers["Content-Type"].startswith("text/plain")
+    assert b"# TYPE process_resident_memory_bytes gauge" in metrics.data
+    assert urllib3.request("GET", f"{disabled.url}/metrics").status == 404
