@@ -233,16 +233,24 @@ class RecordingServer:
 
 
 @pytest.fixture(scope="session")
-def seeded(pgbouncer: Database, postgres: Database) -> Database:
-    """public.locations holding a month of three devices (written once), reached through
-    PgBouncer as production reads it."""
+def seeded(pgbouncer: Database) -> Iterator[Database]:
+    """A database of its own whose public.locations holds a month of three devices (written
+    once), reached through PgBouncer as production reads it. Separate from the session
+    database, whose public.locations other tests rewrite."""
     from shared.locations import write_points
     from shared.tracks import generate
     from tests.stack import SEED
 
-    with postgres.connect() as conn:
-        write_points(conn, generate(SEED).points, force=True)
-    return pgbouncer
+    with _new_database() as database:
+        with database.connect() as conn:
+            write_points(conn, generate(SEED).points, force=True)
+        yield Database(
+            dsn=f"postgresql://{database.user}@127.0.0.1:{pgbouncer.port}/{database.dbname}",
+            host="127.0.0.1",
+            port=pgbouncer.port,
+            dbname=database.dbname,
+            user=database.user,
+        )
 
 
 @pytest.fixture(scope="session")
