@@ -230,6 +230,7 @@ class DevBroker:
     def _record(
         self, trigger: Trigger, event: CloudEvent, attempt: int, status: int | None, outcome: str
     ) -> None:
+        """Keep and log one hop (attempt 0 is the hand-over to the dead-letter sink)."""
         hop = Hop(
             trigger.metadata.name,
             event["type"],
@@ -242,7 +243,10 @@ class DevBroker:
         )
         with self._lock:
             self.hops.append(hop)
-        log.info("delivery attempt", extra=dataclasses.asdict(hop))
+        if attempt:
+            log.info("delivery attempt", extra=dataclasses.asdict(hop))
+        else:
+            log.error("delivery failed for good", extra=dataclasses.asdict(hop))
 
     def _dead_letter(
         self,
@@ -275,19 +279,7 @@ class DevBroker:
                 outcome = f"dead-letter sink answered {response.status}"
         except urllib3.exceptions.HTTPError as exc:
             outcome = f"dead-letter sink unreachable: {exc}"
-        hop = Hop(
-            trigger.metadata.name,
-            event["type"],
-            event["id"],
-            event["source"],
-            event.get("subject"),
-            0,
-            status,
-            outcome,
-        )
-        with self._lock:
-            self.hops.append(hop)
-        log.error("delivery failed for good", extra=dataclasses.asdict(hop))
+        self._record(trigger, event, 0, status, outcome)
 
 
 def service_resolver(services: dict[str, str]) -> Resolver:

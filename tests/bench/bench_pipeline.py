@@ -20,7 +20,6 @@ import multiprocessing
 import os
 import statistics
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -32,15 +31,12 @@ from typing import Any
 import grpc
 import psycopg
 import urllib3
-from psycopg.conninfo import make_conninfo
 
-from shared.devstack import PgBouncer, SeaweedS3, free_ports, grpc_serving, ingress_process
-from shared.locations import write_points
+from shared.devstack import free_ports, grpc_serving, ingress_process
 from shared.rpc.distance.v1 import distance_pb2 as pb
 from shared.rpc.distance.v1 import distance_pb2_grpc
-from shared.tracks import TrackSpec, generate
-from tests.bench.bench_db import bench_database
-from tests.conftest import Database, S3Server
+from shared.tracks import TrackSpec
+from tests.bench.services import services
 from tests.stack import Stack, start_stack
 
 SPEC = TrackSpec(seed=11, start=dt.date(2024, 1, 1), days=62, devices=3)
@@ -311,41 +307,14 @@ def ingress_start(stack: Stack, jobs: Jobs, runs: int) -> None:
 
 @contextlib.contextmanager
 def system(admin: str) -> Iterator[tuple[Stack, Jobs]]:
-    with bench_database(admin) as params, tempfile.TemporaryDirectory() as folder:
-        direct = make_conninfo(**params)
-        bouncer = PgBouncer(
-            server_host=str(params.get("host", "127.0.0.1")),
-            server_port=int(params.get("port", 5432) or 5432),
-            dbname=str(params["dbname"]),
-            user=str(params.get("user", "postgres")),
-        ).start()
-        weed = SeaweedS3(
-            Path(folder) / "s3", access_key="bench", secret_key=uuid.uuid4().hex
-        ).start()
+    with services(admin, SPEC) as (database, direct, s3):
+        stack = start_stack(
+            database, s3, JOB_LEASE_SECONDS="120", JOB_REPUBLISH_SECONDS="120", LOG_LEVEL="WARNING"
+        )
         try:
-            with psycopg.connect(direct, autocommit=True) as conn:
-                rows = write_points(conn, generate(SPEC).points)
-            print(
-                f"seeded {rows:,} fixes: {SPEC.devices} devices, {SPEC.days} days from {SPEC.start}"
-            )
-            database = Database(
-                bouncer.dsn, "127.0.0.1", bouncer.port, str(params["dbname"]), "postgres"
-            )
-            s3 = S3Server(weed.endpoint, weed.access_key, weed.secret_key, "us-east-1", weed)
-            stack = start_stack(
-                database,
-                s3,
-                JOB_LEASE_SECONDS="120",
-                JOB_REPUBLISH_SECONDS="120",
-                LOG_LEVEL="WARNING",
-            )
-            try:
-                yield stack, Jobs(direct)
-            finally:
-                stack.supervisor.stop()
+            yield stack, Jobs(direct)
         finally:
-            weed.stop()
-            bouncer.stop()
+            stack.supervisor.stop()
 
 
 def main() -> None:

@@ -14,11 +14,9 @@ import datetime as dt
 import os
 import statistics
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import grpc
 import psycopg
@@ -27,8 +25,6 @@ import urllib3
 from shared import config, events
 from shared.contracts import JobQueued
 from shared.devstack import (
-    PgBouncer,
-    SeaweedS3,
     ServiceProcess,
     free_ports,
     grpc_serving,
@@ -37,12 +33,11 @@ from shared.devstack import (
     ingress_process,
 )
 from shared.jobs import JobRequest, JobStore
-from shared.locations import write_points
 from shared.maintenance import migrate_jobs
 from shared.rpc.distance.v1 import distance_pb2 as pb
 from shared.rpc.distance.v1 import distance_pb2_grpc
-from shared.tracks import TrackSpec, generate
-from tests.bench.bench_db import bench_database
+from shared.tracks import TrackSpec
+from tests.bench.services import services
 
 TARGET_S = {"submit": 1.0, "status": 1.0, "ingress": 1.0, "compute": 1.2}
 
@@ -74,40 +69,23 @@ def measure(
 
 @contextlib.contextmanager
 def environment(admin: str) -> Iterator[tuple[dict[str, str], JobStore]]:
-    with bench_database(admin) as params, tempfile.TemporaryDirectory() as folder:
-        bouncer = PgBouncer(
-            server_host=str(params.get("host", "127.0.0.1")),
-            server_port=int(params.get("port", 5432) or 5432),
-            dbname=str(params["dbname"]),
-            user=str(params.get("user", "postgres")),
-        ).start()
-        weed = SeaweedS3(
-            Path(folder) / "s3", access_key="cold", secret_key=uuid.uuid4().hex
-        ).start()
-        try:
-            settings = config.DatabaseSettings(database_url=bouncer.dsn)
-            migrate_jobs(settings)
-            with psycopg.connect(bouncer.dsn, autocommit=True, prepare_threshold=None) as conn:
-                write_points(
-                    conn, generate(TrackSpec(seed=1, start=dt.date(2024, 3, 1), days=5)).points
-                )
-            env = {k: v for k, v in os.environ.items() if k not in config.variable_names()}
-            env |= {
-                "DATABASE_URL": bouncer.dsn,
-                "MINIO_ENDPOINT": weed.endpoint,
-                "MINIO_ACCESS_KEY": weed.access_key,
-                "MINIO_SECRET_KEY": weed.secret_key,
-                "MINIO_BUCKET": "coldstart",
-                "LOG_LEVEL": "WARNING",
-            }
-            conn = psycopg.connect(bouncer.dsn, autocommit=True, prepare_threshold=None)
-            try:
-                yield env, JobStore(conn, config.JobSettings(), schema="otel_worker")
-            finally:
-                conn.close()
-        finally:
-            weed.stop()
-            bouncer.stop()
+    with services(admin, TrackSpec(seed=1, start=dt.date(2024, 3, 1), days=5)) as (
+        database,
+        _direct,
+        s3,
+    ):
+        migrate_jobs(config.DatabaseSettings(database_url=database.dsn))
+        env = {k: v for k, v in os.environ.items() if k not in config.variable_names()}
+        env |= {
+            "DATABASE_URL": database.dsn,
+            "MINIO_ENDPOINT": s3.endpoint,
+            "MINIO_ACCESS_KEY": s3.access_key,
+            "MINIO_SECRET_KEY": s3.secret_key,
+            "MINIO_BUCKET": "coldstart",
+            "LOG_LEVEL": "WARNING",
+        }
+        with psycopg.connect(database.dsn, autocommit=True, prepare_threshold=None) as conn:
+            yield env, JobStore(conn, config.JobSettings(), schema="otel_worker")
 
 
 def _one_run(
