@@ -93,7 +93,7 @@ class DatabaseSettings(_Group):
 class AnalysisSettings(_Group):
     """Home, time zone and the filter thresholds of the distance engine.
 
-    The filter defaults were chosen by measurement (docs/engine.md): JITTER_RADIUS_M 120
+    The filter defaults were chosen by measurement (docs/FUNCTIONALITY.md): JITTER_RADIUS_M 120
     and JITTER_FIXES 10 keep a phone resting for 24 h with 25 m noise under 0.2 km while
     a 400 m walk still counts; MAX_SPEED_KMH 500 is above any ground transport, so only
     teleports (and fixes taken in flight, whose path the segments still bridge) are jumps.
