@@ -56,7 +56,7 @@ bench-db: install system-deps  ## benchmark seeding, the locations reader and th
 
 .PHONY: bench-engine
 bench-engine: install  ## engine and CSV writer throughput and memory for 1M and 10M fixes
-	$(PY) tests/bench/bench_engine.py
+	$(PY) tests/bench/bench_engine.py $(BENCH_ARGS)
 
 .PHONY: bench-pipeline
 bench-pipeline: install system-deps  ## the whole system: job latency, throughput, status latency, start-up

@@ -202,12 +202,15 @@ def run_seed(args: argparse.Namespace) -> int:
         sys.stderr.write(f"\rseeding [{bar:<30}] {done:,}/{total:,} rows")
         sys.stderr.flush()
 
-    with db.connect(settings) as conn:
-        try:
+    try:
+        with db.connect(settings) as conn:
             rows = locations.write_points(conn, track.points, force=args.force, progress=progress)
-        except locations.ExistingRowsError as exc:
-            sys.stderr.write(f"otel-worker: {exc} (use --force)\n")
-            return 1
+    except locations.ExistingRowsError as exc:
+        sys.stderr.write(f"otel-worker: {exc} (use --force)\n")
+        return 1
+    except db.DatabaseUnavailable as exc:
+        sys.stderr.write(f"otel-worker: {exc}\n")
+        return 3
     sys.stderr.write("\n")
     sys.stdout.write(
         f"wrote {rows:,} rows for {spec.devices} device(s), {spec.days} day(s) from "

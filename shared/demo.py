@@ -144,12 +144,20 @@ def _submit_and_show(stack: Supervisor, options: Options, say: TextIO) -> None:
                 raise RuntimeError(f"job {queued.job_id} {final.status}: {final.error_message}")
             show_result(final, say)
             name = Path(final.result.csv_path).name
-            with urllib.request.urlopen(final.result.csv_url, timeout=60) as csv:  # noqa: S310
-                (options.out_dir / name).write_bytes(csv.read())
+            summary_name = name.replace(".csv", ".summary.json")
+            for url, file_name in (
+                (final.result.csv_url, name),
+                (final.result.summary_url, summary_name),
+            ):
+                with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310
+                    (options.out_dir / file_name).write_bytes(response.read())
             report = f"{stack.urls['status']}/jobs/{queued.job_id}/report"
             page = options.out_dir / name.replace(".csv", ".report.html")
             with urllib.request.urlopen(report, timeout=60) as html:  # noqa: S310
-                page.write_bytes(html.read())
+                text = html.read().decode()
+            # The saved copy links to the files saved beside it, not to the stopped stack.
+            text = text.replace(f"../../download/{queued.job_id}/summary", summary_name)
+            page.write_text(text.replace(f"../../download/{queued.job_id}", name))
             say.write(f"Report        {report}\n")
             say.write(f"Saved         {options.out_dir / name} and {page}\n")
 

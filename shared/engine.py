@@ -14,8 +14,8 @@ How the numbers are made (ARCHITECTURE.md, "Metrics"):
   `dropped_by` rule: invalid coordinates, accuracy above the limit, exact duplicates,
   impossible jumps, stationary jitter. The first four are quality filters: such a fix is
   ignored everywhere. A jitter fix is a genuine but noisy observation of a device that has
-  not moved: it adds no path and no statistics, but it still counts as "observed" for
-  time accounting, so a quiet night at home is time at home rather than a gap.
+  not moved: it adds no path, but it counts for the distance statistics, trips and time
+  accounting, so a quiet night at home is time at home rather than a gap.
 - Fixes outside the window are context only (never counted): they let segments and time
   that cross the window's edges be split exactly at the edge, the same way segments that
   cross local midnight are split between days, so the days of a range add up to the range.

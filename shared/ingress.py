@@ -68,8 +68,11 @@ class Upstream:
     """HTTP client of submit and status, with bounded timeouts and no retries of its own
     (the gRPC caller decides whether to retry)."""
 
-    def __init__(self, settings: UpstreamSettings, pool_size: int = 16) -> None:
+    def __init__(
+        self, settings: UpstreamSettings, source: str = "/otel-worker/ingress", pool_size: int = 16
+    ) -> None:
         self.settings = settings
+        self.source = source
         self._http = urllib3.PoolManager(maxsize=pool_size, block=False, retries=False)
         self.reachable: dict[str, bool] = {"submit": True, "status": True}
 
@@ -126,7 +129,7 @@ class Upstream:
         event = CloudEvent(
             {
                 "type": events.DISTANCE_REQUESTED,
-                "source": "/otel-worker/ingress",
+                "source": self.source,
                 "id": str(uuid.uuid4()),
                 "datacontenttype": "application/json",
                 **({"traceparent": tp} if (tp := telemetry.traceparent()) else {}),

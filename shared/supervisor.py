@@ -102,6 +102,7 @@ class Supervisor:
     _threads: list[threading.Thread] = field(default_factory=list)
     _log: PrefixedLog | None = None
     _handler: logging.Handler | None = None
+    _replaced: list[logging.Handler] = field(default_factory=list)
 
     @property
     def urls(self) -> dict[str, str]:
@@ -119,7 +120,9 @@ class Supervisor:
         root = logging.getLogger()
         formatter = root.handlers[0].formatter if root.handlers else None
         self._handler = _LogHandler(self._log, formatter)
-        root.addHandler(self._handler)
+        # This process's records go to the shared log only (prefixed), not twice.
+        self._replaced = root.handlers[:]
+        root.handlers[:] = [self._handler]
         try:
             self._start()
         except BaseException:
@@ -209,7 +212,8 @@ class Supervisor:
         for thread in self._threads:
             thread.join(timeout=5)
         if self._handler is not None:
-            logging.getLogger().removeHandler(self._handler)
+            logging.getLogger().handlers[:] = self._replaced
+            self._handler = None
 
 
 def run_dev(out: IO[str], sweep_interval: float, local_s3: Path | None) -> int:

@@ -23,10 +23,13 @@ log = logging.getLogger(__name__)
 class HttpError(Exception):
     """An error with the HTTP status it should be answered with."""
 
-    def __init__(self, status: int, message: str, **details: Any) -> None:
+    def __init__(
+        self, status: int, message: str, headers: dict[str, str] | None = None, **details: Any
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
         self.details = details
 
 
@@ -69,7 +72,9 @@ def guarded(
         try:
             return handler(request)
         except HttpError as exc:
-            return error_response(exc.status, exc.message, **exc.details)
+            response = error_response(exc.status, exc.message, **exc.details)
+            response.headers.update(exc.headers)
+            return response
         except events.EventError as exc:
             log.warning("refused a bad event", extra={"error": str(exc)})
             return error_response(HTTPStatus.BAD_REQUEST, str(exc))
@@ -106,5 +111,7 @@ def health(request: flask.Request, ready: Callable[[], None]) -> flask.Response 
 def method_not_allowed(request: flask.Request, allowed: str) -> HttpError:
     """The error for a request with a method this path does not serve."""
     return HttpError(
-        HTTPStatus.METHOD_NOT_ALLOWED, f"{request.method} is not served here; use {allowed}"
+        HTTPStatus.METHOD_NOT_ALLOWED,
+        f"{request.method} is not served here; use {allowed}",
+        headers={"Allow": allowed},
     )

@@ -115,8 +115,8 @@ def test_an_unreachable_database_exits_3_with_a_clear_message(
     (port,) = free_ports(1)
     monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{port}/owntracks")
     monkeypatch.setenv("DB_STARTUP_RETRY_SECONDS", "0")
-    for command in ("migrate", "doctor", "sweep"):
-        code, _, err = _run(capsys, command)
+    for command in ("migrate", "doctor", "sweep", "seed --days 1"):
+        code, _, err = _run(capsys, *command.split())
         assert code == cli.EXIT_UNAVAILABLE
         assert f"cannot connect to PostgreSQL at 127.0.0.1:{port}/owntracks" in err
 

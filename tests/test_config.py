@@ -193,3 +193,13 @@ def test_env_example_documents_every_setting_and_nothing_else() -> None:
     text = (REPO_ROOT / ".env.example").read_text()
     documented = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", text, flags=re.MULTILINE))
     assert documented == config.variable_names()
+
+
+def test_an_empty_variable_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A Secret with GRPC_AUTH_TOKEN: "" must not turn auth on with an empty token.
+    monkeypatch.setenv("GRPC_AUTH_TOKEN", "")
+    monkeypatch.setenv("GRPC_PORT", "")
+    monkeypatch.setenv("K_SINK", "")
+    assert config.load(config.GrpcSettings).grpc_auth_token is None
+    assert config.load(config.GrpcSettings).grpc_port == 50051
+    assert config.load(config.EventSettings).k_sink is None

@@ -53,6 +53,11 @@ def test_the_demo_prints_summaries_that_match_its_csvs_and_stops_everything(tmp_
         assert len({r["trip"] for r in rows if r["trip"]}) == int(trips.group(1))
         report = Path(saved.group(2)).read_text()
         assert f"{int(fixes.group(1)):,}" in report
+        # The saved report links to the files saved beside it.
+        links = re.findall(r'<a id="(?:csv|summary)" href="([^"]+)"', report)
+        assert links
+        for link in links:
+            assert (Path(saved.group(2)).parent / link).exists(), link
     leftovers = subprocess.run(
         ["pgrep", "-f", str(tmp_path)], capture_output=True, text=True, check=False
     )

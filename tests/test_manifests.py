@@ -452,6 +452,9 @@ def test_kustomize_builds_and_core_resources_validate(folder: Path, tmp_path: Pa
         assert resource["metadata"].get("namespace", "otel-worker") == "otel-worker"
         if resource["apiVersion"] in {"v1", "batch/v1"}:
             kubernetes_validate.validate(resource, "1.33.0", strict=True)
+        if resource["kind"] == "Service":
+            # Patches must leave each Service whole (image, env, probes, security).
+            KnativeService.model_validate(resource)
 
 
 def test_the_overlay_exposes_only_ingress_and_status() -> None:

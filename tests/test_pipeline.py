@@ -318,6 +318,7 @@ def test_status_refuses_methods_it_does_not_serve(stack: Stack) -> None:
     response = urllib3.request("DELETE", f"{stack.url('status')}/jobs", retries=False)
     assert response.status == 405
     assert "GET" in json.loads(response.data)["error"]
+    assert response.headers["Allow"] == "GET, HEAD"
 
 
 def test_downloads_redirect_to_fresh_presigned_urls_by_id_and_by_basename(stack: Stack) -> None:

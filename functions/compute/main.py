@@ -57,6 +57,7 @@ def _ready() -> None:
 
 
 def _serve(request: flask.Request) -> flask.Response:
+    _computation()  # logging, telemetry and clients of this process (no connection yet)
     if (answer := web.health(request, _ready)) is not None:
         return answer
     if request.method != "POST":

@@ -73,11 +73,14 @@ def main() -> int:
         telemetry_settings = config.load(config.TelemetrySettings)
         grpc_settings = config.load(config.GrpcSettings)
         upstream_settings = config.load(config.UpstreamSettings)
+        config.load(config.EventSettings)
     except config.ConfigError as exc:
         sys.stderr.write(f"ingress: {exc}\n")
         return 2
     telemetry.start("ingress", telemetry_settings)
-    server, health_servicer = build_server(grpc_settings, Upstream(upstream_settings, WORKERS))
+    source = f"{config.load(config.EventSettings).event_source.rstrip('/')}/ingress"
+    upstream = Upstream(upstream_settings, source=source, pool_size=WORKERS)
+    server, health_servicer = build_server(grpc_settings, upstream)
     server.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)

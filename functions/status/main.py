@@ -182,6 +182,7 @@ def _dead_letter(request: flask.Request) -> flask.Response:
 
 
 def _serve(request: flask.Request) -> flask.Response:
+    _started()  # logging, telemetry and clients of this process (no connection yet)
     if (answer := web.health(request, _ready)) is not None:
         return answer
     try:

@@ -109,6 +109,7 @@ def _from_json(request: flask.Request) -> flask.Response:
 
 
 def _serve(request: flask.Request) -> flask.Response:
+    _submission()  # logging, telemetry and clients of this process (no connection yet)
     if (answer := web.health(request, _ready)) is not None:
         return answer
     if request.method != "POST":
