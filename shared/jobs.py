@@ -235,6 +235,14 @@ _EXHAUSTED: Final = (
     "status IN ('queued', 'processing') AND attempts >= max_attempts"
     " AND (status = 'queued' OR lease_expires_at <= {now})"
 )
+_ASYNC_COMMIT: Final = (
+    "WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true)) "
+)
+"""Commits the statement it prefixes (which must add `FROM async_commit`) without waiting
+for the WAL flush; transaction-scoped, so nothing lingers on a pooled connection. Only for
+writes whose loss in a server crash is harmless: a lost claim leaves the job queued and the
+attempt's fenced completion is refused; a lost publish mark makes the sweep publish again.
+Creating and finishing a job stay durable."""
 _AT: Final = "coalesce(%(now)s::timestamptz, now())"
 """The sweep's reference instant: the caller's `now`, else the database clock."""
 
@@ -424,7 +432,10 @@ class JobStore:
         """Record that the job's job.queued event was sent (the outbox mark)."""
         with self._connection() as conn:
             conn.execute(
-                self._sql("UPDATE {jobs} SET published_at = now() WHERE id = %(id)s"),
+                self._sql(
+                    _ASYNC_COMMIT + "UPDATE {jobs} SET published_at = now()"
+                    " FROM async_commit WHERE id = %(id)s"
+                ),
                 {"id": job_id},
             )
 
@@ -449,11 +460,11 @@ class JobStore:
             "lease": self.settings.job_lease_seconds if lease_seconds is None else lease_seconds,
         }
         claim = self._sql(
-            "UPDATE {jobs} SET status = 'processing', attempts = attempts + 1,"
+            _ASYNC_COMMIT + "UPDATE {jobs} SET status = 'processing', attempts = attempts + 1,"
             " lease_token = gen_random_uuid(),"
             " lease_expires_at = now() + make_interval(secs => %(lease)s),"
             " claimed_by = %(worker)s, started_at = now(), updated_at = now()"
-            " WHERE id = %(id)s AND attempts < max_attempts"
+            " FROM async_commit WHERE id = %(id)s AND attempts < max_attempts"
             " AND (status = 'queued' OR (status = 'processing' AND lease_expires_at <= now()))"
             " RETURNING {columns}"
         )
