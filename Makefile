@@ -79,8 +79,11 @@ audit: install  ## check the runtime lock for known vulnerabilities (needs the a
 arm64-check: install  ## prove every runtime dependency has an arm64 wheel (the Pi 5 cluster)
 	$(UV) export --frozen --no-dev --no-emit-project --format requirements-txt -o .venv/runtime-requirements.txt -q
 	rm -rf .venv/arm64-wheels
+	@# manylinux_2_28 as well: the image's Debian bookworm has glibc 2.36, and some packages
+	@# (argon2-cffi-bindings) publish their arm64 wheels only with that newer tag.
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --platform manylinux2014_aarch64 \
-	  --python-version 3.11 --implementation cp -r .venv/runtime-requirements.txt -d .venv/arm64-wheels
+	  --platform manylinux_2_28_aarch64 --python-version 3.11 --implementation cp \
+	  -r .venv/runtime-requirements.txt -d .venv/arm64-wheels
 	@ls .venv/arm64-wheels | sed 's/^/  /'
 	@echo "all $$(ls .venv/arm64-wheels | wc -l) runtime wheels exist for arm64"
 
