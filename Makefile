@@ -6,7 +6,9 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
-# The uv that installs the lock is the one the lock pins.
+# The uv that installs the lock is the one the lock pins. Bytecode is compiled at install, as
+# in the image: PYTHONDONTWRITEBYTECODE=1 here would otherwise make every process (each test's
+# services, each cold start) compile its imports again.
 UV_VERSION := $(shell awk '/^name = "uv"$$/{getline; gsub(/[^0-9.]/, ""); print}' uv.lock)
 CODE := shared functions proto/generate.py
 PYTEST_ARGS ?=
@@ -17,11 +19,15 @@ help:  ## list the targets
 
 $(VENV)/.installed: pyproject.toml uv.lock
 	@test -x $(UV) || { python3 -m venv $(VENV) && $(VENV)/bin/pip install --quiet "uv==$(UV_VERSION)"; }
-	$(UV) sync --frozen --quiet
+	$(UV) sync --frozen --quiet --compile-bytecode
 	@touch $@
 
 .PHONY: install
 install: $(VENV)/.installed  ## create .venv from the lock file, with the project and its tools
+
+.PHONY: bytecode
+bytecode: install  ## compile the project's bytecode, as the image ships it (stale files are ignored)
+	@$(PY) -m compileall -q shared
 
 .PHONY: system-deps
 system-deps:  ## make sure the system packages the tests use are installed
@@ -47,7 +53,7 @@ fmt: install  ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff format $(CODE) tests
 
 .PHONY: test
-test: install system-deps lint  ## everything CI checks: lint, types, the test suite with coverage
+test: install system-deps lint bytecode  ## everything CI checks: lint, types, the test suite with coverage
 	$(PY) -m pytest --cov --cov-report=term $(PYTEST_ARGS)
 
 .PHONY: bench-db
@@ -59,11 +65,11 @@ bench-engine: install  ## engine and CSV writer throughput and memory for 1M and
 	$(PY) tests/bench/bench_engine.py $(BENCH_ARGS)
 
 .PHONY: bench-pipeline
-bench-pipeline: install system-deps  ## the whole system: job latency, throughput, status latency, start-up
+bench-pipeline: install system-deps bytecode  ## the whole system: job latency, throughput, status latency, start-up
 	$(PY) -m tests.bench.bench_pipeline $(BENCH_ARGS)
 
 .PHONY: coldstart
-coldstart: install system-deps  ## each function: process start -> ready -> first answered request
+coldstart: install system-deps bytecode  ## each function: process start -> ready -> first answered request
 	$(PY) -m tests.bench.coldstart $(BENCH_ARGS)
 
 .PHONY: demo
