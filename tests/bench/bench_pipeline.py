@@ -5,7 +5,8 @@ Prints, for the issue targets:
   - one-day job (~3,000 fixes), warm, submit -> completed: p50 / p95;
   - a 31-day, 3-device range: end to end, and the compute worker's peak RSS;
   - CalculateDistanceFromHome alone (compute stopped): calls/s sustained, latency;
-  - the whole pipeline: one-day jobs/s submitted and completed;
+  - the whole pipeline: one-day jobs/s submitted and completed, and the CPU each process
+    (service, database, PgBouncer, S3 server, this process with the dev broker) spent per job;
   - GetJobStatus latency while the pipeline runs at half that rate;
   - ingress process start -> health SERVING, and -> its first completed job.
 """
@@ -69,7 +70,8 @@ class Jobs:
                 ([j for j in job_ids if j not in done],),
             ).fetchall()
             done.update({row[0]: row[1] for row in rows})
-            time.sleep(0.005)
+            # Times come from completed_at: polling faster would only load the database.
+            time.sleep(0.02)
         missing = len(job_ids) - len(done)
         if missing:
             raise RuntimeError(f"{missing} job(s) did not complete within {timeout:.0f} s")
@@ -212,15 +214,71 @@ def submit_jobs(stub: distance_pb2_grpc.DistanceServiceStub, count: int, threads
     return ids
 
 
-def pipeline_rate(stub: distance_pb2_grpc.DistanceServiceStub, jobs: Jobs, count: int) -> float:
+def _processes() -> dict[int, tuple[str, int, float]]:
+    """Every process: pid -> (command name, parent pid, CPU seconds spent so far)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text()
+            # The name is in parentheses and may hold spaces: split after its closing one.
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2 :].split()
+            found[int(entry.name)] = (
+                name,
+                int(fields[1]),
+                (int(fields[11]) + int(fields[12])) / tick,
+            )
+    return found
+
+
+def cpu_by_part(stack: Stack) -> dict[str, float]:
+    """CPU seconds spent so far by each service's process tree, the database server,
+    PgBouncer, the S3 server and this process (load generator and dev broker)."""
+    processes = _processes()
+    roots = {
+        service.process.pid: name
+        for name, service in stack.supervisor.services.items()
+        if service.process is not None
+    }
+    roots[os.getpid()] = "bench + broker"
+    spent: dict[str, float] = {}
+    for pid, (name, _, seconds) in processes.items():
+        # By name first: this process started PgBouncer and the S3 server.
+        part = next((p for p in ("postgres", "pgbouncer", "weed") if name.startswith(p)), None)
+        ancestor = pid
+        while part is None and ancestor in processes:
+            part = roots.get(ancestor)
+            ancestor = processes[ancestor][1]
+        if part is not None:
+            spent[part] = spent.get(part, 0.0) + seconds
+    return spent
+
+
+def pipeline_rate(
+    stack: Stack, stub: distance_pb2_grpc.DistanceServiceStub, jobs: Jobs, count: int
+) -> float:
+    before = cpu_by_part(stack)
     started = time.monotonic()
     ids = submit_jobs(stub, count, 8)
     jobs.finished(ids, 600)
     elapsed = time.monotonic() - started
+    after = cpu_by_part(stack)
     rate = count / elapsed
     print(
         f"whole pipeline: {count} one-day jobs submitted and completed in {elapsed:.1f} s: "
         f"{rate:.1f} jobs/s"
+    )
+    spent = {part: after[part] - before.get(part, 0.0) for part in after}
+    per_job = sum(spent.values()) / count
+    parts = sorted(spent.items(), key=lambda item: -item[1])
+    cores = os.cpu_count() or 1
+    print(
+        f"  CPU per job {per_job * 1000:.0f} ms: "
+        + ", ".join(f"{part} {seconds / count * 1000:.1f}" for part, seconds in parts)
+        + f"; on {cores} cores that caps the rate at {cores / per_job:.0f} jobs/s"
     )
     return rate
 
@@ -333,7 +391,7 @@ def main() -> None:
         one_day_latency(stack, jobs, 5)  # warm-up
         one_day_latency(stack, jobs, 30)
         month_range(stack, jobs)
-        rate = pipeline_rate(stub, jobs, args.jobs)
+        rate = pipeline_rate(stack, stub, jobs, args.jobs)
         status_latency(stub, jobs, rate / 2, min(args.seconds, 20))
         ingress_start(stack, jobs, 5)
         # Last: it leaves thousands of undelivered job.queued events behind.
