@@ -562,35 +562,47 @@ def _still(fixes: _Fixes, chain: _Chain, params: EngineParams) -> Bools:
     while a walk leaves it within a few fixes. A device's first fix is never jitter.
     """
     n = len(chain.idx)
+    still = np.zeros(n, dtype=bool)
     if n == 0 or params.jitter_radius_m == 0:
-        return np.zeros(n, dtype=bool)
-    # lo: where each fix's window of predecessors starts (never before its device's first).
-    count = np.arange(n)
-    lo = np.where(chain.linked, 0, count)
-    np.maximum.accumulate(lo, out=lo)
-    np.maximum(lo, count - params.jitter_fixes, out=lo)
-    count -= lo
-    divisor = np.maximum(count, 1).astype(np.float64)
-    sq = np.zeros(n)
-    total = np.empty(n + 1)
-    total[0] = 0.0
-    c, centroid = np.empty(n), np.empty(n)
-    for column in fixes.xyz:
-        np.take(column, chain.idx, out=c)
-        np.cumsum(c, out=total[1:])
-        np.take(total, lo, out=centroid)
-        np.subtract(total[:-1], centroid, out=centroid)
-        centroid /= divisor
-        c -= centroid
-        c *= c
-        sq += c
-    del c, centroid, total, divisor, lo
+        return still
     unit_m = EARTH_RADIUS_KM * 1000.0
-    still: Bools = (count > 0) & (sq < (params.jitter_radius_m / unit_m) ** 2)
-    # A fix claiming a worse accuracy than the radius must move by its accuracy (rare).
-    accuracy = fixes.points.accuracy[chain.idx]
-    vague = np.flatnonzero(accuracy > params.jitter_radius_m)
-    still[vague] = (count[vague] > 0) & (sq[vague] < (accuracy[vague] / unit_m) ** 2)
+    accuracy, device_start = fixes.points.accuracy, 0
+    # Slice by slice, each with the predecessors its first fixes look back to, so that the
+    # running sums and temporaries stay in the CPU's cache.
+    for a in range(0, n, CHUNK):
+        b = min(a + CHUNK, n)
+        count = np.arange(a, b)
+        # lo: where each fix's window of predecessors starts (never before its device's first).
+        lo = np.where(chain.linked[a:b], device_start, count)
+        np.maximum.accumulate(lo, out=lo)
+        device_start = int(lo[-1])
+        np.maximum(lo, count - params.jitter_fixes, out=lo)
+        count -= lo
+        s = int(lo[0])  # lo never decreases: the slice's earliest predecessor
+        lo -= s
+        idx = chain.idx[s:b]
+        divisor = np.maximum(count, 1).astype(np.float64)
+        sq = np.zeros(b - a)
+        total = np.empty(b - s + 1)
+        total[0] = 0.0
+        for column in fixes.xyz:
+            c = column[idx]
+            np.cumsum(c, out=total[1:])
+            centroid = total[a - s : b - s] - total[lo]
+            centroid /= divisor
+            here = c[a - s :]
+            here -= centroid
+            here *= here
+            sq += here
+        # A fix claiming a worse accuracy than the radius must move by its accuracy (rare).
+        claimed = accuracy[idx[a - s :]]
+        limit = np.where(
+            claimed > params.jitter_radius_m,
+            np.square(claimed / unit_m),
+            (params.jitter_radius_m / unit_m) ** 2,
+        )
+        np.less(sq, limit, out=still[a:b])
+        still[a:b] &= count > 0
     return still
 
 
@@ -760,13 +772,40 @@ def _check_sorted(points: Points) -> None:
             raise ValueError("points must be sorted by device, then timestamp")
 
 
+MEDIAN_SAMPLE = 4096
+"""Values sampled to bracket the median of large arrays (see `_median`)."""
+
+
 def _median(values: Floats) -> float:
-    """The median, partitioning `values` in place: one partition, as the lower middle of an
-    even count is the largest value left of the upper one."""
-    middle = len(values) // 2
+    """The median, exactly, reordering `values` in place.
+
+    For a large array, a sample's quantiles give a narrow range that holds the middle with
+    near certainty; counting the values below it and partitioning only those inside costs a
+    few comparisons per value instead of a partition of them all. Should the range miss
+    the middle, the whole array is partitioned.
+    """
+    n = len(values)
+    middle = n // 2
+    if n >= 16 * MEDIAN_SAMPLE:
+        sample = np.sort(values[:: n // MEDIAN_SAMPLE])
+        # +-128 sample ranks is about 4 standard deviations of a random sample's quantile.
+        at = middle * len(sample) // n
+        lo, hi = sample[max(at - 128, 0)], sample[min(at + 128, len(sample) - 1)]
+        inside = values <= hi
+        below = int(np.count_nonzero(values < lo))
+        inside &= values >= lo
+        rank = middle - below
+        if 1 <= rank < np.count_nonzero(inside):
+            return _partition_median(values[inside], rank, n % 2 == 0)
+    return _partition_median(values, middle, n % 2 == 0)
+
+
+def _partition_median(values: Floats, middle: int, even: bool) -> float:
+    """The value of rank `middle`, or for an `even` count its mean with the one of rank
+    `middle - 1`: one partition, as that is the largest value left of `middle`."""
     values.partition(middle)
     median = float(values[middle])
-    if len(values) % 2 == 0:
+    if even:
         median = (median + float(values[:middle].max())) / 2
     return median
 
@@ -996,6 +1035,34 @@ def _analyze_devices(
     )
 
 
+_DistanceStats = tuple[Place | None, float, float, float, float]
+"""Farthest place, max, min, mean and median km from home."""
+
+
+def _starts(device: Codes, n_devices: int) -> Ints:
+    """Where each device's rows start in rows sorted by device, and (last) the end."""
+    # Keys of the column's own type: other keys would make searchsorted convert the column.
+    return np.searchsorted(device, np.arange(n_devices + 1, dtype=device.dtype))
+
+
+def _parts(sizes: Any) -> list[tuple[int, int]]:
+    """The ranges that consecutive parts of these sizes take, then the range of them all."""
+    ends = np.cumsum(sizes, dtype=np.int64)
+    return [(int(end - size), int(end)) for size, end in zip(sizes, ends, strict=True)] + [
+        (0, int(ends[-1]) if len(ends) else 0)
+    ]
+
+
+def _nth_true(mask: Bools, k: int) -> int:
+    """The position of the (k+1)-th True in `mask` (which must have that many): counted a
+    slice at a time, which is cheaper than listing every position."""
+    step, start = 1 << 16, 0
+    while k >= (here := int(np.count_nonzero(mask[start : start + step]))):
+        k -= here
+        start += step
+    return start + int(np.flatnonzero(mask[start : start + step])[k])
+
+
 class _Summarizer:
     """Builds the `Summary` from the fixes in the window and the per-day sums."""
 
@@ -1016,9 +1083,6 @@ class _Summarizer:
         self.seen = self.used | (code == JITTER)
         self.n_devices, self.n_days = len(points.device_ids), len(window.dates)
         self.day_s = np.diff(window.bounds_us) / US_PER_S
-        # Distance statistics by row range, so totals over one device reuse the device's.
-        self._stats: dict[tuple[int, int], tuple[Place | None, float, float, float, float]] = {}
-        self._lag: dict[tuple[int, int], tuple[float | None, float | None]] = {}
 
     def summary(
         self,
@@ -1033,21 +1097,31 @@ class _Summarizer:
         """The whole result: each device that has fixes in (or segments across) the window,
         then the totals over those devices."""
         points, n_devices, n_days = self.points, self.n_devices, self.n_days
-        device = points.device.astype(np.int64)
-        codes = len(DROP_RULES) + 1
-        counts = np.bincount(device * codes + self.code, minlength=n_devices * codes).reshape(
-            n_devices, codes
-        )
-        cells = device * n_days + self.day
-        read_days = np.bincount(cells, minlength=n_devices * n_days).reshape(n_devices, n_days)
-        used_days = np.bincount(cells[self.used], minlength=n_devices * n_days).reshape(
-            n_devices, n_days
-        )
-        unknown_accuracy = np.bincount(device[points.accuracy == MISSING], minlength=n_devices)
+        # Rows are sorted by device: each device's counts come from its own slice, which
+        # spares the full-length combined keys a single bincount would need.
+        first_fix = _starts(points.device, n_devices)
+        counts = np.zeros((n_devices, len(DROP_RULES) + 1), dtype=np.int64)
+        read_days = np.zeros((n_devices, n_days), dtype=np.int64)
+        used_days = np.zeros((n_devices, n_days), dtype=np.int64)
+        unknown_accuracy = np.zeros(n_devices, dtype=np.int64)
+        for g in np.flatnonzero(np.diff(first_fix)):
+            rows = slice(first_fix[g], first_fix[g + 1])
+            day = self.day[rows]
+            counts[g] = np.bincount(self.code[rows], minlength=counts.shape[1])
+            read_days[g] = np.bincount(day, minlength=n_days)
+            used_days[g] = np.bincount(day[self.used[rows]], minlength=n_days)
+            unknown_accuracy[g] = np.count_nonzero(points.accuracy[rows] == MISSING)
         lo, hi = self.window.start_us, self.window.end_us
-        seen_before = np.bincount(valid_device[valid_t < lo], minlength=n_devices) > 0
-        seen_after = np.bincount(valid_device[valid_t >= hi], minlength=n_devices) > 0
+        first_valid = _starts(valid_device, n_devices)
+        seen_before = np.zeros(n_devices, dtype=bool)
+        seen_after = np.zeros(n_devices, dtype=bool)
+        for g in np.flatnonzero(np.diff(first_valid)):
+            # A device's valid fixes are in time order: its first and last tell.
+            seen_before[g] = valid_t[first_valid[g]] < lo
+            seen_after[g] = valid_t[first_valid[g + 1] - 1] >= hi
         reported = np.flatnonzero((read_days.sum(axis=1) > 0) | (seen_before & seen_after))
+        stats = self._distance_stats(first_fix, counts[:, KEPT] + counts[:, JITTER])
+        lags = self._lags(first_fix)
 
         all_trips = [
             Trip(
@@ -1063,8 +1137,6 @@ class _Summarizer:
             )
             for k in range(len(trips.device))
         ]
-        first_fix = np.searchsorted(device, np.arange(n_devices + 1))
-        first_valid = np.searchsorted(valid_device, np.arange(n_devices + 1))
         devices: dict[str, Metrics] = {}
         gaps: list[tuple[float, int]] = []
         for g in reported:
@@ -1072,7 +1144,8 @@ class _Summarizer:
             gap = self._largest_gap(observed[(observed >= lo) & (observed < hi)])
             gaps.append(gap)
             devices[points.device_ids[g]] = self._metrics(
-                slice(first_fix[g], first_fix[g + 1]),
+                stats[g],
+                lags[g],
                 counts=counts[g],
                 path=path_days[g],
                 raw=raw_days[g],
@@ -1085,7 +1158,8 @@ class _Summarizer:
                 n_devices=1,
             )
         totals = self._metrics(
-            slice(0, len(points)),
+            stats[-1],
+            lags[-1],
             counts=counts[reported].sum(axis=0),
             path=path_days[reported].sum(axis=0),
             raw=raw_days[reported].sum(axis=0),
@@ -1118,14 +1192,27 @@ class _Summarizer:
             notes=notes,
         )
 
-    def _distance_stats(self, rows: slice) -> tuple[Place | None, float, float, float, float]:
-        """Farthest place, max, min, mean and median distance of the fixes seen in `rows`."""
+    def _distance_stats(self, first_fix: Ints, sizes: Ints) -> list[_DistanceStats]:
+        """Farthest place, max, min, mean and median distance of the fixes seen, for each
+        device (`sizes` of them, from row `first_fix`) and then for all of them together."""
+        seen_km = self.distance_km[self.seen]  # a copy, which the medians may reorder
+        rows = [*first_fix[:-1].tolist(), 0]  # the whole's rows start at 0
+        ranges = [(row, a, b) for row, (a, b) in zip(rows, _parts(sizes), strict=True)]
+        # Everything that depends on the order comes first; the medians then reorder each
+        # device's part in place, which leaves the whole's median as it was.
+        ordered = [self._extremes(row, seen_km[a:b]) for row, a, b in ranges]
+        return [
+            (*extremes, _round_km(_median(seen_km[a:b])) if a < b else 0.0)
+            for extremes, (_, a, b) in zip(ordered, ranges, strict=True)
+        ]
+
+    def _extremes(self, row: int, distance: Floats) -> tuple[Place | None, float, float, float]:
+        """Farthest place, max, min and mean of `distance`, the km of the fixes seen from
+        `row` on."""
+        if not len(distance):
+            return None, 0.0, 0.0, 0.0
         points = self.points
-        chosen = np.flatnonzero(self.seen[rows]) + (rows.start or 0)
-        if not len(chosen):
-            return None, 0.0, 0.0, 0.0, 0.0
-        distance = self.distance_km[chosen]
-        k = int(chosen[np.argmax(distance)])
+        k = row + _nth_true(self.seen[row:], int(np.argmax(distance)))
         farthest = Place(
             time=self.window.local_time(int(points.timestamp[k])),
             latitude=float(points.lat[k]),
@@ -1133,19 +1220,20 @@ class _Summarizer:
             device_id=points.device_ids[points.device[k]],
         )
         maximum, minimum, mean = distance.max(), distance.min(), distance.mean()
-        return farthest, *(_round_km(v) for v in (maximum, minimum, mean, _median(distance)))  # type: ignore[return-value]
+        return farthest, _round_km(maximum), _round_km(minimum), _round_km(mean)
 
-    def _lags(self, rows: slice) -> tuple[float | None, float | None]:
-        """Median and largest ingest lag (s) of the fixes in `rows` that have a created_at."""
-        key = (int(rows.start or 0), int(rows.stop))
-        if key not in self._lag:
-            created = self.points.created_at[rows]
-            has = created != MISSING_TIME
-            lag = (created[has] - self.points.timestamp[rows][has]) / US_PER_S
-            self._lag[key] = (
-                (_round_s(_median(lag)), _round_s(lag.max())) if len(lag) else (None, None)
-            )
-        return self._lag[key]
+    def _lags(self, first_fix: Ints) -> list[tuple[float | None, float | None]]:
+        """Median and largest ingest lag (s) of the fixes that have a created_at, for each
+        device (from row `first_fix`) and then for all of them together."""
+        created = self.points.created_at
+        has = created != MISSING_TIME
+        lag = (created[has] - self.points.timestamp[has]) / US_PER_S
+        ranges = _parts([np.count_nonzero(has[a:b]) for a, b in itertools.pairwise(first_fix)])
+        maxima = [_round_s(lag[a:b].max()) if a < b else None for a, b in ranges]
+        return [
+            (_round_s(_median(lag[a:b])), maximum) if a < b else (None, None)
+            for (a, b), maximum in zip(ranges, maxima, strict=True)
+        ]
 
     def _largest_gap(self, observed: Ints) -> tuple[float, int]:
         edges = np.concatenate(([self.window.start_us], observed, [self.window.end_us]))
@@ -1155,7 +1243,8 @@ class _Summarizer:
 
     def _metrics(
         self,
-        rows: slice,
+        stats: _DistanceStats,
+        lags: tuple[float | None, float | None],
         *,
         counts: Ints,
         path: Floats,
@@ -1168,13 +1257,10 @@ class _Summarizer:
         gap: tuple[float, int],
         n_devices: int,
     ) -> Metrics:
-        key = (int(rows.start or 0), int(rows.stop))
-        if key not in self._stats:
-            self._stats[key] = self._distance_stats(rows)
-        farthest, maximum, minimum, mean, median = self._stats[key]
+        farthest, maximum, minimum, mean, median = stats
         window_s = self.day_s * n_devices
         unknown = np.maximum(window_s - time[HOME] - time[AWAY], 0.0)
-        lag_median, lag_max = self._lags(rows)
+        lag_median, lag_max = lags
         total_s = float(window_s.sum())
         known_s = float(time[HOME].sum() + time[AWAY].sum())
         return Metrics(
