@@ -665,14 +665,16 @@ def _spread(
         origin = chain.idx[crossing - 1] if since is None else since[crossing]
         start, end = t[origin], t[chain.idx[crossing]]
         part_of = amount[crossing] / (end - start)
-        where = group[crossing] * n_days
-        got = np.zeros(len(crossing))
-        first = max(int(day0[crossing].min()), 0)
-        for d in range(first, min(int(day1[crossing].max()), n_days - 1) + 1):
-            overlap = np.minimum(end, bounds[d + 1]) - np.maximum(start, bounds[d])
-            part = np.maximum(overlap, 0) * part_of
-            totals += np.bincount(where + d, weights=part, minlength=cells)
-            got += part
+        # One row per (crossing step, window day it overlaps): a step may span many days.
+        first_day = np.maximum(day0[crossing], 0)
+        spans = np.maximum(np.minimum(day1[crossing], n_days - 1) - first_day + 1, 0)
+        step = np.repeat(np.arange(len(crossing)), spans)
+        d = np.arange(len(step)) - np.repeat(np.cumsum(spans) - spans, spans)
+        d += first_day[step]
+        overlap = np.minimum(end[step], bounds[d + 1]) - np.maximum(start[step], bounds[d])
+        part = np.maximum(overlap, 0) * part_of[step]
+        totals += np.bincount(group[crossing][step] * n_days + d, weights=part, minlength=cells)
+        got = np.bincount(step, weights=part, minlength=len(crossing))
         kept[crossing] = got
     return totals.reshape(n_groups, n_days), kept
 
