@@ -404,11 +404,13 @@ def _distance_km(
 
 
 def _geometry(
-    lat: Floats, lon: Floats, home: tuple[float, float]
-) -> tuple[tuple[Floats, Floats, Floats], Floats, Floats]:
-    """Unit vectors, km from home, and km from each fix to the one before it (0 for the
-    first), in one pass over cache-sized slices."""
+    lat: Floats, lon: Floats, home: tuple[float, float], *, null_island_invalid: bool
+) -> tuple[Bools, tuple[Floats, Floats, Floats], Floats, Floats]:
+    """Which fixes have valid coordinates, their unit vectors, km from home (NaN when
+    invalid), and km from each fix to the one before it (0 for the first), in one pass
+    over cache-sized slices."""
     n = len(lat)
+    located = np.empty(n, dtype=bool)
     x, y, z = np.empty((3, n))
     home_km, step_km = np.empty(n), np.zeros(n)
     origin = _unit_vectors(np.array([home[0]]), np.array([home[1]]))
@@ -416,8 +418,19 @@ def _geometry(
     for a in range(0, n, CHUNK):
         b = min(a + CHUNK, n)
         s = scratch[:, : b - a]
-        _unit_vectors_into(lat[a:b], lon[a:b], x[a:b], y[a:b], z[a:b], s)
+        la, lo, ok = lat[a:b], lon[a:b], located[a:b]
+        np.less_equal(np.abs(la, out=s[0]), 90.0, out=ok)  # NaN compares False: invalid
+        ok &= np.abs(lo, out=s[0]) <= 180.0
+        if null_island_invalid:
+            ok &= (la != 0) | (lo != 0)
+        whole = ok.all()
+        if not whole:
+            # Out-of-range values would make the trigonometry warn; those fixes are dropped.
+            la, lo = np.where(ok, la, 0.0), np.where(ok, lo, 0.0)
+        _unit_vectors_into(la, lo, x[a:b], y[a:b], z[a:b], s)
         _distance_km((x[a:b], y[a:b], z[a:b]), origin, out=home_km[a:b], scratch=s[0])
+        if not whole:
+            home_km[a:b][~ok] = np.nan
         p = max(a, 1)
         _distance_km(
             (x[p:b], y[p:b], z[p:b]),
@@ -425,7 +438,7 @@ def _geometry(
             out=step_km[p:b],
             scratch=s[0, : b - p],
         )
-    return (x, y, z), home_km, step_km
+    return located, (x, y, z), home_km, step_km
 
 
 def haversine_km(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> Floats:
@@ -466,15 +479,16 @@ class _Chain:
 class _Fixes:
     """The context fixes as arrays, and chains of subsets of them."""
 
-    def __init__(self, points: Points, located: Bools, home: tuple[float, float]) -> None:
+    def __init__(self, points: Points, params: EngineParams) -> None:
         self.points = points
         self.device = points.device
         self.t = points.timestamp
-        lat, lon = points.lat, points.lon
-        if not located.all():
-            # Out-of-range values would make the trigonometry warn; those fixes are dropped.
-            lat, lon = np.where(located, lat, 0.0), np.where(located, lon, 0.0)
-        self.xyz, self.home_km, self._step_km = _geometry(lat, lon, home)
+        self.located, self.xyz, self.home_km, self._step_km = _geometry(
+            points.lat,
+            points.lon,
+            (params.home_latitude, params.home_longitude),
+            null_island_invalid=params.null_island_invalid,
+        )
 
     def every(self) -> _Chain:
         """Every fix, each with its step from the one before it (of the same device)."""
@@ -946,17 +960,12 @@ def _analyze_devices(
         device_ids=all_points.device_ids,
         **{name: getattr(all_points, name)[rows] for name in DTYPES},
     )
-    lat, lon, t = points.lat, points.lon, points.timestamp
+    t = points.timestamp
     n, n_devices, n_days = len(points), len(points.device_ids), len(window.dates)
     bounds = window.bounds_us
     device = points.device
-    located = np.abs(lat) <= 90  # NaN compares False, so it is invalid too
-    located &= np.abs(lon) <= 180
-    if params.null_island_invalid:
-        located &= (lat != 0) | (lon != 0)
-    fixes = _Fixes(points, located, (params.home_latitude, params.home_longitude))
-    home_km = fixes.home_km
-    home_km[~located] = np.nan
+    fixes = _Fixes(points, params)
+    located, home_km = fixes.located, fixes.home_km
 
     code = (~located).view(np.uint8)  # INVALID where not located, KEPT elsewhere
     good = located.copy()
