@@ -892,13 +892,9 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
         w = np.flatnonzero(in_window)
         window_points = points.take(w)
     segment_km = joined("segment_km")[w]
-    cumulative = np.cumsum(segment_km)
-    if len(segment_km):
-        first = np.ones(len(segment_km), dtype=bool)
-        first[1:] = window_points.device[1:] != window_points.device[:-1]
-        origin = np.where(first, np.arange(len(segment_km)), 0)
-        np.maximum.accumulate(origin, out=origin)
-        cumulative -= cumulative[origin] - segment_km[origin]
+    cumulative = np.empty_like(segment_km)
+    for a, b in itertools.pairwise(_starts(window_points.device, n_devices).tolist()):
+        np.cumsum(segment_km[a:b], out=cumulative[a:b])  # rows are sorted by device
     home_km, code = joined("home_km")[w], joined("code")[w]
     summary = _Summarizer(
         window_points, window, params, distance_km=home_km, code=code, day=day[w]
@@ -931,12 +927,15 @@ def _day_index(t: Ints, bounds: Ints) -> Ints:
     comparison with each neighbouring boundary corrects it: cheaper than a binary search.
     """
     n_days = len(bounds) - 1
-    day: Ints = t - bounds[0]
-    day //= 86400 * US_PER_S
-    np.clip(day, -1, n_days, out=day)
     edges = np.concatenate(([np.iinfo(np.int64).min], bounds, [np.iinfo(np.int64).max]))
-    day -= t < edges[day + 1]
-    day += t >= edges[day + 2]
+    day: Ints = np.empty(len(t), dtype=np.int64)
+    for a in range(0, len(t), CHUNK):  # slices that stay in the CPU's cache
+        here, d = t[a : a + CHUNK], day[a : a + CHUNK]
+        np.subtract(here, bounds[0], out=d)
+        d //= 86400 * US_PER_S
+        np.clip(d, -1, n_days, out=d)
+        d -= here < edges[d + 1]
+        d += here >= edges[d + 2]
     return day
 
 
