@@ -26,8 +26,9 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -629,7 +630,8 @@ def _states(home_km: Floats, chain: _Chain, params: EngineParams) -> npt.NDArray
     decided = (d > params.exit_radius_km) | (d < params.enter_radius_km) | ~chain.linked
     source = np.where(decided, np.arange(n), 0)
     np.maximum.accumulate(source, out=source)
-    return np.where(d[source] > params.exit_radius_km, AWAY, HOME).astype(np.int8)
+    away = d[source] > params.exit_radius_km
+    return away.view(np.int8)  # AWAY is 1, HOME 0: the comparison is the state
 
 
 def _spread(
@@ -1045,6 +1047,8 @@ def _analyze_devices(
     )
 
 
+_K = TypeVar("_K", bound=tuple[int, ...])
+_V = TypeVar("_V")
 _DistanceStats = tuple[Place | None, float, float, float, float]
 """Farthest place, max, min, mean and median km from home."""
 
@@ -1061,6 +1065,12 @@ def _parts(sizes: Any) -> list[tuple[int, int]]:
     return [(int(end - size), int(end)) for size, end in zip(sizes, ends, strict=True)] + [
         (0, int(ends[-1]) if len(ends) else 0)
     ]
+
+
+def _once(keys: list[_K], compute: Callable[..., _V]) -> list[_V]:
+    """`compute(*key)` for each key, computed once per distinct key."""
+    done: dict[_K, _V] = {}
+    return [done[key] if key in done else done.setdefault(key, compute(*key)) for key in keys]
 
 
 def _nth_true(mask: Bools, k: int) -> int:
@@ -1209,12 +1219,14 @@ class _Summarizer:
         rows = [*first_fix[:-1].tolist(), 0]  # the whole's rows start at 0
         ranges = [(row, a, b) for row, (a, b) in zip(rows, _parts(sizes), strict=True)]
         # Everything that depends on the order comes first; the medians then reorder each
-        # device's part in place, which leaves the whole's median as it was.
-        ordered = [self._extremes(row, seen_km[a:b]) for row, a, b in ranges]
-        return [
-            (*extremes, _round_km(_median(seen_km[a:b])) if a < b else 0.0)
-            for extremes, (_, a, b) in zip(ordered, ranges, strict=True)
-        ]
+        # device's part in place, which leaves the whole's median as it was. A part that is
+        # the whole (one device) is computed once.
+        ordered = _once(ranges, lambda row, a, b: self._extremes(row, seen_km[a:b]))
+        medians = _once(
+            [(a, b) for _, a, b in ranges],
+            lambda a, b: _round_km(_median(seen_km[a:b])) if a < b else 0.0,
+        )
+        return [(*extremes, median) for extremes, median in zip(ordered, medians, strict=True)]
 
     def _extremes(self, row: int, distance: Floats) -> tuple[Place | None, float, float, float]:
         """Farthest place, max, min and mean of `distance`, the km of the fixes seen from
@@ -1248,9 +1260,10 @@ class _Summarizer:
         lag = lag[:size]
         ranges = _parts([np.count_nonzero(has[a:b]) for a, b in itertools.pairwise(first_fix)])
         maxima = [_round_s(lag[a:b].max()) if a < b else None for a, b in ranges]
+        medians = _once(ranges, lambda a, b: _round_s(_median(lag[a:b])) if a < b else None)
         return [
-            (_round_s(_median(lag[a:b])), maximum) if a < b else (None, None)
-            for (a, b), maximum in zip(ranges, maxima, strict=True)
+            (median, maximum) if maximum is not None else (None, None)
+            for median, maximum in zip(medians, maxima, strict=True)
         ]
 
     def _largest_gap(self, observed: Ints) -> tuple[float, int]:
