@@ -405,15 +405,20 @@ def _distance_km(
 
 
 def _geometry(
-    lat: Floats, lon: Floats, home: tuple[float, float], *, null_island_invalid: bool
-) -> tuple[Bools, tuple[Floats, Floats, Floats], Floats, Floats]:
+    lat: Floats,
+    lon: Floats,
+    home: tuple[float, float],
+    *,
+    null_island_invalid: bool,
+    home_km: Floats,
+) -> tuple[Bools, tuple[Floats, Floats, Floats], Floats]:
     """Which fixes have valid coordinates, their unit vectors, km from home (NaN when
     invalid), and km from each fix to the one before it (0 for the first), in one pass
-    over cache-sized slices."""
+    over cache-sized slices. The km from home go into `home_km`, the rest is returned."""
     n = len(lat)
     located = np.empty(n, dtype=bool)
     x, y, z = np.empty((3, n))
-    home_km, step_km = np.empty(n), np.zeros(n)
+    step_km = np.zeros(n)
     origin = _unit_vectors(np.array([home[0]]), np.array([home[1]]))
     scratch = np.empty((3, CHUNK))
     for a in range(0, n, CHUNK):
@@ -439,7 +444,7 @@ def _geometry(
             out=step_km[p:b],
             scratch=s[0, : b - p],
         )
-    return located, (x, y, z), home_km, step_km
+    return located, (x, y, z), step_km
 
 
 def haversine_km(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> Floats:
@@ -480,15 +485,17 @@ class _Chain:
 class _Fixes:
     """The context fixes as arrays, and chains of subsets of them."""
 
-    def __init__(self, points: Points, params: EngineParams) -> None:
+    def __init__(self, points: Points, params: EngineParams, home_km: Floats) -> None:
         self.points = points
         self.device = points.device
         self.t = points.timestamp
-        self.located, self.xyz, self.home_km, self._step_km = _geometry(
+        self.home_km = home_km
+        self.located, self.xyz, self._step_km = _geometry(
             points.lat,
             points.lon,
             (params.home_latitude, params.home_longitude),
             null_island_invalid=params.null_island_invalid,
+            home_km=home_km,
         )
 
     def every(self) -> _Chain:
@@ -844,19 +851,41 @@ time per fix at ten million fixes close to that at one million and bounds tempor
 
 @dataclass(frozen=True, eq=False)
 class _Part:
-    """The per-fix results and per-day sums of one block of whole devices."""
+    """The per-day sums and trips of one block of whole devices."""
+
+    path_days: Floats
+    raw_days: Floats
+    time_days: Floats
+    trips: _Trips
+    n_valid: int
+
+
+@dataclass(frozen=True, eq=False)
+class _Columns:
+    """The per-fix results of every context fix, which the blocks fill in row by row (no
+    copies to join), and the devices and times of the valid fixes, filled from the start."""
 
     code: npt.NDArray[np.uint8]
     home_km: Floats
     segment_km: Floats
     at_home: npt.NDArray[np.int8]
     trip: npt.NDArray[np.int32]
-    path_days: Floats
-    raw_days: Floats
-    time_days: Floats
-    trips: _Trips
     valid_device: Codes
     valid_t: Ints
+
+    @staticmethod
+    def empty(points: Points) -> _Columns:
+        """Columns for `points`, not yet filled."""
+        n = len(points)
+        return _Columns(
+            code=np.empty(n, dtype=np.uint8),
+            home_km=np.empty(n),
+            segment_km=np.empty(n),
+            at_home=np.empty(n, dtype=np.int8),
+            trip=np.empty(n, dtype=np.int32),
+            valid_device=np.empty(n, dtype=points.device.dtype),
+            valid_t=np.empty(n, dtype=np.int64),
+        )
 
 
 def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
@@ -874,18 +903,20 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
         points = points.take(near)
     n_devices, n_days = len(points.device_ids), len(window.dates)
     day = _day_index(points.timestamp, window.bounds_us)
-    parts = [
-        _analyze_devices(points, rows, day[rows], window, params)
-        for rows in _blocks(points.device, n_devices)
-    ]
+    out = _Columns.empty(points)
+    parts: list[_Part] = []
+    n_valid = n_trips = 0
+    for rows in _blocks(points.device, n_devices):
+        part = _analyze_devices(
+            points, rows, day[rows], window, params, out=out, valid_from=n_valid
+        )
+        if n_trips:  # each block numbers its trips from 1
+            trip = out.trip[rows]
+            trip[trip > 0] += n_trips
+        n_valid += part.n_valid
+        n_trips += len(part.trips.device)
+        parts.append(part)
     trips = _Trips.joined([part.trips for part in parts])
-    offsets = np.cumsum([0] + [len(part.trips.device) for part in parts])
-    for part, offset in zip(parts, offsets, strict=False):
-        part.trip[part.trip > 0] += offset
-
-    def joined(name: str) -> Any:
-        columns = [getattr(part, name) for part in parts]
-        return columns[0] if len(columns) == 1 else np.concatenate(columns)
 
     in_window = (day >= 0) & (day < n_days)
     w: slice | Ints = slice(None)
@@ -893,11 +924,11 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
     if not in_window.all():
         w = np.flatnonzero(in_window)
         window_points = points.take(w)
-    segment_km = joined("segment_km")[w]
+    segment_km = out.segment_km[w]
     cumulative = np.empty_like(segment_km)
     for a, b in itertools.pairwise(_starts(window_points.device, n_devices).tolist()):
         np.cumsum(segment_km[a:b], out=cumulative[a:b])  # rows are sorted by device
-    home_km, code = joined("home_km")[w], joined("code")[w]
+    home_km, code = out.home_km[w], out.code[w]
     summary = _Summarizer(
         window_points, window, params, distance_km=home_km, code=code, day=day[w]
     ).summary(
@@ -907,8 +938,8 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
             (part.time_days for part in parts), np.zeros((n_devices * 2, n_days))
         ).reshape(n_devices, 2, n_days),
         trips=trips,
-        valid_device=joined("valid_device"),
-        valid_t=joined("valid_t"),
+        valid_device=out.valid_device[:n_valid],
+        valid_t=out.valid_t[:n_valid],
     )
     return Analysis(
         summary=summary,
@@ -916,8 +947,8 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
         distance_km=home_km,
         segment_km=segment_km,
         cumulative_km=cumulative,
-        at_home=joined("at_home")[w],
-        trip=joined("trip")[w],
+        at_home=out.at_home[w],
+        trip=out.trip[w],
         dropped_by=code,
     )
 
@@ -954,21 +985,30 @@ def _blocks(device: Codes, n_devices: int) -> list[slice]:
 
 
 def _analyze_devices(
-    all_points: Points, rows: slice, day: Ints, window: Window, params: EngineParams
+    all_points: Points,
+    rows: slice,
+    day: Ints,
+    window: Window,
+    params: EngineParams,
+    *,
+    out: _Columns,
+    valid_from: int,
 ) -> _Part:
-    """Every filter and per-fix metric for the fixes in `rows` (whole devices)."""
+    """Every filter and per-fix metric for the fixes in `rows` (whole devices), written to
+    those rows of `out` (the valid fixes' devices and times from row `valid_from`)."""
     points = Points(
         device_ids=all_points.device_ids,
         **{name: getattr(all_points, name)[rows] for name in DTYPES},
     )
     t = points.timestamp
-    n, n_devices, n_days = len(points), len(points.device_ids), len(window.dates)
+    n_devices, n_days = len(points.device_ids), len(window.dates)
     bounds = window.bounds_us
     device = points.device
-    fixes = _Fixes(points, params)
+    fixes = _Fixes(points, params, out.home_km[rows])
     located, home_km = fixes.located, fixes.home_km
 
-    code = (~located).view(np.uint8)  # INVALID where not located, KEPT elsewhere
+    code = out.code[rows]
+    np.logical_not(located, out=code.view(np.bool_))  # INVALID where not located, else KEPT
     good = located.copy()
     if params.max_accuracy_m is not None:
         inaccurate = good & (points.accuracy > params.max_accuracy_m)
@@ -1009,12 +1049,15 @@ def _analyze_devices(
     before[1:] = state[:-1]
     observed = valid.linked & (valid.step_us <= round(params.max_gap_s * US_PER_S))
     seconds = np.where(observed, valid.step_us / US_PER_S, 0.0)
-    valid_device, valid_t = device[valid.idx], t[valid.idx]
+    valid_at = slice(valid_from, valid_from + len(valid.idx))
+    valid_device = np.take(device, valid.idx, out=out.valid_device[valid_at])
+    valid_t = np.take(t, valid.idx, out=out.valid_t[valid_at])
     time_days, _ = _spread(
         valid, seconds, valid_device * 2 + before, n_groups=n_devices * 2, **spread
     )
 
-    seg = np.zeros(n)
+    seg = out.segment_km[rows]
+    seg.fill(0.0)
     seg[used.idx] = path_kept
     in_window = (day >= 0) & (day < n_days)
     seen_km = np.where(in_window[valid.idx], home_km[valid.idx], -np.inf)
@@ -1027,23 +1070,19 @@ def _analyze_devices(
         device=valid_device,
         window=window,
     )
-    at_home = np.full(n, STATE_UNKNOWN, dtype=np.int8)
+    at_home = out.at_home[rows]
+    at_home.fill(STATE_UNKNOWN)
     at_home[valid.idx] = state == HOME
-    trip = np.zeros(n, dtype=np.int32)
+    trip = out.trip[rows]
+    trip.fill(0)
     trip[valid.idx] = trips.fix_trip
 
     return _Part(
-        code=code,
-        home_km=home_km,
-        segment_km=seg,
-        at_home=at_home,
-        trip=trip,
         path_days=path_days,
         raw_days=raw_days,
         time_days=time_days,
         trips=trips,
-        valid_device=valid_device,
-        valid_t=valid_t,
+        n_valid=len(valid.idx),
     )
 
 
