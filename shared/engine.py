@@ -1363,14 +1363,25 @@ class _Summarizer:
             days=[
                 DayMetrics(
                     date=date,
-                    points_read=int(read[d]),
-                    points_used=int(used[d]),
-                    path_km=_round_km(path[d]),
-                    raw_path_km=_round_km(raw[d]),
-                    time_at_home_s=_round_s(time[HOME][d]),
-                    time_away_s=_round_s(time[AWAY][d]),
-                    time_unknown_s=_round_s(unknown[d]),
+                    points_read=n_read,
+                    points_used=n_used,
+                    path_km=_round_km(path_km),
+                    raw_path_km=_round_km(raw_km),
+                    time_at_home_s=_round_s(home_s),
+                    time_away_s=_round_s(away_s),
+                    time_unknown_s=_round_s(unknown_s),
                 )
-                for d, date in enumerate(self.window.dates)
+                # Python numbers: indexing numpy arrays per day costs more than the models.
+                for date, n_read, n_used, path_km, raw_km, home_s, away_s, unknown_s in zip(
+                    self.window.dates,
+                    read.tolist(),
+                    used.tolist(),
+                    path.tolist(),
+                    raw.tolist(),
+                    time[HOME].tolist(),
+                    time[AWAY].tolist(),
+                    unknown.tolist(),
+                    strict=True,
+                )
             ],
         )
