@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -314,20 +316,66 @@ class Analysis:
 # The hot helpers below work in place: at millions of fixes, allocating a fresh array for
 # every step costs as much as the arithmetic (page faults), and peak memory is a target.
 
+CHUNK = 1 << 15
+"""Fixes per slice of the geometry pass: its temporaries then stay in the CPU's cache, where
+numpy's arithmetic runs several times faster than on arrays streamed from memory."""
+
+# Taylor coefficients of sin(x)/x - 1 in powers of x^2, highest first. Up to x^19 the
+# remainder for |x| <= pi/2 is below (pi/2)^21 / 21! < 3e-16: as exact as numpy's sine
+# (a nanometre on Earth), at a third of its cost, since numpy's float64 sine is scalar.
+_SINE = tuple((-1.0) ** k / math.factorial(2 * k + 1) for k in range(9, 0, -1))
+
+
+def _sine(x: Floats, out: Floats, square: Floats) -> Floats:
+    """sin(x) for |x| <= pi/2 into `out`, using `square` as scratch (all the same length)."""
+    np.multiply(x, x, out=square)
+    out.fill(_SINE[0])
+    for coefficient in _SINE[1:]:
+        out *= square
+        out += coefficient
+    out *= square
+    out *= x
+    out += x
+    return out
+
+
+def _cos_from_sin(s: Floats, out: Floats) -> Floats:
+    """cos(x) from s = sin(x) for |x| <= pi/2 (so cos(x) >= 0), into `out`.
+
+    sqrt((1 - s)(1 + s)) costs a fifth of a cosine and is exact but where cos(x) nears 0:
+    there its absolute error reaches sqrt(2 ulp) ~ 2e-8, so positions within metres of the
+    poles or the antimeridian may be off by up to 0.35 m (tests/test_engine_numerics.py)."""
+    np.subtract(1.0, s, out=out)
+    out *= 1.0 + s
+    return np.sqrt(out, out=out)
+
+
+def _unit_vectors_into(
+    lat: Floats, lon: Floats, x: Floats, y: Floats, z: Floats, scratch: Floats
+) -> None:
+    """Unit vectors of (lat, lon) in degrees into x, y, z; `scratch` is (3, len(lat)).
+
+    The longitude's sine and cosine come from the sine of half of it (whose cosine is >= 0,
+    as |lon/2| <= 90 degrees): sin = 2 s c, cos = 1 - 2 s^2, one polynomial for both."""
+    a, b, c = scratch
+    np.multiply(lat, np.pi / 180.0, out=a)
+    _sine(a, out=z, square=b)
+    cos_phi = _cos_from_sin(z, out=a)
+    np.multiply(lon, np.pi / 360.0, out=b)
+    half_sin = _sine(b, out=y, square=c)
+    half_cos = _cos_from_sin(half_sin, out=b)
+    np.multiply(half_sin, half_sin, out=x)
+    x *= -2.0
+    x += 1.0
+    x *= cos_phi
+    y *= half_cos
+    y *= 2.0
+    y *= cos_phi
+
 
 def _unit_vectors(lat: Floats, lon: Floats) -> tuple[Floats, Floats, Floats]:
-    z = np.radians(lat)
-    np.sin(z, out=z)
-    # cos(lat) >= 0, so sqrt((1 - z)(1 + z)) gives it exactly enough (sub-mm but for the last
-    # metre at the poles) for a third of a sine's cost.
-    cos_phi = 1.0 - z
-    cos_phi *= 1.0 + z
-    np.sqrt(cos_phi, out=cos_phi)
-    y = np.radians(lon)
-    x = np.cos(y)
-    np.sin(y, out=y)
-    x *= cos_phi
-    y *= cos_phi
+    x, y, z = np.empty((3, len(lat)))
+    _unit_vectors_into(lat, lon, x, y, z, np.empty((3, len(lat))))
     return x, y, z
 
 
@@ -341,17 +389,63 @@ def _chord_km(chord: Floats) -> Floats:
 
 
 def _distance_km(
-    a: tuple[Floats, Floats, Floats], b: tuple[Floats, Floats, Floats], out: Floats | None = None
+    a: tuple[Floats, Floats, Floats],
+    b: tuple[Floats, Floats, Floats],
+    out: Floats | None = None,
+    scratch: Floats | None = None,
 ) -> Floats:
     sq = np.subtract(a[0], b[0], out=out)
     sq *= sq
-    part = a[1] - b[1]
+    part = np.subtract(a[1], b[1], out=scratch)
     part *= part
     sq += part
     np.subtract(a[2], b[2], out=part)
     part *= part
     sq += part
     return _chord_km(np.sqrt(sq, out=sq))
+
+
+def _geometry(
+    lat: Floats,
+    lon: Floats,
+    home: tuple[float, float],
+    *,
+    null_island_invalid: bool,
+    home_km: Floats,
+) -> tuple[Bools, tuple[Floats, Floats, Floats], Floats]:
+    """Which fixes have valid coordinates, their unit vectors, km from home (NaN when
+    invalid), and km from each fix to the one before it (0 for the first), in one pass
+    over cache-sized slices. The km from home go into `home_km`, the rest is returned."""
+    n = len(lat)
+    located = np.empty(n, dtype=bool)
+    x, y, z = np.empty((3, n))
+    step_km = np.zeros(n)
+    origin = _unit_vectors(np.array([home[0]]), np.array([home[1]]))
+    scratch = np.empty((3, CHUNK))
+    for a in range(0, n, CHUNK):
+        b = min(a + CHUNK, n)
+        s = scratch[:, : b - a]
+        la, lo, ok = lat[a:b], lon[a:b], located[a:b]
+        np.less_equal(np.abs(la, out=s[0]), 90.0, out=ok)  # NaN compares False: invalid
+        ok &= np.abs(lo, out=s[0]) <= 180.0
+        if null_island_invalid:
+            ok &= (la != 0) | (lo != 0)
+        whole = ok.all()
+        if not whole:
+            # Out-of-range values would make the trigonometry warn; those fixes are dropped.
+            la, lo = np.where(ok, la, 0.0), np.where(ok, lo, 0.0)
+        _unit_vectors_into(la, lo, x[a:b], y[a:b], z[a:b], s)
+        _distance_km((x[a:b], y[a:b], z[a:b]), origin, out=home_km[a:b], scratch=s[0])
+        if not whole:
+            home_km[a:b][~ok] = np.nan
+        p = max(a, 1)
+        _distance_km(
+            (x[p:b], y[p:b], z[p:b]),
+            (x[p - 1 : b - 1], y[p - 1 : b - 1], z[p - 1 : b - 1]),
+            out=step_km[p:b],
+            scratch=s[0, : b - p],
+        )
+    return located, (x, y, z), step_km
 
 
 def haversine_km(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> Floats:
@@ -392,32 +486,30 @@ class _Chain:
 class _Fixes:
     """The context fixes as arrays, and chains of subsets of them."""
 
-    def __init__(self, points: Points, located: Bools) -> None:
+    def __init__(self, points: Points, params: EngineParams, home_km: Floats) -> None:
         self.points = points
         self.device = points.device
         self.t = points.timestamp
-        lat, lon = points.lat, points.lon
-        if not located.all():
-            # Out-of-range values would make the trigonometry warn; those fixes are dropped.
-            lat, lon = np.where(located, lat, 0.0), np.where(located, lon, 0.0)
-        self.xyz = _unit_vectors(lat, lon)
+        self.home_km = home_km
+        self.located, self.xyz, self._step_km = _geometry(
+            points.lat,
+            points.lon,
+            (params.home_latitude, params.home_longitude),
+            null_island_invalid=params.null_island_invalid,
+            home_km=home_km,
+        )
 
-    def chain(self, idx: Ints) -> _Chain:
-        """The fixes at `idx` (increasing) and their steps."""
-        device = self.device[idx]
-        linked = np.zeros(len(idx), dtype=bool)
-        linked[1:] = device[1:] == device[:-1]
-        step_km = np.zeros(len(idx))
-        whole = len(idx) == len(self.t)  # every fix: the columns themselves, no copies
-        if len(idx) > 1:
-            x, y, z = self.xyz if whole else (c[idx] for c in self.xyz)
-            _distance_km((x[1:], y[1:], z[1:]), (x[:-1], y[:-1], z[:-1]), out=step_km[1:])
-        step_us = np.zeros(len(idx), dtype=np.int64)
-        t = self.t if whole else self.t[idx]
+    def every(self) -> _Chain:
+        """Every fix, each with its step from the one before it (of the same device)."""
+        device, t, step_km = self.device, self.t, self._step_km
+        linked = np.zeros(len(t), dtype=bool)
+        np.equal(device[1:], device[:-1], out=linked[1:])
+        step_us = np.zeros(len(t), dtype=np.int64)
         np.subtract(t[1:], t[:-1], out=step_us[1:])
-        step_km[~linked] = 0.0
-        step_us[~linked] = 0
-        return _Chain(idx=idx, linked=linked, step_km=step_km, step_us=step_us)
+        first = ~linked
+        step_km[first] = 0.0
+        step_us[first] = 0
+        return _Chain(idx=np.arange(len(t)), linked=linked, step_km=step_km, step_us=step_us)
 
     def subchain(self, parent: _Chain, keep: Bools) -> _Chain:
         """The fixes of `parent` where `keep` holds. Steps are reused from the parent and
@@ -493,35 +585,47 @@ def _still(fixes: _Fixes, chain: _Chain, params: EngineParams) -> Bools:
     while a walk leaves it within a few fixes. A device's first fix is never jitter.
     """
     n = len(chain.idx)
+    still = np.zeros(n, dtype=bool)
     if n == 0 or params.jitter_radius_m == 0:
-        return np.zeros(n, dtype=bool)
-    # lo: where each fix's window of predecessors starts (never before its device's first).
-    count = np.arange(n)
-    lo = np.where(chain.linked, 0, count)
-    np.maximum.accumulate(lo, out=lo)
-    np.maximum(lo, count - params.jitter_fixes, out=lo)
-    count -= lo
-    divisor = np.maximum(count, 1).astype(np.float64)
-    sq = np.zeros(n)
-    total = np.empty(n + 1)
-    total[0] = 0.0
-    c, centroid = np.empty(n), np.empty(n)
-    for column in fixes.xyz:
-        np.take(column, chain.idx, out=c)
-        np.cumsum(c, out=total[1:])
-        np.take(total, lo, out=centroid)
-        np.subtract(total[:-1], centroid, out=centroid)
-        centroid /= divisor
-        c -= centroid
-        c *= c
-        sq += c
-    del c, centroid, total, divisor, lo
+        return still
     unit_m = EARTH_RADIUS_KM * 1000.0
-    still: Bools = (count > 0) & (sq < (params.jitter_radius_m / unit_m) ** 2)
-    # A fix claiming a worse accuracy than the radius must move by its accuracy (rare).
-    accuracy = fixes.points.accuracy[chain.idx]
-    vague = np.flatnonzero(accuracy > params.jitter_radius_m)
-    still[vague] = (count[vague] > 0) & (sq[vague] < (accuracy[vague] / unit_m) ** 2)
+    accuracy, device_start = fixes.points.accuracy, 0
+    # Slice by slice, each with the predecessors its first fixes look back to, so that the
+    # running sums and temporaries stay in the CPU's cache.
+    for a in range(0, n, CHUNK):
+        b = min(a + CHUNK, n)
+        count = np.arange(a, b)
+        # lo: where each fix's window of predecessors starts (never before its device's first).
+        lo = np.where(chain.linked[a:b], device_start, count)
+        np.maximum.accumulate(lo, out=lo)
+        device_start = int(lo[-1])
+        np.maximum(lo, count - params.jitter_fixes, out=lo)
+        count -= lo
+        s = int(lo[0])  # lo never decreases: the slice's earliest predecessor
+        lo -= s
+        idx = chain.idx[s:b]
+        divisor = np.maximum(count, 1).astype(np.float64)
+        sq = np.zeros(b - a)
+        total = np.empty(b - s + 1)
+        total[0] = 0.0
+        for column in fixes.xyz:
+            c = column[idx]
+            np.cumsum(c, out=total[1:])
+            centroid = total[a - s : b - s] - total[lo]
+            centroid /= divisor
+            here = c[a - s :]
+            here -= centroid
+            here *= here
+            sq += here
+        # A fix claiming a worse accuracy than the radius must move by its accuracy (rare).
+        claimed = accuracy[idx[a - s :]]
+        limit = np.where(
+            claimed > params.jitter_radius_m,
+            np.square(claimed / unit_m),
+            (params.jitter_radius_m / unit_m) ** 2,
+        )
+        np.less(sq, limit, out=still[a:b])
+        still[a:b] &= count > 0
     return still
 
 
@@ -534,7 +638,8 @@ def _states(home_km: Floats, chain: _Chain, params: EngineParams) -> npt.NDArray
     decided = (d > params.exit_radius_km) | (d < params.enter_radius_km) | ~chain.linked
     source = np.where(decided, np.arange(n), 0)
     np.maximum.accumulate(source, out=source)
-    return np.where(d[source] > params.exit_radius_km, AWAY, HOME).astype(np.int8)
+    away = d[source] > params.exit_radius_km
+    return away.view(np.int8)  # AWAY is 1, HOME 0: the comparison is the state
 
 
 def _spread(
@@ -584,14 +689,16 @@ def _spread(
         origin = chain.idx[crossing - 1] if since is None else since[crossing]
         start, end = t[origin], t[chain.idx[crossing]]
         part_of = amount[crossing] / (end - start)
-        where = group[crossing] * n_days
-        got = np.zeros(len(crossing))
-        first = max(int(day0[crossing].min()), 0)
-        for d in range(first, min(int(day1[crossing].max()), n_days - 1) + 1):
-            overlap = np.minimum(end, bounds[d + 1]) - np.maximum(start, bounds[d])
-            part = np.maximum(overlap, 0) * part_of
-            totals += np.bincount(where + d, weights=part, minlength=cells)
-            got += part
+        # One row per (crossing step, window day it overlaps): a step may span many days.
+        first_day = np.maximum(day0[crossing], 0)
+        spans = np.maximum(np.minimum(day1[crossing], n_days - 1) - first_day + 1, 0)
+        step = np.repeat(np.arange(len(crossing)), spans)
+        d = np.arange(len(step)) - np.repeat(np.cumsum(spans) - spans, spans)
+        d += first_day[step]
+        overlap = np.minimum(end[step], bounds[d + 1]) - np.maximum(start[step], bounds[d])
+        part = np.maximum(overlap, 0) * part_of[step]
+        totals += np.bincount(group[crossing][step] * n_days + d, weights=part, minlength=cells)
+        got = np.bincount(step, weights=part, minlength=len(crossing))
         kept[crossing] = got
     return totals.reshape(n_groups, n_days), kept
 
@@ -691,13 +798,40 @@ def _check_sorted(points: Points) -> None:
             raise ValueError("points must be sorted by device, then timestamp")
 
 
+MEDIAN_SAMPLE = 4096
+"""Values sampled to bracket the median of large arrays (see `_median`)."""
+
+
 def _median(values: Floats) -> float:
-    """The median, partitioning `values` in place: one partition, as the lower middle of an
-    even count is the largest value left of the upper one."""
-    middle = len(values) // 2
+    """The median, exactly, reordering `values` in place.
+
+    For a large array, a sample's quantiles give a narrow range that holds the middle with
+    near certainty; counting the values below it and partitioning only those inside costs a
+    few comparisons per value instead of a partition of them all. Should the range miss
+    the middle, the whole array is partitioned.
+    """
+    n = len(values)
+    middle = n // 2
+    if n >= 16 * MEDIAN_SAMPLE:
+        sample = np.sort(values[:: n // MEDIAN_SAMPLE])
+        # +-128 sample ranks is about 4 standard deviations of a random sample's quantile.
+        at = middle * len(sample) // n
+        lo, hi = sample[max(at - 128, 0)], sample[min(at + 128, len(sample) - 1)]
+        inside = values <= hi
+        below = int(np.count_nonzero(values < lo))
+        inside &= values >= lo
+        rank = middle - below
+        if 1 <= rank < np.count_nonzero(inside):
+            return _partition_median(values[inside], rank, n % 2 == 0)
+    return _partition_median(values, middle, n % 2 == 0)
+
+
+def _partition_median(values: Floats, middle: int, even: bool) -> float:
+    """The value of rank `middle`, or for an `even` count its mean with the one of rank
+    `middle - 1`: one partition, as that is the largest value left of `middle`."""
     values.partition(middle)
     median = float(values[middle])
-    if len(values) % 2 == 0:
+    if even:
         median = (median + float(values[:middle].max())) / 2
     return median
 
@@ -718,19 +852,41 @@ time per fix at ten million fixes close to that at one million and bounds tempor
 
 @dataclass(frozen=True, eq=False)
 class _Part:
-    """The per-fix results and per-day sums of one block of whole devices."""
+    """The per-day sums and trips of one block of whole devices."""
+
+    path_days: Floats
+    raw_days: Floats
+    time_days: Floats
+    trips: _Trips
+    n_valid: int
+
+
+@dataclass(frozen=True, eq=False)
+class _Columns:
+    """The per-fix results of every context fix, which the blocks fill in row by row (no
+    copies to join), and the devices and times of the valid fixes, filled from the start."""
 
     code: npt.NDArray[np.uint8]
     home_km: Floats
     segment_km: Floats
     at_home: npt.NDArray[np.int8]
     trip: npt.NDArray[np.int32]
-    path_days: Floats
-    raw_days: Floats
-    time_days: Floats
-    trips: _Trips
     valid_device: Codes
     valid_t: Ints
+
+    @staticmethod
+    def empty(points: Points) -> _Columns:
+        """Columns for `points`, not yet filled."""
+        n = len(points)
+        return _Columns(
+            code=np.empty(n, dtype=np.uint8),
+            home_km=np.empty(n),
+            segment_km=np.empty(n),
+            at_home=np.empty(n, dtype=np.int8),
+            trip=np.empty(n, dtype=np.int32),
+            valid_device=np.empty(n, dtype=points.device.dtype),
+            valid_t=np.empty(n, dtype=np.int64),
+        )
 
 
 def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
@@ -748,18 +904,20 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
         points = points.take(near)
     n_devices, n_days = len(points.device_ids), len(window.dates)
     day = _day_index(points.timestamp, window.bounds_us)
-    parts = [
-        _analyze_devices(points, rows, day[rows], window, params)
-        for rows in _blocks(points.device, n_devices)
-    ]
+    out = _Columns.empty(points)
+    parts: list[_Part] = []
+    n_valid = n_trips = 0
+    for rows in _blocks(points.device, n_devices):
+        part = _analyze_devices(
+            points, rows, day[rows], window, params, out=out, valid_from=n_valid
+        )
+        if n_trips:  # each block numbers its trips from 1
+            trip = out.trip[rows]
+            trip[trip > 0] += n_trips
+        n_valid += part.n_valid
+        n_trips += len(part.trips.device)
+        parts.append(part)
     trips = _Trips.joined([part.trips for part in parts])
-    offsets = np.cumsum([0] + [len(part.trips.device) for part in parts])
-    for part, offset in zip(parts, offsets, strict=False):
-        part.trip[part.trip > 0] += offset
-
-    def joined(name: str) -> Any:
-        columns = [getattr(part, name) for part in parts]
-        return columns[0] if len(columns) == 1 else np.concatenate(columns)
 
     in_window = (day >= 0) & (day < n_days)
     w: slice | Ints = slice(None)
@@ -767,15 +925,11 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
     if not in_window.all():
         w = np.flatnonzero(in_window)
         window_points = points.take(w)
-    segment_km = joined("segment_km")[w]
-    cumulative = np.cumsum(segment_km)
-    if len(segment_km):
-        first = np.ones(len(segment_km), dtype=bool)
-        first[1:] = window_points.device[1:] != window_points.device[:-1]
-        origin = np.where(first, np.arange(len(segment_km)), 0)
-        np.maximum.accumulate(origin, out=origin)
-        cumulative -= cumulative[origin] - segment_km[origin]
-    home_km, code = joined("home_km")[w], joined("code")[w]
+    segment_km = out.segment_km[w]
+    cumulative = np.empty_like(segment_km)
+    for a, b in itertools.pairwise(_starts(window_points.device, n_devices).tolist()):
+        np.cumsum(segment_km[a:b], out=cumulative[a:b])  # rows are sorted by device
+    home_km, code = out.home_km[w], out.code[w]
     summary = _Summarizer(
         window_points, window, params, distance_km=home_km, code=code, day=day[w]
     ).summary(
@@ -785,8 +939,8 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
             (part.time_days for part in parts), np.zeros((n_devices * 2, n_days))
         ).reshape(n_devices, 2, n_days),
         trips=trips,
-        valid_device=joined("valid_device"),
-        valid_t=joined("valid_t"),
+        valid_device=out.valid_device[:n_valid],
+        valid_t=out.valid_t[:n_valid],
     )
     return Analysis(
         summary=summary,
@@ -794,8 +948,8 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
         distance_km=home_km,
         segment_km=segment_km,
         cumulative_km=cumulative,
-        at_home=joined("at_home")[w],
-        trip=joined("trip")[w],
+        at_home=out.at_home[w],
+        trip=out.trip[w],
         dropped_by=code,
     )
 
@@ -807,12 +961,15 @@ def _day_index(t: Ints, bounds: Ints) -> Ints:
     comparison with each neighbouring boundary corrects it: cheaper than a binary search.
     """
     n_days = len(bounds) - 1
-    day: Ints = t - bounds[0]
-    day //= 86400 * US_PER_S
-    np.clip(day, -1, n_days, out=day)
     edges = np.concatenate(([np.iinfo(np.int64).min], bounds, [np.iinfo(np.int64).max]))
-    day -= t < edges[day + 1]
-    day += t >= edges[day + 2]
+    day: Ints = np.empty(len(t), dtype=np.int64)
+    for a in range(0, len(t), CHUNK):  # slices that stay in the CPU's cache
+        here, d = t[a : a + CHUNK], day[a : a + CHUNK]
+        np.subtract(here, bounds[0], out=d)
+        d //= 86400 * US_PER_S
+        np.clip(d, -1, n_days, out=d)
+        d -= here < edges[d + 1]
+        d += here >= edges[d + 2]
     return day
 
 
@@ -829,34 +986,37 @@ def _blocks(device: Codes, n_devices: int) -> list[slice]:
 
 
 def _analyze_devices(
-    all_points: Points, rows: slice, day: Ints, window: Window, params: EngineParams
+    all_points: Points,
+    rows: slice,
+    day: Ints,
+    window: Window,
+    params: EngineParams,
+    *,
+    out: _Columns,
+    valid_from: int,
 ) -> _Part:
-    """Every filter and per-fix metric for the fixes in `rows` (whole devices)."""
+    """Every filter and per-fix metric for the fixes in `rows` (whole devices), written to
+    those rows of `out` (the valid fixes' devices and times from row `valid_from`)."""
     points = Points(
         device_ids=all_points.device_ids,
         **{name: getattr(all_points, name)[rows] for name in DTYPES},
     )
-    lat, lon, t = points.lat, points.lon, points.timestamp
-    n, n_devices, n_days = len(points), len(points.device_ids), len(window.dates)
+    t = points.timestamp
+    n_devices, n_days = len(points.device_ids), len(window.dates)
     bounds = window.bounds_us
     device = points.device
-    located = np.abs(lat) <= 90  # NaN compares False, so it is invalid too
-    located &= np.abs(lon) <= 180
-    if params.null_island_invalid:
-        located &= (lat != 0) | (lon != 0)
-    fixes = _Fixes(points, located)
-    home = _unit_vectors(np.array([params.home_latitude]), np.array([params.home_longitude]))
-    home_km = _distance_km(fixes.xyz, home)
-    home_km[~located] = np.nan
+    fixes = _Fixes(points, params, out.home_km[rows])
+    located, home_km = fixes.located, fixes.home_km
 
-    code = (~located).view(np.uint8)  # INVALID where not located, KEPT elsewhere
+    code = out.code[rows]
+    np.logical_not(located, out=code.view(np.bool_))  # INVALID where not located, else KEPT
     good = located.copy()
     if params.max_accuracy_m is not None:
         inaccurate = good & (points.accuracy > params.max_accuracy_m)
         code[inaccurate] = ACCURACY
         good &= ~inaccurate
     spread = {"t": t, "day": day, "bounds": bounds}
-    raw = fixes.chain(np.flatnonzero(located))
+    raw = fixes.subchain(fixes.every(), located)
     valid = fixes.subchain(raw, good[raw.idx])
     raw_days, _ = _spread(raw, raw.step_km, device[raw.idx], n_groups=n_devices, **spread)
     del raw  # the largest chain: free it before the next ones are built
@@ -890,12 +1050,15 @@ def _analyze_devices(
     before[1:] = state[:-1]
     observed = valid.linked & (valid.step_us <= round(params.max_gap_s * US_PER_S))
     seconds = np.where(observed, valid.step_us / US_PER_S, 0.0)
-    valid_device, valid_t = device[valid.idx], t[valid.idx]
+    valid_at = slice(valid_from, valid_from + len(valid.idx))
+    valid_device = np.take(device, valid.idx, out=out.valid_device[valid_at])
+    valid_t = np.take(t, valid.idx, out=out.valid_t[valid_at])
     time_days, _ = _spread(
         valid, seconds, valid_device * 2 + before, n_groups=n_devices * 2, **spread
     )
 
-    seg = np.zeros(n)
+    seg = out.segment_km[rows]
+    seg.fill(0.0)
     seg[used.idx] = path_kept
     in_window = (day >= 0) & (day < n_days)
     seen_km = np.where(in_window[valid.idx], home_km[valid.idx], -np.inf)
@@ -908,24 +1071,56 @@ def _analyze_devices(
         device=valid_device,
         window=window,
     )
-    at_home = np.full(n, STATE_UNKNOWN, dtype=np.int8)
+    at_home = out.at_home[rows]
+    at_home.fill(STATE_UNKNOWN)
     at_home[valid.idx] = state == HOME
-    trip = np.zeros(n, dtype=np.int32)
+    trip = out.trip[rows]
+    trip.fill(0)
     trip[valid.idx] = trips.fix_trip
 
     return _Part(
-        code=code,
-        home_km=home_km,
-        segment_km=seg,
-        at_home=at_home,
-        trip=trip,
         path_days=path_days,
         raw_days=raw_days,
         time_days=time_days,
         trips=trips,
-        valid_device=valid_device,
-        valid_t=valid_t,
+        n_valid=len(valid.idx),
     )
+
+
+_K = TypeVar("_K", bound=tuple[int, ...])
+_V = TypeVar("_V")
+_DistanceStats = tuple[Place | None, float, float, float, float]
+"""Farthest place, max, min, mean and median km from home."""
+
+
+def _starts(device: Codes, n_devices: int) -> Ints:
+    """Where each device's rows start in rows sorted by device, and (last) the end."""
+    # Keys of the column's own type: other keys would make searchsorted convert the column.
+    return np.searchsorted(device, np.arange(n_devices + 1, dtype=device.dtype))
+
+
+def _parts(sizes: Any) -> list[tuple[int, int]]:
+    """The ranges that consecutive parts of these sizes take, then the range of them all."""
+    ends = np.cumsum(sizes, dtype=np.int64)
+    return [(int(end - size), int(end)) for size, end in zip(sizes, ends, strict=True)] + [
+        (0, int(ends[-1]) if len(ends) else 0)
+    ]
+
+
+def _once(keys: list[_K], compute: Callable[..., _V]) -> list[_V]:
+    """`compute(*key)` for each key, computed once per distinct key."""
+    done: dict[_K, _V] = {}
+    return [done[key] if key in done else done.setdefault(key, compute(*key)) for key in keys]
+
+
+def _nth_true(mask: Bools, k: int) -> int:
+    """The position of the (k+1)-th True in `mask` (which must have that many): counted a
+    slice at a time, which is cheaper than listing every position."""
+    step, start = 1 << 16, 0
+    while k >= (here := int(np.count_nonzero(mask[start : start + step]))):
+        k -= here
+        start += step
+    return start + int(np.flatnonzero(mask[start : start + step])[k])
 
 
 class _Summarizer:
@@ -948,9 +1143,6 @@ class _Summarizer:
         self.seen = self.used | (code == JITTER)
         self.n_devices, self.n_days = len(points.device_ids), len(window.dates)
         self.day_s = np.diff(window.bounds_us) / US_PER_S
-        # Distance statistics by row range, so totals over one device reuse the device's.
-        self._stats: dict[tuple[int, int], tuple[Place | None, float, float, float, float]] = {}
-        self._lag: dict[tuple[int, int], tuple[float | None, float | None]] = {}
 
     def summary(
         self,
@@ -965,21 +1157,31 @@ class _Summarizer:
         """The whole result: each device that has fixes in (or segments across) the window,
         then the totals over those devices."""
         points, n_devices, n_days = self.points, self.n_devices, self.n_days
-        device = points.device.astype(np.int64)
-        codes = len(DROP_RULES) + 1
-        counts = np.bincount(device * codes + self.code, minlength=n_devices * codes).reshape(
-            n_devices, codes
-        )
-        cells = device * n_days + self.day
-        read_days = np.bincount(cells, minlength=n_devices * n_days).reshape(n_devices, n_days)
-        used_days = np.bincount(cells[self.used], minlength=n_devices * n_days).reshape(
-            n_devices, n_days
-        )
-        unknown_accuracy = np.bincount(device[points.accuracy == MISSING], minlength=n_devices)
+        # Rows are sorted by device: each device's counts come from its own slice, which
+        # spares the full-length combined keys a single bincount would need.
+        first_fix = _starts(points.device, n_devices)
+        counts = np.zeros((n_devices, len(DROP_RULES) + 1), dtype=np.int64)
+        read_days = np.zeros((n_devices, n_days), dtype=np.int64)
+        used_days = np.zeros((n_devices, n_days), dtype=np.int64)
+        unknown_accuracy = np.zeros(n_devices, dtype=np.int64)
+        for g in np.flatnonzero(np.diff(first_fix)):
+            rows = slice(first_fix[g], first_fix[g + 1])
+            day = self.day[rows]
+            counts[g] = np.bincount(self.code[rows], minlength=counts.shape[1])
+            read_days[g] = np.bincount(day, minlength=n_days)
+            used_days[g] = np.bincount(day[self.used[rows]], minlength=n_days)
+            unknown_accuracy[g] = np.count_nonzero(points.accuracy[rows] == MISSING)
         lo, hi = self.window.start_us, self.window.end_us
-        seen_before = np.bincount(valid_device[valid_t < lo], minlength=n_devices) > 0
-        seen_after = np.bincount(valid_device[valid_t >= hi], minlength=n_devices) > 0
+        first_valid = _starts(valid_device, n_devices)
+        seen_before = np.zeros(n_devices, dtype=bool)
+        seen_after = np.zeros(n_devices, dtype=bool)
+        for g in np.flatnonzero(np.diff(first_valid)):
+            # A device's valid fixes are in time order: its first and last tell.
+            seen_before[g] = valid_t[first_valid[g]] < lo
+            seen_after[g] = valid_t[first_valid[g + 1] - 1] >= hi
         reported = np.flatnonzero((read_days.sum(axis=1) > 0) | (seen_before & seen_after))
+        stats = self._distance_stats(first_fix, counts[:, KEPT] + counts[:, JITTER])
+        lags = self._lags(first_fix)
 
         all_trips = [
             Trip(
@@ -995,8 +1197,6 @@ class _Summarizer:
             )
             for k in range(len(trips.device))
         ]
-        first_fix = np.searchsorted(device, np.arange(n_devices + 1))
-        first_valid = np.searchsorted(valid_device, np.arange(n_devices + 1))
         devices: dict[str, Metrics] = {}
         gaps: list[tuple[float, int]] = []
         for g in reported:
@@ -1004,7 +1204,8 @@ class _Summarizer:
             gap = self._largest_gap(observed[(observed >= lo) & (observed < hi)])
             gaps.append(gap)
             devices[points.device_ids[g]] = self._metrics(
-                slice(first_fix[g], first_fix[g + 1]),
+                stats[g],
+                lags[g],
                 counts=counts[g],
                 path=path_days[g],
                 raw=raw_days[g],
@@ -1017,7 +1218,8 @@ class _Summarizer:
                 n_devices=1,
             )
         totals = self._metrics(
-            slice(0, len(points)),
+            stats[-1],
+            lags[-1],
             counts=counts[reported].sum(axis=0),
             path=path_days[reported].sum(axis=0),
             raw=raw_days[reported].sum(axis=0),
@@ -1050,14 +1252,29 @@ class _Summarizer:
             notes=notes,
         )
 
-    def _distance_stats(self, rows: slice) -> tuple[Place | None, float, float, float, float]:
-        """Farthest place, max, min, mean and median distance of the fixes seen in `rows`."""
+    def _distance_stats(self, first_fix: Ints, sizes: Ints) -> list[_DistanceStats]:
+        """Farthest place, max, min, mean and median distance of the fixes seen, for each
+        device (`sizes` of them, from row `first_fix`) and then for all of them together."""
+        seen_km = self.distance_km[self.seen]  # a copy, which the medians may reorder
+        rows = [*first_fix[:-1].tolist(), 0]  # the whole's rows start at 0
+        ranges = [(row, a, b) for row, (a, b) in zip(rows, _parts(sizes), strict=True)]
+        # Everything that depends on the order comes first; the medians then reorder each
+        # device's part in place, which leaves the whole's median as it was. A part that is
+        # the whole (one device) is computed once.
+        ordered = _once(ranges, lambda row, a, b: self._extremes(row, seen_km[a:b]))
+        medians = _once(
+            [(a, b) for _, a, b in ranges],
+            lambda a, b: _round_km(_median(seen_km[a:b])) if a < b else 0.0,
+        )
+        return [(*extremes, median) for extremes, median in zip(ordered, medians, strict=True)]
+
+    def _extremes(self, row: int, distance: Floats) -> tuple[Place | None, float, float, float]:
+        """Farthest place, max, min and mean of `distance`, the km of the fixes seen from
+        `row` on."""
+        if not len(distance):
+            return None, 0.0, 0.0, 0.0
         points = self.points
-        chosen = np.flatnonzero(self.seen[rows]) + (rows.start or 0)
-        if not len(chosen):
-            return None, 0.0, 0.0, 0.0, 0.0
-        distance = self.distance_km[chosen]
-        k = int(chosen[np.argmax(distance)])
+        k = row + _nth_true(self.seen[row:], int(np.argmax(distance)))
         farthest = Place(
             time=self.window.local_time(int(points.timestamp[k])),
             latitude=float(points.lat[k]),
@@ -1065,19 +1282,29 @@ class _Summarizer:
             device_id=points.device_ids[points.device[k]],
         )
         maximum, minimum, mean = distance.max(), distance.min(), distance.mean()
-        return farthest, *(_round_km(v) for v in (maximum, minimum, mean, _median(distance)))  # type: ignore[return-value]
+        return farthest, _round_km(maximum), _round_km(minimum), _round_km(mean)
 
-    def _lags(self, rows: slice) -> tuple[float | None, float | None]:
-        """Median and largest ingest lag (s) of the fixes in `rows` that have a created_at."""
-        key = (int(rows.start or 0), int(rows.stop))
-        if key not in self._lag:
-            created = self.points.created_at[rows]
-            has = created != MISSING_TIME
-            lag = (created[has] - self.points.timestamp[rows][has]) / US_PER_S
-            self._lag[key] = (
-                (_round_s(_median(lag)), _round_s(lag.max())) if len(lag) else (None, None)
-            )
-        return self._lag[key]
+    def _lags(self, first_fix: Ints) -> list[tuple[float | None, float | None]]:
+        """Median and largest ingest lag (s) of the fixes that have a created_at, for each
+        device (from row `first_fix`) and then for all of them together."""
+        created, t = self.points.created_at, self.points.timestamp
+        has = np.empty(len(created), dtype=bool)
+        lag = np.empty(len(created))
+        size = 0
+        for a in range(0, len(created), CHUNK):  # slices that stay in the CPU's cache
+            here = np.not_equal(created[a : a + CHUNK], MISSING_TIME, out=has[a : a + CHUNK])
+            step = created[a : a + CHUNK][here]
+            step -= t[a : a + CHUNK][here]
+            np.divide(step, US_PER_S, out=lag[size : size + len(step)])
+            size += len(step)
+        lag = lag[:size]
+        ranges = _parts([np.count_nonzero(has[a:b]) for a, b in itertools.pairwise(first_fix)])
+        maxima = [_round_s(lag[a:b].max()) if a < b else None for a, b in ranges]
+        medians = _once(ranges, lambda a, b: _round_s(_median(lag[a:b])) if a < b else None)
+        return [
+            (median, maximum) if maximum is not None else (None, None)
+            for median, maximum in zip(medians, maxima, strict=True)
+        ]
 
     def _largest_gap(self, observed: Ints) -> tuple[float, int]:
         edges = np.concatenate(([self.window.start_us], observed, [self.window.end_us]))
@@ -1087,7 +1314,8 @@ class _Summarizer:
 
     def _metrics(
         self,
-        rows: slice,
+        stats: _DistanceStats,
+        lags: tuple[float | None, float | None],
         *,
         counts: Ints,
         path: Floats,
@@ -1100,13 +1328,10 @@ class _Summarizer:
         gap: tuple[float, int],
         n_devices: int,
     ) -> Metrics:
-        key = (int(rows.start or 0), int(rows.stop))
-        if key not in self._stats:
-            self._stats[key] = self._distance_stats(rows)
-        farthest, maximum, minimum, mean, median = self._stats[key]
+        farthest, maximum, minimum, mean, median = stats
         window_s = self.day_s * n_devices
         unknown = np.maximum(window_s - time[HOME] - time[AWAY], 0.0)
-        lag_median, lag_max = self._lags(rows)
+        lag_median, lag_max = lags
         total_s = float(window_s.sum())
         known_s = float(time[HOME].sum() + time[AWAY].sum())
         return Metrics(
@@ -1139,14 +1364,25 @@ class _Summarizer:
             days=[
                 DayMetrics(
                     date=date,
-                    points_read=int(read[d]),
-                    points_used=int(used[d]),
-                    path_km=_round_km(path[d]),
-                    raw_path_km=_round_km(raw[d]),
-                    time_at_home_s=_round_s(time[HOME][d]),
-                    time_away_s=_round_s(time[AWAY][d]),
-                    time_unknown_s=_round_s(unknown[d]),
+                    points_read=n_read,
+                    points_used=n_used,
+                    path_km=_round_km(path_km),
+                    raw_path_km=_round_km(raw_km),
+                    time_at_home_s=_round_s(home_s),
+                    time_away_s=_round_s(away_s),
+                    time_unknown_s=_round_s(unknown_s),
                 )
-                for d, date in enumerate(self.window.dates)
+                # Python numbers: indexing numpy arrays per day costs more than the models.
+                for date, n_read, n_used, path_km, raw_km, home_s, away_s, unknown_s in zip(
+                    self.window.dates,
+                    read.tolist(),
+                    used.tolist(),
+                    path.tolist(),
+                    raw.tolist(),
+                    time[HOME].tolist(),
+                    time[AWAY].tolist(),
+                    unknown.tolist(),
+                    strict=True,
+                )
             ],
         )
