@@ -147,7 +147,7 @@ def _sweep(args: argparse.Namespace, conn: Connection, settings: config.Database
     )
     sys.stdout.write("".join(line + "\n" for line in report.lines()))
     telemetry.shutdown()  # the CronJob's pod ends here: flush what it measured
-    return 1 if report.publish_failures else 0
+    return 1 if report.publish_failures or report.announce_failures else 0
 
 
 def _home(text: str) -> tuple[float, float]:

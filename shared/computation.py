@@ -125,17 +125,10 @@ class Computation:
         return self._finished(job)
 
     def _finished(self, job: Job) -> Outcome:
-        completed = job.status == JobStatus.COMPLETED
         telemetry.instruments().jobs.add(1, {"outcome": job.status.value})
-        event = events.new_event(
-            events.JOB_COMPLETED if completed else events.JOB_FAILED,
-            JobOutcome(job=job_view(job)),
-            source=self.source,
-            subject=str(job.id),
-            traceparent=telemetry.traceparent(),
-        )
+        event = outcome_event(job, self.source, telemetry.traceparent())
         detail = f"job {job.id} {job.status.value}"
-        if not completed:
+        if job.status != JobStatus.COMPLETED:
             detail += f": {job.error_message}"
         return Outcome(HTTPStatus.OK, event, detail)
 
@@ -200,6 +193,17 @@ class Computation:
             "csv_bytes": size,
             "csv_sha256": digest,
         }
+
+
+def outcome_event(job: Job, source: str, traceparent: str | None) -> CloudEvent:
+    """The `job.completed` or `job.failed` event of a finished job."""
+    return events.new_event(
+        events.JOB_COMPLETED if job.status == JobStatus.COMPLETED else events.JOB_FAILED,
+        JobOutcome(job=job_view(job)),
+        source=source,
+        subject=str(job.id),
+        traceparent=traceparent,
+    )
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

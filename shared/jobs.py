@@ -180,11 +180,23 @@ class SweepReport:
     unpublished: list[Job] = field(default_factory=list)
     """Jobs that need their event sent, left as they are because no publisher was given."""
     pruned: int = 0
+    failures_announced: int = 0
+    """How many of `failed` had their job.failed event sent."""
+    announce_failures: list[tuple[Job, str]] = field(default_factory=list)
+    """Jobs of `failed` whose job.failed event could not be sent (they stay failed)."""
 
     def lines(self) -> list[str]:
         """One human-readable line per action, and one per job acted on."""
         lines = [f"failed {len(self.failed)} job(s) out of attempts"]
         lines += [f"  {job.id}: {job.error_message}" for job in self.failed]
+        if self.failures_announced:
+            lines.append(f"  job.failed sent for {self.failures_announced} of them")
+        if self.announce_failures:
+            lines.append(
+                f"could not send job.failed for {len(self.announce_failures)} job(s)"
+                " (they stay failed)"
+            )
+            lines += [f"  {job.id}: {error}" for job, error in self.announce_failures]
         lines.append(f"re-queued {len(self.requeued)} job(s) whose lease expired")
         lines += [f"  {job.id}: {job.error_message}" for job in self.requeued]
         lines.append(f"re-published {len(self.republished)} queued job(s)")

@@ -10,12 +10,13 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from shared import cli, locations, migrate
+from shared import cli, events, locations, migrate
 from shared.config import JobSettings
+from shared.contracts import JobOutcome
 from shared.devstack import free_ports
 from shared.jobs import JobRequest, JobStore
 from shared.points import Points
-from tests.conftest import Database
+from tests.conftest import Database, RecordingServer
 
 
 @pytest.fixture
@@ -107,6 +108,72 @@ def test_sweep_prints_what_it_did_and_lists_unpublished_jobs(
     assert "1 queued job(s) need publishing; no publisher is configured" in out
     assert str(job.id) in out
     assert "pruned 0 finished job(s)" in out
+
+
+def _out_of_attempts(database: Database) -> uuid.UUID:
+    """A job whose last attempt's lease expired: the sweep fails it."""
+    schema = os.environ["JOBS_SCHEMA"]
+    with database.connect() as conn:
+        store = JobStore(conn, JobSettings(), schema=schema)
+        job, _ = store.create(
+            JobRequest(date_from=dt.date(2024, 1, 1), date_to=dt.date(2024, 1, 1), timezone="UTC"),
+            traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        store.claim(job.id, "w-gone")
+        conn.execute(
+            f"UPDATE {schema}.jobs SET attempts = max_attempts, published_at = now(),"
+            " lease_expires_at = now() - interval '1 second' WHERE id = %s",
+            (job.id,),
+        )
+    return job.id
+
+
+def test_sweep_announces_the_jobs_it_fails(
+    use_database: Database, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _run(capsys, "migrate")[0] == 0
+    job_id = _out_of_attempts(use_database)
+    broker = RecordingServer().start()
+    monkeypatch.setenv("K_SINK", broker.url)
+    try:
+        code, out, _ = _run(capsys, "sweep")
+    finally:
+        broker.stop()
+    assert code == 0
+    assert "failed 1 job(s) out of attempts" in out
+    assert "job.failed sent for 1 of them" in out
+    (sent,) = broker.received
+    event = events.parse(sent["headers"], sent["body"])
+    assert (event["type"], event["source"], event["subject"]) == (
+        events.JOB_FAILED,
+        "/otel-worker/sweep",
+        str(job_id),
+    )
+    assert event["traceparent"].startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+    job = events.data_as(event, JobOutcome).job
+    assert job.status == "failed"
+    assert "gave up after 3 attempt(s)" in (job.error_message or "")
+
+
+def test_sweep_that_cannot_announce_a_failure_says_so_and_exits_1(
+    use_database: Database, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _run(capsys, "migrate")[0] == 0
+    job_id = _out_of_attempts(use_database)
+    broker = RecordingServer(default=(400, {}, b"no")).start()  # final: not retried
+    monkeypatch.setenv("K_SINK", broker.url)
+    try:
+        code, out, _ = _run(capsys, "sweep")
+    finally:
+        broker.stop()
+    assert code == 1
+    assert f"could not send job.failed for 1 job(s) (they stay failed)\n  {job_id}: " in out
+    assert len(broker.received) == 1
+    with use_database.connect() as conn:
+        row = conn.execute(
+            f"SELECT status FROM {os.environ['JOBS_SCHEMA']}.jobs WHERE id = %s", (job_id,)
+        ).fetchone()
+    assert row == ("failed",)
 
 
 def test_an_unreachable_database_exits_3_with_a_clear_message(
