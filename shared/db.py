@@ -123,6 +123,12 @@ class LazyPool:
     nothing may connect at import: build a `LazyPool` at module level if convenient, and
     the first `connection()` in the serving process opens it (after `connect`'s start-up
     retry proves the database reachable).
+
+    The start-up window is waited once per process: should the database still be down
+    after it, each later request makes a single attempt and fails fast with
+    `DatabaseUnavailable` (a 503 the caller retries on its own schedule) instead of holding
+    its caller for another window. Requests arriving while the pool is being opened wait
+    for it at most `DB_CONNECT_TIMEOUT_SECONDS`.
     """
 
     def __init__(self, settings: DatabaseSettings) -> None:
@@ -130,11 +136,19 @@ class LazyPool:
         self._where = _where(settings.conninfo())
         self._pool: ConnectionPool[Connection] | None = None
         self._lock = threading.Lock()
+        self._started = False
 
     def _opened(self) -> ConnectionPool[Connection]:
-        with self._lock:
+        if not self._lock.acquire(timeout=self._settings.db_connect_timeout_seconds):
+            raise DatabaseUnavailable(
+                f"PostgreSQL at {self._where}: still connecting (another request is waiting "
+                "for the database to come up)"
+            )
+        try:
             if self._pool is None:
-                connect(self._settings).close()
+                retry = None if not self._started else 0.0
+                self._started = True
+                connect(self._settings, retry_seconds=retry).close()
                 pool: ConnectionPool[Connection] = ConnectionPool(
                     self._settings.conninfo(),
                     min_size=1,
@@ -158,6 +172,8 @@ class LazyPool:
                     raise
                 self._pool = pool
             return self._pool
+        finally:
+            self._lock.release()
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Connection]:

@@ -85,6 +85,54 @@ def test_the_pool_connects_only_when_first_used() -> None:
     pool.close()
 
 
+def test_the_pool_waits_out_the_start_up_window_once_then_fails_fast() -> None:
+    pool = db.LazyPool(_settings(_closed_port_url(), db_startup_retry_seconds=1.0))
+    failures: list[float] = []
+
+    def request() -> None:
+        started = time.monotonic()
+        with pytest.raises(db.DatabaseUnavailable), pool.connection():
+            pass
+        failures.append(time.monotonic() - started)
+
+    request()
+    assert failures[0] > 0.15  # the first request waited for the database to come up
+    # Later requests, even many at once, are answered at once: the caller retries.
+    callers = [threading.Thread(target=request) for _ in range(4)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert len(failures) == 5
+    assert max(failures[1:]) < 0.5, failures
+    pool.close()
+
+
+def test_requests_while_the_pool_opens_wait_at_most_the_connect_timeout() -> None:
+    pool = db.LazyPool(
+        _settings(_closed_port_url(), db_startup_retry_seconds=3.0, db_connect_timeout_seconds=0.3)
+    )
+    first: list[BaseException] = []
+
+    def open_it() -> None:
+        try:
+            with pool.connection():
+                pass
+        except db.DatabaseUnavailable as exc:
+            first.append(exc)
+
+    opening = threading.Thread(target=open_it)
+    opening.start()
+    time.sleep(0.1)
+    started = time.monotonic()
+    with pytest.raises(db.DatabaseUnavailable, match="still connecting"), pool.connection():
+        pass
+    assert time.monotonic() - started < 1.0
+    opening.join()
+    assert len(first) == 1  # the opener itself waited its window, then gave up
+    pool.close()
+
+
 def test_the_pool_lends_connections_through_pgbouncer(pgbouncer: Database) -> None:
     pool = db.LazyPool(_settings(pgbouncer.url))
     try:
