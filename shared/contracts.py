@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -85,6 +85,10 @@ class Requester(_Contract):
     id: str
 
 
+MAX_IDEMPOTENCY_KEY: Final = 200
+"""Longest idempotency key a caller may give (in the request or the Idempotency-Key header)."""
+
+
 class DistanceRequested(_Contract):
     """Data of `distance.requested`: compute distance from home over local days."""
 
@@ -96,9 +100,11 @@ class DistanceRequested(_Contract):
     timezone: TimeZone | None = Field(
         default=None, description="time zone of the days; absent = the home time zone"
     )
-    idempotency_key: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
-        default=None,
-        description="repeat requests with one key get one job; absent = the event's source+id",
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=MAX_IDEMPOTENCY_KEY)] | None = (
+        Field(
+            default=None,
+            description="repeat requests with one key get one job; absent = the event's source+id",
+        )
     )
 
     @model_validator(mode="after")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import enum
+import hashlib
 import json
 import uuid
 from collections.abc import Callable
@@ -226,9 +227,14 @@ def default_idempotency_key(source: str | None, event_id: str | None) -> str:
     """The key of a request without an explicit one: its event's (source, id), else random.
 
     A random key makes the request not deduplicated (e.g. a plain POST without a key).
+    CloudEvents bound neither attribute, so a pair too long to index is replaced by its
+    SHA-256, which deduplicates as well.
     """
     if source is not None and event_id is not None:
-        return json.dumps([source, event_id], separators=(",", ":"))
+        key = json.dumps([source, event_id], separators=(",", ":"))
+        if len(key) > MAX_KEY_LENGTH:
+            key = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+        return key
     return f"random:{uuid.uuid4()}"
 
 

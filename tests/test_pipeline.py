@@ -151,6 +151,26 @@ def test_plain_json_post_gets_json_and_bad_fields_are_named(stack: Stack) -> Non
         assert json.loads(bad.data)["error"].startswith(f"{field}:"), bad.data
 
 
+def test_idempotency_keys_out_of_bounds_are_refused_or_hashed(stack: Stack) -> None:
+    for key in ("", "k" * 201):
+        bad = urllib3.request(
+            "POST",
+            stack.url("submit"),
+            json={"date": "2024-03-14"},
+            headers={"Idempotency-Key": key},
+            retries=False,
+        )
+        assert bad.status == 400, key
+        assert json.loads(bad.data)["error"].startswith("Idempotency-Key: must be 1 to 200"), key
+    # An event names its own (source, id), of any length: still one job per event.
+    headers, body = request_event({"date": "2024-03-14", "device_id": "phone2"}, "e" * 3000)
+    first, again = (_accepted(_post(stack.url("submit"), headers, body)) for _ in range(2))
+    assert (first.created, again.created) == (True, False)
+    assert first.job.job_id == again.job.job_id
+    assert first.job.idempotency_key is not None
+    assert first.job.idempotency_key.startswith("sha256:")
+
+
 def test_compute_killed_mid_job_is_taken_over_after_the_lease(stack: Stack) -> None:
     headers, body = request_event({"date": "2024-03-01", "end_date": "2024-03-31"})
     reply = _post(stack.url("submit"), headers, body)

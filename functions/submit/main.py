@@ -17,7 +17,7 @@ import functions_framework
 from pydantic import ValidationError
 
 from shared import config, events, resources, telemetry, web
-from shared.contracts import DistanceRequested, JobAccepted, Requester
+from shared.contracts import MAX_IDEMPOTENCY_KEY, DistanceRequested, JobAccepted, Requester
 from shared.db import DatabaseUnavailable
 from shared.jobs import IdempotencyConflict
 from shared.logs import log_context
@@ -86,18 +86,29 @@ def _from_event(request: flask.Request) -> flask.Response:
     return web.event_response(reply)
 
 
+def _header_key(request: flask.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise web.HttpError(
+            HTTPStatus.BAD_REQUEST,
+            f"Idempotency-Key: must be 1 to {MAX_IDEMPOTENCY_KEY} characters (got {len(key)})",
+        )
+    return key
+
+
 def _from_json(request: flask.Request) -> flask.Response:
     try:
         data = DistanceRequested.model_validate_json(request.get_data() or b"{}")
     except ValidationError as exc:
         raise web.HttpError(HTTPStatus.BAD_REQUEST, events.describe(exc)) from None
+    key = _header_key(request)
     with telemetry.span("submit json"):
         try:
             job, created = submit_job(
                 _submission(),
                 data,
                 requester=None,
-                idempotency_key=request.headers.get("Idempotency-Key"),
+                idempotency_key=key,
                 traceparent=telemetry.traceparent(),
             )
         except RequestError as exc:
