@@ -53,7 +53,8 @@ class _Group(BaseSettings):
 class DatabaseSettings(_Group):
     """PostgreSQL: one DSN for reads, the jobs store and migrations (PgBouncer in production)."""
 
-    database_url: str | None = None
+    database_url: SecretStr | None = None
+    """May hold a password: kept out of reprs, logs and `otel-worker config`."""
     postgres_host: str = "127.0.0.1"
     postgres_port: Port = 5432
     postgres_db: str = "owntracks"
@@ -73,15 +74,16 @@ class DatabaseSettings(_Group):
 
     @field_validator("database_url")
     @classmethod
-    def _url_is_postgres(cls, value: str | None) -> str | None:
-        if value and not value.startswith(("postgres://", "postgresql://")):
+    def _url_is_postgres(cls, value: SecretStr | None) -> SecretStr | None:
+        url = value.get_secret_value() if value else ""
+        if url and not url.startswith(("postgres://", "postgresql://")):
             raise ValueError("must start with postgresql://")
-        return value or None
+        return value if url else None
 
     def conninfo(self) -> str:
         """The libpq connection string: `DATABASE_URL` if set, else built from the parts."""
         if self.database_url:
-            return self.database_url
+            return self.database_url.get_secret_value()
         password = self.postgres_password.get_secret_value()
         auth = quote(self.postgres_user, safe="")
         if password:

@@ -182,11 +182,13 @@ def test_cli_prints_settings_with_secrets_masked(
 ) -> None:
     monkeypatch.setenv("MINIO_ACCESS_KEY", "AKIDEXAMPLE")
     monkeypatch.setenv("MINIO_SECRET_KEY", "very-secret-value")
-    assert cli_main(["config", "storage"]) == 0
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:hunter2@db.local:6432/owntracks")
+    assert cli_main(["config", "storage", "database"]) == 0
     out = capsys.readouterr().out
     assert "MINIO_BUCKET = otel-worker" in out
-    assert "very-secret-value" not in out
-    assert "AKIDEXAMPLE" not in out
+    assert "DATABASE_URL = **********" in out
+    for secret in ("very-secret-value", "AKIDEXAMPLE", "hunter2"):
+        assert secret not in out
 
 
 def test_env_example_documents_every_setting_and_nothing_else() -> None:
