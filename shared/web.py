@@ -92,8 +92,13 @@ def guarded(
 
 def health(request: flask.Request, ready: Callable[[], None]) -> flask.Response | None:
     """Answer `/healthz` (the process serves), `/readyz` (`ready()` does not raise: its
-    dependencies answer) and, when METRICS_PROMETHEUS is on, `/metrics`; None otherwise."""
-    if request.path == "/metrics" and telemetry.prometheus_enabled():
+    dependencies answer) and `/metrics` (404 unless METRICS_PROMETHEUS is on); None
+    otherwise."""
+    if request.path == "/metrics":
+        if not telemetry.prometheus_enabled():
+            return error_response(
+                HTTPStatus.NOT_FOUND, "metrics are not served: set METRICS_PROMETHEUS=true"
+            )
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return flask.Response(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

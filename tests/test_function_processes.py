@@ -115,15 +115,18 @@ def test_metrics_endpoint_serves_prometheus_text_only_when_enabled(
         "OTEL_SERVICE_NAME": "otel-worker-status",
     }
     enabled = http_function("status", port, {**env, "METRICS_PROMETHEUS": "true"}).start()
-    disabled = http_function("status", other, env).start()
+    # submit, unlike status, serves POST on every path: /metrics must still be a 404.
+    disabled = http_function("submit", other, env).start()
     processes.extend([enabled, disabled])
     for service in (enabled, disabled):
         wait_until(
-            lambda service=service: http_status(f"{service.url}/healthz") == 200, 30, "status"
+            lambda service=service: http_status(f"{service.url}/healthz") == 200, 30, "started"
         )
         urllib3.request("GET", f"{service.url}/readyz")  # starts telemetry
     metrics = urllib3.request("GET", f"{enabled.url}/metrics")
     assert metrics.status == 200
     assert metrics.headers["Content-Type"].startswith("text/plain")
     assert b"# TYPE process_resident_memory_bytes gauge" in metrics.data
-    assert urllib3.request("GET", f"{disabled.url}/metrics").status == 404
+    off = urllib3.request("GET", f"{disabled.url}/metrics")
+    assert off.status == 404
+    assert "METRICS_PROMETHEUS" in off.json()["error"]
