@@ -42,6 +42,13 @@ class StorageUnavailable(RuntimeError):
     """The object store could not be reached or refused the request (transient: retry)."""
 
 
+class ObjectMissing(LookupError):
+    """No object at the key (expired by the lifecycle rule, or deleted): retrying won't help."""
+
+
+_MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NotFound"})
+
+
 @dataclass(frozen=True)
 class ResultKeys:
     """Where one job's objects live."""
@@ -176,7 +183,7 @@ class ObjectStore:
         try:
             self.client.stat_object(self.settings.minio_bucket, key)
         except S3Error as exc:
-            if exc.code in {"NoSuchKey", "NoSuchObject", "NotFound"}:
+            if exc.code in _MISSING_CODES:
                 return False
             raise StorageUnavailable(f"checking {key}: {exc.code}") from None
         except OSError as exc:
@@ -184,9 +191,17 @@ class ObjectStore:
         return True
 
     def read(self, key: str) -> bytes:
-        """The whole object at `key` (small objects: summaries and chart data)."""
+        """The whole object at `key` (small objects: summaries and chart data); raises
+        `ObjectMissing` when there is none."""
+        from minio.error import S3Error
+
         with _translated(f"reading {key}"):
-            response = self.client.get_object(self.settings.minio_bucket, key)
+            try:
+                response = self.client.get_object(self.settings.minio_bucket, key)
+            except S3Error as exc:
+                if exc.code in _MISSING_CODES:
+                    raise ObjectMissing(key) from None
+                raise
             try:
                 return bytes(response.read())
             finally:

@@ -124,6 +124,19 @@ def test_the_report_renders_in_headless_chromium(stack: Stack, tmp_path: Path) -
     assert csv.data.count(b"\n") == points + 1
 
 
+def test_a_report_whose_data_expired_is_gone_not_unavailable(stack: Stack) -> None:
+    reply = urllib3.request(
+        "POST", stack.url("submit"), json={"date": "2024-03-13", "device_id": "phone2"}
+    )
+    job = stack.wait_finished(reply.json()["job"]["job_id"])
+    assert job.summary_key is not None
+    series = job.summary_key.replace(".summary.json", ".series.json")
+    stack.s3.client().remove_object(stack.bucket, series)  # as the lifecycle rule would
+    gone = urllib3.request("GET", f"{stack.url('status')}/jobs/{job.job_id}/report")
+    assert gone.status == 410
+    assert gone.json()["error"].startswith(f"job {job.job_id}: its report's data is no longer")
+
+
 def test_no_report_before_the_job_completes(stack: Stack) -> None:
     missing = urllib3.request(
         "GET", f"{stack.url('status')}/jobs/00000000-0000-4000-8000-000000000000/report"

@@ -24,7 +24,13 @@ from shared import config, events, resources, telemetry, web
 from shared.contracts import JOB_STATUSES, JobPage, parse_local_date
 from shared.db import DatabaseUnavailable
 from shared.jobs import Job, JobStatus, JobStore
-from shared.storage import ObjectStore, StorageUnavailable, result_keys, short_id_of
+from shared.storage import (
+    ObjectMissing,
+    ObjectStore,
+    StorageUnavailable,
+    result_keys,
+    short_id_of,
+)
 from shared.views import job_view
 
 FUNCTION = "status"
@@ -134,7 +140,14 @@ def _report(job_id: str) -> flask.Response:
             job_status=job.status.value,
         )
     keys = result_keys(job.id, job.date_from, job.date_to, job.device_id)
-    series = json.loads(objects.read(keys.series_key))
+    try:
+        series = json.loads(objects.read(keys.series_key))
+    except ObjectMissing:
+        raise web.HttpError(
+            HTTPStatus.GONE,
+            f"job {job.id}: its report's data is no longer stored (objects expire; "
+            "submit the request again for a fresh result)",
+        ) from None
     page = render(job_view(job).model_dump(mode="json"), series)
     return flask.Response(page, headers={"Content-Type": "text/html; charset=utf-8"})
 
