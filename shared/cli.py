@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -167,6 +168,16 @@ def _day(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `otel-worker analyze`."""
     parser.add_argument("file", type=Path, help="locations CSV, OwnTracks JSON or .rec file")
@@ -239,7 +250,9 @@ def _client(args: argparse.Namespace) -> int:
                 timezone=args.tz or "",
                 idempotency_key=args.key or "",
             )
-            return client.submit(settings, request, wait_for_it=args.wait)
+            return client.submit(
+                settings, request, wait_for_it=args.wait, wait_seconds=args.timeout
+            )
         if args.command == "status":
             return client.status(settings, args.job_id, args.json)
         return client.jobs(
@@ -272,6 +285,13 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     submit.add_argument("--key", help="idempotency key: repeating it returns the same job")
     submit.add_argument(
         "--wait", action="store_true", help="follow the job, then print its summary and CSV link"
+    )
+    submit.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=600.0,
+        metavar="SECONDS",
+        help="with --wait: give up following after this long (exit 4; default 600)",
     )
     submit.set_defaults(handler=_client)
 

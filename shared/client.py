@@ -25,6 +25,7 @@ from shared.rpc.distance.v1 import distance_pb2_grpc
 FINISHED = {"completed", "failed"}
 EXIT_FAILED = 1
 EXIT_RPC = 3
+EXIT_STILL_RUNNING = 4
 
 
 class Client:
@@ -73,19 +74,21 @@ def _when(stamp: object) -> str:
 
 
 def wait(
-    client: Client, job_id: str, err: TextIO, interval: float = 0.5
+    client: Client, job_id: str, err: TextIO, timeout: float, interval: float = 0.5
 ) -> pb.GetJobStatusResponse:
-    """Poll until the job finishes, showing its state and elapsed time on `err`."""
+    """Poll until the job finishes or `timeout` seconds pass, showing its state and the
+    elapsed time on `err`; the last answer either way."""
     started = time.monotonic()
     while True:
         reply = client.status(job_id)
+        elapsed = time.monotonic() - started
         attempt = f", attempt {reply.attempts}/{reply.max_attempts}" if reply.attempts else ""
-        err.write(f"\r{reply.status}{attempt}, {time.monotonic() - started:.1f} s ")
+        err.write(f"\r{reply.status}{attempt}, {elapsed:.1f} s ")
         err.flush()
-        if reply.status in FINISHED:
+        if reply.status in FINISHED or elapsed >= timeout:
             err.write("\n")
             return reply
-        time.sleep(interval)
+        time.sleep(min(interval, max(0.0, timeout - elapsed)))
 
 
 def show_result(reply: pb.GetJobStatusResponse, out: TextIO) -> None:
@@ -94,9 +97,15 @@ def show_result(reply: pb.GetJobStatusResponse, out: TextIO) -> None:
     from shared.engine import Summary
 
     result = reply.result
+    summary = None
     if result.summary_url:
-        with urllib.request.urlopen(result.summary_url, timeout=30) as response:  # noqa: S310
-            write_table(Summary.model_validate_json(response.read()), out)
+        try:
+            with urllib.request.urlopen(result.summary_url, timeout=30) as response:  # noqa: S310
+                summary = Summary.model_validate_json(response.read())
+        except OSError as exc:  # the object store's public endpoint, out of reach from here
+            out.write(f"(the summary could not be downloaded: {exc})\n")
+    if summary is not None:
+        write_table(summary, out)
     else:
         out.write(f"path {result.total_distance_km:.3f} km, {result.total_locations} fixes\n")
     out.write(f"CSV           {result.csv_url or result.csv_path}\n")
@@ -109,17 +118,25 @@ def submit(
     request: pb.CalculateDistanceRequest,
     *,
     wait_for_it: bool,
+    wait_seconds: float = 600.0,
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
 ) -> int:
-    """Queue a job and print its id; with `wait_for_it`, follow it to the end."""
+    """Queue a job and print its id; with `wait_for_it`, follow it to the end (for at most
+    `wait_seconds`)."""
     with connected(settings) as client:
         reply = client.calculate(request)
         verb = "queued" if reply.created else "already known as"
         out.write(f"job {reply.job_id} {verb} ({reply.status})\n")
         if not wait_for_it:
             return 0
-        final = wait(client, reply.job_id, err)
+        final = wait(client, reply.job_id, err, wait_seconds)
+        if final.status not in FINISHED:
+            out.write(
+                f"job {reply.job_id} is still {final.status} after {wait_seconds:g} s; "
+                f"follow it with `otel-worker status {reply.job_id}`\n"
+            )
+            return EXIT_STILL_RUNNING
         if final.status == "failed":
             out.write(f"failed: {final.error_message}\n")
             return EXIT_FAILED

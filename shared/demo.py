@@ -139,7 +139,7 @@ def _submit_and_show(stack: Supervisor, options: Options, say: TextIO) -> None:
             say.write(f"\n=== {title}, every device, through the gRPC ingress ===\n")
             queued = client.calculate(request)
             say.write(f"job {queued.job_id} {queued.status}\n")
-            final = wait(client, queued.job_id, say, interval=0.2)
+            final = wait(client, queued.job_id, say, timeout=300, interval=0.2)
             if final.status != "completed":
                 raise RuntimeError(f"job {queued.job_id} {final.status}: {final.error_message}")
             show_result(final, say)

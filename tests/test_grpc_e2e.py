@@ -4,11 +4,13 @@ code, repeated keys make one job, and the command-line client shows what a user 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,9 @@ import grpc
 import pytest
 from grpc_tools import protoc
 
-from shared.devstack import REPO_ROOT
+from shared import client
+from shared.cli import main as cli_main
+from shared.devstack import REPO_ROOT, free_ports
 from shared.rpc.distance.v1 import distance_pb2 as pb
 from shared.rpc.distance.v1 import distance_pb2_grpc
 from tests.stack import Stack
@@ -250,3 +254,58 @@ def test_the_command_line_client_follows_a_job_to_its_table_and_link(stack: Stac
     )
     assert bad.returncode == 3
     assert "INVALID_ARGUMENT" in bad.stderr
+
+
+def test_waiting_gives_up_after_its_timeout_with_exit_4(stack: Stack) -> None:
+    cli = [str(Path(sys.executable).parent / "otel-worker")]
+    env = {**os.environ, "INGRESS_ADDRESS": stack.url("ingress")}
+    compute = stack.supervisor.services["compute"]
+    waiting = ["--key", f"timeout-{uuid.uuid4()}", "--timeout", "1.5"]
+    compute.stop()  # nothing takes the job: it stays queued
+    try:
+        begun = time.monotonic()
+        submit = subprocess.run(
+            [*cli, "submit", "--date", "2024-03-21", "--device", "phone3", "--wait", *waiting],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=REPO_ROOT,
+        )
+        elapsed = time.monotonic() - begun
+    finally:
+        stack.supervisor.restart("compute")
+    assert submit.returncode == 4, submit.stderr
+    job_id = submit.stdout.split()[1]
+    assert f"job {job_id} is still queued after 1.5 s" in submit.stdout
+    assert f"otel-worker status {job_id}" in submit.stdout
+    assert 1.5 <= elapsed < 30
+    stack.wait_finished(job_id)  # and the job is not lost: compute takes it once back
+
+
+def test_a_summary_out_of_reach_still_prints_the_result_line() -> None:
+    (port,) = free_ports(1)
+    reply = pb.GetJobStatusResponse(
+        status="completed",
+        result=pb.JobResult(
+            total_distance_km=12.5,
+            total_locations=321,
+            summary_url=f"http://127.0.0.1:{port}/bucket/job.summary.json",
+            csv_url=f"http://127.0.0.1:{port}/bucket/job.csv",
+        ),
+    )
+    out = io.StringIO()
+    client.show_result(reply, out)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("(the summary could not be downloaded: ")
+    assert lines[1] == "path 12.500 km, 321 fixes"
+    assert lines[2].endswith(f"http://127.0.0.1:{port}/bucket/job.csv")
+
+
+def test_the_wait_timeout_must_be_a_positive_number(capsys: pytest.CaptureFixture[str]) -> None:
+    for bad in ("0", "-1", "soon", "inf"):
+        with pytest.raises(SystemExit) as exited:
+            cli_main(["submit", "--date", "2024-03-01", "--wait", "--timeout", bad])
+        assert exited.value.code == 2
+        assert "--timeout: expected a positive number of seconds" in capsys.readouterr().err
