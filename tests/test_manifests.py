@@ -438,6 +438,21 @@ def test_timeouts_leases_and_retries_fit_together(base: dict[str, list[Any]]) ->
     assert timeout < service_timeout < lease < window
 
 
+def test_every_delivery_times_out_before_its_service(base: dict[str, list[Any]]) -> None:
+    """The broker gives up on a delivery before Knative cuts the request it is waiting for."""
+    _, triggers = load_eventing()
+    services = _services(base)
+    checked = 0
+    for trigger in triggers:
+        ref = trigger.spec.subscriber.ref
+        if ref is None or ref.name not in services or trigger.spec.delivery is None:
+            continue
+        timeout = _seconds(trigger.spec.delivery.timeout)
+        assert timeout < services[ref.name].spec.template.spec.timeout_seconds, ref.name
+        checked += 1
+    assert checked == 2
+
+
 @pytest.mark.parametrize("folder", [BASE, *OVERLAYS], ids=lambda p: str(p.relative_to(KNATIVE)))
 def test_kustomize_builds_and_core_resources_validate(folder: Path, tmp_path: Path) -> None:
     kubectl = shutil.which("kubectl")
