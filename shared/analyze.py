@@ -14,6 +14,8 @@ import datetime as dt
 import sys
 from typing import TextIO
 
+from pydantic import ValidationError
+
 from shared import config, export, tracks
 from shared.engine import (
     EngineParams,
@@ -27,9 +29,33 @@ from shared.engine import (
 from shared.points import Points
 from shared.sources import read_file
 
+_OPTIONS = {
+    # EngineParams field -> the option that sets it, for error messages
+    "exit_radius_km": "--exit-km",
+    "enter_radius_km": "--enter-km",
+    "max_accuracy_m": "--max-accuracy-m",
+    "max_speed_kmh": "--max-speed-kmh",
+    "max_gap_s": "--max-gap-min",
+    "jitter_radius_m": "--jitter-m",
+    "jitter_fixes": "--jitter-fixes",
+}
+
+
+def _named_by_option(exc: ValidationError) -> str:
+    """A validation error of EngineParams, in the command line's words."""
+    problems = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        for field, option in _OPTIONS.items():
+            message = message.replace(field, option)
+        field = str(error["loc"][0]) if error["loc"] else ""
+        problems.append(f"{_OPTIONS.get(field, field)}: {message}" if field else message)
+    return "; ".join(problems)
+
 
 def engine_params(args: argparse.Namespace, settings: config.AnalysisSettings) -> EngineParams:
-    """The settings, overridden by the options given on the command line."""
+    """The settings, overridden by the options given on the command line; ValueError
+    naming the option when they make invalid parameters."""
     params = settings.engine_params()
     changes: dict[str, object] = {}
     if args.home:
@@ -49,7 +75,10 @@ def engine_params(args: argparse.Namespace, settings: config.AnalysisSettings) -
         changes["jitter_fixes"] = args.jitter_fixes
     if args.keep_duplicates:
         changes["drop_duplicates"] = False
-    return EngineParams.model_validate({**params.model_dump(), **changes})
+    try:
+        return EngineParams.model_validate({**params.model_dump(), **changes})
+    except ValidationError as exc:
+        raise ValueError(_named_by_option(exc)) from None
 
 
 def _window(args: argparse.Namespace, points: Points, timezone: str) -> Window:

@@ -134,7 +134,9 @@ def test_seed_writes_a_locations_export_analyze_can_read(
         (["--device", "nobody"], "device 'nobody' is not in"),
         (["--from", "2015-08-25", "--to", "2015-08-24"], "before the first day"),
         (["--tz", "Nowhere/Land"], "unknown time zone"),
-        (["--exit-km", "0.1"], "enter_radius_km"),
+        (["--exit-km", "0.1"], "--enter-km (0.3) must be smaller than --exit-km (0.1)"),
+        (["--max-gap-min", "-5"], "--max-gap-min: Input should be greater than 0"),
+        (["--jitter-fixes", "0"], "--jitter-fixes: Input should be greater than or equal to 1"),
     ],
 )
 def test_bad_options_exit_2_with_a_clear_message(
