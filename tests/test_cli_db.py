@@ -128,17 +128,29 @@ def _out_of_attempts(database: Database) -> uuid.UUID:
     return job.id
 
 
-def test_sweep_announces_the_jobs_it_fails(
-    use_database: Database, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _sweep_failing_a_job(
+    database: Database,
+    broker: RecordingServer,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[uuid.UUID, int, str]:
+    """`otel-worker sweep` publishing to `broker`, over a job out of attempts: (its id,
+    the exit status, what the sweep printed)."""
     assert _run(capsys, "migrate")[0] == 0
-    job_id = _out_of_attempts(use_database)
-    broker = RecordingServer().start()
-    monkeypatch.setenv("K_SINK", broker.url)
+    job_id = _out_of_attempts(database)
+    monkeypatch.setenv("K_SINK", broker.start().url)
     try:
         code, out, _ = _run(capsys, "sweep")
     finally:
         broker.stop()
+    return job_id, code, out
+
+
+def test_sweep_announces_the_jobs_it_fails(
+    use_database: Database, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = RecordingServer()
+    job_id, code, out = _sweep_failing_a_job(use_database, broker, capsys, monkeypatch)
     assert code == 0
     assert "failed 1 job(s) out of attempts" in out
     assert "job.failed sent for 1 of them" in out
@@ -158,14 +170,8 @@ def test_sweep_announces_the_jobs_it_fails(
 def test_sweep_that_cannot_announce_a_failure_says_so_and_exits_1(
     use_database: Database, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert _run(capsys, "migrate")[0] == 0
-    job_id = _out_of_attempts(use_database)
-    broker = RecordingServer(default=(400, {}, b"no")).start()  # final: not retried
-    monkeypatch.setenv("K_SINK", broker.url)
-    try:
-        code, out, _ = _run(capsys, "sweep")
-    finally:
-        broker.stop()
+    broker = RecordingServer(default=(400, {}, b"no"))  # final: not retried
+    job_id, code, out = _sweep_failing_a_job(use_database, broker, capsys, monkeypatch)
     assert code == 1
     assert f"could not send job.failed for 1 job(s) (they stay failed)\n  {job_id}: " in out
     assert len(broker.received) == 1

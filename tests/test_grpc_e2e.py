@@ -212,18 +212,21 @@ def test_new_clients_get_every_metric(
     assert 0 < metrics.completeness.coverage <= 1
 
 
-def test_the_command_line_client_follows_a_job_to_its_table_and_link(stack: Stack) -> None:
-    cli = [str(Path(sys.executable).parent / "otel-worker")]
-    env = {**os.environ, "INGRESS_ADDRESS": stack.url("ingress")}
-    submit = subprocess.run(
-        [*cli, "submit", "--date", "2024-03-19", "--device", "phone2", "--wait"],
-        env=env,
+def _otel_worker(stack: Stack, *argv: str) -> subprocess.CompletedProcess[str]:
+    """The installed `otel-worker` command, run against the stack's ingress."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "otel-worker"), *argv],
+        env={**os.environ, "INGRESS_ADDRESS": stack.url("ingress")},
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
         cwd=REPO_ROOT,
     )
+
+
+def test_the_command_line_client_follows_a_job_to_its_table_and_link(stack: Stack) -> None:
+    submit = _otel_worker(stack, "submit", "--date", "2024-03-19", "--device", "phone2", "--wait")
     assert submit.returncode == 0, submit.stderr
     out = submit.stdout
     assert "queued" in out
@@ -231,48 +234,24 @@ def test_the_command_line_client_follows_a_job_to_its_table_and_link(stack: Stac
         assert heading in out, heading
     assert "completed" in submit.stderr
     job_id = out.split()[1]
-    status = subprocess.run(
-        [*cli, "status", job_id], env=env, capture_output=True, text=True, timeout=60, check=True
-    )
-    assert "completed" in status.stdout
-    listing = subprocess.run(
-        [*cli, "jobs", "--device", "phone2"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert job_id in listing.stdout
-    bad = subprocess.run(
-        [*cli, "status", "not-a-job"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    status = _otel_worker(stack, "status", job_id)
+    assert (status.returncode, "completed" in status.stdout) == (0, True), status.stderr
+    listing = _otel_worker(stack, "jobs", "--device", "phone2")
+    assert (listing.returncode, job_id in listing.stdout) == (0, True), listing.stderr
+    bad = _otel_worker(stack, "status", "not-a-job")
     assert bad.returncode == 3
     assert "INVALID_ARGUMENT" in bad.stderr
 
 
 def test_waiting_gives_up_after_its_timeout_with_exit_4(stack: Stack) -> None:
-    cli = [str(Path(sys.executable).parent / "otel-worker")]
-    env = {**os.environ, "INGRESS_ADDRESS": stack.url("ingress")}
     compute = stack.supervisor.services["compute"]
-    waiting = ["--key", f"timeout-{uuid.uuid4()}", "--timeout", "1.5"]
     compute.stop()  # nothing takes the job: it stays queued
     try:
         begun = time.monotonic()
-        submit = subprocess.run(
-            [*cli, "submit", "--date", "2024-03-21", "--device", "phone3", "--wait", *waiting],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            cwd=REPO_ROOT,
-        )
+        submit = _otel_worker(
+            stack, "submit", "--date", "2024-03-21", "--device", "phone3", "--wait",
+            "--key", f"timeout-{uuid.uuid4()}", "--timeout", "1.5",
+        )  # fmt: skip
         elapsed = time.monotonic() - begun
     finally:
         stack.supervisor.restart("compute")
