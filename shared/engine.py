@@ -579,6 +579,24 @@ def _jumps(fixes: _Fixes, chain: _Chain, max_speed_kmh: float) -> Bools:
     return fast_in & fast_out
 
 
+def _window_sums(values: Floats, width: int, out: Floats) -> Floats:
+    """out[j] = values[j] + ... + values[j + width - 1] for each j of `out`, from sums of
+    runs of 1, 2, 4, ... values: a few vectorised additions, where a running sum is serial
+    (numpy's cumsum costs ten additions per value) and loses precision as it grows."""
+    m = len(out)
+    out.fill(0.0)
+    power, size, done = values, 1, 0
+    while m:
+        if width & size:
+            out += power[done : done + m]
+            done += size
+        if 2 * size > width:
+            break
+        power = power[:-size] + power[size:]
+        size *= 2
+    return out
+
+
 def _still(fixes: _Fixes, chain: _Chain, params: EngineParams) -> Bools:
     """Fixes within the jitter radius of where their device was over its previous fixes.
 
@@ -590,50 +608,45 @@ def _still(fixes: _Fixes, chain: _Chain, params: EngineParams) -> Bools:
     still = np.zeros(n, dtype=bool)
     if n == 0 or params.jitter_radius_m == 0:
         return still
+    k, radius = params.jitter_fixes, params.jitter_radius_m
     unit_m = EARTH_RADIUS_KM * 1000.0
     accuracy, device_start = fixes.points.accuracy, 0
     # Slice by slice, each with the predecessors its first fixes look back to, so that the
-    # running sums and temporaries stay in the CPU's cache.
+    # sums and temporaries stay in the CPU's cache.
     for a in range(0, n, CHUNK):
         b = min(a + CHUNK, n)
-        count = np.arange(a, b)
-        # lo: where each fix's window of predecessors starts (never before its device's first).
-        lo = np.where(chain.linked[a:b], device_start, count)
-        np.maximum.accumulate(lo, out=lo)
-        device_start = int(lo[-1])
-        np.maximum(lo, count - params.jitter_fixes, out=lo)
-        count -= lo
-        s = int(lo[0])  # lo never decreases: the slice's earliest predecessor
-        lo -= s
+        s = max(a - k, device_start)  # the slice's earliest predecessor
+        # Windows cut short by their device's first fix (the k fixes from it on): their own
+        # sums; every fix before `lead` has one.
+        begins = np.append(device_start, np.flatnonzero(~chain.linked[a:b]) + a)
+        ends = np.minimum(np.append(begins[1:], b), begins + k)
+        short = _ranges(np.maximum(begins, a), ends)
+        first = np.repeat(begins, np.maximum(ends - np.maximum(begins, a), 0))
+        count = short - first  # predecessors in each short window
+        window = np.empty(2 * len(short), dtype=np.int64)
+        window[0::2], window[1::2] = first - s, short - s
+        short -= a
+        device_start = int(begins[-1])
+        lead = min(s + k - a, b - a)
         idx = chain.idx[s:b]
-        divisor = np.maximum(count, 1).astype(np.float64)
-        # Full windows start jitter_fixes before their fix: a shifted view, not a gather.
-        # Only windows cut by a device's start (and all before `lead`) look up their start.
-        lead = min(s + params.jitter_fixes - a, b - a)
-        short = np.flatnonzero(count < params.jitter_fixes)
         sq = np.zeros(b - a)
-        total = np.empty(b - s + 1)
-        total[0] = 0.0
         centroid = np.empty(b - a)
         for column in fixes.xyz:
             c = column[idx]
-            np.cumsum(c, out=total[1:])
-            np.subtract(total[a - s + lead : b - s], total[: b - a - lead], out=centroid[lead:])
-            centroid[short] = total[a - s + short] - total[lo[short]]
-            centroid /= divisor
+            full = _window_sums(c, k, out=centroid[lead:])
+            full /= k
+            if len(short):
+                centroid[short] = np.add.reduceat(c, window)[0::2] / np.maximum(count, 1)
             here = c[a - s :]
             here -= centroid
             here *= here
             sq += here
+        here_still = np.less(sq, (radius / unit_m) ** 2, out=still[a:b])
         # A fix claiming a worse accuracy than the radius must move by its accuracy (rare).
         claimed = accuracy[idx[a - s :]]
-        limit = np.where(
-            claimed > params.jitter_radius_m,
-            np.square(claimed / unit_m),
-            (params.jitter_radius_m / unit_m) ** 2,
-        )
-        np.less(sq, limit, out=still[a:b])
-        still[a:b] &= count > 0
+        worse = np.flatnonzero(claimed > radius)
+        here_still[worse] = sq[worse] < np.square(claimed[worse] / unit_m)
+        here_still[short[count == 0]] = False
     return still
 
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from shared import engine
 from shared.engine import EARTH_RADIUS_KM, EngineParams, analyze, day_window, haversine_km
+from shared.points import Points
 from shared.tracks import TrackSpec, generate
 
 M_PER_UNIT = EARTH_RADIUS_KM * 1000.0
@@ -212,8 +213,9 @@ def test_day_sums_match_exact_sums_of_each_steps_share(case: tuple, resting: boo
         a, b = int(t[since[k]]), int(t[idx[k]])
         parts = []
         for d in range(3):
-            if bounds[d] <= a and b < bounds[d + 1] or a == b:
-                part = amount[k] if bounds[d] <= a and b < bounds[d + 1] else 0.0
+            within = bounds[d] <= a and b < bounds[d + 1]
+            if within or a == b:
+                part = amount[k] if within else 0.0
             else:
                 part = amount[k] * max(0, min(b, bounds[d + 1]) - max(a, bounds[d])) / (b - a)
             expected[device[idx[k]]][d].append(part)
@@ -259,3 +261,63 @@ def test_trip_paths_are_within_a_millimetre_of_exact_sums() -> None:
         assert abs(trip.path_km - exact) <= 1e-6
         checked += 1
     assert checked > 10
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.floats(-1.0, 1.0), min_size=1, max_size=120),
+    st.integers(1, 130),
+)
+def test_window_sums_are_exact_to_rounding(values: list, width: int) -> None:
+    out = np.full(max(len(values) - width + 1, 0), np.nan)
+    engine._window_sums(np.array(values), width, out)
+    for j, got in enumerate(out.tolist()):
+        run = values[j : j + width]
+        assert abs(got - math.fsum(run)) <= 8 * width * 2.0**-53 * math.fsum(map(abs, run))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(1, 60), min_size=1, max_size=5),
+    st.integers(1, 25),
+    st.integers(0, 2**32 - 1),
+)
+def test_jitter_matches_centroids_summed_exactly(sizes: list, k: int, seed: int) -> None:
+    # Window sums by doubling, short windows at a device's start summed on their own, in
+    # slices smaller than the window: the same fixes as exactly summed centroids (up to
+    # fixes within a rounding of the radius).
+    rng = np.random.default_rng(seed)
+    n = sum(sizes)
+    device = np.repeat(np.arange(len(sizes)), sizes)
+    lat = 40.7 + np.cumsum(rng.normal(0, 0.0008, n) * (rng.random(n) < 0.5))
+    lon = -74.0 + rng.normal(0, 0.0008, n)
+    accuracy = rng.choice([-1, 10, 150, 400], n)
+    points = Points.from_columns(
+        [str(g) for g in range(len(sizes))],
+        device=device,
+        timestamp=np.arange(n) * 30_000_000,
+        lat=lat,
+        lon=lon,
+        accuracy=accuracy,
+    )
+    params = EngineParams(
+        home_latitude=40.7, home_longitude=-74.0, jitter_fixes=k, jitter_radius_m=100.0
+    )
+    fixes = engine._Fixes(points, params, np.empty(n))
+    chain = fixes.every()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine, "CHUNK", 7)
+        still = engine._still(fixes, chain, params)
+    xyz = np.array(fixes.xyz)
+    for i in range(n):
+        first = int(np.searchsorted(device, device[i]))
+        past = range(max(first, i - k), i)
+        if not past:
+            assert not still[i]
+            continue
+        centre = [math.fsum(xyz[c, j] for j in past) / len(past) for c in range(3)]
+        sq = math.fsum((xyz[c, i] - centre[c]) ** 2 for c in range(3))
+        radius_m = max(100.0, accuracy[i])
+        limit = (radius_m / M_PER_UNIT) ** 2
+        if abs(sq - limit) > 1e-12 * limit:
+            assert still[i] == (sq < limit)
