@@ -867,9 +867,10 @@ def _trips(
 
 def _check_sorted(points: Points) -> None:
     device, t = points.device, points.timestamp
-    if len(points) > 1:
-        step = np.diff(device)
-        if (step < 0).any() or ((step == 0) & (np.diff(t) < 0)).any():
+    for a in range(0, len(points) - 1, CHUNK):  # slices that stay in the CPU's cache
+        b = min(a + CHUNK, len(points) - 1)
+        step = device[a + 1 : b + 1] - device[a:b]
+        if (step < 0).any() or ((t[a + 1 : b + 1] < t[a:b]) & (step == 0)).any():
             raise ValueError("points must be sorted by device, then timestamp")
 
 
@@ -892,12 +893,16 @@ def _median(values: Floats) -> float:
         # +-128 sample ranks is about 4 standard deviations of a random sample's quantile.
         at = middle * len(sample) // n
         lo, hi = sample[max(at - 128, 0)], sample[min(at + 128, len(sample) - 1)]
-        inside = values <= hi
-        below = int(np.count_nonzero(values < lo))
-        inside &= values >= lo
+        # One pass in cache-sized slices: count the values below the range, keep those in it.
+        below, parts = 0, []
+        for a in range(0, n, CHUNK):
+            part = values[a : a + CHUNK]
+            below += int(np.count_nonzero(part < lo))
+            parts.append(part[(part >= lo) & (part <= hi)])
+        inside = np.concatenate(parts)
         rank = middle - below
-        if 1 <= rank < np.count_nonzero(inside):
-            return _partition_median(values[inside], rank, n % 2 == 0)
+        if 1 <= rank < len(inside):
+            return _partition_median(inside, rank, n % 2 == 0)
     return _partition_median(values, middle, n % 2 == 0)
 
 
@@ -913,6 +918,10 @@ def _partition_median(values: Floats, middle: int, even: bool) -> float:
 
 def _round_km(value: float) -> float:
     return round(float(value), 6)
+
+
+def _mean_km(total: float, count: int) -> float:
+    return _round_km(total / count) if count else 0.0
 
 
 def _round_s(value: float) -> float:
@@ -1243,7 +1252,9 @@ class _Summarizer:
         unknown_accuracy = np.zeros(n_devices, dtype=np.int64)
         for g in np.flatnonzero(np.diff(first_fix)):
             rows = slice(first_fix[g], first_fix[g + 1])
-            counts[g] = np.bincount(self.code[rows], minlength=counts.shape[1])
+            code = self.code[rows]
+            # A comparison per rule: bincount would first widen each code to 8 bytes.
+            counts[g] = [np.count_nonzero(code == rule) for rule in range(counts.shape[1])]
             unknown_accuracy[g] = np.count_nonzero(points.accuracy[rows] == MISSING)
         lo, hi = self.window.start_us, self.window.end_us
         first_valid = _starts(valid_device, n_devices)
@@ -1330,33 +1341,50 @@ class _Summarizer:
         """Farthest place, max, min, mean and median distance of the fixes seen, for each
         device (`sizes` of them, from row `first_fix`) and then for all of them together."""
         seen_km = self.distance_km[self.seen]  # a copy, which the medians may reorder
-        rows = [*first_fix[:-1].tolist(), 0]  # the whole's rows start at 0
-        ranges = [(row, a, b) for row, (a, b) in zip(rows, _parts(sizes), strict=True)]
+        ranges = _parts(sizes)
         # Everything that depends on the order comes first; the medians then reorder each
-        # device's part in place, which leaves the whole's median as it was. A part that is
-        # the whole (one device) is computed once.
-        ordered = _once(ranges, lambda row, a, b: self._extremes(row, seen_km[a:b]))
-        medians = _once(
-            [(a, b) for _, a, b in ranges],
-            lambda a, b: _round_km(_median(seen_km[a:b])) if a < b else 0.0,
+        # device's part in place, which leaves the whole's median as it was. The whole's
+        # extremes and sum are those of its devices.
+        parts = [
+            self._extremes(row, seen_km[a:b])
+            for row, (a, b) in zip(first_fix[:-1].tolist(), ranges[:-1], strict=True)
+        ]
+        seen = [part for part in parts if part[4]]
+        farthest = max(seen, key=lambda part: part[1], default=(-1, 0.0, 0.0, 0.0, 0))
+        whole = (
+            farthest[0],
+            farthest[1],
+            min((part[2] for part in seen), default=0.0),
+            sum(part[3] for part in seen),
+            sum(part[4] for part in seen),
         )
-        return [(*extremes, median) for extremes, median in zip(ordered, medians, strict=True)]
+        medians = _once(ranges, lambda a, b: _round_km(_median(seen_km[a:b])) if a < b else 0.0)
+        return [
+            (self._place(k), _round_km(maximum), _round_km(minimum), _mean_km(total, n), median)
+            for (k, maximum, minimum, total, n), median in zip(
+                [*parts, whole], medians, strict=True
+            )
+        ]
 
-    def _extremes(self, row: int, distance: Floats) -> tuple[Place | None, float, float, float]:
-        """Farthest place, max, min and mean of `distance`, the km of the fixes seen from
-        `row` on."""
+    def _extremes(self, row: int, distance: Floats) -> tuple[int, float, float, float, int]:
+        """The row of the farthest fix (-1 for none), max, min, sum and count of `distance`,
+        the km of the fixes seen from `row` on."""
         if not len(distance):
-            return None, 0.0, 0.0, 0.0
-        points = self.points
+            return -1, 0.0, 0.0, 0.0, 0
         k = row + _nth_true(self.seen[row:], int(np.argmax(distance)))
-        farthest = Place(
+        return k, float(distance.max()), float(distance.min()), float(distance.sum()), len(distance)
+
+    def _place(self, k: int) -> Place | None:
+        """Where and when the fix at row `k` was (None for -1)."""
+        if k < 0:
+            return None
+        points = self.points
+        return Place(
             time=self.window.local_time(int(points.timestamp[k])),
             latitude=float(points.lat[k]),
             longitude=float(points.lon[k]),
             device_id=points.device_ids[points.device[k]],
         )
-        maximum, minimum, mean = distance.max(), distance.min(), distance.mean()
-        return farthest, _round_km(maximum), _round_km(minimum), _round_km(mean)
 
     def _lags(self, first_fix: Ints) -> list[tuple[float | None, float | None]]:
         """Median and largest ingest lag (s) of the fixes that have a created_at, for each
@@ -1367,13 +1395,19 @@ class _Summarizer:
         size = 0
         for a in range(0, len(created), CHUNK):  # slices that stay in the CPU's cache
             here = np.not_equal(created[a : a + CHUNK], MISSING_TIME, out=has[a : a + CHUNK])
-            step = created[a : a + CHUNK][here]
-            step -= t[a : a + CHUNK][here]
+            if here.all():  # the usual case: no copies of the rows that have one
+                step = np.subtract(created[a : a + CHUNK], t[a : a + CHUNK])
+            else:
+                step = created[a : a + CHUNK][here]
+                step -= t[a : a + CHUNK][here]
             np.divide(step, US_PER_S, out=lag[size : size + len(step)])
             size += len(step)
         lag = lag[:size]
         ranges = _parts([np.count_nonzero(has[a:b]) for a, b in itertools.pairwise(first_fix)])
-        maxima = [_round_s(lag[a:b].max()) if a < b else None for a, b in ranges]
+        # The whole's maximum is the largest of the devices' (they are its parts).
+        maxima: list[float | None] = [lag[a:b].max() if a < b else None for a, b in ranges[:-1]]
+        largest = max((m for m in maxima if m is not None), default=None)
+        maxima = [None if m is None else _round_s(m) for m in [*maxima, largest]]
         medians = _once(ranges, lambda a, b: _round_s(_median(lag[a:b])) if a < b else None)
         return [
             (median, maximum) if maximum is not None else (None, None)

@@ -321,3 +321,30 @@ def test_jitter_matches_centroids_summed_exactly(sizes: list, k: int, seed: int)
         limit = (radius_m / M_PER_UNIT) ** 2
         if abs(sq - limit) > 1e-12 * limit:
             assert still[i] == (sq < limit)
+
+
+def test_totals_of_several_devices_are_those_of_all_their_fixes() -> None:
+    # The totals' max, min and mean are combined from each device's (one pass per device),
+    # the median is taken over all fixes: compared with plain numpy over every fix seen.
+    spec = TrackSpec(days=4, devices=4, seed=8)
+    points = generate(spec).points
+    window = day_window(spec.start, spec.start + dt.timedelta(days=3), spec.timezone)
+    params = EngineParams(home_latitude=spec.home_latitude, home_longitude=spec.home_longitude)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine, "MEDIAN_SAMPLE", 64)  # sampled medians at this size too
+        patch.setattr(engine, "CHUNK", 1000)
+        analysis = analyze(points, window, params)
+    summary = analysis.summary
+    seen = np.isin(analysis.dropped_by, [0, 5])  # kept and jitter fixes
+    km = analysis.distance_km[seen]
+    assert summary.max_distance_km == round(float(km.max()), 6)
+    assert summary.min_distance_km == round(float(km.min()), 6)
+    assert abs(summary.mean_distance_km - math.fsum(km) / len(km)) <= 1e-6
+    assert summary.median_distance_km == round(float(np.median(km)), 6)
+    farthest = np.flatnonzero(seen)[np.argmax(km)]
+    assert summary.max_distance_at is not None
+    assert summary.max_distance_at.device_id == points.device_ids[analysis.points.device[farthest]]
+    assert summary.max_distance_at.latitude == analysis.points.lat[farthest]
+    lags = (analysis.points.created_at - analysis.points.timestamp) / 1e6
+    assert summary.completeness.ingest_lag_max_s == round(float(lags.max()), 3)
+    assert summary.completeness.ingest_lag_median_s == round(float(np.median(lags)), 3)
