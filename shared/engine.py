@@ -1093,13 +1093,16 @@ def _analyze_devices(
         good &= ~inaccurate
     spread = {"t": t, "bounds": bounds}
     raw = fixes.subchain(fixes.every(), located)
-    valid = fixes.subchain(raw, good[raw.idx])
+    # A chain as long as the rows holds them all: its positions are the rows.
+    keep = good if len(raw.idx) == len(good) else good[raw.idx]
+    if params.drop_duplicates:  # judged among the accurate fixes, dropped with them
+        accurate = np.flatnonzero(keep)
+        repeated = accurate[_duplicates(fixes, raw.idx[accurate])]
+        code[raw.idx[repeated]] = DUPLICATE
+        keep[repeated] = False
+    valid = fixes.subchain(raw, keep)
     raw_days, _, _ = _spread(raw, raw.step_km[np.newaxis], at_bound, **spread)
     del raw  # the largest chain: free it before the next ones are built
-    if params.drop_duplicates:
-        repeated = _duplicates(fixes, valid.idx)
-        code[valid.idx[repeated]] = DUPLICATE
-        valid = fixes.subchain(valid, ~repeated)
     if params.max_speed_kmh is not None:
         jumped = _jumps(fixes, valid, params.max_speed_kmh)
         code[valid.idx[jumped]] = JUMP
