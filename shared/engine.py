@@ -382,7 +382,8 @@ def _unit_vectors(lat: Floats, lon: Floats) -> tuple[Floats, Floats, Floats]:
 def _chord_km(chord: Floats) -> Floats:
     """Great-circle km from chord lengths on the unit sphere (in place)."""
     chord *= 0.5
-    np.minimum(chord, 1.0, out=chord)
+    if chord.max(initial=0.0) > 1.0:  # rounding near the antipode (a max is cheaper)
+        np.minimum(chord, 1.0, out=chord)
     np.arcsin(chord, out=chord)
     chord *= 2.0 * EARTH_RADIUS_KM
     return chord

@@ -348,3 +348,11 @@ def test_totals_of_several_devices_are_those_of_all_their_fixes() -> None:
     lags = (analysis.points.created_at - analysis.points.timestamp) / 1e6
     assert summary.completeness.ingest_lag_max_s == round(float(lags.max()), 3)
     assert summary.completeness.ingest_lag_median_s == round(float(np.median(lags)), 3)
+
+
+def test_chords_rounded_past_the_antipode_are_half_the_globe() -> None:
+    # Only chords rounded above 2 take the clamp: they give half the globe, not NaN.
+    chords = np.array([0.5, 2.0, np.nextafter(2.0, 3.0)])
+    km = engine._chord_km(chords)
+    assert km[2] == km[1] == pytest.approx(math.pi * EARTH_RADIUS_KM, abs=1e-9)
+    assert abs(float(haversine_km(10.0, 20.0, -10.0, -160.0)) - math.pi * EARTH_RADIUS_KM) < 1e-3
