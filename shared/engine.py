@@ -990,9 +990,11 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
     """
     _check_sorted(points)
     lo, hi = read_range(window, params)
-    near = (points.timestamp >= lo) & (points.timestamp < hi)
-    if not near.all():
-        points = points.take(near)
+    t, first = points.timestamp, _starts(points.device, len(points.device_ids))
+    seen = first[:-1] < first[1:]
+    # Each device's fixes are in time order: its first and last tell whether all are near.
+    if (t[first[:-1][seen]] < lo).any() or (t[first[1:][seen] - 1] >= hi).any():
+        points = points.take((t >= lo) & (t < hi))
     n_devices, n_days = len(points.device_ids), len(window.dates)
     out = _Columns.empty(points)
     path_days, raw_days = np.zeros((2, n_devices, n_days))
@@ -1049,7 +1051,7 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
 
 def _blocks(device: Codes, n_devices: int) -> list[slice]:
     """Row ranges of whole devices, each about BLOCK_FIXES long (or one larger device)."""
-    starts = np.searchsorted(device, np.arange(1, n_devices + 1)).tolist()
+    starts = _starts(device, n_devices)[1:].tolist()
     edges = [0]
     for end in starts:
         if end - edges[-1] >= BLOCK_FIXES:
