@@ -382,7 +382,8 @@ def _unit_vectors(lat: Floats, lon: Floats) -> tuple[Floats, Floats, Floats]:
 def _chord_km(chord: Floats) -> Floats:
     """Great-circle km from chord lengths on the unit sphere (in place)."""
     chord *= 0.5
-    np.minimum(chord, 1.0, out=chord)
+    if chord.max(initial=0.0) > 1.0:  # rounding near the antipode (a max is cheaper)
+        np.minimum(chord, 1.0, out=chord)
     np.arcsin(chord, out=chord)
     chord *= 2.0 * EARTH_RADIUS_KM
     return chord
@@ -518,16 +519,18 @@ class _Fixes:
             return parent
         pos = np.flatnonzero(keep)
         idx = parent.idx[pos]
-        device = self.device[idx]
-        linked = np.zeros(len(idx), dtype=bool)
-        linked[1:] = device[1:] == device[:-1]
+        linked = parent.linked[pos]
         step_km, step_us = parent.step_km[pos], parent.step_us[pos]
-        bridged = np.flatnonzero(linked[1:] & (np.diff(pos) != 1)) + 1
-        now, before = idx[bridged], idx[bridged - 1]
-        step_km[bridged] = self.distance(now, before)
-        step_us[bridged] = self.t[now] - self.t[before]
-        step_km[~linked] = 0.0
-        step_us[~linked] = 0
+        # A fix keeps its predecessor, so its step, unless dropped fixes lay between them:
+        # then its predecessor is the previous kept fix, if that is of the same device.
+        gap = np.flatnonzero(np.diff(pos) != 1) + 1
+        now, before = idx[gap], idx[gap - 1]
+        joined = self.device[now] == self.device[before]
+        linked[gap] = joined
+        step_km[gap] = np.where(joined, self.distance(now, before), 0.0)
+        step_us[gap] = np.where(joined, self.t[now] - self.t[before], 0)
+        if len(pos):  # the first fix kept has no predecessor
+            linked[0], step_km[0], step_us[0] = False, 0.0, 0
         return _Chain(idx=idx, linked=linked, step_km=step_km, step_us=step_us)
 
     def distance(self, i: Ints, j: Ints) -> Floats:
@@ -577,6 +580,24 @@ def _jumps(fixes: _Fixes, chain: _Chain, max_speed_kmh: float) -> Bools:
     return fast_in & fast_out
 
 
+def _window_sums(values: Floats, width: int, out: Floats) -> Floats:
+    """out[j] = values[j] + ... + values[j + width - 1] for each j of `out`, from sums of
+    runs of 1, 2, 4, ... values: a few vectorised additions, where a running sum is serial
+    (numpy's cumsum costs ten additions per value) and loses precision as it grows."""
+    m = len(out)
+    out.fill(0.0)
+    power, size, done = values, 1, 0
+    while m:
+        if width & size:
+            out += power[done : done + m]
+            done += size
+        if 2 * size > width:
+            break
+        power = power[:-size] + power[size:]
+        size *= 2
+    return out
+
+
 def _still(fixes: _Fixes, chain: _Chain, params: EngineParams) -> Bools:
     """Fixes within the jitter radius of where their device was over its previous fixes.
 
@@ -588,44 +609,45 @@ def _still(fixes: _Fixes, chain: _Chain, params: EngineParams) -> Bools:
     still = np.zeros(n, dtype=bool)
     if n == 0 or params.jitter_radius_m == 0:
         return still
+    k, radius = params.jitter_fixes, params.jitter_radius_m
     unit_m = EARTH_RADIUS_KM * 1000.0
     accuracy, device_start = fixes.points.accuracy, 0
     # Slice by slice, each with the predecessors its first fixes look back to, so that the
-    # running sums and temporaries stay in the CPU's cache.
+    # sums and temporaries stay in the CPU's cache.
     for a in range(0, n, CHUNK):
         b = min(a + CHUNK, n)
-        count = np.arange(a, b)
-        # lo: where each fix's window of predecessors starts (never before its device's first).
-        lo = np.where(chain.linked[a:b], device_start, count)
-        np.maximum.accumulate(lo, out=lo)
-        device_start = int(lo[-1])
-        np.maximum(lo, count - params.jitter_fixes, out=lo)
-        count -= lo
-        s = int(lo[0])  # lo never decreases: the slice's earliest predecessor
-        lo -= s
+        s = max(a - k, device_start)  # the slice's earliest predecessor
+        # Windows cut short by their device's first fix (the k fixes from it on): their own
+        # sums; every fix before `lead` has one.
+        begins = np.append(device_start, np.flatnonzero(~chain.linked[a:b]) + a)
+        ends = np.minimum(np.append(begins[1:], b), begins + k)
+        short = _ranges(np.maximum(begins, a), ends)
+        first = np.repeat(begins, np.maximum(ends - np.maximum(begins, a), 0))
+        count = short - first  # predecessors in each short window
+        window = np.empty(2 * len(short), dtype=np.int64)
+        window[0::2], window[1::2] = first - s, short - s
+        short -= a
+        device_start = int(begins[-1])
+        lead = min(s + k - a, b - a)
         idx = chain.idx[s:b]
-        divisor = np.maximum(count, 1).astype(np.float64)
         sq = np.zeros(b - a)
-        total = np.empty(b - s + 1)
-        total[0] = 0.0
+        centroid = np.empty(b - a)
         for column in fixes.xyz:
             c = column[idx]
-            np.cumsum(c, out=total[1:])
-            centroid = total[a - s : b - s] - total[lo]
-            centroid /= divisor
+            full = _window_sums(c, k, out=centroid[lead:])
+            full /= k
+            if len(short):
+                centroid[short] = np.add.reduceat(c, window)[0::2] / np.maximum(count, 1)
             here = c[a - s :]
             here -= centroid
             here *= here
             sq += here
+        here_still = np.less(sq, (radius / unit_m) ** 2, out=still[a:b])
         # A fix claiming a worse accuracy than the radius must move by its accuracy (rare).
         claimed = accuracy[idx[a - s :]]
-        limit = np.where(
-            claimed > params.jitter_radius_m,
-            np.square(claimed / unit_m),
-            (params.jitter_radius_m / unit_m) ** 2,
-        )
-        np.less(sq, limit, out=still[a:b])
-        still[a:b] &= count > 0
+        worse = np.flatnonzero(claimed > radius)
+        here_still[worse] = sq[worse] < np.square(claimed[worse] / unit_m)
+        here_still[short[count == 0]] = False
     return still
 
 
@@ -642,65 +664,105 @@ def _states(home_km: Floats, chain: _Chain, params: EngineParams) -> npt.NDArray
     return away.view(np.int8)  # AWAY is 1, HOME 0: the comparison is the state
 
 
+def _first_at_or_after(t: Ints, starts: Ints, bounds: Ints) -> Ints:
+    """For each group of rows `starts[g]:starts[g + 1]` (each sorted by time), the first row
+    whose time is at or after each of `bounds`: shape (groups, len(bounds)).
+
+    One binary search per (group, bound), all run side by side: a few small passes instead
+    of a day index per fix, since days are runs of consecutive rows of a device."""
+    lo = np.repeat(starts[:-1], len(bounds)).reshape(-1, len(bounds))
+    hi = np.repeat(starts[1:], len(bounds)).reshape(-1, len(bounds))
+    longest = int(np.diff(starts).max(initial=0))
+    for _ in range(longest.bit_length()):
+        mid = (lo + hi) >> 1
+        before = (lo < hi) & (t[np.minimum(mid, len(t) - 1)] < bounds)
+        hi = np.where(before, hi, mid)  # where lo == hi, mid is hi too
+        lo = np.where(before, mid + 1, lo)
+    return lo
+
+
+def _ranges(begin: Ints, end: Ints) -> Ints:
+    """The positions of every range [begin[k], end[k]), one after the other."""
+    size = np.maximum(end - begin, 0)
+    offset = np.repeat(begin - (np.cumsum(size) - size), size)
+    offset += np.arange(len(offset))
+    return offset
+
+
+def _run_sums(values: Floats, starts: Ints) -> Floats:
+    """Sums of `values` (last axis) over the runs that start at the sorted positions
+    `starts` and end where the next one starts (the last at the end): 0 for empty runs.
+
+    The runs' own pairwise sums, not differences of a running sum."""
+    m = values.shape[-1]
+    inside = int(np.searchsorted(starts, m))  # runs starting at m are empty
+    sums = np.zeros((*values.shape[:-1], len(starts)))
+    if inside:
+        at = starts[:inside]
+        sums[..., :inside] = np.add.reduceat(values, at, axis=-1)
+        sums[..., :inside][..., np.append(at[:-1] == at[1:], False)] = 0.0
+    return sums
+
+
 def _spread(
     chain: _Chain,
-    amount: Floats,
-    group: Codes,
+    amounts: Floats,
+    at_bound: Ints,
     *,
-    n_groups: int,
     t: Ints,
-    day: Ints,
     bounds: Ints,
     since: Ints | None = None,
-) -> tuple[Floats, Floats]:
-    """Share each step of `chain` and its `amount` among the days it overlaps, in
-    proportion to the overlap in time.
+) -> tuple[Floats, Ints, Floats]:
+    """Share each step of `chain` and its `amounts` (rows of values, one per step) among the
+    days it overlaps, in proportion to the overlap in time.
 
     A step runs from the fix at context position `since` (by default the chain's previous
-    fix) to the chain's fix. `t` and `day` are every context fix's time and day index (-1
-    before the window, n_days after it). Returns the sums per (group, day) and each step's
-    amount inside the window.
+    fix) to the chain's fix. `at_bound[g]` holds the first context row of the block's g-th
+    device at or after each day bound. Returns the sums per (row, device, day), the chain
+    positions of the steps that cross a bound and their amounts inside the window.
     """
     n_days = len(bounds) - 1
-    cells = n_groups * n_days
-    day1 = day[chain.idx]
-    if since is None:
-        day0 = np.empty_like(day1)
-        day0[1:] = day1[:-1]
-        day0[~chain.linked] = day1[~chain.linked]
-    else:
-        day0 = day[since]
-    same = day0 == day1
-    # Steps within one day go to (group, day) in a single bincount; days -1 and n_days
-    # (before and after the window) get their own columns, dropped afterwards.
-    kept = np.where(same, amount, 0.0)
-    cell = group * (n_days + 2)
-    cell += day0
-    cell += 1
-    # An empty bincount is integer: keep the sums float whatever happens.
-    by_day = np.bincount(cell, weights=kept, minlength=n_groups * (n_days + 2)).astype(
-        np.float64, copy=False
+    rows, m = amounts.shape
+    groups = len(at_bound)
+    # Each device's fixes of one day are a run of the chain, so are the steps ending there.
+    edges = np.searchsorted(chain.idx, at_bound).ravel()
+    totals = _run_sums(amounts, edges).reshape(rows, groups, n_days + 1)[:, :, :-1].copy()
+    # Only the first step into a day can cross its bound (and steps of a device's first fix
+    # cannot: it starts where it ends).
+    candidate = np.unique(edges[edges < m])
+    candidate = candidate[chain.linked[candidate]]
+    origin = chain.idx[candidate - 1] if since is None else since[candidate]
+    start, end = t[origin], t[chain.idx[candidate]]
+    day0 = np.searchsorted(bounds, start, side="right") - 1
+    day1 = np.searchsorted(bounds, end, side="right") - 1
+    cross = day0 != day1
+    crossing, start, end, day0, day1 = (v[cross] for v in (candidate, start, end, day0, day1))
+    amount = amounts[:, crossing]
+    # The device whose window starts last at or before the fix: a crossing step ends inside
+    # or after its device's window, and before the next device's rows.
+    group = np.searchsorted(at_bound[:, 0], chain.idx[crossing], side="right") - 1
+    # The runs counted crossing steps whole in the day they end: take them out again
+    # (exact to a rounding of that day's sum), then add their shares of each day.
+    ends_inside = day1 < n_days
+    cell = group[ends_inside] * n_days + day1[ends_inside]
+    # One row per (crossing step, window day it overlaps): a step may span many days.
+    first_day = np.maximum(day0, 0)
+    spans = np.maximum(np.minimum(day1, n_days - 1) - first_day + 1, 0)
+    step = np.repeat(np.arange(len(crossing)), spans)
+    d = np.arange(len(step)) - np.repeat(np.cumsum(spans) - spans, spans)
+    d += first_day[step]
+    overlap = np.maximum(
+        np.minimum(end[step], bounds[d + 1]) - np.maximum(start[step], bounds[d]), 0
     )
-    totals = by_day.reshape(n_groups, n_days + 2)[:, 1:-1].ravel()  # a contiguous copy
-    kept[(day0 < 0) | (day0 >= n_days)] = 0.0
-    crossing = np.flatnonzero(~same)
-    if crossing.size:
-        # Only linked steps can cross: a device's first fix starts where it ends.
-        origin = chain.idx[crossing - 1] if since is None else since[crossing]
-        start, end = t[origin], t[chain.idx[crossing]]
-        part_of = amount[crossing] / (end - start)
-        # One row per (crossing step, window day it overlaps): a step may span many days.
-        first_day = np.maximum(day0[crossing], 0)
-        spans = np.maximum(np.minimum(day1[crossing], n_days - 1) - first_day + 1, 0)
-        step = np.repeat(np.arange(len(crossing)), spans)
-        d = np.arange(len(step)) - np.repeat(np.cumsum(spans) - spans, spans)
-        d += first_day[step]
-        overlap = np.minimum(end[step], bounds[d + 1]) - np.maximum(start[step], bounds[d])
-        part = np.maximum(overlap, 0) * part_of[step]
-        totals += np.bincount(group[crossing][step] * n_days + d, weights=part, minlength=cells)
-        got = np.bincount(step, weights=part, minlength=len(crossing))
-        kept[crossing] = got
-    return totals.reshape(n_groups, n_days), kept
+    share = overlap / (end - start)[step]
+    inside = np.empty((rows, len(crossing)))
+    for r in range(rows):
+        flat = totals[r].reshape(-1)
+        flat -= np.bincount(cell, weights=amount[r][ends_inside], minlength=len(flat))
+        part = share * amount[r][step]
+        flat += np.bincount(group[step] * n_days + d, weights=part, minlength=len(flat))
+        inside[r] = np.bincount(step, weights=part, minlength=len(crossing))
+    return totals, crossing, inside
 
 
 @dataclass(frozen=True, eq=False)
@@ -743,13 +805,15 @@ def _trips(
     state: npt.NDArray[np.int8],
     *,
     t: Ints,
-    path_km: Floats,
-    seen_km: Floats,
+    segment_km: Floats,
+    home_km: Floats,
+    window_edges: Ints,
     device: Codes,
     window: Window,
 ) -> _Trips:
-    """Runs of away fixes per device; `path_km` is each fix's in-window path and `seen_km`
-    its distance from home inside the window (-inf outside)."""
+    """Runs of away fixes per device. `segment_km` is each context row's in-window path,
+    `home_km` each chain fix's distance from home, `window_edges[g]` the chain positions
+    where the g-th device's fixes inside the window begin and end."""
     n = len(t)
     away = state == AWAY
     first = ~chain.linked
@@ -768,33 +832,46 @@ def _trips(
     keep = ((begin_us < hi) & (finish_us > lo)) | ((begin_us >= lo) & (begin_us < hi))
     starts, ends, stop, returned = starts[keep], ends[keep], stop[keep], returned[keep]
     begin_us, finish_us = begin_us[keep], finish_us[keep]
-    total = np.zeros(n + 1)
-    np.cumsum(path_km, out=total[1:])
-    padded = np.append(seen_km, -np.inf)
-    bounds = np.empty(2 * len(starts), dtype=np.int64)
-    bounds[0::2], bounds[1::2] = starts, ends + 1
-    farthest = np.maximum.reduceat(padded, bounds)[0::2] if len(starts) else np.zeros(0)
+    # Sums over each trip's own rows (rows off the chain add no path).
+    rows = np.empty(2 * len(starts), dtype=np.int64)
+    rows[0::2], rows[1::2] = chain.idx[starts], chain.idx[stop] + 1
+    path_km = _run_sums(segment_km, rows)[0::2]
+    # The farthest fix of each trip inside the window: its chain positions clipped to the
+    # device's fixes in the window (a kept trip starts before its device's window ends).
+    group = np.searchsorted(window_edges[:, 1], starts, side="right")
+    inside = np.empty((len(starts), 2), dtype=np.int64)
+    inside[:, 0] = np.maximum(starts, window_edges[group, 0])
+    inside[:, 1] = np.minimum(ends + 1, window_edges[group, 1])
+    farthest = np.full(len(starts), np.nan)
+    seen = inside[:, 0] < inside[:, 1]
+    if seen.any():
+        at = inside[seen].ravel()
+        # The last run may end at the chain's end, which reduceat takes as its own end.
+        farthest[seen] = np.maximum.reduceat(home_km, at[: len(at) - (at[-1] == n)])[0::2]
     ids = np.arange(1, len(starts) + 1, dtype=np.int32)
-    marks = np.zeros(n + 1, dtype=np.int32)
-    marks[starts] += ids
-    marks[ends + 1] -= ids
+    runs = np.zeros(2 * len(starts) + 1, dtype=np.int32)
+    runs[1::2] = ids
+    sizes = np.empty(len(runs), dtype=np.int64)
+    sizes[0::2] = np.diff(starts, prepend=0, append=n) - np.append(0, ends - starts + 1)
+    sizes[1::2] = ends - starts + 1
     return _Trips(
         device=device[starts],
         start_us=np.maximum(begin_us, lo),
         end_us=np.minimum(finish_us, hi),
         clipped_start=(begin_us < lo) | first[starts],
         clipped_end=(finish_us > hi) | ~returned,
-        path_km=total[stop + 1] - total[starts],
-        max_km=np.where(np.isfinite(farthest), farthest, np.nan),
-        fix_trip=np.cumsum(marks)[:-1].astype(np.int32),
+        path_km=path_km,
+        max_km=farthest,
+        fix_trip=np.repeat(runs, sizes),
     )
 
 
 def _check_sorted(points: Points) -> None:
     device, t = points.device, points.timestamp
-    if len(points) > 1:
-        step = np.diff(device)
-        if (step < 0).any() or ((step == 0) & (np.diff(t) < 0)).any():
+    for a in range(0, len(points) - 1, CHUNK):  # slices that stay in the CPU's cache
+        b = min(a + CHUNK, len(points) - 1)
+        step = device[a + 1 : b + 1] - device[a:b]
+        if (step < 0).any() or ((t[a + 1 : b + 1] < t[a:b]) & (step == 0)).any():
             raise ValueError("points must be sorted by device, then timestamp")
 
 
@@ -817,12 +894,16 @@ def _median(values: Floats) -> float:
         # +-128 sample ranks is about 4 standard deviations of a random sample's quantile.
         at = middle * len(sample) // n
         lo, hi = sample[max(at - 128, 0)], sample[min(at + 128, len(sample) - 1)]
-        inside = values <= hi
-        below = int(np.count_nonzero(values < lo))
-        inside &= values >= lo
+        # One pass in cache-sized slices: count the values below the range, keep those in it.
+        below, parts = 0, []
+        for a in range(0, n, CHUNK):
+            part = values[a : a + CHUNK]
+            below += int(np.count_nonzero(part < lo))
+            parts.append(part[(part >= lo) & (part <= hi)])
+        inside = np.concatenate(parts)
         rank = middle - below
-        if 1 <= rank < np.count_nonzero(inside):
-            return _partition_median(values[inside], rank, n % 2 == 0)
+        if 1 <= rank < len(inside):
+            return _partition_median(inside, rank, n % 2 == 0)
     return _partition_median(values, middle, n % 2 == 0)
 
 
@@ -840,6 +921,10 @@ def _round_km(value: float) -> float:
     return round(float(value), 6)
 
 
+def _mean_km(total: float, count: int) -> float:
+    return _round_km(total / count) if count else 0.0
+
+
 def _round_s(value: float) -> float:
     return round(float(value), 3)
 
@@ -852,11 +937,17 @@ time per fix at ten million fixes close to that at one million and bounds tempor
 
 @dataclass(frozen=True, eq=False)
 class _Part:
-    """The per-day sums and trips of one block of whole devices."""
+    """The per-day sums and trips of one block of whole devices (rows `first_device` on of
+    the per-day arrays), and the rows of its fixes inside the window."""
 
+    first_device: int
     path_days: Floats
     raw_days: Floats
     time_days: Floats
+    read_days: Ints
+    used_days: Ints
+    window_rows: Ints
+    """Per device, the first row inside the window and the first after it."""
     trips: _Trips
     n_valid: int
 
@@ -899,45 +990,49 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
     """
     _check_sorted(points)
     lo, hi = read_range(window, params)
-    near = (points.timestamp >= lo) & (points.timestamp < hi)
-    if not near.all():
-        points = points.take(near)
+    t, first = points.timestamp, _starts(points.device, len(points.device_ids))
+    seen = first[:-1] < first[1:]
+    # Each device's fixes are in time order: its first and last tell whether all are near.
+    if (t[first[:-1][seen]] < lo).any() or (t[first[1:][seen] - 1] >= hi).any():
+        points = points.take((t >= lo) & (t < hi))
     n_devices, n_days = len(points.device_ids), len(window.dates)
-    day = _day_index(points.timestamp, window.bounds_us)
     out = _Columns.empty(points)
+    path_days, raw_days = np.zeros((2, n_devices, n_days))
+    time_days = np.zeros((n_devices, 2, n_days))
+    read_days, used_days = np.zeros((2, n_devices, n_days), dtype=np.int64)
     parts: list[_Part] = []
     n_valid = n_trips = 0
     for rows in _blocks(points.device, n_devices):
-        part = _analyze_devices(
-            points, rows, day[rows], window, params, out=out, valid_from=n_valid
-        )
+        part = _analyze_devices(points, rows, window, params, out=out, valid_from=n_valid)
         if n_trips:  # each block numbers its trips from 1
             trip = out.trip[rows]
             trip[trip > 0] += n_trips
         n_valid += part.n_valid
         n_trips += len(part.trips.device)
+        devices = slice(part.first_device, part.first_device + len(part.window_rows))
+        path_days[devices], raw_days[devices] = part.path_days, part.raw_days
+        time_days[devices], read_days[devices] = part.time_days, part.read_days
+        used_days[devices] = part.used_days
         parts.append(part)
     trips = _Trips.joined([part.trips for part in parts])
 
-    in_window = (day >= 0) & (day < n_days)
+    window_rows = np.concatenate([part.window_rows for part in parts])
     w: slice | Ints = slice(None)
     window_points = points
-    if not in_window.all():
-        w = np.flatnonzero(in_window)
+    if int((window_rows[:, 1] - window_rows[:, 0]).sum()) != len(points):
+        w = _ranges(window_rows[:, 0], window_rows[:, 1])
         window_points = points.take(w)
     segment_km = out.segment_km[w]
     cumulative = np.empty_like(segment_km)
     for a, b in itertools.pairwise(_starts(window_points.device, n_devices).tolist()):
         np.cumsum(segment_km[a:b], out=cumulative[a:b])  # rows are sorted by device
     home_km, code = out.home_km[w], out.code[w]
-    summary = _Summarizer(
-        window_points, window, params, distance_km=home_km, code=code, day=day[w]
-    ).summary(
-        path_days=sum((part.path_days for part in parts), np.zeros((n_devices, n_days))),
-        raw_days=sum((part.raw_days for part in parts), np.zeros((n_devices, n_days))),
-        time_days=sum(
-            (part.time_days for part in parts), np.zeros((n_devices * 2, n_days))
-        ).reshape(n_devices, 2, n_days),
+    summary = _Summarizer(window_points, window, params, distance_km=home_km, code=code).summary(
+        path_days=path_days,
+        raw_days=raw_days,
+        time_days=time_days,
+        read_days=read_days,
+        used_days=used_days,
         trips=trips,
         valid_device=out.valid_device[:n_valid],
         valid_t=out.valid_t[:n_valid],
@@ -954,28 +1049,9 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
     )
 
 
-def _day_index(t: Ints, bounds: Ints) -> Ints:
-    """The window day of each instant: -1 before the window, n_days after it.
-
-    Days are 23 to 25 hours long, so dividing by 24 hours is at most one day off, and one
-    comparison with each neighbouring boundary corrects it: cheaper than a binary search.
-    """
-    n_days = len(bounds) - 1
-    edges = np.concatenate(([np.iinfo(np.int64).min], bounds, [np.iinfo(np.int64).max]))
-    day: Ints = np.empty(len(t), dtype=np.int64)
-    for a in range(0, len(t), CHUNK):  # slices that stay in the CPU's cache
-        here, d = t[a : a + CHUNK], day[a : a + CHUNK]
-        np.subtract(here, bounds[0], out=d)
-        d //= 86400 * US_PER_S
-        np.clip(d, -1, n_days, out=d)
-        d -= here < edges[d + 1]
-        d += here >= edges[d + 2]
-    return day
-
-
 def _blocks(device: Codes, n_devices: int) -> list[slice]:
     """Row ranges of whole devices, each about BLOCK_FIXES long (or one larger device)."""
-    starts = np.searchsorted(device, np.arange(1, n_devices + 1)).tolist()
+    starts = _starts(device, n_devices)[1:].tolist()
     edges = [0]
     for end in starts:
         if end - edges[-1] >= BLOCK_FIXES:
@@ -988,7 +1064,6 @@ def _blocks(device: Codes, n_devices: int) -> list[slice]:
 def _analyze_devices(
     all_points: Points,
     rows: slice,
-    day: Ints,
     window: Window,
     params: EngineParams,
     *,
@@ -1002,9 +1077,13 @@ def _analyze_devices(
         **{name: getattr(all_points, name)[rows] for name in DTYPES},
     )
     t = points.timestamp
-    n_devices, n_days = len(points.device_ids), len(window.dates)
     bounds = window.bounds_us
     device = points.device
+    first_device = int(device[0]) if len(device) else 0
+    last_device = int(device[-1]) + 1 if len(device) else 0
+    # Each device's rows of each day are consecutive: found by their first rows, not per fix.
+    starts = np.searchsorted(device, np.arange(first_device, last_device + 1, dtype=device.dtype))
+    at_bound = _first_at_or_after(t, starts, bounds)
     fixes = _Fixes(points, params, out.home_km[rows])
     located, home_km = fixes.located, fixes.home_km
 
@@ -1015,15 +1094,18 @@ def _analyze_devices(
         inaccurate = good & (points.accuracy > params.max_accuracy_m)
         code[inaccurate] = ACCURACY
         good &= ~inaccurate
-    spread = {"t": t, "day": day, "bounds": bounds}
+    spread = {"t": t, "bounds": bounds}
     raw = fixes.subchain(fixes.every(), located)
-    valid = fixes.subchain(raw, good[raw.idx])
-    raw_days, _ = _spread(raw, raw.step_km, device[raw.idx], n_groups=n_devices, **spread)
+    # A chain as long as the rows holds them all: its positions are the rows.
+    keep = good if len(raw.idx) == len(good) else good[raw.idx]
+    if params.drop_duplicates:  # judged among the accurate fixes, dropped with them
+        accurate = np.flatnonzero(keep)
+        repeated = accurate[_duplicates(fixes, raw.idx[accurate])]
+        code[raw.idx[repeated]] = DUPLICATE
+        keep[repeated] = False
+    valid = fixes.subchain(raw, keep)
+    raw_days, _, _ = _spread(raw, raw.step_km[np.newaxis], at_bound, **spread)
     del raw  # the largest chain: free it before the next ones are built
-    if params.drop_duplicates:
-        repeated = _duplicates(fixes, valid.idx)
-        code[valid.idx[repeated]] = DUPLICATE
-        valid = fixes.subchain(valid, ~repeated)
     if params.max_speed_kmh is not None:
         jumped = _jumps(fixes, valid, params.max_speed_kmh)
         code[valid.idx[jumped]] = JUMP
@@ -1034,40 +1116,47 @@ def _analyze_devices(
 
     # A resting device was seen where it rested until its last jitter fix: a move away
     # happened after that, so the step is placed in time from there, not from the anchor.
-    last_seen = valid.idx[np.maximum(np.flatnonzero(~still) - 1, 0)]
-    path_days, path_kept = _spread(
+    moved = np.flatnonzero(~still)
+    last_seen = valid.idx[np.maximum(moved - 1, 0)]
+    path_days, crossing, crossing_km = _spread(
         used,
-        used.step_km,
-        device[used.idx],
-        n_groups=n_devices,
+        used.step_km[np.newaxis],
+        at_bound,
         since=np.where(used.linked, last_seen, used.idx),
         **spread,
     )
+    # The path each fix adds inside the window, by row: none before or after the window.
+    seg = out.segment_km[rows]
+    seg.fill(0.0)
+    seg[used.idx] = used.step_km
+    seg[_ranges(starts[:-1], at_bound[:, 0])] = 0.0
+    seg[_ranges(at_bound[:, -1], starts[1:])] = 0.0
+    seg[used.idx[crossing]] = crossing_km[0]
+
     state_used = _states(home_km, used, params)
-    # A jitter fix is where its device's last used fix was: it shares that fix's state.
-    state = state_used[np.cumsum(~still) - 1]
-    before = np.full_like(state, HOME)
-    before[1:] = state[:-1]
+    # A jitter fix is where its device's last used fix was: it shares that fix's state (a
+    # device's first valid fix is never jitter, so each run starts with a used fix).
+    state = np.repeat(state_used, np.diff(moved, append=len(still)))
     observed = valid.linked & (valid.step_us <= round(params.max_gap_s * US_PER_S))
-    seconds = np.where(observed, valid.step_us / US_PER_S, 0.0)
+    seconds = np.zeros((2, len(valid.idx)))  # time at home, away since the previous fix
+    np.divide(valid.step_us, US_PER_S, out=seconds[AWAY], where=observed)
+    away_before = np.zeros(len(state), dtype=bool)
+    away_before[1:] = state[:-1] == AWAY
+    np.copyto(seconds[HOME], seconds[AWAY], where=~away_before)
+    seconds[AWAY][~away_before] = 0.0
     valid_at = slice(valid_from, valid_from + len(valid.idx))
     valid_device = np.take(device, valid.idx, out=out.valid_device[valid_at])
     valid_t = np.take(t, valid.idx, out=out.valid_t[valid_at])
-    time_days, _ = _spread(
-        valid, seconds, valid_device * 2 + before, n_groups=n_devices * 2, **spread
-    )
+    time_days, _, _ = _spread(valid, seconds, at_bound, **spread)
 
-    seg = out.segment_km[rows]
-    seg.fill(0.0)
-    seg[used.idx] = path_kept
-    in_window = (day >= 0) & (day < n_days)
-    seen_km = np.where(in_window[valid.idx], home_km[valid.idx], -np.inf)
+    window_edges = np.searchsorted(valid.idx, at_bound[:, [0, -1]])
     trips = _trips(
         valid,
         state,
         t=valid_t,
-        path_km=seg[valid.idx],
-        seen_km=seen_km,
+        segment_km=seg,
+        home_km=home_km[valid.idx],
+        window_edges=window_edges,
         device=valid_device,
         window=window,
     )
@@ -1079,9 +1168,13 @@ def _analyze_devices(
     trip[valid.idx] = trips.fix_trip
 
     return _Part(
-        path_days=path_days,
-        raw_days=raw_days,
-        time_days=time_days,
+        first_device=first_device,
+        path_days=path_days[0],
+        raw_days=raw_days[0],
+        time_days=time_days.transpose(1, 0, 2),
+        read_days=np.diff(at_bound, axis=1),
+        used_days=np.diff(np.searchsorted(used.idx, at_bound), axis=1),
+        window_rows=at_bound[:, [0, -1]] + rows.start,
         trips=trips,
         n_valid=len(valid.idx),
     )
@@ -1134,10 +1227,9 @@ class _Summarizer:
         *,
         distance_km: Floats,
         code: npt.NDArray[np.uint8],
-        day: Ints,
     ) -> None:
         self.points, self.window, self.params = points, window, params
-        self.distance_km, self.code, self.day = distance_km, code, day
+        self.distance_km, self.code = distance_km, code
         self.used = code == KEPT
         # Jitter fixes add no path, but a resting device is really where they say.
         self.seen = self.used | (code == JITTER)
@@ -1150,26 +1242,25 @@ class _Summarizer:
         path_days: Floats,
         raw_days: Floats,
         time_days: Floats,
+        read_days: Ints,
+        used_days: Ints,
         trips: _Trips,
         valid_device: Codes,
         valid_t: Ints,
     ) -> Summary:
         """The whole result: each device that has fixes in (or segments across) the window,
         then the totals over those devices."""
-        points, n_devices, n_days = self.points, self.n_devices, self.n_days
+        points, n_devices = self.points, self.n_devices
         # Rows are sorted by device: each device's counts come from its own slice, which
         # spares the full-length combined keys a single bincount would need.
         first_fix = _starts(points.device, n_devices)
         counts = np.zeros((n_devices, len(DROP_RULES) + 1), dtype=np.int64)
-        read_days = np.zeros((n_devices, n_days), dtype=np.int64)
-        used_days = np.zeros((n_devices, n_days), dtype=np.int64)
         unknown_accuracy = np.zeros(n_devices, dtype=np.int64)
         for g in np.flatnonzero(np.diff(first_fix)):
             rows = slice(first_fix[g], first_fix[g + 1])
-            day = self.day[rows]
-            counts[g] = np.bincount(self.code[rows], minlength=counts.shape[1])
-            read_days[g] = np.bincount(day, minlength=n_days)
-            used_days[g] = np.bincount(day[self.used[rows]], minlength=n_days)
+            code = self.code[rows]
+            # A comparison per rule: bincount would first widen each code to 8 bytes.
+            counts[g] = [np.count_nonzero(code == rule) for rule in range(counts.shape[1])]
             unknown_accuracy[g] = np.count_nonzero(points.accuracy[rows] == MISSING)
         lo, hi = self.window.start_us, self.window.end_us
         first_valid = _starts(valid_device, n_devices)
@@ -1256,33 +1347,50 @@ class _Summarizer:
         """Farthest place, max, min, mean and median distance of the fixes seen, for each
         device (`sizes` of them, from row `first_fix`) and then for all of them together."""
         seen_km = self.distance_km[self.seen]  # a copy, which the medians may reorder
-        rows = [*first_fix[:-1].tolist(), 0]  # the whole's rows start at 0
-        ranges = [(row, a, b) for row, (a, b) in zip(rows, _parts(sizes), strict=True)]
+        ranges = _parts(sizes)
         # Everything that depends on the order comes first; the medians then reorder each
-        # device's part in place, which leaves the whole's median as it was. A part that is
-        # the whole (one device) is computed once.
-        ordered = _once(ranges, lambda row, a, b: self._extremes(row, seen_km[a:b]))
-        medians = _once(
-            [(a, b) for _, a, b in ranges],
-            lambda a, b: _round_km(_median(seen_km[a:b])) if a < b else 0.0,
+        # device's part in place, which leaves the whole's median as it was. The whole's
+        # extremes and sum are those of its devices.
+        parts = [
+            self._extremes(row, seen_km[a:b])
+            for row, (a, b) in zip(first_fix[:-1].tolist(), ranges[:-1], strict=True)
+        ]
+        seen = [part for part in parts if part[4]]
+        farthest = max(seen, key=lambda part: part[1], default=(-1, 0.0, 0.0, 0.0, 0))
+        whole = (
+            farthest[0],
+            farthest[1],
+            min((part[2] for part in seen), default=0.0),
+            sum(part[3] for part in seen),
+            sum(part[4] for part in seen),
         )
-        return [(*extremes, median) for extremes, median in zip(ordered, medians, strict=True)]
+        medians = _once(ranges, lambda a, b: _round_km(_median(seen_km[a:b])) if a < b else 0.0)
+        return [
+            (self._place(k), _round_km(maximum), _round_km(minimum), _mean_km(total, n), median)
+            for (k, maximum, minimum, total, n), median in zip(
+                [*parts, whole], medians, strict=True
+            )
+        ]
 
-    def _extremes(self, row: int, distance: Floats) -> tuple[Place | None, float, float, float]:
-        """Farthest place, max, min and mean of `distance`, the km of the fixes seen from
-        `row` on."""
+    def _extremes(self, row: int, distance: Floats) -> tuple[int, float, float, float, int]:
+        """The row of the farthest fix (-1 for none), max, min, sum and count of `distance`,
+        the km of the fixes seen from `row` on."""
         if not len(distance):
-            return None, 0.0, 0.0, 0.0
-        points = self.points
+            return -1, 0.0, 0.0, 0.0, 0
         k = row + _nth_true(self.seen[row:], int(np.argmax(distance)))
-        farthest = Place(
+        return k, float(distance.max()), float(distance.min()), float(distance.sum()), len(distance)
+
+    def _place(self, k: int) -> Place | None:
+        """Where and when the fix at row `k` was (None for -1)."""
+        if k < 0:
+            return None
+        points = self.points
+        return Place(
             time=self.window.local_time(int(points.timestamp[k])),
             latitude=float(points.lat[k]),
             longitude=float(points.lon[k]),
             device_id=points.device_ids[points.device[k]],
         )
-        maximum, minimum, mean = distance.max(), distance.min(), distance.mean()
-        return farthest, _round_km(maximum), _round_km(minimum), _round_km(mean)
 
     def _lags(self, first_fix: Ints) -> list[tuple[float | None, float | None]]:
         """Median and largest ingest lag (s) of the fixes that have a created_at, for each
@@ -1293,13 +1401,19 @@ class _Summarizer:
         size = 0
         for a in range(0, len(created), CHUNK):  # slices that stay in the CPU's cache
             here = np.not_equal(created[a : a + CHUNK], MISSING_TIME, out=has[a : a + CHUNK])
-            step = created[a : a + CHUNK][here]
-            step -= t[a : a + CHUNK][here]
+            if here.all():  # the usual case: no copies of the rows that have one
+                step = np.subtract(created[a : a + CHUNK], t[a : a + CHUNK])
+            else:
+                step = created[a : a + CHUNK][here]
+                step -= t[a : a + CHUNK][here]
             np.divide(step, US_PER_S, out=lag[size : size + len(step)])
             size += len(step)
         lag = lag[:size]
         ranges = _parts([np.count_nonzero(has[a:b]) for a, b in itertools.pairwise(first_fix)])
-        maxima = [_round_s(lag[a:b].max()) if a < b else None for a, b in ranges]
+        # The whole's maximum is the largest of the devices' (they are its parts).
+        maxima: list[float | None] = [lag[a:b].max() if a < b else None for a, b in ranges[:-1]]
+        largest = max((m for m in maxima if m is not None), default=None)
+        maxima = [None if m is None else _round_s(m) for m in [*maxima, largest]]
         medians = _once(ranges, lambda a, b: _round_s(_median(lag[a:b])) if a < b else None)
         return [
             (median, maximum) if maximum is not None else (None, None)

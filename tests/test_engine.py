@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 
 import numpy as np
@@ -94,11 +95,23 @@ def test_local_days_are_cut_at_local_midnight_and_dst_days_have_their_length(
 def test_every_instant_falls_in_its_local_day() -> None:
     window = day_window(dt.date(2024, 3, 1), dt.date(2024, 11, 30), TZ)
     rng = np.random.default_rng(2)
-    t = np.sort(rng.integers(window.start_us - 86400 * 10**6, window.end_us + 86400 * 10**6, 20000))
+    t = rng.integers(window.start_us - 86400 * 10**6, window.end_us + 86400 * 10**6, 20000)
     t = np.concatenate((t, window.bounds_us, window.bounds_us - 1))
-    expected = np.searchsorted(window.bounds_us, t, side="right") - 1
-    expected = np.clip(expected, -1, len(window.dates))
-    assert np.array_equal(engine._day_index(t, window.bounds_us), expected)
+    # Three devices' rows, each sorted by time; the middle one has none.
+    sizes = [7000, 0, len(t) - 7000]
+    starts = np.cumsum([0, *sizes])
+    t = np.concatenate([np.sort(part) for part in np.split(t, starts[1:-1])])
+    first = engine._first_at_or_after(t, starts, window.bounds_us)
+    assert first.shape == (3, len(window.bounds_us))
+    for g, (a, b) in enumerate(itertools.pairwise(starts.tolist())):
+        expected = a + np.searchsorted(t[a:b], window.bounds_us, side="left")
+        assert np.array_equal(first[g], expected)
+        # The rows of day k are those from its first row to the next day's.
+        day = np.searchsorted(window.bounds_us, t[a:b], side="right") - 1
+        for k in (0, 100, len(window.dates) - 1):
+            assert np.array_equal(
+                np.flatnonzero(day == k) + a, np.arange(first[g, k], first[g, k + 1])
+            )
 
 
 def test_fixes_are_selected_by_local_day_not_utc_day() -> None:
