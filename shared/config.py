@@ -244,7 +244,7 @@ class UpstreamSettings(_Group):
 
     submit_url: AnyHttpUrl
     status_url: AnyHttpUrl
-    upstream_timeout_seconds: PositiveFloat = 10.0
+    upstream_timeout_seconds: PositiveFloat = 20.0
 
 
 class ClientSettings(_Group):

@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["DistanceService"].full_name
 M = TypeVar("M", bound=BaseModel)
 
-_CODES = {
+_NO_DEADLINE_S = 86400.0
+_CODES: dict[int, grpc.StatusCode] = {
     HTTPStatus.BAD_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
     HTTPStatus.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     HTTPStatus.CONFLICT: grpc.StatusCode.ALREADY_EXISTS,
@@ -77,13 +78,15 @@ class Upstream:
         self.reachable: dict[str, bool] = {"submit": True, "status": True}
 
     def _timeout(self, context: Deadline) -> float:
+        """The caller's remaining deadline, or UPSTREAM_TIMEOUT_SECONDS when it set none: a
+        caller willing to wait is not cut short while submit finishes what it committed."""
         remaining = context.time_remaining()
-        limit = self.settings.upstream_timeout_seconds
-        if remaining is None:
-            return limit
+        # grpcio reports a call without a deadline as one centuries away.
+        if remaining is None or remaining > _NO_DEADLINE_S:
+            return self.settings.upstream_timeout_seconds
         if remaining <= 0:
             raise UpstreamError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
-        return min(remaining, limit)
+        return remaining
 
     def _call(
         self,
@@ -119,7 +122,7 @@ class Upstream:
         self.reachable[service] = response.status < 500 or response.status == 501
         if response.status >= 400:
             raise UpstreamError(
-                _CODES.get(HTTPStatus(response.status), grpc.StatusCode.INTERNAL),
+                _CODES.get(response.status, grpc.StatusCode.INTERNAL),
                 _error_text(service, response),
             )
         return response
