@@ -45,7 +45,8 @@ class SourceError(ValueError):
 def read_file(path: Path) -> Points:
     """Read a locations CSV, OwnTracks JSON or Recorder `.rec` file, by its content."""
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: exports from spreadsheet tools often start with a byte-order mark.
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise SourceError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
@@ -82,7 +83,8 @@ def _numbers(
     """Values as float64, or SourceError naming the first value that is not a finite number."""
     try:
         array = np.array(values, dtype=np.float64)
-        if np.isfinite(array).all():
+        # numpy reads JSON's true/false as 1/0: they are not numbers here.
+        if np.isfinite(array).all() and not any(isinstance(v, bool) for v in values):
             return array
     except (TypeError, ValueError):
         pass
@@ -172,12 +174,15 @@ def read_locations_csv(text: str, path: Path) -> Points:
     for name in _REQUIRED_CSV:
         if name not in header:
             raise _fail(path, 1, f"missing column {name!r} in the header")
-    body = rows[1:]
     # Physical line of each row, which quoted newlines can push below its index.
     reader = csv.reader(io.StringIO(text))
     next(reader)
-    ends = np.fromiter((reader.line_num for _ in reader), dtype=np.int64, count=len(body))
-    lines = (np.concatenate(([1], ends[:-1])) + 1).tolist() if len(body) else []
+    ends = np.fromiter((reader.line_num for _ in reader), dtype=np.int64, count=len(rows) - 1)
+    starts = (np.concatenate(([1], ends[:-1])) + 1).tolist() if len(rows) > 1 else []
+    # Blank lines (a trailing newline too many) hold no row.
+    kept = [k for k, row in enumerate(rows[1:]) if row]
+    body = [rows[1 + k] for k in kept]
+    lines = [starts[k] for k in kept]
     lengths = np.fromiter(map(len, body), dtype=np.int64, count=len(body))
     if (lengths != len(header)).any():
         k = int(np.flatnonzero(lengths != len(header))[0])
@@ -285,7 +290,7 @@ def read_owntracks_json(text: str, path: Path) -> Points:
         if not isinstance(items, list):
             raise _fail(path, 1, "expected a JSON array of objects")
         return _locations(items, _item_lines(text, len(items)), path)
-    numbered = [(k + 1, line) for k, line in enumerate(text.splitlines()) if line.strip()]
+    numbered = _numbered_lines(text)
     lines = [k for k, _ in numbered]
     items = _json_lines([line for _, line in numbered], lines, path)
     return _locations(items, lines, path)
@@ -309,9 +314,18 @@ def _item_lines(text: str, count: int) -> list[int]:
     return found
 
 
+def _numbered_lines(text: str) -> list[tuple[int, str]]:
+    """The non-blank lines with their numbers. Split on newlines only: str.splitlines would
+    also split at U+2028 and other separators JSON allows inside strings."""
+    lines = text.split("\n")
+    return [(k + 1, line.rstrip("\r")) for k, line in enumerate(lines) if line.strip()]
+
+
 def read_recorder(text: str, path: Path) -> Points:
     """An OwnTracks Recorder `.rec` file."""
-    numbered = [(k + 1, line) for k, line in enumerate(text.splitlines()) if line.strip()]
+    numbered = _numbered_lines(text)
+    if not numbered:
+        return Points.empty()
     fields = [line.split("\t", 2) for _, line in numbered]
     lines = [k for k, _ in numbered]
     for (line, _), parts in zip(numbered, fields, strict=True):

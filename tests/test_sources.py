@@ -132,6 +132,16 @@ def test_owntracks_json_as_an_array_and_as_lines(tmp_path: Path) -> None:
             "line 2: invalid JSON",
         ),
         ("m.csv", "", "line 1: empty file"),
+        (
+            "n.rec",
+            '2015-08-24T05:55:07Z\t*\t{"_type":"location","lat":1,"lon":2,"tst":true}\n',
+            "line 1: tst True is not a number",
+        ),
+        (
+            "o.csv",
+            "device_id,latitude,longitude,timestamp\nx,1,2,1700000000\n\nx,1,2\n",
+            "line 4: 3 fields, expected 4",
+        ),
     ],
 )
 def test_a_malformed_file_names_the_line_and_the_problem(
@@ -155,3 +165,20 @@ def test_unreadable_files_are_reported(tmp_path: Path) -> None:
 def test_files_without_fixes_are_empty(tmp_path: Path) -> None:
     assert len(read_file(write(tmp_path, "h.csv", "device_id,latitude,longitude,timestamp\n"))) == 0
     assert len(read_file(write(tmp_path, "w.jsonl", '{"_type":"lwt","tst":1}\n'))) == 0
+    assert len(read_file(write(tmp_path, "e.rec", ""))) == 0
+
+
+def test_a_byte_order_mark_blank_lines_and_line_separators_in_strings_are_read(
+    tmp_path: Path,
+) -> None:
+    header = "device_id,latitude,longitude,timestamp\n"
+    csv_text = "\ufeff" + header + "x,1,2,1700000000\r\nx,1,3,1700000060\r\n\r\n\n"
+    assert read_file(write(tmp_path, "bom.csv", csv_text)).lon.tolist() == [2.0, 3.0]
+    fix = {"_type": "location", "lat": 52.1, "lon": 10.1, "tst": 1440395361, "tid": "NE"}
+    bom_json = read_file(write(tmp_path, "bom.json", "\ufeff" + json.dumps([fix])))
+    assert bom_json.timestamp.tolist() == [1440395361_000_000]
+    # U+2028 is legal inside a JSON string and must not end the line.
+    noted = json.dumps({**fix, "desc": "home\u2028office"}, ensure_ascii=False)
+    record = f"2015-08-24T05:49:21Z\t*                 \t{noted}\n"
+    assert len(read_file(write(tmp_path, "sep.rec", record))) == 1
+    assert len(read_file(write(tmp_path, "sep.jsonl", noted + "\n"))) == 1
