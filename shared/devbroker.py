@@ -212,7 +212,7 @@ class DevBroker:
             return None, str(exc).encode(), "retry"
         status, data = response.status, response.data
         if 200 <= status < 300:
-            if not data or status == HTTPStatus.ACCEPTED:
+            if not data:
                 return status, data, "delivered"
             reply_headers = dict(response.headers.items())
             if not events.is_cloudevent(reply_headers):

@@ -160,10 +160,11 @@ def test_exhausted_retries_go_to_the_dead_letter_sink(
     assert subscribers["dls"].received[0]["headers"]["ce-knativeerrorcode"] == "500"
 
 
+@pytest.mark.parametrize("status", [200, 202])
 def test_a_2xx_body_that_is_not_a_cloudevent_is_a_failed_delivery(
-    subscribers: Servers,
+    subscribers: Servers, status: int
 ) -> None:
-    subscribers["a"].default = (200, {"content-type": "application/json"}, b'{"job_id": "x"}')
+    subscribers["a"].default = (status, {"content-type": "application/json"}, b'{"job_id": "x"}')
     broker = _broker(subscribers, _trigger("ta", "t.a", "a", retry=1))
     try:
         _send(broker, "t.a")
