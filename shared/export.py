@@ -346,7 +346,8 @@ def geojson(analysis: Analysis) -> dict[str, Any]:
     params = summary.parameters
     home_lat, home_lon = params.home_latitude, params.home_longitude
     features = [_feature({"type": "Point", "coordinates": [home_lon, home_lat]}, kind="home")]
-    bearings = np.linspace(0.0, 2 * np.pi, 65)
+    # Counter-clockwise (decreasing bearing): RFC 7946's winding for exterior rings.
+    bearings = np.linspace(2 * np.pi, 0.0, 65)
     for kind, km in (
         ("exit_radius", params.exit_radius_km),
         ("enter_radius", params.enter_radius_km),

@@ -71,6 +71,8 @@ def sweep(
     else:
         report = store.sweep(_queued(publisher, source), limit=limit)
         _announce_failures(publisher, source, report)
+    if report.failed:  # finished jobs are counted by outcome, wherever they finish
+        telemetry.instruments().jobs.add(len(report.failed), {"outcome": "failed"})
     telemetry.record_queue(*store.queue_stats())
     return report
 

@@ -141,9 +141,13 @@ def test_geojson_shows_home_radii_tracks_trips_and_the_farthest_point(
     assert kinds.count("track") == len(dst_day.summary.devices)
     assert kinds.count("trip") == len(dst_day.summary.trips)
     assert kinds[-1] == "max_distance"
-    ring = data["features"][1]["geometry"]["coordinates"][0]
-    assert ring[0] == ring[-1]
-    assert len(ring) == 65
+    for radius in data["features"][1:3]:
+        ring = radius["geometry"]["coordinates"][0]
+        assert ring[0] == ring[-1]
+        assert len(ring) == 65
+        # RFC 7946: exterior rings are counter-clockwise (positive shoelace area).
+        x, y = np.array(ring).T
+        assert float(np.sum(x[:-1] * y[1:] - x[1:] * y[:-1])) > 0
     track = next(f for f in data["features"] if f["properties"]["kind"] == "track")
     assert track["geometry"]["type"] == "LineString"
     assert all(
