@@ -45,11 +45,19 @@ def _schemas(args: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
+    from shared.db import DatabaseUnavailable
     from shared.logs import setup_logging
     from shared.supervisor import run_dev
 
     setup_logging(config.load(config.TelemetrySettings).log_level)
-    return run_dev(sys.stdout, args.sweep_interval, args.local_s3)
+    try:
+        return run_dev(sys.stdout, args.sweep_interval, args.local_s3)
+    except KeyboardInterrupt:
+        sys.stderr.write("otel-worker dev: interrupted while starting; stopped what had started\n")
+        return 130
+    except DatabaseUnavailable as exc:
+        sys.stderr.write(f"otel-worker dev: {exc}\n")
+        return EXIT_UNAVAILABLE
 
 
 def _demo(args: argparse.Namespace) -> int:

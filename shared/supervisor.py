@@ -230,20 +230,14 @@ def run_dev(out: IO[str], sweep_interval: float, local_s3: Path | None) -> int:
     env = dict(os.environ)
     s3: SeaweedS3 | None = None
     stop = threading.Event()
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    # While starting, a signal unwinds the start (which stops what it started); once
+    # running, it ends the wait below.
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    if local_s3 is not None:
-        s3 = SeaweedS3(
-            data_dir=local_s3,
-            access_key=env.get("MINIO_ACCESS_KEY") or "otel-worker-dev",
-            secret_key=env.get("MINIO_SECRET_KEY") or secrets.token_hex(16),
-        ).start()
-        env.update(
-            MINIO_ENDPOINT=s3.endpoint,
-            MINIO_ACCESS_KEY=s3.access_key,
-            MINIO_SECRET_KEY=s3.secret_key,
-            MINIO_SECURE="false",
-        )
+        signal.signal(signum, interrupt)
     supervisor = Supervisor(
         env=env,
         out=out,
@@ -254,7 +248,21 @@ def run_dev(out: IO[str], sweep_interval: float, local_s3: Path | None) -> int:
         sweep_interval=sweep_interval,
     )
     try:
+        if local_s3 is not None:
+            s3 = SeaweedS3(
+                data_dir=local_s3,
+                access_key=env.get("MINIO_ACCESS_KEY") or "otel-worker-dev",
+                secret_key=env.get("MINIO_SECRET_KEY") or secrets.token_hex(16),
+            ).start()
+            env.update(
+                MINIO_ENDPOINT=s3.endpoint,
+                MINIO_ACCESS_KEY=s3.access_key,
+                MINIO_SECRET_KEY=s3.secret_key,
+                MINIO_SECURE="false",
+            )
         supervisor.start()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
         for name, url in supervisor.urls.items():
             supervisor.say(f"{name:<8} {url}")
         if s3 is not None:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -130,3 +134,35 @@ def test_metrics_endpoint_serves_prometheus_text_only_when_enabled(
     off = urllib3.request("GET", f"{disabled.url}/metrics")
     assert off.status == 404
     assert "METRICS_PROMETHEUS" in off.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("retry", "interrupt", "code", "message"),
+    [
+        ("30", True, 130, "interrupted while starting"),
+        ("0", False, 3, "cannot connect to PostgreSQL at 127.0.0.1:"),
+    ],
+)
+def test_otel_worker_dev_stops_cleanly_when_its_start_fails_or_is_interrupted(
+    retry: str, interrupt: bool, code: int, message: str
+) -> None:
+    (dead,) = free_ports(1)
+    env = {k: v for k, v in os.environ.items() if k not in config.variable_names()} | {
+        "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{dead}/none",
+        "DB_STARTUP_RETRY_SECONDS": retry,
+    }
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "otel-worker"), "dev"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    if interrupt:
+        time.sleep(1.5)  # inside migrate's start-up retry
+        process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == code, err
+    assert message in err
+    assert "Traceback" not in err
