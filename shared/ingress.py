@@ -170,6 +170,12 @@ class Upstream:
             try:
                 response = self._http.request("GET", url, timeout=2.0)
                 self.reachable[service] = response.status == 200
+            except urllib3.exceptions.NewConnectionError:
+                self.reachable[service] = False
+            except urllib3.exceptions.TimeoutError:
+                # Slow is not down: Knative's activator holds a request while a service
+                # scaled to zero starts, longer than this probe waits. Keep what we knew.
+                pass
             except urllib3.exceptions.HTTPError:
                 self.reachable[service] = False
         return all(self.reachable.values())

@@ -271,6 +271,24 @@ def test_without_a_deadline_the_server_limit_bounds_a_slow_upstream() -> None:
         _stop(started)
 
 
+def test_a_slow_function_is_not_reported_down() -> None:
+    started = _start()
+    started.submit.default = started.status.default = (200, {}, b"ok")
+    started.submit.delay = 3  # longer than the probe waits: a service waking from zero
+    try:
+        with grpc.insecure_channel(started.target) as channel:
+            check = channel.unary_unary(
+                "/grpc.health.v1.Health/Check",
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString,
+            )
+            answer = check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        started.submit.delay = 0
+        _stop(started)
+
+
 def test_unreachable_functions_are_unavailable_and_unhealthy() -> None:
     started = _start()
     started.submit.stop()
