@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared import engine
-from shared.engine import EARTH_RADIUS_KM, EngineParams, analyze, day_window, haversine_km
+from shared.engine import EARTH_RADIUS_KM, EngineParams, Window, analyze, day_window, haversine_km
 from shared.points import Points
 from shared.tracks import TrackSpec, generate
 
@@ -126,13 +126,18 @@ def test_median_falls_back_when_the_sample_misses_the_middle() -> None:
     assert engine._median(values.copy()) == 0.0
 
 
-def test_slices_and_sampling_do_not_change_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = TrackSpec(days=5, devices=3, seed=5)
-    points = generate(spec).points
+def _generated(days: int, seed: int) -> tuple[Points, Window, EngineParams]:
+    """Three generated devices over `days`, and a window of all but the first and last day."""
+    spec = TrackSpec(days=days, devices=3, seed=seed)
     window = day_window(
-        spec.start + dt.timedelta(days=1), spec.start + dt.timedelta(days=3), spec.timezone
+        spec.start + dt.timedelta(days=1), spec.start + dt.timedelta(days=days - 2), spec.timezone
     )
     params = EngineParams(home_latitude=spec.home_latitude, home_longitude=spec.home_longitude)
+    return generate(spec).points, window, params
+
+
+def test_slices_and_sampling_do_not_change_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    points, window, params = _generated(days=5, seed=5)
     whole = analyze(points, window, params)
     monkeypatch.setattr(engine, "CHUNK", 777)
     monkeypatch.setattr(engine, "MEDIAN_SAMPLE", 50)
@@ -234,13 +239,7 @@ def test_day_sums_match_exact_sums_of_each_steps_share(case: tuple, resting: boo
 
 def test_trip_paths_are_within_a_millimetre_of_exact_sums() -> None:
     # A trip's path is summed over its own rows, not as a difference of running sums.
-    spec = TrackSpec(days=20, devices=3, seed=11)
-    points = generate(spec).points
-    window = day_window(
-        spec.start + dt.timedelta(days=1), spec.start + dt.timedelta(days=18), spec.timezone
-    )
-    params = EngineParams(home_latitude=spec.home_latitude, home_longitude=spec.home_longitude)
-    analysis = analyze(points, window, params)
+    analysis = analyze(*_generated(days=20, seed=11))
     summary = analysis.summary
     device = analysis.points.device
     for g, name in enumerate(analysis.points.device_ids):
