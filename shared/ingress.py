@@ -422,14 +422,28 @@ class DependencyHealth(health.HealthServicer):
             else health_pb2.HealthCheckResponse.NOT_SERVING,
         )
 
+    def _refresh_if_stale(self) -> None:
+        with self._probe_lock:
+            if time.monotonic() - self._checked > self.interval:
+                self._checked = time.monotonic()
+                self.refresh()
+
     def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext) -> Any:
         """Answer a health check, refreshing the dependency state when it is stale."""
         if request.service == SERVICE:
-            with self._probe_lock:
-                if time.monotonic() - self._checked > self.interval:
-                    self._checked = time.monotonic()
-                    self.refresh()
+            self._refresh_if_stale()
         return super().Check(request, context)
+
+    def Watch(
+        self,
+        request: health_pb2.HealthCheckRequest,
+        context: grpc.ServicerContext,
+        send_response_callback: Any = None,
+    ) -> Any:
+        """Stream the health state, starting from a fresh probe when the last is stale."""
+        if request.service == SERVICE:
+            self._refresh_if_stale()
+        return super().Watch(request, context, send_response_callback)
 
 
 class BearerAuth(grpc.ServerInterceptor):

@@ -295,6 +295,15 @@ def test_unreachable_functions_are_unavailable_and_unhealthy() -> None:
     started.status.stop()
     try:
         with grpc.insecure_channel(started.target) as channel:
+            # A watcher's first answer comes from a fresh probe, not the start-up state.
+            watch = channel.unary_stream(
+                "/grpc.health.v1.Health/Watch",
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString,
+            )
+            stream = watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10)
+            assert next(stream).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            stream.cancel()
             with pytest.raises(grpc.RpcError) as info:
                 started.stub(channel).CalculateDistanceFromHome(
                     pb.CalculateDistanceRequest(date="2026-03-07"), timeout=10
