@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from shared import events
@@ -277,12 +277,8 @@ def test_a_slow_function_is_not_reported_down() -> None:
     started.submit.delay = 3  # longer than the probe waits: a service waking from zero
     try:
         with grpc.insecure_channel(started.target) as channel:
-            check = channel.unary_unary(
-                "/grpc.health.v1.Health/Check",
-                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-                response_deserializer=health_pb2.HealthCheckResponse.FromString,
-            )
-            answer = check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10)
+            health = health_pb2_grpc.HealthStub(channel)
+            answer = health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10)
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         started.submit.delay = 0
@@ -296,12 +292,8 @@ def test_unreachable_functions_are_unavailable_and_unhealthy() -> None:
     try:
         with grpc.insecure_channel(started.target) as channel:
             # A watcher's first answer comes from a fresh probe, not the start-up state.
-            watch = channel.unary_stream(
-                "/grpc.health.v1.Health/Watch",
-                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-                response_deserializer=health_pb2.HealthCheckResponse.FromString,
-            )
-            stream = watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10)
+            health = health_pb2_grpc.HealthStub(channel)
+            stream = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10)
             assert next(stream).status == health_pb2.HealthCheckResponse.NOT_SERVING
             stream.cancel()
             with pytest.raises(grpc.RpcError) as info:
@@ -309,18 +301,13 @@ def test_unreachable_functions_are_unavailable_and_unhealthy() -> None:
                     pb.CalculateDistanceRequest(date="2026-03-07"), timeout=10
                 )
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-            check = channel.unary_unary(
-                "/grpc.health.v1.Health/Check",
-                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-                response_deserializer=health_pb2.HealthCheckResponse.FromString,
-            )
             assert (
-                check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10).status
+                health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10).status
                 == health_pb2.HealthCheckResponse.NOT_SERVING
             )
             # The process itself still serves: Knative must not restart it for this.
             assert (
-                check(health_pb2.HealthCheckRequest(), timeout=10).status
+                health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
                 == health_pb2.HealthCheckResponse.SERVING
             )
     finally:
