@@ -84,7 +84,7 @@ def _numbers(
     try:
         array = np.array(values, dtype=np.float64)
         # numpy reads JSON's true/false as 1/0: they are not numbers here.
-        if np.isfinite(array).all() and not any(isinstance(v, bool) for v in values):
+        if np.isfinite(array).all() and bool not in set(map(type, values)):
             return array
     except (TypeError, ValueError):
         pass
