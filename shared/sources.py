@@ -177,13 +177,13 @@ def read_locations_csv(text: str, path: Path) -> Points:
     # Physical line of each row, which quoted newlines can push below its index.
     reader = csv.reader(io.StringIO(text))
     next(reader)
-    ends = np.fromiter((reader.line_num for _ in reader), dtype=np.int64, count=len(rows) - 1)
-    starts = (np.concatenate(([1], ends[:-1])) + 1).tolist() if len(rows) > 1 else []
-    # Blank lines (a trailing newline too many) hold no row.
-    kept = [k for k, row in enumerate(rows[1:]) if row]
-    body = [rows[1 + k] for k in kept]
-    lines = [starts[k] for k in kept]
+    body = rows[1:]
+    ends = np.fromiter((reader.line_num for _ in reader), dtype=np.int64, count=len(body))
+    lines = (np.concatenate(([1], ends[:-1])) + 1).tolist() if len(body) else []
     lengths = np.fromiter(map(len, body), dtype=np.int64, count=len(body))
+    if not lengths.all():  # blank lines (a trailing newline too many) hold no row
+        kept = np.flatnonzero(lengths).tolist()
+        body, lines, lengths = [body[k] for k in kept], [lines[k] for k in kept], lengths[kept]
     if (lengths != len(header)).any():
         k = int(np.flatnonzero(lengths != len(header))[0])
         raise _fail(path, lines[k], f"{lengths[k]} fields, expected {len(header)} as in the header")
