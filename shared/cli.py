@@ -181,7 +181,7 @@ def _positive_seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not value > 0 or math.isinf(value):
+    if not 0 < value < math.inf:  # NaN fails too
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
     return value
 

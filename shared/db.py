@@ -146,7 +146,7 @@ class LazyPool:
             )
         try:
             if self._pool is None:
-                retry = None if not self._started else 0.0
+                retry = 0.0 if self._started else None
                 self._started = True
                 connect(self._settings, retry_seconds=retry).close()
                 pool: ConnectionPool[Connection] = ConnectionPool(

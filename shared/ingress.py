@@ -170,7 +170,7 @@ class Upstream:
             try:
                 response = self._http.request("GET", url, timeout=2.0)
                 self.reachable[service] = response.status == 200
-            except urllib3.exceptions.NewConnectionError:
+            except urllib3.exceptions.NewConnectionError:  # a kind of TimeoutError: first
                 self.reachable[service] = False
             except urllib3.exceptions.TimeoutError:
                 # Slow is not down: Knative's activator holds a request while a service
