@@ -7,7 +7,9 @@ Prints, for the issue targets:
   - CalculateDistanceFromHome alone (compute stopped): calls/s sustained, latency;
   - the whole pipeline: one-day jobs/s submitted and completed, and the CPU each process
     (service, database, PgBouncer, S3 server, this process with the dev broker) spent per job;
-  - GetJobStatus latency while the pipeline runs at half that rate;
+  - GetJobStatus latency while the pipeline runs at half that rate, probed from a process
+    of its own two ways: back to back from 2 threads (the most the probe can load the
+    machine) and paced at STATUS_PACE calls/s (clients polling their jobs);
   - ingress process start -> health SERVING, and -> its first completed job.
 """
 
@@ -43,6 +45,8 @@ from tests.stack import Stack, start_stack
 SPEC = TrackSpec(seed=11, start=dt.date(2024, 1, 1), days=62, devices=3)
 DAYS = [SPEC.start + dt.timedelta(days=k) for k in range(SPEC.days)]
 DEVICES = ("phone1", "phone2", "phone3")
+STATUS_PACE = 50.0
+"""GetJobStatus calls/s of the paced probe: clients polling the jobs in flight."""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -283,8 +287,30 @@ def pipeline_rate(
     return rate
 
 
+def _status_probe(
+    target: str, known: list[str], seconds: float, pace: float | None, results: Queue[Any]
+) -> None:
+    """GetJobStatus from 2 threads: back to back (`pace` None) or `pace` calls/s in all."""
+    with grpc.insecure_channel(target) as channel:
+        stub = distance_pb2_grpc.DistanceServiceStub(channel)  # type: ignore[no-untyped-call]
+        started = time.monotonic()
+
+        def call(n: int) -> None:
+            if pace is not None:
+                # Calls leave on a fixed schedule (open loop): a slow answer does not
+                # lower the load, as it would with back-to-back calls.
+                time.sleep(max(0.0, started + n / pace - time.monotonic()))
+            stub.GetJobStatus(pb.GetJobStatusRequest(job_id=known[n % len(known)]), timeout=10)
+
+        results.put(load(seconds, 2, call))
+
+
 def status_latency(
-    stub: distance_pb2_grpc.DistanceServiceStub, jobs: Jobs, rate: float, seconds: float
+    stack: Stack,
+    stub: distance_pb2_grpc.DistanceServiceStub,
+    jobs: Jobs,
+    rate: float,
+    seconds: float,
 ) -> None:
     known = [row[0] for row in jobs.conn.execute("SELECT id::text FROM otel_worker.jobs LIMIT 500")]
     stop = threading.Event()
@@ -305,22 +331,28 @@ def status_latency(
 
     feeder = threading.Thread(target=feed)
     feeder.start()
+    context = multiprocessing.get_context("spawn")
     try:
-        calls, latencies, elapsed = load(
-            seconds,
-            2,
-            lambda n: stub.GetJobStatus(
-                pb.GetJobStatusRequest(job_id=known[n % len(known)]), timeout=10
-            ),
-        )
+        for pace in (None, STATUS_PACE):
+            # The probe runs in a process of its own: this one hosts the dev broker and
+            # the feeder, whose work would otherwise delay the probe's own threads.
+            results: Queue[Any] = context.Queue()
+            probe = context.Process(
+                target=_status_probe,
+                args=(stack.url("ingress"), known, seconds, pace, results),
+            )
+            probe.start()
+            calls, latencies, elapsed = results.get(timeout=seconds + 120)
+            probe.join()
+            how = "back to back" if pace is None else f"paced at {pace:.0f} calls/s"
+            print(
+                f"GetJobStatus while jobs are submitted at {rate:.1f}/s ({calls} calls, 2 "
+                f"threads {how}, {elapsed:.0f} s): p50 {ms(statistics.median(latencies))}, "
+                f"p99 {ms(percentile(latencies, 99))}"
+            )
     finally:
         stop.set()
         feeder.join()
-    print(
-        f"GetJobStatus while jobs are submitted at {rate:.1f}/s ({calls} calls, 2 threads, "
-        f"{elapsed:.0f} s): p50 {ms(statistics.median(latencies))}, "
-        f"p99 {ms(percentile(latencies, 99))}"
-    )
 
 
 def ingress_start(stack: Stack, jobs: Jobs, runs: int) -> None:
@@ -392,7 +424,7 @@ def main() -> None:
         one_day_latency(stack, jobs, 30)
         month_range(stack, jobs)
         rate = pipeline_rate(stack, stub, jobs, args.jobs)
-        status_latency(stub, jobs, rate / 2, min(args.seconds, 20))
+        status_latency(stack, stub, jobs, rate / 2, min(args.seconds, 20))
         ingress_start(stack, jobs, 5)
         # Last: it leaves thousands of undelivered job.queued events behind.
         submit_path(stack, args.seconds)
