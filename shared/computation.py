@@ -138,7 +138,7 @@ class Computation:
     def _compute(self, job: Job) -> dict[str, Any]:
         from shared.engine import EngineParams, analyze, day_window, read_range
         from shared.export import write_csv
-        from shared.locations import count_points, read_points
+        from shared.locations import PointLimit, TooManyPoints, read_points
         from shared.report import series_of
 
         try:
@@ -150,16 +150,17 @@ class Computation:
         metrics = telemetry.instruments()
         with telemetry.span("read points", attributes={"job.id": str(job.id)}):
             read_started = time.monotonic()
-            with self.connection() as conn:
-                in_window = count_points(
-                    conn, _utc(window.start_us), _utc(window.end_us), job.device_id
-                )
-                if in_window > self.storage.max_csv_rows:
-                    raise JobFailure(
-                        f"{in_window} points in the window exceed MAX_CSV_ROWS "
-                        f"({self.storage.max_csv_rows}); ask for fewer days or one device"
-                    )
-                points = read_points(conn, _utc(start), _utc(end), job.device_id)
+            limit = PointLimit(
+                _utc(window.start_us), _utc(window.end_us), self.storage.max_csv_rows
+            )
+            try:
+                with self.connection() as conn:
+                    points = read_points(conn, _utc(start), _utc(end), job.device_id, limit)
+            except TooManyPoints as exc:
+                raise JobFailure(
+                    f"{exc.count} points in the window exceed MAX_CSV_ROWS "
+                    f"({self.storage.max_csv_rows}); ask for fewer days or one device"
+                ) from None
             metrics.db_read.record(time.monotonic() - read_started)
         with telemetry.span("analyze", attributes={"points": len(points)}):
             analysis = analyze(points, window, params)

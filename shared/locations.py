@@ -105,9 +105,14 @@ _SELECT_DEVICE = sql.SQL(
     where=_DEVICE_WINDOW,
 )
 
+# Each device's fixes in the read range, and those of them inside the limited part.
+_COUNTS = sql.SQL(
+    'count(*), count(*) FILTER (WHERE "timestamp" >= %(inner_start)s'
+    ' AND "timestamp" < %(inner_end)s)'
+)
 _COUNT_DEVICE = sql.SQL(
-    "SELECT device_id, count(*) FROM public.locations WHERE {} GROUP BY device_id"
-).format(_DEVICE_WINDOW)
+    "SELECT device_id, {} FROM public.locations WHERE {} GROUP BY device_id"
+).format(_COUNTS, _DEVICE_WINDOW)
 
 # PostgreSQL (before 18) has no skip scan: enumerate the devices through the
 # (device_id, timestamp) index with one probe per device, then count each device's window
@@ -121,21 +126,52 @@ _COUNT_ALL = sql.SQL(
             WHERE l.device_id > d.device_id ORDER BY l.device_id LIMIT 1)
     FROM devices d WHERE d.device_id IS NOT NULL
 )
-SELECT d.device_id, c.n FROM devices d
+SELECT d.device_id, c.n, c.inner_n FROM devices d
 CROSS JOIN LATERAL (
-    SELECT count(*) AS n FROM public.locations l
+    SELECT {counts} FROM public.locations l
     WHERE l.device_id = d.device_id AND {window}
-) c
+) c (n, inner_n)
 WHERE c.n > 0"""
-).format(window=_WINDOW)
+).format(counts=_COUNTS, window=_WINDOW)
 
 
-def _window(start_utc: dt.datetime, end_utc: dt.datetime, device_id: str | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class PointLimit:
+    """At most `rows` fixes may lie in `start_utc <= timestamp < end_utc` (a part of the
+    read range, such as a job's window without its context)."""
+
+    start_utc: dt.datetime
+    end_utc: dt.datetime
+    rows: int
+
+
+class TooManyPoints(Exception):
+    """The limited part of a read holds more fixes than its `PointLimit` allows."""
+
+    def __init__(self, count: int, limit: PointLimit) -> None:
+        super().__init__(f"{count} fixes between {limit.start_utc} and {limit.end_utc}")
+        self.count = count
+        self.limit = limit
+
+
+def _window(
+    start_utc: dt.datetime,
+    end_utc: dt.datetime,
+    device_id: str | None,
+    limit: PointLimit | None = None,
+) -> dict[str, Any]:
     if start_utc.tzinfo is None or end_utc.tzinfo is None:
         raise ValueError("the window bounds must be timezone-aware datetimes")
     if end_utc < start_utc:
         raise ValueError(f"the window ends ({end_utc}) before it starts ({start_utc})")
-    return {"start": start_utc, "end": end_utc, "device": device_id}
+    inner = (limit.start_utc, limit.end_utc) if limit else (start_utc, end_utc)
+    return {
+        "start": start_utc,
+        "end": end_utc,
+        "device": device_id,
+        "inner_start": inner[0],
+        "inner_end": inner[1],
+    }
 
 
 @contextlib.contextmanager
@@ -152,41 +188,42 @@ def _snapshot(conn: Connection) -> Iterator[None]:
         yield
 
 
-def _device_counts(conn: Connection, window: dict[str, Any]) -> list[tuple[str, int]]:
+def _device_counts(conn: Connection, window: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """(device, fixes in the read range, of them in the limited part), in device order."""
     query = _COUNT_ALL if window["device"] is None else _COUNT_DEVICE
     rows = conn.execute(query, window).fetchall()
     # Python's code-point order, whatever the database collation: stable device codes.
-    return sorted((str(device), int(count)) for device, count in rows)
-
-
-def count_points(
-    conn: Connection, start_utc: dt.datetime, end_utc: dt.datetime, device_id: str | None
-) -> int:
-    """How many fixes `read_points` would return for the same arguments (index-only, cheap)."""
-    window = _window(start_utc, end_utc, device_id)
-    with _snapshot(conn):
-        return sum(count for _, count in _device_counts(conn, window))
+    return sorted((str(device), int(count), int(inner)) for device, count, inner in rows)
 
 
 def read_points(
-    conn: Connection, start_utc: dt.datetime, end_utc: dt.datetime, device_id: str | None
+    conn: Connection,
+    start_utc: dt.datetime,
+    end_utc: dt.datetime,
+    device_id: str | None,
+    limit: PointLimit | None = None,
 ) -> Points:
     """The fixes with `start_utc <= timestamp < end_utc` of one device (or all when None).
 
     Sorted by device (code-point order of the ids) then timestamp; `device_ids` lists only
     devices with fixes in the window. NULL accuracy/velocity/battery read as -1 and a NULL
     `created_at` as `MISSING_TIME`. `conn` must not be inside a transaction: the read runs
-    in its own read-only snapshot.
+    in its own read-only snapshot. With `limit`, raises `TooManyPoints` before reading
+    anything when its part holds more fixes than it allows (counted in the same snapshot).
     """
-    window = _window(start_utc, end_utc, device_id)
+    window = _window(start_utc, end_utc, device_id, limit)
     with _snapshot(conn):
         counts = _device_counts(conn, window)
-        total = sum(count for _, count in counts)
+        if limit is not None:
+            limited = sum(inner for _, _, inner in counts)
+            if limited > limit.rows:
+                raise TooManyPoints(limited, limit)
+        total = sum(count for _, count, _ in counts)
         out = {name: np.empty(total, dtype) for name, dtype in DTYPES.items()}
         cursor = conn.cursor()
         statement = sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(_SELECT_DEVICE)
         position = 0
-        for code, (device, count) in enumerate(counts):
+        for code, (device, count, _) in enumerate(counts):
             out["device"][position : position + count] = code
             with cursor.copy(statement, {**window, "device": device}) as copy:
                 _RowStream(out, position, count).consume(conn, copy)
@@ -194,7 +231,7 @@ def read_points(
     out["timestamp"] += PG_EPOCH_US
     created = out["created_at"]
     np.add(created, PG_EPOCH_US, out=created, where=created != MISSING_TIME)
-    return Points(device_ids=tuple(device for device, _ in counts), **out)
+    return Points(device_ids=tuple(device for device, _, _ in counts), **out)
 
 
 class _RowStream:
@@ -459,7 +496,7 @@ def diagnose(conn: Connection) -> LocationsReport:
         sample = _sample_day(conn)
         plans = {}
         if sample is not None:
-            window = {"device": sample[0], "start": sample[1], "end": sample[2]}
+            window = _window(sample[1], sample[2], sample[0])
             for label, query in (
                 ("devices and counts in the window (all devices)", _COUNT_ALL),
                 ("one device's points (the COPY query)", _SELECT_DEVICE),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import logging
 import os
@@ -109,6 +110,7 @@ class ObjectStore:
         self._client: Minio | None = None
         self._signer: Minio | None = None
         self._bucket_checked = False
+        self._signed = functools.lru_cache(maxsize=4096)(self._sign)
 
     def _make(self, endpoint: str, secure: bool) -> Minio:
         from minio import Minio
@@ -209,13 +211,24 @@ class ObjectStore:
                 response.release_conn()
 
     def presign(self, key: str, now: dt.datetime | None = None) -> Download:
-        """A GET URL for `key`, signed for the public endpoint, valid PRESIGN_EXPIRY_SECONDS."""
+        """A GET URL for `key`, signed for the public endpoint, valid PRESIGN_EXPIRY_SECONDS
+        from the start of the current signing step (at most 1/60 of the expiry, 60 s).
+
+        Signing at step boundaries lets the clients polling a job get the same URL, signed
+        once per step, instead of a new signature on every read."""
         now = now or dt.datetime.now(dt.UTC)
+        expiry = self.settings.presign_expiry_seconds
+        step = min(expiry // 60, 60)
+        if step:
+            now = dt.datetime.fromtimestamp(now.timestamp() // step * step, dt.UTC)
+        return self._signed(key, now)
+
+    def _sign(self, key: str, signed_at: dt.datetime) -> Download:
         expires = dt.timedelta(seconds=self.settings.presign_expiry_seconds)
         url = self.signer.presigned_get_object(
-            self.settings.minio_bucket, key, expires=expires, request_date=now
+            self.settings.minio_bucket, key, expires=expires, request_date=signed_at
         )
-        return Download(url=url, expires_at=now + expires)
+        return Download(url=url, expires_at=signed_at + expires)
 
     def check(self) -> None:
         """Raise StorageUnavailable unless the bucket can be reached."""

@@ -99,17 +99,36 @@ def test_reader_returns_exactly_the_half_open_window(
     database = postgres if route == "direct" else pgbouncer
     with database.connect() as conn:
         points = locations.read_points(conn, T0, T1, None)
-        count = locations.count_points(conn, T0, T1, None)
     _assert_same(points, _expected())
     assert points.device_ids == ("phone", "tab", "ü-watch")  # code-point order
-    assert count == len(points) == 6
+    assert len(points) == 6
+
+
+@pytest.mark.usefixtures("known_rows")
+@pytest.mark.parametrize("route", ["direct", "pgbouncer"])
+def test_a_limit_counts_only_its_part_of_the_read_and_refuses_before_reading(
+    route: str, postgres: Database, pgbouncer: Database
+) -> None:
+    database = postgres if route == "direct" else pgbouncer
+    part = (T0, T0 + 2 * HOUR)  # 4 of the 6 fixes: phone x2, tab, ü-watch
+    with database.connect() as conn:
+        exact = locations.read_points(conn, T0, T1, None, locations.PointLimit(*part, rows=4))
+        _assert_same(exact, _expected())  # the whole range is read, context included
+        with pytest.raises(locations.TooManyPoints) as refused:
+            locations.read_points(conn, T0, T1, None, locations.PointLimit(*part, rows=3))
+        assert refused.value.count == 4
+        with pytest.raises(locations.TooManyPoints) as one_device:
+            locations.read_points(conn, T0, T1, "phone", locations.PointLimit(*part, rows=1))
+        assert one_device.value.count == 2
+        # Refused inside the snapshot: the connection is left idle and usable.
+        assert len(locations.read_points(conn, T0, T1, "tab")) == 2
 
 
 @pytest.mark.usefixtures("known_rows")
 def test_reader_of_one_device(pgbouncer: Database) -> None:
     with pgbouncer.connect() as conn:
         tab = locations.read_points(conn, T0, T1, "tab")
-        assert locations.count_points(conn, T0, T1, "tab") == 2
+        assert len(tab) == 2
         nobody = locations.read_points(conn, T0, T1, "nobody")
         outside = locations.read_points(conn, T0, T1, "gone")
     _assert_same(tab, _expected("tab"))
@@ -126,7 +145,7 @@ def test_reader_on_an_empty_window_and_bad_arguments(postgres: Database) -> None
         with pytest.raises(ValueError, match="timezone-aware"):
             locations.read_points(conn, T0.replace(tzinfo=None), T1, None)
         with pytest.raises(ValueError, match="before it starts"):
-            locations.count_points(conn, T1, T0, None)
+            locations.read_points(conn, T1, T0, None)
         with conn.transaction(), pytest.raises(ValueError, match="outside a transaction"):
             locations.read_points(conn, T0, T1, None)
 

@@ -275,6 +275,26 @@ def test_object_store_down_is_retried_then_fails_clearly_never_completed_without
         own.stop()
 
 
+def test_a_window_over_max_csv_rows_fails_at_once_and_stores_nothing(
+    seeded: Database, s3: S3Server
+) -> None:
+    stack = start_stack(seeded, s3, MAX_CSV_ROWS="100")
+    try:
+        reply = urllib3.request(
+            "POST", stack.url("submit"), json={"date": "2024-03-05", "device_id": "phone1"}
+        )
+        job = stack.wait_finished(JobAccepted.model_validate_json(reply.data).job.job_id)
+        assert job.status == "failed"
+        assert job.attempts == 1  # refused, not retried: another attempt would read as many
+        assert job.error_message is not None
+        assert "points in the window exceed MAX_CSV_ROWS (100)" in job.error_message
+        client = s3.client()  # compute creates its bucket on its first upload
+        if client.bucket_exists(stack.bucket):
+            assert list(client.list_objects(stack.bucket, recursive=True)) == []
+    finally:
+        stack.supervisor.stop()
+
+
 def _get(stack: Stack, path: str) -> urllib3.BaseHTTPResponse:
     return urllib3.request("GET", f"{stack.url('status')}{path}", redirect=False, retries=False)
 

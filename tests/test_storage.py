@@ -80,8 +80,32 @@ def test_upload_then_presigned_download_returns_the_bytes(
 
     now = dt.datetime.now(dt.UTC)
     link = store.presign("jobs/x/a.csv", now=now)
-    assert link.expires_at == now + dt.timedelta(seconds=600)
+    # Signed at the start of the current 10 s step (600 s / 60).
+    lifetime = link.expires_at - now
+    assert dt.timedelta(seconds=590) < lifetime <= dt.timedelta(seconds=600)
     assert _download(link.url) == (200, payload)
+
+
+def test_a_link_is_signed_once_per_step_and_anew_after_it(
+    monkeypatch: pytest.MonkeyPatch, s3: S3Server
+) -> None:
+    settings = _settings(monkeypatch, s3, PRESIGN_EXPIRY_SECONDS="3600")
+    store = ObjectStore(settings)
+    store.upload("jobs/y/b.csv", io.BytesIO(b"abc"), 3, CSV_TYPE)
+    start = dt.datetime(2026, 11, 29, 8, 0, 0, tzinfo=dt.UTC)
+    first = store.presign("jobs/y/b.csv", now=start)
+    assert store.presign("jobs/y/b.csv", now=start + dt.timedelta(seconds=59.9)) == first
+    assert first.expires_at == start + dt.timedelta(hours=1)
+    later = store.presign("jobs/y/b.csv", now=start + dt.timedelta(seconds=60))
+    assert later.url != first.url
+    assert later.expires_at == start + dt.timedelta(seconds=3660)
+    # Another key never shares a signature.
+    assert store.presign("jobs/y/c.csv", now=start).url != first.url
+    # A one-second expiry is signed exactly at the moment asked.
+    short = ObjectStore(settings.model_copy(update={"presign_expiry_seconds": 1}))
+    assert short.presign("jobs/y/b.csv", now=start + dt.timedelta(seconds=0.5)).expires_at == (
+        start + dt.timedelta(seconds=1.5)
+    )
 
 
 def test_presigned_urls_are_signed_for_the_public_endpoint(

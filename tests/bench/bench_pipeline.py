@@ -131,30 +131,38 @@ def month_range(stack: Stack, jobs: Jobs) -> None:
 
 
 def load(
-    duration: float, threads: int, call: Callable[[int], None]
+    duration: float, threads: int, call: Callable[[int], None], pace: float | None = None
 ) -> tuple[int, list[float], float]:
-    """Call `call` from `threads` threads for `duration` s; (calls, latencies, elapsed)."""
+    """Call `call` from `threads` threads for `duration` s; (calls, latencies, elapsed).
+
+    Back to back, or with `pace`, call n leaves at n / pace s (open loop: a slow answer does
+    not lower the load) and its latency counts from then, so a call that waited for a busy
+    thread counts its wait."""
     latencies: list[float] = []
     lock = threading.Lock()
-    stop = time.monotonic() + duration
+    started = time.perf_counter()
+    stop = started + duration
     counter = itertools.count()
 
     def worker() -> None:
-        while time.monotonic() < stop:
+        while time.perf_counter() < stop:
             n = next(counter)
             begun = time.perf_counter()
+            if pace is not None:
+                due = started + n / pace
+                time.sleep(max(0.0, due - begun))
+                begun = due
             call(n)
             spent = time.perf_counter() - begun
             with lock:
                 latencies.append(spent)
 
-    started = time.monotonic()
     pool = [threading.Thread(target=worker) for _ in range(threads)]
     for thread in pool:
         thread.start()
     for thread in pool:
         thread.join()
-    return len(latencies), latencies, time.monotonic() - started
+    return len(latencies), latencies, time.perf_counter() - started
 
 
 def _submit_load(target: str, seconds: float, threads: int, results: Queue[Any]) -> None:
@@ -293,16 +301,11 @@ def _status_probe(
     """GetJobStatus from 2 threads: back to back (`pace` None) or `pace` calls/s in all."""
     with grpc.insecure_channel(target) as channel:
         stub = distance_pb2_grpc.DistanceServiceStub(channel)  # type: ignore[no-untyped-call]
-        started = time.monotonic()
 
         def call(n: int) -> None:
-            if pace is not None:
-                # Calls leave on a fixed schedule (open loop): a slow answer does not
-                # lower the load, as it would with back-to-back calls.
-                time.sleep(max(0.0, started + n / pace - time.monotonic()))
             stub.GetJobStatus(pb.GetJobStatusRequest(job_id=known[n % len(known)]), timeout=10)
 
-        results.put(load(seconds, 2, call))
+        results.put(load(seconds, 2, call, pace))
 
 
 def status_latency(
