@@ -14,6 +14,7 @@ from typing import Any
 
 import flask
 from cloudevents.http import CloudEvent
+from pydantic import BaseModel
 
 from shared import events, telemetry
 
@@ -39,6 +40,12 @@ def json_response(body: Any, status: int = HTTPStatus.OK, **headers: str) -> fla
     response.status_code = status
     response.headers.update(headers)
     return response
+
+
+def model_response(body: BaseModel, status: int = HTTPStatus.OK) -> flask.Response:
+    """`body` serialised by pydantic (in Rust: several times cheaper than `json_response`
+    of its `model_dump`, which a status poll pays on every read)."""
+    return flask.Response(body.model_dump_json(), status=status, mimetype="application/json")
 
 
 def error_response(status: int, message: str, **details: Any) -> flask.Response:

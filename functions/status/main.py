@@ -119,13 +119,13 @@ def _list(request: flask.Request) -> flask.Response:
     body = JobPage(
         jobs=[job_view(j) for j in page], total_count=total, limit=applied, offset=offset
     )
-    return web.json_response(body.model_dump(mode="json"))
+    return web.model_response(body)
 
 
 def _job(job_id: str) -> flask.Response:
     jobs, objects = _started()
     job = _existing(jobs, _job_id(job_id))
-    return web.json_response(job_view(job, objects).model_dump(mode="json"))
+    return web.model_response(job_view(job, objects))
 
 
 def _report(job_id: str) -> flask.Response:

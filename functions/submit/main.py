@@ -115,8 +115,8 @@ def _from_json(request: flask.Request) -> flask.Response:
             raise web.HttpError(HTTPStatus.BAD_REQUEST, str(exc)) from None
         except IdempotencyConflict as exc:
             raise web.HttpError(HTTPStatus.CONFLICT, str(exc)) from None
-    body = JobAccepted(created=created, job=job_view(job)).model_dump(mode="json")
-    return web.json_response(body, HTTPStatus.ACCEPTED if created else HTTPStatus.OK)
+    body = JobAccepted(created=created, job=job_view(job))
+    return web.model_response(body, HTTPStatus.ACCEPTED if created else HTTPStatus.OK)
 
 
 def _serve(request: flask.Request) -> flask.Response:
