@@ -5,16 +5,22 @@ for development and demos). Reads select a half-open window on the fix `timestam
 never apply a function to a column in the predicate, so the `(device_id, timestamp)` index
 serves them.
 
-How `read_points` stays fast (about what the server can stream):
-- One snapshot (REPEATABLE READ) counts each device's rows in the window, then one
-  `COPY ... TO STDOUT (FORMAT BINARY)` per device streams its rows in time order. The
-  counts size the output arrays exactly, and the device column never crosses the wire: the
-  client already knows which device each COPY returns.
-- Every copied column has a fixed width (nullable integers are COALESCEd to -1, a NULL
-  `created_at` to `-infinity`), so a chunk of rows is one `np.frombuffer` with a structured
-  big-endian dtype, assigned column by column into the preallocated arrays. No Python
-  value is made per row (only the transient message buffer libpq hands over), and no copy
-  of the whole result exists besides the arrays themselves.
+How `read_points` stays fast:
+- One snapshot (REPEATABLE READ) counts each device's rows in the window, then reads each
+  device's rows in time order, one query per device. The counts size the output arrays
+  exactly, and the device column never crosses the wire: the client already knows which
+  device each query returns.
+- Every column read has a fixed width (nullable integers are COALESCEd to -1, a NULL
+  `created_at` to `-infinity`), so many values are parsed by one `np.frombuffer` with a
+  structured big-endian dtype and assigned into the preallocated arrays. No Python value
+  is made per row.
+- A device with up to `_ARRAY_MAX_ROWS` fixes (a day's or a month's, the common jobs) comes
+  back as one row of binary arrays, one per column, parsed whole: a fifth of the client CPU
+  of streaming it (measured on one device-day with context, 8,649 rows: 1.6 vs 8.2 ms),
+  which is what a busy compute runs short of. A larger one streams as a binary COPY (one
+  message per row, taken straight from libpq and parsed in chunks): the client parses
+  while the server produces, which is faster end to end for big reads, and no copy of the
+  whole result is held besides the arrays themselves.
 - Timestamps arrive as PostgreSQL's int64 microseconds since 2000-01-01 and become Unix
   microseconds with one vectorised add.
 """
@@ -90,6 +96,12 @@ _READ_COLUMNS: Final = (
     ("battery", ">i4", f"COALESCE(battery, {MISSING})"),
     ("created_at", ">i8", "COALESCE(created_at, '-infinity')"),
 )
+# A one-dimensional binary array without NULLs: this header, then (size, value) per element.
+_ARRAY_HEADER: Final = np.dtype(
+    [("ndim", ">i4"), ("has_nulls", ">i4"), ("oid", ">u4"), ("length", ">i4"), ("lower", ">i4")]
+)
+_ARRAY_MAX_ROWS: Final = 100_000
+"""Devices with at most this many fixes are read as arrays (about 8 MB held at once)."""
 _ROW: Final = np.dtype(
     [("fields", ">i2")]
     + [item for name, wire, _ in _READ_COLUMNS for item in ((f"{name}_len", ">i4"), (name, wire))]
@@ -102,6 +114,23 @@ _SELECT_DEVICE = sql.SQL(
     'SELECT {columns} FROM public.locations WHERE {where} ORDER BY "timestamp"'
 ).format(
     columns=sql.SQL(", ").join(sql.SQL(expression) for _, _, expression in _READ_COLUMNS),
+    where=_DEVICE_WINDOW,
+)
+
+# The same rows as one row of arrays. array_agg takes the rows in the sorted subquery's
+# order (PostgreSQL keeps it without joins or grouping; checked on read), where ORDER BY
+# inside each aggregate would sort every column separately.
+_SELECT_ARRAYS = sql.SQL(
+    "SELECT {arrays} FROM"
+    ' (SELECT {columns} FROM public.locations WHERE {where} ORDER BY "timestamp") AS fix'
+).format(
+    arrays=sql.SQL(", ").join(
+        sql.SQL("array_agg({})").format(sql.Identifier(name)) for name, _, _ in _READ_COLUMNS
+    ),
+    columns=sql.SQL(", ").join(
+        sql.SQL("{} AS {}").format(sql.SQL(expression), sql.Identifier(name))
+        for name, _, expression in _READ_COLUMNS
+    ),
     where=_DEVICE_WINDOW,
 )
 
@@ -220,18 +249,55 @@ def read_points(
                 raise TooManyPoints(limited, limit)
         total = sum(count for _, count, _ in counts)
         out = {name: np.empty(total, dtype) for name, dtype in DTYPES.items()}
-        cursor = conn.cursor()
+        rows, arrays = conn.cursor(), conn.cursor(binary=True)
         statement = sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(_SELECT_DEVICE)
         position = 0
         for code, (device, count, _) in enumerate(counts):
             out["device"][position : position + count] = code
-            with cursor.copy(statement, {**window, "device": device}) as copy:
-                _RowStream(out, position, count).consume(conn, copy)
+            arguments = {**window, "device": device}
+            if count <= _ARRAY_MAX_ROWS:
+                _read_arrays(arrays, arguments, out, position, count)
+            else:
+                with rows.copy(statement, arguments) as copy:
+                    _RowStream(out, position, count).consume(conn, copy)
             position += count
     out["timestamp"] += PG_EPOCH_US
     created = out["created_at"]
     np.add(created, PG_EPOCH_US, out=created, where=created != MISSING_TIME)
     return Points(device_ids=tuple(device for device, _, _ in counts), **out)
+
+
+def _read_arrays(
+    cursor: psycopg.Cursor[Any],
+    arguments: dict[str, Any],
+    out: dict[str, npt.NDArray[Any]],
+    position: int,
+    count: int,
+) -> None:
+    """Read one device's `count` rows as arrays into `out[...][position:]`."""
+    cursor.execute(_SELECT_ARRAYS, arguments)
+    result = cursor.pgresult
+    device = arguments["device"]
+    if result is None or result.ntuples != 1:
+        raise psycopg.DataError(f"reading {device}: expected one row of arrays")
+    end = position + count
+    for index, (name, wire, _) in enumerate(_READ_COLUMNS):
+        out[name][position:end] = _array(result.get_value(0, index), wire, count, name)
+    if np.any(np.diff(out["timestamp"][position:end]) < 0):
+        raise psycopg.DataError(f"reading {device}: the fixes arrived out of time order")
+
+
+def _array(raw: bytes | None, wire: str, count: int, name: str) -> npt.NDArray[Any]:
+    """The `count` values of a binary one-dimensional array of `wire` elements, no NULLs."""
+    item = np.dtype([("size", ">i4"), ("value", wire)])
+    if raw is None or len(raw) != _ARRAY_HEADER.itemsize + count * item.itemsize:
+        raise psycopg.DataError(f"{name}: the array does not hold the {count} fixes counted")
+    header = np.frombuffer(raw, _ARRAY_HEADER, count=1)[0]
+    # With one dimension of `count` elements, no NULL and the exact byte length, every
+    # element has the width of `wire`: the values can be taken at fixed strides.
+    if header["ndim"] != 1 or header["has_nulls"] or header["length"] != count:
+        raise psycopg.DataError(f"{name}: not a one-dimensional array of {count} values")
+    return np.frombuffer(raw, item, count=count, offset=_ARRAY_HEADER.itemsize)["value"]
 
 
 class _RowStream:

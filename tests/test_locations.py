@@ -1,4 +1,5 @@
-"""public.locations: the COPY BINARY reader, the seeding writer and the doctor report."""
+"""public.locations: the reader (binary arrays and binary COPY), the seeding writer and the doctor
+report."""
 
 from __future__ import annotations
 
@@ -176,9 +177,12 @@ def _random_points(count: int, seed: int = 7) -> Points:
     )
 
 
+@pytest.mark.parametrize("path", ["arrays", "copy"])
 def test_seeded_points_read_back_identically_direct_and_through_pgbouncer(
-    scratch_database: Database, pgbouncer: Database
+    path: str, scratch_database: Database, pgbouncer: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Small devices come back as arrays, large ones as a streamed COPY: both, exactly.
+    monkeypatch.setattr(locations, "_ARRAY_MAX_ROWS", 100_000 if path == "arrays" else 0)
     points = _random_points(30_000)
     progress: list[tuple[int, ...]] = []
     with scratch_database.connect() as conn:
@@ -270,6 +274,39 @@ def test_doctor_on_an_empty_table_has_no_plans(scratch_database: Database) -> No
     assert report.table_exists
     assert report.sample is None
     assert report.plans == {}
+
+
+def _binary_value(conn: psycopg.Connection[tuple[object, ...]], query: str) -> bytes | None:
+    """The first column of the one row of `query`, in binary form."""
+    cursor = conn.cursor(binary=True)
+    cursor.execute(query)
+    assert cursor.pgresult is not None
+    return cursor.pgresult.get_value(0, 0)
+
+
+def test_the_array_parser_takes_whole_columns_and_refuses_what_it_did_not_count(
+    postgres: Database,
+) -> None:
+    with postgres.connect() as conn:
+        column = _binary_value(
+            conn, "SELECT array_agg(n::float8) FROM generate_series(1, 100000) n"
+        )
+        values = locations._array(column, ">f8", 100_000, "lat")
+        np.testing.assert_array_equal(values, np.arange(1, 100_001))
+        with pytest.raises(psycopg.DataError, match="the 99999 fixes counted"):
+            locations._array(column, ">f8", 99_999, "lat")
+        # 12 int4 elements take as many bytes as 8 int8 ones: the header tells them apart.
+        ints = _binary_value(conn, "SELECT array_agg(n::int4) FROM generate_series(1, 12) n")
+        with pytest.raises(psycopg.DataError, match="not a one-dimensional array of 8 values"):
+            locations._array(ints, ">i8", 8, "timestamp")
+        with_null = _binary_value(conn, "SELECT ARRAY[1.5, NULL, 2.5]::float8[]")
+        with pytest.raises(psycopg.DataError, match="lon"):
+            locations._array(with_null, ">f8", 3, "lon")
+        square = _binary_value(conn, "SELECT ARRAY[[1, 2], [3, 4]]::float8[]")
+        with pytest.raises(psycopg.DataError, match="lat"):
+            locations._array(square, ">f8", 4, "lat")
+        with pytest.raises(psycopg.DataError, match="battery"):
+            locations._array(None, ">i4", 1, "battery")
 
 
 def _copy_generated(
