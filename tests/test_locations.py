@@ -92,13 +92,15 @@ def known_rows(postgres: Database) -> Iterator[None]:
         conn.execute("DROP TABLE public.locations")
 
 
+@pytest.fixture(params=["direct", "pgbouncer"])
+def routed(request: pytest.FixtureRequest, postgres: Database, pgbouncer: Database) -> Database:
+    """The session database, reached directly and through PgBouncer."""
+    return postgres if request.param == "direct" else pgbouncer
+
+
 @pytest.mark.usefixtures("known_rows")
-@pytest.mark.parametrize("route", ["direct", "pgbouncer"])
-def test_reader_returns_exactly_the_half_open_window(
-    route: str, postgres: Database, pgbouncer: Database
-) -> None:
-    database = postgres if route == "direct" else pgbouncer
-    with database.connect() as conn:
+def test_reader_returns_exactly_the_half_open_window(routed: Database) -> None:
+    with routed.connect() as conn:
         points = locations.read_points(conn, T0, T1, None)
     _assert_same(points, _expected())
     assert points.device_ids == ("phone", "tab", "ü-watch")  # code-point order
@@ -106,13 +108,11 @@ def test_reader_returns_exactly_the_half_open_window(
 
 
 @pytest.mark.usefixtures("known_rows")
-@pytest.mark.parametrize("route", ["direct", "pgbouncer"])
 def test_a_limit_counts_only_its_part_of_the_read_and_refuses_before_reading(
-    route: str, postgres: Database, pgbouncer: Database
+    routed: Database,
 ) -> None:
-    database = postgres if route == "direct" else pgbouncer
     part = (T0, T0 + 2 * HOUR)  # 4 of the 6 fixes: phone x2, tab, ü-watch
-    with database.connect() as conn:
+    with routed.connect() as conn:
         exact = locations.read_points(conn, T0, T1, None, locations.PointLimit(*part, rows=4))
         _assert_same(exact, _expected())  # the whole range is read, context included
         with pytest.raises(locations.TooManyPoints) as refused:
