@@ -45,7 +45,7 @@ schemas: install  ## export the JSON Schemas of the event data to docs/events
 lint: install  ## ruff (lint + format check) and mypy --strict
 	$(VENV)/bin/ruff check $(CODE) tests
 	$(VENV)/bin/ruff format --check $(CODE) tests
-	$(VENV)/bin/mypy $(CODE)
+	$(VENV)/bin/mypy $(CODE) tests/bench
 
 .PHONY: fmt
 fmt: install  ## apply ruff's fixes and formatting

@@ -178,7 +178,7 @@ def job_cycles_in_processes(dsn: str, schema: str, count: int, processes: int) -
     ]
     for worker in workers:
         worker.start()
-    spans = [results.get() for _ in workers]
+    spans: list[tuple[float, float]] = [results.get() for _ in workers]
     for worker in workers:
         worker.join()
     return max(end for _, end in spans) - min(start for start, _ in spans)

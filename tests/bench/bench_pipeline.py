@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import threading
 import time
+import timeit
 import uuid
 from collections.abc import Callable, Iterator
 from multiprocessing.queues import Queue
@@ -47,6 +48,13 @@ DAYS = [SPEC.start + dt.timedelta(days=k) for k in range(SPEC.days)]
 DEVICES = ("phone1", "phone2", "phone3")
 STATUS_PACE = 50.0
 """GetJobStatus calls/s of the paced probe: clients polling the jobs in flight."""
+
+
+def pace() -> str:
+    """How fast this machine runs plain Python right now: the same pipeline ran twice as
+    slow on the same machine on different days, so compare runs by this too."""
+    best = min(timeit.repeat("sum(range(1_000_000))", number=1, repeat=5))
+    return f"sum(range(1_000_000)) best of 5 took {best * 1000:.1f} ms"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -424,6 +432,7 @@ def main() -> None:
         "TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
     )
     print(f"machine: {os.cpu_count()} cores; every service a separate process on it")
+    print(f"pace at the start: {pace()}")
     with system(admin) as (stack, jobs), grpc.insecure_channel(stack.url("ingress")) as channel:
         stub = distance_pb2_grpc.DistanceServiceStub(channel)  # type: ignore[no-untyped-call]
         one_day_latency(stack, jobs, 5)  # warm-up
@@ -434,6 +443,7 @@ def main() -> None:
         ingress_start(stack, jobs, 5)
         # Last: it leaves thousands of undelivered job.queued events behind.
         submit_path(stack, args.seconds)
+    print(f"pace at the end: {pace()}")
 
 
 if __name__ == "__main__":

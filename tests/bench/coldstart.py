@@ -53,7 +53,7 @@ def _poll(check: Callable[[], bool], timeout: float = 60) -> None:
 
 
 def measure(
-    process: ServiceProcess, ready: Callable[[], bool], first: Callable[[], None]
+    process: ServiceProcess, ready: Callable[[], bool], first: Callable[[], object]
 ) -> tuple[float, float]:
     """Seconds from start to ready, and to the first answered request."""
     started = time.monotonic()
