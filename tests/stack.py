@@ -102,7 +102,11 @@ def start_stack(
     bucket = f"pipeline-{uuid.uuid4().hex[:10]}"
     env = stack_env(database, s3, bucket, **extra)
     settings = config.DatabaseSettings(database_url=database.dsn)
-    jobs = config.JobSettings(job_lease_seconds=10, job_republish_seconds=1)
+    # The sweep (run by this process) follows the services' job settings, so a caller that
+    # sets JOB_REPUBLISH_SECONDS or JOB_MAX_ATTEMPTS changes both alike.
+    jobs = config.JobSettings.model_validate(
+        {name: env[name.upper()] for name in config.JobSettings.model_fields if name.upper() in env}
+    )
     supervisor = Supervisor(
         env=env,
         out=out or Discard(),
