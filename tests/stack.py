@@ -97,8 +97,14 @@ def stack_env(database: Database, s3: S3Server, bucket: str, **extra: str) -> di
 
 
 def start_stack(
-    database: Database, s3: S3Server, out: io.TextIOBase | None = None, **extra: str
+    database: Database,
+    s3: S3Server,
+    out: io.TextIOBase | None = None,
+    time_scale: float = 0.05,
+    **extra: str,
 ) -> Stack:
+    """All services, the dev broker (its backoffs scaled by `time_scale`: short for tests)
+    and a sweep every 0.5 s, with `extra` settings for every service."""
     bucket = f"pipeline-{uuid.uuid4().hex[:10]}"
     env = stack_env(database, s3, bucket, **extra)
     settings = config.DatabaseSettings(database_url=database.dsn)
@@ -113,7 +119,7 @@ def start_stack(
         migrate=lambda: migrate_jobs(settings),
         sweep=lambda sink: sweep_once(settings, jobs, config.EventSettings(k_sink=sink)),
         sweep_interval=0.5,
-        time_scale=0.05,
+        time_scale=time_scale,
     ).start()
     return Stack(supervisor, env, database, s3, bucket)
 
