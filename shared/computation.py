@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import json
 import logging
 import tempfile
 import time
@@ -139,7 +138,7 @@ class Computation:
         from shared.engine import EngineParams, analyze, day_window, read_range
         from shared.export import write_csv
         from shared.locations import PointLimit, TooManyPoints, read_points
-        from shared.report import series_of
+        from shared.report import series_json
 
         try:
             params = EngineParams.model_validate(job.parameters)
@@ -182,7 +181,7 @@ class Computation:
                 )
             digest, size = sha256_of(csv)
             self.objects.upload(keys.csv_key, csv, size, CSV_TYPE)
-            self._upload_json(keys.series_key, json.dumps(series_of(analysis)).encode())
+            self._upload_json(keys.series_key, series_json(analysis))
             self._upload_json(keys.summary_key, summary.model_dump_json(indent=2).encode())
             if self.storage.csv_output_path is not None:
                 write_compat_copy(self.storage.csv_output_path, keys.csv_name, csv)

