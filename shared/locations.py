@@ -9,7 +9,9 @@ How `read_points` stays fast:
 - One snapshot (REPEATABLE READ) counts each device's rows in the window, then reads each
   device's rows in time order, one query per device. The counts size the output arrays
   exactly, and the device column never crosses the wire: the client already knows which
-  device each query returns.
+  device each query returns. A read of one device starts with its arrays query, which
+  carries the counts: when the device fits under the array bound, that one query is the
+  whole read.
 - Every column read has a fixed width (nullable integers are COALESCEd to -1, a NULL
   `created_at` to `-infinity`), so many values are parsed by one `np.frombuffer` with a
   structured big-endian dtype and assigned into the preallocated arrays. No Python value
@@ -117,23 +119,6 @@ _SELECT_DEVICE = sql.SQL(
     where=_DEVICE_WINDOW,
 )
 
-# The same rows as one row of arrays. array_agg takes the rows in the sorted subquery's
-# order (PostgreSQL keeps it without joins or grouping; checked on read), where ORDER BY
-# inside each aggregate would sort every column separately.
-_SELECT_ARRAYS = sql.SQL(
-    "SELECT {arrays} FROM"
-    ' (SELECT {columns} FROM public.locations WHERE {where} ORDER BY "timestamp") AS fix'
-).format(
-    arrays=sql.SQL(", ").join(
-        sql.SQL("array_agg({})").format(sql.Identifier(name)) for name, _, _ in _READ_COLUMNS
-    ),
-    columns=sql.SQL(", ").join(
-        sql.SQL("{} AS {}").format(sql.SQL(expression), sql.Identifier(name))
-        for name, _, expression in _READ_COLUMNS
-    ),
-    where=_DEVICE_WINDOW,
-)
-
 # Each device's fixes in the read range, and those of them inside the limited part.
 _COUNTS = sql.SQL(
     'count(*), count(*) FILTER (WHERE "timestamp" >= %(inner_start)s'
@@ -162,6 +147,28 @@ CROSS JOIN LATERAL (
 ) c (n, inner_n)
 WHERE c.n > 0"""
 ).format(counts=_COUNTS, window=_WINDOW)
+
+
+# The same rows as one row: their count, the count inside the limited part, and each column
+# as an array. At most _ARRAY_MAX_ROWS + 1 rows are taken, so a count above the bound says
+# "stream it instead" without the server building huge arrays. array_agg takes the rows in
+# the sorted subquery's order (PostgreSQL keeps it without joins or grouping; checked on
+# read), where ORDER BY inside each aggregate would sort every column separately.
+_SELECT_ARRAYS = sql.SQL(
+    "SELECT {counts}, {arrays} FROM (SELECT {columns} FROM public.locations WHERE {where}"
+    ' ORDER BY "timestamp" LIMIT {bound}) AS fix'
+).format(
+    counts=_COUNTS,
+    arrays=sql.SQL(", ").join(
+        sql.SQL("array_agg({})").format(sql.Identifier(name)) for name, _, _ in _READ_COLUMNS
+    ),
+    columns=sql.SQL(", ").join(
+        sql.SQL("{} AS {}").format(sql.SQL(expression), sql.Identifier(name))
+        for name, _, expression in _READ_COLUMNS
+    ),
+    where=_DEVICE_WINDOW,
+    bound=sql.Literal(_ARRAY_MAX_ROWS + 1),
+)
 
 
 @dataclass(frozen=True)
@@ -237,26 +244,36 @@ def read_points(
     Sorted by device (code-point order of the ids) then timestamp; `device_ids` lists only
     devices with fixes in the window. NULL accuracy/velocity/battery read as -1 and a NULL
     `created_at` as `MISSING_TIME`. `conn` must not be inside a transaction: the read runs
-    in its own read-only snapshot. With `limit`, raises `TooManyPoints` before reading
-    anything when its part holds more fixes than it allows (counted in the same snapshot).
+    in its own read-only snapshot. With `limit`, raises `TooManyPoints` when its part holds
+    more fixes than it allows (counted in the same snapshot), before reading more than
+    `_ARRAY_MAX_ROWS` rows of any device.
     """
     window = _window(start_utc, end_utc, device_id, limit)
     with _snapshot(conn):
-        counts = _device_counts(conn, window)
+        arrays = conn.cursor(binary=True)
+        first = _fetch_arrays(arrays, window) if device_id is not None else None
+        if first is not None and first[0] <= _ARRAY_MAX_ROWS:
+            # One device, all of it in that one answer (the common job): no count query.
+            count, inner, _ = first
+            counts = [(str(device_id), count, inner)] if count else []
+        else:
+            first = None
+            counts = _device_counts(conn, window)
         if limit is not None:
             limited = sum(inner for _, _, inner in counts)
             if limited > limit.rows:
                 raise TooManyPoints(limited, limit)
         total = sum(count for _, count, _ in counts)
         out = {name: np.empty(total, dtype) for name, dtype in DTYPES.items()}
-        rows, arrays = conn.cursor(), conn.cursor(binary=True)
+        rows = conn.cursor()
         statement = sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(_SELECT_DEVICE)
         position = 0
         for code, (device, count, _) in enumerate(counts):
             out["device"][position : position + count] = code
             arguments = {**window, "device": device}
             if count <= _ARRAY_MAX_ROWS:
-                _read_arrays(arrays, arguments, out, position, count)
+                result = first[2] if first is not None else _fetch_arrays(arrays, arguments)[2]
+                _fill(out, position, count, result, device)
             else:
                 with rows.copy(statement, arguments) as copy:
                     _RowStream(out, position, count).consume(conn, copy)
@@ -267,21 +284,29 @@ def read_points(
     return Points(device_ids=tuple(device for device, _, _ in counts), **out)
 
 
-def _read_arrays(
-    cursor: psycopg.Cursor[Any],
-    arguments: dict[str, Any],
+def _fetch_arrays(
+    cursor: psycopg.Cursor[Any], arguments: dict[str, Any]
+) -> tuple[int, int, pq.abc.PGresult]:
+    """One device's rows as arrays (up to the bound): (rows, rows in the limited part, the
+    result holding the arrays)."""
+    cursor.execute(_SELECT_ARRAYS, arguments)
+    result = cursor.pgresult
+    if result is None or result.ntuples != 1:
+        raise psycopg.DataError(f"reading {arguments['device']}: expected one row of arrays")
+    count, inner = (int.from_bytes(result.get_value(0, i) or b"", "big") for i in (0, 1))
+    return count, inner, result
+
+
+def _fill(
     out: dict[str, npt.NDArray[Any]],
     position: int,
     count: int,
+    result: pq.abc.PGresult,
+    device: str,
 ) -> None:
-    """Read one device's `count` rows as arrays into `out[...][position:]`."""
-    cursor.execute(_SELECT_ARRAYS, arguments)
-    result = cursor.pgresult
-    device = arguments["device"]
-    if result is None or result.ntuples != 1:
-        raise psycopg.DataError(f"reading {device}: expected one row of arrays")
+    """Copy one device's `count` rows from the arrays of `result` into `out[...][position:]`."""
     end = position + count
-    for index, (name, wire, _) in enumerate(_READ_COLUMNS):
+    for index, (name, wire, _) in enumerate(_READ_COLUMNS, start=2):
         out[name][position:end] = _array(result.get_value(0, index), wire, count, name)
     if np.any(np.diff(out["timestamp"][position:end]) < 0):
         raise psycopg.DataError(f"reading {device}: the fixes arrived out of time order")

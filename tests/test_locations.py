@@ -193,6 +193,14 @@ def test_seeded_points_read_back_identically_direct_and_through_pgbouncer(
             progress=lambda done, total: progress.append((done, total)),
         )
         direct = locations.read_points(conn, T0, T1, None)
+        # One device at a time: its answer with its counts in one query (arrays), or counted
+        # first and then streamed (copy).
+        for code, device in enumerate(points.device_ids):
+            one = locations.read_points(conn, T0, T1, device)
+            assert one.device_ids == (device,)
+            mine = points.take(points.device == code)
+            for name in DTYPES.keys() - {"device"}:
+                np.testing.assert_array_equal(getattr(one, name), getattr(mine, name), name)
         assert locations.diagnose(conn).index == locations.INDEX_NAME
         nulls = conn.execute(
             "SELECT count(*) - count(accuracy), count(*) - count(created_at), count(*)"
