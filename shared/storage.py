@@ -219,9 +219,9 @@ class ObjectStore:
         now = now or dt.datetime.now(dt.UTC)
         expiry = self.settings.presign_expiry_seconds
         step = min(expiry // 60, 60)
-        if step:
-            now = dt.datetime.fromtimestamp(now.timestamp() // step * step, dt.UTC)
-        return self._signed(key, now)
+        if not step:  # expiries under a minute: signed at the moment asked, nothing to reuse
+            return self._sign(key, now)
+        return self._signed(key, dt.datetime.fromtimestamp(now.timestamp() // step * step, dt.UTC))
 
     def _sign(self, key: str, signed_at: dt.datetime) -> Download:
         expires = dt.timedelta(seconds=self.settings.presign_expiry_seconds)
