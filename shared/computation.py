@@ -161,7 +161,7 @@ class Computation:
                     f"({self.storage.max_csv_rows}); ask for fewer days or one device"
                 ) from None
             metrics.db_read.record(time.monotonic() - read_started)
-        with telemetry.span("analyze", attributes={"points": len(points)}):
+        with telemetry.span("analyze", attributes={"fixes": len(points)}):
             analysis = analyze(points, window, params)
         summary = analysis.summary
         metrics.points.add(summary.points.read)

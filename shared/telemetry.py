@@ -15,11 +15,12 @@ import os
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
 
 from shared.config import TelemetrySettings
 
@@ -37,6 +38,7 @@ class _State:
     prometheus = False
     exporting = False
     tracer_provider: trace.TracerProvider | None = None
+    tracer: trace.Tracer | None = None
     meter_provider: metrics.MeterProvider | None = None
     instruments: Instruments | None = None
     queue_depth = 0
@@ -105,6 +107,8 @@ def setup(function: str, settings: TelemetrySettings, *, instrument_psycopg: boo
 
             readers.append(PrometheusMetricReader())
         _state.tracer_provider = tracer_provider
+        # One tracer for the process: the SDK builds a new one (and its scope) on every call.
+        _state.tracer = tracer_provider.get_tracer("otel-worker")
         _state.meter_provider = MeterProvider(resource=resource, metric_readers=readers)
         _state.instruments = None
         # Database spans only matter where spans are exported; the instrumentation costs a
@@ -137,19 +141,22 @@ def tracer_provider() -> trace.TracerProvider:
 
 def tracer() -> trace.Tracer:
     """The tracer for otel-worker's own spans."""
-    return tracer_provider().get_tracer("otel-worker")
+    return _state.tracer or trace.NoOpTracer()
 
 
 @contextlib.contextmanager
 def span(
-    name: str, parent: Mapping[str, str] | None = None, **attributes: Any
+    name: str,
+    parent: Mapping[str, str] | None = None,
+    attributes: Mapping[str, AttributeValue] | None = None,
 ) -> Iterator[trace.Span]:
-    """A span named `name`; `parent` carries a W3C `traceparent` to continue a trace."""
+    """A span named `name` with `attributes`; `parent` carries a W3C `traceparent` to
+    continue a trace."""
     token = None
     if parent is not None:
         token = otel_context.attach(_PROPAGATOR.extract(dict(parent)))
     try:
-        with tracer().start_as_current_span(name, attributes=dict(attributes or {})) as current:
+        with tracer().start_as_current_span(name, attributes=attributes) as current:
             yield current
     finally:
         if token is not None:

@@ -33,6 +33,7 @@ class Span:
     trace_id: str
     span_id: str
     parent_id: str
+    attributes: dict[str, object]
 
 
 class Captured(io.TextIOBase):
@@ -64,6 +65,10 @@ def _spans(receiver: RecordingServer) -> list[Span]:
                         span.trace_id.hex(),
                         span.span_id.hex(),
                         span.parent_span_id.hex(),
+                        {
+                            a.key: getattr(a.value, a.value.WhichOneof("value") or "string_value")
+                            for a in span.attributes
+                        },
                     )
                     for span in scope.spans
                 )
@@ -127,6 +132,13 @@ def test_one_job_is_one_trace_across_ingress_submit_and_compute(
     services = {s.service for s in trace}
     assert services >= {"otel-worker-ingress", "otel-worker-submit", "otel-worker-compute"}
     assert expected <= {s.name for s in trace}
+    # Each step of the job says what it worked on.
+    named = {s.name: s.attributes for s in trace}
+    assert named["read points"]["job.id"] == reply.job_id
+    assert job.result is not None
+    # (the fixes analysed include the context read on each side of the day)
+    assert named["analyze"]["fixes"] > job.result["points"]["read"] > 0
+    assert str(named["upload"]["key"]).startswith(f"jobs/{reply.job_id}/distance_20240312")
     # psycopg is instrumented: the statements are child spans of each function's span.
     for service, parent_name in (
         ("otel-worker-submit", "submit distance.requested"),
