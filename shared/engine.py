@@ -599,11 +599,15 @@ def _window_sums(values: Floats, width: int, out: Floats) -> Floats:
 
 
 def _still(fixes: _Fixes, chain: _Chain, params: EngineParams) -> Bools:
-    """Fixes within the jitter radius of where their device was over its previous fixes.
+    """Fixes within the jitter radius of where their device was over its previous fixes,
+    while that place has stayed within the radius of where it was at the last used fix.
 
     "Where it was" is the centroid of the device's `jitter_fixes` fixes before this one:
     averaging makes it steady, so a resting device's noise rarely escapes the radius,
-    while a walk leaves it within a few fixes. A device's first fix is never jitter.
+    while a walk leaves it within a few fixes. Motion that is slow for the rate of fixes
+    (a walk logged every second) stays within the radius of a centroid that trails it,
+    but the centroid moves with it: once it has moved the radius from the centroid of the
+    last used fix, the fix is used (see `_drifted`). A device's first fix is never jitter.
     """
     n = len(chain.idx)
     still = np.zeros(n, dtype=bool)
@@ -612,6 +616,7 @@ def _still(fixes: _Fixes, chain: _Chain, params: EngineParams) -> Bools:
     k, radius = params.jitter_fixes, params.jitter_radius_m
     unit_m = EARTH_RADIUS_KM * 1000.0
     accuracy, device_start = fixes.points.accuracy, 0
+    anchor = np.zeros(3)  # the centroid at the last used fix, carried from slice to slice
     # Slice by slice, each with the predecessors its first fixes look back to, so that the
     # sums and temporaries stay in the CPU's cache.
     for a in range(0, n, CHUNK):
@@ -631,15 +636,16 @@ def _still(fixes: _Fixes, chain: _Chain, params: EngineParams) -> Bools:
         lead = min(s + k - a, b - a)
         idx = chain.idx[s:b]
         sq = np.zeros(b - a)
-        centroid = np.empty(b - a)
-        for column in fixes.xyz:
+        centroid = np.empty((3, b - a))
+        for axis, column in enumerate(fixes.xyz):
             c = column[idx]
-            full = _window_sums(c, k, out=centroid[lead:])
+            full = _window_sums(c, k, out=centroid[axis, lead:])
             full /= k
             if len(short):
-                centroid[short] = np.add.reduceat(c, window)[0::2] / np.maximum(count, 1)
+                # (a device's first fix, with no predecessor, gets its own place)
+                centroid[axis, short] = np.add.reduceat(c, window)[0::2] / np.maximum(count, 1)
             here = c[a - s :]
-            here -= centroid
+            here -= centroid[axis]
             here *= here
             sq += here
         here_still = np.less(sq, (radius / unit_m) ** 2, out=still[a:b])
@@ -648,7 +654,58 @@ def _still(fixes: _Fixes, chain: _Chain, params: EngineParams) -> Bools:
         worse = np.flatnonzero(claimed > radius)
         here_still[worse] = sq[worse] < np.square(claimed[worse] / unit_m)
         here_still[short[count == 0]] = False
+        anchor = _drifted(centroid, here_still, anchor, (radius / unit_m) ** 2)
     return still
+
+
+def _drifted(centroid: Floats, still: Bools, anchor: Floats, limit: float) -> Floats:
+    """Clears `still` where a fix's centroid (column of `centroid`) lies at a squared chord
+    of `limit` or more from the anchor: the centroid at the device's last used fix before
+    it, or `anchor` for the fixes before the slice's first used one. Returns the anchor
+    after the slice.
+
+    Where nothing drifts (the usual case) that is one vectorised pass. Each fix it frees
+    becomes the anchor of the fixes after it, so drifting runs are resolved fix by fix,
+    each search vectorised over blocks that double in size: Python steps only once per
+    radius travelled.
+    """
+    m = len(still)
+    used = np.flatnonzero(~still)
+    last = np.full(m, -1, dtype=np.int64)
+    last[used] = used
+    np.maximum.accumulate(last, out=last)
+    ref = centroid[:, np.maximum(last, 0)]
+    ref[:, last < 0] = anchor[:, None]
+    drift = centroid - ref
+    drift *= drift
+    far = np.flatnonzero(still & (drift.sum(axis=0) >= limit))
+    i = 0
+    while i < len(far):
+        at = int(far[i])
+        following = np.searchsorted(used, at)
+        end = int(used[following]) if following < len(used) else m
+        # Every fix between `at` and `end` is still; their anchor is now `at`'s centroid.
+        while at >= 0:
+            still[at] = False
+            at = _first_far(centroid, at, end, limit)
+        i = int(np.searchsorted(far, end))
+    moved = np.flatnonzero(~still)
+    return centroid[:, moved[-1]].copy() if len(moved) else anchor
+
+
+def _first_far(centroid: Floats, at: int, end: int, limit: float) -> int:
+    """The first column in `at + 1 : end` at a squared chord of `limit` or more from
+    column `at`, or -1."""
+    start, size = at + 1, 64
+    while start < end:
+        stop = min(start + size, end)
+        step = centroid[:, start:stop] - centroid[:, at, None]
+        step *= step
+        hit = np.flatnonzero(step.sum(axis=0) >= limit)
+        if len(hit):
+            return start + int(hit[0])
+        start, size = stop, 2 * size
+    return -1
 
 
 def _states(home_km: Floats, chain: _Chain, params: EngineParams) -> npt.NDArray[np.int8]:

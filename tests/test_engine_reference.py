@@ -118,17 +118,22 @@ def reference(fixes: list[Fix], start: int, end: int, p: dict[str, float]) -> Re
         for f in jumps:
             f.rule = "jump"
         valid = [f for f in chain if f.rule != "jump"]
+        anchor: list[float] = []  # the centroid at the last used fix
         for i, f in enumerate(valid):
             past = valid[max(0, i - int(p["jitter_fixes"])) : i]
+            here = unit((f.lat, f.lon))
             if not past:
+                anchor = list(here)
                 continue
             vectors = [unit((g.lat, g.lon)) for g in past]
             centre = [sum(v[k] for v in vectors) / len(vectors) for k in range(3)]
-            here = unit((f.lat, f.lon))
             chord = math.dist(here, centre)
             radius = max(p["jitter_radius_m"], f.acc) if f.acc != -1 else p["jitter_radius_m"]
-            if chord < radius / (R_KM * 1000):
+            drift = math.dist(centre, anchor)
+            if chord < radius / (R_KM * 1000) and drift < p["jitter_radius_m"] / (R_KM * 1000):
                 f.rule = "jitter"
+            else:
+                anchor = centre
         used = [f for f in valid if f.rule == ""]
         # A move from a resting place starts after the last fix seen there.
         last_seen = {id(f): valid[i - 1].t for i, f in enumerate(valid) if i}
