@@ -104,8 +104,10 @@ def _integers(values: npt.NDArray[Any], empty: npt.NDArray[np.bool_] | None = No
 
 
 def _decimals(values: npt.NDArray[np.float64], places: int) -> Bytes:
-    """Fixed-point numbers with `places` decimals; NaN is left blank."""
-    blank = np.isnan(values)
+    """Fixed-point numbers with `places` decimals. NaN, infinities and magnitudes too large
+    for fixed point (an invalid coordinate such as 1e300) are left blank."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        blank = ~(np.abs(values) < 2.0**62 / 10.0**places)
     scaled = np.rint(np.abs(np.where(blank, 0.0, values)) * 10.0**places).astype(np.int64)
     whole, fraction = np.divmod(scaled, 10**places)
     out = _join(

@@ -68,28 +68,38 @@ def _first_bad(values: Sequence[Any], good: Callable[[Any], bool]) -> int:
     return next(k for k, value in enumerate(values) if not good(value))
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any, finite: bool = True) -> bool:
     if isinstance(value, bool) or value is None:
         return False
     try:
-        return bool(np.isfinite(float(value)))
+        number = float(value)
     except (TypeError, ValueError):
         return False
+    return bool(np.isfinite(number)) or not finite
 
 
 def _numbers(
-    values: Sequence[Any], name: str, path: Path, lines: Sequence[int]
+    values: Sequence[Any], name: str, path: Path, lines: Sequence[int], *, finite: bool = True
 ) -> npt.NDArray[np.float64]:
-    """Values as float64, or SourceError naming the first value that is not a finite number."""
+    """Values as float64, or SourceError naming the first value that is not a number (not a
+    finite one, unless `finite` is False)."""
     try:
         array = np.array(values, dtype=np.float64)
         # numpy reads JSON's true/false as 1/0: they are not numbers here.
-        if np.isfinite(array).all() and bool not in set(map(type, values)):
+        if (np.isfinite(array).all() or not finite) and bool not in set(map(type, values)):
             return array
     except (TypeError, ValueError):
         pass
-    k = _first_bad(values, _is_number)
+    k = _first_bad(values, lambda value: _is_number(value, finite))
     raise _fail(path, lines[k], f"{name} {values[k]!r} is not a number")
+
+
+def _coordinates(
+    values: Sequence[Any], name: str, path: Path, lines: Sequence[int]
+) -> npt.NDArray[np.float64]:
+    """Latitudes or longitudes. NaN and infinities are numbers here: the engine drops them by
+    its `invalid` rule and counts them, as it does for the same rows read from PostgreSQL."""
+    return _numbers(values, name, path, lines, finite=False)
 
 
 def _optional_ints(
@@ -208,8 +218,8 @@ def read_locations_csv(text: str, path: Path) -> Points:
         columns["device_id"],
         {
             "timestamp": _times(columns["timestamp"], "timestamp", path, lines),
-            "lat": _numbers(columns["latitude"], "latitude", path, lines),
-            "lon": _numbers(columns["longitude"], "longitude", path, lines),
+            "lat": _coordinates(columns["latitude"], "latitude", path, lines),
+            "lon": _coordinates(columns["longitude"], "longitude", path, lines),
             "accuracy": _optional_ints(column("accuracy"), "accuracy", path, lines),
             "velocity": _optional_ints(column("velocity"), "velocity", path, lines),
             "battery": _optional_ints(column("battery"), "battery", path, lines),
@@ -254,8 +264,8 @@ def _locations(
         devices,
         {
             "timestamp": np.rint(tst * US_PER_S).astype(np.int64),
-            "lat": _numbers([item["lat"] for item in found], "lat", path, where),
-            "lon": _numbers([item["lon"] for item in found], "lon", path, where),
+            "lat": _coordinates([item["lat"] for item in found], "lat", path, where),
+            "lon": _coordinates([item["lon"] for item in found], "lon", path, where),
             "accuracy": _optional_ints([item.get("acc") for item in found], "acc", path, where),
             "velocity": _optional_ints([item.get("vel") for item in found], "vel", path, where),
             "battery": _optional_ints([item.get("batt") for item in found], "batt", path, where),

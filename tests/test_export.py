@@ -99,6 +99,25 @@ def test_odd_values_are_written_correctly() -> None:
     assert table[0]["distance_from_home_km"] == "0.000000"
 
 
+def test_coordinates_that_cannot_be_written_in_fixed_point_are_blank() -> None:
+    # PostgreSQL's double precision holds 'Infinity'; such fixes are invalid and say so.
+    window = day_window(dt.date(2024, 1, 1), dt.date(2024, 1, 1), TZ)
+    bad = [np.inf, -np.inf, np.nan, 1e300, -1e19]
+    points = Points.from_columns(
+        ["phone"],
+        device=np.zeros(len(bad) + 1),
+        timestamp=window.start_us + np.arange(len(bad) + 1) * 60_000_000,
+        lat=[*bad, HOME[0]],
+        lon=[*(-np.array(bad)), HOME[1]],
+    )
+    params = EngineParams(home_latitude=HOME[0], home_longitude=HOME[1])
+    table = rows(export.csv_bytes(analyze(points, window, params)))
+    assert [(r["latitude"], r["longitude"], r["dropped_by"]) for r in table[:-1]] == [
+        ("", "", "invalid")
+    ] * len(bad)
+    assert (table[-1]["latitude"], table[-1]["longitude"]) == ("40.7360970", "-74.0393730")
+
+
 def test_the_csv_goes_to_a_path_or_a_binary_stream(dst_day: Analysis, tmp_path: Path) -> None:
     target = tmp_path / "out.csv"
     written = export.write_csv(dst_day, target)

@@ -153,6 +153,21 @@ def test_a_malformed_file_names_the_line_and_the_problem(
     assert str(raised.value).startswith(f"{path}, {message}")
 
 
+def test_not_a_number_coordinates_are_read_and_left_to_the_invalid_rule(tmp_path: Path) -> None:
+    # What `\\copy locations TO ... CSV` writes for such rows: the engine drops and counts
+    # them, as it does when compute reads the same rows from PostgreSQL.
+    text = (
+        "device_id,latitude,longitude,timestamp\n"
+        "x,NaN,2,1700000000\nx,Infinity,-Infinity,1700000001\nx,1,2,1700000002\n"
+    )
+    points = read_file(write(tmp_path, "a.csv", text))
+    assert np.isnan(points.lat[0])
+    assert points.lat[1] == np.inf
+    assert points.lon[1] == -np.inf
+    fixes = [{"_type": "location", "lat": float("nan"), "lon": 2, "tst": 3}]
+    assert np.isnan(read_file(write(tmp_path, "b.json", json.dumps(fixes))).lat[0])
+
+
 def test_unreadable_files_are_reported(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="No such file"):
         read_file(tmp_path / "missing.csv")
