@@ -1,5 +1,5 @@
 """Submitting a request against the real jobs store: what the caller gets back when the
-settings change between deliveries."""
+settings change between deliveries, and when the database fails after the publish."""
 
 from __future__ import annotations
 
@@ -74,3 +74,31 @@ def test_a_redelivery_after_a_settings_change_gets_the_first_job(
     )
     assert (again.id, created) == (first.id, False)
     assert again.parameters["max_accuracy_m"] == 200.0  # what the first submission captured
+
+
+def test_a_database_failure_after_the_publish_still_answers_the_created_job(
+    database: Database, pool: LazyPool, sink: RecordingServer
+) -> None:
+    def cut_the_submitters_connections() -> None:
+        # What a PgBouncer restart or a failover does between the publish and the mark.
+        with database.connect() as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+
+    sink.on_receive = cut_the_submitters_connections
+    job, created = submit(
+        _submission(pool, sink),
+        REQUEST,
+        requester=None,
+        idempotency_key="published-then-cut",
+        traceparent=None,
+    )
+    assert created
+    assert [r["headers"]["ce-subject"] for r in sink.received] == [str(job.id)]
+    with database.connect() as conn:
+        row = conn.execute(
+            f"SELECT status, published_at FROM {SCHEMA}.jobs WHERE id = %s", [job.id]
+        ).fetchone()
+    assert row == ("queued", None)  # unmarked: the sweep may announce it once more
