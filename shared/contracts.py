@@ -42,7 +42,8 @@ def parse_local_date(value: object) -> dt.date:
         raise ValueError(f"{value} is not a calendar date") from None
 
 
-def _device_id(value: object) -> str | None:
+def parse_device_id(value: object) -> str | None:
+    """An OwnTracks device id (None for absent or empty: every device)."""
     if value is None or value == "":
         return None
     if not isinstance(value, str) or not _DEVICE.match(value):
@@ -68,7 +69,7 @@ LocalDate = Annotated[
 ]
 DeviceId = Annotated[
     str | None,
-    BeforeValidator(_device_id),
+    BeforeValidator(parse_device_id),
     Field(description="OwnTracks device id; empty or absent means every device"),
 ]
 TimeZone = Annotated[str, AfterValidator(_timezone), Field(description="IANA time zone")]

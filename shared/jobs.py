@@ -35,6 +35,7 @@ from shared.db import Connection, ConnectionSource
 
 DEFAULT_LIST_LIMIT: Final = 50
 MAX_LIST_LIMIT: Final = 500
+MAX_LIST_OFFSET: Final = 2**31 - 1  # the proto's int32; PostgreSQL's bigint ends not far above
 MAX_KEY_LENGTH: Final = 1000  # a btree entry must stay well below its ~2.7 kB limit
 
 
@@ -391,11 +392,13 @@ class JobStore:
 
         `date` matches jobs whose date range contains it; `device_id` matches jobs of that
         device. `limit` 0 means `DEFAULT_LIST_LIMIT` and is capped at `MAX_LIST_LIMIT`;
-        a negative limit or offset raises ValueError. Page and total come from one
-        statement, so they agree.
+        a negative limit or offset, or an offset above `MAX_LIST_OFFSET`, raises
+        ValueError. Page and total come from one statement, so they agree.
         """
         if limit < 0 or offset < 0:
             raise ValueError("limit and offset must not be negative")
+        if offset > MAX_LIST_OFFSET:
+            raise ValueError(f"offset must be at most {MAX_LIST_OFFSET}")
         limit = effective_limit(limit)
         where: LiteralString = "TRUE"
         if status is not None:

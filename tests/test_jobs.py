@@ -16,6 +16,7 @@ import pytest
 from shared import db, migrate
 from shared.config import DatabaseSettings, JobSettings
 from shared.jobs import (
+    MAX_LIST_OFFSET,
     ClaimResult,
     IdempotencyConflict,
     Job,
@@ -409,6 +410,9 @@ def test_list_filters_orders_pages_and_counts(
         store.list_jobs(limit=-1)
     with pytest.raises(ValueError, match="negative"):
         store.list_jobs(offset=-1)
+    assert store.list_jobs(offset=MAX_LIST_OFFSET) == ([], len(made))
+    with pytest.raises(ValueError, match="offset must be at most 2147483647"):
+        store.list_jobs(offset=MAX_LIST_OFFSET + 1)  # a bigint would be out of range higher up
 
 
 def test_list_limit_defaults_to_50_and_is_capped_at_500(

@@ -330,6 +330,8 @@ def test_status_lists_jobs_newest_first_with_filters_and_counts(stack: Stack) ->
         assert job["date"] <= "2024-03-22" <= job["end_date"]
     capped = json.loads(_get(stack, "/jobs?limit=100000").data)
     assert capped["limit"] == 500
+    last = json.loads(_get(stack, "/jobs?offset=2147483647").data)
+    assert (last["jobs"], last["offset"]) == ([], 2147483647)
 
 
 @pytest.mark.parametrize(
@@ -338,6 +340,12 @@ def test_status_lists_jobs_newest_first_with_filters_and_counts(stack: Stack) ->
         ("/jobs?limit=-1", 400, "limit"),
         ("/jobs?offset=-5", 400, "offset"),
         ("/jobs?limit=ten", 400, "limit"),
+        ("/jobs?offset=9223372036854775808", 400, "offset: must be at most 2147483647"),
+        ("/jobs?offset=2147483648", 400, "offset: must be at most 2147483647"),
+        ("/jobs?limit=1_0", 400, "limit: '1_0' is not a whole number"),
+        ("/jobs?offset=%2B5", 400, "offset: '+5' is not a whole number"),
+        ("/jobs?limit=%D9%A3", 400, "limit: '\u0663' is not a whole number"),
+        ("/jobs?device_id=bad%20id", 400, "device_id: must be 1-100 characters"),
         ("/jobs?status=done", 400, "status"),
         ("/jobs?date=2024-02-30", 400, "date"),
         ("/jobs/not-a-uuid", 400, "job_id"),
