@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -67,6 +68,48 @@ def test_plain_json_is_not_taken_for_a_cloudevent() -> None:
         events.parse({"content-type": "application/json"}, b'{"date": "2026-01-01"}')
 
 
+BINARY = {
+    "ce-specversion": "1.0",
+    "ce-type": events.DISTANCE_REQUESTED,
+    "ce-source": "/t",
+    "ce-id": "1",
+    "content-type": "application/json",
+}
+
+
+@pytest.mark.parametrize("missing", ["ce-id", "ce-source", "ce-type"])
+def test_a_binary_event_without_a_required_header_is_refused_naming_it(missing: str) -> None:
+    headers = {k: v for k, v in BINARY.items() if k != missing}
+    with pytest.raises(events.EventError, match=f"^{missing}: required header is missing$"):
+        events.parse(headers, b"{}")
+
+
+@pytest.mark.parametrize("empty", ["ce-id", "ce-source", "ce-type"])
+def test_a_binary_event_with_an_empty_required_header_is_refused_naming_it(empty: str) -> None:
+    with pytest.raises(events.EventError, match=f"^{empty}: must not be empty$"):
+        events.parse({**BINARY, empty: ""}, b"{}")
+
+
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        ({"id": 7}, "id: must be a string (got 7)"),
+        ({"source": ["/t"]}, "source: must be a string"),
+        ({"id": ""}, "id: must not be empty"),
+        ({"source": ""}, "source: must not be empty"),
+        ({"traceparent": 5}, "traceparent: must be a string (got 5)"),
+    ],
+)
+def test_a_structured_event_with_a_bad_attribute_is_refused_naming_it(
+    attributes: dict[str, object], message: str
+) -> None:
+    event = {"specversion": "1.0", "type": events.DISTANCE_REQUESTED, "source": "/t", "id": "1"}
+    body = json.dumps({**event, **attributes, "data": {"date": "2024-03-01"}}).encode()
+    headers = {"content-type": "application/cloudevents+json"}
+    with pytest.raises(events.EventError, match=f"^{re.escape(message)}"):
+        events.parse(headers, body)
+
+
 def test_a_request_with_every_field_validates() -> None:
     data = {
         "date": "2026-03-07",
@@ -112,15 +155,8 @@ def test_bad_requests_name_the_field(data: dict[str, object], message: str) -> N
 
 @pytest.mark.parametrize("data", [b"not json", b"[1, 2]", b""])
 def test_data_that_is_not_a_json_object_is_refused(data: bytes) -> None:
-    headers = {
-        "ce-specversion": "1.0",
-        "ce-type": events.DISTANCE_REQUESTED,
-        "ce-source": "/t",
-        "ce-id": "1",
-        "content-type": "application/json",
-    }
     with pytest.raises(events.EventError, match="data: must be a JSON object"):
-        events.data_as(events.parse(headers, data), DistanceRequested)
+        events.data_as(events.parse(BINARY, data), DistanceRequested)
 
 
 def test_publisher_retries_transient_failures(sink: RecordingServer) -> None:

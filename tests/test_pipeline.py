@@ -130,6 +130,42 @@ def test_a_poison_event_is_dead_lettered_without_retry(stack: Stack) -> None:
     assert count == (0,)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"id": 7}, "id: must be a string (got 7)"),
+        ({"source": ""}, "source: must not be empty"),
+    ],
+)
+def test_a_structured_event_with_a_bad_attribute_is_refused_naming_it(
+    stack: Stack, change: dict[str, object], message: str
+) -> None:
+    event = {
+        "specversion": "1.0",
+        "type": events.DISTANCE_REQUESTED,
+        "source": "/tests/pipeline",
+        "id": str(uuid.uuid4()),
+        "data": {"date": "2024-03-14"},
+    }
+    headers = {"Content-Type": "application/cloudevents+json"}
+    reply = _post(stack.url("submit"), headers, json.dumps({**event, **change}).encode())
+    assert reply.status == 400  # not retried: it can never succeed
+    assert json.loads(reply.data)["error"] == message
+
+
+@pytest.mark.parametrize(("header", "value"), [("ce-id", None), ("ce-source", "")])
+def test_a_binary_event_without_a_required_attribute_is_refused_naming_it(
+    stack: Stack, header: str, value: str | None
+) -> None:
+    headers, body = request_event({"date": "2024-03-14"})
+    headers = {k: v for k, v in headers.items() if k != header}
+    if value is not None:
+        headers[header] = value
+    reply = _post(stack.url("submit"), headers, body)
+    assert reply.status == 400
+    assert json.loads(reply.data)["error"].startswith(f"{header}: ")
+
+
 def test_plain_json_post_gets_json_and_bad_fields_are_named(stack: Stack) -> None:
     ok = urllib3.request(
         "POST",
