@@ -30,16 +30,26 @@ JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "processing", "completed", "fai
 FINISHED: frozenset[str] = frozenset({"completed", "failed"})
 
 
+EARLIEST_DATE: Final = dt.date(1970, 1, 1)
+"""The first local day served: GPS fixes are later, and a window reaching below year 1
+would crash the computation."""
+
+
 def parse_local_date(value: object) -> dt.date:
-    """A calendar date written exactly as YYYY-MM-DD (a real day: no 2026-02-30)."""
+    """A calendar date written exactly as YYYY-MM-DD (a real day: no 2026-02-30), from
+    `EARLIEST_DATE` on."""
     if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
-        return value
-    if not isinstance(value, str) or not _DATE.match(value):
+        day = value
+    elif not isinstance(value, str) or not _DATE.match(value):
         raise ValueError("must be a date written YYYY-MM-DD")
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"{value} is not a calendar date") from None
+    else:
+        try:
+            day = dt.date.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{value} is not a calendar date") from None
+    if day < EARLIEST_DATE:
+        raise ValueError(f"{day} is before {EARLIEST_DATE}, the earliest day served")
+    return day
 
 
 def parse_device_id(value: object) -> str | None:

@@ -124,6 +124,13 @@ def test_a_request_with_every_field_validates() -> None:
     assert request.device_id == "stuart.phone-2"
 
 
+@pytest.mark.parametrize("timezone", ["UTC", "Europe/Berlin", "America/Argentina/Salta"])
+def test_iana_time_zones_and_the_first_day_served_are_accepted(timezone: str) -> None:
+    data = {"date": "1970-01-01", "timezone": timezone}
+    request = events.data_as(_request_event(data), DistanceRequested)
+    assert (request.date, request.timezone) == (dt.date(1970, 1, 1), timezone)
+
+
 def test_an_empty_device_means_all_devices() -> None:
     request = events.data_as(
         _request_event({"date": "2026-03-07", "device_id": ""}), DistanceRequested
@@ -144,6 +151,9 @@ def test_an_empty_device_means_all_devices() -> None:
         ({"date": "2026-03-07", "device_id": "x" * 101}, "device_id: must be 1-100 characters"),
         ({"date": "2026-03-07", "device_id": "../etc"}, "device_id: must be 1-100 characters"),
         ({"date": "2026-03-07", "timezone": "Moon/Base"}, "timezone: unknown time zone"),
+        ({"date": "0001-01-01"}, "date: 0001-01-01 is before 1970-01-01"),
+        ({"date": "1969-12-31"}, "date: 1969-12-31 is before 1970-01-01"),
+        ({"date": "2026-03-07", "end_date": "0001-01-01"}, "end_date: 0001-01-01 is before"),
         ({"date": "2026-03-07", "colour": "red"}, "colour: Extra inputs are not permitted"),
         ({"date": "2026-03-07", "idempotency_key": ""}, "idempotency_key: String should have"),
     ],

@@ -181,6 +181,7 @@ def test_plain_json_post_gets_json_and_bad_fields_are_named(stack: Stack) -> Non
         ({"date": "2024-03-01", "device_id": "bad id"}, "device_id"),
         ({"date": "2024-03-01", "timezone": "Nowhere/City"}, "timezone"),
         ({"date": "2999-01-01"}, "date"),
+        ({"date": "0001-01-01"}, "date"),
     ]:
         bad = urllib3.request("POST", stack.url("submit"), json=data, retries=False)
         assert bad.status == 400, data
@@ -384,6 +385,7 @@ def test_status_lists_jobs_newest_first_with_filters_and_counts(stack: Stack) ->
         ("/jobs?device_id=bad%20id", 400, "device_id: must be 1-100 characters"),
         ("/jobs?status=done", 400, "status"),
         ("/jobs?date=2024-02-30", 400, "date"),
+        ("/jobs?date=0001-01-01", 400, "date: 0001-01-01 is before 1970-01-01"),
         ("/jobs/not-a-uuid", 400, "job_id"),
         (f"/jobs/{uuid.UUID(int=1)}", 404, "job"),
         ("/download/distance_20240101_0000beef.csv", 404, "no CSV"),
