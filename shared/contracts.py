@@ -8,10 +8,11 @@ functions and what callers see; their JSON Schemas are exported to `docs/events/
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from typing import Annotated, Any, Final, Literal
 from uuid import UUID
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import available_timezones
 
 from pydantic import (
     AfterValidator,
@@ -64,11 +65,18 @@ def parse_device_id(value: object) -> str | None:
     return value
 
 
-def _timezone(value: str) -> str:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {value!r}") from None
+@functools.cache
+def _time_zones() -> frozenset[str]:
+    # Read once per process, on first use (it lists a directory tree). It also holds the
+    # system's `localtime` link and tzdata's `Factory` placeholder, which name no place.
+    return frozenset(available_timezones() - {"localtime", "Factory"})
+
+
+def check_time_zone(value: str) -> str:
+    """`value` if it is an IANA time zone name (not `localtime`, `posix/...`, `right/...`
+    or another file that only happens to lie in the zoneinfo tree); ValueError otherwise."""
+    if value not in _time_zones():
+        raise ValueError(f"unknown time zone {value!r}")
     return value
 
 
@@ -82,7 +90,7 @@ DeviceId = Annotated[
     BeforeValidator(parse_device_id),
     Field(description="OwnTracks device id; empty or absent means every device"),
 ]
-TimeZone = Annotated[str, AfterValidator(_timezone), Field(description="IANA time zone")]
+TimeZone = Annotated[str, AfterValidator(check_time_zone), Field(description="IANA time zone")]
 
 
 class _Contract(BaseModel):

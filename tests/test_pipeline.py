@@ -182,6 +182,7 @@ def test_plain_json_post_gets_json_and_bad_fields_are_named(stack: Stack) -> Non
         ({"date": "2024-03-01", "timezone": "Nowhere/City"}, "timezone"),
         ({"date": "2999-01-01"}, "date"),
         ({"date": "0001-01-01"}, "date"),
+        ({"date": "2024-03-01", "timezone": "posix/America/New_York"}, "timezone"),
     ]:
         bad = urllib3.request("POST", stack.url("submit"), json=data, retries=False)
         assert bad.status == 400, data
