@@ -234,4 +234,7 @@ def status(request: flask.Request) -> flask.Response:
     return _handle(request)
 
 
-_handle = web.guarded(_serve, transient=(DatabaseUnavailable, StorageUnavailable))
+# Dead-lettered events come back whole, with their data: more room than submit needs.
+_handle = web.guarded(
+    _serve, transient=(DatabaseUnavailable, StorageUnavailable), max_body=1024 * 1024
+)
