@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, Self, TypeVar
 from urllib.parse import quote
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.contracts import check_time_zone
 
 if TYPE_CHECKING:
     from shared.engine import EngineParams
@@ -118,11 +119,7 @@ class AnalysisSettings(_Group):
     @field_validator("home_timezone")
     @classmethod
     def _timezone_exists(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
-        return value
+        return check_time_zone(value)
 
     def engine_params(self) -> EngineParams:
         """These settings as the distance engine's parameters."""

@@ -8,10 +8,11 @@ functions and what callers see; their JSON Schemas are exported to `docs/events/
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from typing import Annotated, Any, Final, Literal
 from uuid import UUID
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import available_timezones
 
 from pydantic import (
     AfterValidator,
@@ -30,19 +31,30 @@ JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "processing", "completed", "fai
 FINISHED: frozenset[str] = frozenset({"completed", "failed"})
 
 
+EARLIEST_DATE: Final = dt.date(1970, 1, 1)
+"""The first local day served: GPS fixes are later, and a window reaching below year 1
+would crash the computation."""
+
+
 def parse_local_date(value: object) -> dt.date:
-    """A calendar date written exactly as YYYY-MM-DD (a real day: no 2026-02-30)."""
+    """A calendar date written exactly as YYYY-MM-DD (a real day: no 2026-02-30), from
+    `EARLIEST_DATE` on."""
     if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
-        return value
-    if not isinstance(value, str) or not _DATE.match(value):
+        day = value
+    elif not isinstance(value, str) or not _DATE.match(value):
         raise ValueError("must be a date written YYYY-MM-DD")
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"{value} is not a calendar date") from None
+    else:
+        try:
+            day = dt.date.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{value} is not a calendar date") from None
+    if day < EARLIEST_DATE:
+        raise ValueError(f"{day} is before {EARLIEST_DATE}, the earliest day served")
+    return day
 
 
-def _device_id(value: object) -> str | None:
+def parse_device_id(value: object) -> str | None:
+    """An OwnTracks device id (None for absent or empty: every device)."""
     if value is None or value == "":
         return None
     if not isinstance(value, str) or not _DEVICE.match(value):
@@ -53,11 +65,18 @@ def _device_id(value: object) -> str | None:
     return value
 
 
-def _timezone(value: str) -> str:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {value!r}") from None
+@functools.cache
+def _time_zones() -> frozenset[str]:
+    # Read once per process, on first use (it lists a directory tree). It also holds the
+    # system's `localtime` link and tzdata's `Factory` placeholder, which name no place.
+    return frozenset(available_timezones() - {"localtime", "Factory"})
+
+
+def check_time_zone(value: str) -> str:
+    """`value` if it is an IANA time zone name (not `localtime`, `posix/...`, `right/...`
+    or another file that only happens to lie in the zoneinfo tree); ValueError otherwise."""
+    if value not in _time_zones():
+        raise ValueError(f"unknown time zone {value!r}")
     return value
 
 
@@ -68,10 +87,10 @@ LocalDate = Annotated[
 ]
 DeviceId = Annotated[
     str | None,
-    BeforeValidator(_device_id),
+    BeforeValidator(parse_device_id),
     Field(description="OwnTracks device id; empty or absent means every device"),
 ]
-TimeZone = Annotated[str, AfterValidator(_timezone), Field(description="IANA time zone")]
+TimeZone = Annotated[str, AfterValidator(check_time_zone), Field(description="IANA time zone")]
 
 
 class _Contract(BaseModel):

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import urllib3
 from cloudevents.conversion import to_binary, to_structured
@@ -87,12 +87,38 @@ def is_cloudevent(headers: Mapping[str, str]) -> bool:
     return "ce-specversion" in lowered or content_type.startswith("application/cloudevents")
 
 
+_REQUIRED: Final = ("id", "source", "type")
+"""Required attributes besides `specversion` (which the SDK checks), all non-empty strings."""
+_OPTIONAL_STRINGS: Final = ("subject", "traceparent")
+"""Optional attributes the functions read, as strings."""
+
+
 def parse(headers: Mapping[str, str], body: bytes) -> CloudEvent:
-    """Parse a CloudEvent from HTTP (binary or structured mode); EventError if malformed."""
+    """Parse a CloudEvent from HTTP (binary or structured mode); EventError if malformed.
+
+    The message names a missing or invalid attribute by its header in binary mode
+    (`ce-id`) and by its name in structured mode (`id`).
+    """
+    lowered = {key.lower(): value for key, value in headers.items()}
+    binary_mode = "ce-specversion" in lowered
+    if binary_mode:
+        # The SDK would report any missing header as a missing specversion.
+        for name in _REQUIRED:
+            if f"ce-{name}" not in lowered:
+                raise EventError(f"ce-{name}: required header is missing")
     try:
         event = from_http(dict(headers), body)
     except (CloudEventsError, ValueError, TypeError) as exc:
         raise EventError(f"not a valid CloudEvent: {exc}") from None
+    prefix = "ce-" if binary_mode else ""
+    for name in (*_REQUIRED, *_OPTIONAL_STRINGS):
+        value = event.get(name)
+        if value is None and name in _OPTIONAL_STRINGS:
+            continue
+        if not isinstance(value, str):
+            raise EventError(f"{prefix}{name}: must be a string (got {value!r})")
+        if not value and name in _REQUIRED:
+            raise EventError(f"{prefix}{name}: must not be empty")
     return event
 
 

@@ -35,6 +35,7 @@ from shared.db import Connection, ConnectionSource
 
 DEFAULT_LIST_LIMIT: Final = 50
 MAX_LIST_LIMIT: Final = 500
+MAX_LIST_OFFSET: Final = 2**31 - 1  # the proto's int32; PostgreSQL's bigint ends not far above
 MAX_KEY_LENGTH: Final = 1000  # a btree entry must stay well below its ~2.7 kB limit
 
 
@@ -75,6 +76,20 @@ class JobRequest(BaseModel):
             raise ValueError(f"date_from {self.date_from} is after date_to {self.date_to}")
         return self
 
+    def asks_as(self, other: JobRequest) -> bool:
+        """Whether `other` asks for the same days, device and time zone.
+
+        The parameters are left out: they are the settings captured at submission, not
+        something the caller asked for, so a redelivery after a settings change is the
+        same request (and its job keeps the parameters of the first submission).
+        """
+        return (self.date_from, self.date_to, self.device_id, self.timezone) == (
+            other.date_from,
+            other.date_to,
+            other.device_id,
+            other.timezone,
+        )
+
 
 class Job(JobRequest):
     """A job row: its request plus its lifecycle."""
@@ -105,11 +120,6 @@ class Job(JobRequest):
     traceparent: str | None
     published_at: dt.datetime | None
     """When the current queued state was last announced (NULL: not yet)."""
-
-    @property
-    def request(self) -> JobRequest:
-        """The request part alone (what idempotent creation compares)."""
-        return JobRequest(**{name: getattr(self, name) for name in JobRequest.model_fields})
 
     @property
     def finished(self) -> bool:
@@ -326,7 +336,8 @@ class JobStore:
 
         Returns `(job, created)`. The key defaults to `default_idempotency_key(source, id)`.
         Concurrent creates with one key make one row and all get that job. The same key
-        with a different request raises `IdempotencyConflict`; a key longer than
+        with a request for other days, device or time zone raises `IdempotencyConflict`
+        (other parameters alone do not: see `JobRequest.asks_as`); a key longer than
         `MAX_KEY_LENGTH` raises ValueError.
         """
         key = idempotency_key or default_idempotency_key(requester_source, requester_id)
@@ -359,7 +370,7 @@ class JobStore:
                 job = self._one(conn, existing, params)
                 if job is not None:
                     break
-        if job.request != request:
+        if not job.asks_as(request):
             raise IdempotencyConflict(key, job)
         return job, False
 
@@ -381,11 +392,13 @@ class JobStore:
 
         `date` matches jobs whose date range contains it; `device_id` matches jobs of that
         device. `limit` 0 means `DEFAULT_LIST_LIMIT` and is capped at `MAX_LIST_LIMIT`;
-        a negative limit or offset raises ValueError. Page and total come from one
-        statement, so they agree.
+        a negative limit or offset, or an offset above `MAX_LIST_OFFSET`, raises
+        ValueError. Page and total come from one statement, so they agree.
         """
         if limit < 0 or offset < 0:
             raise ValueError("limit and offset must not be negative")
+        if offset > MAX_LIST_OFFSET:
+            raise ValueError(f"offset must be at most {MAX_LIST_OFFSET}")
         limit = effective_limit(limit)
         where: LiteralString = "TRUE"
         if status is not None:

@@ -17,6 +17,7 @@ from cloudevents.http import CloudEvent
 from shared import events
 from shared.config import AnalysisSettings, JobSettings
 from shared.contracts import DistanceRequested, JobQueued, Requester
+from shared.db import DatabaseUnavailable
 from shared.events import Publisher, PublishError
 from shared.jobs import Job, JobRequest, JobStatus, JobStore
 
@@ -99,7 +100,8 @@ def submit(
 
 
 def announce(submission: Submission, job: Job) -> bool:
-    """Publish `job.queued` for `job` and mark it published; False if that has to wait."""
+    """Publish `job.queued` for `job` and mark it published; False if publishing has to
+    wait for the sweep. A mark that fails after the publish is only logged."""
     if submission.publisher is None:
         log.warning("no K_SINK: job left for the sweep to publish", extra={"job_id": str(job.id)})
         return False
@@ -111,5 +113,13 @@ def announce(submission: Submission, job: Job) -> bool:
             extra={"job_id": str(job.id), "error": str(exc)},
         )
         return False
-    submission.jobs.mark_published(job.id)
+    try:
+        submission.jobs.mark_published(job.id)
+    except DatabaseUnavailable as exc:
+        # The event is out: failing now would make a caller without a key submit a
+        # duplicate job. Unmarked, the sweep at most publishes job.queued once more.
+        log.warning(
+            "published job.queued but could not mark it; the sweep may publish it again",
+            extra={"job_id": str(job.id), "error": str(exc)},
+        )
     return True

@@ -7,14 +7,16 @@ transient failures. Every error body is JSON naming what was wrong.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Final
 
 import flask
 from cloudevents.http import CloudEvent
 from pydantic import BaseModel
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from shared import events, telemetry
 
@@ -64,20 +66,46 @@ def request_headers(request: flask.Request) -> dict[str, str]:
     return dict(request.headers.items())
 
 
+SMALL_BODY: Final = 64 * 1024
+"""The largest body submit and compute take: their requests and events are a few hundred
+bytes."""
+
+
 def guarded(
     handler: Callable[[flask.Request], flask.Response],
     transient: tuple[type[Exception], ...] = (),
+    *,
+    max_body: int,
 ) -> Callable[[flask.Request], flask.Response]:
     """Wrap a handler so failures become JSON errors with the right status.
 
-    `HttpError` keeps its status; `EventError` is a poison event (400); the `transient`
-    types (database or object store down) are 503 so callers and the broker retry;
-    anything else is logged with its traceback and answered 500.
+    The body is read before the handler runs, at most `max_body` bytes (with or without
+    a Content-Length): a larger one is answered 413 and read no further. `HttpError`
+    keeps its status; `EventError` is a poison event (400); the `transient` types
+    (database or object store down) are 503 so callers and the broker retry; anything
+    else is logged with its traceback and answered 500.
     """
 
     def run(request: flask.Request) -> flask.Response:
         try:
+            # One byte over the limit tells a body at the limit from a longer one, which
+            # werkzeug cuts short at the limit when it comes without a Content-Length.
+            request.max_content_length = max_body + 1
+            if len(request.get_data()) > max_body:  # cached: what the handler reads
+                raise RequestEntityTooLarge()
             return handler(request)
+        except RequestEntityTooLarge:
+            # functions-framework reads the whole body after every response (and would
+            # hit the limit again): leave it nothing to read. The server drops the rest.
+            request.stream = io.BytesIO()
+            log.warning(
+                "refused a request body over the limit",
+                extra={"limit": max_body, "content_length": request.content_length},
+            )
+            return error_response(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"request body: larger than the {max_body} bytes accepted here",
+            )
         except HttpError as exc:
             response = error_response(exc.status, exc.message, **exc.details)
             response.headers.update(exc.headers)

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -188,6 +188,8 @@ class RecordingServer:
     script: list[Reply] = field(default_factory=list)
     default: Reply = (202, {}, b"")
     delay: float = 0.0
+    on_receive: Callable[[], None] | None = None
+    """Run after recording each request, before answering it (e.g. to break a peer)."""
     received: list[dict[str, Any]] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
 
@@ -201,6 +203,8 @@ class RecordingServer:
                 recorder.received.append(
                     {"method": self.command, "path": self.path, "headers": headers, "body": body}
                 )
+                if recorder.on_receive is not None:
+                    recorder.on_receive()
                 time.sleep(recorder.delay)
                 status, reply_headers, reply = (
                     recorder.script.pop(0) if recorder.script else recorder.default

@@ -39,6 +39,7 @@ def test_each_group_is_built_once_per_process(monkeypatch: pytest.MonkeyPatch) -
         ("HOME_LATITUDE", "north", "HOME_LATITUDE"),
         ("HOME_LONGITUDE", "-180.5", "HOME_LONGITUDE"),
         ("HOME_TIMEZONE", "Mars/Olympus_Mons", "HOME_TIMEZONE: unknown time zone"),
+        ("HOME_TIMEZONE", "localtime", "HOME_TIMEZONE: unknown time zone"),
         ("AWAY_THRESHOLD_KM", "0", "AWAY_THRESHOLD_KM"),
         ("HOME_ENTER_KM", "0.5", "HOME_ENTER_KM must be smaller than AWAY_THRESHOLD_KM"),
         ("MAX_ACCURACY_M", "-3", "MAX_ACCURACY_M"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -67,6 +68,48 @@ def test_plain_json_is_not_taken_for_a_cloudevent() -> None:
         events.parse({"content-type": "application/json"}, b'{"date": "2026-01-01"}')
 
 
+BINARY = {
+    "ce-specversion": "1.0",
+    "ce-type": events.DISTANCE_REQUESTED,
+    "ce-source": "/t",
+    "ce-id": "1",
+    "content-type": "application/json",
+}
+
+
+@pytest.mark.parametrize("missing", ["ce-id", "ce-source", "ce-type"])
+def test_a_binary_event_without_a_required_header_is_refused_naming_it(missing: str) -> None:
+    headers = {k: v for k, v in BINARY.items() if k != missing}
+    with pytest.raises(events.EventError, match=f"^{missing}: required header is missing$"):
+        events.parse(headers, b"{}")
+
+
+@pytest.mark.parametrize("empty", ["ce-id", "ce-source", "ce-type"])
+def test_a_binary_event_with_an_empty_required_header_is_refused_naming_it(empty: str) -> None:
+    with pytest.raises(events.EventError, match=f"^{empty}: must not be empty$"):
+        events.parse({**BINARY, empty: ""}, b"{}")
+
+
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        ({"id": 7}, "id: must be a string (got 7)"),
+        ({"source": ["/t"]}, "source: must be a string"),
+        ({"id": ""}, "id: must not be empty"),
+        ({"source": ""}, "source: must not be empty"),
+        ({"traceparent": 5}, "traceparent: must be a string (got 5)"),
+    ],
+)
+def test_a_structured_event_with_a_bad_attribute_is_refused_naming_it(
+    attributes: dict[str, object], message: str
+) -> None:
+    event = {"specversion": "1.0", "type": events.DISTANCE_REQUESTED, "source": "/t", "id": "1"}
+    body = json.dumps({**event, **attributes, "data": {"date": "2024-03-01"}}).encode()
+    headers = {"content-type": "application/cloudevents+json"}
+    with pytest.raises(events.EventError, match=f"^{re.escape(message)}"):
+        events.parse(headers, body)
+
+
 def test_a_request_with_every_field_validates() -> None:
     data = {
         "date": "2026-03-07",
@@ -79,6 +122,13 @@ def test_a_request_with_every_field_validates() -> None:
     assert request.date == dt.date(2026, 3, 7)
     assert request.days == 3
     assert request.device_id == "stuart.phone-2"
+
+
+@pytest.mark.parametrize("timezone", ["UTC", "Europe/Berlin", "America/Argentina/Salta"])
+def test_iana_time_zones_and_the_first_day_served_are_accepted(timezone: str) -> None:
+    data = {"date": "1970-01-01", "timezone": timezone}
+    request = events.data_as(_request_event(data), DistanceRequested)
+    assert (request.date, request.timezone) == (dt.date(1970, 1, 1), timezone)
 
 
 def test_an_empty_device_means_all_devices() -> None:
@@ -101,6 +151,14 @@ def test_an_empty_device_means_all_devices() -> None:
         ({"date": "2026-03-07", "device_id": "x" * 101}, "device_id: must be 1-100 characters"),
         ({"date": "2026-03-07", "device_id": "../etc"}, "device_id: must be 1-100 characters"),
         ({"date": "2026-03-07", "timezone": "Moon/Base"}, "timezone: unknown time zone"),
+        ({"date": "0001-01-01"}, "date: 0001-01-01 is before 1970-01-01"),
+        ({"date": "1969-12-31"}, "date: 1969-12-31 is before 1970-01-01"),
+        ({"date": "2026-03-07", "end_date": "0001-01-01"}, "end_date: 0001-01-01 is before"),
+        ({"date": "2026-03-07", "timezone": "localtime"}, "timezone: unknown time zone"),
+        ({"date": "2026-03-07", "timezone": "posixrules"}, "timezone: unknown time zone"),
+        ({"date": "2026-03-07", "timezone": "Factory"}, "timezone: unknown time zone"),
+        ({"date": "2026-03-07", "timezone": "posix/Europe/Berlin"}, "timezone: unknown time"),
+        ({"date": "2026-03-07", "timezone": "right/UTC"}, "timezone: unknown time zone"),
         ({"date": "2026-03-07", "colour": "red"}, "colour: Extra inputs are not permitted"),
         ({"date": "2026-03-07", "idempotency_key": ""}, "idempotency_key: String should have"),
     ],
@@ -112,15 +170,8 @@ def test_bad_requests_name_the_field(data: dict[str, object], message: str) -> N
 
 @pytest.mark.parametrize("data", [b"not json", b"[1, 2]", b""])
 def test_data_that_is_not_a_json_object_is_refused(data: bytes) -> None:
-    headers = {
-        "ce-specversion": "1.0",
-        "ce-type": events.DISTANCE_REQUESTED,
-        "ce-source": "/t",
-        "ce-id": "1",
-        "content-type": "application/json",
-    }
     with pytest.raises(events.EventError, match="data: must be a JSON object"):
-        events.data_as(events.parse(headers, data), DistanceRequested)
+        events.data_as(events.parse(BINARY, data), DistanceRequested)
 
 
 def test_publisher_retries_transient_failures(sink: RecordingServer) -> None:

@@ -77,6 +77,46 @@ def test_http_function_with_bad_config_exits_naming_the_variable(
     assert f"{name}: invalid configuration: POSTGRES_PORT".encode() in output
 
 
+@pytest.mark.parametrize(
+    ("name", "path", "limit"),
+    [("submit", "/", 64 * 1024), ("compute", "/", 64 * 1024), ("status", "/dead-letters", 2**20)],
+)
+def test_a_body_over_the_functions_limit_is_refused_unread_with_413(
+    name: str, path: str, limit: int, base_env: dict[str, str], processes: list[ServiceProcess]
+) -> None:
+    port, dead = free_ports(2)
+    env = {
+        **base_env,
+        "MINIO_ACCESS_KEY": "k",
+        "MINIO_SECRET_KEY": "s",
+        "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{dead}/none",
+        "DB_STARTUP_RETRY_SECONDS": "0",
+    }
+    service = http_function(name, port, env).start()
+    processes.append(service)
+    wait_until(lambda: http_status(f"{service.url}/healthz") == 200, 30, name)
+    url = f"{service.url}{path}"
+
+    def post(size: int, streamed: bool) -> urllib3.BaseHTTPResponse:
+        body = b"x" * size
+        # A generator is sent chunked: no Content-Length to refuse it by.
+        sent = (body[i : i + 8192] for i in range(0, size, 8192)) if streamed else body
+        return urllib3.request("POST", url, body=sent, retries=False, timeout=30)
+
+    for streamed in (False, True):
+        for size in (limit + 1, 20 * 2**20):
+            response = post(size, streamed)
+            assert response.status == 413, (size, streamed, response.data)
+            assert response.json() == {
+                "error": f"request body: larger than the {limit} bytes accepted here",
+                "status": 413,
+            }
+        at_limit = post(limit, streamed)
+        assert at_limit.status == 400, at_limit.data  # read, and refused as no CloudEvent/JSON
+    assert http_status(f"{service.url}/healthz") == 200
+    assert service.stop() == 0
+
+
 def test_ingress_serves_grpc_health_and_drains_on_sigterm(
     base_env: dict[str, str], processes: list[ServiceProcess]
 ) -> None:

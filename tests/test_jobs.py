@@ -16,6 +16,7 @@ import pytest
 from shared import db, migrate
 from shared.config import DatabaseSettings, JobSettings
 from shared.jobs import (
+    MAX_LIST_OFFSET,
     ClaimResult,
     IdempotencyConflict,
     Job,
@@ -108,7 +109,8 @@ def test_create_is_idempotent_on_the_key(store: JobStore) -> None:
     )
     assert created
     assert job.status is JobStatus.QUEUED
-    assert job.request == REQUEST
+    assert job.asks_as(REQUEST)
+    assert job.parameters == REQUEST.parameters
     assert job.idempotency_key == default_idempotency_key("/api", "evt-1")
     assert (job.attempts, job.max_attempts) == (0, SETTINGS.job_max_attempts)
     assert job.traceparent == "00-ab-cd-01"
@@ -128,6 +130,16 @@ def test_the_same_key_with_another_request_is_a_conflict(store: JobStore) -> Non
     assert caught.value.job.id == job.id
     with pytest.raises(ValueError, match="longer than"):
         store.create(REQUEST, idempotency_key="x" * 1001)
+
+
+def test_the_same_key_after_a_settings_change_returns_the_first_job(store: JobStore) -> None:
+    # A redelivery after MAX_ACCURACY_M changed: the caller asked for the same thing.
+    job, _ = store.create(REQUEST, idempotency_key="k")
+    stricter = {**REQUEST.parameters, "max_accuracy_m": 50}
+    changed = REQUEST.model_copy(update={"parameters": stricter})
+    again, created = store.create(changed, idempotency_key="k")
+    assert (again.id, created) == (job.id, False)
+    assert again.parameters == REQUEST.parameters
 
 
 def test_the_store_wants_autocommit(pgbouncer: Database, schema: str) -> None:
@@ -398,6 +410,9 @@ def test_list_filters_orders_pages_and_counts(
         store.list_jobs(limit=-1)
     with pytest.raises(ValueError, match="negative"):
         store.list_jobs(offset=-1)
+    assert store.list_jobs(offset=MAX_LIST_OFFSET) == ([], len(made))
+    with pytest.raises(ValueError, match="offset must be at most 2147483647"):
+        store.list_jobs(offset=MAX_LIST_OFFSET + 1)  # a bigint would be out of range higher up
 
 
 def test_list_limit_defaults_to_50_and_is_capped_at_500(

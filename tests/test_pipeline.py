@@ -130,6 +130,42 @@ def test_a_poison_event_is_dead_lettered_without_retry(stack: Stack) -> None:
     assert count == (0,)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"id": 7}, "id: must be a string (got 7)"),
+        ({"source": ""}, "source: must not be empty"),
+    ],
+)
+def test_a_structured_event_with_a_bad_attribute_is_refused_naming_it(
+    stack: Stack, change: dict[str, object], message: str
+) -> None:
+    event = {
+        "specversion": "1.0",
+        "type": events.DISTANCE_REQUESTED,
+        "source": "/tests/pipeline",
+        "id": str(uuid.uuid4()),
+        "data": {"date": "2024-03-14"},
+    }
+    headers = {"Content-Type": "application/cloudevents+json"}
+    reply = _post(stack.url("submit"), headers, json.dumps({**event, **change}).encode())
+    assert reply.status == 400  # not retried: it can never succeed
+    assert json.loads(reply.data)["error"] == message
+
+
+@pytest.mark.parametrize(("header", "value"), [("ce-id", None), ("ce-source", "")])
+def test_a_binary_event_without_a_required_attribute_is_refused_naming_it(
+    stack: Stack, header: str, value: str | None
+) -> None:
+    headers, body = request_event({"date": "2024-03-14"})
+    headers = {k: v for k, v in headers.items() if k != header}
+    if value is not None:
+        headers[header] = value
+    reply = _post(stack.url("submit"), headers, body)
+    assert reply.status == 400
+    assert json.loads(reply.data)["error"].startswith(f"{header}: ")
+
+
 def test_plain_json_post_gets_json_and_bad_fields_are_named(stack: Stack) -> None:
     ok = urllib3.request(
         "POST",
@@ -145,6 +181,8 @@ def test_plain_json_post_gets_json_and_bad_fields_are_named(stack: Stack) -> Non
         ({"date": "2024-03-01", "device_id": "bad id"}, "device_id"),
         ({"date": "2024-03-01", "timezone": "Nowhere/City"}, "timezone"),
         ({"date": "2999-01-01"}, "date"),
+        ({"date": "0001-01-01"}, "date"),
+        ({"date": "2024-03-01", "timezone": "posix/America/New_York"}, "timezone"),
     ]:
         bad = urllib3.request("POST", stack.url("submit"), json=data, retries=False)
         assert bad.status == 400, data
@@ -330,6 +368,8 @@ def test_status_lists_jobs_newest_first_with_filters_and_counts(stack: Stack) ->
         assert job["date"] <= "2024-03-22" <= job["end_date"]
     capped = json.loads(_get(stack, "/jobs?limit=100000").data)
     assert capped["limit"] == 500
+    last = json.loads(_get(stack, "/jobs?offset=2147483647").data)
+    assert (last["jobs"], last["offset"]) == ([], 2147483647)
 
 
 @pytest.mark.parametrize(
@@ -338,8 +378,15 @@ def test_status_lists_jobs_newest_first_with_filters_and_counts(stack: Stack) ->
         ("/jobs?limit=-1", 400, "limit"),
         ("/jobs?offset=-5", 400, "offset"),
         ("/jobs?limit=ten", 400, "limit"),
+        ("/jobs?offset=9223372036854775808", 400, "offset: must be at most 2147483647"),
+        ("/jobs?offset=2147483648", 400, "offset: must be at most 2147483647"),
+        ("/jobs?limit=1_0", 400, "limit: '1_0' is not a whole number"),
+        ("/jobs?offset=%2B5", 400, "offset: '+5' is not a whole number"),
+        ("/jobs?limit=%D9%A3", 400, "limit: '\u0663' is not a whole number"),
+        ("/jobs?device_id=bad%20id", 400, "device_id: must be 1-100 characters"),
         ("/jobs?status=done", 400, "status"),
         ("/jobs?date=2024-02-30", 400, "date"),
+        ("/jobs?date=0001-01-01", 400, "date: 0001-01-01 is before 1970-01-01"),
         ("/jobs/not-a-uuid", 400, "job_id"),
         (f"/jobs/{uuid.UUID(int=1)}", 404, "job"),
         ("/download/distance_20240101_0000beef.csv", 404, "no CSV"),

@@ -85,4 +85,6 @@ def compute(request: flask.Request) -> flask.Response:
     return _handle(request)
 
 
-_handle = web.guarded(_serve, transient=(DatabaseUnavailable, StorageUnavailable))
+_handle = web.guarded(
+    _serve, transient=(DatabaseUnavailable, StorageUnavailable), max_body=web.SMALL_BODY
+)

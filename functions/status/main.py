@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import uuid
 from http import HTTPStatus
 
@@ -21,9 +22,9 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
 from shared import config, events, resources, telemetry, web
-from shared.contracts import JOB_STATUSES, JobPage, parse_local_date
+from shared.contracts import JOB_STATUSES, JobPage, parse_device_id, parse_local_date
 from shared.db import DatabaseUnavailable
-from shared.jobs import Job, JobStatus, JobStore
+from shared.jobs import MAX_LIST_OFFSET, Job, JobStatus, JobStore
 from shared.storage import (
     ObjectMissing,
     ObjectStore,
@@ -82,16 +83,19 @@ def _existing(jobs: JobStore, job_id: uuid.UUID) -> Job:
     return job
 
 
-def _int(request: flask.Request, name: str) -> int:
+_WHOLE = re.compile(r"-?[0-9]+")
+"""ASCII digits only: int() would also take "+5", "1_0", " 5" and non-ASCII digits."""
+
+
+def _int(request: flask.Request, name: str, most: int | None = None) -> int:
     raw = request.args.get(name, "0") or "0"
-    try:
-        value = int(raw)
-    except ValueError:
-        raise web.HttpError(
-            HTTPStatus.BAD_REQUEST, f"{name}: {raw!r} is not a whole number"
-        ) from None
+    if not _WHOLE.fullmatch(raw):
+        raise web.HttpError(HTTPStatus.BAD_REQUEST, f"{name}: {raw!r} is not a whole number")
+    value = int(raw)
     if value < 0:
         raise web.HttpError(HTTPStatus.BAD_REQUEST, f"{name}: must not be negative (got {value})")
+    if most is not None and value > most:
+        raise web.HttpError(HTTPStatus.BAD_REQUEST, f"{name}: must be at most {most} (got {raw})")
     return value
 
 
@@ -107,11 +111,15 @@ def _list(request: flask.Request) -> flask.Response:
         day = parse_local_date(date) if date else None
     except ValueError as exc:
         raise web.HttpError(HTTPStatus.BAD_REQUEST, f"date: {exc}") from None
-    limit, offset = _int(request, "limit"), _int(request, "offset")
+    try:
+        device_id = parse_device_id(request.args.get("device_id"))
+    except ValueError as exc:
+        raise web.HttpError(HTTPStatus.BAD_REQUEST, f"device_id: {exc}") from None
+    limit, offset = _int(request, "limit"), _int(request, "offset", most=MAX_LIST_OFFSET)
     page, total = jobs.list_jobs(
         status=JobStatus(status) if status else None,
         date=day,
-        device_id=request.args.get("device_id") or None,
+        device_id=device_id,
         limit=limit,
         offset=offset,
     )
@@ -226,4 +234,7 @@ def status(request: flask.Request) -> flask.Response:
     return _handle(request)
 
 
-_handle = web.guarded(_serve, transient=(DatabaseUnavailable, StorageUnavailable))
+# Dead-lettered events come back whole, with their data: more room than submit needs.
+_handle = web.guarded(
+    _serve, transient=(DatabaseUnavailable, StorageUnavailable), max_body=1024 * 1024
+)

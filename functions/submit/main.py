@@ -136,4 +136,4 @@ def submit(request: flask.Request) -> flask.Response:
     return _handle(request)
 
 
-_handle = web.guarded(_serve, transient=(DatabaseUnavailable,))
+_handle = web.guarded(_serve, transient=(DatabaseUnavailable,), max_body=web.SMALL_BODY)

@@ -1,0 +1,104 @@
+"""Submitting a request against the real jobs store: what the caller gets back when the
+settings change between deliveries, and when the database fails after the publish."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from shared import migrate
+from shared.config import AnalysisSettings, DatabaseSettings, JobSettings
+from shared.contracts import DistanceRequested, Requester
+from shared.db import LazyPool
+from shared.events import Publisher
+from shared.jobs import JobStore
+from shared.submission import Submission, submit
+from tests.conftest import Database, RecordingServer
+
+REQUEST = DistanceRequested(date=dt.date(2024, 3, 9), device_id="phone1")
+SCHEMA = "otel_worker"
+
+
+@pytest.fixture
+def database(scratch_database: Database) -> Database:
+    with scratch_database.connect() as conn:
+        migrate.migrate(conn, SCHEMA)
+    return scratch_database
+
+
+@pytest.fixture
+def pool(database: Database) -> Iterator[LazyPool]:
+    lazy = LazyPool(DatabaseSettings(database_url=database.url, db_startup_retry_seconds=0))
+    yield lazy
+    lazy.close()
+
+
+@pytest.fixture
+def sink() -> Iterator[RecordingServer]:
+    server = RecordingServer().start()
+    yield server
+    server.stop()
+
+
+def _submission(pool: LazyPool, sink: RecordingServer, **analysis: float) -> Submission:
+    return Submission(
+        jobs=JobStore(pool.connection, JobSettings(), schema=SCHEMA),
+        publisher=Publisher(sink.url, attempts=1),
+        analysis=AnalysisSettings(**analysis),  # type: ignore[arg-type]
+        limits=JobSettings(),
+        source="/tests/submission",
+    )
+
+
+def test_a_redelivery_after_a_settings_change_gets_the_first_job(
+    pool: LazyPool, sink: RecordingServer
+) -> None:
+    requester = Requester(source="/home-assistant", id=str(uuid.uuid4()))
+    first, created = submit(
+        _submission(pool, sink, max_accuracy_m=200.0),
+        REQUEST,
+        requester=requester,
+        idempotency_key=None,
+        traceparent=None,
+    )
+    assert created
+    again, created = submit(
+        _submission(pool, sink, max_accuracy_m=150.0),
+        REQUEST,
+        requester=requester,
+        idempotency_key=None,
+        traceparent=None,
+    )
+    assert (again.id, created) == (first.id, False)
+    assert again.parameters["max_accuracy_m"] == 200.0  # what the first submission captured
+
+
+def test_a_database_failure_after_the_publish_still_answers_the_created_job(
+    database: Database, pool: LazyPool, sink: RecordingServer
+) -> None:
+    def cut_the_submitters_connections() -> None:
+        # What a PgBouncer restart or a failover does between the publish and the mark.
+        with database.connect() as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+
+    sink.on_receive = cut_the_submitters_connections
+    job, created = submit(
+        _submission(pool, sink),
+        REQUEST,
+        requester=None,
+        idempotency_key="published-then-cut",
+        traceparent=None,
+    )
+    assert created
+    assert [r["headers"]["ce-subject"] for r in sink.received] == [str(job.id)]
+    with database.connect() as conn:
+        row = conn.execute(
+            f"SELECT status, published_at FROM {SCHEMA}.jobs WHERE id = %s", [job.id]
+        ).fetchone()
+    assert row == ("queued", None)  # unmarked: the sweep may announce it once more
