@@ -17,6 +17,7 @@ from typing import TextIO
 from pydantic import ValidationError
 
 from shared import config, export, tracks
+from shared.contracts import check_time_zone
 from shared.engine import (
     EngineParams,
     Metrics,
@@ -110,7 +111,12 @@ def run_analyze(args: argparse.Namespace) -> int:
 
 def _analyze(args: argparse.Namespace) -> int:
     settings = config.load(config.AnalysisSettings)
-    timezone = args.tz or settings.home_timezone
+    timezone = settings.home_timezone
+    if args.tz:
+        try:
+            timezone = check_time_zone(args.tz)
+        except ValueError as exc:
+            raise ValueError(f"--tz: {exc}") from None
     params = engine_params(args, settings)
     points = read_file(args.file)
     if args.device is not None:
