@@ -77,16 +77,25 @@ def wait(
     client: Client, job_id: str, err: TextIO, timeout: float, interval: float = 0.5
 ) -> pb.GetJobStatusResponse:
     """Poll until the job finishes or `timeout` seconds pass, showing its state and the
-    elapsed time on `err`; the last answer either way."""
+    elapsed time on `err` (one line rewritten on a terminal; elsewhere, such as a log, a
+    line per change of state); the last answer either way."""
+    live = err.isatty()
     started = time.monotonic()
+    shown = ""
     while True:
         reply = client.status(job_id)
         elapsed = time.monotonic() - started
         attempt = f", attempt {reply.attempts}/{reply.max_attempts}" if reply.attempts else ""
-        err.write(f"\r{reply.status}{attempt}, {elapsed:.1f} s ")
+        state = f"{reply.status}{attempt}"
+        if live:
+            err.write(f"\r{state}, {elapsed:.1f} s ")
+        elif state != shown:
+            err.write(f"{state}, {elapsed:.1f} s\n")
+        shown = state
         err.flush()
         if reply.status in FINISHED or elapsed >= timeout:
-            err.write("\n")
+            if live:
+                err.write("\n")
             return reply
         time.sleep(min(interval, max(0.0, timeout - elapsed)))
 

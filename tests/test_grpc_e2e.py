@@ -21,6 +21,7 @@ from grpc_tools import protoc
 
 from shared import client
 from shared.cli import main as cli_main
+from shared.config import ClientSettings
 from shared.devstack import REPO_ROOT, free_ports
 from shared.rpc.distance.v1 import distance_pb2 as pb
 from shared.rpc.distance.v1 import distance_pb2_grpc
@@ -245,6 +246,26 @@ def test_the_command_line_client_follows_a_job_to_its_table_and_link(stack: Stac
     assert "INVALID_ARGUMENT" in bad.stderr
 
 
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_waiting_rewrites_one_progress_line(stack: Stack) -> None:
+    screen = Terminal()
+    request = pb.CalculateDistanceRequest(
+        date="2024-03-20", device_id="phone1", idempotency_key=f"tty-{uuid.uuid4()}"
+    )
+    settings = ClientSettings(ingress_address=stack.url("ingress"))
+    code = client.submit(settings, request, wait_for_it=True, out=io.StringIO(), err=screen)
+    assert code == 0
+    line = screen.getvalue()
+    assert line.startswith("\r")
+    assert line.count("\n") == 1
+    assert line.endswith("\n")
+    assert line.split("\r")[-1].startswith("completed, attempt 1/")
+
+
 def test_waiting_gives_up_after_its_timeout_with_exit_4(stack: Stack) -> None:
     compute = stack.supervisor.services["compute"]
     compute.stop()  # nothing takes the job: it stays queued
@@ -258,6 +279,8 @@ def test_waiting_gives_up_after_its_timeout_with_exit_4(stack: Stack) -> None:
     finally:
         stack.supervisor.restart("compute")
     assert submit.returncode == 4, submit.stderr
+    # Not a terminal: one line per state, not one per poll run together.
+    assert [line.split(",")[0] for line in submit.stderr.splitlines()] == ["queued"]
     job_id = submit.stdout.split()[1]
     assert f"job {job_id} is still queued after 1.5 s" in submit.stdout
     assert f"otel-worker status {job_id}" in submit.stdout
