@@ -41,10 +41,11 @@ def processes() -> Iterator[list[ServiceProcess]]:
         process.stop()
 
 
-@pytest.mark.parametrize("name", HTTP_FUNCTIONS)
-def test_http_function_is_live_but_not_ready_without_its_database(
+def _live_without_database(
     name: str, base_env: dict[str, str], processes: list[ServiceProcess]
-) -> None:
+) -> tuple[ServiceProcess, int]:
+    """The function `name` started against a port where no database listens, once live;
+    and that port."""
     port, dead = free_ports(2)
     env = {
         **base_env,
@@ -56,6 +57,14 @@ def test_http_function_is_live_but_not_ready_without_its_database(
     service = http_function(name, port, env).start()
     processes.append(service)
     wait_until(lambda: http_status(f"{service.url}/healthz") == 200, 30, name)
+    return service, dead
+
+
+@pytest.mark.parametrize("name", HTTP_FUNCTIONS)
+def test_http_function_is_live_but_not_ready_without_its_database(
+    name: str, base_env: dict[str, str], processes: list[ServiceProcess]
+) -> None:
+    service, dead = _live_without_database(name, base_env, processes)
     response = urllib3.request("GET", f"{service.url}/readyz")
     assert response.status == 503
     assert f"127.0.0.1:{dead}" in json.loads(response.data)["error"]
@@ -84,17 +93,7 @@ def test_http_function_with_bad_config_exits_naming_the_variable(
 def test_a_body_over_the_functions_limit_is_refused_unread_with_413(
     name: str, path: str, limit: int, base_env: dict[str, str], processes: list[ServiceProcess]
 ) -> None:
-    port, dead = free_ports(2)
-    env = {
-        **base_env,
-        "MINIO_ACCESS_KEY": "k",
-        "MINIO_SECRET_KEY": "s",
-        "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{dead}/none",
-        "DB_STARTUP_RETRY_SECONDS": "0",
-    }
-    service = http_function(name, port, env).start()
-    processes.append(service)
-    wait_until(lambda: http_status(f"{service.url}/healthz") == 200, 30, name)
+    service, _ = _live_without_database(name, base_env, processes)
     url = f"{service.url}{path}"
 
     def post(size: int, streamed: bool) -> urllib3.BaseHTTPResponse:

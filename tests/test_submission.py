@@ -14,7 +14,7 @@ from shared.config import AnalysisSettings, DatabaseSettings, JobSettings
 from shared.contracts import DistanceRequested, Requester
 from shared.db import LazyPool
 from shared.events import Publisher
-from shared.jobs import JobStore
+from shared.jobs import Job, JobStore
 from shared.submission import Submission, submit
 from tests.conftest import Database, RecordingServer
 
@@ -57,21 +57,16 @@ def test_a_redelivery_after_a_settings_change_gets_the_first_job(
     pool: LazyPool, sink: RecordingServer
 ) -> None:
     requester = Requester(source="/home-assistant", id=str(uuid.uuid4()))
-    first, created = submit(
-        _submission(pool, sink, max_accuracy_m=200.0),
-        REQUEST,
-        requester=requester,
-        idempotency_key=None,
-        traceparent=None,
-    )
+
+    def deliver(max_accuracy_m: float) -> tuple[Job, bool]:
+        submission = _submission(pool, sink, max_accuracy_m=max_accuracy_m)
+        return submit(
+            submission, REQUEST, requester=requester, idempotency_key=None, traceparent=None
+        )
+
+    first, created = deliver(200.0)
     assert created
-    again, created = submit(
-        _submission(pool, sink, max_accuracy_m=150.0),
-        REQUEST,
-        requester=requester,
-        idempotency_key=None,
-        traceparent=None,
-    )
+    again, created = deliver(150.0)
     assert (again.id, created) == (first.id, False)
     assert again.parameters["max_accuracy_m"] == 200.0  # what the first submission captured
 
