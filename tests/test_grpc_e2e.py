@@ -113,7 +113,7 @@ def test_bad_requests_are_invalid_argument_naming_the_field(
         )
     )
     assert code == "INVALID_ARGUMENT"
-    assert field in details
+    assert details.startswith(f"{field}:"), details
 
 
 def test_lookups_have_their_codes(stub: distance_pb2_grpc.DistanceServiceStub) -> None:
