@@ -448,10 +448,11 @@ class DependencyHealth(health.HealthServicer):
 
 class BearerAuth(grpc.ServerInterceptor):
     """Requires `authorization: Bearer <token>` on every call but health checks (Kubernetes
-    probes cannot send metadata)."""
+    probes cannot send metadata). The scheme is matched in any case (RFC 7235), the token
+    in constant time."""
 
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
         def deny(_request: object, context: grpc.ServicerContext) -> None:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
@@ -467,7 +468,7 @@ class BearerAuth(grpc.ServerInterceptor):
         if handler_call_details.method.startswith("/grpc.health.v1.Health/"):
             return continuation(handler_call_details)
         metadata = dict(handler_call_details.invocation_metadata or ())
-        offered = str(metadata.get("authorization", "")).encode()
-        if hmac.compare_digest(offered, self._expected):
+        scheme, _, token = str(metadata.get("authorization", "")).partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), self._expected):
             return continuation(handler_call_details)
         return self._deny

@@ -333,7 +333,8 @@ def test_reflection_lists_the_services(ingress: Ingress, channel: grpc.Channel) 
 
 
 def test_bearer_token_is_required_when_configured() -> None:
-    started = _start({"GRPC_AUTH_TOKEN": "s3cret-token"})
+    # As a Secret made from a file holds it: the newline is not part of the token.
+    started = _start({"GRPC_AUTH_TOKEN": "s3cret-token\n"})
     started.status.default = _json(200, _view().model_dump(mode="json"))
     try:
         with grpc.insecure_channel(started.target) as channel:
@@ -343,15 +344,25 @@ def test_bearer_token_is_required_when_configured() -> None:
                 (),
                 (("authorization", "Bearer wrong"),),
                 (("authorization", "s3cret-token"),),
+                (("authorization", "Basic s3cret-token"),),
+                (("authorization", "Bearers3cret-token"),),
+                (("authorization", "Bearer s3cret-token-and-more"),),
             ]:
                 with pytest.raises(grpc.RpcError) as info:
                     stub.GetJobStatus(request, timeout=10, metadata=metadata)
                 assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
             assert started.status.received == []
-            reply = stub.GetJobStatus(
-                request, timeout=10, metadata=(("authorization", "Bearer s3cret-token"),)
-            )
-            assert reply.job_id == str(JOB_ID)
+            # The scheme is case-insensitive (RFC 7235), the token is not.
+            for scheme in ("Bearer", "bearer", "BEARER"):
+                reply = stub.GetJobStatus(
+                    request, timeout=10, metadata=(("authorization", f"{scheme} s3cret-token"),)
+                )
+                assert reply.job_id == str(JOB_ID)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.GetJobStatus(
+                    request, timeout=10, metadata=(("authorization", "Bearer S3CRET-TOKEN"),)
+                )
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert grpc_serving(started.target)  # health needs no token: probes cannot send one
     finally:
         _stop(started)
