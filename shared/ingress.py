@@ -13,6 +13,7 @@ import datetime as dt
 import hmac
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -39,6 +40,8 @@ SERVICE = pb.DESCRIPTOR.services_by_name["DistanceService"].full_name
 M = TypeVar("M", bound=BaseModel)
 
 _NO_DEADLINE_S = 86400.0
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_QUOTE_LIMIT = 200
 _CODES: dict[int, grpc.StatusCode] = {
     HTTPStatus.BAD_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
     HTTPStatus.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
@@ -145,11 +148,20 @@ class Upstream:
         )
         try:
             reply = events.parse(dict(response.headers.items()), response.data)
+        except events.EventError:
+            # Not quoted: the parser's message carries the body (a proxy's HTML page, say).
+            raise UpstreamError(
+                grpc.StatusCode.INTERNAL,
+                f"submit replied badly: not a CloudEvent ({_described(response)})",
+            ) from None
+        try:
             if reply["type"] != events.JOB_ACCEPTED:
                 raise events.EventError(f"unexpected reply type {reply['type']}")
             return events.data_as(reply, JobAccepted)
         except events.EventError as exc:
-            raise UpstreamError(grpc.StatusCode.INTERNAL, f"submit replied badly: {exc}") from None
+            raise UpstreamError(
+                grpc.StatusCode.INTERNAL, f"submit replied badly: {_excerpt(str(exc))}"
+            ) from None
 
     def job(self, job_id: str, context: Deadline) -> JobView:
         """One job from status."""
@@ -190,18 +202,35 @@ def _trace() -> dict[str, str]:
     return {"traceparent": traceparent} if traceparent else {}
 
 
+def _excerpt(text: str) -> str:
+    """`text` on one line, at most _QUOTE_LIMIT characters: what is quoted from an upstream
+    into a gRPC message is a line, never a page."""
+    line = " ".join(text.split())
+    return line if len(line) <= _QUOTE_LIMIT else f"{line[: _QUOTE_LIMIT - 1]}…"
+
+
+def _described(response: urllib3.BaseHTTPResponse) -> str:
+    content_type = response.headers.get("content-type") or "no content type"
+    return f"HTTP {response.status}, {_excerpt(content_type)}"
+
+
 def _error_text(service: str, response: urllib3.BaseHTTPResponse) -> str:
+    """The `error` of the functions' JSON error answers; any other body is not quoted."""
     try:
-        return str(json.loads(response.data)["error"])
+        return _excerpt(str(json.loads(response.data)["error"]))
     except (ValueError, KeyError, TypeError):
-        return f"{service} answered HTTP {response.status}"
+        return f"{service} answered {_described(response)}"
 
 
 def _model(model: type[M], response: urllib3.BaseHTTPResponse) -> M:
     try:
         return model.model_validate_json(response.data)
     except ValidationError as exc:
-        raise UpstreamError(grpc.StatusCode.INTERNAL, f"status replied badly: {exc}") from None
+        # describe() names fields and rules only; str(exc) would quote the body.
+        raise UpstreamError(
+            grpc.StatusCode.INTERNAL,
+            f"status replied badly ({_described(response)}): {_excerpt(events.describe(exc))}",
+        ) from None
 
 
 def _timestamp(value: dt.datetime | None) -> Any:
@@ -368,6 +397,12 @@ class DistanceService(distance_pb2_grpc.DistanceServiceServicer):
         """The job's state, and its result once completed."""
         if not request.job_id:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id: is required")
+        # Checked here: in status's URL path, "x/report" or "../jobs" would name another route.
+        if not _UUID.fullmatch(request.job_id):
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"job_id: {_excerpt(repr(request.job_id))} is not a UUID",
+            )
         try:
             return status_message(self.upstream.job(request.job_id, context))
         except UpstreamError as exc:

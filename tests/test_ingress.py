@@ -213,18 +213,74 @@ def test_status_errors_become_grpc_codes(
 ) -> None:
     ingress.status.script = [reply]
     with pytest.raises(grpc.RpcError) as info:
-        ingress.stub(channel).GetJobStatus(pb.GetJobStatusRequest(job_id="x"), timeout=10)
+        ingress.stub(channel).GetJobStatus(pb.GetJobStatusRequest(job_id=str(JOB_ID)), timeout=10)
     assert info.value.code().name == code
 
 
-def test_an_empty_job_id_is_invalid_without_asking_status(
-    ingress: Ingress, channel: grpc.Channel
+@pytest.mark.parametrize(
+    ("job_id", "message"),
+    [
+        ("", "job_id: is required"),
+        ("x", "job_id: 'x' is not a UUID"),
+        (f"{JOB_ID}/report", "is not a UUID"),  # another route of status
+        ("../jobs", "is not a UUID"),
+        (f"{JOB_ID}\n", "is not a UUID"),
+        (f"{{{JOB_ID}}}", "is not a UUID"),
+        (str(JOB_ID)[:-1], "is not a UUID"),
+        ("9" * 5000, "is not a UUID"),
+    ],
+)
+def test_a_job_id_that_is_not_a_uuid_is_invalid_without_asking_status(
+    ingress: Ingress, channel: grpc.Channel, job_id: str, message: str
 ) -> None:
     with pytest.raises(grpc.RpcError) as info:
-        ingress.stub(channel).GetJobStatus(pb.GetJobStatusRequest(), timeout=10)
+        ingress.stub(channel).GetJobStatus(pb.GetJobStatusRequest(job_id=job_id), timeout=10)
+    details = info.value.details() or ""
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "job_id" in (info.value.details() or "")
+    assert details.startswith("job_id: ")
+    assert message in details
+    assert len(details) < 300
     assert ingress.status.received == []
+
+
+PAGE = b"<!doctype html><html><body>" + b"<p>a row</p>" * 2000 + b"</body></html>"
+
+
+@pytest.mark.parametrize(
+    ("service", "reply", "code", "start"),
+    [
+        ("status", (200, {"content-type": "text/html"}, PAGE), "INTERNAL", "status replied badly"),
+        ("status", (404, {"content-type": "text/html"}, PAGE), "NOT_FOUND", "status answered HTTP"),
+        ("status", _json(503, {"error": "db down " * 1000}), "UNAVAILABLE", "db down db down"),
+        ("submit", (200, {"content-type": "text/html"}, PAGE), "INTERNAL", "submit replied badly"),
+        ("submit", (502, {"content-type": "text/html"}, PAGE), "UNAVAILABLE", "submit answered"),
+    ],
+)
+def test_an_upstream_page_is_never_quoted(
+    ingress: Ingress,
+    channel: grpc.Channel,
+    service: str,
+    reply: tuple[int, dict[str, str], bytes],
+    code: str,
+    start: str,
+) -> None:
+    stub = ingress.stub(channel)
+    if service == "submit":
+        ingress.submit.script = [reply]
+        request = pb.CalculateDistanceRequest(date="2026-03-07")
+        call = lambda: stub.CalculateDistanceFromHome(request, timeout=10)  # noqa: E731
+    else:
+        ingress.status.script = [reply]
+        call = lambda: stub.GetJobStatus(  # noqa: E731
+            pb.GetJobStatusRequest(job_id=str(JOB_ID)), timeout=10
+        )
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    details = info.value.details() or ""
+    assert info.value.code().name == code
+    assert details.startswith(start), details
+    assert "<" not in details  # no markup from the page
+    assert len(details) < 300
 
 
 def test_list_jobs_passes_every_filter_and_returns_the_page(
