@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -422,3 +423,20 @@ def test_bearer_token_is_required_when_configured() -> None:
         assert grpc_serving(started.target)  # health needs no token: probes cannot send one
     finally:
         _stop(started)
+
+
+def test_a_second_ingress_on_the_same_port_fails_to_start(ingress: Ingress) -> None:
+    port = int(ingress.target.rsplit(":", 1)[1])
+    env = {**os.environ, "SUBMIT_URL": ingress.submit.url, "STATUS_URL": ingress.status.url}
+    second = ingress_process(port, env).start(stdout=subprocess.PIPE)
+    assert second.process is not None
+    assert second.process.stdout is not None
+    with second.process.stdout as output:
+        try:
+            # Sharing the port (SO_REUSEPORT) it would serve on and never exit.
+            code = second.process.wait(timeout=15)
+        finally:
+            second.stop()
+        assert code == 1
+        assert f"ingress: cannot listen on port {port}" in output.read().decode()
+    assert grpc_serving(ingress.target)
