@@ -7,9 +7,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import queue
 import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
@@ -328,17 +332,91 @@ def test_without_a_deadline_the_server_limit_bounds_a_slow_upstream() -> None:
         _stop(started)
 
 
-def test_a_slow_function_is_not_reported_down() -> None:
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class _Watch:
+    """A health Watch of DistanceService, read by a thread: each status as it arrives, then
+    "ended" (status OK) or the error code's name."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        health = health_pb2_grpc.HealthStub(channel)
+        self.call = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=60)
+        self.seen: queue.Queue[int | str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for reply in self.call:
+                self.seen.put(reply.status)
+            self.seen.put("ended")
+        except grpc.RpcError as exc:
+            self.seen.put(exc.code().name)
+
+    def next(self, within: float) -> int | str:
+        return self.seen.get(timeout=within)
+
+    def expect(self, status: int, within: float) -> None:
+        """Read until `status` comes (others may come first); fail after `within` s."""
+        deadline = time.monotonic() + within
+        seen: list[int | str] = []
+        while not seen or seen[-1] != status:
+            try:
+                seen.append(self.next(max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                pytest.fail(f"no {status} within {within} s; saw {seen}")
+
+
+def test_a_check_answers_at_once_while_a_slow_function_is_probed() -> None:
     started = _start()
     started.submit.default = started.status.default = (200, {}, b"ok")
     started.submit.delay = 3  # longer than the probe waits: a service waking from zero
     try:
         with grpc.insecure_channel(started.target) as channel:
             health = health_pb2_grpc.HealthStub(channel)
-            answer = health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10)
-            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            request = health_pb2.HealthCheckRequest(service=SERVICE)
+            with ThreadPoolExecutor(2) as pool:
+                answers = list(pool.map(lambda _: health.Check(request, timeout=1), range(2)))
+            assert [answer.status for answer in answers] == [SERVING, SERVING]
+            # The probe those checks started gave up on submit, then asked status: a
+            # function slower than the probe is not reported down.
+            wait_until(lambda: bool(started.status.received), 10, "the probe of status")
+            time.sleep(0.5)
+            assert health.Check(request, timeout=1).status == SERVING
     finally:
         started.submit.delay = 0
+        _stop(started)
+
+
+def test_watchers_follow_the_functions_down_and_back() -> None:
+    started = _start()
+    started.submit.default = started.status.default = (200, {}, b"ok")
+    try:
+        with grpc.insecure_channel(started.target) as channel:
+            watch = _Watch(channel)
+            assert watch.next(10) == SERVING
+            wait_until(lambda: bool(started.status.received), 10, "the first probe")
+            # A refused call tells watchers at once, not at the next probe (5 s on).
+            started.submit.stop()
+            refused = time.monotonic()
+            with pytest.raises(grpc.RpcError) as info:
+                started.stub(channel).CalculateDistanceFromHome(
+                    pb.CalculateDistanceRequest(date="2026-03-07"), timeout=10
+                )
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            watch.expect(NOT_SERVING, within=10)
+            assert time.monotonic() - refused < 2.5
+            # With no calls at all, the probes (every 5 s while someone watches) see
+            # functions come back and go down.
+            started.submit.start()
+            watch.expect(SERVING, within=15)
+            started.status.stop()
+            watch.expect(NOT_SERVING, within=15)
+            started.status.start()
+            watch.expect(SERVING, within=15)
+            watch.call.cancel()
+    finally:
         _stop(started)
 
 
@@ -348,11 +426,11 @@ def test_unreachable_functions_are_unavailable_and_unhealthy() -> None:
     started.status.stop()
     try:
         with grpc.insecure_channel(started.target) as channel:
-            # A watcher's first answer comes from a fresh probe, not the start-up state.
+            # A watcher learns it from the probe its Watch started.
+            watch = _Watch(channel)
+            watch.expect(NOT_SERVING, within=10)
+            watch.call.cancel()
             health = health_pb2_grpc.HealthStub(channel)
-            stream = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10)
-            assert next(stream).status == health_pb2.HealthCheckResponse.NOT_SERVING
-            stream.cancel()
             with pytest.raises(grpc.RpcError) as info:
                 started.stub(channel).CalculateDistanceFromHome(
                     pb.CalculateDistanceRequest(date="2026-03-07"), timeout=10
@@ -360,13 +438,10 @@ def test_unreachable_functions_are_unavailable_and_unhealthy() -> None:
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
             assert (
                 health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10).status
-                == health_pb2.HealthCheckResponse.NOT_SERVING
+                == NOT_SERVING
             )
             # The process itself still serves: Knative must not restart it for this.
-            assert (
-                health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
-                == health_pb2.HealthCheckResponse.SERVING
-            )
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == SERVING
     finally:
         _stop(started)
 

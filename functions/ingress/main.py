@@ -99,7 +99,6 @@ def main() -> int:
         return 1
     server.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
     log.info("ingress serving", extra={"port": grpc_settings.listen_port})
 
     def drain(signum: int, _frame: FrameType | None) -> None:
