@@ -548,6 +548,14 @@ class DependencyHealth(health.HealthServicer):
             self._closed = True
             self._wake.notify()
 
+    def end_watches(self) -> None:
+        """End the open Watch streams (status OK): a shutting-down server waits for every
+        call, and a Watch would otherwise hold it for the whole grace period."""
+        with self._wake:
+            ends = list(self._watches)
+        for end in ends:
+            end()
+
 
 class BearerAuth(grpc.ServerInterceptor):
     """Requires `authorization: Bearer <token>` on every call but health checks (Kubernetes

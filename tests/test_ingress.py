@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import os
 import queue
+import signal
 import subprocess
 import threading
 import time
@@ -442,6 +443,33 @@ def test_unreachable_functions_are_unavailable_and_unhealthy() -> None:
             )
             # The process itself still serves: Knative must not restart it for this.
             assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == SERVING
+    finally:
+        _stop(started)
+
+
+def test_shutdown_ends_watches_at_once_and_drains_calls() -> None:
+    started = _start()
+    started.submit.default = (200, {}, b"ok")
+    started.status.default = _json(200, _view().model_dump(mode="json"))
+    started.status.delay = 2
+    path = f"/jobs/{JOB_ID}"
+    try:
+        with grpc.insecure_channel(started.target) as channel, ThreadPoolExecutor(1) as pool:
+            watch = _Watch(channel)
+            assert watch.next(10) == SERVING
+            request = pb.GetJobStatusRequest(job_id=str(JOB_ID))
+            call = pool.submit(started.stub(channel).GetJobStatus, request, timeout=15)
+            wait_until(
+                lambda: any(r["path"] == path for r in started.status.received), 10, "the call"
+            )
+            signalled = time.monotonic()
+            started.process.signal(signal.SIGTERM)
+            watch.expect(NOT_SERVING, within=5)
+            assert watch.next(5) == "ended"
+            assert call.result().job_id == str(JOB_ID)  # the call in flight still finished
+            assert started.process.process is not None
+            assert started.process.process.wait(timeout=30) == 0
+            assert time.monotonic() - signalled < 8  # the drain's grace is 20 s
     finally:
         _stop(started)
 

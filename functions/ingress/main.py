@@ -103,8 +103,9 @@ def main() -> int:
 
     def drain(signum: int, _frame: FrameType | None) -> None:
         log.info("draining", extra={"signal": signal.Signals(signum).name})
-        health_servicer.enter_graceful_shutdown()
-        server.stop(grace=DRAIN_SECONDS)
+        health_servicer.enter_graceful_shutdown()  # watchers see NOT_SERVING
+        server.stop(grace=DRAIN_SECONDS)  # no new calls; in-flight ones finish
+        health_servicer.end_watches()  # open streams would hold the drain to its end
 
     signal.signal(signal.SIGTERM, drain)
     signal.signal(signal.SIGINT, drain)
