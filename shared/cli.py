@@ -186,6 +186,20 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+_INT32_MAX = 2**31 - 1
+
+
+def _count(text: str) -> int:
+    """A whole number ListJobs' int32 `limit` and `offset` can carry (not negative)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= _INT32_MAX:
+        raise argparse.ArgumentTypeError(f"expected a whole number 0 to {_INT32_MAX}, got {text!r}")
+    return value
+
+
 def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `otel-worker analyze`."""
     parser.add_argument("file", type=Path, help="locations CSV, OwnTracks JSON or .rec file")
@@ -312,8 +326,8 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     jobs.add_argument("--status", choices=["queued", "processing", "completed", "failed"])
     jobs.add_argument("--date", type=_day, help="jobs whose days include this one")
     jobs.add_argument("--device", help="jobs of this device")
-    jobs.add_argument("--limit", type=int, default=20, help="page size (default 20, max 500)")
-    jobs.add_argument("--offset", type=int, default=0, help="jobs to skip")
+    jobs.add_argument("--limit", type=_count, default=20, help="page size (default 20, max 500)")
+    jobs.add_argument("--offset", type=_count, default=0, help="jobs to skip")
     jobs.set_defaults(handler=_client)
 
 

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, Self, TypeVar
 from urllib.parse import quote
 
-from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AnyHttpUrl,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.contracts import check_time_zone
@@ -31,6 +39,18 @@ _PUBLIC_ENDPOINT = re.compile(
     r"^(?:(?P<scheme>https?)://)?(?P<host>[A-Za-z0-9.-]+(?::\d{1,5})?)/?$"
 )
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # S3 SigV4 refuses longer expiries
+
+
+def _bearer_token(value: SecretStr | None) -> SecretStr | None:
+    # A Secret made from a file ends in a newline no client can send: strip the ends.
+    token = value.get_secret_value().strip() if value else ""
+    if not all(" " <= char <= "~" for char in token):
+        raise ValueError("must be printable ASCII (all that gRPC metadata can carry)")
+    return SecretStr(token) if token else None
+
+
+BearerToken = Annotated[SecretStr | None, AfterValidator(_bearer_token)]
+"""GRPC_AUTH_TOKEN: surrounding whitespace stripped; empty or blank means no token."""
 
 
 class ConfigError(ValueError):
@@ -227,7 +247,7 @@ class GrpcSettings(_Group):
 
     grpc_port: Port = 50051
     port: Port | None = None
-    grpc_auth_token: SecretStr | None = None
+    grpc_auth_token: BearerToken = None
     grpc_max_receive_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 64 * 1024
 
     @property
@@ -248,7 +268,7 @@ class ClientSettings(_Group):
     """The command-line client (`otel-worker submit/status/jobs`): where the ingress is."""
 
     ingress_address: str = "127.0.0.1:50051"
-    grpc_auth_token: SecretStr | None = None
+    grpc_auth_token: BearerToken = None
     client_timeout_seconds: PositiveFloat = 30.0
 
 

@@ -20,7 +20,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    model_validator,
+    ValidationInfo,
+    field_validator,
 )
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -126,11 +127,14 @@ class DistanceRequested(_Contract):
         )
     )
 
-    @model_validator(mode="after")
-    def _ordered(self) -> DistanceRequested:
-        if self.end_date is not None and self.end_date < self.date:
-            raise ValueError(f"end_date {self.end_date} is before date {self.date}")
-        return self
+    # A field validator, not a model one: its error names end_date rather than no field.
+    @field_validator("end_date")
+    @classmethod
+    def _ordered(cls, value: dt.date | None, info: ValidationInfo) -> dt.date | None:
+        start = info.data.get("date")  # absent when date itself was invalid
+        if value is not None and start is not None and value < start:
+            raise ValueError(f"{value} is before date {start}")
+        return value
 
     @property
     def last_date(self) -> dt.date:

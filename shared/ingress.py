@@ -10,13 +10,16 @@ passes the caller's deadline on to the HTTP call.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hmac
 import json
 import logging
+import math
+import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any, NoReturn, Protocol, TypeVar
 from urllib.parse import quote, urlencode
@@ -39,6 +42,8 @@ SERVICE = pb.DESCRIPTOR.services_by_name["DistanceService"].full_name
 M = TypeVar("M", bound=BaseModel)
 
 _NO_DEADLINE_S = 86400.0
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_QUOTE_LIMIT = 200
 _CODES: dict[int, grpc.StatusCode] = {
     HTTPStatus.BAD_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
     HTTPStatus.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
@@ -76,6 +81,22 @@ class Upstream:
         self.source = source
         self._http = urllib3.PoolManager(maxsize=pool_size, block=False, retries=False)
         self.reachable: dict[str, bool] = {"submit": True, "status": True}
+        self.on_change: Callable[[bool], None] | None = None
+        """Told `serving` each time it changes (the health service sets it)."""
+        self._reachable_lock = threading.Lock()
+
+    @property
+    def serving(self) -> bool:
+        """True while submit and status were both reachable when last heard from."""
+        return all(self.reachable.values())
+
+    def _mark(self, service: str, reachable: bool) -> None:
+        # Changed and told under one lock, so concurrent outcomes reach on_change in order.
+        with self._reachable_lock:
+            before = self.serving
+            self.reachable[service] = reachable
+            if self.serving != before and self.on_change is not None:
+                self.on_change(self.serving)
 
     def _timeout(self, context: Deadline) -> float:
         """The caller's remaining deadline, or UPSTREAM_TIMEOUT_SECONDS when it set none: a
@@ -105,7 +126,7 @@ class Upstream:
             )
         except urllib3.exceptions.NewConnectionError as exc:
             # Checked first: urllib3 makes a refused connection a kind of timeout error.
-            self.reachable[service] = False
+            self._mark(service, False)
             raise UpstreamError(
                 grpc.StatusCode.UNAVAILABLE, f"{service} is unreachable: {exc}"
             ) from None
@@ -115,11 +136,11 @@ class Upstream:
                 f"{service} did not answer within {time.monotonic() - started:.1f} s",
             ) from None
         except urllib3.exceptions.HTTPError as exc:
-            self.reachable[service] = False
+            self._mark(service, False)
             raise UpstreamError(
                 grpc.StatusCode.UNAVAILABLE, f"{service} is unreachable: {exc}"
             ) from None
-        self.reachable[service] = response.status < 500 or response.status == 501
+        self._mark(service, response.status < 500 or response.status == 501)
         if response.status >= 400:
             raise UpstreamError(
                 _CODES.get(response.status, grpc.StatusCode.INTERNAL),
@@ -145,11 +166,20 @@ class Upstream:
         )
         try:
             reply = events.parse(dict(response.headers.items()), response.data)
+        except events.EventError:
+            # Not quoted: the parser's message carries the body (a proxy's HTML page, say).
+            raise UpstreamError(
+                grpc.StatusCode.INTERNAL,
+                f"submit replied badly: not a CloudEvent ({_described(response)})",
+            ) from None
+        try:
             if reply["type"] != events.JOB_ACCEPTED:
                 raise events.EventError(f"unexpected reply type {reply['type']}")
             return events.data_as(reply, JobAccepted)
         except events.EventError as exc:
-            raise UpstreamError(grpc.StatusCode.INTERNAL, f"submit replied badly: {exc}") from None
+            raise UpstreamError(
+                grpc.StatusCode.INTERNAL, f"submit replied badly: {_excerpt(str(exc))}"
+            ) from None
 
     def job(self, job_id: str, context: Deadline) -> JobView:
         """One job from status."""
@@ -161,24 +191,23 @@ class Upstream:
         url = f"{_base(self.settings.status_url)}/jobs?{urlencode(query)}"
         return _model(JobPage, self._call("status", "GET", url, context, headers=_trace()))
 
-    def probe(self) -> bool:
-        """Quick liveness probe of both functions (used by the health service)."""
+    def probe(self) -> None:
+        """Quick liveness probe of both functions (run by the health service)."""
         for service, url in (
             ("submit", f"{_base(self.settings.submit_url)}/healthz"),
             ("status", f"{_base(self.settings.status_url)}/healthz"),
         ):
             try:
                 response = self._http.request("GET", url, timeout=2.0)
-                self.reachable[service] = response.status == 200
+                self._mark(service, response.status == 200)
             except urllib3.exceptions.NewConnectionError:  # a kind of TimeoutError: first
-                self.reachable[service] = False
+                self._mark(service, False)
             except urllib3.exceptions.TimeoutError:
                 # Slow is not down: Knative's activator holds a request while a service
                 # scaled to zero starts, longer than this probe waits. Keep what we knew.
                 pass
             except urllib3.exceptions.HTTPError:
-                self.reachable[service] = False
-        return all(self.reachable.values())
+                self._mark(service, False)
 
 
 def _base(url: object) -> str:
@@ -190,18 +219,35 @@ def _trace() -> dict[str, str]:
     return {"traceparent": traceparent} if traceparent else {}
 
 
+def _excerpt(text: str) -> str:
+    """`text` on one line, at most _QUOTE_LIMIT characters: what is quoted from an upstream
+    into a gRPC message is a line, never a page."""
+    line = " ".join(text.split())
+    return line if len(line) <= _QUOTE_LIMIT else f"{line[: _QUOTE_LIMIT - 1]}…"
+
+
+def _described(response: urllib3.BaseHTTPResponse) -> str:
+    content_type = response.headers.get("content-type") or "no content type"
+    return f"HTTP {response.status}, {_excerpt(content_type)}"
+
+
 def _error_text(service: str, response: urllib3.BaseHTTPResponse) -> str:
+    """The `error` of the functions' JSON error answers; any other body is not quoted."""
     try:
-        return str(json.loads(response.data)["error"])
+        return _excerpt(str(json.loads(response.data)["error"]))
     except (ValueError, KeyError, TypeError):
-        return f"{service} answered HTTP {response.status}"
+        return f"{service} answered {_described(response)}"
 
 
 def _model(model: type[M], response: urllib3.BaseHTTPResponse) -> M:
     try:
         return model.model_validate_json(response.data)
     except ValidationError as exc:
-        raise UpstreamError(grpc.StatusCode.INTERNAL, f"status replied badly: {exc}") from None
+        # describe() names fields and rules only; str(exc) would quote the body.
+        raise UpstreamError(
+            grpc.StatusCode.INTERNAL,
+            f"status replied badly ({_described(response)}): {_excerpt(events.describe(exc))}",
+        ) from None
 
 
 def _timestamp(value: dt.datetime | None) -> Any:
@@ -368,6 +414,12 @@ class DistanceService(distance_pb2_grpc.DistanceServiceServicer):
         """The job's state, and its result once completed."""
         if not request.job_id:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id: is required")
+        # Checked here: in status's URL path, "x/report" or "../jobs" would name another route.
+        if not _UUID.fullmatch(request.job_id):
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"job_id: {_excerpt(repr(request.job_id))} is not a UUID",
+            )
         try:
             return status_message(self.upstream.job(request.job_id, context))
         except UpstreamError as exc:
@@ -401,20 +453,27 @@ def _abort(context: grpc.ServicerContext, exc: UpstreamError) -> NoReturn:
 
 class DependencyHealth(health.HealthServicer):
     """Standard health checking. The overall service ("") is SERVING while this process
-    serves (what Knative probes); `distance.v1.DistanceService` is NOT_SERVING while
-    submit or status cannot be reached, refreshed on demand at most every `interval` s
-    so a health check never keeps a scaled-to-zero function awake on its own."""
+    serves (what Knative probes); `distance.v1.DistanceService` is NOT_SERVING while submit
+    or status is unreachable, as last seen by a call or a probe, and watchers are told each
+    change. Check and Watch answer at once with that state. A background thread probes the
+    functions when a Check finds the state older than `interval` s, and every `interval` s
+    while a Watch of the service is open; a function slower than the probe keeps its state.
+    Without watchers, health checks alone probe at most every `interval` s."""
 
     def __init__(self, upstream: Upstream, interval: float = 5.0) -> None:
         super().__init__()
         self.upstream = upstream
         self.interval = interval
-        self._checked = 0.0
-        self._probe_lock = threading.Lock()
+        self._probed = -math.inf  # when the last probe began (monotonic)
+        self._asked = False  # a Check found the state stale
+        self._watches: dict[Callable[[], None], str] = {}  # open Watch: its end -> service
+        self._closed = False
+        self._wake = threading.Condition()
+        self._prober: threading.Thread | None = None
+        upstream.on_change = self._publish
+        self._publish(upstream.serving)
 
-    def refresh(self) -> None:
-        """Probe the functions and publish the result."""
-        serving = self.upstream.probe()
+    def _publish(self, serving: bool) -> None:
         self.set(
             SERVICE,
             health_pb2.HealthCheckResponse.SERVING
@@ -422,16 +481,40 @@ class DependencyHealth(health.HealthServicer):
             else health_pb2.HealthCheckResponse.NOT_SERVING,
         )
 
-    def _refresh_if_stale(self) -> None:
-        with self._probe_lock:
-            if time.monotonic() - self._checked > self.interval:
-                self._checked = time.monotonic()
-                self.refresh()
+    def _due_in(self) -> float | None:
+        """Seconds until the next probe (0: now), or None while nobody needs one."""
+        if not self._asked and SERVICE not in self._watches.values():
+            return None
+        return max(0.0, self._probed + self.interval - time.monotonic())
+
+    def _probe_when_due(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and (wait := self._due_in()) != 0:
+                    self._wake.wait(wait)
+                if self._closed:
+                    return
+                self._asked = False
+                self._probed = time.monotonic()
+            self.upstream.probe()  # outside the lock: up to 2 s per function
+
+    def _nudge(self) -> None:
+        """Wake the prober (started on first use), noting a stale state was asked about."""
+        with self._wake:
+            if time.monotonic() - self._probed >= self.interval:
+                self._asked = True
+            if self._prober is None:
+                self._prober = threading.Thread(
+                    target=self._probe_when_due, name="health-probe", daemon=True
+                )
+                self._prober.start()
+            self._wake.notify()
 
     def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext) -> Any:
-        """Answer a health check, refreshing the dependency state when it is stale."""
+        """Answer with the last known state at once; a stale one is refreshed in the
+        background (a probe can take seconds, longer than a health check's deadline)."""
         if request.service == SERVICE:
-            self._refresh_if_stale()
+            self._nudge()
         return super().Check(request, context)
 
     def Watch(
@@ -440,18 +523,47 @@ class DependencyHealth(health.HealthServicer):
         context: grpc.ServicerContext,
         send_response_callback: Any = None,
     ) -> Any:
-        """Stream the health state, starting from a fresh probe when the last is stale."""
+        """Stream the health state: the last known one at once, then every change."""
+        stream = super().Watch(request, context, send_response_callback)
+        end: Callable[[], None] = (
+            functools.partial(send_response_callback, None) if stream is None else stream.close
+        )
+
+        def closed() -> None:
+            with self._wake:
+                self._watches.pop(end, None)
+
+        with self._wake:
+            self._watches[end] = request.service
+        if not context.add_callback(closed):  # the call has already ended
+            closed()
         if request.service == SERVICE:
-            self._refresh_if_stale()
-        return super().Watch(request, context, send_response_callback)
+            self._nudge()
+        return stream
+
+    def enter_graceful_shutdown(self) -> None:
+        """Every service NOT_SERVING from now on (watchers are told); probing stops."""
+        super().enter_graceful_shutdown()
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+
+    def end_watches(self) -> None:
+        """End the open Watch streams (status OK): a shutting-down server waits for every
+        call, and a Watch would otherwise hold it for the whole grace period."""
+        with self._wake:
+            ends = list(self._watches)
+        for end in ends:
+            end()
 
 
 class BearerAuth(grpc.ServerInterceptor):
     """Requires `authorization: Bearer <token>` on every call but health checks (Kubernetes
-    probes cannot send metadata)."""
+    probes cannot send metadata). The scheme is matched in any case (RFC 7235), the token
+    in constant time."""
 
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
         def deny(_request: object, context: grpc.ServicerContext) -> None:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
@@ -467,7 +579,7 @@ class BearerAuth(grpc.ServerInterceptor):
         if handler_call_details.method.startswith("/grpc.health.v1.Health/"):
             return continuation(handler_call_details)
         metadata = dict(handler_call_details.invocation_metadata or ())
-        offered = str(metadata.get("authorization", "")).encode()
-        if hmac.compare_digest(offered, self._expected):
+        scheme, _, token = str(metadata.get("authorization", "")).partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), self._expected):
             return continuation(handler_call_details)
         return self._deny

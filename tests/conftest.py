@@ -221,7 +221,9 @@ class RecordingServer:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        self.server = _QuietServer(("127.0.0.1", 0), Handler)
+        # Started again after stop(), it listens on its old port: a peer that came back.
+        port = self.server.server_address[1] if self.server else 0
+        self.server = _QuietServer(("127.0.0.1", port), Handler)
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
         return self
 

@@ -206,3 +206,27 @@ def test_an_empty_variable_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.load(config.GrpcSettings).grpc_auth_token is None
     assert config.load(config.GrpcSettings).grpc_port == 50051
     assert config.load(config.EventSettings).k_sink is None
+
+
+@pytest.mark.parametrize("group", [config.GrpcSettings, config.ClientSettings])
+def test_the_bearer_token_loses_surrounding_whitespace(
+    monkeypatch: pytest.MonkeyPatch, group: type[config.GrpcSettings | config.ClientSettings]
+) -> None:
+    # A Secret made from a file (`--from-file`) keeps the file's last newline.
+    monkeypatch.setenv("GRPC_AUTH_TOKEN", " s3cret-token\r\n")
+    token = config.load(group).grpc_auth_token
+    assert token is not None
+    assert token.get_secret_value() == "s3cret-token"
+    config.load.cache_clear()
+    monkeypatch.setenv("GRPC_AUTH_TOKEN", "\n")
+    assert config.load(group).grpc_auth_token is None
+
+
+@pytest.mark.parametrize("token", ["s3cret\ntoken", "s3crét", "tab\there"])
+def test_a_bearer_token_grpc_cannot_carry_fails_at_start(
+    monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    monkeypatch.setenv("GRPC_AUTH_TOKEN", token)
+    message = _load_error(config.GrpcSettings)
+    assert "GRPC_AUTH_TOKEN: must be printable ASCII" in message
+    assert token not in message

@@ -146,7 +146,7 @@ def test_an_empty_device_means_all_devices() -> None:
         ({"date": "2026-02-30"}, "date: 2026-02-30 is not a calendar date"),
         ({"date": "03/07/2026"}, "date: must be a date written YYYY-MM-DD"),
         ({"date": 20260307}, "date: must be a date written YYYY-MM-DD"),
-        ({"date": "2026-03-07", "end_date": "2026-03-01"}, "end_date 2026-03-01 is before date"),
+        ({"date": "2026-03-07", "end_date": "2026-03-01"}, "^end_date: 2026-03-01 is before date"),
         ({"date": "2026-03-07", "device_id": "a b"}, "device_id: must be 1-100 characters"),
         ({"date": "2026-03-07", "device_id": "x" * 101}, "device_id: must be 1-100 characters"),
         ({"date": "2026-03-07", "device_id": "../etc"}, "device_id: must be 1-100 characters"),

@@ -116,7 +116,7 @@ def test_bad_requests_are_invalid_argument_naming_the_field(
         )
     )
     assert code == "INVALID_ARGUMENT"
-    assert field in details
+    assert details.startswith(f"{field}:"), details
 
 
 def test_lookups_have_their_codes(stub: distance_pb2_grpc.DistanceServiceStub) -> None:
@@ -313,3 +313,15 @@ def test_the_wait_timeout_must_be_a_positive_number(capsys: pytest.CaptureFixtur
             cli_main(["submit", "--date", "2024-03-01", "--wait", "--timeout", bad])
         assert exited.value.code == 2
         assert "--timeout: expected a positive number of seconds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--limit", "--offset"])
+def test_list_bounds_are_usage_errors(capsys: pytest.CaptureFixture[str], option: str) -> None:
+    # ListJobs carries them as int32; the server refuses negatives.
+    for bad in ("3000000000", "2147483648", "-1", "ten"):
+        with pytest.raises(SystemExit) as exited:
+            cli_main(["jobs", option, bad, "--ingress", "127.0.0.1:1"])
+        assert exited.value.code == 2
+        assert f"argument {option}: expected a whole number 0 to 2147483647" in (
+            capsys.readouterr().err
+        )

@@ -7,8 +7,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import queue
+import signal
+import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
@@ -213,18 +219,74 @@ def test_status_errors_become_grpc_codes(
 ) -> None:
     ingress.status.script = [reply]
     with pytest.raises(grpc.RpcError) as info:
-        ingress.stub(channel).GetJobStatus(pb.GetJobStatusRequest(job_id="x"), timeout=10)
+        ingress.stub(channel).GetJobStatus(pb.GetJobStatusRequest(job_id=str(JOB_ID)), timeout=10)
     assert info.value.code().name == code
 
 
-def test_an_empty_job_id_is_invalid_without_asking_status(
-    ingress: Ingress, channel: grpc.Channel
+@pytest.mark.parametrize(
+    ("job_id", "message"),
+    [
+        ("", "job_id: is required"),
+        ("x", "job_id: 'x' is not a UUID"),
+        (f"{JOB_ID}/report", "is not a UUID"),  # another route of status
+        ("../jobs", "is not a UUID"),
+        (f"{JOB_ID}\n", "is not a UUID"),
+        (f"{{{JOB_ID}}}", "is not a UUID"),
+        (str(JOB_ID)[:-1], "is not a UUID"),
+        ("9" * 5000, "is not a UUID"),
+    ],
+)
+def test_a_job_id_that_is_not_a_uuid_is_invalid_without_asking_status(
+    ingress: Ingress, channel: grpc.Channel, job_id: str, message: str
 ) -> None:
     with pytest.raises(grpc.RpcError) as info:
-        ingress.stub(channel).GetJobStatus(pb.GetJobStatusRequest(), timeout=10)
+        ingress.stub(channel).GetJobStatus(pb.GetJobStatusRequest(job_id=job_id), timeout=10)
+    details = info.value.details() or ""
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "job_id" in (info.value.details() or "")
+    assert details.startswith("job_id: ")
+    assert message in details
+    assert len(details) < 300
     assert ingress.status.received == []
+
+
+PAGE = b"<!doctype html><html><body>" + b"<p>a row</p>" * 2000 + b"</body></html>"
+
+
+@pytest.mark.parametrize(
+    ("service", "reply", "code", "start"),
+    [
+        ("status", (200, {"content-type": "text/html"}, PAGE), "INTERNAL", "status replied badly"),
+        ("status", (404, {"content-type": "text/html"}, PAGE), "NOT_FOUND", "status answered HTTP"),
+        ("status", _json(503, {"error": "db down " * 1000}), "UNAVAILABLE", "db down db down"),
+        ("submit", (200, {"content-type": "text/html"}, PAGE), "INTERNAL", "submit replied badly"),
+        ("submit", (502, {"content-type": "text/html"}, PAGE), "UNAVAILABLE", "submit answered"),
+    ],
+)
+def test_an_upstream_page_is_never_quoted(
+    ingress: Ingress,
+    channel: grpc.Channel,
+    service: str,
+    reply: tuple[int, dict[str, str], bytes],
+    code: str,
+    start: str,
+) -> None:
+    stub = ingress.stub(channel)
+    if service == "submit":
+        ingress.submit.script = [reply]
+        request = pb.CalculateDistanceRequest(date="2026-03-07")
+        call = lambda: stub.CalculateDistanceFromHome(request, timeout=10)  # noqa: E731
+    else:
+        ingress.status.script = [reply]
+        call = lambda: stub.GetJobStatus(  # noqa: E731
+            pb.GetJobStatusRequest(job_id=str(JOB_ID)), timeout=10
+        )
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    details = info.value.details() or ""
+    assert info.value.code().name == code
+    assert details.startswith(start), details
+    assert "<" not in details  # no markup from the page
+    assert len(details) < 300
 
 
 def test_list_jobs_passes_every_filter_and_returns_the_page(
@@ -271,17 +333,91 @@ def test_without_a_deadline_the_server_limit_bounds_a_slow_upstream() -> None:
         _stop(started)
 
 
-def test_a_slow_function_is_not_reported_down() -> None:
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class _Watch:
+    """A health Watch of DistanceService, read by a thread: each status as it arrives, then
+    "ended" (status OK) or the error code's name."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        health = health_pb2_grpc.HealthStub(channel)
+        self.call = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=60)
+        self.seen: queue.Queue[int | str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for reply in self.call:
+                self.seen.put(reply.status)
+            self.seen.put("ended")
+        except grpc.RpcError as exc:
+            self.seen.put(exc.code().name)
+
+    def next(self, within: float) -> int | str:
+        return self.seen.get(timeout=within)
+
+    def expect(self, status: int, within: float) -> None:
+        """Read until `status` comes (others may come first); fail after `within` s."""
+        deadline = time.monotonic() + within
+        seen: list[int | str] = []
+        while not seen or seen[-1] != status:
+            try:
+                seen.append(self.next(max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                pytest.fail(f"no {status} within {within} s; saw {seen}")
+
+
+def test_a_check_answers_at_once_while_a_slow_function_is_probed() -> None:
     started = _start()
     started.submit.default = started.status.default = (200, {}, b"ok")
     started.submit.delay = 3  # longer than the probe waits: a service waking from zero
     try:
         with grpc.insecure_channel(started.target) as channel:
             health = health_pb2_grpc.HealthStub(channel)
-            answer = health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10)
-            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            request = health_pb2.HealthCheckRequest(service=SERVICE)
+            with ThreadPoolExecutor(2) as pool:
+                answers = list(pool.map(lambda _: health.Check(request, timeout=1), range(2)))
+            assert [answer.status for answer in answers] == [SERVING, SERVING]
+            # The probe those checks started gave up on submit, then asked status: a
+            # function slower than the probe is not reported down.
+            wait_until(lambda: bool(started.status.received), 10, "the probe of status")
+            time.sleep(0.5)
+            assert health.Check(request, timeout=1).status == SERVING
     finally:
         started.submit.delay = 0
+        _stop(started)
+
+
+def test_watchers_follow_the_functions_down_and_back() -> None:
+    started = _start()
+    started.submit.default = started.status.default = (200, {}, b"ok")
+    try:
+        with grpc.insecure_channel(started.target) as channel:
+            watch = _Watch(channel)
+            assert watch.next(10) == SERVING
+            wait_until(lambda: bool(started.status.received), 10, "the first probe")
+            # A refused call tells watchers at once, not at the next probe (5 s on).
+            started.submit.stop()
+            refused = time.monotonic()
+            with pytest.raises(grpc.RpcError) as info:
+                started.stub(channel).CalculateDistanceFromHome(
+                    pb.CalculateDistanceRequest(date="2026-03-07"), timeout=10
+                )
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            watch.expect(NOT_SERVING, within=10)
+            assert time.monotonic() - refused < 2.5
+            # With no calls at all, the probes (every 5 s while someone watches) see
+            # functions come back and go down.
+            started.submit.start()
+            watch.expect(SERVING, within=15)
+            started.status.stop()
+            watch.expect(NOT_SERVING, within=15)
+            started.status.start()
+            watch.expect(SERVING, within=15)
+            watch.call.cancel()
+    finally:
         _stop(started)
 
 
@@ -291,11 +427,11 @@ def test_unreachable_functions_are_unavailable_and_unhealthy() -> None:
     started.status.stop()
     try:
         with grpc.insecure_channel(started.target) as channel:
-            # A watcher's first answer comes from a fresh probe, not the start-up state.
+            # A watcher learns it from the probe its Watch started.
+            watch = _Watch(channel)
+            watch.expect(NOT_SERVING, within=10)
+            watch.call.cancel()
             health = health_pb2_grpc.HealthStub(channel)
-            stream = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10)
-            assert next(stream).status == health_pb2.HealthCheckResponse.NOT_SERVING
-            stream.cancel()
             with pytest.raises(grpc.RpcError) as info:
                 started.stub(channel).CalculateDistanceFromHome(
                     pb.CalculateDistanceRequest(date="2026-03-07"), timeout=10
@@ -303,13 +439,37 @@ def test_unreachable_functions_are_unavailable_and_unhealthy() -> None:
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
             assert (
                 health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10).status
-                == health_pb2.HealthCheckResponse.NOT_SERVING
+                == NOT_SERVING
             )
             # The process itself still serves: Knative must not restart it for this.
-            assert (
-                health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
-                == health_pb2.HealthCheckResponse.SERVING
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == SERVING
+    finally:
+        _stop(started)
+
+
+def test_shutdown_ends_watches_at_once_and_drains_calls() -> None:
+    started = _start()
+    started.submit.default = (200, {}, b"ok")
+    started.status.default = _json(200, _view().model_dump(mode="json"))
+    started.status.delay = 2
+    path = f"/jobs/{JOB_ID}"
+    try:
+        with grpc.insecure_channel(started.target) as channel, ThreadPoolExecutor(1) as pool:
+            watch = _Watch(channel)
+            assert watch.next(10) == SERVING
+            request = pb.GetJobStatusRequest(job_id=str(JOB_ID))
+            call = pool.submit(started.stub(channel).GetJobStatus, request, timeout=15)
+            wait_until(
+                lambda: any(r["path"] == path for r in started.status.received), 10, "the call"
             )
+            signalled = time.monotonic()
+            started.process.signal(signal.SIGTERM)
+            watch.expect(NOT_SERVING, within=5)
+            assert watch.next(5) == "ended"
+            assert call.result().job_id == str(JOB_ID)  # the call in flight still finished
+            assert started.process.process is not None
+            assert started.process.process.wait(timeout=30) == 0
+            assert time.monotonic() - signalled < 8  # the drain's grace is 20 s
     finally:
         _stop(started)
 
@@ -333,7 +493,8 @@ def test_reflection_lists_the_services(ingress: Ingress, channel: grpc.Channel) 
 
 
 def test_bearer_token_is_required_when_configured() -> None:
-    started = _start({"GRPC_AUTH_TOKEN": "s3cret-token"})
+    # As a Secret made from a file holds it: the newline is not part of the token.
+    started = _start({"GRPC_AUTH_TOKEN": "s3cret-token\n"})
     started.status.default = _json(200, _view().model_dump(mode="json"))
     try:
         with grpc.insecure_channel(started.target) as channel:
@@ -343,15 +504,42 @@ def test_bearer_token_is_required_when_configured() -> None:
                 (),
                 (("authorization", "Bearer wrong"),),
                 (("authorization", "s3cret-token"),),
+                (("authorization", "Basic s3cret-token"),),
+                (("authorization", "Bearers3cret-token"),),
+                (("authorization", "Bearer s3cret-token-and-more"),),
             ]:
                 with pytest.raises(grpc.RpcError) as info:
                     stub.GetJobStatus(request, timeout=10, metadata=metadata)
                 assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
             assert started.status.received == []
-            reply = stub.GetJobStatus(
-                request, timeout=10, metadata=(("authorization", "Bearer s3cret-token"),)
-            )
-            assert reply.job_id == str(JOB_ID)
+            # The scheme is case-insensitive (RFC 7235), the token is not.
+            for scheme in ("Bearer", "bearer", "BEARER"):
+                reply = stub.GetJobStatus(
+                    request, timeout=10, metadata=(("authorization", f"{scheme} s3cret-token"),)
+                )
+                assert reply.job_id == str(JOB_ID)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.GetJobStatus(
+                    request, timeout=10, metadata=(("authorization", "Bearer S3CRET-TOKEN"),)
+                )
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert grpc_serving(started.target)  # health needs no token: probes cannot send one
     finally:
         _stop(started)
+
+
+def test_a_second_ingress_on_the_same_port_fails_to_start(ingress: Ingress) -> None:
+    port = int(ingress.target.rsplit(":", 1)[1])
+    env = {**os.environ, "SUBMIT_URL": ingress.submit.url, "STATUS_URL": ingress.status.url}
+    second = ingress_process(port, env).start(stdout=subprocess.PIPE)
+    assert second.process is not None
+    assert second.process.stdout is not None
+    with second.process.stdout as output:
+        try:
+            # Sharing the port (SO_REUSEPORT) it would serve on and never exit.
+            code = second.process.wait(timeout=15)
+        finally:
+            second.stop()
+        assert code == 1
+        assert f"ingress: cannot listen on port {port}" in output.read().decode()
+    assert grpc_serving(ingress.target)

@@ -28,7 +28,8 @@ DRAIN_SECONDS = 20
 def build_server(
     grpc_settings: config.GrpcSettings, upstream: Upstream
 ) -> tuple[grpc.Server, DependencyHealth]:
-    """The server with DistanceService, health and reflection, bound to its port."""
+    """The server with DistanceService, health and reflection, bound to its port (OSError
+    when the port is taken)."""
     interceptors: list[grpc.ServerInterceptor] = []
     if telemetry.exporting():
         # Traced calls (health checks excluded) only where spans are exported: the
@@ -46,7 +47,12 @@ def build_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="grpc"),
         interceptors=interceptors,
-        options=[("grpc.max_receive_message_length", grpc_settings.grpc_max_receive_bytes)],
+        options=[
+            ("grpc.max_receive_message_length", grpc_settings.grpc_max_receive_bytes),
+            # grpcio sets SO_REUSEPORT on Linux: a second ingress would share the port and
+            # take half the calls instead of failing to start.
+            ("grpc.so_reuseport", 0),
+        ],
         maximum_concurrent_rpcs=WORKERS * 8,
     )
     # The generated registration carries no annotations.
@@ -63,7 +69,12 @@ def build_server(
         ],
         server,
     )
-    server.add_insecure_port(f"[::]:{grpc_settings.listen_port}")
+    try:
+        server.add_insecure_port(f"[::]:{grpc_settings.listen_port}")
+    except RuntimeError:  # how grpcio reports a failed bind
+        raise OSError(
+            f"cannot listen on port {grpc_settings.listen_port} (is another process using it?)"
+        ) from None
     return server, health_servicer
 
 
@@ -80,16 +91,21 @@ def main() -> int:
     telemetry.start("ingress", telemetry_settings)
     source = f"{config.load(config.EventSettings).event_source.rstrip('/')}/ingress"
     upstream = Upstream(upstream_settings, source=source, pool_size=WORKERS)
-    server, health_servicer = build_server(grpc_settings, upstream)
+    try:
+        server, health_servicer = build_server(grpc_settings, upstream)
+    except OSError as exc:
+        sys.stderr.write(f"ingress: {exc}\n")
+        telemetry.shutdown()
+        return 1
     server.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
     log.info("ingress serving", extra={"port": grpc_settings.listen_port})
 
     def drain(signum: int, _frame: FrameType | None) -> None:
         log.info("draining", extra={"signal": signal.Signals(signum).name})
-        health_servicer.enter_graceful_shutdown()
-        server.stop(grace=DRAIN_SECONDS)
+        health_servicer.enter_graceful_shutdown()  # watchers see NOT_SERVING
+        server.stop(grace=DRAIN_SECONDS)  # no new calls; in-flight ones finish
+        health_servicer.end_watches()  # open streams would hold the drain to its end
 
     signal.signal(signal.SIGTERM, drain)
     signal.signal(signal.SIGINT, drain)
