@@ -103,8 +103,8 @@ def test_a_client_built_from_the_original_proto_still_works(stack: Stack, tmp_pa
         ({"date": "2024-03-12", "device_id": "no spaces please"}, "device_id"),
         ({"date": "2024-03-12", "timezone": "Mars/Olympus"}, "timezone"),
         ({"date": "2099-01-01"}, "date"),
-        ({"date": "0001-01-01"}, "date: 0001-01-01 is before 1970-01-01"),
-        ({"date": "2024-03-12", "timezone": "localtime"}, "timezone: unknown time zone"),
+        ({"date": "0001-01-01"}, "date"),
+        ({"date": "2024-03-12", "timezone": "localtime"}, "timezone"),
     ],
 )
 def test_bad_requests_are_invalid_argument_naming_the_field(
