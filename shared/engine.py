@@ -671,14 +671,18 @@ def _drifted(centroid: Floats, still: Bools, anchor: Floats, limit: float) -> Fl
     """
     m = len(still)
     used = np.flatnonzero(~still)
-    last = np.full(m, -1, dtype=np.int64)
-    last[used] = used
-    np.maximum.accumulate(last, out=last)
-    ref = centroid[:, np.maximum(last, 0)]
-    ref[:, last < 0] = anchor[:, None]
-    drift = centroid - ref
-    drift *= drift
-    far = np.flatnonzero(still & (drift.sum(axis=0) >= limit))
+    head = int(used[0]) if len(used) else m  # fixes before the slice's first used one
+    runs = np.diff(np.append(used, m))
+    drift = np.zeros(m)
+    ref = np.empty(m)
+    for axis, column in enumerate(centroid):
+        # Each run's anchor repeated along it: several times cheaper than a gather.
+        ref[:head] = anchor[axis]
+        ref[head:] = np.repeat(column[used], runs)
+        np.subtract(column, ref, out=ref)
+        ref *= ref
+        drift += ref
+    far = np.flatnonzero(still & (drift >= limit))
     i = 0
     while i < len(far):
         at = int(far[i])
