@@ -60,7 +60,7 @@ def _live_without_database(
     return service, dead
 
 
-@pytest.mark.parametrize("name", HTTP_FUNCTIONS)
+@pytest.mark.parametrize("name", ["submit", "compute"])
 def test_http_function_is_live_but_not_ready_without_its_database(
     name: str, base_env: dict[str, str], processes: list[ServiceProcess]
 ) -> None:
@@ -68,6 +68,31 @@ def test_http_function_is_live_but_not_ready_without_its_database(
     response = urllib3.request("GET", f"{service.url}/readyz")
     assert response.status == 503
     assert f"127.0.0.1:{dead}" in json.loads(response.data)["error"]
+    assert service.stop() == 0
+
+
+def test_status_stays_ready_without_its_database_and_takes_dead_letters(
+    base_env: dict[str, str], processes: list[ServiceProcess]
+) -> None:
+    service, dead = _live_without_database("status", base_env, processes)
+    assert http_status(f"{service.url}/readyz") == 200
+    letter = urllib3.request(
+        "POST",
+        f"{service.url}/dead-letters",
+        body=b'{"job_id": "8c1b0c43-6f8e-4a8e-9a55-0d3c2f9f4b1e"}',
+        headers={
+            "ce-specversion": "1.0",
+            "ce-id": "lost-1",
+            "ce-source": "/otel-worker/submit",
+            "ce-type": "dev.otelworker.job.queued.v1",
+            "content-type": "application/json",
+        },
+    )
+    assert letter.status == 202
+    # Its job endpoints say at once that the database is down.
+    job = urllib3.request("GET", f"{service.url}/jobs/8c1b0c43-6f8e-4a8e-9a55-0d3c2f9f4b1e")
+    assert job.status == 503
+    assert f"127.0.0.1:{dead}" in json.loads(job.data)["error"]
     assert service.stop() == 0
 
 
