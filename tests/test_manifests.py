@@ -196,7 +196,12 @@ class BatchJob(_Strict):
     spec: JobSpec
 
 
+class TemplateLabels(_Strict):
+    labels: dict[str, str]
+
+
 class CronJobTemplate(_Strict):
+    metadata: TemplateLabels | None = None
     spec: JobSpec
 
 
@@ -387,6 +392,46 @@ def test_ingress_speaks_h2c_with_grpc_probes(base: dict[str, list[Any]]) -> None
     assert container.readiness_probe.grpc.service == ""
     assert container.liveness_probe
     assert container.liveness_probe.grpc
+
+
+# Kinds a SinkBinding can inject into: they embed a pod template at spec.template.spec.
+PODSPECABLE = {
+    ("serving.knative.dev/v1", "Service"),
+    ("batch/v1", "Job"),
+    ("apps/v1", "Deployment"),
+    ("apps/v1", "StatefulSet"),
+    ("apps/v1", "DaemonSet"),
+}
+
+
+def test_sink_bindings_reach_every_publisher(base: dict[str, list[Any]]) -> None:
+    """submit, compute and every Job of the sweep CronJob get K_SINK (a binding to the
+    CronJob itself would inject nothing: it has no pod template of its own)."""
+    bound: set[str] = set()
+    for binding in base["SinkBinding"]:
+        subject = binding.spec.subject
+        assert (subject.api_version, subject.kind) in PODSPECABLE, binding.metadata.name
+        assert binding.spec.sink.ref == {
+            "apiVersion": "eventing.knative.dev/v1",
+            "kind": "Broker",
+            "name": "otel-worker",
+        }
+        assert subject.selector is not None
+        wanted = subject.selector["matchLabels"].items()
+        if subject.kind == "Service":
+            bound |= {
+                name
+                for name, service in _services(base).items()
+                if wanted <= service.metadata.labels.items()
+            }
+        else:
+            bound |= {
+                cron.metadata.name
+                for cron in base["CronJob"]
+                if cron.spec.job_template.metadata
+                and wanted <= cron.spec.job_template.metadata.labels.items()
+            }
+    assert bound == {"submit", "compute", "otel-worker-sweep"}
 
 
 def test_commands_of_jobs_are_cli_subcommands(base: dict[str, list[Any]]) -> None:
