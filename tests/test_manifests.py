@@ -64,6 +64,7 @@ class Probe(_Strict):
     http_get: HttpGet | None = Field(default=None, alias="httpGet")
     grpc: GrpcProbe | None = None
     period_seconds: int = Field(alias="periodSeconds")
+    timeout_seconds: int | None = Field(default=None, alias="timeoutSeconds")
     failure_threshold: int | None = Field(default=None, alias="failureThreshold")
 
 
@@ -378,8 +379,28 @@ def test_http_functions_point_at_their_code_and_probes(
     assert container.liveness_probe
     assert container.liveness_probe.http_get
     assert container.liveness_probe.http_get.path == "/healthz"
-    # One gunicorn worker, THREADS threads, one pooled connection per thread.
-    assert env["THREADS"] == env["DB_POOL_MAX_SIZE"] == str(spec.container_concurrency)
+    # One gunicorn worker, THREADS threads, one pooled connection per thread; compute keeps
+    # a thread free for the probes.
+    spare = 1 if name == "compute" else 0
+    assert env["THREADS"] == env["DB_POOL_MAX_SIZE"] == str(spec.container_concurrency + spare)
+
+
+def test_compute_runs_one_job_per_pod_and_answers_probes_beside_it(
+    base: dict[str, list[Any]],
+) -> None:
+    """Two jobs at MAX_CSV_ROWS would need ~700 MB against the 512Mi limit and twice the CPU
+    the timing chain assumes; the probes must not wait behind the job (1 s default timeout)."""
+    compute = _services(base)["compute"].spec.template
+    assert compute.spec.container_concurrency == 1
+    assert compute.metadata.annotations["autoscaling.knative.dev/target"] == "1"
+    container = compute.spec.containers[0]
+    env = {v.name: v.value for v in container.env}
+    assert int(env["THREADS"]) == compute.spec.container_concurrency + 1
+    assert container.resources.limits["memory"] == "512Mi"
+    for probe in (container.readiness_probe, container.liveness_probe):
+        assert probe is not None
+        assert probe.timeout_seconds is not None
+        assert 1 < probe.timeout_seconds <= probe.period_seconds
 
 
 def test_ingress_speaks_h2c_with_grpc_probes(base: dict[str, list[Any]]) -> None:
