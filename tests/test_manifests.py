@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import datetime as dt
+import json
 import shutil
 import subprocess
 import sys
@@ -453,6 +454,70 @@ def test_sink_bindings_reach_every_publisher(base: dict[str, list[Any]]) -> None
                 and wanted <= cron.spec.job_template.metadata.labels.items()
             }
     assert bound == {"submit", "compute", "otel-worker-sweep"}
+
+
+WAVE = "argocd.argoproj.io/sync-wave"
+
+
+def _wave(resource: Any) -> int:
+    return int(resource.metadata.annotations.get(WAVE, "0"))
+
+
+def test_sync_waves_create_what_is_referenced_first(base: dict[str, list[Any]]) -> None:
+    """Argo CD applies a wave once the earlier ones are healthy, and reports a Broker or
+    Trigger whose reference does not resolve as Degraded: referents go in earlier waves."""
+    services = {name: _wave(s) for name, s in _services(base).items()}
+    (broker,) = base["Broker"]
+    (migrate,) = base["Job"]
+    (sweep,) = base["CronJob"]
+    assert {_wave(cm) for cm in base["ConfigMap"]} == {0}
+    assert 0 < _wave(migrate) < min(services.values())
+    dead_letters = broker.spec.delivery.dead_letter_sink.ref
+    assert services[dead_letters.name] < _wave(broker)
+    for trigger in base["Trigger"]:
+        assert trigger.spec.broker == broker.metadata.name
+        assert _wave(broker) < _wave(trigger)
+        for ref in (trigger.spec.subscriber.ref, trigger.spec.delivery.dead_letter_sink.ref):
+            assert services[ref.name] < _wave(trigger), trigger.metadata.name
+    for binding in base["SinkBinding"]:
+        assert _wave(broker) < _wave(binding), binding.metadata.name
+        if binding.spec.subject.kind == "Job":
+            assert _wave(binding) < _wave(sweep)
+
+
+def test_argo_cd_ignores_exactly_what_the_sink_bindings_inject(
+    base: dict[str, list[Any]],
+) -> None:
+    """The Application's jq expression drops the env entries SinkBinding adds to a bound
+    Service (K_SINK, K_CE_OVERRIDES, and K_CA_CERTS under TLS) and nothing else."""
+    jq = shutil.which("jq")
+    assert jq, "jq is needed: it is on these machines and on the CI runners"
+    application = yaml.safe_load(
+        (KNATIVE / "clusters" / "k8s-pi5-cluster" / "otel-worker-application.yaml").read_text()
+    )
+    (rule,) = [
+        r
+        for r in application["spec"]["ignoreDifferences"]
+        if (r["group"], r["kind"]) == ("serving.knative.dev", "Service")
+    ]
+    desired = yaml.safe_load((BASE / "service-compute.yaml").read_text())
+    live = yaml.safe_load((BASE / "service-compute.yaml").read_text())
+    live["spec"]["template"]["spec"]["containers"][0]["env"] += [
+        {"name": "K_SINK", "value": "http://broker-ingress.knative-eventing.svc/otel-worker"},
+        {"name": "K_CA_CERTS", "value": "-----BEGIN CERTIFICATE-----"},
+        {"name": "K_CE_OVERRIDES", "value": ""},
+    ]
+    for expression in rule["jqPathExpressions"]:
+        live = json.loads(
+            subprocess.run(
+                [jq, "-c", f"del({expression})"],
+                input=json.dumps(live),
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+    assert live == desired
 
 
 def test_commands_of_jobs_are_cli_subcommands(base: dict[str, list[Any]]) -> None:
