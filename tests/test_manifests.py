@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import datetime as dt
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -518,6 +519,45 @@ def test_argo_cd_ignores_exactly_what_the_sink_bindings_inject(
             ).stdout
         )
     assert live == desired
+
+
+def test_the_documented_minio_identity_can_write_and_read(base: dict[str, list[Any]]) -> None:
+    """compute and status share the Secret `otel-worker` (one MinIO identity), so the user
+    DEPLOYMENT.md puts in it needs compute's writes and status's reads (presigned GETs)."""
+    services = _services(base)
+    secrets = {
+        name: {
+            r.secret_ref.name
+            for r in services[name].spec.template.spec.containers[0].env_from
+            if r.secret_ref
+        }
+        for name in ("compute", "status")
+    }
+    assert secrets["compute"] == secrets["status"] == {"otel-worker"}
+    doc = (REPO_ROOT / "docs" / "DEPLOYMENT.md").read_text()
+    (access_key,) = re.findall(r"--from-literal=MINIO_ACCESS_KEY=(\S+) ", doc)
+    assert access_key in re.findall(r"^mc admin user add myminio (\S+) ", doc, re.MULTILINE)
+    files = dict(re.findall(r"^mc admin policy create myminio (\S+) (\S+)$", doc, re.MULTILINE))
+    attached = [
+        policy
+        for policies, user in re.findall(
+            r"^mc admin policy attach myminio (.+) --user (\S+)$", doc, re.MULTILINE
+        )
+        if user == access_key
+        for policy in policies.split()
+    ]
+    allowed: set[str] = set()
+    for policy in attached:
+        (document,) = re.findall(
+            rf"`{re.escape(files[policy])}`.*?\n\n```json\n(.*?)```", doc, re.S
+        )
+        allowed |= {
+            action
+            for statement in json.loads(document)["Statement"]
+            for action in statement["Action"]
+        }
+    assert {"s3:ListBucket", "s3:PutObject", "s3:GetObject"} <= allowed
+    assert not any("Delete" in action for action in allowed)  # objects expire by lifecycle
 
 
 def test_commands_of_jobs_are_cli_subcommands(base: dict[str, list[Any]]) -> None:
