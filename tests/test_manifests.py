@@ -671,6 +671,20 @@ def test_the_overlay_exposes_only_ingress_and_status() -> None:
         assert local == {"submit", "compute"}
 
 
+def test_documented_grpcurl_checks_speak_plaintext() -> None:
+    """The ingress serves h2c and the docs set up no TLS: a grpcurl line without
+    -plaintext would try TLS and fail."""
+    lines = [
+        line.strip()
+        for doc in [REPO_ROOT / "README.md", *(REPO_ROOT / "docs").glob("*.md")]
+        for block in doc.read_text().split("```")[1::2]  # inside code fences
+        for line in block.splitlines()
+        if line.strip().startswith("grpcurl ")
+    ]
+    assert lines
+    assert [line for line in lines if "-plaintext" not in line.split()] == []
+
+
 def test_yaml_passes_yamllint() -> None:
     result = subprocess.run(
         [
