@@ -702,6 +702,26 @@ def test_yaml_passes_yamllint() -> None:
     assert result.returncode == 0, result.stdout
 
 
+def test_gunicorn_control_socket_goes_to_a_writable_mount(base: dict[str, list[Any]]) -> None:
+    """gunicorn puts its control socket in $XDG_RUNTIME_DIR, else under $HOME; on the
+    read-only root that fails with "Control server error" at every start."""
+    final_stage = (REPO_ROOT / "Dockerfile").read_text().rsplit("\nFROM ", 1)[1]
+    (runtime_dir,) = re.findall(r"\bXDG_RUNTIME_DIR=(\S+)", final_stage)
+    for name in HTTP_FUNCTIONS:
+        spec = _services(base)[name].spec.template.spec
+        mounts = {m.mount_path: m.name for m in spec.containers[0].volume_mounts}
+        assert runtime_dir in mounts, name
+        assert mounts[runtime_dir] in {v.name for v in spec.volumes}, name
+    socket = subprocess.run(
+        [sys.executable, "-c", "import gunicorn.config as c; print(c.ControlSocket.default)"],
+        env={"XDG_RUNTIME_DIR": runtime_dir, "HOME": "/nonexistent"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert Path(socket).parent == Path(runtime_dir)
+
+
 def test_dockerfile_passes_hadolint() -> None:
     result = subprocess.run(
         [str(BIN / "hadolint"), "--failure-threshold", "style", str(REPO_ROOT / "Dockerfile")],
