@@ -732,6 +732,30 @@ def test_dockerfile_passes_hadolint() -> None:
     assert result.returncode == 0, result.stdout
 
 
+def test_image_workflow_scans_every_platform_before_pushing() -> None:
+    """A failing scan must publish nothing: every platform pushed was built on its own,
+    loaded and scanned, and no step pushes before the last scan."""
+    workflow = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / "image.yml").read_text())
+    steps = workflow["jobs"]["image"]["steps"]
+    builds = [
+        (i, s.get("with", {}))
+        for i, s in enumerate(steps)
+        if "build-push-action" in s.get("uses", "")
+    ]
+    scans = [i for i, s in enumerate(steps) if "trivy-action" in s.get("uses", "")]
+    loaded = {w["tags"]: w["platforms"] for _, w in builds if w.get("load")}
+    refs = [steps[i]["with"]["image-ref"] for i in scans]
+    assert set(refs) <= set(loaded), "a scan reads an image from the registry: pushed already"
+    scanned = {loaded[ref] for ref in refs}
+    pushes = [(i, w) for i, w in builds if w.get("push")]
+    assert pushes
+    for index, push in pushes:
+        assert index > max(scans)
+        assert set(push["platforms"].split(",")) <= scanned
+    logins = [i for i, s in enumerate(steps) if "login-action" in s.get("uses", "")]
+    assert min(logins) > max(scans)  # nothing could be pushed before the scans
+
+
 def test_github_workflows_match_their_schema() -> None:
     workflows = sorted((REPO_ROOT / ".github" / "workflows").glob("*.yml"))
     assert {p.stem for p in workflows} >= {"lint", "test", "image"}
