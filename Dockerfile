@@ -16,9 +16,13 @@ COPY shared ./shared
 RUN uv sync --frozen --no-dev --no-editable
 
 FROM python:3.11.14-slim-bookworm
+# gunicorn opens its control socket in $XDG_RUNTIME_DIR, else under $HOME, which cannot be
+# created on the read-only root ("Control server error" at every start): /tmp is the
+# writable emptyDir the HTTP Services mount.
 ENV PATH=/app/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    XDG_RUNTIME_DIR=/tmp
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin app
 WORKDIR /app
 COPY --from=build /app/.venv /app/.venv

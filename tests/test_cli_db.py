@@ -93,21 +93,45 @@ def test_doctor_from_nothing_to_healthy(
     assert "matches expected_schema.txt" in out
 
 
-def test_sweep_prints_what_it_did_and_lists_unpublished_jobs(
+def test_sweep_without_k_sink_lists_unpublished_jobs_and_exits_1(
     use_database: Database, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A CronJob pod the SinkBinding missed fails, saying why, instead of passing silently."""
     assert _run(capsys, "migrate")[0] == 0
     with use_database.connect() as conn:
         store = JobStore(conn, JobSettings(), schema=os.environ["JOBS_SCHEMA"])
         job, _ = store.create(
             JobRequest(date_from=dt.date(2024, 1, 1), date_to=dt.date(2024, 1, 1), timezone="UTC")
         )
-    code, out, _ = _run(capsys, "sweep", "--limit", "10")
-    assert code == 0
+    code, out, err = _run(capsys, "sweep", "--limit", "10")
+    assert code == 1
     assert "re-queued 0 job(s)" in out
     assert "1 queued job(s) need publishing; no publisher is configured" in out
     assert str(job.id) in out
     assert "pruned 0 finished job(s)" in out
+    assert err.count("\n") == 1
+    assert err.startswith("otel-worker sweep: K_SINK is not set, so 1 job(s) needing an event")
+
+
+def test_sweep_without_k_sink_exits_1_for_a_job_it_fails(
+    use_database: Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A job failed out of attempts needs its job.failed event as much as a queued one."""
+    assert _run(capsys, "migrate")[0] == 0
+    _out_of_attempts(use_database)
+    code, out, err = _run(capsys, "sweep")
+    assert code == 1
+    assert "failed 1 job(s) out of attempts" in out
+    assert "K_SINK is not set, so 1 job(s) needing an event were not announced" in err
+
+
+def test_sweep_without_k_sink_exits_0_when_nothing_needed_announcing(
+    use_database: Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run(capsys, "migrate")[0] == 0
+    code, out, err = _run(capsys, "sweep")
+    assert (code, err) == (0, "")
+    assert "re-published 0 queued job(s)" in out
 
 
 def _out_of_attempts(database: Database) -> uuid.UUID:
