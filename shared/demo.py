@@ -166,7 +166,7 @@ def run(options: Options, say: TextIO = sys.stdout) -> int:
     """Run the demo end to end; stop everything it started, also on failure."""
     started = time.monotonic()
     options.data_dir.mkdir(parents=True, exist_ok=True)
-    s3_folder = options.data_dir / "s3"
+    s3_folder = options.data_dir / "demo-s3"  # not `.data/s3`, which `dev --local-s3` may use
     # Every run computes its jobs anew, so the object store starts empty each time.
     shutil.rmtree(s3_folder, ignore_errors=True)
     with database(options, say) as url:
@@ -187,7 +187,13 @@ def run(options: Options, say: TextIO = sys.stdout) -> int:
             database_settings = config.DatabaseSettings(database_url=url)
             from shared.maintenance import migrate_jobs
 
-            stack = Supervisor(env=env, out=log, migrate=lambda: migrate_jobs(database_settings))
+            # The services run in the data folder, where no `.env` overrides the defaults.
+            stack = Supervisor(
+                env=env,
+                out=log,
+                migrate=lambda: migrate_jobs(database_settings),
+                workdir=options.data_dir,
+            )
             say.write("stack: starting the broker, submit, compute, status and the ingress\n")
             try:
                 stack.start()

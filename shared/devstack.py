@@ -199,6 +199,8 @@ class ServiceProcess:
     command: list[str]
     port: int
     env: dict[str, str]
+    cwd: Path | None = None
+    """Where it runs, so the `.env` it reads is the one there; None: where this process runs."""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -211,7 +213,7 @@ class ServiceProcess:
         self.process = subprocess.Popen(
             self.command,
             env=self.env,
-            cwd=REPO_ROOT,
+            cwd=self.cwd,
             stdout=stdout,
             stderr=subprocess.STDOUT if stdout is not None else None,
             start_new_session=True,
@@ -243,10 +245,15 @@ class ServiceProcess:
         return self.process.returncode
 
 
-def http_function(name: str, port: int, env: dict[str, str]) -> ServiceProcess:
+# -P: the working directory (or the script's) is not put on sys.path, so a process started
+# anywhere imports the installed project, never a look-alike module lying there.
+def http_function(
+    name: str, port: int, env: dict[str, str], cwd: Path | None = None
+) -> ServiceProcess:
     """A functions-framework process serving `functions/<name>/main.py` on `port`."""
     command = [
         sys.executable,
+        "-P",
         "-m",
         "functions_framework",
         f"--source={REPO_ROOT / 'functions' / name / 'main.py'}",
@@ -254,14 +261,14 @@ def http_function(name: str, port: int, env: dict[str, str]) -> ServiceProcess:
         "--host=127.0.0.1",
         f"--port={port}",
     ]
-    return ServiceProcess(name=name, command=command, port=port, env=env)
+    return ServiceProcess(name=name, command=command, port=port, env=env, cwd=cwd)
 
 
-def ingress_process(port: int, env: dict[str, str]) -> ServiceProcess:
+def ingress_process(port: int, env: dict[str, str], cwd: Path | None = None) -> ServiceProcess:
     """The gRPC ingress as a plain process listening on `port`."""
-    command = [sys.executable, str(REPO_ROOT / "functions" / "ingress" / "main.py")]
+    command = [sys.executable, "-P", str(REPO_ROOT / "functions" / "ingress" / "main.py")]
     env = {**env, "PORT": str(port)}
-    return ServiceProcess(name="ingress", command=command, port=port, env=env)
+    return ServiceProcess(name="ingress", command=command, port=port, env=env, cwd=cwd)
 
 
 def find_pgbouncer() -> str:

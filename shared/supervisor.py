@@ -96,6 +96,8 @@ class Supervisor:
     sweep_interval: float = 30.0
     time_scale: float = 1.0
     ready_timeout: float = 60.0
+    workdir: Path | None = None
+    """Where the services run (and whose `.env` they read); None: this process's directory."""
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     broker: DevBroker | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -142,14 +144,14 @@ class Supervisor:
         base = {**self.env, "K_SINK": self.broker.url}
         for name in HTTP_FUNCTIONS:
             env = {**base, "OTEL_SERVICE_NAME": f"otel-worker-{name}"}
-            self.services[name] = http_function(name, ports[name], env)
+            self.services[name] = http_function(name, ports[name], env, self.workdir)
         ingress_env = {
             **base,
             "SUBMIT_URL": urls["submit"],
             "STATUS_URL": urls["status"],
             "OTEL_SERVICE_NAME": "otel-worker-ingress",
         }
-        self.services["ingress"] = ingress_process(ports["ingress"], ingress_env)
+        self.services["ingress"] = ingress_process(ports["ingress"], ingress_env, self.workdir)
         assert self._log is not None
         for name, service in self.services.items():
             service.start(stdout=subprocess.PIPE)

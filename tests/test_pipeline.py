@@ -448,10 +448,11 @@ def test_otel_worker_dev_runs_everything_and_ctrl_c_stops_it_all(
     seeded: Database, tmp_path: Path
 ) -> None:
     env = {k: v for k, v in os.environ.items() if k not in config.variable_names()} | {
-        "DATABASE_URL": seeded.dsn,
         "LOG_LEVEL": "INFO",
         "MINIO_BUCKET": "dev-cli",
     }
+    # Settings from a `.env` where it is started reach every service, not only itself.
+    (tmp_path / ".env").write_text(f"DATABASE_URL={seeded.dsn}\nMAX_RANGE_DAYS=2\n")
     process = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "otel-worker"),
@@ -460,6 +461,7 @@ def test_otel_worker_dev_runs_everything_and_ctrl_c_stops_it_all(
             str(tmp_path / "s3"),
         ],
         env=env,
+        cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -477,6 +479,10 @@ def test_otel_worker_dev_runs_everything_and_ctrl_c_stops_it_all(
         if line.startswith("dev ") and len(parts := line.split()) == 4
     }
     assert {"submit", "compute", "status", "ingress", "broker"} <= set(urls)
+    too_long = {"date": "2024-03-12", "end_date": "2024-03-14"}
+    refused = urllib3.request("POST", urls["submit"], json=too_long)
+    assert refused.status == 400
+    assert "at most MAX_RANGE_DAYS (2)" in json.loads(refused.data)["error"]
     accepted = urllib3.request("POST", urls["submit"], json={"date": "2024-03-12"})
     assert accepted.status == 202
     job_id = JobAccepted.model_validate_json(accepted.data).job.job_id
