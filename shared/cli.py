@@ -47,7 +47,7 @@ def _schemas(args: argparse.Namespace) -> int:
 def _dev(args: argparse.Namespace) -> int:
     from shared.db import DatabaseUnavailable
     from shared.logs import setup_logging
-    from shared.supervisor import run_dev
+    from shared.supervisor import StartFailed, run_dev
 
     setup_logging(config.load(config.TelemetrySettings).log_level)
     try:
@@ -55,16 +55,21 @@ def _dev(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("otel-worker dev: interrupted while starting; stopped what had started\n")
         return 130
-    except DatabaseUnavailable as exc:
+    except (DatabaseUnavailable, StartFailed) as exc:
         sys.stderr.write(f"otel-worker dev: {exc}\n")
         return EXIT_UNAVAILABLE
 
 
 def _demo(args: argparse.Namespace) -> int:
     from shared import demo
+    from shared.supervisor import StartFailed
 
     options = demo.Options(data_dir=args.data_dir, out_dir=args.out, embedded=args.embedded)
-    return demo.run(options)
+    try:
+        return demo.run(options)
+    except (demo.DemoFailed, StartFailed) as exc:
+        sys.stderr.write(f"otel-worker demo: {exc}\n")
+        return 1
 
 
 def _with_database(run: DatabaseHandler) -> Handler:

@@ -38,6 +38,10 @@ DAY = dt.date(2024, 3, 12)
 WEEK = (dt.date(2024, 3, 11), dt.date(2024, 3, 17))
 
 
+class DemoFailed(RuntimeError):
+    """A demo job did not complete (its message says how it ended)."""
+
+
 @dataclass
 class Options:
     """Where the demo keeps its data and writes its results."""
@@ -141,7 +145,7 @@ def _submit_and_show(stack: Supervisor, options: Options, say: TextIO) -> None:
             say.write(f"job {queued.job_id} {queued.status}\n")
             final = wait(client, queued.job_id, say, timeout=300, interval=0.2)
             if final.status != "completed":
-                raise RuntimeError(f"job {queued.job_id} {final.status}: {final.error_message}")
+                raise DemoFailed(f"job {queued.job_id} {final.status}: {final.error_message}")
             show_result(final, say)
             name = Path(final.result.csv_path).name
             summary_name = name.replace(".csv", ".summary.json")

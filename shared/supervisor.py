@@ -40,6 +40,11 @@ from shared.manifests import load_eventing
 log = logging.getLogger(__name__)
 
 
+class StartFailed(RuntimeError):
+    """A service exited, or never became ready, while the stack started (its own log lines
+    say why)."""
+
+
 class PrefixedLog:
     """One output stream shared by several services, each line prefixed by its name."""
 
@@ -186,12 +191,17 @@ class Supervisor:
     def _wait_ready(self, name: str, service: ServiceProcess) -> None:
         def ready() -> bool:
             if not service.alive():
-                raise RuntimeError(f"{name} exited before it was ready")
+                raise StartFailed(f"{name} exited before it was ready (its log lines say why)")
             if name == "ingress":
                 return grpc_serving(f"127.0.0.1:{service.port}")
             return http_status(f"{service.url}/readyz") == 200
 
-        wait_until(ready, self.ready_timeout, name, interval=0.05, ignore=(OSError, grpc.RpcError))
+        try:
+            wait_until(
+                ready, self.ready_timeout, name, interval=0.05, ignore=(OSError, grpc.RpcError)
+            )
+        except TimeoutError as exc:
+            raise StartFailed(f"{exc} (its log lines say why)") from None
 
     def _sweep_loop(self) -> None:
         assert self.sweep is not None

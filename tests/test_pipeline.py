@@ -444,6 +444,28 @@ def test_download_of_an_unfinished_job_says_so(stack: Stack) -> None:
             store.fail(job.id, claim.job.lease_token, "ended by the test")
 
 
+def test_otel_worker_dev_names_a_service_that_fails_to_start_in_one_line(
+    seeded: Database, tmp_path: Path
+) -> None:
+    # No --local-s3 and no object-store keys: compute and status refuse their settings.
+    env = {k: v for k, v in os.environ.items() if k not in config.variable_names()}
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "otel-worker"), "dev"],
+        env=env | {"DATABASE_URL": seeded.dsn},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 3
+    assert "Traceback" not in run.stdout + run.stderr
+    (line,) = run.stderr.splitlines()
+    assert line.startswith("otel-worker dev: ")
+    assert "exited before it was ready" in line
+    assert "invalid configuration: MINIO_ACCESS_KEY" in run.stdout
+
+
 def test_otel_worker_dev_runs_everything_and_ctrl_c_stops_it_all(
     seeded: Database, tmp_path: Path
 ) -> None:
