@@ -161,9 +161,12 @@ def status(settings: ClientSettings, job_id: str, as_json: bool, out: TextIO = s
         out.write(json.dumps(MessageToDict(reply), indent=2) + "\n")
         return 0
     days = reply.date if reply.end_date in {"", reply.date} else f"{reply.date} to {reply.end_date}"
+    attempts = f"attempt {reply.attempts} of {reply.max_attempts}"
+    if reply.status == "failed":
+        # A failure before the last attempt is one that would only repeat (bad data, limits).
+        attempts += "; not retried" if reply.attempts < reply.max_attempts else ", the last"
     out.write(
-        f"job       {reply.job_id}\nstatus    {reply.status} "
-        f"(attempt {reply.attempts} of {reply.max_attempts})\n"
+        f"job       {reply.job_id}\nstatus    {reply.status} ({attempts})\n"
         f"days      {days} ({reply.timezone}), device {reply.device_id or 'all'}\n"
         f"queued    {_when(reply.queued_at)}\nstarted   {_when(reply.started_at)}\n"
         f"finished  {_when(reply.completed_at)}\n"

@@ -47,7 +47,8 @@ class ObjectMissing(LookupError):
     """No object at the key (expired by the lifecycle rule, or deleted): retrying won't help."""
 
 
-_MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NotFound"})
+# A bucket that is gone holds no objects either: what was stored is missing, not unreachable.
+_MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NotFound", "NoSuchBucket"})
 
 
 @dataclass(frozen=True)

@@ -289,4 +289,7 @@ def run_dev(out: IO[str], sweep_interval: float, local_s3: Path | None) -> int:
     finally:
         supervisor.stop()
         if s3 is not None:
+            # Its graceful shutdown takes ~15 s: say so rather than look hung.
+            out.write("dev      stopping SeaweedFS (it flushes for up to 20 s)\n")
+            out.flush()
             s3.stop(graceful=True)

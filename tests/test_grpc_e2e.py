@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import urllib3
 from grpc_tools import protoc
 
 from shared import client
@@ -264,6 +265,26 @@ def test_on_a_terminal_waiting_rewrites_one_progress_line(stack: Stack) -> None:
     assert line.count("\n") == 1
     assert line.endswith("\n")
     assert line.split("\r")[-1].startswith("completed, attempt 1/")
+
+
+def test_status_says_whether_a_failed_job_was_retried(stack: Stack) -> None:
+    reply = urllib3.request(
+        "POST", stack.url("submit"), json={"date": "2024-03-22", "device_id": "phone1"}
+    )
+    job_id = reply.json()["job"]["job_id"]
+    stack.wait_finished(job_id)
+    for attempts, expected in (
+        (1, "(attempt 1 of 3; not retried)"),
+        (3, "(attempt 3 of 3, the last)"),
+    ):
+        with stack.db() as conn:
+            conn.execute(
+                "UPDATE otel_worker.jobs SET status = 'failed', attempts = %s, max_attempts = 3,"
+                " error_message = 'boom' WHERE id = %s",
+                (attempts, job_id),
+            )
+        status = _otel_worker(stack, "status", job_id)
+        assert f"status    failed {expected}" in status.stdout, status.stdout
 
 
 def test_waiting_gives_up_after_its_timeout_with_exit_4(stack: Stack) -> None:

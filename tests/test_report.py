@@ -140,6 +140,43 @@ def test_a_report_whose_data_expired_is_gone_not_unavailable(stack: Stack) -> No
     assert gone.json()["error"].startswith(f"job {job.job_id}: its report's data is no longer")
 
 
+def test_an_address_with_a_trailing_slash_leads_to_the_report_and_its_links(
+    stack: Stack,
+) -> None:
+    reply = urllib3.request(
+        "POST", stack.url("submit"), json={"date": "2024-03-14", "device_id": "phone1"}
+    )
+    job = stack.wait_finished(reply.json()["job"]["job_id"])
+    slashed = f"{stack.url('status')}/jobs/{job.job_id}/report/"
+    moved = urllib3.request("GET", slashed, redirect=False)
+    assert moved.status == 308
+    assert moved.headers["Location"] == "../report"
+    page = urllib3.request("GET", urljoin(slashed, "../report"))
+    assert page.status == 200
+    link = re.search(r'<a id="csv" href="([^"]+)"', page.data.decode())
+    assert link is not None
+    csv = urllib3.request("GET", urljoin(urljoin(slashed, "../report"), link.group(1)))
+    assert csv.status == 200
+    assert csv.data.startswith(b"timestamp,device_id,")
+
+
+def test_a_failed_job_has_no_report_and_says_why(stack: Stack) -> None:
+    reply = urllib3.request(
+        "POST", stack.url("submit"), json={"date": "2024-03-15", "device_id": "phone1"}
+    )
+    job_id = reply.json()["job"]["job_id"]
+    stack.wait_finished(job_id)
+    with stack.db() as conn:  # as if every attempt had failed
+        conn.execute(
+            "UPDATE otel_worker.jobs SET status = 'failed', error_message = 'gave up: boom'"
+            " WHERE id = %s",
+            (job_id,),
+        )
+    answer = urllib3.request("GET", f"{stack.url('status')}/jobs/{job_id}/report")
+    assert answer.status == 409
+    assert answer.json()["error"] == f"job {job_id} failed: it has no report (gave up: boom)"
+
+
 def test_no_report_before_the_job_completes(stack: Stack) -> None:
     missing = urllib3.request(
         "GET", f"{stack.url('status')}/jobs/00000000-0000-4000-8000-000000000000/report"

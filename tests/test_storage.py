@@ -17,6 +17,7 @@ from shared import config
 from shared.devstack import free_ports
 from shared.storage import (
     CSV_TYPE,
+    ObjectMissing,
     ObjectStore,
     StorageUnavailable,
     result_keys,
@@ -132,6 +133,16 @@ def test_missing_bucket_is_created_or_reported(
     created = ObjectStore(settings.model_copy(update={"minio_create_bucket": True}))
     created.upload("k", io.BytesIO(b"x"), 1, CSV_TYPE)
     assert created.exists("k")
+
+
+def test_objects_of_a_bucket_that_is_gone_are_missing_not_unavailable(
+    monkeypatch: pytest.MonkeyPatch, s3: S3Server
+) -> None:
+    # (a bucket removed, or the dev stack's store wiped): status then answers 410, not 503
+    store = ObjectStore(_settings(monkeypatch, s3, MINIO_CREATE_BUCKET="false"))
+    assert not store.exists("jobs/x/distance_20240312_0000abcd.csv")
+    with pytest.raises(ObjectMissing):
+        store.read("jobs/x/distance_20240312_0000abcd.summary.json")
 
 
 def test_an_unreachable_store_is_a_storage_error(

@@ -145,7 +145,11 @@ def _report(job_id: str) -> flask.Response:
     if job.status != JobStatus.COMPLETED:
         raise web.HttpError(
             HTTPStatus.CONFLICT,
-            f"job {job.id} is {job.status.value}: its report exists once it has completed",
+            (
+                f"job {job.id} failed: it has no report ({job.error_message})"
+                if job.status == JobStatus.FAILED
+                else f"job {job.id} is {job.status.value}: its report exists once it has completed"
+            ),
             job_status=job.status.value,
         )
     keys = result_keys(job.id, job.date_from, job.date_to, job.device_id)
@@ -208,6 +212,12 @@ def _serve(request: flask.Request) -> flask.Response:
     _started()  # logging, telemetry and clients of this process (no connection yet)
     if (answer := web.health(request, _ready)) is not None:
         return answer
+    if request.path.endswith("/") and request.path.strip("/"):
+        # One address per resource: the report page's relative links resolve against it.
+        # The redirect is relative too, so it works behind a proxy that adds a prefix.
+        last = request.path.rstrip("/").rsplit("/", 1)[-1]
+        query = f"?{request.query_string.decode()}" if request.query_string else ""
+        return flask.redirect(f"../{last}{query}", HTTPStatus.PERMANENT_REDIRECT)
     try:
         endpoint, arguments = ROUTES.bind("", "/").match(request.path, method=request.method)
     except NotFound:
