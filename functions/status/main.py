@@ -217,7 +217,9 @@ def _serve(request: flask.Request) -> flask.Response:
         # The redirect is relative too, so it works behind a proxy that adds a prefix.
         last = request.path.rstrip("/").rsplit("/", 1)[-1]
         query = f"?{request.query_string.decode()}" if request.query_string else ""
-        return flask.redirect(f"../{last}{query}", HTTPStatus.PERMANENT_REDIRECT)
+        return flask.Response(
+            status=HTTPStatus.PERMANENT_REDIRECT, headers={"Location": f"../{last}{query}"}
+        )
     try:
         endpoint, arguments = ROUTES.bind("", "/").match(request.path, method=request.method)
     except NotFound:
