@@ -140,7 +140,7 @@ class Upstream:
             raise UpstreamError(
                 grpc.StatusCode.UNAVAILABLE, f"{service} is unreachable: {exc}"
             ) from None
-        self._mark(service, response.status < 500 or response.status == 501)
+        self._mark(service, _answered(response))
         if response.status >= 400:
             raise UpstreamError(
                 _CODES.get(response.status, grpc.StatusCode.INTERNAL),
@@ -208,6 +208,16 @@ class Upstream:
                 pass
             except urllib3.exceptions.HTTPError:
                 self._mark(service, False)
+
+
+def _answered(response: urllib3.BaseHTTPResponse) -> bool:
+    """Whether the function itself answered: any status below 500 (or 501), or a 5xx with
+    its own JSON error (its database is down, say: reachable, as its /healthz says too, so
+    calls and probes agree). A 5xx from anything else (Knative's activator with no pod,
+    a proxy) is the function being unreachable."""
+    if response.status < 500 or response.status == 501:
+        return True
+    return str(response.headers.get("content-type", "")).startswith("application/json")
 
 
 def _base(url: object) -> str:
@@ -456,9 +466,10 @@ class DependencyHealth(health.HealthServicer):
     serves (what Knative probes); `distance.v1.DistanceService` is NOT_SERVING while submit
     or status is unreachable, as last seen by a call or a probe, and watchers are told each
     change. Check and Watch answer at once with that state. A background thread probes the
-    functions when a Check finds the state older than `interval` s, and every `interval` s
-    while a Watch of the service is open; a function slower than the probe keeps its state.
-    Without watchers, health checks alone probe at most every `interval` s."""
+    functions when a Check or a new Watch finds the state older than `interval` s; a
+    function slower than the probe keeps its state. Nothing probes on a timer: an open
+    Watch alone never keeps a function scaled to zero awake (it learns from calls and
+    Checks)."""
 
     def __init__(self, upstream: Upstream, interval: float = 5.0) -> None:
         super().__init__()
@@ -482,8 +493,8 @@ class DependencyHealth(health.HealthServicer):
         )
 
     def _due_in(self) -> float | None:
-        """Seconds until the next probe (0: now), or None while nobody needs one."""
-        if not self._asked and SERVICE not in self._watches.values():
+        """Seconds until the next probe (0: now), or None while nobody asked for one."""
+        if not self._asked:
             return None
         return max(0.0, self._probed + self.interval - time.monotonic())
 

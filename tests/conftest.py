@@ -187,6 +187,8 @@ class RecordingServer:
 
     script: list[Reply] = field(default_factory=list)
     default: Reply = (202, {}, b"")
+    routes: dict[str, Reply] = field(default_factory=dict)
+    """Fixed replies by exact path, before the script and the default."""
     delay: float = 0.0
     on_receive: Callable[[], None] | None = None
     """Run after recording each request, before answering it (e.g. to break a peer)."""
@@ -206,9 +208,12 @@ class RecordingServer:
                 if recorder.on_receive is not None:
                     recorder.on_receive()
                 time.sleep(recorder.delay)
-                status, reply_headers, reply = (
-                    recorder.script.pop(0) if recorder.script else recorder.default
-                )
+                if self.path in recorder.routes:
+                    status, reply_headers, reply = recorder.routes[self.path]
+                else:
+                    status, reply_headers, reply = (
+                        recorder.script.pop(0) if recorder.script else recorder.default
+                    )
                 self.send_response(status)
                 for key, value in reply_headers.items():
                     self.send_header(key, value)

@@ -398,24 +398,77 @@ def test_watchers_follow_the_functions_down_and_back() -> None:
             watch = _Watch(channel)
             assert watch.next(10) == SERVING
             wait_until(lambda: bool(started.status.received), 10, "the first probe")
-            # A refused call tells watchers at once, not at the next probe (5 s on).
+            # A refused call tells watchers (nothing else probes here: no Check runs).
             started.submit.stop()
-            refused = time.monotonic()
             with pytest.raises(grpc.RpcError) as info:
                 started.stub(channel).CalculateDistanceFromHome(
                     pb.CalculateDistanceRequest(date="2026-03-07"), timeout=10
                 )
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
             watch.expect(NOT_SERVING, within=10)
-            assert time.monotonic() - refused < 2.5
-            # With no calls at all, the probes (every 5 s while someone watches) see
-            # functions come back and go down.
+            # With no calls, Checks (a probe's, an operator's) refresh a stale state in
+            # the background, and watchers see functions come back and go down.
+            health = health_pb2_grpc.HealthStub(channel)
+            checking = threading.Event()
+
+            def check() -> None:
+                while not checking.wait(0.5):
+                    health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5)
+
+            checker = threading.Thread(target=check, daemon=True)
+            checker.start()
             started.submit.start()
             watch.expect(SERVING, within=15)
             started.status.stop()
             watch.expect(NOT_SERVING, within=15)
             started.status.start()
             watch.expect(SERVING, within=15)
+            checking.set()
+            checker.join()
+            watch.call.cancel()
+    finally:
+        _stop(started)
+
+
+def test_an_open_watch_alone_lets_the_functions_sleep() -> None:
+    # Knative scales an idle function to zero; a probe every few seconds would keep it up.
+    started = _start()
+    started.submit.default = started.status.default = (200, {}, b"ok")
+    try:
+        with grpc.insecure_channel(started.target) as channel:
+            watch = _Watch(channel)
+            assert watch.next(10) == SERVING
+            time.sleep(1)  # the probe the new Watch asked for, if any, is over
+            before = len(started.submit.received) + len(started.status.received)
+            time.sleep(7)  # longer than the 5 s after which a state counts as stale
+            assert len(started.submit.received) + len(started.status.received) == before
+            watch.call.cancel()
+    finally:
+        _stop(started)
+
+
+def test_a_function_answering_its_own_503_is_reachable() -> None:
+    # status with its database down answers 503 JSON, while its /healthz says 200: the call
+    # fails UNAVAILABLE, and health does not flap between what calls and probes see.
+    started = _start()
+    started.submit.default = (200, {}, b"ok")
+    started.status.default = (200, {}, b"ok")
+    started.status.routes[f"/jobs/{JOB_ID}"] = _json(
+        503, {"error": "database unavailable", "status": 503}
+    )
+    try:
+        with grpc.insecure_channel(started.target) as channel:
+            watch = _Watch(channel)
+            assert watch.next(10) == SERVING
+            for _ in range(3):
+                with pytest.raises(grpc.RpcError) as info:
+                    started.stub(channel).GetJobStatus(
+                        pb.GetJobStatusRequest(job_id=str(JOB_ID)), timeout=10
+                    )
+                assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert "database unavailable" in str(info.value.details())
+            with pytest.raises(queue.Empty):
+                watch.next(2)  # no change was reported
             watch.call.cancel()
     finally:
         _stop(started)
@@ -490,6 +543,34 @@ def test_reflection_lists_the_services(ingress: Ingress, channel: grpc.Channel) 
     )
     names = {s.name for reply in replies for s in reply.list_services_response.service}
     assert {SERVICE, "grpc.health.v1.Health"} <= names
+
+
+@pytest.mark.parametrize(("token", "warned"), [("\n", True), ("s3cret", False)])
+def test_an_ingress_without_a_token_says_so_at_start(token: str, warned: bool) -> None:
+    # A Secret holding only a newline leaves auth off: that is said, not silent.
+    (port,) = free_ports(1)
+    env = {
+        **os.environ,
+        "GRPC_AUTH_TOKEN": token,
+        "LOG_LEVEL": "INFO",
+        "SUBMIT_URL": "http://127.0.0.1:9",
+        "STATUS_URL": "http://127.0.0.1:9",
+    }
+    process = ingress_process(port, env).start(stdout=subprocess.PIPE)
+    try:
+        assert process.process is not None
+        assert process.process.stdout is not None
+        lines = []
+        for raw in process.process.stdout:
+            lines.append(raw.decode())
+            if "ingress serving" in lines[-1]:
+                break
+        process.signal(signal.SIGTERM)
+        rest, _ = process.process.communicate(timeout=30)
+        said = "".join(lines) + rest.decode()
+        assert ("GRPC_AUTH_TOKEN is not set: every caller is accepted" in said) == warned
+    finally:
+        process.stop()
 
 
 def test_bearer_token_is_required_when_configured() -> None:

@@ -9,7 +9,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import numpy as np
 import pytest
@@ -151,6 +151,10 @@ def test_an_address_with_a_trailing_slash_leads_to_the_report_and_its_links(
     moved = urllib3.request("GET", slashed, redirect=False)
     assert moved.status == 308
     assert moved.headers["Location"] == "../report"
+    # Whatever the last segment holds, it comes back the same.
+    encoded = f"{stack.url('status')}/download/a%3Fb/"
+    relative = urllib3.request("GET", encoded, redirect=False).headers["Location"]
+    assert urlsplit(urljoin(encoded, relative)).path == "/download/a%3Fb"
     page = urllib3.request("GET", urljoin(slashed, "../report"))
     assert page.status == 200
     link = re.search(r'<a id="csv" href="([^"]+)"', page.data.decode())

@@ -97,9 +97,18 @@ def main() -> int:
         sys.stderr.write(f"ingress: {exc}\n")
         telemetry.shutdown()
         return 1
+    if grpc_settings.grpc_auth_token is None:
+        # Said once at start: a Secret holding only whitespace also leaves auth off.
+        log.warning("GRPC_AUTH_TOKEN is not set: every caller is accepted")
     server.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    log.info("ingress serving", extra={"port": grpc_settings.listen_port})
+    log.info(
+        "ingress serving",
+        extra={
+            "port": grpc_settings.listen_port,
+            "auth": grpc_settings.grpc_auth_token is not None,
+        },
+    )
 
     def drain(signum: int, _frame: FrameType | None) -> None:
         log.info("draining", extra={"signal": signal.Signals(signum).name})

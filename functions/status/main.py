@@ -15,6 +15,7 @@ import logging
 import re
 import uuid
 from http import HTTPStatus
+from urllib.parse import quote
 
 import flask
 import functions_framework
@@ -212,10 +213,11 @@ def _serve(request: flask.Request) -> flask.Response:
     _started()  # logging, telemetry and clients of this process (no connection yet)
     if (answer := web.health(request, _ready)) is not None:
         return answer
-    if request.path.endswith("/") and request.path.strip("/"):
+    if request.path.endswith("/") and not request.path.endswith("//") and request.path != "/":
         # One address per resource: the report page's relative links resolve against it.
-        # The redirect is relative too, so it works behind a proxy that adds a prefix.
-        last = request.path.rstrip("/").rsplit("/", 1)[-1]
+        # The redirect is relative too, so it works behind a proxy that adds a prefix (with
+        # more slashes, clients resolve "../" differently: those are not redirected).
+        last = quote(request.path[:-1].rsplit("/", 1)[-1], safe="")  # re-encoded: decoded
         query = f"?{request.query_string.decode()}" if request.query_string else ""
         return flask.Response(
             status=HTTPStatus.PERMANENT_REDIRECT, headers={"Location": f"../{last}{query}"}
