@@ -4,6 +4,7 @@ submit and status: request mapping, every error code, deadlines, auth, health, r
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -390,88 +391,79 @@ def test_a_check_answers_at_once_while_a_slow_function_is_probed() -> None:
         _stop(started)
 
 
-def test_watchers_follow_the_functions_down_and_back() -> None:
+@contextlib.contextmanager
+def _watched() -> Iterator[tuple[Ingress, grpc.Channel, _Watch]]:
+    """An ingress whose functions answer 200, a channel to it and a Watch of
+    DistanceService that has seen SERVING; all stopped afterwards."""
     started = _start()
     started.submit.default = started.status.default = (200, {}, b"ok")
     try:
         with grpc.insecure_channel(started.target) as channel:
             watch = _Watch(channel)
             assert watch.next(10) == SERVING
-            wait_until(lambda: bool(started.status.received), 10, "the first probe")
-            # A refused call tells watchers (nothing else probes here: no Check runs).
-            started.submit.stop()
-            with pytest.raises(grpc.RpcError) as info:
-                started.stub(channel).CalculateDistanceFromHome(
-                    pb.CalculateDistanceRequest(date="2026-03-07"), timeout=10
-                )
-            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-            watch.expect(NOT_SERVING, within=10)
-            # With no calls, Checks (a probe's, an operator's) refresh a stale state in
-            # the background, and watchers see functions come back and go down.
-            health = health_pb2_grpc.HealthStub(channel)
-            checking = threading.Event()
-
-            def check() -> None:
-                while not checking.wait(0.5):
-                    health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5)
-
-            checker = threading.Thread(target=check, daemon=True)
-            checker.start()
-            started.submit.start()
-            watch.expect(SERVING, within=15)
-            started.status.stop()
-            watch.expect(NOT_SERVING, within=15)
-            started.status.start()
-            watch.expect(SERVING, within=15)
-            checking.set()
-            checker.join()
+            yield started, channel, watch
             watch.call.cancel()
     finally:
         _stop(started)
+
+
+def test_watchers_follow_the_functions_down_and_back() -> None:
+    with _watched() as (started, channel, watch):
+        wait_until(lambda: bool(started.status.received), 10, "the first probe")
+        # A refused call tells watchers (nothing else probes here: no Check runs).
+        started.submit.stop()
+        with pytest.raises(grpc.RpcError) as info:
+            started.stub(channel).CalculateDistanceFromHome(
+                pb.CalculateDistanceRequest(date="2026-03-07"), timeout=10
+            )
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        watch.expect(NOT_SERVING, within=10)
+        # With no calls, Checks (a probe's, an operator's) refresh a stale state in
+        # the background, and watchers see functions come back and go down.
+        health = health_pb2_grpc.HealthStub(channel)
+        checking = threading.Event()
+
+        def check() -> None:
+            while not checking.wait(0.5):
+                health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5)
+
+        checker = threading.Thread(target=check, daemon=True)
+        checker.start()
+        started.submit.start()
+        watch.expect(SERVING, within=15)
+        started.status.stop()
+        watch.expect(NOT_SERVING, within=15)
+        started.status.start()
+        watch.expect(SERVING, within=15)
+        checking.set()
+        checker.join()
 
 
 def test_an_open_watch_alone_lets_the_functions_sleep() -> None:
     # Knative scales an idle function to zero; a probe every few seconds would keep it up.
-    started = _start()
-    started.submit.default = started.status.default = (200, {}, b"ok")
-    try:
-        with grpc.insecure_channel(started.target) as channel:
-            watch = _Watch(channel)
-            assert watch.next(10) == SERVING
-            time.sleep(1)  # the probe the new Watch asked for, if any, is over
-            before = len(started.submit.received) + len(started.status.received)
-            time.sleep(7)  # longer than the 5 s after which a state counts as stale
-            assert len(started.submit.received) + len(started.status.received) == before
-            watch.call.cancel()
-    finally:
-        _stop(started)
+    with _watched() as (started, _, _):
+        time.sleep(1)  # the probe the new Watch asked for, if any, is over
+        before = len(started.submit.received) + len(started.status.received)
+        time.sleep(7)  # longer than the 5 s after which a state counts as stale
+        assert len(started.submit.received) + len(started.status.received) == before
 
 
 def test_a_function_answering_its_own_503_is_reachable() -> None:
     # status with its database down answers 503 JSON, while its /healthz says 200: the call
     # fails UNAVAILABLE, and health does not flap between what calls and probes see.
-    started = _start()
-    started.submit.default = (200, {}, b"ok")
-    started.status.default = (200, {}, b"ok")
-    started.status.routes[f"/jobs/{JOB_ID}"] = _json(
-        503, {"error": "database unavailable", "status": 503}
-    )
-    try:
-        with grpc.insecure_channel(started.target) as channel:
-            watch = _Watch(channel)
-            assert watch.next(10) == SERVING
-            for _ in range(3):
-                with pytest.raises(grpc.RpcError) as info:
-                    started.stub(channel).GetJobStatus(
-                        pb.GetJobStatusRequest(job_id=str(JOB_ID)), timeout=10
-                    )
-                assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-                assert "database unavailable" in str(info.value.details())
-            with pytest.raises(queue.Empty):
-                watch.next(2)  # no change was reported
-            watch.call.cancel()
-    finally:
-        _stop(started)
+    with _watched() as (started, channel, watch):
+        started.status.routes[f"/jobs/{JOB_ID}"] = _json(
+            503, {"error": "database unavailable", "status": 503}
+        )
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError) as info:
+                started.stub(channel).GetJobStatus(
+                    pb.GetJobStatusRequest(job_id=str(JOB_ID)), timeout=10
+                )
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "database unavailable" in str(info.value.details())
+        with pytest.raises(queue.Empty):
+            watch.next(2)  # no change was reported
 
 
 def test_unreachable_functions_are_unavailable_and_unhealthy() -> None:
