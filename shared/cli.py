@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared import config
+from shared.contracts import INT32_MAX
 
 if TYPE_CHECKING:
     from shared.db import Connection
@@ -196,17 +197,14 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-_INT32_MAX = 2**31 - 1
-
-
 def _count(text: str) -> int:
     """A whole number ListJobs' int32 `limit` and `offset` can carry (not negative)."""
     try:
         value = int(text)
     except ValueError:
         value = -1
-    if not 0 <= value <= _INT32_MAX:
-        raise argparse.ArgumentTypeError(f"expected a whole number 0 to {_INT32_MAX}, got {text!r}")
+    if not 0 <= value <= INT32_MAX:
+        raise argparse.ArgumentTypeError(f"expected a whole number 0 to {INT32_MAX}, got {text!r}")
     return value
 
 

@@ -32,6 +32,9 @@ JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "processing", "completed", "fai
 FINISHED: frozenset[str] = frozenset({"completed", "failed"})
 
 
+INT32_MAX: Final = 2**31 - 1
+"""The largest value of the proto's int32 fields (ListJobs' `limit` and `offset`)."""
+
 EARLIEST_DATE: Final = dt.date(1970, 1, 1)
 """The first local day served: GPS fixes are later, and a window reaching below year 1
 would crash the computation."""

@@ -31,11 +31,12 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.config import JobSettings
+from shared.contracts import INT32_MAX
 from shared.db import Connection, ConnectionSource
 
 DEFAULT_LIST_LIMIT: Final = 50
 MAX_LIST_LIMIT: Final = 500
-MAX_LIST_OFFSET: Final = 2**31 - 1  # the proto's int32; PostgreSQL's bigint ends not far above
+MAX_LIST_OFFSET: Final = INT32_MAX  # what the proto carries; PostgreSQL's bigint ends not far above
 MAX_KEY_LENGTH: Final = 1000  # a btree entry must stay well below its ~2.7 kB limit
 
 
