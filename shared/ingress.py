@@ -476,8 +476,8 @@ class DependencyHealth(health.HealthServicer):
         self.upstream = upstream
         self.interval = interval
         self._probed = -math.inf  # when the last probe began (monotonic)
-        self._asked = False  # a Check found the state stale
-        self._watches: dict[Callable[[], None], str] = {}  # open Watch: its end -> service
+        self._asked = False  # a Check or a new Watch found the state stale
+        self._watches: set[Callable[[], None]] = set()  # how to end each open Watch
         self._closed = False
         self._wake = threading.Condition()
         self._prober: threading.Thread | None = None
@@ -542,10 +542,10 @@ class DependencyHealth(health.HealthServicer):
 
         def closed() -> None:
             with self._wake:
-                self._watches.pop(end, None)
+                self._watches.discard(end)
 
         with self._wake:
-            self._watches[end] = request.service
+            self._watches.add(end)
         if not context.add_callback(closed):  # the call has already ended
             closed()
         if request.service == SERVICE:
