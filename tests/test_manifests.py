@@ -21,7 +21,7 @@ from typing import Any, Literal
 import kubernetes_validate
 import pytest
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared import config, events
 from shared.cli import build_parser
@@ -40,9 +40,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
 
+class SecretKeyRef(_Strict):
+    name: str
+    key: str
+    optional: bool = False
+
+
+class ValueFrom(_Strict):
+    secret_key_ref: SecretKeyRef = Field(alias="secretKeyRef")
+
+
 class EnvVar(_Strict):
     name: str
-    value: str
+    value: str | None = None
+    value_from: ValueFrom | None = Field(default=None, alias="valueFrom")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvVar:
+        assert (self.value is None) != (self.value_from is None), f"{self.name}: value or valueFrom"
+        return self
 
 
 class Ref(_Strict):
@@ -50,8 +66,8 @@ class Ref(_Strict):
 
 
 class EnvFrom(_Strict):
-    config_map_ref: Ref | None = Field(default=None, alias="configMapRef")
-    secret_ref: Ref | None = Field(default=None, alias="secretRef")
+    # No secretRef: a workload names the keys of the Secret it uses (secretKeyRef).
+    config_map_ref: Ref = Field(alias="configMapRef")
 
 
 class HttpGet(_Strict):
@@ -286,6 +302,21 @@ def _secret_keys(base: dict[str, list[Any]]) -> set[str]:
     return {key for secret in base["Secret"] for key in secret.string_data}
 
 
+def _containers(base: dict[str, list[Any]]) -> dict[str, Container]:
+    """The container of every workload: each Service, the migration Job, the sweep."""
+    found = {name: s.spec.template.spec.containers[0] for name, s in _services(base).items()}
+    (migrate,) = base["Job"]
+    (sweep,) = base["CronJob"]
+    found["migrate"] = migrate.spec.template.spec.containers[0]
+    found["sweep"] = sweep.spec.job_template.spec.template.spec.containers[0]
+    return found
+
+
+def _from_secret(container: Container) -> dict[str, SecretKeyRef]:
+    """Variable name -> the Secret key it is read from."""
+    return {var.name: var.value_from.secret_key_ref for var in container.env if var.value_from}
+
+
 def test_every_manifest_parses_strictly(base: dict[str, list[Any]]) -> None:
     assert set(base) == set(MODELS)
     assert set(_services(base)) == {*HTTP_FUNCTIONS, "ingress"}
@@ -319,11 +350,13 @@ def test_every_emitted_type_has_a_consumer_or_is_outbound() -> None:
 
 def test_every_variable_set_is_a_known_setting(base: dict[str, list[Any]]) -> None:
     known = config.variable_names() | RUNTIME_VARIABLES
-    containers = [s.spec.template.spec.containers[0] for s in _services(base).values()]
-    containers += [j.spec.template.spec.containers[0] for j in base["Job"]]
-    containers += [c.spec.job_template.spec.template.spec.containers[0] for c in base["CronJob"]]
-    set_here = {var.name for c in containers for var in c.env}
-    assert set_here | _configmap_keys(base) | _secret_keys(base) <= known
+    containers = _containers(base).values()
+    assert {var.name for c in containers for var in c.env} | _configmap_keys(base) <= known
+    # The Secret's example holds every key a pod cannot start without, and no key unread.
+    refs = [ref for c in containers for ref in _from_secret(c).values()]
+    assert {ref.name for ref in refs} == {"otel-worker"}
+    required = {ref.key for ref in refs if not ref.optional}
+    assert required <= _secret_keys(base) <= {ref.key for ref in refs}
 
 
 REQUIRED = {
@@ -347,15 +380,59 @@ REQUIRED = {
 @pytest.mark.parametrize("name", sorted(REQUIRED))
 def test_every_required_setting_is_provided(base: dict[str, list[Any]], name: str) -> None:
     container = _services(base)[name].spec.template.spec.containers[0]
-    provided = {v.name for v in container.env} | _configmap_keys(base) | _secret_keys(base)
-    assert {ref.config_map_ref.name for ref in container.env_from if ref.config_map_ref} == {
-        "otel-worker"
-    }
-    assert {ref.secret_ref.name for ref in container.env_from if ref.secret_ref} == {"otel-worker"}
+    provided = {v.name for v in container.env} | _configmap_keys(base)
+    assert {ref.config_map_ref.name for ref in container.env_from} == {"otel-worker"}
     for group in REQUIRED[name]:
         for field_name, field in group.model_fields.items():
             if field.is_required():
                 assert field_name.upper() in provided, f"{name} lacks {field_name.upper()}"
+
+
+# The settings that are credentials: they come from the Secret, never the ConfigMap.
+CREDENTIALS = {
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+    "DATABASE_URL",
+    "MINIO_ACCESS_KEY",
+    "MINIO_SECRET_KEY",
+    "GRPC_AUTH_TOKEN",
+}
+# The settings each workload reads: its credentials are exactly theirs.
+SETTINGS = {
+    **REQUIRED,
+    "sweep": [config.DatabaseSettings, config.JobSettings, config.EventSettings],
+    "migrate": [config.DatabaseSettings],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_each_workload_gets_only_the_credentials_it_uses(
+    base: dict[str, list[Any]], name: str
+) -> None:
+    """No workload sees the whole Secret: the ingress holds no database or MinIO keys, and
+    only the credentials of settings the workload reads reach it."""
+    assert config.variable_names() >= CREDENTIALS
+    assert not CREDENTIALS & _configmap_keys(base)
+    refs = _from_secret(_containers(base)[name])
+    used = {field.upper() for group in SETTINGS[name] for field in group.model_fields}
+    assert set(refs) == used & CREDENTIALS
+    # Optional exactly where the setting is: a Secret without them still starts the pod.
+    assert {var for var, ref in refs.items() if ref.optional} == (
+        {"DATABASE_URL", "GRPC_AUTH_TOKEN"} & set(refs)
+    )
+
+
+def test_status_reads_objects_with_an_identity_of_its_own(base: dict[str, list[Any]]) -> None:
+    containers = _containers(base)
+    compute, status = _from_secret(containers["compute"]), _from_secret(containers["status"])
+    assert {var: ref.key for var, ref in compute.items() if var.startswith("MINIO_")} == {
+        "MINIO_ACCESS_KEY": "MINIO_ACCESS_KEY",
+        "MINIO_SECRET_KEY": "MINIO_SECRET_KEY",
+    }
+    assert {var: ref.key for var, ref in status.items() if var.startswith("MINIO_")} == {
+        "MINIO_ACCESS_KEY": "MINIO_READ_ACCESS_KEY",
+        "MINIO_SECRET_KEY": "MINIO_READ_SECRET_KEY",
+    }
 
 
 def _defines(source: Path, function: str) -> bool:
@@ -521,31 +598,18 @@ def test_argo_cd_ignores_exactly_what_the_sink_bindings_inject(
     assert live == desired
 
 
-def test_the_documented_minio_identity_can_write_and_read(base: dict[str, list[Any]]) -> None:
-    """compute and status share the Secret `otel-worker` (one MinIO identity), so the user
-    DEPLOYMENT.md puts in it needs compute's writes and status's reads (presigned GETs)."""
-    services = _services(base)
-    secrets = {
-        name: {
-            r.secret_ref.name
-            for r in services[name].spec.template.spec.containers[0].env_from
-            if r.secret_ref
-        }
-        for name in ("compute", "status")
-    }
-    assert secrets["compute"] == secrets["status"] == {"otel-worker"}
-    doc = (REPO_ROOT / "docs" / "DEPLOYMENT.md").read_text()
-    (access_key,) = re.findall(r"--from-literal=MINIO_ACCESS_KEY=(\S+) ", doc)
-    assert access_key in re.findall(r"^mc admin user add myminio (\S+) ", doc, re.MULTILINE)
+def _documented_actions(doc: str, user: str) -> set[str]:
+    """The S3 actions the policies DEPLOYMENT.md attaches to MinIO user `user` allow."""
     files = dict(re.findall(r"^mc admin policy create myminio (\S+) (\S+)$", doc, re.MULTILINE))
     attached = [
         policy
-        for policies, user in re.findall(
+        for policies, who in re.findall(
             r"^mc admin policy attach myminio (.+) --user (\S+)$", doc, re.MULTILINE
         )
-        if user == access_key
+        if who == user
         for policy in policies.split()
     ]
+    assert attached, f"no policy attached to {user}"
     allowed: set[str] = set()
     for policy in attached:
         (document,) = re.findall(
@@ -556,8 +620,23 @@ def test_the_documented_minio_identity_can_write_and_read(base: dict[str, list[A
             for statement in json.loads(document)["Statement"]
             for action in statement["Action"]
         }
-    assert {"s3:ListBucket", "s3:PutObject", "s3:GetObject"} <= allowed
-    assert not any("Delete" in action for action in allowed)  # objects expire by lifecycle
+    return allowed
+
+
+def test_the_documented_minio_identities_write_and_read_apart() -> None:
+    """compute's identity (the Secret's MINIO_ACCESS_KEY) writes; status's
+    (MINIO_READ_ACCESS_KEY) only reads, which presigned downloads need. Neither deletes:
+    objects expire by the lifecycle rule."""
+    doc = (REPO_ROOT / "docs" / "DEPLOYMENT.md").read_text()
+    users = {}
+    for key in ("MINIO_ACCESS_KEY", "MINIO_READ_ACCESS_KEY"):
+        (users[key],) = re.findall(rf"--from-literal={key}=(\S+) ", doc)
+        assert users[key] in re.findall(r"^mc admin user add myminio (\S+) ", doc, re.MULTILINE)
+    writer = _documented_actions(doc, users["MINIO_ACCESS_KEY"])
+    reader = _documented_actions(doc, users["MINIO_READ_ACCESS_KEY"])
+    assert {"s3:ListBucket", "s3:PutObject"} <= writer
+    assert reader == {"s3:GetObject"}
+    assert not any("Delete" in action for action in writer | reader)
 
 
 def test_commands_of_jobs_are_cli_subcommands(base: dict[str, list[Any]]) -> None:
@@ -651,7 +730,8 @@ def test_kustomize_builds_and_core_resources_validate(folder: Path, tmp_path: Pa
             KnativeService.model_validate(resource)
 
 
-def test_the_overlay_exposes_only_ingress_and_status() -> None:
+def test_the_overlay_exposes_only_the_ingress() -> None:
+    """status has no authentication: it stays inside the cluster (DEPLOYMENT.md#exposure)."""
     kubectl = shutil.which("kubectl")
     assert kubectl
     for folder in OVERLAYS:
@@ -668,7 +748,7 @@ def test_the_overlay_exposes_only_ingress_and_status() -> None:
             for n, s in services.items()
             if s["metadata"]["labels"].get("networking.knative.dev/visibility") == "cluster-local"
         }
-        assert local == {"submit", "compute"}
+        assert local == {"submit", "compute", "status"}
 
 
 def test_documented_grpcurl_checks_speak_plaintext() -> None:
