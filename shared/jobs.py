@@ -375,6 +375,12 @@ class JobStore:
             raise IdempotencyConflict(key, job)
         return job, False
 
+    def by_key(self, key: str) -> Job | None:
+        """The job `key` names, if any."""
+        query = self._sql("SELECT {columns} FROM {jobs} WHERE idempotency_key = %(key)s")
+        with self._connection() as conn:
+            return self._one(conn, query, {"key": key})
+
     def get(self, job_id: uuid.UUID) -> Job | None:
         """The job, or None."""
         with self._connection() as conn:

@@ -14,8 +14,8 @@ from shared.config import AnalysisSettings, DatabaseSettings, JobSettings
 from shared.contracts import DistanceRequested, Requester
 from shared.db import LazyPool
 from shared.events import Publisher
-from shared.jobs import Job, JobStore
-from shared.submission import Submission, submit
+from shared.jobs import IdempotencyConflict, Job, JobStore
+from shared.submission import RequestError, Submission, submit
 from tests.conftest import Database, RecordingServer
 
 REQUEST = DistanceRequested(date=dt.date(2024, 3, 9), device_id="phone1")
@@ -43,12 +43,14 @@ def sink() -> Iterator[RecordingServer]:
     server.stop()
 
 
-def _submission(pool: LazyPool, sink: RecordingServer, **analysis: float) -> Submission:
+def _submission(
+    pool: LazyPool, sink: RecordingServer, limits: JobSettings | None = None, **analysis: object
+) -> Submission:
     return Submission(
         jobs=JobStore(pool.connection, JobSettings(), schema=SCHEMA),
         publisher=Publisher(sink.url, attempts=1),
         analysis=AnalysisSettings(**analysis),  # type: ignore[arg-type]
-        limits=JobSettings(),
+        limits=limits or JobSettings(),
         source="/tests/submission",
     )
 
@@ -97,3 +99,63 @@ def test_a_database_failure_after_the_publish_still_answers_the_created_job(
             f"SELECT status, published_at FROM {SCHEMA}.jobs WHERE id = %s", [job.id]
         ).fetchone()
     assert row == ("queued", None)  # unmarked: the sweep may announce it once more
+
+
+def test_a_redelivery_after_the_home_zone_changed_gets_the_first_job(
+    pool: LazyPool, sink: RecordingServer
+) -> None:
+    """A request that names no time zone asks for the home zone: the first delivery's
+    (now the job's) stands when HOME_TIMEZONE changes before the redelivery."""
+    requester = Requester(source="/home-assistant", id=str(uuid.uuid4()))
+
+    def deliver(request: DistanceRequested, home: str) -> tuple[Job, bool]:
+        return submit(
+            _submission(pool, sink, home_timezone=home),
+            request,
+            requester=requester,
+            idempotency_key=None,
+            traceparent=None,
+        )
+
+    first, created = deliver(REQUEST, "America/New_York")
+    assert created
+    assert first.timezone == "America/New_York"
+    again, created = deliver(REQUEST, "Europe/Paris")
+    assert (again.id, created) == (first.id, False)
+    # Naming another zone explicitly is another request under the same key.
+    with pytest.raises(IdempotencyConflict, match=str(first.id)):
+        deliver(REQUEST.model_copy(update={"timezone": "Europe/Paris"}), "Europe/Paris")
+    # Only the first delivery announced the job.
+    assert [r["headers"]["ce-subject"] for r in sink.received] == [str(first.id)]
+
+
+def test_a_redelivery_after_max_range_days_was_lowered_gets_the_first_job(
+    pool: LazyPool, sink: RecordingServer
+) -> None:
+    week = DistanceRequested(
+        date=dt.date(2024, 3, 1), end_date=dt.date(2024, 3, 7), idempotency_key="a-week"
+    )
+
+    def deliver(request: DistanceRequested, max_days: int) -> tuple[Job, bool]:
+        return submit(
+            _submission(pool, sink, JobSettings(max_range_days=max_days)),
+            request,
+            requester=None,
+            idempotency_key=None,
+            traceparent=None,
+        )
+
+    first, created = deliver(week, 31)
+    assert created
+    again, created = deliver(week, 3)
+    assert (again.id, created) == (first.id, False)
+    # The same range under a new key, or another range under the old key, meets today's
+    # limit.
+    for request in (
+        week.model_copy(update={"idempotency_key": "another-week"}),
+        week.model_copy(update={"date": dt.date(2024, 3, 2)}),
+    ):
+        with pytest.raises(
+            RequestError, match=r"end_date: the range is \d+ days; at most MAX_RANGE_DAYS \(3\)"
+        ):
+            deliver(request, 3)
