@@ -97,14 +97,26 @@ def find_weed() -> str:
     return found
 
 
+@dataclass(frozen=True)
+class S3Identity:
+    """A key pair SeaweedFS accepts and the actions it allows it ("Read", "Write", ...)."""
+
+    name: str
+    access_key: str
+    secret_key: str
+    actions: tuple[str, ...]
+
+
 @dataclass
 class SeaweedS3:
-    """A single-process SeaweedFS (master, volume, filer, S3) on free loopback ports."""
+    """A single-process SeaweedFS (master, volume, filer, S3) on free loopback ports, with
+    one identity allowed everything and any `others`."""
 
     data_dir: Path
     access_key: str
     secret_key: str
     log_path: Path | None = None
+    others: tuple[S3Identity, ...] = ()
     s3_port: int = 0
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -116,13 +128,20 @@ class SeaweedS3:
     def start(self, timeout: float = 60.0) -> SeaweedS3:
         """Start the server and wait until it accepts signed S3 requests."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        everything = S3Identity(
+            "otel-worker",
+            self.access_key,
+            self.secret_key,
+            ("Admin", "Read", "Write", "List", "Tagging"),
+        )
         identity = {
             "identities": [
                 {
-                    "name": "otel-worker",
-                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    "name": who.name,
+                    "credentials": [{"accessKey": who.access_key, "secretKey": who.secret_key}],
+                    "actions": list(who.actions),
                 }
+                for who in (everything, *self.others)
             ]
         }
         config = self.data_dir / "s3.json"

@@ -150,25 +150,24 @@ class ObjectStore:
             self._signer = self._make(host, secure)
         return self._signer
 
-    def ensure_bucket(self) -> None:
-        """Create the bucket when missing (if allowed); done once per process."""
-        if self._bucket_checked:
+    def _create_bucket(self) -> None:
+        """Create the bucket when missing, once per process, where MINIO_CREATE_BUCKET
+        allows it (development). Elsewhere nothing is checked: the identity then needs no
+        right on the bucket itself, and a missing bucket fails the upload, naming it."""
+        if self._bucket_checked or not self.settings.minio_create_bucket:
             return
         bucket = self.settings.minio_bucket
         with _translated("checking the bucket"):
             if not self.client.bucket_exists(bucket):
-                if not self.settings.minio_create_bucket:
-                    raise StorageUnavailable(
-                        f"bucket {bucket!r} does not exist and MINIO_CREATE_BUCKET is false"
-                    )
                 self.client.make_bucket(bucket)
                 log.info("created bucket", extra={"bucket": bucket})
         self._bucket_checked = True
 
     def upload(self, key: str, stream: BinaryIO, length: int, content_type: str) -> None:
         """Store `length` bytes of `stream` at `key`. S3 makes the object visible whole or
-        not at all, so a reader never sees a partial upload."""
-        self.ensure_bucket()
+        not at all, so a reader never sees a partial upload. Needs s3:PutObject alone
+        (and s3:AbortMultipartUpload for objects over 16 MiB)."""
+        self._create_bucket()
         with _translated(f"uploading {key}"):
             self.client.put_object(
                 self.settings.minio_bucket,
@@ -230,11 +229,6 @@ class ObjectStore:
             self.settings.minio_bucket, key, expires=expires, request_date=signed_at
         )
         return Download(url=url, expires_at=signed_at + expires)
-
-    def check(self) -> None:
-        """Raise StorageUnavailable unless the bucket can be reached."""
-        with _translated("reaching the object store"):
-            self.client.bucket_exists(self.settings.minio_bucket)
 
 
 def write_compat_copy(folder: Path, name: str, stream: IO[bytes]) -> Path:

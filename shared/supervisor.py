@@ -39,6 +39,12 @@ from shared.manifests import load_eventing
 
 log = logging.getLogger(__name__)
 
+_NOT_FOR_INGRESS = frozenset(
+    name.upper()
+    for settings in (config.DatabaseSettings, config.StorageSettings)
+    for name in settings.model_fields
+)
+
 
 class StartFailed(RuntimeError):
     """A service exited, or never became ready, while the stack started (its own log lines
@@ -103,6 +109,8 @@ class Supervisor:
     ready_timeout: float = 60.0
     workdir: Path | None = None
     """Where the services run (and whose `.env` they read); None: this process's directory."""
+    service_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Settings of one service on top of `env` (its own credentials, say)."""
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     broker: DevBroker | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -149,12 +157,16 @@ class Supervisor:
         base = {**self.env, "K_SINK": self.broker.url}
         for name in HTTP_FUNCTIONS:
             env = {**base, "OTEL_SERVICE_NAME": f"otel-worker-{name}"}
+            env |= self.service_env.get(name, {})
             self.services[name] = http_function(name, ports[name], env, self.workdir)
+        # As deployed, the ingress gets no database or object store settings: it has no use
+        # for them, and running it without them shows it.
         ingress_env = {
-            **base,
+            **{k: v for k, v in base.items() if k not in _NOT_FOR_INGRESS},
             "SUBMIT_URL": urls["submit"],
             "STATUS_URL": urls["status"],
             "OTEL_SERVICE_NAME": "otel-worker-ingress",
+            **self.service_env.get("ingress", {}),
         }
         self.services["ingress"] = ingress_process(ports["ingress"], ingress_env, self.workdir)
         assert self._log is not None

@@ -29,7 +29,7 @@ from shared import config
 if TYPE_CHECKING:
     from tests.stack import Stack
 
-from shared.devstack import PgBouncer, SeaweedS3
+from shared.devstack import PgBouncer, S3Identity, SeaweedS3
 
 S3_REGION = "us-east-1"
 
@@ -56,13 +56,17 @@ class Database:
 
 @dataclass(frozen=True)
 class S3Server:
-    """A running S3-compatible server and the identity that may use it."""
+    """A running S3-compatible server, an identity allowed everything (the tests' own), and
+    the two the functions get, as deployed (DEPLOYMENT.md): compute's, which may only
+    write objects, and status's, which may only read them."""
 
     endpoint: str
     access_key: str
     secret_key: str
     region: str
     server: SeaweedS3
+    writer: S3Identity
+    reader: S3Identity
 
     def client(self) -> Minio:
         """A minio client for this server."""
@@ -148,24 +152,29 @@ def pgbouncer(postgres: Database) -> Iterator[Database]:
         bouncer.stop()
 
 
+def start_s3(data_dir: Path, access_key: str) -> S3Server:
+    """A real S3 server (SeaweedFS) on free loopback ports, with its identities."""
+    writer = S3Identity("compute", f"{access_key}-compute", uuid.uuid4().hex, ("Write",))
+    reader = S3Identity("status", f"{access_key}-status", uuid.uuid4().hex, ("Read",))
+    server = SeaweedS3(
+        data_dir=data_dir,
+        access_key=access_key,
+        secret_key=uuid.uuid4().hex,
+        others=(writer, reader),
+    ).start()
+    return S3Server(
+        server.endpoint, server.access_key, server.secret_key, S3_REGION, server, writer, reader
+    )
+
+
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """A real S3 server (SeaweedFS) on free loopback ports, killed at the end."""
-    server = SeaweedS3(
-        data_dir=tmp_path_factory.mktemp("seaweedfs"),
-        access_key="otel-worker-test",
-        secret_key=uuid.uuid4().hex,
-    ).start()
+    """A real S3 server (SeaweedFS) shared by the session, killed at the end."""
+    server = start_s3(tmp_path_factory.mktemp("seaweedfs"), "otel-worker-test")
     try:
-        yield S3Server(
-            endpoint=server.endpoint,
-            access_key=server.access_key,
-            secret_key=server.secret_key,
-            region=S3_REGION,
-            server=server,
-        )
+        yield server
     finally:
-        server.stop()
+        server.server.stop()
 
 
 Reply = tuple[int, dict[str, str], bytes]

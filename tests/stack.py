@@ -16,7 +16,7 @@ import urllib3
 
 from shared import config, events
 from shared.contracts import JobView
-from shared.devstack import wait_until
+from shared.devstack import S3Identity, wait_until
 from shared.maintenance import migrate_jobs, sweep_once
 from shared.supervisor import Supervisor
 from shared.tracks import TrackSpec
@@ -84,10 +84,10 @@ def stack_env(database: Database, s3: S3Server, bucket: str, **extra: str) -> di
         **keep,
         "DATABASE_URL": database.dsn,
         "MINIO_ENDPOINT": s3.endpoint,
-        "MINIO_ACCESS_KEY": s3.access_key,
-        "MINIO_SECRET_KEY": s3.secret_key,
         "MINIO_REGION": s3.region,
         "MINIO_BUCKET": bucket,
+        # As deployed: the bucket exists, and neither function's identity may create one.
+        "MINIO_CREATE_BUCKET": "false",
         "JOB_LEASE_SECONDS": "10",
         "JOB_REPUBLISH_SECONDS": "1",
         "LOG_LEVEL": "WARNING",
@@ -104,8 +104,11 @@ def start_stack(
     **extra: str,
 ) -> Stack:
     """All services, the dev broker (its backoffs scaled by `time_scale`: short for tests)
-    and a sweep every 0.5 s, with `extra` settings for every service."""
+    and a sweep every 0.5 s, with `extra` settings for every service. compute and status
+    use the object store with the rights they are deployed with: compute may only write,
+    status only read."""
     bucket = f"pipeline-{uuid.uuid4().hex[:10]}"
+    s3.client().make_bucket(bucket)
     env = stack_env(database, s3, bucket, **extra)
     settings = config.DatabaseSettings(database_url=database.dsn)
     # The sweep (run by this process) follows the services' job settings, so a caller that
@@ -120,8 +123,16 @@ def start_stack(
         sweep=lambda sink: sweep_once(settings, jobs, config.EventSettings(k_sink=sink)),
         sweep_interval=0.5,
         time_scale=time_scale,
+        service_env={
+            "compute": _credentials(s3.writer),
+            "status": _credentials(s3.reader),
+        },
     ).start()
     return Stack(supervisor, env, database, s3, bucket)
+
+
+def _credentials(identity: S3Identity) -> dict[str, str]:
+    return {"MINIO_ACCESS_KEY": identity.access_key, "MINIO_SECRET_KEY": identity.secret_key}
 
 
 class Discard(io.TextIOBase):

@@ -27,9 +27,9 @@ import urllib3
 
 from shared import config, events
 from shared.contracts import JobAccepted, JobView
-from shared.devstack import SeaweedS3, free_ports, http_function, http_status, wait_until
+from shared.devstack import free_ports, http_function, http_status, wait_until
 from shared.jobs import JobRequest, JobStore
-from tests.conftest import Database, S3Server
+from tests.conftest import Database, S3Server, start_s3
 from tests.stack import Stack, request_event, start_stack
 
 DAY = dt.date(2024, 3, 12)
@@ -73,6 +73,27 @@ def test_a_request_event_becomes_a_completed_job_with_a_csv_that_matches(stack: 
     assert rows[0]["timestamp"].endswith("-04:00")  # EDT: local days, not UTC days
     assert job.csv_key is not None
     assert job.csv_key.rsplit("/", 1)[1] == f"distance_20240312_phone1_{job.job_id.hex[:8]}.csv"
+
+
+def test_each_function_holds_only_the_credentials_it_is_deployed_with(stack: Stack) -> None:
+    """The jobs above complete although compute may only write objects and status only
+    read them, and the ingress has no database or object store settings at all: what
+    the manifests give them (DEPLOYMENT.md#secrets)."""
+
+    def environment(name: str) -> dict[str, str]:
+        process = stack.supervisor.services[name].process
+        assert process is not None
+        raw = Path(f"/proc/{process.pid}/environ").read_bytes().decode()
+        return dict(entry.split("=", 1) for entry in raw.split("\0") if entry)
+
+    compute, status = environment("compute"), environment("status")
+    assert compute["MINIO_ACCESS_KEY"] == stack.s3.writer.access_key
+    assert status["MINIO_ACCESS_KEY"] == stack.s3.reader.access_key
+    assert stack.s3.writer.actions == ("Write",)
+    assert stack.s3.reader.actions == ("Read",)
+    assert "MINIO_ACCESS_KEY" not in environment("submit")
+    ingress = environment("ingress")
+    assert not {"DATABASE_URL", "MINIO_ENDPOINT", "MINIO_ACCESS_KEY"} & set(ingress)
 
 
 def test_duplicate_deliveries_make_one_job_one_object_one_computation(stack: Stack) -> None:
@@ -280,10 +301,8 @@ def test_sigterm_lets_the_running_request_finish(stack: Stack) -> None:
 def test_object_store_down_is_retried_then_fails_clearly_never_completed_without_csv(
     seeded: Database, tmp_path: Path
 ) -> None:
-    own = SeaweedS3(
-        data_dir=tmp_path / "weed", access_key="k-down", secret_key=uuid.uuid4().hex
-    ).start()
-    s3 = S3Server(own.endpoint, own.access_key, own.secret_key, "us-east-1", own)
+    s3 = start_s3(tmp_path / "weed", "k-down")
+    own = s3.server
     stack = start_stack(seeded, s3, JOB_MAX_ATTEMPTS="2")
     try:
         bucket_ready = urllib3.request(

@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from pydantic import SecretStr
 
 from shared import config
 from shared.devstack import free_ports
@@ -124,15 +125,29 @@ def test_presigned_urls_are_signed_for_the_public_endpoint(
     assert _download(internal)[0] == 403
 
 
-def test_missing_bucket_is_created_or_reported(
+def test_the_bucket_is_created_where_allowed_else_only_written_to(
     monkeypatch: pytest.MonkeyPatch, s3: S3Server
 ) -> None:
-    settings = _settings(monkeypatch, s3, MINIO_CREATE_BUCKET="false")
-    with pytest.raises(StorageUnavailable, match="does not exist and MINIO_CREATE_BUCKET is false"):
-        ObjectStore(settings).upload("k", io.BytesIO(b"x"), 1, CSV_TYPE)
-    created = ObjectStore(settings.model_copy(update={"minio_create_bucket": True}))
+    settings = _settings(monkeypatch, s3)
+    created = ObjectStore(settings)
     created.upload("k", io.BytesIO(b"x"), 1, CSV_TYPE)
     assert created.exists("k")
+    # compute as deployed: an identity that may only write, into a bucket made for it.
+    writer = settings.model_copy(
+        update={
+            "minio_access_key": SecretStr(s3.writer.access_key),
+            "minio_secret_key": SecretStr(s3.writer.secret_key),
+            "minio_create_bucket": False,
+            "minio_bucket": f"made-{uuid.uuid4().hex[:8]}",
+        }
+    )
+    s3.client().make_bucket(writer.minio_bucket)
+    ObjectStore(writer).upload("jobs/k.csv", io.BytesIO(b"abc"), 3, CSV_TYPE)
+    assert s3.client().get_object(writer.minio_bucket, "jobs/k.csv").read() == b"abc"
+    # A bucket that is missing fails the upload, naming it.
+    missing = writer.model_copy(update={"minio_bucket": f"gone-{uuid.uuid4().hex[:8]}"})
+    with pytest.raises(StorageUnavailable, match=f"uploading k: .*{missing.minio_bucket}"):
+        ObjectStore(missing).upload("k", io.BytesIO(b"x"), 1, CSV_TYPE)
 
 
 def test_objects_of_a_bucket_that_is_gone_are_missing_not_unavailable(
@@ -152,8 +167,10 @@ def test_an_unreachable_store_is_a_storage_error(
     store = ObjectStore(_settings(monkeypatch, s3, MINIO_ENDPOINT=f"127.0.0.1:{port}"))
     with pytest.raises(StorageUnavailable, match="checking the bucket"):
         store.upload("k", io.BytesIO(b"x"), 1, CSV_TYPE)
-    with pytest.raises(StorageUnavailable):
-        store.check()
+    # Where the bucket is not ours to create, the upload is the first request.
+    fixed = ObjectStore(store.settings.model_copy(update={"minio_create_bucket": False}))
+    with pytest.raises(StorageUnavailable, match="uploading k: "):
+        fixed.upload("k", io.BytesIO(b"x"), 1, CSV_TYPE)
 
 
 def test_sha256_and_length_rewind_the_stream() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from shared.devstack import PgBouncer, SeaweedS3
 from shared.locations import write_points
 from shared.tracks import TrackSpec, generate
 from tests.bench.bench_db import bench_database
-from tests.conftest import Database, S3Server
+from tests.conftest import Database, S3Server, start_s3
 
 
 @contextlib.contextmanager
@@ -30,9 +29,10 @@ def services(admin: str, tracks: TrackSpec) -> Iterator[tuple[Database, str, S3S
             dbname=str(params["dbname"]),
             user=str(params.get("user", "postgres")),
         ).start()
-        weed = SeaweedS3(Path(folder) / "s3", access_key="bench", secret_key=uuid.uuid4().hex)
+        weed: SeaweedS3 | None = None
         try:
-            weed.start()
+            s3 = start_s3(Path(folder) / "s3", "bench")
+            weed = s3.server
             with psycopg.connect(direct, autocommit=True) as conn:
                 rows = write_points(conn, generate(tracks).points)
             print(
@@ -42,11 +42,8 @@ def services(admin: str, tracks: TrackSpec) -> Iterator[tuple[Database, str, S3S
             database = Database(
                 bouncer.dsn, "127.0.0.1", bouncer.port, str(params["dbname"]), bouncer.user
             )
-            yield (
-                database,
-                direct,
-                S3Server(weed.endpoint, weed.access_key, weed.secret_key, "us-east-1", weed),
-            )
+            yield database, direct, s3
         finally:
-            weed.stop()
+            if weed is not None:
+                weed.stop()
             bouncer.stop()
