@@ -178,20 +178,6 @@ class ObjectStore:
                 part_size=16 * 1024 * 1024,
             )
 
-    def exists(self, key: str) -> bool:
-        """True when an object is stored at `key`."""
-        from minio.error import S3Error
-
-        try:
-            self.client.stat_object(self.settings.minio_bucket, key)
-        except S3Error as exc:
-            if exc.code in _MISSING_CODES:
-                return False
-            raise StorageUnavailable(f"checking {key}: {exc.code}") from None
-        except OSError as exc:
-            raise StorageUnavailable(f"checking {key}: {exc}") from None
-        return True
-
     def read(self, key: str) -> bytes:
         """The whole object at `key` (small objects: summaries and chart data); raises
         `ObjectMissing` when there is none."""

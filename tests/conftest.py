@@ -58,7 +58,7 @@ class Database:
 class S3Server:
     """A running S3-compatible server, an identity allowed everything (the tests' own), and
     the two the functions get, as deployed (DEPLOYMENT.md): compute's, which may only
-    write objects, and status's, which may only read them."""
+    write objects, and status's, which may only read and list them."""
 
     endpoint: str
     access_key: str
@@ -155,7 +155,7 @@ def pgbouncer(postgres: Database) -> Iterator[Database]:
 def start_s3(data_dir: Path, access_key: str) -> S3Server:
     """A real S3 server (SeaweedFS) on free loopback ports, with its identities."""
     writer = S3Identity("compute", f"{access_key}-compute", uuid.uuid4().hex, ("Write",))
-    reader = S3Identity("status", f"{access_key}-status", uuid.uuid4().hex, ("Read",))
+    reader = S3Identity("status", f"{access_key}-status", uuid.uuid4().hex, ("Read", "List"))
     server = SeaweedS3(
         data_dir=data_dir,
         access_key=access_key,

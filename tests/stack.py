@@ -106,7 +106,7 @@ def start_stack(
     """All services, the dev broker (its backoffs scaled by `time_scale`: short for tests)
     and a sweep every 0.5 s, with `extra` settings for every service. compute and status
     use the object store with the rights they are deployed with: compute may only write,
-    status only read."""
+    status only read (and list)."""
     bucket = f"pipeline-{uuid.uuid4().hex[:10]}"
     s3.client().make_bucket(bucket)
     env = stack_env(database, s3, bucket, **extra)

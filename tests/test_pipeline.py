@@ -90,7 +90,7 @@ def test_each_function_holds_only_the_credentials_it_is_deployed_with(stack: Sta
     assert compute["MINIO_ACCESS_KEY"] == stack.s3.writer.access_key
     assert status["MINIO_ACCESS_KEY"] == stack.s3.reader.access_key
     assert stack.s3.writer.actions == ("Write",)
-    assert stack.s3.reader.actions == ("Read",)
+    assert stack.s3.reader.actions == ("Read", "List")
     assert "MINIO_ACCESS_KEY" not in environment("submit")
     ingress = environment("ingress")
     assert not {"DATABASE_URL", "MINIO_ENDPOINT", "MINIO_ACCESS_KEY"} & set(ingress)

@@ -77,8 +77,9 @@ def test_upload_then_presigned_download_returns_the_bytes(
     store = ObjectStore(_settings(monkeypatch, s3, PRESIGN_EXPIRY_SECONDS="600"))
     payload = b"timestamp,device_id\n" + b"2026-01-05T00:00:00-05:00,phone\n" * 1000
     store.upload("jobs/x/a.csv", io.BytesIO(payload), len(payload), CSV_TYPE)
-    assert store.exists("jobs/x/a.csv")
-    assert not store.exists("jobs/x/missing.csv")
+    assert store.read("jobs/x/a.csv") == payload
+    with pytest.raises(ObjectMissing):
+        store.read("jobs/x/missing.csv")
 
     now = dt.datetime.now(dt.UTC)
     link = store.presign("jobs/x/a.csv", now=now)
@@ -131,7 +132,7 @@ def test_the_bucket_is_created_where_allowed_else_only_written_to(
     settings = _settings(monkeypatch, s3)
     created = ObjectStore(settings)
     created.upload("k", io.BytesIO(b"x"), 1, CSV_TYPE)
-    assert created.exists("k")
+    assert created.read("k") == b"x"
     # compute as deployed: an identity that may only write, into a bucket made for it.
     writer = settings.model_copy(
         update={
@@ -155,7 +156,6 @@ def test_objects_of_a_bucket_that_is_gone_are_missing_not_unavailable(
 ) -> None:
     # (a bucket removed, or the dev stack's store wiped): status then answers 410, not 503
     store = ObjectStore(_settings(monkeypatch, s3, MINIO_CREATE_BUCKET="false"))
-    assert not store.exists("jobs/x/distance_20240312_0000abcd.csv")
     with pytest.raises(ObjectMissing):
         store.read("jobs/x/distance_20240312_0000abcd.summary.json")
 
