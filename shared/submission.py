@@ -20,7 +20,6 @@ from shared.contracts import DistanceRequested, JobQueued, Requester
 from shared.db import DatabaseUnavailable
 from shared.events import Publisher, PublishError
 from shared.jobs import (
-    IdempotencyConflict,
     Job,
     JobRequest,
     JobStatus,
@@ -84,70 +83,41 @@ def submit(
     key names a different request, and `DatabaseUnavailable` when the jobs table cannot
     be reached. A broker that cannot be reached is not an error: the sweep retries.
 
-    A request is what the caller sent, not what the settings made of it: a redelivery
-    gets its first job even after HOME_TIMEZONE changed (when it named no time zone) or
-    MAX_RANGE_DAYS was lowered below its range.
+    A redelivery gets its first job even when MAX_RANGE_DAYS was lowered below its range
+    since; telling that apart needs the jobs table, so while it is down such a request is
+    answered `DatabaseUnavailable` (retry) rather than refused.
     """
     key = idempotency_key or request.idempotency_key
     if key is None and requester is not None:
         key = default_idempotency_key(requester.source, requester.id)
     timezone = request.timezone or submission.analysis.home_timezone
+    job_request = JobRequest(
+        date_from=request.date,
+        date_to=request.last_date,
+        device_id=request.device_id,
+        timezone=timezone,
+        # Captured now so a retry computes what was asked even if the settings change.
+        parameters=submission.analysis.engine_params().model_dump(mode="json"),
+    )
     try:
         _check_limits(request, timezone, submission.limits)
     except RequestError:
         # Beyond today's limits, but perhaps accepted under earlier ones.
-        if (earlier := _asked_before(submission, key, request)) is None:
+        earlier = submission.jobs.by_key(key) if key is not None else None
+        if earlier is None or not earlier.asks_as(job_request):
             raise
         job, created = earlier, False
     else:
-        job_request = JobRequest(
-            date_from=request.date,
-            date_to=request.last_date,
-            device_id=request.device_id,
-            timezone=timezone,
-            # Captured now so a retry computes what was asked even if the settings change.
-            parameters=submission.analysis.engine_params().model_dump(mode="json"),
+        job, created = submission.jobs.create(
+            job_request,
+            idempotency_key=key,
+            requester_source=requester.source if requester else None,
+            requester_id=requester.id if requester else None,
+            traceparent=traceparent,
         )
-        try:
-            job, created = submission.jobs.create(
-                job_request,
-                idempotency_key=key,
-                requester_source=requester.source if requester else None,
-                requester_id=requester.id if requester else None,
-                traceparent=traceparent,
-            )
-        except IdempotencyConflict as conflict:
-            # The home zone resolved differently this time: the same request all the same.
-            if not _same_request(conflict.job, request):
-                raise
-            job, created = conflict.job, False
     if job.status == JobStatus.QUEUED and job.published_at is None:
         announce(submission, job)
     return job, created
-
-
-def _same_request(job: Job, request: DistanceRequested) -> bool:
-    """Whether `request` asks what `job` was made for: its days and device, and its time
-    zone unless the request named none (then it asked for the home zone of its day)."""
-    return (job.date_from, job.date_to, job.device_id) == (
-        request.date,
-        request.last_date,
-        request.device_id,
-    ) and request.timezone in (None, job.timezone)
-
-
-def _asked_before(
-    submission: Submission, key: str | None, request: DistanceRequested
-) -> Job | None:
-    """The job `key` already names for this same request, if any. Unknown while the jobs
-    table is down: then the request is answered by today's limits."""
-    if key is None:
-        return None
-    try:
-        job = submission.jobs.by_key(key)
-    except DatabaseUnavailable:
-        return None
-    return job if job is not None and _same_request(job, request) else None
 
 
 def announce(submission: Submission, job: Job) -> bool:

@@ -159,8 +159,8 @@ class Supervisor:
             env = {**base, "OTEL_SERVICE_NAME": f"otel-worker-{name}"}
             env |= self.service_env.get(name, {})
             self.services[name] = http_function(name, ports[name], env, self.workdir)
-        # As deployed, the ingress gets no database or object store settings: it has no use
-        # for them, and running it without them shows it.
+        # Deployed, the ingress holds no database or object store credentials; here it gets
+        # none of those settings at all, which shows it has no use for them.
         ingress_env = {
             **{k: v for k, v in base.items() if k not in _NOT_FOR_INGRESS},
             "SUBMIT_URL": urls["submit"],

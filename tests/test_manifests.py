@@ -22,6 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings
 
 from shared import config, events
 from shared.cli import build_parser
@@ -359,21 +360,31 @@ def test_every_variable_set_is_a_known_setting(base: dict[str, list[Any]]) -> No
     assert required <= _secret_keys(base) <= {ref.key for ref in refs}
 
 
+def _settings_used(source: Path, function: str | None = None) -> list[type[BaseSettings]]:
+    """The settings groups (`config.<Name>Settings`) that `source`, or its `function`,
+    names: what that process loads."""
+    tree: ast.AST = ast.parse(source.read_text())
+    if function is not None:
+        (tree,) = (
+            node
+            for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef) and node.name == function
+        )
+    names = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "config"
+        and node.attr.endswith("Settings")
+    }
+    return [getattr(config, name) for name in sorted(names)]
+
+
+# What each function loads, read from its code (its `config.require` and `config.load`).
 REQUIRED = {
-    "submit": [
-        config.DatabaseSettings,
-        config.AnalysisSettings,
-        config.JobSettings,
-        config.EventSettings,
-    ],
-    "compute": [
-        config.DatabaseSettings,
-        config.StorageSettings,
-        config.JobSettings,
-        config.EventSettings,
-    ],
-    "status": [config.DatabaseSettings, config.StorageSettings, config.JobSettings],
-    "ingress": [config.GrpcSettings, config.UpstreamSettings],
+    name: _settings_used(REPO_ROOT / "functions" / name / "main.py")
+    for name in (*sorted(HTTP_FUNCTIONS), "ingress")
 }
 
 
@@ -397,11 +408,12 @@ CREDENTIALS = {
     "MINIO_SECRET_KEY",
     "GRPC_AUTH_TOKEN",
 }
-# The settings each workload reads: its credentials are exactly theirs.
+# The settings each workload reads, the Jobs' from their CLI commands: its credentials are
+# exactly theirs.
 SETTINGS = {
     **REQUIRED,
-    "sweep": [config.DatabaseSettings, config.JobSettings, config.EventSettings],
-    "migrate": [config.DatabaseSettings],
+    "sweep": _settings_used(REPO_ROOT / "shared" / "cli.py", "_sweep"),
+    "migrate": _settings_used(REPO_ROOT / "shared" / "cli.py", "_migrate"),
 }
 
 

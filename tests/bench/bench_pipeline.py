@@ -450,6 +450,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=240, help="jobs in a pipeline round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the pipeline phase")
     args = parser.parse_args()
+    if args.jobs < 1 or args.rounds < 1 or args.seconds <= 0:
+        parser.error("--jobs and --rounds must be at least 1, --seconds above 0")
     admin = os.environ.get("BENCH_DATABASE_URL") or os.environ.get(
         "TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
     )
