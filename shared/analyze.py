@@ -241,7 +241,7 @@ def run_seed(args: argparse.Namespace) -> int:
         with db.connect(settings) as conn:
             rows = locations.write_points(conn, track.points, force=args.force, progress=progress)
     except locations.ExistingRowsError as exc:
-        sys.stderr.write(f"otel-worker: {exc} (use --force)\n")
+        sys.stderr.write(f"otel-worker: {exc}; use --force to replace them\n")
         return 1
     except db.DatabaseUnavailable as exc:
         sys.stderr.write(f"otel-worker: {exc}\n")

@@ -135,8 +135,10 @@ def submit(
     `wait_seconds`)."""
     with connected(settings) as client:
         reply = client.calculate(request)
-        verb = "queued" if reply.created else "already known as"
-        out.write(f"job {reply.job_id} {verb} ({reply.status})\n")
+        if reply.created:
+            out.write(f"job {reply.job_id} queued\n")
+        else:
+            out.write(f"job {reply.job_id} already exists ({reply.status})\n")
         if not wait_for_it:
             return 0
         final = wait(client, reply.job_id, err, wait_seconds)
@@ -187,6 +189,13 @@ def jobs(settings: ClientSettings, request: pb.ListJobsRequest, out: TextIO = sy
     """Print a page of jobs, newest first."""
     with connected(settings) as client:
         reply = client.jobs(request)
+    if not reply.jobs:
+        out.write(
+            f"no jobs on this page: {reply.total_count} match, from offset {reply.offset}\n"
+            if reply.total_count
+            else "no jobs match\n"
+        )
+        return 0
     out.write(f"{'job':<36}  {'status':<10}  {'days':<23}  {'device':<16}  queued\n")
     for job in reply.jobs:
         days = job.date if job.end_date in {"", job.date} else f"{job.date}..{job.end_date}"
@@ -194,6 +203,5 @@ def jobs(settings: ClientSettings, request: pb.ListJobsRequest, out: TextIO = sy
             f"{job.job_id:<36}  {job.status:<10}  {days:<23}  {job.device_id or 'all':<16}  "
             f"{_when(job.queued_at)}\n"
         )
-    shown = f"{reply.offset + 1}-{reply.offset + len(reply.jobs)}" if reply.jobs else "none"
-    out.write(f"{shown} of {reply.total_count}\n")
+    out.write(f"{reply.offset + 1}-{reply.offset + len(reply.jobs)} of {reply.total_count}\n")
     return 0

@@ -448,7 +448,7 @@ def write_points(
         conn.execute("LOCK TABLE public.locations IN ACCESS EXCLUSIVE MODE")
         has_rows = conn.execute("SELECT EXISTS (SELECT FROM public.locations)").fetchone()
         if has_rows and has_rows[0] and not force:
-            raise ExistingRowsError("public.locations already has rows; pass force to replace them")
+            raise ExistingRowsError("public.locations already has rows")
         # Truncating in this transaction lets COPY FREEZE write rows already frozen, so the
         # first reads neither set hint bits nor wait for a vacuum to allow index-only scans.
         conn.execute("TRUNCATE public.locations RESTART IDENTITY")

@@ -300,8 +300,9 @@ def run_dev(out: IO[str], sweep_interval: float, local_s3: Path | None) -> int:
         return 0
     finally:
         supervisor.stop()
+        log = PrefixedLog(out)  # the supervisor's own has stopped with it
         if s3 is not None:
             # Its graceful shutdown takes ~15 s: say so rather than look hung.
-            out.write("dev      stopping SeaweedFS (it flushes for up to 20 s)\n")
-            out.flush()
+            log.line("dev", "stopping SeaweedFS (it flushes for up to 20 s)")
             s3.stop(graceful=True)
+        log.line("dev", "stopped")

@@ -11,16 +11,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydantic import SecretStr
 
 from shared import config
 from shared.cli import build_parser
+from shared.engine import analyze, day_window, read_range
+from shared.tracks import TrackSpec, generate
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -294,3 +298,40 @@ def test_the_readme_configuration_table_shows_the_defaults() -> None:
         if shown.get(name) != default
     }
     assert not wrong, f"README default vs config default: {wrong}"
+
+
+# The data of DEVELOPMENT.md's recipe (`otel-worker seed --days 14 --devices 2`), on which
+# API.md's examples were run: (device, day, figures the examples show).
+_API_EXAMPLES = [
+    ("phone1", "2024-03-12", ["2459 read, 135 used;", "Path          2856.975 km"]),
+    ("phone1", "2024-03-13", ["path      16.604 km from 2883 fixes", '"path_km": 16.603711']),
+    ("phone2", "2024-03-13", ['"pathKm": 27.691486', '"pointsUsed": "138"']),
+]
+
+
+@pytest.mark.parametrize(("device", "day", "shown"), _API_EXAMPLES)
+def test_the_api_examples_show_what_the_engine_computes(
+    device: str, day: str, shown: list[str]
+) -> None:
+    """API.md's outputs are recorded from a run; they go stale when the engine changes."""
+    points = generate(TrackSpec(days=14, devices=2)).points
+    params = config.AnalysisSettings().engine_params()
+    window = day_window(dt.date.fromisoformat(day), dt.date.fromisoformat(day), "America/New_York")
+    start, end = read_range(window, params)
+    code = points.device_ids.index(device)
+    rows = np.flatnonzero(
+        (points.device == code) & (points.timestamp >= start) & (points.timestamp < end)
+    )
+    summary = analyze(points.take(rows), window, params).summary
+    computed = {
+        f"{summary.points.read} read, {summary.points.used} used;",
+        f"Path          {summary.path_km:.3f} km",
+        f"path      {summary.path_km:.3f} km from {summary.points.read} fixes",
+        f'"path_km": {summary.path_km:.6f}',
+        f'"pathKm": {summary.path_km:.6f}',
+        f'"pointsUsed": "{summary.points.used}"',
+    }
+    text = (ROOT / "docs" / "API.md").read_text()
+    for figure in shown:
+        assert figure in computed, f"API.md shows {figure!r}; the engine computes {computed}"
+        assert figure in text

@@ -7,6 +7,7 @@ import datetime as dt
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -233,7 +234,7 @@ def test_the_command_line_client_follows_a_job_to_its_table_and_link(stack: Stac
     submit = _otel_worker(stack, "submit", "--date", "2024-03-19", "--device", "phone2", "--wait")
     assert submit.returncode == 0, submit.stderr
     out = submit.stdout
-    assert "queued" in out
+    assert re.match(r"job [0-9a-f-]{36} queued\n", out), out
     for heading in ("Window", "Fixes", "Path", "From home", "Time", "Trips", "Devices", "CSV"):
         assert heading in out, heading
     assert "completed" in submit.stderr
@@ -242,6 +243,14 @@ def test_the_command_line_client_follows_a_job_to_its_table_and_link(stack: Stac
     assert (status.returncode, "completed" in status.stdout) == (0, True), status.stderr
     listing = _otel_worker(stack, "jobs", "--device", "phone2")
     assert (listing.returncode, job_id in listing.stdout) == (0, True), listing.stderr
+    again = _otel_worker(stack, "submit", "--date", "2024-03-19", "--key", f"again-{job_id}")
+    repeat = _otel_worker(stack, "submit", "--date", "2024-03-19", "--key", f"again-{job_id}")
+    first_id = again.stdout.split()[1]
+    assert repeat.stdout.startswith(f"job {first_id} already exists ("), repeat.stdout
+    empty = _otel_worker(stack, "jobs", "--device", "nobody-has-this")
+    assert (empty.returncode, empty.stdout) == (0, "no jobs match\n")
+    past = _otel_worker(stack, "jobs", "--device", "phone2", "--offset", "100000")
+    assert past.stdout.startswith("no jobs on this page: "), past.stdout
     bad = _otel_worker(stack, "status", "not-a-job")
     assert bad.returncode == 3
     assert "INVALID_ARGUMENT" in bad.stderr

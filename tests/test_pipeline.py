@@ -551,6 +551,7 @@ def test_otel_worker_dev_runs_everything_and_ctrl_c_stops_it_all(
     rest, _ = process.communicate(timeout=90)
     assert process.returncode == 0, rest
     assert "stopping SeaweedFS" in rest  # (its shutdown takes seconds: said, not silent)
+    assert rest.endswith("dev     | stopped\n"), rest[-300:]
     prefixes = {line.split("|", 1)[0].strip() for line in lines + rest.splitlines() if "|" in line}
     assert {"submit", "compute", "status", "ingress", "broker", "dev"} <= prefixes
     for name in ("submit", "compute", "status"):
