@@ -168,7 +168,7 @@ class Computation:
         for rule, count in summary.points.dropped.model_dump().items():
             if count:
                 metrics.dropped.add(count, {"rule": rule})
-        keys = result_keys(job.id, job.date_from, job.date_to, job.device_id)
+        keys = result_keys(job.id, job.attempts, job.date_from, job.date_to, job.device_id)
         with (
             tempfile.TemporaryFile() as csv,
             telemetry.span("upload", attributes={"key": keys.csv_key}),

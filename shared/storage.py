@@ -1,9 +1,12 @@
 """Result objects in S3-compatible storage (MinIO in production).
 
-Object keys derive from the job only (its id, days and a slug of the device), never from
-raw input, so a retried attempt overwrites its own objects and two jobs never collide. The
-CSV basename keeps the old `distance_*.csv` pattern and embeds the first 8 hex digits of
-the job id, so a basename alone leads back to its job.
+Object keys derive from the job only (its id, the attempt, its days and a slug of the
+device), never from raw input, so two jobs never collide. Each attempt has a folder of its
+own: an attempt that outlived its lease and uploads after another one completed the job
+cannot replace the objects the job names (they would no longer match its recorded size
+and SHA-256); its own are orphans, removed by the bucket's lifecycle rule. The CSV basename
+keeps the old `distance_*.csv` pattern and embeds the first 8 hex digits of the job id, so
+a basename alone leads back to its job.
 """
 
 from __future__ import annotations
@@ -74,14 +77,14 @@ def _slug(device_id: str) -> str:
 
 
 def result_keys(
-    job_id: UUID, date_from: dt.date, date_to: dt.date, device_id: str | None
+    job_id: UUID, attempt: int, date_from: dt.date, date_to: dt.date, device_id: str | None
 ) -> ResultKeys:
-    """The object keys of a job's CSV and JSON summary."""
+    """The object keys of the CSV and JSON summary of a job's `attempt`."""
     days = date_from.strftime("%Y%m%d")
     if date_to != date_from:
         days += "-" + date_to.strftime("%Y%m%d")
     device = f"_{_slug(device_id)}" if device_id else ""
-    stem = f"jobs/{job_id}/distance_{days}{device}_{job_id.hex[:8]}"
+    stem = f"jobs/{job_id}/attempt-{attempt}/distance_{days}{device}_{job_id.hex[:8]}"
     return ResultKeys(csv_key=f"{stem}.csv", summary_key=f"{stem}.summary.json")
 
 

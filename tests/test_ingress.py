@@ -184,7 +184,7 @@ def test_get_job_status_maps_a_completed_job(ingress: Ingress, channel: grpc.Cha
         completed_at=QUEUED + dt.timedelta(seconds=1),
         attempts=1,
         result=summary,
-        csv_key=f"jobs/{JOB_ID}/distance_20260307_phone_0b9f3a52.csv",
+        csv_key=f"jobs/{JOB_ID}/attempt-1/distance_20260307_phone_0b9f3a52.csv",
         processing_time_ms=830,
         csv={"url": "http://files.example/x.csv?X-Amz-Signature=a", "expires_at": QUEUED},
     )

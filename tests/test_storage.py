@@ -56,16 +56,19 @@ def _download(url: str) -> tuple[int, bytes]:
 
 
 def test_keys_derive_from_the_job_only() -> None:
-    one_day = result_keys(JOB, dt.date(2026, 1, 5), dt.date(2026, 1, 5), None)
-    assert one_day.csv_key == f"jobs/{JOB}/distance_20260105_3f2b8c1e.csv"
-    assert one_day.summary_key == f"jobs/{JOB}/distance_20260105_3f2b8c1e.summary.json"
+    one_day = result_keys(JOB, 1, dt.date(2026, 1, 5), dt.date(2026, 1, 5), None)
+    assert one_day.csv_key == f"jobs/{JOB}/attempt-1/distance_20260105_3f2b8c1e.csv"
+    assert one_day.summary_key == f"jobs/{JOB}/attempt-1/distance_20260105_3f2b8c1e.summary.json"
+    assert one_day.series_key == f"jobs/{JOB}/attempt-1/distance_20260105_3f2b8c1e.series.json"
     assert one_day.csv_name == "distance_20260105_3f2b8c1e.csv"
-    ranged = result_keys(JOB, dt.date(2026, 1, 5), dt.date(2026, 1, 11), "stu@phone:2")
+    ranged = result_keys(JOB, 2, dt.date(2026, 1, 5), dt.date(2026, 1, 11), "stu@phone:2")
     assert ranged.csv_name == "distance_20260105-20260111_stu-phone-2_3f2b8c1e.csv"
+    # Another attempt writes beside, never over, the first one's objects.
+    assert ranged.csv_key.startswith(f"jobs/{JOB}/attempt-2/")
 
 
 def test_a_basename_leads_back_to_its_job() -> None:
-    keys = result_keys(JOB, dt.date(2026, 1, 5), dt.date(2026, 1, 6), "phone")
+    keys = result_keys(JOB, 1, dt.date(2026, 1, 5), dt.date(2026, 1, 6), "phone")
     assert short_id_of(keys.csv_name) == JOB.hex[:8]
     assert short_id_of("distance_20260105.csv") is None
     assert short_id_of("../../etc/passwd") is None

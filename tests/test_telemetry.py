@@ -138,7 +138,8 @@ def test_one_job_is_one_trace_across_ingress_submit_and_compute(
     assert job.result is not None
     # (the fixes analysed include the context read on each side of the day)
     assert named["analyze"]["fixes"] > job.result["points"]["read"] > 0
-    assert str(named["upload"]["key"]).startswith(f"jobs/{reply.job_id}/distance_20240312")
+    key = str(named["upload"]["key"])
+    assert key.startswith(f"jobs/{reply.job_id}/attempt-1/distance_20240312")
     # psycopg is instrumented: the statements are child spans of each function's span.
     for service, parent_name in (
         ("otel-worker-submit", "submit distance.requested"),

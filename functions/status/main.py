@@ -29,8 +29,8 @@ from shared.jobs import MAX_LIST_OFFSET, Job, JobStatus, JobStore
 from shared.storage import (
     ObjectMissing,
     ObjectStore,
+    ResultKeys,
     StorageUnavailable,
-    result_keys,
     short_id_of,
 )
 from shared.views import job_view
@@ -153,7 +153,9 @@ def _report(job_id: str) -> flask.Response:
             ),
             job_status=job.status.value,
         )
-    keys = result_keys(job.id, job.date_from, job.date_to, job.device_id)
+    if job.csv_key is None or job.summary_key is None:  # (a completed job always has both)
+        raise web.HttpError(HTTPStatus.GONE, f"job {job.id} has no stored results")
+    keys = ResultKeys(csv_key=job.csv_key, summary_key=job.summary_key)
     try:
         series = json.loads(objects.read(keys.series_key))
     except ObjectMissing:

@@ -1,0 +1,110 @@
+"""Computing a job in-process against the real database and S3 server: what a worker that
+outlived its lease can and cannot do to the job another attempt completed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from shared import migrate
+from shared.computation import Computation
+from shared.config import AnalysisSettings, DatabaseSettings, JobSettings, StorageSettings
+from shared.db import LazyPool
+from shared.jobs import ClaimResult, JobRequest, JobStore
+from shared.locations import write_points
+from shared.storage import ObjectStore
+from shared.tracks import TrackSpec, generate
+from tests.conftest import Database, S3Server
+
+SCHEMA = "otel_worker"
+DAY = dt.date(2024, 3, 12)
+SPEC = TrackSpec(start=DAY - dt.timedelta(days=1), days=3)
+
+
+@pytest.fixture
+def pool(scratch_database: Database) -> Iterator[LazyPool]:
+    with scratch_database.connect() as conn:
+        migrate.migrate(conn, SCHEMA)
+        write_points(conn, generate(SPEC).points)
+    lazy = LazyPool(DatabaseSettings(database_url=scratch_database.url))
+    yield lazy
+    lazy.close()
+
+
+def _computation(pool: LazyPool, s3: S3Server, bucket: str, worker: str) -> Computation:
+    storage = StorageSettings.model_validate(
+        {
+            "minio_endpoint": s3.endpoint,
+            "minio_access_key": s3.writer.access_key,
+            "minio_secret_key": s3.writer.secret_key,
+            "minio_region": s3.region,
+            "minio_bucket": bucket,
+            "minio_create_bucket": False,
+        }
+    )
+    return Computation(
+        jobs=JobStore(pool.connection, JobSettings(), schema=SCHEMA),
+        connection=pool.connection,
+        objects=ObjectStore(storage),
+        storage=storage,
+        worker=worker,
+        source="/tests/computation",
+        lease_seconds=60,
+    )
+
+
+def test_a_worker_that_outlived_its_lease_cannot_replace_the_completed_jobs_objects(
+    pool: LazyPool, s3: S3Server
+) -> None:
+    bucket = f"stale-{uuid.uuid4().hex[:8]}"
+    s3.client().make_bucket(bucket)
+    late, prompt = (_computation(pool, s3, bucket, w) for w in ("worker-a", "worker-b"))
+    params = AnalysisSettings(
+        home_latitude=SPEC.home_latitude, home_longitude=SPEC.home_longitude
+    ).engine_params()
+    job, _ = prompt.jobs.create(
+        JobRequest(
+            date_from=DAY,
+            date_to=DAY,
+            device_id="phone1",
+            timezone=SPEC.timezone,
+            parameters=params.model_dump(mode="json"),
+        )
+    )
+    # Worker A claims the job, then stalls past its lease (a long GC pause, a hung upload).
+    first = late.jobs.claim(job.id, "worker-a", lease_seconds=0.2)
+    assert first.result == ClaimResult.CLAIMED
+    assert first.job is not None
+    time.sleep(0.4)
+    # The broker's retry reaches worker B, which computes and completes the job.
+    assert prompt.run(job.id).detail == f"job {job.id} completed"
+    # A fix arrives late for that day, then A wakes up and finishes its own attempt.
+    with pool.connection() as conn:
+        conn.execute(
+            "INSERT INTO public.locations (device_id, latitude, longitude, accuracy,"
+            ' "timestamp") VALUES (%s, %s, %s, 10, %s)',
+            (
+                "phone1",
+                SPEC.home_latitude + 0.05,
+                SPEC.home_longitude,
+                dt.datetime(2024, 3, 12, 16, 0, 7, tzinfo=dt.UTC),
+            ),
+        )
+    stale = late._attempt(first.job)
+    assert "no longer valid" in stale.detail
+    assert stale.event is None
+    # The job names B's objects, which are what its size and digest say: A's went beside.
+    done = prompt.jobs.get(job.id)
+    assert done is not None
+    assert (done.status, done.attempts) == ("completed", 2)
+    assert done.csv_key is not None
+    assert "/attempt-2/" in done.csv_key
+    stored = s3.client().get_object(bucket, done.csv_key).read()
+    assert (len(stored), hashlib.sha256(stored).hexdigest()) == (done.csv_bytes, done.csv_sha256)
+    beside = s3.client().list_objects(bucket, f"jobs/{job.id}/attempt-1/", recursive=True)
+    assert len(list(beside)) == 3  # A's CSV, summary and chart data: orphans, not the job's
