@@ -77,7 +77,11 @@ class Computation:
                 HTTPStatus.CONFLICT, None, f"job {job_id} is being computed (lease until {until})"
             )
         if claim.result == ClaimResult.FINISHED:
-            return Outcome(HTTPStatus.OK, None, f"job {job_id} is already {job.status.value}")
+            # The outcome again: the reply that carried it may have been lost (the broker
+            # gave up waiting, or the connection broke after the commit). Its id is the same
+            # every time, so a consumer drops the repeats.
+            event = outcome_event(job, self.source, telemetry.traceparent())
+            return Outcome(HTTPStatus.OK, event, f"job {job_id} is already {job.status.value}")
         if claim.result == ClaimResult.EXHAUSTED:
             return self._finished(job)
         return self._attempt(job)
@@ -196,13 +200,15 @@ class Computation:
 
 
 def outcome_event(job: Job, source: str, traceparent: str | None) -> CloudEvent:
-    """The `job.completed` or `job.failed` event of a finished job."""
+    """The `job.completed` or `job.failed` event of a finished job. A job finishes once, so
+    its id names the job and the outcome: sent again, it is recognisably the same event."""
     return events.new_event(
         events.JOB_COMPLETED if job.status == JobStatus.COMPLETED else events.JOB_FAILED,
         JobOutcome(job=job_view(job)),
         source=source,
         subject=str(job.id),
         traceparent=traceparent,
+        event_id=f"{job.id}.{job.status.value}",
     )
 
 

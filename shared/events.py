@@ -155,12 +155,13 @@ def new_event(
     source: str,
     subject: str | None = None,
     traceparent: str | None = None,
+    event_id: str | None = None,
 ) -> CloudEvent:
-    """A CloudEvent of `type_` whose data is the model's JSON."""
+    """A CloudEvent of `type_` whose data is the model's JSON; a fresh id unless given."""
     attributes: dict[str, Any] = {
         "type": type_,
         "source": source,
-        "id": str(uuid.uuid4()),
+        "id": event_id or str(uuid.uuid4()),
         "datacontenttype": "application/json",
     }
     if subject is not None:
