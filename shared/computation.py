@@ -30,10 +30,11 @@ from shared.storage import (
     CSV_TYPE,
     JSON_TYPE,
     ObjectStore,
+    StagedCopy,
     StorageUnavailable,
     result_keys,
     sha256_of,
-    write_compat_copy,
+    stage_compat_copy,
 )
 from shared.views import job_view
 
@@ -91,7 +92,7 @@ class Computation:
         token = job.lease_token
         started = time.monotonic()
         try:
-            facts = self._compute(job)
+            facts, copy = self._compute(job)
         except JobFailure as exc:
             reason = str(exc)
             return self._fenced(lambda: self.jobs.fail(job.id, token, reason))
@@ -103,7 +104,14 @@ class Computation:
             return self._release(
                 job, token, f"internal error: {exc}", HTTPStatus.INTERNAL_SERVER_ERROR
             )
-        outcome = self._fenced(lambda: self.jobs.complete(job.id, token, **facts))
+        try:
+            outcome = self._fenced(lambda: self.jobs.complete(job.id, token, **facts))
+            if copy is not None and outcome.event is not None:
+                # This attempt completed the job: its copy is the one to show.
+                _publish(copy)
+        finally:
+            if copy is not None:
+                copy.discard()  # a stale attempt's, or a failure's (nothing after a publish)
         telemetry.instruments().job_duration.record(time.monotonic() - started)
         return outcome
 
@@ -138,7 +146,9 @@ class Computation:
     def _upload_json(self, key: str, document: bytes) -> None:
         self.objects.upload(key, io.BytesIO(document), len(document), JSON_TYPE)
 
-    def _compute(self, job: Job) -> dict[str, Any]:
+    def _compute(self, job: Job) -> tuple[dict[str, Any], StagedCopy | None]:
+        """The job's results uploaded, as `complete`'s arguments, and the CSV's copy for
+        CSV_OUTPUT_PATH written but not yet visible (None without that setting)."""
         from shared.engine import EngineParams, analyze, day_window, read_range
         from shared.export import write_csv
         from shared.locations import PointLimit, TooManyPoints, read_points
@@ -187,16 +197,27 @@ class Computation:
             self.objects.upload(keys.csv_key, csv, size, CSV_TYPE)
             self._upload_json(keys.series_key, series_json(analysis))
             self._upload_json(keys.summary_key, summary.model_dump_json(indent=2).encode())
-            if self.storage.csv_output_path is not None:
-                write_compat_copy(self.storage.csv_output_path, keys.csv_name, csv)
             metrics.csv_bytes.record(size)
-        return {
-            "result": summary.model_dump(mode="json"),
-            "csv_key": keys.csv_key,
-            "summary_key": keys.summary_key,
-            "csv_bytes": size,
-            "csv_sha256": digest,
-        }
+            facts = {
+                "result": summary.model_dump(mode="json"),
+                "csv_key": keys.csv_key,
+                "summary_key": keys.summary_key,
+                "csv_bytes": size,
+                "csv_sha256": digest,
+            }
+            folder = self.storage.csv_output_path
+            return facts, None if folder is None else stage_compat_copy(folder, keys.csv_name, csv)
+
+
+def _publish(copy: StagedCopy) -> None:
+    """Show the completed job's CSV copy; the job stays completed if that fails (its CSV is
+    in the object store either way)."""
+    try:
+        copy.publish()
+    except OSError as exc:
+        log.warning(
+            "could not publish the CSV copy", extra={"path": str(copy.target), "error": str(exc)}
+        )
 
 
 def outcome_event(job: Job, source: str, traceparent: str | None) -> CloudEvent:

@@ -220,12 +220,28 @@ class ObjectStore:
         return Download(url=url, expires_at=signed_at + expires)
 
 
-def write_compat_copy(folder: Path, name: str, stream: IO[bytes]) -> Path:
-    """Write the CSV to `folder/name` for callers reading a shared volume.
+@dataclass(frozen=True)
+class StagedCopy:
+    """A CSV written beside its name in a shared folder, not yet visible under it."""
 
-    Written to a temporary file in the same folder and renamed, so a reader never sees a
-    half-written CSV.
-    """
+    part: Path
+    target: Path
+
+    def publish(self) -> Path:
+        """Make it visible under its name, whole (a rename)."""
+        os.replace(self.part, self.target)
+        return self.target
+
+    def discard(self) -> None:
+        """Remove it unpublished."""
+        self.part.unlink(missing_ok=True)
+
+
+def stage_compat_copy(folder: Path, name: str, stream: IO[bytes]) -> StagedCopy:
+    """Write the CSV, for callers reading a shared volume, to a temporary file in `folder`
+    that `publish()` renames to `name`: a reader never sees a half-written CSV, and compute
+    publishes it only once its attempt has completed the job (every attempt's copy has the
+    same name, unlike its objects)."""
     folder.mkdir(parents=True, exist_ok=True)
     stream.seek(0)
     descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
@@ -233,13 +249,12 @@ def write_compat_copy(folder: Path, name: str, stream: IO[bytes]) -> Path:
         with os.fdopen(descriptor, "wb") as out:
             while chunk := stream.read(1 << 20):
                 out.write(chunk)
-        os.replace(temporary, folder / name)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     finally:
         stream.seek(0)
-    return folder / name
+    return StagedCopy(Path(temporary), folder / name)
 
 
 @contextlib.contextmanager

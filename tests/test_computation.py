@@ -8,6 +8,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -36,7 +37,9 @@ def pool(scratch_database: Database) -> Iterator[LazyPool]:
     lazy.close()
 
 
-def _computation(pool: LazyPool, s3: S3Server, bucket: str, worker: str) -> Computation:
+def _computation(
+    pool: LazyPool, s3: S3Server, bucket: str, worker: str, copies: Path
+) -> Computation:
     storage = StorageSettings.model_validate(
         {
             "minio_endpoint": s3.endpoint,
@@ -45,6 +48,7 @@ def _computation(pool: LazyPool, s3: S3Server, bucket: str, worker: str) -> Comp
             "minio_region": s3.region,
             "minio_bucket": bucket,
             "minio_create_bucket": False,
+            "csv_output_path": copies,
         }
     )
     return Computation(
@@ -59,11 +63,11 @@ def _computation(pool: LazyPool, s3: S3Server, bucket: str, worker: str) -> Comp
 
 
 def test_a_worker_that_outlived_its_lease_cannot_replace_the_completed_jobs_objects(
-    pool: LazyPool, s3: S3Server
+    pool: LazyPool, s3: S3Server, tmp_path: Path
 ) -> None:
     bucket = f"stale-{uuid.uuid4().hex[:8]}"
     s3.client().make_bucket(bucket)
-    late, prompt = (_computation(pool, s3, bucket, w) for w in ("worker-a", "worker-b"))
+    late, prompt = (_computation(pool, s3, bucket, w, tmp_path) for w in ("worker-a", "worker-b"))
     params = AnalysisSettings(
         home_latitude=SPEC.home_latitude, home_longitude=SPEC.home_longitude
     ).engine_params()
@@ -108,3 +112,6 @@ def test_a_worker_that_outlived_its_lease_cannot_replace_the_completed_jobs_obje
     assert (len(stored), hashlib.sha256(stored).hexdigest()) == (done.csv_bytes, done.csv_sha256)
     beside = s3.client().list_objects(bucket, f"jobs/{job.id}/attempt-1/", recursive=True)
     assert len(list(beside)) == 3  # A's CSV, summary and chart data: orphans, not the job's
+    # The copy on the shared volume (CSV_OUTPUT_PATH) is B's too, and A left nothing there.
+    assert [p.name for p in tmp_path.iterdir()] == [done.csv_key.rsplit("/", 1)[1]]
+    assert (tmp_path / done.csv_key.rsplit("/", 1)[1]).read_bytes() == stored

@@ -24,7 +24,7 @@ from shared.storage import (
     result_keys,
     sha256_of,
     short_id_of,
-    write_compat_copy,
+    stage_compat_copy,
 )
 from tests.conftest import S3Server
 
@@ -199,7 +199,9 @@ def test_compat_copy_is_never_seen_half_written(tmp_path: Path) -> None:
     watcher.start()
     try:
         for _ in range(3):
-            write_compat_copy(target.parent, target.name, io.BytesIO(big))
+            stage_compat_copy(target.parent, target.name, io.BytesIO(big)).publish()
+        # Staged but discarded (an attempt that did not complete its job): never seen.
+        stage_compat_copy(target.parent, target.name, io.BytesIO(b"stale")).discard()
     finally:
         stop.set()
         watcher.join()
