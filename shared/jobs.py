@@ -318,6 +318,10 @@ class JobStore:
         query = self._sql("SELECT {columns} FROM {jobs} WHERE id = %(id)s")
         return self._one(conn, query, {"id": job_id})
 
+    def _by_key(self, conn: Connection, key: str) -> Job | None:
+        query = self._sql("SELECT {columns} FROM {jobs} WHERE idempotency_key = %(key)s")
+        return self._one(conn, query, {"key": key})
+
     def _all(self, conn: Connection, query: bytes, params: dict[str, Any]) -> list[Job]:
         with conn.cursor(row_factory=dict_row) as cursor:
             return [Job.model_validate(row) for row in cursor.execute(query, params)]
@@ -360,7 +364,6 @@ class JobStore:
             " %(key)s, %(source)s, %(requester)s, %(traceparent)s, %(max_attempts)s)"
             " ON CONFLICT (idempotency_key) DO NOTHING RETURNING {columns}"
         )
-        existing = self._sql("SELECT {columns} FROM {jobs} WHERE idempotency_key = %(key)s")
         with self._connection() as conn:
             while True:
                 # The losing inserts wait for the winner's commit, then see its row. Should
@@ -368,7 +371,7 @@ class JobStore:
                 job = self._one(conn, insert, params)
                 if job is not None:
                     return job, True
-                job = self._one(conn, existing, params)
+                job = self._by_key(conn, key)
                 if job is not None:
                     break
         if not job.asks_as(request):
@@ -377,9 +380,8 @@ class JobStore:
 
     def by_key(self, key: str) -> Job | None:
         """The job `key` names, if any."""
-        query = self._sql("SELECT {columns} FROM {jobs} WHERE idempotency_key = %(key)s")
         with self._connection() as conn:
-            return self._one(conn, query, {"key": key})
+            return self._by_key(conn, key)
 
     def get(self, job_id: uuid.UUID) -> Job | None:
         """The job, or None."""

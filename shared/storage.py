@@ -227,10 +227,9 @@ class StagedCopy:
     part: Path
     target: Path
 
-    def publish(self) -> Path:
+    def publish(self) -> None:
         """Make it visible under its name, whole (a rename)."""
         os.replace(self.part, self.target)
-        return self.target
 
     def discard(self) -> None:
         """Remove it unpublished."""
