@@ -16,8 +16,9 @@ from typing import TextIO
 
 from pydantic import ValidationError
 
-from shared import config, export, tracks
+from shared import config, export
 from shared.contracts import check_time_zone
+from shared.dev import tracks
 from shared.engine import (
     EngineParams,
     Metrics,

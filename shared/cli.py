@@ -47,8 +47,8 @@ def _schemas(args: argparse.Namespace) -> int:
 
 def _dev(args: argparse.Namespace) -> int:
     from shared.db import DatabaseUnavailable
+    from shared.dev.runner import StartFailed, run_dev
     from shared.logs import setup_logging
-    from shared.supervisor import StartFailed, run_dev
 
     setup_logging(config.load(config.TelemetrySettings).log_level)
     try:
@@ -62,8 +62,8 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from shared import demo
-    from shared.supervisor import StartFailed
+    from shared.dev import demo
+    from shared.dev.runner import StartFailed
 
     options = demo.Options(data_dir=args.data_dir, out_dir=args.out, embedded=args.embedded)
     try:

@@ -29,7 +29,7 @@ from shared import config
 if TYPE_CHECKING:
     from tests.stack import Stack
 
-from shared.devstack import PgBouncer, S3Identity, SeaweedS3
+from shared.dev.stack import PgBouncer, S3Identity, SeaweedS3
 
 S3_REGION = "us-east-1"
 
@@ -257,8 +257,8 @@ def seeded(pgbouncer: Database) -> Iterator[Database]:
     """A database of its own whose public.locations holds a month of three devices (written
     once), reached through PgBouncer as production reads it. Separate from the session
     database, whose public.locations other tests rewrite."""
+    from shared.dev.tracks import generate
     from shared.locations import write_points
-    from shared.tracks import generate
     from tests.stack import SEED
 
     with _new_database() as database:

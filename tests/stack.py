@@ -16,10 +16,10 @@ import urllib3
 
 from shared import config, events
 from shared.contracts import JobView
-from shared.devstack import S3Identity, wait_until
+from shared.dev.runner import Supervisor
+from shared.dev.stack import S3Identity, wait_until
+from shared.dev.tracks import TrackSpec
 from shared.maintenance import migrate_jobs, sweep_once
-from shared.supervisor import Supervisor
-from shared.tracks import TrackSpec
 from tests.conftest import Database, S3Server
 
 SEED = TrackSpec(seed=7, start=dt.date(2024, 3, 1), days=31, devices=3)

@@ -13,7 +13,7 @@ import pytest
 from shared import cli, events, locations, migrate
 from shared.config import JobSettings
 from shared.contracts import JobOutcome
-from shared.devstack import free_ports
+from shared.dev.stack import free_ports
 from shared.jobs import JobRequest, JobStore
 from shared.points import Points
 from tests.conftest import Database, RecordingServer

@@ -16,10 +16,10 @@ from shared import migrate
 from shared.computation import Computation
 from shared.config import AnalysisSettings, DatabaseSettings, JobSettings, StorageSettings
 from shared.db import LazyPool
+from shared.dev.tracks import TrackSpec, generate
 from shared.jobs import ClaimResult, JobRequest, JobStore
 from shared.locations import write_points
 from shared.storage import ObjectStore
-from shared.tracks import TrackSpec, generate
 from tests.conftest import Database, S3Server
 
 SCHEMA = "otel_worker"

@@ -9,7 +9,7 @@ import pytest
 
 from shared import config
 from shared.cli import main as cli_main
-from shared.devstack import REPO_ROOT
+from shared.dev.stack import REPO_ROOT
 
 
 def _load_error(group: type[config._Group]) -> str:

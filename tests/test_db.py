@@ -10,7 +10,7 @@ import pytest
 
 from shared import db
 from shared.config import DatabaseSettings
-from shared.devstack import free_ports
+from shared.dev.stack import free_ports
 from tests.conftest import Database
 
 

@@ -13,9 +13,9 @@ import urllib3
 from pydantic import BaseModel
 
 from shared import events
-from shared.devbroker import Delivery, DevBroker, service_resolver
-from shared.devstack import wait_until
-from shared.manifests import Broker, DeliverySpec, Trigger, load_eventing
+from shared.dev.broker import Delivery, DevBroker, service_resolver
+from shared.dev.manifests import Broker, DeliverySpec, Trigger, load_eventing
+from shared.dev.stack import wait_until
 from tests.conftest import RecordingServer, Reply
 
 Servers = dict[str, RecordingServer]

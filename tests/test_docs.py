@@ -23,8 +23,8 @@ from pydantic import SecretStr
 
 from shared import config
 from shared.cli import build_parser
+from shared.dev.tracks import TrackSpec, generate
 from shared.engine import analyze, day_window, read_range
-from shared.tracks import TrackSpec, generate
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

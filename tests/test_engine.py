@@ -11,6 +11,7 @@ import pytest
 from geographiclib.geodesic import Geodesic
 
 from shared import engine
+from shared.dev.tracks import TrackSpec, generate
 from shared.engine import (
     DROP_RULES,
     EngineParams,
@@ -22,7 +23,6 @@ from shared.engine import (
     read_range,
 )
 from shared.points import MISSING_TIME, Points
-from shared.tracks import TrackSpec, generate
 
 HOME = (40.736097, -74.039373)
 TZ = "America/New_York"

@@ -15,7 +15,7 @@ import pytest
 
 from shared import events
 from shared.contracts import DistanceRequested, JobQueued
-from shared.devstack import REPO_ROOT, free_ports
+from shared.dev.stack import REPO_ROOT, free_ports
 from tests.conftest import RecordingServer
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from shared import export
+from shared.dev.tracks import TrackSpec, generate
 from shared.engine import DROP_RULES, Analysis, EngineParams, analyze, day_window
 from shared.points import Points
 from shared.sources import read_locations_csv
-from shared.tracks import TrackSpec, generate
 
 HOME = (40.736097, -74.039373)
 TZ = "America/New_York"

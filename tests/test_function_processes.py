@@ -16,7 +16,7 @@ import pytest
 import urllib3
 
 from shared import config
-from shared.devstack import (
+from shared.dev.stack import (
     HTTP_FUNCTIONS,
     ServiceProcess,
     free_ports,

@@ -26,8 +26,8 @@ from pydantic_settings import BaseSettings
 
 from shared import config, events
 from shared.cli import build_parser
-from shared.devstack import REPO_ROOT
-from shared.manifests import BASE, Broker, ObjectMeta, Trigger, documents, load_eventing
+from shared.dev.manifests import BASE, Broker, ObjectMeta, Trigger, documents, load_eventing
+from shared.dev.stack import REPO_ROOT
 
 KNATIVE = REPO_ROOT / "knative"
 OVERLAYS = sorted(p.parent for p in (KNATIVE / "clusters").rglob("kustomization.yaml"))

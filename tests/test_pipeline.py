@@ -28,7 +28,7 @@ import urllib3
 
 from shared import config, events
 from shared.contracts import JobAccepted, JobView
-from shared.devstack import free_ports, http_function, http_status, wait_until
+from shared.dev.stack import free_ports, http_function, http_status, wait_until
 from shared.jobs import JobRequest, JobStore
 from shared.rpc.distance.v1 import distance_pb2 as pb
 from shared.rpc.distance.v1 import distance_pb2_grpc

@@ -8,7 +8,7 @@ from types import ModuleType
 
 from google.protobuf.descriptor import FieldDescriptor
 
-from shared.devstack import REPO_ROOT
+from shared.dev.stack import REPO_ROOT
 from shared.rpc.distance.v1 import distance_pb2
 
 

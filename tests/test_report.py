@@ -16,9 +16,9 @@ import pytest
 import urllib3
 
 from shared import config
+from shared.dev.tracks import TrackSpec, generate
 from shared.engine import Analysis, analyze, day_window
 from shared.report import MAX_POINTS, render, series_json, series_of
-from shared.tracks import TrackSpec, generate
 from tests.stack import Stack
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"

@@ -15,7 +15,7 @@ import pytest
 from pydantic import SecretStr
 
 from shared import config
-from shared.devstack import free_ports
+from shared.dev.stack import free_ports
 from shared.storage import (
     CSV_TYPE,
     ObjectMissing,

@@ -14,7 +14,7 @@ from shared import migrate
 from shared.config import AnalysisSettings, DatabaseSettings, JobSettings
 from shared.contracts import DistanceRequested, Requester
 from shared.db import DatabaseUnavailable, LazyPool
-from shared.devstack import free_ports
+from shared.dev.stack import free_ports
 from shared.events import Publisher
 from shared.jobs import IdempotencyConflict, Job, JobStore
 from shared.submission import RequestError, Submission, submit

@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
+from shared.dev.tracks import Track, TrackSpec, generate
 from shared.engine import haversine_km
 from shared.points import US_PER_S
-from shared.tracks import Track, TrackSpec, generate
 
 SPEC = TrackSpec(days=7, devices=2, seed=4, late_upload_rate=1.0)
 

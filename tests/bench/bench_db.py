@@ -27,7 +27,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from shared import locations, migrate
 from shared.config import JobSettings
-from shared.devstack import PgBouncer
+from shared.dev.stack import PgBouncer
 from shared.jobs import JobRequest, JobStore
 from shared.points import MISSING, MISSING_TIME, US_PER_S, Points
 

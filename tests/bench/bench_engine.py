@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from shared import export
+from shared.dev.tracks import TrackSpec, generate
 from shared.engine import EngineParams, analyze, day_window
 from shared.points import Points
-from shared.tracks import TrackSpec, generate
 
 FIXES_PER_DAY = 2880  # one every 30 s
 

@@ -37,10 +37,10 @@ import grpc
 import psycopg
 import urllib3
 
-from shared.devstack import free_ports, grpc_serving, ingress_process
+from shared.dev.stack import free_ports, grpc_serving, ingress_process
+from shared.dev.tracks import TrackSpec
 from shared.rpc.distance.v1 import distance_pb2 as pb
 from shared.rpc.distance.v1 import distance_pb2_grpc
-from shared.tracks import TrackSpec
 from tests.bench.services import services
 from tests.stack import Stack, start_stack
 

@@ -24,7 +24,7 @@ import urllib3
 
 from shared import config, events
 from shared.contracts import JobQueued
-from shared.devstack import (
+from shared.dev.stack import (
     ServiceProcess,
     free_ports,
     grpc_serving,
@@ -32,11 +32,11 @@ from shared.devstack import (
     http_status,
     ingress_process,
 )
+from shared.dev.tracks import TrackSpec
 from shared.jobs import JobRequest, JobStore
 from shared.maintenance import migrate_jobs
 from shared.rpc.distance.v1 import distance_pb2 as pb
 from shared.rpc.distance.v1 import distance_pb2_grpc
-from shared.tracks import TrackSpec
 from tests.bench.services import services
 
 TARGET_S = {"submit": 1.0, "status": 1.0, "ingress": 1.0, "compute": 1.2}

@@ -11,9 +11,9 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from shared.devstack import PgBouncer, SeaweedS3
+from shared.dev.stack import PgBouncer, SeaweedS3
+from shared.dev.tracks import TrackSpec, generate
 from shared.locations import write_points
-from shared.tracks import TrackSpec, generate
 from tests.bench.bench_db import bench_database
 from tests.conftest import Database, S3Server, start_s3
 

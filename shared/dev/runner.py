@@ -23,8 +23,9 @@ from typing import IO
 import grpc
 
 from shared import config
-from shared.devbroker import DevBroker, service_resolver
-from shared.devstack import (
+from shared.dev.broker import DevBroker, service_resolver
+from shared.dev.manifests import load_eventing
+from shared.dev.stack import (
     HTTP_FUNCTIONS,
     SeaweedS3,
     ServiceProcess,
@@ -35,7 +36,6 @@ from shared.devstack import (
     ingress_process,
     wait_until,
 )
-from shared.manifests import load_eventing
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class _LogHandler(logging.Handler):
             self.setFormatter(formatter)
 
     def emit(self, record: logging.LogRecord) -> None:
-        service = "broker" if record.name.startswith("shared.devbroker") else "dev"
+        service = "broker" if record.name.startswith("shared.dev.broker") else "dev"
         self.sink.line(service, self.format(record))
 
 

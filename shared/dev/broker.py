@@ -32,7 +32,7 @@ import urllib3
 from cloudevents.http import CloudEvent
 
 from shared import events
-from shared.manifests import Broker, DeliverySpec, Destination, Trigger
+from shared.dev.manifests import Broker, DeliverySpec, Destination, Trigger
 
 log = logging.getLogger(__name__)
 

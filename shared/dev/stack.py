@@ -206,7 +206,7 @@ class SeaweedS3:
         self.process.wait(timeout=10)
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 HTTP_FUNCTIONS = ("submit", "compute", "status")
 
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-BASE = Path(__file__).resolve().parent.parent / "knative" / "apps" / "base" / "otel-worker"
+BASE = Path(__file__).resolve().parents[2] / "knative" / "apps" / "base" / "otel-worker"
 """The kustomize base holding the Broker, Triggers and the functions' Services."""
 
 

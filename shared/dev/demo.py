@@ -28,9 +28,9 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from shared import config
-from shared.devstack import SeaweedS3
-from shared.supervisor import Supervisor
-from shared.tracks import TrackSpec
+from shared.dev.runner import Supervisor
+from shared.dev.stack import SeaweedS3
+from shared.dev.tracks import TrackSpec
 
 DATABASE = "otel_worker_demo"
 TRACKS = TrackSpec(seed=42, start=dt.date(2024, 3, 4), days=21, devices=2)
@@ -107,8 +107,8 @@ def _ensure_database(admin: str) -> str:
 
 
 def _seed(url: str, say: TextIO) -> None:
+    from shared.dev.tracks import generate
     from shared.locations import write_points
-    from shared.tracks import generate
 
     with psycopg.connect(url, autocommit=True) as conn:
         present = conn.execute("SELECT to_regclass('public.locations') IS NOT NULL").fetchone()
