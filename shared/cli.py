@@ -251,13 +251,13 @@ def add_seed_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from shared import analyze
+    from shared.tools import analyze
 
     return analyze.run_analyze(args)
 
 
 def _seed(args: argparse.Namespace) -> int:
-    from shared import analyze
+    from shared.tools import analyze
 
     return analyze.run_seed(args)
 
@@ -265,8 +265,8 @@ def _seed(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace) -> int:
     import grpc
 
-    from shared import client
     from shared.rpc.distance.v1 import distance_pb2 as pb
+    from shared.tools import client
 
     settings = config.load(config.ClientSettings)
     if args.ingress:

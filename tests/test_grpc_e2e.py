@@ -21,12 +21,12 @@ import pytest
 import urllib3
 from grpc_tools import protoc
 
-from shared import client
 from shared.cli import main as cli_main
 from shared.config import ClientSettings
 from shared.dev.stack import REPO_ROOT, free_ports
 from shared.rpc.distance.v1 import distance_pb2 as pb
 from shared.rpc.distance.v1 import distance_pb2_grpc
+from shared.tools import client
 from tests.stack import Stack
 
 LEGACY = Path(__file__).parent / "legacy"

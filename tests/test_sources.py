@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from shared.points import MISSING, MISSING_TIME
-from shared.sources import SourceError, read_file
+from shared.tools.sources import SourceError, read_file
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
 REC = SAMPLES / "owntracks-recorder-demo-iphone.rec"

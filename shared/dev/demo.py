@@ -128,8 +128,8 @@ def _seed(url: str, say: TextIO) -> None:
 def _submit_and_show(stack: Supervisor, options: Options, say: TextIO) -> None:
     import grpc
 
-    from shared.client import Client, show_result, wait
     from shared.rpc.distance.v1 import distance_pb2 as pb
+    from shared.tools.client import Client, show_result, wait
 
     settings = config.ClientSettings(ingress_address=stack.urls["ingress"])
     requests = {

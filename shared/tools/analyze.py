@@ -29,7 +29,7 @@ from shared.engine import (
     zone,
 )
 from shared.points import Points
-from shared.sources import read_file
+from shared.tools.sources import read_file
 
 _OPTIONS = {
     # EngineParams field -> the option that sets it, for error messages

@@ -102,8 +102,8 @@ def wait(
 
 def show_result(reply: pb.GetJobStatusResponse, out: TextIO) -> None:
     """The summary table of a completed job and where to download its CSV."""
-    from shared.analyze import write_table
     from shared.engine import Summary
+    from shared.tools.analyze import write_table
 
     result = reply.result
     summary = None
