@@ -25,6 +25,7 @@ from shared import events, telemetry
 from shared.config import StorageSettings
 from shared.contracts import JobOutcome
 from shared.db import ConnectionSource, DatabaseUnavailable
+from shared.job_view import job_view
 from shared.jobs import ClaimResult, Job, JobStatus, JobStore, LeaseLost
 from shared.storage import (
     CSV_TYPE,
@@ -36,7 +37,6 @@ from shared.storage import (
     sha256_of,
     stage_compat_copy,
 )
-from shared.views import job_view
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from shared import events
 from shared.contracts import JobAccepted, JobPage, JobView
 from shared.dev.stack import ServiceProcess, free_ports, grpc_serving, ingress_process, wait_until
-from shared.ingress import SERVICE
+from shared.grpc_adapter import SERVICE
 from shared.rpc.distance.v1 import distance_pb2 as pb
 from shared.rpc.distance.v1 import distance_pb2_grpc
 from tests.conftest import RecordingServer

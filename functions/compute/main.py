@@ -17,7 +17,7 @@ from http import HTTPStatus
 import flask
 import functions_framework
 
-from shared import config, events, resources, telemetry, web
+from shared import clients, config, events, telemetry, web
 from shared.computation import Computation
 from shared.contracts import JobQueued
 from shared.db import DatabaseUnavailable
@@ -40,19 +40,19 @@ config.require(
 def _computation() -> Computation:
     telemetry.start(FUNCTION, config.load(config.TelemetrySettings), database=True)
     return Computation(
-        jobs=resources.jobs(),
-        connection=resources.pool().connection,
-        objects=resources.objects(),
+        jobs=clients.jobs(),
+        connection=clients.pool().connection,
+        objects=clients.objects(),
         storage=config.load(config.StorageSettings),
-        worker=resources.worker_name(),
-        source=resources.event_source(FUNCTION),
+        worker=clients.worker_name(),
+        source=clients.event_source(FUNCTION),
         lease_seconds=config.load(config.JobSettings).job_lease_seconds,
     )
 
 
 def _ready() -> None:
     _computation()
-    with resources.pool().connection() as conn:
+    with clients.pool().connection() as conn:
         conn.execute("SELECT 1")
 
 

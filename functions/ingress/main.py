@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from shared import config, telemetry
-from shared.ingress import SERVICE, BearerAuth, DependencyHealth, DistanceService, Upstream
+from shared.grpc_adapter import SERVICE, BearerAuth, DependencyHealth, DistanceService, Upstream
 from shared.rpc.distance.v1 import distance_pb2_grpc
 
 log = logging.getLogger("ingress")

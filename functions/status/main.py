@@ -22,9 +22,10 @@ import functions_framework
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
-from shared import config, events, resources, telemetry, web
+from shared import clients, config, events, telemetry, web
 from shared.contracts import JOB_STATUSES, JobPage, parse_device_id, parse_local_date
 from shared.db import DatabaseUnavailable
+from shared.job_view import job_view
 from shared.jobs import MAX_LIST_OFFSET, Job, JobStatus, JobStore
 from shared.storage import (
     ObjectMissing,
@@ -33,7 +34,6 @@ from shared.storage import (
     StorageUnavailable,
     short_id_of,
 )
-from shared.views import job_view
 
 FUNCTION = "status"
 log = logging.getLogger(FUNCTION)
@@ -61,7 +61,7 @@ ROUTES = Map(
 @functools.cache
 def _started() -> tuple[JobStore, ObjectStore]:
     telemetry.start(FUNCTION, config.load(config.TelemetrySettings), database=True)
-    return resources.jobs(), resources.objects()
+    return clients.jobs(), clients.objects()
 
 
 def _ready() -> None:

@@ -16,14 +16,14 @@ import flask
 import functions_framework
 from pydantic import ValidationError
 
-from shared import config, events, resources, telemetry, web
+from shared import clients, config, events, telemetry, web
 from shared.contracts import MAX_IDEMPOTENCY_KEY, DistanceRequested, JobAccepted, Requester
 from shared.db import DatabaseUnavailable
+from shared.job_view import job_view
 from shared.jobs import IdempotencyConflict
 from shared.logs import log_context
 from shared.submission import RequestError, Submission
 from shared.submission import submit as submit_job
-from shared.views import job_view
 
 FUNCTION = "submit"
 log = logging.getLogger(FUNCTION)
@@ -41,17 +41,17 @@ config.require(
 def _submission() -> Submission:
     telemetry.start(FUNCTION, config.load(config.TelemetrySettings), database=True)
     return Submission(
-        jobs=resources.jobs(),
-        publisher=resources.publisher(),
+        jobs=clients.jobs(),
+        publisher=clients.publisher(),
         analysis=config.load(config.AnalysisSettings),
         limits=config.load(config.JobSettings),
-        source=resources.event_source(FUNCTION),
+        source=clients.event_source(FUNCTION),
     )
 
 
 def _ready() -> None:
     _submission()
-    with resources.pool().connection() as conn:
+    with clients.pool().connection() as conn:
         conn.execute("SELECT 1")
 
 
