@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.engine import DROP_RULES, Analysis, destination, zone
-from shared.points import MISSING, MISSING_TIME, US_PER_S, Points
+from shared.engine.points import MISSING, MISSING_TIME, US_PER_S, Points
 
 CSV_COLUMNS: tuple[str, ...] = (
     "timestamp",

@@ -42,7 +42,7 @@ import psycopg
 from psycopg import pq, sql
 
 from shared.db import Connection
-from shared.points import DTYPES, MISSING, MISSING_TIME, US_PER_S, Points
+from shared.engine.points import DTYPES, MISSING, MISSING_TIME, US_PER_S, Points
 
 INDEX_NAME: Final = "locations_device_id_timestamp_idx"
 PG_EPOCH_US: Final = 946_684_800 * US_PER_S

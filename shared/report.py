@@ -18,7 +18,7 @@ import numpy.typing as npt
 from pydantic import TypeAdapter
 
 from shared.engine import DROP_RULES, Analysis
-from shared.points import US_PER_S
+from shared.engine.points import US_PER_S
 
 MAX_POINTS = 1500
 """Points kept per device for the charts (each bucket keeps its nearest and farthest)."""

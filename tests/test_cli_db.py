@@ -14,8 +14,8 @@ from shared import cli, events, locations, migrate
 from shared.config import JobSettings
 from shared.contracts import JobOutcome
 from shared.dev.stack import free_ports
+from shared.engine.points import Points
 from shared.jobs import JobRequest, JobStore
-from shared.points import Points
 from tests.conftest import Database, RecordingServer
 
 

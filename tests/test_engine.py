@@ -22,7 +22,7 @@ from shared.engine import (
     haversine_km,
     read_range,
 )
-from shared.points import MISSING_TIME, Points
+from shared.engine.points import MISSING_TIME, Points
 
 HOME = (40.736097, -74.039373)
 TZ = "America/New_York"

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from shared import engine
 from shared.dev.tracks import TrackSpec, generate
 from shared.engine import EARTH_RADIUS_KM, EngineParams, Window, analyze, day_window, haversine_km
-from shared.points import Points
+from shared.engine.points import Points
 
 M_PER_UNIT = EARTH_RADIUS_KM * 1000.0
 

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.engine import EngineParams, analyze, day_window
-from shared.points import Points
+from shared.engine.points import Points
 
 R_KM = 6371.0088
 HOME = (40.7, -74.0)

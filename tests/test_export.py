@@ -14,7 +14,7 @@ import pytest
 from shared import export
 from shared.dev.tracks import TrackSpec, generate
 from shared.engine import DROP_RULES, Analysis, EngineParams, analyze, day_window
-from shared.points import Points
+from shared.engine.points import Points
 from shared.tools.sources import read_locations_csv
 
 HOME = (40.736097, -74.039373)

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from shared import locations
-from shared.points import DTYPES, MISSING, MISSING_TIME, US_PER_S, Points
+from shared.engine.points import DTYPES, MISSING, MISSING_TIME, US_PER_S, Points
 from tests.conftest import Database
 
 UTC = dt.UTC

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.points import MISSING, MISSING_TIME, Points
+from shared.engine.points import MISSING, MISSING_TIME, Points
 
 
 def _three() -> Points:

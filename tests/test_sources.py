@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.points import MISSING, MISSING_TIME
+from shared.engine.points import MISSING, MISSING_TIME
 from shared.tools.sources import SourceError, read_file
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"

@@ -10,7 +10,7 @@ import pytest
 
 from shared.dev.tracks import Track, TrackSpec, generate
 from shared.engine import haversine_km
-from shared.points import US_PER_S
+from shared.engine.points import US_PER_S
 
 SPEC = TrackSpec(days=7, devices=2, seed=4, late_upload_rate=1.0)
 

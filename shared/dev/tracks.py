@@ -23,7 +23,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.engine import EARTH_RADIUS_KM, destination, haversine_km, zone
-from shared.points import MISSING, US_PER_S, Points
+from shared.engine.points import MISSING, US_PER_S, Points
 
 _M_PER_DEG = EARTH_RADIUS_KM * 1000 * np.pi / 180
 Floats = npt.NDArray[np.float64]

@@ -28,7 +28,7 @@ from shared.engine import (
     day_window,
     zone,
 )
-from shared.points import Points
+from shared.engine.points import Points
 from shared.tools.sources import read_file
 
 _OPTIONS = {

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from shared.points import MISSING, MISSING_TIME, US_PER_S, Points
+from shared.engine.points import MISSING, MISSING_TIME, US_PER_S, Points
 
 _EPOCH_PATTERN = re.compile(r"^\s*-?\d+(\.\d*)?\s*$")
 _ISO_PATTERN = re.compile(

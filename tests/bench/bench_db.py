@@ -28,8 +28,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from shared import locations, migrate
 from shared.config import JobSettings
 from shared.dev.stack import PgBouncer
+from shared.engine.points import MISSING, MISSING_TIME, US_PER_S, Points
 from shared.jobs import JobRequest, JobStore
-from shared.points import MISSING, MISSING_TIME, US_PER_S, Points
 
 START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 DEVICES = ("phone", "tablet", "watch")

@@ -24,7 +24,7 @@ import numpy as np
 from shared import export
 from shared.dev.tracks import TrackSpec, generate
 from shared.engine import EngineParams, analyze, day_window
-from shared.points import Points
+from shared.engine.points import Points
 
 FIXES_PER_DAY = 2880  # one every 30 s
 

@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.points import DTYPES, MISSING, MISSING_TIME, US_PER_S, Points
+from shared.engine.points import DTYPES, MISSING, MISSING_TIME, US_PER_S, Points
 
 EARTH_RADIUS_KM = 6371.0088
 """Mean Earth radius (IUGG), the radius of the sphere all distances are measured on."""
