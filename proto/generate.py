@@ -1,6 +1,6 @@
 """Generate the Python gRPC stubs from `proto/` into `shared/rpc/` (run by `make proto`).
 
-The stubs are committed; `tests/test_proto.py` regenerates them into a temporary folder
+The stubs are committed; `tests/repo/test_proto.py` regenerates them into a temporary folder
 and fails when the committed copy is stale.
 """
 

@@ -344,7 +344,7 @@ def _cos_from_sin(s: Floats, out: Floats) -> Floats:
 
     sqrt((1 - s)(1 + s)) costs a fifth of a cosine and is exact but where cos(x) nears 0:
     there its absolute error reaches sqrt(2 ulp) ~ 2e-8, so positions within metres of the
-    poles or the antimeridian may be off by up to 0.35 m (tests/test_engine_numerics.py)."""
+    poles or the antimeridian may be off by up to 0.35 m (tests/unit/test_engine_numerics.py)."""
     np.subtract(1.0, s, out=out)
     out *= 1.0 + s
     return np.sqrt(out, out=out)

@@ -26,7 +26,7 @@ from shared.cli import build_parser
 from shared.dev.tracks import TrackSpec, generate
 from shared.engine import analyze, day_window, read_range
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+|~~~+)(?P<info>.*)$")
 PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*>|…")

@@ -29,7 +29,7 @@ from shared.rpc.distance.v1 import distance_pb2_grpc
 from shared.tools import client
 from tests.stack import Stack
 
-LEGACY = Path(__file__).parent / "legacy"
+LEGACY = Path(__file__).parents[1] / "legacy"
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from shared.engine.points import MISSING, MISSING_TIME
 from shared.tools.sources import SourceError, read_file
 
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
+SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
 REC = SAMPLES / "owntracks-recorder-demo-iphone.rec"
 
 

@@ -21,7 +21,7 @@ from shared.engine import Analysis, analyze, day_window
 from shared.report import MAX_POINTS, render, series_json, series_of
 from tests.stack import Stack
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 
 
 def _analysis(days: int = 1, devices: int = 1) -> Analysis:

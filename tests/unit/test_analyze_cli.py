@@ -11,7 +11,7 @@ import pytest
 
 from shared.cli import main
 
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
+SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
 REC = SAMPLES / "owntracks-recorder-demo-iphone.rec"
 BERLIN = ["--tz", "Europe/Berlin", "--home", "52.3759,9.7320"]  # Hanover, where the drive began
 
