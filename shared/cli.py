@@ -257,9 +257,9 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _seed(args: argparse.Namespace) -> int:
-    from shared.tools import analyze
+    from shared.dev import seed
 
-    return analyze.run_seed(args)
+    return seed.run_seed(args)
 
 
 def _client(args: argparse.Namespace) -> int:

@@ -1,10 +1,8 @@
-"""`otel-worker analyze FILE` and `otel-worker seed --csv OUT`.
+"""`otel-worker analyze FILE`: the distance engine on a file.
 
-`analyze` runs the distance engine on a file (a `public.locations` CSV export, OwnTracks
-JSON or a Recorder `.rec` file) and prints a readable table or the summary JSON, and can
-write the per-fix CSV and a GeoJSON map. Thresholds come from the environment
-(`AnalysisSettings`) unless an option overrides them. `seed` writes generated tracks as a
-`public.locations` CSV export or straight into the table.
+It reads a `public.locations` CSV export, OwnTracks JSON or a Recorder `.rec` file, prints
+a readable table or the summary JSON, and can write the per-fix CSV and a GeoJSON map.
+Thresholds come from the environment (`AnalysisSettings`) unless an option overrides them.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ from pydantic import ValidationError
 
 from shared import config, export
 from shared.contracts import check_time_zone
-from shared.dev import tracks
 from shared.engine import (
     EngineParams,
     Metrics,
@@ -211,45 +208,3 @@ def write_table(s: Summary, out: TextIO) -> None:
     lines += [_metrics_line(name, m) for name, m in s.devices.items()]
     lines += [f"Note          {note}" for note in s.notes]
     out.write("\n".join(lines) + "\n")
-
-
-def run_seed(args: argparse.Namespace) -> int:
-    """Generate tracks and write them to `public.locations` (or, with --csv, as a CSV export
-    of it); 1 when the table already holds rows and --force was not given."""
-    spec = tracks.TrackSpec(
-        seed=args.seed,
-        days=args.days,
-        devices=args.devices,
-        interval_s=args.interval_s,
-        **({"start": args.start} if args.start else {}),
-    )
-    track = tracks.generate(spec)
-    if args.csv is not None:
-        rows = export.write_locations_csv(track.points, args.csv)
-        sys.stdout.write(f"wrote {rows} rows to {args.csv}\n")
-        return 0
-    from shared import db, locations
-
-    settings = config.load(config.DatabaseSettings)
-    total = len(track.points)
-
-    def progress(done: int, _total: int) -> None:
-        bar = "#" * (30 * done // max(total, 1))
-        sys.stderr.write(f"\rseeding [{bar:<30}] {done:,}/{total:,} rows")
-        sys.stderr.flush()
-
-    try:
-        with db.connect(settings) as conn:
-            rows = locations.write_points(conn, track.points, force=args.force, progress=progress)
-    except locations.ExistingRowsError as exc:
-        sys.stderr.write(f"otel-worker: {exc}; use --force to replace them\n")
-        return 1
-    except db.DatabaseUnavailable as exc:
-        sys.stderr.write(f"otel-worker: {exc}\n")
-        return 3
-    sys.stderr.write("\n")
-    sys.stdout.write(
-        f"wrote {rows:,} rows for {spec.devices} device(s), {spec.days} day(s) from "
-        f"{spec.start} to public.locations\n"
-    )
-    return 0
