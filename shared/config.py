@@ -12,7 +12,7 @@ import functools
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal, Self, TypeVar
+from typing import Annotated, Literal, Self, TypeVar
 from urllib.parse import quote
 
 from pydantic import (
@@ -27,9 +27,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.contracts import check_time_zone
-
-if TYPE_CHECKING:
-    from shared.engine import EngineParams
+from shared.engine.params import EngineParams
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -143,8 +141,6 @@ class AnalysisSettings(_Group):
 
     def engine_params(self) -> EngineParams:
         """These settings as the distance engine's parameters."""
-        from shared.engine import EngineParams
-
         return EngineParams(
             home_latitude=self.home_latitude,
             home_longitude=self.home_longitude,

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from geographiclib.geodesic import Geodesic
 
-from shared import engine
 from shared.dev.tracks import TrackSpec, generate
 from shared.engine import (
     DROP_RULES,
@@ -22,6 +21,8 @@ from shared.engine import (
     haversine_km,
     read_range,
 )
+from shared.engine import analysis as analysis_module
+from shared.engine.arrays import first_at_or_after
 from shared.engine.points import MISSING_TIME, Points
 
 HOME = (40.736097, -74.039373)
@@ -101,7 +102,7 @@ def test_every_instant_falls_in_its_local_day() -> None:
     sizes = [7000, 0, len(t) - 7000]
     starts = np.cumsum([0, *sizes])
     t = np.concatenate([np.sort(part) for part in np.split(t, starts[1:-1])])
-    first = engine._first_at_or_after(t, starts, window.bounds_us)
+    first = first_at_or_after(t, starts, window.bounds_us)
     assert first.shape == (3, len(window.bounds_us))
     for g, (a, b) in enumerate(itertools.pairwise(starts.tolist())):
         expected = a + np.searchsorted(t[a:b], window.bounds_us, side="left")
@@ -223,7 +224,7 @@ def test_devices_analysed_in_blocks_give_the_same_result(
     week: tuple, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     generated, whole = week
-    monkeypatch.setattr(engine, "BLOCK_FIXES", 1000)
+    monkeypatch.setattr(analysis_module, "BLOCK_FIXES", 1000)
     spec = TrackSpec(days=7, devices=2, seed=1)
     window = day_window(spec.start, spec.start + dt.timedelta(days=6), spec.timezone)
     blocked = analyze(generated.points, window, params())

@@ -11,10 +11,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared import engine
 from shared.dev.tracks import TrackSpec, generate
-from shared.engine import EARTH_RADIUS_KM, EngineParams, Window, analyze, day_window, haversine_km
+from shared.engine import (
+    EARTH_RADIUS_KM,
+    EngineParams,
+    Window,
+    analyze,
+    arrays,
+    day_window,
+    haversine_km,
+    statistics,
+)
+from shared.engine.arrays import concat_ranges, first_at_or_after, run_sums, window_sums
+from shared.engine.chain import Chain, Fixes
+from shared.engine.days import spread_over_days
+from shared.engine.filters import find_still
+from shared.engine.geometry import chord_km, sine, unit_vectors
 from shared.engine.points import Points
+from shared.engine.statistics import MEDIAN_SAMPLE, exact_median
 
 M_PER_UNIT = EARTH_RADIUS_KM * 1000.0
 
@@ -32,7 +46,7 @@ def textbook_error_m(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     """How far (m on Earth) the engine's unit vectors are from numpy's sine and cosine."""
     phi, lam = np.radians(lat), np.radians(lon)
     truth = np.array([np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam), np.sin(phi)])
-    ours = np.array(engine._unit_vectors(lat, lon))
+    ours = np.array(unit_vectors(lat, lon))
     error_m: np.ndarray = np.sqrt(((ours - truth) ** 2).sum(axis=0)) * M_PER_UNIT
     return error_m
 
@@ -63,7 +77,7 @@ def test_the_worst_case_near_the_antimeridian_is_bounded_and_real() -> None:
 
 def test_sine_polynomial_matches_numpy_to_rounding() -> None:
     x = np.linspace(-np.pi / 2, np.pi / 2, 100_001)
-    ours = engine._sine(x, out=np.empty_like(x), square=np.empty_like(x))
+    ours = sine(x, out=np.empty_like(x), square=np.empty_like(x))
     assert np.abs(ours - np.sin(x)).max() < 1e-15
 
 
@@ -108,22 +122,22 @@ def test_median_is_exact_with_or_without_sampling(values: list, sample: int) -> 
     # A tiny sample makes the sampled bracket both hit and miss the middle.
     expected = float(np.median(values))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(engine, "MEDIAN_SAMPLE", sample)
-        assert engine._median(np.array(values)) == expected
+        patch.setattr(statistics, "MEDIAN_SAMPLE", sample)
+        assert exact_median(np.array(values)) == expected
 
 
 @pytest.mark.parametrize("n", [2**20, 2**20 + 1])
 def test_median_of_large_arrays_is_exact(n: int) -> None:
     rng = np.random.default_rng(n)
     values = np.round(rng.lognormal(0, 2, n), 3)  # ties too
-    assert engine._median(values.copy()) == float(np.median(values))
+    assert exact_median(values.copy()) == float(np.median(values))
 
 
 def test_median_falls_back_when_the_sample_misses_the_middle() -> None:
     # Every sampled value is huge while almost all others are 0: the bracket misses.
     values = np.zeros(2**20)
-    values[:: len(values) // engine.MEDIAN_SAMPLE] = 1e9
-    assert engine._median(values.copy()) == 0.0
+    values[:: len(values) // MEDIAN_SAMPLE] = 1e9
+    assert exact_median(values.copy()) == 0.0
 
 
 def _generated(days: int, seed: int) -> tuple[Points, Window, EngineParams]:
@@ -139,8 +153,8 @@ def _generated(days: int, seed: int) -> tuple[Points, Window, EngineParams]:
 def test_slices_and_sampling_do_not_change_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
     points, window, params = _generated(days=5, seed=5)
     whole = analyze(points, window, params)
-    monkeypatch.setattr(engine, "CHUNK", 777)
-    monkeypatch.setattr(engine, "MEDIAN_SAMPLE", 50)
+    monkeypatch.setattr(arrays, "CHUNK", 777)
+    monkeypatch.setattr(statistics, "MEDIAN_SAMPLE", 50)
     sliced = analyze(points, window, params)
     assert sliced.summary == whole.summary
     for name in ("at_home", "trip", "dropped_by"):
@@ -159,7 +173,7 @@ def test_slices_and_sampling_do_not_change_the_result(monkeypatch: pytest.Monkey
 def test_run_sums_are_exact_to_rounding_and_empty_runs_are_zero(values: list, starts: list) -> None:
     array = np.array(values)
     at = np.sort(np.array(starts, dtype=np.int64))
-    sums = engine._run_sums(np.stack([array, -2 * array]), at)
+    sums = run_sums(np.stack([array, -2 * array]), at)
     ends = [*at[1:].tolist(), len(values)][: len(at)]
     for k, (a, b) in enumerate(zip(at.tolist(), ends, strict=True)):
         exact = math.fsum(values[a:b])
@@ -174,7 +188,7 @@ def test_run_sums_are_exact_to_rounding_and_empty_runs_are_zero(values: list, st
 def test_ranges_lists_each_range_in_turn(pairs: list) -> None:
     begin, end = np.array(pairs, dtype=np.int64).reshape(-1, 2).T
     expected = [k for a, b in pairs for k in range(a, b)]
-    assert engine._ranges(begin, end).tolist() == expected
+    assert concat_ranges(begin, end).tolist() == expected
 
 
 @st.composite
@@ -205,11 +219,9 @@ def test_day_sums_match_exact_sums_of_each_steps_share(case: tuple, resting: boo
     # A step starts at the chain's previous fix, or (a resting phone) at a later row.
     previous = np.append(idx[:1], idx[:-1])
     since = np.where(linked, (previous + idx) // 2 if resting else previous, idx)
-    chain = engine._Chain(
-        idx=idx, linked=linked, step_km=amount, step_us=np.zeros(n, dtype=np.int64)
-    )
-    at_bound = engine._first_at_or_after(t, starts, bounds)
-    totals, crossing, inside = engine._spread(
+    chain = Chain(idx=idx, linked=linked, step_km=amount, step_us=np.zeros(n, dtype=np.int64))
+    at_bound = first_at_or_after(t, starts, bounds)
+    totals, crossing, inside = spread_over_days(
         chain, amount[np.newaxis], at_bound, t=t, bounds=bounds, since=since
     )
     expected: list[list[list[float]]] = [[[], [], []], [[], [], []]]
@@ -269,7 +281,7 @@ def test_trip_paths_are_within_a_millimetre_of_exact_sums() -> None:
 )
 def test_window_sums_are_exact_to_rounding(values: list, width: int) -> None:
     out = np.full(max(len(values) - width + 1, 0), np.nan)
-    engine._window_sums(np.array(values), width, out)
+    window_sums(np.array(values), width, out)
     for j, got in enumerate(out.tolist()):
         run = values[j : j + width]
         assert abs(got - math.fsum(run)) <= 8 * width * 2.0**-53 * math.fsum(map(abs, run))
@@ -302,11 +314,11 @@ def test_jitter_matches_centroids_summed_exactly(sizes: list, k: int, seed: int)
     params = EngineParams(
         home_latitude=40.7, home_longitude=-74.0, jitter_fixes=k, jitter_radius_m=100.0
     )
-    fixes = engine._Fixes(points, params, np.empty(n))
+    fixes = Fixes(points, params, np.empty(n))
     chain = fixes.every()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(engine, "CHUNK", 7)
-        still = engine._still(fixes, chain, params)
+        patch.setattr(arrays, "CHUNK", 7)
+        still = find_still(fixes, chain, params)
     xyz = np.array(fixes.xyz)
     for i in range(n):
         first = int(np.searchsorted(device, device[i]))
@@ -334,8 +346,8 @@ def test_totals_of_several_devices_are_those_of_all_their_fixes() -> None:
     window = day_window(spec.start, spec.start + dt.timedelta(days=3), spec.timezone)
     params = EngineParams(home_latitude=spec.home_latitude, home_longitude=spec.home_longitude)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(engine, "MEDIAN_SAMPLE", 64)  # sampled medians at this size too
-        patch.setattr(engine, "CHUNK", 1000)
+        patch.setattr(statistics, "MEDIAN_SAMPLE", 64)  # sampled medians at this size too
+        patch.setattr(arrays, "CHUNK", 1000)
         analysis = analyze(points, window, params)
     summary = analysis.summary
     seen = np.isin(analysis.dropped_by, [0, 5])  # kept and jitter fixes
@@ -356,6 +368,6 @@ def test_totals_of_several_devices_are_those_of_all_their_fixes() -> None:
 def test_chords_rounded_past_the_antipode_are_half_the_globe() -> None:
     # Only chords rounded above 2 take the clamp: they give half the globe, not NaN.
     chords = np.array([0.5, 2.0, np.nextafter(2.0, 3.0)])
-    km = engine._chord_km(chords)
+    km = chord_km(chords)
     assert km[2] == km[1] == pytest.approx(math.pi * EARTH_RADIUS_KM, abs=1e-9)
     assert abs(float(haversine_km(10.0, 20.0, -10.0, -160.0)) - math.pi * EARTH_RADIUS_KM) < 1e-3

@@ -1,0 +1,288 @@
+"""`analyze`: every filter and metric over blocks of whole devices, the per-fix columns
+filled in place, and the `Analysis` assembled from them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from shared.engine.arrays import (
+    Codes,
+    Floats,
+    Ints,
+    concat_ranges,
+    device_starts,
+    first_at_or_after,
+)
+from shared.engine.chain import Fixes
+from shared.engine.days import spread_over_days
+from shared.engine.filters import check_sorted, find_duplicates, find_jumps, find_still
+from shared.engine.params import EngineParams
+from shared.engine.points import DTYPES, US_PER_S, Points
+from shared.engine.results import (
+    ACCURACY,
+    AWAY,
+    DUPLICATE,
+    HOME,
+    JITTER,
+    JUMP,
+    STATE_UNKNOWN,
+    Analysis,
+)
+from shared.engine.summary import Summarizer
+from shared.engine.trips import Trips, find_trips, home_states
+from shared.engine.window import Window, read_range
+
+BLOCK_FIXES = 1 << 20
+"""Devices are analysed in blocks of about this many fixes (every step is per device):
+arrays this size are reused from the heap rather than faulted in afresh, which keeps the
+time per fix at ten million fixes close to that at one million and bounds temporaries."""
+
+
+@dataclass(frozen=True, eq=False)
+class Part:
+    """The per-day sums and trips of one block of whole devices (rows `first_device` on of
+    the per-day arrays), and the rows of its fixes inside the window."""
+
+    first_device: int
+    path_days: Floats
+    raw_days: Floats
+    time_days: Floats
+    read_days: Ints
+    used_days: Ints
+    window_rows: Ints
+    """Per device, the first row inside the window and the first after it."""
+    trips: Trips
+    n_valid: int
+
+
+@dataclass(frozen=True, eq=False)
+class Columns:
+    """The per-fix results of every context fix, which the blocks fill in row by row (no
+    copies to join), and the devices and times of the valid fixes, filled from the start."""
+
+    code: npt.NDArray[np.uint8]
+    home_km: Floats
+    segment_km: Floats
+    at_home: npt.NDArray[np.int8]
+    trip: npt.NDArray[np.int32]
+    valid_device: Codes
+    valid_t: Ints
+
+    @staticmethod
+    def empty(points: Points) -> Columns:
+        """Columns for `points`, not yet filled."""
+        n = len(points)
+        return Columns(
+            code=np.empty(n, dtype=np.uint8),
+            home_km=np.empty(n),
+            segment_km=np.empty(n),
+            at_home=np.empty(n, dtype=np.int8),
+            trip=np.empty(n, dtype=np.int32),
+            valid_device=np.empty(n, dtype=points.device.dtype),
+            valid_t=np.empty(n, dtype=np.int64),
+        )
+
+
+def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
+    """Run every filter and metric over `points` for `window`.
+
+    `points` must be sorted by device, then timestamp (as `Points.from_columns` and the
+    readers produce them). Fixes outside the window serve as context only (see
+    `read_range`); the result describes the fixes inside it. No fixes is a valid input and
+    gives zeros and a note.
+    """
+    check_sorted(points)
+    lo, hi = read_range(window, params)
+    t, first = points.timestamp, device_starts(points.device, len(points.device_ids))
+    seen = first[:-1] < first[1:]
+    # Each device's fixes are in time order: its first and last tell whether all are near.
+    if (t[first[:-1][seen]] < lo).any() or (t[first[1:][seen] - 1] >= hi).any():
+        points = points.take((t >= lo) & (t < hi))
+    n_devices, n_days = len(points.device_ids), len(window.dates)
+    out = Columns.empty(points)
+    path_days, raw_days = np.zeros((2, n_devices, n_days))
+    time_days = np.zeros((n_devices, 2, n_days))
+    read_days, used_days = np.zeros((2, n_devices, n_days), dtype=np.int64)
+    parts: list[Part] = []
+    n_valid = n_trips = 0
+    for rows in device_blocks(points.device, n_devices):
+        part = analyze_devices(points, rows, window, params, out=out, valid_from=n_valid)
+        if n_trips:  # each block numbers its trips from 1
+            trip = out.trip[rows]
+            trip[trip > 0] += n_trips
+        n_valid += part.n_valid
+        n_trips += len(part.trips.device)
+        devices = slice(part.first_device, part.first_device + len(part.window_rows))
+        path_days[devices], raw_days[devices] = part.path_days, part.raw_days
+        time_days[devices], read_days[devices] = part.time_days, part.read_days
+        used_days[devices] = part.used_days
+        parts.append(part)
+    trips = Trips.joined([part.trips for part in parts])
+
+    window_rows = np.concatenate([part.window_rows for part in parts])
+    w: slice | Ints = slice(None)
+    window_points = points
+    if int((window_rows[:, 1] - window_rows[:, 0]).sum()) != len(points):
+        w = concat_ranges(window_rows[:, 0], window_rows[:, 1])
+        window_points = points.take(w)
+    segment_km = out.segment_km[w]
+    cumulative = np.empty_like(segment_km)
+    for a, b in itertools.pairwise(device_starts(window_points.device, n_devices).tolist()):
+        np.cumsum(segment_km[a:b], out=cumulative[a:b])  # rows are sorted by device
+    home_km, code = out.home_km[w], out.code[w]
+    summary = Summarizer(window_points, window, params, distance_km=home_km, code=code).summary(
+        path_days=path_days,
+        raw_days=raw_days,
+        time_days=time_days,
+        read_days=read_days,
+        used_days=used_days,
+        trips=trips,
+        valid_device=out.valid_device[:n_valid],
+        valid_t=out.valid_t[:n_valid],
+    )
+    return Analysis(
+        summary=summary,
+        points=window_points,
+        distance_km=home_km,
+        segment_km=segment_km,
+        cumulative_km=cumulative,
+        at_home=out.at_home[w],
+        trip=out.trip[w],
+        dropped_by=code,
+    )
+
+
+def device_blocks(device: Codes, n_devices: int) -> list[slice]:
+    """Row ranges of whole devices, each about BLOCK_FIXES long (or one larger device)."""
+    starts = device_starts(device, n_devices)[1:].tolist()
+    edges = [0]
+    for end in starts:
+        if end - edges[-1] >= BLOCK_FIXES:
+            edges.append(end)
+    if edges[-1] != len(device) or len(edges) == 1:
+        edges.append(len(device))
+    return [slice(a, b) for a, b in itertools.pairwise(edges)]
+
+
+def analyze_devices(
+    all_points: Points,
+    rows: slice,
+    window: Window,
+    params: EngineParams,
+    *,
+    out: Columns,
+    valid_from: int,
+) -> Part:
+    """Every filter and per-fix metric for the fixes in `rows` (whole devices), written to
+    those rows of `out` (the valid fixes' devices and times from row `valid_from`)."""
+    points = Points(
+        device_ids=all_points.device_ids,
+        **{name: getattr(all_points, name)[rows] for name in DTYPES},
+    )
+    t = points.timestamp
+    bounds = window.bounds_us
+    device = points.device
+    first_device = int(device[0]) if len(device) else 0
+    last_device = int(device[-1]) + 1 if len(device) else 0
+    # Each device's rows of each day are consecutive: found by their first rows, not per fix.
+    starts = np.searchsorted(device, np.arange(first_device, last_device + 1, dtype=device.dtype))
+    at_bound = first_at_or_after(t, starts, bounds)
+    fixes = Fixes(points, params, out.home_km[rows])
+    located, home_km = fixes.located, fixes.home_km
+
+    code = out.code[rows]
+    np.logical_not(located, out=code.view(np.bool_))  # INVALID where not located, else KEPT
+    good = located.copy()
+    if params.max_accuracy_m is not None:
+        inaccurate = good & (points.accuracy > params.max_accuracy_m)
+        code[inaccurate] = ACCURACY
+        good &= ~inaccurate
+    spread = {"t": t, "bounds": bounds}
+    raw = fixes.subchain(fixes.every(), located)
+    # A chain as long as the rows holds them all: its positions are the rows.
+    keep = good if len(raw.idx) == len(good) else good[raw.idx]
+    if params.drop_duplicates:  # judged among the accurate fixes, dropped with them
+        accurate = np.flatnonzero(keep)
+        repeated = accurate[find_duplicates(fixes, raw.idx[accurate])]
+        code[raw.idx[repeated]] = DUPLICATE
+        keep[repeated] = False
+    valid = fixes.subchain(raw, keep)
+    raw_days, _, _ = spread_over_days(raw, raw.step_km[np.newaxis], at_bound, **spread)
+    del raw  # the largest chain: free it before the next ones are built
+    if params.max_speed_kmh is not None:
+        jumped = find_jumps(fixes, valid, params.max_speed_kmh)
+        code[valid.idx[jumped]] = JUMP
+        valid = fixes.subchain(valid, ~jumped)
+    still = find_still(fixes, valid, params)
+    code[valid.idx[still]] = JITTER
+    used = fixes.subchain(valid, ~still)
+
+    # A resting device was seen where it rested until its last jitter fix: a move away
+    # happened after that, so the step is placed in time from there, not from the anchor.
+    moved = np.flatnonzero(~still)
+    last_seen = valid.idx[np.maximum(moved - 1, 0)]
+    path_days, crossing, crossing_km = spread_over_days(
+        used,
+        used.step_km[np.newaxis],
+        at_bound,
+        since=np.where(used.linked, last_seen, used.idx),
+        **spread,
+    )
+    # The path each fix adds inside the window, by row: none before or after the window.
+    seg = out.segment_km[rows]
+    seg.fill(0.0)
+    seg[used.idx] = used.step_km
+    seg[concat_ranges(starts[:-1], at_bound[:, 0])] = 0.0
+    seg[concat_ranges(at_bound[:, -1], starts[1:])] = 0.0
+    seg[used.idx[crossing]] = crossing_km[0]
+
+    state_used = home_states(home_km, used, params)
+    # A jitter fix is where its device's last used fix was: it shares that fix's state (a
+    # device's first valid fix is never jitter, so each run starts with a used fix).
+    state = np.repeat(state_used, np.diff(moved, append=len(still)))
+    observed = valid.linked & (valid.step_us <= round(params.max_gap_s * US_PER_S))
+    seconds = np.zeros((2, len(valid.idx)))  # time at home, away since the previous fix
+    np.divide(valid.step_us, US_PER_S, out=seconds[AWAY], where=observed)
+    away_before = np.zeros(len(state), dtype=bool)
+    away_before[1:] = state[:-1] == AWAY
+    np.copyto(seconds[HOME], seconds[AWAY], where=~away_before)
+    seconds[AWAY][~away_before] = 0.0
+    valid_at = slice(valid_from, valid_from + len(valid.idx))
+    valid_device = np.take(device, valid.idx, out=out.valid_device[valid_at])
+    valid_t = np.take(t, valid.idx, out=out.valid_t[valid_at])
+    time_days, _, _ = spread_over_days(valid, seconds, at_bound, **spread)
+
+    window_edges = np.searchsorted(valid.idx, at_bound[:, [0, -1]])
+    trips = find_trips(
+        valid,
+        state,
+        t=valid_t,
+        segment_km=seg,
+        home_km=home_km[valid.idx],
+        window_edges=window_edges,
+        device=valid_device,
+        window=window,
+    )
+    at_home = out.at_home[rows]
+    at_home.fill(STATE_UNKNOWN)
+    at_home[valid.idx] = state == HOME
+    trip = out.trip[rows]
+    trip.fill(0)
+    trip[valid.idx] = trips.fix_trip
+
+    return Part(
+        first_device=first_device,
+        path_days=path_days[0],
+        raw_days=raw_days[0],
+        time_days=time_days.transpose(1, 0, 2),
+        read_days=np.diff(at_bound, axis=1),
+        used_days=np.diff(np.searchsorted(used.idx, at_bound), axis=1),
+        window_rows=at_bound[:, [0, -1]] + rows.start,
+        trips=trips,
+        n_valid=len(valid.idx),
+    )

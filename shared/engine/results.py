@@ -1,0 +1,172 @@
+"""What the engine returns: the JSON-ready `Summary` (and the models it is made of) and the
+per-fix `Analysis` arrays, with the codes those arrays hold.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict
+
+from shared.engine.arrays import Floats
+from shared.engine.params import EngineParams
+from shared.engine.points import Points
+
+SCHEMA_VERSION = 1
+"""Version of the `Summary` JSON; bumped whenever a key changes meaning or disappears."""
+
+DROP_RULES: tuple[str, ...] = ("invalid", "accuracy", "duplicate", "jump", "jitter")
+"""Filter rules in the order they run; `Analysis.dropped_by` holds 1 + the rule's index."""
+
+KEPT = 0
+INVALID, ACCURACY, DUPLICATE, JUMP, JITTER = range(1, 6)
+NO_TRIP = 0
+HOME, AWAY, UNKNOWN = 0, 1, 2
+STATE_UNKNOWN = -1
+"""`Analysis.at_home` of a fix a quality filter dropped: it tells nothing about the state."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DroppedCounts(_Model):
+    """Fixes read in the window that each filter rule dropped (the first rule that applied)."""
+
+    invalid: int = 0
+    accuracy: int = 0
+    duplicate: int = 0
+    jump: int = 0
+    jitter: int = 0
+
+
+class PointCounts(_Model):
+    """Fixes read in the window, used by every metric, and dropped per rule."""
+
+    read: int = 0
+    used: int = 0
+    dropped: DroppedCounts = DroppedCounts()
+    accuracy_unknown: int = 0
+    """Fixes without an accuracy (NULL): kept, since unknown is not bad."""
+
+
+class Place(_Model):
+    """Where and when a device was."""
+
+    time: dt.datetime
+    latitude: float
+    longitude: float
+    device_id: str
+
+
+class Trip(_Model):
+    """Leaving the exit radius until coming back inside the enter radius."""
+
+    id: int
+    device_id: str
+    start: dt.datetime
+    end: dt.datetime
+    duration_s: float
+    max_distance_km: float | None
+    """Farthest used fix of the trip inside the window (None when none is inside)."""
+    path_km: float
+    clipped_start: bool
+    """The departure is before the window or was not observed (the data start away)."""
+    clipped_end: bool
+    """The return is after the window or was not observed (the data end away)."""
+
+
+class Completeness(_Model):
+    """How well the fixes cover the window."""
+
+    coverage: float
+    """Share of the window (per device) that is known time, 0 to 1."""
+    largest_gap_s: float
+    """Longest stretch of the window without an observed fix (edges included)."""
+    largest_gap_start: dt.datetime | None
+    ingest_lag_median_s: float | None
+    """created_at - timestamp over the fixes read that have a created_at."""
+    ingest_lag_max_s: float | None
+
+
+class DayMetrics(_Model):
+    """One local day of the window; the days of a window add up to the window's totals."""
+
+    date: dt.date
+    points_read: int
+    points_used: int
+    path_km: float
+    raw_path_km: float
+    time_at_home_s: float
+    time_away_s: float
+    time_unknown_s: float
+
+
+class Metrics(_Model):
+    """The metrics of one device, or of all devices together (sums over devices)."""
+
+    points: PointCounts
+    path_km: float
+    """Path through the used fixes: segments between consecutive fixes of one device."""
+    raw_path_km: float
+    """The same through every fix with valid coordinates, before any other filter."""
+    max_distance_km: float
+    max_distance_at: Place | None
+    min_distance_km: float
+    mean_distance_km: float
+    median_distance_km: float
+    time_at_home_s: float
+    time_away_s: float
+    time_unknown_s: float
+    trips: list[Trip]
+    completeness: Completeness
+    days: list[DayMetrics]
+
+
+class WindowInfo(_Model):
+    """The analysed window: local days, their time zone and the UTC range they make."""
+
+    timezone: str
+    first_day: dt.date
+    last_day: dt.date
+    start: dt.datetime
+    end: dt.datetime
+
+
+class Summary(Metrics):
+    """The result of one analysis: totals over devices, then each device on its own."""
+
+    schema_version: Literal[1] = 1
+    """`SCHEMA_VERSION`: bumped whenever a key changes meaning or disappears."""
+    window: WindowInfo
+    parameters: EngineParams
+    devices: dict[str, Metrics]
+    notes: list[str]
+
+
+@dataclass(frozen=True, eq=False)
+class Analysis:
+    """A `Summary` plus one row per fix read in the window (the rows of the CSV).
+
+    Every array is parallel to `points` (the fixes inside the window, sorted by device and
+    time, dropped ones included).
+    """
+
+    summary: Summary
+    points: Points
+    distance_km: Floats
+    """Distance from home; NaN where the coordinates are invalid."""
+    segment_km: Floats
+    """Path added by this fix (from the previous used fix, the part inside the window)."""
+    cumulative_km: Floats
+    """Running path of the fix's device."""
+    at_home: npt.NDArray[np.int8]
+    """1 at home, 0 away, -1 for fixes a quality filter dropped."""
+    trip: npt.NDArray[np.int32]
+    """Id of the trip the fix belongs to, 0 for none."""
+    dropped_by: npt.NDArray[np.uint8]
+    """0 for kept fixes, else 1 + the index of the rule in `DROP_RULES`."""
