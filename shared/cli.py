@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -25,6 +26,26 @@ DatabaseHandler = Callable[[argparse.Namespace, "Connection", config.DatabaseSet
 
 EXIT_UNAVAILABLE = 3
 """Exit status when the database stayed unreachable through the start-up retry."""
+
+EXIT_NOT_INSTALLED = 4
+"""Exit status of a development command where the development tooling is not installed."""
+
+
+def _development(handler: Handler) -> Handler:
+    """`handler` as a development command: it needs `shared.dev`, which the image (built from
+    the wheel) does not contain, so there it says so instead of failing on an import."""
+
+    def run(args: argparse.Namespace) -> int:
+        if importlib.util.find_spec("shared.dev") is None:
+            sys.stderr.write(
+                f"otel-worker {args.command}: a development command; this installation has no "
+                "development tooling (shared/dev is left out of the image): run it from a "
+                "source checkout after `make install`\n"
+            )
+            return EXIT_NOT_INSTALLED
+        return handler(args)
+
+    return run
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -357,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     schemas.set_defaults(handler=_schemas)
 
     dev = commands.add_parser(
-        "dev", help="run the broker and every function locally, one log, Ctrl-C stops all"
+        "dev", help="(development) the broker and every function locally, one log; Ctrl-C stops all"
     )
     dev.add_argument(
         "--sweep-interval", type=float, default=30.0, help="seconds between sweeps (30)"
@@ -368,10 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="start a SeaweedFS S3 server with its data in DIR and use it",
     )
-    dev.set_defaults(handler=_dev)
+    dev.set_defaults(handler=_development(_dev))
 
     demo = commands.add_parser(
-        "demo", help="run the whole system on this machine: seed, two jobs, summaries, CSVs"
+        "demo", help="(development) the whole system here: seed, two jobs, summaries, CSVs"
     )
     demo.add_argument("--data-dir", type=Path, default=Path(".data"), help="data (.data)")
     demo.add_argument("--out", type=Path, default=Path("out"), help="CSVs and reports (out)")
@@ -381,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="use the embedded PostgreSQL even if a server answers",
     )
-    demo.set_defaults(handler=_demo)
+    demo.set_defaults(handler=_development(_demo))
     migrate = commands.add_parser("migrate", help="apply the jobs schema migrations")
     migrate.add_argument(
         "--describe",
@@ -410,10 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.set_defaults(handler=_analyze)
 
     seed = commands.add_parser(
-        "seed", help="write generated tracks to public.locations (or a CSV export of it)"
+        "seed", help="(development) generated tracks into public.locations (or a CSV export)"
     )
     add_seed_arguments(seed)
-    seed.set_defaults(handler=_seed)
+    seed.set_defaults(handler=_development(_seed))
 
     _add_client_commands(commands)
     return parser
