@@ -42,10 +42,11 @@ schemas: install  ## export the JSON Schemas of the event data to docs/events
 	.venv/bin/otel-worker schemas --out docs/events
 
 .PHONY: lint
-lint: install  ## ruff (lint + format check) and mypy --strict
+lint: install  ## ruff (lint + format check), mypy --strict and the import rules (lint-imports)
 	$(VENV)/bin/ruff check $(CODE) tests
 	$(VENV)/bin/ruff format --check $(CODE) tests
 	$(VENV)/bin/mypy $(CODE) tests/bench
+	@set -o pipefail; $(VENV)/bin/lint-imports --no-cache | sed -n '/^Contracts$$/,$$p'
 
 .PHONY: fmt
 fmt: install  ## apply ruff's fixes and formatting
@@ -55,6 +56,10 @@ fmt: install  ## apply ruff's fixes and formatting
 .PHONY: test
 test: install system-deps lint bytecode  ## everything CI checks: lint, types, the test suite with coverage
 	$(PY) -m pytest --cov --cov-report=term $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: install  ## the unit tests alone (no database, S3 or processes): seconds
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 .PHONY: bench-db
 bench-db: install system-deps  ## benchmark seeding, the locations reader and the jobs store
