@@ -25,6 +25,7 @@ from shared import events, telemetry
 from shared.config import StorageSettings
 from shared.contracts import JobOutcome
 from shared.db import ConnectionSource, DatabaseUnavailable
+from shared.errors import OtelWorkerError
 from shared.job_view import job_view
 from shared.jobs import ClaimResult, Job, JobStatus, JobStore, LeaseLost
 from shared.storage import (
@@ -41,7 +42,7 @@ from shared.storage import (
 log = logging.getLogger(__name__)
 
 
-class JobFailure(Exception):
+class JobFailure(OtelWorkerError):
     """The job can never succeed as asked (too many points, bad parameters): fail it."""
 
 

@@ -28,6 +28,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.contracts import check_time_zone
 from shared.engine.params import EngineParams
+from shared.errors import OtelWorkerError
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -51,7 +52,7 @@ BearerToken = Annotated[SecretStr | None, AfterValidator(_bearer_token)]
 """GRPC_AUTH_TOKEN: surrounding whitespace stripped; empty or blank means no token."""
 
 
-class ConfigError(ValueError):
+class ConfigError(OtelWorkerError, ValueError):
     """A setting is missing or invalid; the message names each offending variable."""
 
 

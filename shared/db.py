@@ -27,6 +27,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from shared.config import DatabaseSettings
+from shared.errors import DependencyUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ ConnectionSource: TypeAlias = Callable[[], AbstractContextManager[Connection]]
 """Lends an autocommit connection for the duration of a `with` block (see `LazyPool`)."""
 
 
-class DatabaseUnavailable(Exception):
+class DatabaseUnavailable(DependencyUnavailable):
     """PostgreSQL (or PgBouncer in front of it) cannot be reached, or the connection broke.
 
     Transient by nature: answer 503 / UNAVAILABLE / 5xx so the caller retries later.

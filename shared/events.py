@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from shared import contracts
+from shared.errors import OtelWorkerError
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +52,15 @@ DATA_MODELS: dict[str, type[BaseModel]] = {
 M = TypeVar("M", bound=BaseModel)
 
 
-class EventError(ValueError):
+class EventError(OtelWorkerError, ValueError):
     """A request that is not a usable CloudEvent: a poison message (HTTP 400, no retry)."""
 
 
-class PublishError(RuntimeError):
+class PublishError(OtelWorkerError, RuntimeError):
     """The broker did not take an event after the bounded retries."""
 
 
-class _Retryable(Exception):
+class _Retryable(OtelWorkerError):
     pass
 
 

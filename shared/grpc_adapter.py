@@ -33,6 +33,7 @@ from pydantic import BaseModel, ValidationError
 from shared import events, telemetry
 from shared.config import UpstreamSettings
 from shared.contracts import JobAccepted, JobPage, JobView
+from shared.errors import OtelWorkerError
 from shared.rpc.distance.v1 import distance_pb2 as pb
 from shared.rpc.distance.v1 import distance_pb2_grpc
 
@@ -55,7 +56,7 @@ _CODES: dict[int, grpc.StatusCode] = {
 }
 
 
-class UpstreamError(Exception):
+class UpstreamError(OtelWorkerError):
     """submit or status answered with an error, or could not be reached."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:

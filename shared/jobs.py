@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from shared.config import JobSettings
 from shared.contracts import INT32_MAX
 from shared.db import Connection, ConnectionSource
+from shared.errors import OtelWorkerError
 
 DEFAULT_LIST_LIMIT: Final = 50
 MAX_LIST_LIMIT: Final = 500
@@ -131,7 +132,7 @@ class Job(JobRequest):
 _COLUMNS: Final = sql.SQL(", ").join(sql.Identifier(name) for name in Job.model_fields)
 
 
-class IdempotencyConflict(Exception):
+class IdempotencyConflict(OtelWorkerError):
     """The idempotency key already names a job with a different request (answer 409/400)."""
 
     def __init__(self, key: str, job: Job) -> None:
@@ -141,7 +142,7 @@ class IdempotencyConflict(Exception):
         self.job = job
 
 
-class LeaseLost(Exception):
+class LeaseLost(OtelWorkerError):
     """The lease token is no longer the job's: another attempt owns it, or it was re-queued.
 
     The stale holder changed nothing and must drop its work.

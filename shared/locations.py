@@ -43,6 +43,7 @@ from psycopg import pq, sql
 
 from shared.db import Connection
 from shared.engine.points import DTYPES, MISSING, MISSING_TIME, US_PER_S, Points
+from shared.errors import OtelWorkerError
 
 INDEX_NAME: Final = "locations_device_id_timestamp_idx"
 PG_EPOCH_US: Final = 946_684_800 * US_PER_S
@@ -187,7 +188,7 @@ class PointLimit:
     rows: int
 
 
-class TooManyPoints(Exception):
+class TooManyPoints(OtelWorkerError):
     """The limited part of a read holds more fixes than its `PointLimit` allows."""
 
     def __init__(self, count: int, limit: PointLimit) -> None:
@@ -407,7 +408,7 @@ def _ended_early(conn: Connection) -> psycopg.Error:
 # --- seeding ---------------------------------------------------------------------------
 
 
-class ExistingRowsError(RuntimeError):
+class ExistingRowsError(OtelWorkerError, RuntimeError):
     """`public.locations` already holds rows and replacing them was not asked for."""
 
 

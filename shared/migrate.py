@@ -26,6 +26,7 @@ from typing import Final
 from psycopg import sql
 
 from shared.db import Connection
+from shared.errors import OtelWorkerError
 
 EXPECTED_SCHEMA_FILE: Final = "expected_schema.txt"
 SCHEMA_FILE_HEADER: Final = """\
@@ -37,7 +38,7 @@ SCHEMA_FILE_HEADER: Final = """\
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
-class MigrationError(RuntimeError):
+class MigrationError(OtelWorkerError, RuntimeError):
     """The database's migration history does not match the migration files."""
 
 

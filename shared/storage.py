@@ -29,6 +29,7 @@ import urllib3
 
 from shared.config import StorageSettings
 from shared.contracts import Download
+from shared.errors import DependencyUnavailable, OtelWorkerError
 
 if TYPE_CHECKING:
     from minio import Minio
@@ -42,11 +43,11 @@ _BASENAME = re.compile(
 )
 
 
-class StorageUnavailable(RuntimeError):
+class StorageUnavailable(DependencyUnavailable):
     """The object store could not be reached or refused the request (transient: retry)."""
 
 
-class ObjectMissing(LookupError):
+class ObjectMissing(OtelWorkerError, LookupError):
     """No object at the key (expired by the lifecycle rule, or deleted): retrying won't help."""
 
 

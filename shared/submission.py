@@ -18,6 +18,7 @@ from shared import events
 from shared.config import AnalysisSettings, JobSettings
 from shared.contracts import DistanceRequested, JobQueued, Requester
 from shared.db import DatabaseUnavailable
+from shared.errors import OtelWorkerError
 from shared.events import Publisher, PublishError
 from shared.jobs import (
     Job,
@@ -30,7 +31,7 @@ from shared.jobs import (
 log = logging.getLogger(__name__)
 
 
-class RequestError(ValueError):
+class RequestError(OtelWorkerError, ValueError):
     """A request that is well-formed but cannot be served; the message names the field."""
 
 

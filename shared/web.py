@@ -19,11 +19,12 @@ from pydantic import BaseModel
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from shared import events, telemetry
+from shared.errors import DependencyUnavailable, OtelWorkerError
 
 log = logging.getLogger(__name__)
 
 
-class HttpError(Exception):
+class HttpError(OtelWorkerError):
     """An error with the HTTP status it should be answered with."""
 
     def __init__(
@@ -73,7 +74,7 @@ bytes."""
 
 def guarded(
     handler: Callable[[flask.Request], flask.Response],
-    transient: tuple[type[Exception], ...] = (),
+    transient: tuple[type[Exception], ...] = (DependencyUnavailable,),
     *,
     max_body: int,
 ) -> Callable[[flask.Request], flask.Response]:
@@ -82,7 +83,8 @@ def guarded(
     The body is read before the handler runs, at most `max_body` bytes (with or without
     a Content-Length): a larger one is answered 413 and read no further. `HttpError`
     keeps its status; `EventError` is a poison event (400); the `transient` types
-    (database or object store down) are 503 so callers and the broker retry; anything
+    (by default `DependencyUnavailable`: the database or object store down) are 503 so
+    callers and the broker retry; anything
     else is logged with its traceback and answered 500.
     """
 

@@ -20,9 +20,7 @@ import functions_framework
 from shared import clients, config, events, telemetry, web
 from shared.computation import Computation
 from shared.contracts import JobQueued
-from shared.db import DatabaseUnavailable
 from shared.logs import log_context
-from shared.storage import StorageUnavailable
 
 FUNCTION = "compute"
 log = logging.getLogger(FUNCTION)
@@ -85,6 +83,4 @@ def compute(request: flask.Request) -> flask.Response:
     return _handle(request)
 
 
-_handle = web.guarded(
-    _serve, transient=(DatabaseUnavailable, StorageUnavailable), max_body=web.SMALL_BODY
-)
+_handle = web.guarded(_serve, max_body=web.SMALL_BODY)

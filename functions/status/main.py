@@ -24,14 +24,12 @@ from werkzeug.routing import Map, Rule
 
 from shared import clients, config, events, telemetry, web
 from shared.contracts import JOB_STATUSES, JobPage, parse_device_id, parse_local_date
-from shared.db import DatabaseUnavailable
 from shared.job_view import job_view
 from shared.jobs import MAX_LIST_OFFSET, Job, JobStatus, JobStore
 from shared.storage import (
     ObjectMissing,
     ObjectStore,
     ResultKeys,
-    StorageUnavailable,
     short_id_of,
 )
 
@@ -252,6 +250,4 @@ def status(request: flask.Request) -> flask.Response:
 
 
 # Dead-lettered events come back whole, with their data: more room than submit needs.
-_handle = web.guarded(
-    _serve, transient=(DatabaseUnavailable, StorageUnavailable), max_body=1024 * 1024
-)
+_handle = web.guarded(_serve, max_body=1024 * 1024)

@@ -18,7 +18,6 @@ from pydantic import ValidationError
 
 from shared import clients, config, events, telemetry, web
 from shared.contracts import MAX_IDEMPOTENCY_KEY, DistanceRequested, JobAccepted, Requester
-from shared.db import DatabaseUnavailable
 from shared.job_view import job_view
 from shared.jobs import IdempotencyConflict
 from shared.logs import log_context
@@ -136,4 +135,4 @@ def submit(request: flask.Request) -> flask.Response:
     return _handle(request)
 
 
-_handle = web.guarded(_serve, transient=(DatabaseUnavailable,), max_body=web.SMALL_BODY)
+_handle = web.guarded(_serve, max_body=web.SMALL_BODY)

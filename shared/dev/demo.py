@@ -31,6 +31,7 @@ from shared import config
 from shared.dev.runner import Supervisor
 from shared.dev.stack import SeaweedS3
 from shared.dev.tracks import TrackSpec
+from shared.errors import OtelWorkerError
 
 DATABASE = "otel_worker_demo"
 TRACKS = TrackSpec(seed=42, start=dt.date(2024, 3, 4), days=21, devices=2)
@@ -38,7 +39,7 @@ DAY = dt.date(2024, 3, 12)
 WEEK = (dt.date(2024, 3, 11), dt.date(2024, 3, 17))
 
 
-class DemoFailed(RuntimeError):
+class DemoFailed(OtelWorkerError, RuntimeError):
     """A demo job did not complete (its message says how it ended)."""
 
 

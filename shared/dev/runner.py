@@ -36,6 +36,7 @@ from shared.dev.stack import (
     ingress_process,
     wait_until,
 )
+from shared.errors import OtelWorkerError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ _NOT_FOR_INGRESS = frozenset(
 )
 
 
-class StartFailed(RuntimeError):
+class StartFailed(OtelWorkerError, RuntimeError):
     """A service exited, or never became ready, while the stack started (its own log lines
     say why)."""
 

@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.engine.points import MISSING, MISSING_TIME, US_PER_S, Points
+from shared.errors import OtelWorkerError
 
 _EPOCH_PATTERN = re.compile(r"^\s*-?\d+(\.\d*)?\s*$")
 _ISO_PATTERN = re.compile(
@@ -38,7 +39,7 @@ _ISO_PATTERN = re.compile(
 _REQUIRED_CSV = ("device_id", "latitude", "longitude", "timestamp")
 
 
-class SourceError(ValueError):
+class SourceError(OtelWorkerError, ValueError):
     """A file cannot be read; the message names the file, the line and the problem."""
 
 
