@@ -42,12 +42,27 @@ MAX_KEY_LENGTH: Final = 1000  # a btree entry must stay well below its ~2.7 kB l
 
 
 class JobStatus(enum.StrEnum):
-    """Where a job is in its life; `completed` and `failed` are final."""
+    """Where a job is in its life; `completed` and `failed` are final.
+
+    Each member says who moves a job out of it, and where to.
+    """
 
     QUEUED = "queued"
+    """Created by submit (`create`), or given back after a lost or failed attempt. Leaves
+    when compute claims it for an attempt (`claim`: processing, or failed when no attempts
+    are left) or when the sweep fails it for having no attempts left."""
     PROCESSING = "processing"
+    """Claimed by one compute attempt, under a lease. Leaves when that attempt finishes it
+    (`complete`: completed; `fail`: failed; `release` after a transient failure: queued
+    again, or failed with no attempts left), when another claim takes over an expired
+    lease (processing again, a new attempt), or when the sweep re-queues an expired lease
+    (queued) or fails it with no attempts left."""
     COMPLETED = "completed"
+    """Final: the result objects exist. Only the sweep removes it, JOB_RETENTION_DAYS after
+    it finished."""
     FAILED = "failed"
+    """Final, with a message saying why. Only the sweep removes it, JOB_RETENTION_DAYS after
+    it finished."""
 
 
 FINISHED: Final = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
