@@ -56,7 +56,9 @@ class ConfigError(OtelWorkerError, ValueError):
     """A setting is missing or invalid; the message names each offending variable."""
 
 
-class _Group(BaseSettings):
+class SettingsGroup(BaseSettings):
+    """A group of settings one concern reads; each process loads only the groups it uses."""
+
     model_config = SettingsConfigDict(
         # Validators are built when a group is first loaded: a process pays only for its own.
         defer_build=True,
@@ -70,7 +72,7 @@ class _Group(BaseSettings):
     )
 
 
-class DatabaseSettings(_Group):
+class DatabaseSettings(SettingsGroup):
     """PostgreSQL: one DSN for reads, the jobs store and migrations (PgBouncer in production)."""
 
     database_url: SecretStr | None = None
@@ -114,7 +116,7 @@ class DatabaseSettings(_Group):
         )
 
 
-class AnalysisSettings(_Group):
+class AnalysisSettings(SettingsGroup):
     """Home, time zone and the filter thresholds of the distance engine.
 
     The filter defaults were chosen by measurement (docs/FUNCTIONALITY.md): JITTER_RADIUS_M 120
@@ -165,7 +167,7 @@ class AnalysisSettings(_Group):
         return self
 
 
-class StorageSettings(_Group):
+class StorageSettings(SettingsGroup):
     """Object storage (MinIO in production) and the CSV limits."""
 
     minio_endpoint: str = "127.0.0.1:9000"
@@ -214,7 +216,7 @@ class StorageSettings(_Group):
         return match["host"], (scheme == "https") if scheme else self.minio_secure
 
 
-class JobSettings(_Group):
+class JobSettings(SettingsGroup):
     """Job lifecycle: request limits, leases, retries and retention."""
 
     max_range_days: Annotated[int, Field(ge=1, le=366)] = 31
@@ -224,7 +226,7 @@ class JobSettings(_Group):
     job_republish_seconds: Annotated[int, Field(ge=1)] = 120
 
 
-class EventSettings(_Group):
+class EventSettings(SettingsGroup):
     """Where events are published: `K_SINK` is injected by a Knative SinkBinding."""
 
     k_sink: AnyHttpUrl | None = None
@@ -233,13 +235,13 @@ class EventSettings(_Group):
     publish_timeout_seconds: PositiveFloat = 5.0
 
 
-class HttpServerSettings(_Group):
+class HttpServerSettings(SettingsGroup):
     """The HTTP port a function listens on (Knative sets `PORT`)."""
 
     port: Port = 8080
 
 
-class GrpcSettings(_Group):
+class GrpcSettings(SettingsGroup):
     """The gRPC ingress server: port, optional bearer token, message size limit."""
 
     grpc_port: Port = 50051
@@ -253,7 +255,7 @@ class GrpcSettings(_Group):
         return self.port or self.grpc_port
 
 
-class UpstreamSettings(_Group):
+class UpstreamSettings(SettingsGroup):
     """The functions the ingress adapts to gRPC, and how long it waits for them."""
 
     submit_url: AnyHttpUrl
@@ -261,7 +263,7 @@ class UpstreamSettings(_Group):
     upstream_timeout_seconds: PositiveFloat = 20.0
 
 
-class ClientSettings(_Group):
+class ClientSettings(SettingsGroup):
     """The command-line client (`otel-worker submit/status/jobs`): where the ingress is."""
 
     ingress_address: str = "127.0.0.1:50051"
@@ -269,7 +271,7 @@ class ClientSettings(_Group):
     client_timeout_seconds: PositiveFloat = 30.0
 
 
-class TelemetrySettings(_Group):
+class TelemetrySettings(SettingsGroup):
     """Logging and OpenTelemetry export (no endpoint: nothing leaves the process)."""
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
@@ -292,7 +294,7 @@ class TelemetrySettings(_Group):
         return value.upper() if isinstance(value, str) else value
 
 
-GROUPS: dict[str, type[_Group]] = {
+GROUPS: dict[str, type[SettingsGroup]] = {
     "database": DatabaseSettings,
     "analysis": AnalysisSettings,
     "storage": StorageSettings,
@@ -312,7 +314,7 @@ def variable_names() -> set[str]:
     return {name.upper() for group in GROUPS.values() for name in group.model_fields}
 
 
-G = TypeVar("G", bound=_Group)
+G = TypeVar("G", bound=SettingsGroup)
 
 
 def _describe(exc: ValidationError) -> str:
@@ -339,7 +341,7 @@ def load(group: type[G]) -> G:
         raise ConfigError(f"invalid configuration: {_describe(exc)}") from None
 
 
-def require(process: str, *groups: type[_Group]) -> None:
+def require(process: str, *groups: type[SettingsGroup]) -> None:
     """Validate `groups` at start-up; on a bad value, exit with the variable's name (status 2)
     rather than fail later inside a request."""
     try:

@@ -10,7 +10,6 @@ an event that can never succeed.
 
 from __future__ import annotations
 
-import functools
 import logging
 from http import HTTPStatus
 
@@ -20,23 +19,14 @@ import functions_framework
 from shared import clients, config, events, telemetry, web
 from shared.computation import Computation
 from shared.contracts import JobQueued
+from shared.http_function import HttpFunction
 from shared.logs import log_context
 
 FUNCTION = "compute"
 log = logging.getLogger(FUNCTION)
-config.require(
-    FUNCTION,
-    config.DatabaseSettings,
-    config.StorageSettings,
-    config.JobSettings,
-    config.EventSettings,
-    config.TelemetrySettings,
-)
 
 
-@functools.cache
 def _computation() -> Computation:
-    telemetry.start(FUNCTION, config.load(config.TelemetrySettings), database=True)
     return Computation(
         jobs=clients.jobs(),
         connection=clients.pool().connection,
@@ -48,15 +38,15 @@ def _computation() -> Computation:
     )
 
 
-def _ready() -> None:
-    _computation()
-    with clients.pool().connection() as conn:
-        conn.execute("SELECT 1")
+_function = HttpFunction(
+    FUNCTION,
+    (config.DatabaseSettings, config.StorageSettings, config.JobSettings, config.EventSettings),
+    _computation,
+)
 
 
 def _serve(request: flask.Request) -> flask.Response:
-    _computation()  # logging, telemetry and clients of this process (no connection yet)
-    if (answer := web.health(request, _ready)) is not None:
+    if (answer := _function.health(request)) is not None:
         return answer
     if request.method != "POST":
         raise web.method_not_allowed(request, "POST")
@@ -65,7 +55,7 @@ def _serve(request: flask.Request) -> flask.Response:
         raise events.EventError(f"type: expected {events.JOB_QUEUED}, got {event['type']}")
     job_id = events.data_as(event, JobQueued).job_id
     parent = {"traceparent": event["traceparent"]} if event.get("traceparent") else None
-    computation = _computation()
+    computation = _function.service()
     with log_context(job_id=str(job_id)), telemetry.span("compute job", parent=parent) as span:
         span.set_attribute("job.id", str(job_id))
         outcome = computation.run(job_id)

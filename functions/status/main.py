@@ -9,11 +9,7 @@ POST /dead-letters (events the broker gave up on), /healthz and /readyz.
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
-import re
-import uuid
 from http import HTTPStatus
 from urllib.parse import quote
 
@@ -22,26 +18,14 @@ import functions_framework
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
-from shared import clients, config, events, telemetry, web
-from shared.contracts import JOB_STATUSES, JobPage, parse_device_id, parse_local_date
+from shared import clients, config, events, queries, telemetry, web
+from shared.http_function import HttpFunction
 from shared.job_view import job_view
-from shared.jobs import MAX_LIST_OFFSET, Job, JobStatus, JobStore
-from shared.storage import (
-    ObjectMissing,
-    ObjectStore,
-    ResultKeys,
-    short_id_of,
-)
+from shared.jobs import JobStore
+from shared.storage import ObjectStore
 
 FUNCTION = "status"
 log = logging.getLogger(FUNCTION)
-config.require(
-    FUNCTION,
-    config.DatabaseSettings,
-    config.StorageSettings,
-    config.JobSettings,
-    config.TelemetrySettings,
-)
 
 ROUTES = Map(
     [
@@ -56,137 +40,45 @@ ROUTES = Map(
 )
 
 
-@functools.cache
-def _started() -> tuple[JobStore, ObjectStore]:
-    telemetry.start(FUNCTION, config.load(config.TelemetrySettings), database=True)
+def _clients() -> tuple[JobStore, ObjectStore]:
     return clients.jobs(), clients.objects()
 
 
-def _ready() -> None:
-    # Ready once its clients are built, whatever the database's state: status is also the
-    # broker's dead-letter sink, which needs no database, and a status out of rotation
-    # would leave callers waiting on Knative's activator instead of a prompt 503.
-    _started()
-
-
-def _job_id(text: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        raise web.HttpError(HTTPStatus.BAD_REQUEST, f"job_id: {text!r} is not a UUID") from None
-
-
-def _existing(jobs: JobStore, job_id: uuid.UUID) -> Job:
-    job = jobs.get(job_id)
-    if job is None:
-        raise web.HttpError(HTTPStatus.NOT_FOUND, f"job {job_id} not found")
-    return job
-
-
-_WHOLE = re.compile(r"-?[0-9]+")
-"""ASCII digits only: int() would also take "+5", "1_0", " 5" and non-ASCII digits."""
-
-
-def _int(request: flask.Request, name: str, most: int | None = None) -> int:
-    raw = request.args.get(name, "0") or "0"
-    if not _WHOLE.fullmatch(raw):
-        raise web.HttpError(HTTPStatus.BAD_REQUEST, f"{name}: {raw!r} is not a whole number")
-    value = int(raw)
-    if value < 0:
-        raise web.HttpError(HTTPStatus.BAD_REQUEST, f"{name}: must not be negative (got {value})")
-    if most is not None and value > most:
-        raise web.HttpError(HTTPStatus.BAD_REQUEST, f"{name}: must be at most {most} (got {raw})")
-    return value
+# Ready once its clients are built, whatever the database's state: status is also the
+# broker's dead-letter sink, which needs no database, and a status out of rotation would
+# leave callers waiting on Knative's activator instead of a prompt 503.
+_function = HttpFunction(
+    FUNCTION,
+    (config.DatabaseSettings, config.StorageSettings, config.JobSettings),
+    _clients,
+    probe_database=False,
+)
 
 
 def _list(request: flask.Request) -> flask.Response:
-    jobs, _ = _started()
-    status = request.args.get("status") or None
-    if status is not None and status not in JOB_STATUSES:
-        raise web.HttpError(
-            HTTPStatus.BAD_REQUEST, f"status: must be one of {', '.join(JOB_STATUSES)}"
-        )
-    date = request.args.get("date") or None
-    try:
-        day = parse_local_date(date) if date else None
-    except ValueError as exc:
-        raise web.HttpError(HTTPStatus.BAD_REQUEST, f"date: {exc}") from None
-    try:
-        device_id = parse_device_id(request.args.get("device_id"))
-    except ValueError as exc:
-        raise web.HttpError(HTTPStatus.BAD_REQUEST, f"device_id: {exc}") from None
-    limit, offset = _int(request, "limit"), _int(request, "offset", most=MAX_LIST_OFFSET)
-    page, total = jobs.list_jobs(
-        status=JobStatus(status) if status else None,
-        date=day,
-        device_id=device_id,
-        limit=limit,
-        offset=offset,
-    )
-    applied = min(limit or 50, 500)
-    body = JobPage(
-        jobs=[job_view(j) for j in page], total_count=total, limit=applied, offset=offset
-    )
-    return web.model_response(body)
+    jobs, _ = _function.service()
+    return web.model_response(queries.list_page(jobs, queries.parse_list_query(request.args)))
 
 
 def _job(job_id: str) -> flask.Response:
-    jobs, objects = _started()
-    job = _existing(jobs, _job_id(job_id))
+    jobs, objects = _function.service()
+    job = queries.existing(jobs, queries.parse_job_id(job_id))
     return web.model_response(job_view(job, objects))
 
 
 def _report(job_id: str) -> flask.Response:
     from shared.report import render
 
-    jobs, objects = _started()
-    job = _existing(jobs, _job_id(job_id))
-    if job.status != JobStatus.COMPLETED:
-        raise web.HttpError(
-            HTTPStatus.CONFLICT,
-            (
-                f"job {job.id} failed: it has no report ({job.error_message})"
-                if job.status == JobStatus.FAILED
-                else f"job {job.id} is {job.status.value}: its report exists once it has completed"
-            ),
-            job_status=job.status.value,
-        )
-    if job.csv_key is None or job.summary_key is None:  # (a completed job always has both)
-        raise web.HttpError(HTTPStatus.GONE, f"job {job.id} has no stored results")
-    keys = ResultKeys(csv_key=job.csv_key, summary_key=job.summary_key)
-    try:
-        series = json.loads(objects.read(keys.series_key))
-    except ObjectMissing:
-        raise web.HttpError(
-            HTTPStatus.GONE,
-            f"job {job.id}: its report's data is no longer stored (objects expire; "
-            "submit the request again for a fresh result)",
-        ) from None
+    jobs, objects = _function.service()
+    job = queries.existing(jobs, queries.parse_job_id(job_id))
+    series = queries.report_series(job, objects)
     page = render(job_view(job).model_dump(mode="json"), series)
     return flask.Response(page, headers={"Content-Type": "text/html; charset=utf-8"})
 
 
-def _resolve(jobs: JobStore, name: str) -> Job:
-    """A job by id, or by its CSV's basename (what old clients link to)."""
-    if name.endswith(".csv"):
-        short = short_id_of(name)
-        job = jobs.by_csv_name(name) if short else None
-        if job is None:
-            raise web.HttpError(HTTPStatus.NOT_FOUND, f"no CSV named {name}")
-        return job
-    return _existing(jobs, _job_id(name))
-
-
 def _download(name: str, summary: bool = False) -> flask.Response:
-    jobs, objects = _started()
-    job = _resolve(jobs, name)
-    key = job.summary_key if summary else job.csv_key
-    if job.status != JobStatus.COMPLETED or key is None:
-        raise web.HttpError(
-            HTTPStatus.CONFLICT,
-            f"job {job.id} is {job.status.value}: its files exist once it has completed",
-            job_status=job.status.value,
-        )
+    jobs, objects = _function.service()
+    key = queries.download_key(queries.resolve(jobs, name), summary=summary)
     link = objects.presign(key)
     return flask.Response(status=HTTPStatus.FOUND, headers={"Location": link.url})
 
@@ -210,8 +102,7 @@ def _dead_letter(request: flask.Request) -> flask.Response:
 
 
 def _serve(request: flask.Request) -> flask.Response:
-    _started()  # logging, telemetry and clients of this process (no connection yet)
-    if (answer := web.health(request, _ready)) is not None:
+    if (answer := _function.health(request)) is not None:
         return answer
     if request.path.endswith("/") and not request.path.endswith("//") and request.path != "/":
         # One address per resource: the report page's relative links resolve against it.

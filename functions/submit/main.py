@@ -8,7 +8,6 @@ the field, and nothing is recorded.
 
 from __future__ import annotations
 
-import functools
 import logging
 from http import HTTPStatus
 
@@ -18,6 +17,7 @@ from pydantic import ValidationError
 
 from shared import clients, config, events, telemetry, web
 from shared.contracts import MAX_IDEMPOTENCY_KEY, DistanceRequested, JobAccepted, Requester
+from shared.http_function import HttpFunction
 from shared.job_view import job_view
 from shared.jobs import IdempotencyConflict
 from shared.logs import log_context
@@ -26,19 +26,9 @@ from shared.submission import submit as submit_job
 
 FUNCTION = "submit"
 log = logging.getLogger(FUNCTION)
-config.require(
-    FUNCTION,
-    config.DatabaseSettings,
-    config.AnalysisSettings,
-    config.JobSettings,
-    config.EventSettings,
-    config.TelemetrySettings,
-)
 
 
-@functools.cache
 def _submission() -> Submission:
-    telemetry.start(FUNCTION, config.load(config.TelemetrySettings), database=True)
     return Submission(
         jobs=clients.jobs(),
         publisher=clients.publisher(),
@@ -48,10 +38,11 @@ def _submission() -> Submission:
     )
 
 
-def _ready() -> None:
-    _submission()
-    with clients.pool().connection() as conn:
-        conn.execute("SELECT 1")
+_function = HttpFunction(
+    FUNCTION,
+    (config.DatabaseSettings, config.AnalysisSettings, config.JobSettings, config.EventSettings),
+    _submission,
+)
 
 
 def _from_event(request: flask.Request) -> flask.Response:
@@ -63,7 +54,7 @@ def _from_event(request: flask.Request) -> flask.Response:
     with telemetry.span("submit distance.requested", parent=parent) as span:
         try:
             job, created = submit_job(
-                _submission(),
+                _function.service(),
                 data,
                 requester=Requester(source=event["source"], id=event["id"]),
                 idempotency_key=None,
@@ -76,7 +67,7 @@ def _from_event(request: flask.Request) -> flask.Response:
         reply = events.new_event(
             events.JOB_ACCEPTED,
             JobAccepted(created=created, job=job_view(job)),
-            source=_submission().source,
+            source=_function.service().source,
             subject=str(job.id),
             traceparent=telemetry.traceparent(),
         )
@@ -104,7 +95,7 @@ def _from_json(request: flask.Request) -> flask.Response:
     with telemetry.span("submit json"):
         try:
             job, created = submit_job(
-                _submission(),
+                _function.service(),
                 data,
                 requester=None,
                 idempotency_key=key,
@@ -119,8 +110,7 @@ def _from_json(request: flask.Request) -> flask.Response:
 
 
 def _serve(request: flask.Request) -> flask.Response:
-    _submission()  # logging, telemetry and clients of this process (no connection yet)
-    if (answer := web.health(request, _ready)) is not None:
+    if (answer := _function.health(request)) is not None:
         return answer
     if request.method != "POST":
         raise web.method_not_allowed(request, "POST")

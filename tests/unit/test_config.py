@@ -12,7 +12,7 @@ from shared.cli import main as cli_main
 from shared.dev.stack import REPO_ROOT
 
 
-def _load_error(group: type[config._Group]) -> str:
+def _load_error(group: type[config.SettingsGroup]) -> str:
     with pytest.raises(config.ConfigError) as info:
         config.load(group)
     return str(info.value)
@@ -127,7 +127,7 @@ def test_public_endpoint_host_and_scheme(
     ],
 )
 def test_other_rules_name_the_variable(
-    monkeypatch: pytest.MonkeyPatch, group: type[config._Group], variable: str, value: str
+    monkeypatch: pytest.MonkeyPatch, group: type[config.SettingsGroup], variable: str, value: str
 ) -> None:
     monkeypatch.setenv(variable, value)
     assert _load_error(group).startswith(f"invalid configuration: {variable}:")
