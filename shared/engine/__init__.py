@@ -12,7 +12,7 @@ public names are the API between them and for the engine's own tests. `EnginePar
 imported at once and needs no numpy, so settings can build it in a process that never
 computes; the rest is imported on first use.
 
-How the numbers are made (ARCHITECTURE.md, "Metrics"):
+How the numbers are made (docs/FUNCTIONALITY.md says more):
 
 - Distances are great-circle distances on a sphere of the mean Earth radius. They are
   computed as the chord between unit vectors, which is the haversine formula rearranged

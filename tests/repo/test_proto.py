@@ -21,7 +21,7 @@ def _generator() -> ModuleType:
     return module
 
 
-# The wire table of ARCHITECTURE.md: (message, field, number, type, repeated?).
+# The wire table of the original service (docs/API.md): (message, field, number, type, repeated?).
 T = FieldDescriptor
 ORIGINAL = {
     "CalculateDistanceRequest": [("date", 1, T.TYPE_STRING), ("device_id", 2, T.TYPE_STRING)],
