@@ -5,7 +5,7 @@ call and returns an `Analysis`: the JSON-ready `Summary` plus per-fix arrays for
 It imports nothing but numpy, pydantic and the standard library, so it runs the same in
 the compute function, in `otel-worker analyze` and in the benchmark.
 
-How the numbers are made (ARCHITECTURE.md, "Metrics"):
+How the numbers are made (docs/FUNCTIONALITY.md, "Metrics"):
 
 - Distances are great-circle distances on a sphere of the mean Earth radius. They are
   computed as the chord between unit vectors, which is the haversine formula rearranged

@@ -1,4 +1,4 @@
-"""Reading location files: the real Recorder sample, CSV exports, OwnTracks JSON, and bad files."""
+"""Reading location files: a Recorder day, CSV exports, OwnTracks JSON, and bad files."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import pytest
 from shared.points import MISSING, MISSING_TIME
 from shared.sources import SourceError, read_file
 
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
-REC = SAMPLES / "owntracks-recorder-demo-iphone.rec"
+REC = Path(__file__).resolve().parent / "fixtures" / "owntracks-day.rec"
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -21,17 +20,21 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
-def test_the_real_recorder_sample_reads_its_location_fixes() -> None:
+def test_a_recorder_file_reads_its_location_fixes_only() -> None:
     points = read_file(REC)
-    assert len(points) == 23  # 25 lines, two of them lwt messages
-    assert points.device_ids == ("NE",)
-    assert points.timestamp[0] == 1440395361 * 1_000_000
+    # 15 lines: 11 location fixes; two lwt, a waypoint and a transition are skipped (the
+    # waypoint and the transition carry lat/lon/tst too).
+    assert len(points) == 11
+    assert points.device_ids == ("KT",)
+    assert points.timestamp[0] == 1684044000 * 1_000_000
+    assert points.timestamp[1] == 1684044600 * 1_000_000  # a string tst
     assert np.all(np.diff(points.timestamp) > 0)
     assert points.accuracy.max() == 5000
-    assert (points.velocity == MISSING).sum() > 10  # vel -1 means unknown
+    assert (points.velocity == MISSING).sum() == 5  # vel -1 means unknown
+    assert points.battery[0] == 88
     lag = points.created_at - points.timestamp
     assert (lag >= 0).all()
-    assert lag.max() > 60 * 1_000_000
+    assert lag.max() > 60 * 1_000_000  # a batch the phone sent late
 
 
 def test_a_locations_csv_with_iso_and_epoch_times(tmp_path: Path) -> None:
