@@ -165,3 +165,24 @@ def test_argument_errors_are_refused_by_the_parser(capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit):
         main(["seed", "--days", "many"])
     assert "--days" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "missing"),
+    [
+        ("empty.json", "", "empty file"),
+        ("places.json", '[{"_type":"waypoint","lat":1,"lon":2,"tst":3}]', "no location fixes"),
+        ("people.csv", "name,age\nada,36\n", "missing columns 'device_id'"),
+    ],
+)
+def test_input_that_is_not_location_data_exits_2_naming_the_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str, text: str, missing: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    code, out, err = run(capsys, "analyze", str(path))
+    assert code == 2
+    assert out == ""
+    assert err.startswith(f"otel-worker analyze: {path}")
+    assert missing in err
+    assert len(err.splitlines()) == 1
