@@ -244,8 +244,10 @@ def run_seed(args: argparse.Namespace) -> int:
         sys.stderr.write(f"otel-worker: {exc}; use --force to replace them\n")
         return 1
     except db.DatabaseUnavailable as exc:
+        from shared.cli import database_exit_status
+
         sys.stderr.write(f"otel-worker: {exc}\n")
-        return 3
+        return database_exit_status(exc)
     sys.stderr.write("\n")
     sys.stdout.write(
         f"wrote {rows:,} rows for {spec.devices} device(s), {spec.days} day(s) from "

@@ -25,6 +25,8 @@ DatabaseHandler = Callable[[argparse.Namespace, "Connection", config.DatabaseSet
 
 EXIT_UNAVAILABLE = 3
 """Exit status when the database stayed unreachable through the start-up retry."""
+EXIT_MISCONFIGURED = 2
+"""Exit status when the database refused for good (unknown database or role, bad password)."""
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -46,17 +48,23 @@ def _schemas(args: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from shared.db import DatabaseUnavailable
+    from shared import db
     from shared.logs import setup_logging
     from shared.supervisor import StartFailed, run_dev
 
     setup_logging(config.load(config.TelemetrySettings).log_level)
     try:
+        # Before anything starts: a database that is missing or refuses is one clear line,
+        # not a broker and four functions started only to be stopped again.
+        db.connect(config.load(config.DatabaseSettings)).close()
         return run_dev(sys.stdout, args.sweep_interval, args.local_s3)
     except KeyboardInterrupt:
         sys.stderr.write("otel-worker dev: interrupted while starting; stopped what had started\n")
         return 130
-    except (DatabaseUnavailable, StartFailed) as exc:
+    except db.DatabaseUnavailable as exc:
+        sys.stderr.write(f"otel-worker dev: {exc}\n")
+        return database_exit_status(exc)
+    except StartFailed as exc:
         sys.stderr.write(f"otel-worker dev: {exc}\n")
         return EXIT_UNAVAILABLE
 
@@ -73,6 +81,13 @@ def _demo(args: argparse.Namespace) -> int:
         return 1
 
 
+def database_exit_status(exc: Exception) -> int:
+    """2 when the database refused for good (a setting to fix), 3 when it did not answer."""
+    from shared.db import DatabaseMisconfigured
+
+    return EXIT_MISCONFIGURED if isinstance(exc, DatabaseMisconfigured) else EXIT_UNAVAILABLE
+
+
 def _with_database(run: DatabaseHandler) -> Handler:
     """A handler that gives `run` one connection (after the start-up retry) and its settings."""
 
@@ -85,7 +100,7 @@ def _with_database(run: DatabaseHandler) -> Handler:
                 return run(args, conn, settings)
         except db.DatabaseUnavailable as exc:
             sys.stderr.write(f"otel-worker: {exc}\n")
-            return EXIT_UNAVAILABLE
+            return database_exit_status(exc)
 
     return handler
 

@@ -189,11 +189,11 @@ def read_locations_csv(text: str, path: Path) -> Points:
     header = [name.strip() for name in rows[0]]
     missing = [repr(name) for name in _REQUIRED_CSV if name not in header]
     if missing:
-        columns = "column" if len(missing) == 1 else "columns"
+        noun = "column" if len(missing) == 1 else "columns"
         raise _fail(
             path,
             1,
-            f"missing {columns} {', '.join(missing)} in the header "
+            f"missing {noun} {', '.join(missing)} in the header "
             f"(a locations CSV needs {', '.join(_REQUIRED_CSV)})",
         )
     # Physical line of each row, which quoted newlines can push below its index.

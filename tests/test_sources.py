@@ -202,7 +202,7 @@ def test_unreadable_files_are_reported(tmp_path: Path) -> None:
         (
             "notes.txt",
             "shopping list\nmilk\n",
-            "line 1: missing columns 'device_id', 'latitude', 'longitude', 'timestamp' in the header",
+            "line 1: missing columns 'device_id', 'latitude', 'longitude', 'timestamp'",
         ),
     ],
 )
