@@ -42,7 +42,7 @@ import psycopg
 from psycopg import pq, sql
 
 from shared.db import Connection
-from shared.points import DTYPES, MISSING, MISSING_TIME, US_PER_S, Points
+from shared.points import DTYPES, MISSING, MISSING_TIME, US_PER_S, Points, tracker_id
 
 INDEX_NAME: Final = "locations_device_id_timestamp_idx"
 PG_EPOCH_US: Final = 946_684_800 * US_PER_S
@@ -439,8 +439,10 @@ def write_points(
     Creates the table with the production schema when it is absent (and then, after the
     load, the `(device_id, timestamp)` index). A table that already holds rows is left
     alone with `ExistingRowsError` unless `force`, which replaces them all. Everything
-    happens in one transaction: a failed load leaves the table as it was. Columns `Points`
-    does not carry (tid, altitude, ...) stay NULL; -1 and `MISSING_TIME` are written as NULL.
+    happens in one transaction: a failed load leaves the table as it was. `tid` is derived
+    from the device id as OwnTracks does (`tracker_id`; readers such as the original service
+    fail on a NULL one); other columns `Points` does not carry (altitude, ...) stay NULL;
+    -1 and `MISSING_TIME` are written as NULL.
     """
     with conn.transaction():
         exists = conn.execute("SELECT to_regclass('public.locations') IS NOT NULL").fetchone()
@@ -453,7 +455,7 @@ def write_points(
         # first reads neither set hint bits nor wait for a vacuum to allow index-only scans.
         conn.execute("TRUNCATE public.locations RESTART IDENTITY")
         columns = sql.SQL(", ").join(
-            sql.Identifier(name) for name in ("device_id", *(c[0] for c in _WRITE_COLUMNS))
+            sql.Identifier(name) for name in ("device_id", "tid", *(c[0] for c in _WRITE_COLUMNS))
         )
         statement = sql.SQL("COPY public.locations ({}) FROM STDIN (FORMAT BINARY, FREEZE)").format(
             columns
@@ -476,20 +478,20 @@ def write_points(
 class _RowEncoder:
     """Binary COPY rows for a slice of `Points`, built with numpy.
 
-    Every row is first laid out at its widest (all values present, the longest device id),
-    then the bytes of NULL values and of device-id padding are masked out, which keeps the
-    rows in order while their widths vary.
+    Every row is first laid out at its widest (all values present, the longest device id
+    and tid), then the bytes of NULL values and of text padding are masked out, which keeps
+    the rows in order while their widths vary.
     """
 
     def __init__(self, device_ids: tuple[str, ...]) -> None:
-        encoded = [device.encode() for device in device_ids]
-        width = max((len(device) for device in encoded), default=0) or 1
-        self.device_bytes = np.zeros((max(len(encoded), 1), width), np.uint8)
-        for code, device in enumerate(encoded):
-            self.device_bytes[code, : len(device)] = np.frombuffer(device, np.uint8)
-        self.device_lengths = np.array([len(device) for device in encoded] or [0], np.int32)
-        self.uniform = len(set(self.device_lengths.tolist())) == 1
-        fields = [("fields", ">i2"), ("device_len", ">i4"), ("device", np.uint8, (width,))]
+        self.texts = {
+            "device": self._per_device([device.encode() for device in device_ids]),
+            "tid": self._per_device([tracker_id(device).encode() for device in device_ids]),
+        }
+        self.uniform = all(len(set(lengths.tolist())) == 1 for _, lengths in self.texts.values())
+        fields: list[tuple[Any, ...]] = [("fields", ">i2")]
+        for name, (table, _) in self.texts.items():
+            fields += [(f"{name}_len", ">i4"), (name, np.uint8, (table.shape[1],))]
         for name, _, wire, _ in _WRITE_COLUMNS:
             fields += [(f"{name}_len", ">i4"), (name, wire)]
         self.row = np.dtype(fields)
@@ -498,14 +500,25 @@ class _RowEncoder:
         self.offsets = {name: int(place[1]) for name, place in layout.items()}
         self.widths = {name: int(place[0].itemsize) for name, place in layout.items()}
 
+    @staticmethod
+    def _per_device(
+        encoded: list[bytes],
+    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int32]]:
+        """The texts of each device code as a zero-padded byte table, and their lengths."""
+        width = max((len(text) for text in encoded), default=0) or 1
+        table = np.zeros((max(len(encoded), 1), width), np.uint8)
+        for code, text in enumerate(encoded):
+            table[code, : len(text)] = np.frombuffer(text, np.uint8)
+        return table, np.array([len(text) for text in encoded] or [0], np.int32)
+
     def encode(self, points: Points, start: int, end: int) -> npt.NDArray[np.uint8]:
         """The rows `start:end` of `points`, as the bytes of binary COPY rows."""
         rows = np.empty(end - start, self.row)
-        rows["fields"] = 1 + len(_WRITE_COLUMNS)
+        rows["fields"] = len(self.texts) + len(_WRITE_COLUMNS)
         codes = points.device[start:end]
-        lengths = self.device_lengths[codes]
-        rows["device_len"] = lengths
-        rows["device"] = self.device_bytes[codes]
+        for name, (table, lengths) in self.texts.items():
+            rows[f"{name}_len"] = lengths[codes]
+            rows[name] = table[codes]
         nulls: list[tuple[str, npt.NDArray[np.bool_]]] = []
         for name, column, wire, nullable in _WRITE_COLUMNS:
             values = getattr(points, column)[start:end]
@@ -526,8 +539,9 @@ class _RowEncoder:
             return flat.reshape(-1)
         keep = np.ones(flat.shape, np.bool_)
         if not self.uniform:
-            first, width = self.offsets["device"], self.widths["device"]
-            keep[:, first : first + width] = np.arange(width) < lengths[:, None]
+            for name, (_, lengths) in self.texts.items():
+                first, width = self.offsets[name], self.widths[name]
+                keep[:, first : first + width] = np.arange(width) < lengths[codes][:, None]
         for name, missing in nulls:
             first = self.offsets[name]
             keep[:, first : first + self.widths[name]] = ~missing[:, None]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from shared import config
 from shared.cli import main
 
 REC = Path(__file__).resolve().parent / "fixtures" / "owntracks-day.rec"
@@ -31,7 +32,7 @@ def test_a_recorder_day_gives_a_readable_table(capsys: pytest.CaptureFixture[str
 
 
 def test_json_output_is_the_summary(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    code, out, _ = run(
+    code, out, err = run(
         capsys,
         "analyze",
         str(REC),
@@ -45,7 +46,11 @@ def test_json_output_is_the_summary(capsys: pytest.CaptureFixture[str], tmp_path
         str(tmp_path / "map.geojson"),
     )
     assert code == 0
-    summary = json.loads(out)
+    summary = json.loads(out)  # only the JSON on stdout: the notes went to stderr
+    assert err.splitlines() == [
+        f"wrote 11 rows to {tmp_path / 'fixes.csv'}",
+        f"wrote a map of 8 fixes to {tmp_path / 'map.geojson'}",
+    ]
     assert summary["schema_version"] == 1
     assert summary["points"]["read"] == 11
     assert summary["points"]["dropped"]["accuracy"] == 3
@@ -101,11 +106,12 @@ def test_seed_writes_a_locations_export_analyze_can_read(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     target = tmp_path / "locations.csv"
-    code, out, _ = run(
+    code, out, err = run(
         capsys, "seed", "--csv", str(target), "--days", "2", "--devices", "2", "--seed", "3"
     )
     assert code == 0
-    assert "rows" in out
+    assert out == ""
+    assert err.startswith("wrote ") and err.endswith(f" rows to {target}\n")
     code, out, _ = run(
         capsys,
         "analyze",
@@ -186,3 +192,50 @@ def test_input_that_is_not_location_data_exits_2_naming_the_file(
     assert err.startswith(f"otel-worker analyze: {path}")
     assert missing in err
     assert len(err.splitlines()) == 1
+
+
+def test_defaults_for_home_and_time_zone_are_said_on_stderr(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out, err = run(capsys, "analyze", str(REC), "--json")
+    assert code == 0
+    json.loads(out)
+    assert err == (
+        "otel-worker analyze: assumed the default home 40.736097,-74.039373 and time zone "
+        "America/New_York; set --home LAT,LON (or HOME_LATITUDE/HOME_LONGITUDE) and --tz ZONE "
+        "(or HOME_TIMEZONE)\n"
+    )
+    code, _, err = run(capsys, "analyze", str(REC), "--tz", "Europe/Berlin")
+    assert "assumed the default home 40.736097,-74.039373; set --home" in err
+    assert "time zone" not in err
+    monkeypatch.setenv("HOME_LATITUDE", "51.3397")
+    monkeypatch.setenv("HOME_LONGITUDE", "12.3731")
+    config.load.cache_clear()
+    code, _, err = run(capsys, "analyze", str(REC), "--tz", "Europe/Berlin")
+    assert (code, err) == (0, "")
+    code, _, err = run(capsys, "analyze", str(REC), *BERLIN)
+    assert (code, err) == (0, "")
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (
+            ["--max-accuracy-m", "9"],
+            "the accuracy filter dropped 10 of 11 fixes; raise --max-accuracy-m, or 0 keeps",
+        ),
+        (
+            ["--max-speed-kmh", "1"],
+            "the jump filter dropped",
+        ),
+    ],
+)
+def test_a_filter_that_drops_more_than_half_is_named_with_its_option(
+    capsys: pytest.CaptureFixture[str], argv: list[str], said: str
+) -> None:
+    code, out, err = run(capsys, "analyze", str(REC), *BERLIN, *argv)
+    assert code == 0
+    assert f"otel-worker analyze: {said}" in err
+    assert said not in out
+    # The default filters drop 3 of 11 here: nothing to say.
+    assert run(capsys, "analyze", str(REC), *BERLIN)[2] == ""
