@@ -28,6 +28,7 @@ def tracker_id(device_id: str) -> str:
     (a one-character id twice), so written rows carry one as the app's do."""
     return (device_id * 2)[-2:]
 
+
 DTYPES: dict[str, np.dtype[Any]] = {
     "device": np.dtype(np.int32),
     "timestamp": np.dtype(np.int64),
