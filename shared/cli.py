@@ -32,13 +32,21 @@ EXIT_MISCONFIGURED = 2
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    """Validate the chosen settings groups and print them (secrets masked)."""
+    """Validate the chosen settings groups (default: all) and print them, secrets masked.
+    An invalid group is reported on stderr and the others still printed; 2 if any was."""
+    invalid = 0
     for name in args.groups or sorted(config.GROUPS):
-        settings = config.load(config.GROUPS[name])
         sys.stdout.write(f"[{name}]\n")
+        try:
+            settings = config.load(config.GROUPS[name])
+        except config.ConfigError as exc:
+            sys.stdout.flush()  # keep the error beside its group on a terminal
+            sys.stderr.write(f"otel-worker config: [{name}] {exc}\n")
+            invalid += 1
+            continue
         for key, value in settings.model_dump().items():
             sys.stdout.write(f"  {key.upper()} = {value}\n")
-    return 0
+    return 2 if invalid else 0
 
 
 def _schemas(args: argparse.Namespace) -> int:
