@@ -57,7 +57,7 @@ def test_every_option_and_command_has_help_text() -> None:
                 assert all(choice.help for choice in action._choices_actions), name
                 continue
             label = "/".join(action.option_strings) or action.dest
-            assert action.help and action.help != argparse.SUPPRESS, f"{name} {label}"
+            assert action.help not in (None, "", argparse.SUPPRESS), f"{name} {label}"
 
 
 def test_config_without_a_group_prints_every_group(
