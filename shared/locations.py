@@ -238,6 +238,31 @@ def _device_counts(conn: Connection, window: dict[str, Any]) -> list[tuple[str, 
     return sorted((str(device), int(count), int(inner)) for device, count, inner in rows)
 
 
+_HAS_FIXES = "SELECT EXISTS (SELECT FROM public.locations WHERE device_id = %s)"
+# A walk down the (device_id, timestamp) index, one probe per device: the distinct ids
+# without reading every row (SELECT DISTINCT would scan the whole index).
+_DEVICES = """
+WITH RECURSIVE known(device_id) AS (
+    (SELECT device_id FROM public.locations ORDER BY device_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT l.device_id FROM public.locations l
+            WHERE l.device_id > known.device_id ORDER BY l.device_id LIMIT 1)
+    FROM known WHERE known.device_id IS NOT NULL
+)
+SELECT device_id FROM known WHERE device_id IS NOT NULL LIMIT %s
+"""
+
+
+def unknown_device(conn: Connection, device_id: str, cap: int = 20) -> list[str] | None:
+    """None when `device_id` has a fix anywhere in `public.locations`; otherwise the device
+    ids that do, in the database's order, at most `cap` + 1 of them (one more than `cap`
+    says there are more)."""
+    found = conn.execute(_HAS_FIXES, (device_id,)).fetchone()
+    if found and found[0]:
+        return None
+    return [str(row[0]) for row in conn.execute(_DEVICES, (cap + 1,)).fetchall()]
+
+
 def read_points(
     conn: Connection,
     start_utc: dt.datetime,

@@ -248,6 +248,20 @@ def test_seeded_rows_carry_a_tid_as_the_app_sends_it(scratch_database: Database)
     assert tids == [("phone1", "e1", counts[0]), ("phone2", "e2", counts[1])]
 
 
+def test_an_unknown_device_is_told_apart_from_a_quiet_one(scratch_database: Database) -> None:
+    points = _random_points(300)  # devices "a", "a-much-longer-device-name", "δ"
+    with scratch_database.connect() as conn:
+        locations.write_points(conn, Points.empty())
+        assert locations.unknown_device(conn, "a") == []  # nothing at all
+        locations.write_points(conn, points, force=True)
+        assert locations.unknown_device(conn, "a") is None
+        # The database's collation orders them; the cap keeps one more to say "there are more".
+        known = locations.unknown_device(conn, "b")
+        assert known is not None
+        assert sorted(known) == ["a", "a-much-longer-device-name", "δ"]
+        assert len(locations.unknown_device(conn, "b", cap=1) or []) == 2
+
+
 def test_seeding_an_empty_points_object_creates_the_table(scratch_database: Database) -> None:
     with scratch_database.connect() as conn:
         assert locations.write_points(conn, Points.empty()) == 0
