@@ -119,7 +119,8 @@ def connect(settings: DatabaseSettings, *, retry_seconds: float | None = None) -
 
     Attempts start for up to `retry_seconds` (default `DB_STARTUP_RETRY_SECONDS`; 0 means
     a single attempt), each bounded by `DB_CONNECT_TIMEOUT_SECONDS`. Raises
-    `DatabaseUnavailable` naming the server (without credentials) and the last error.
+    `DatabaseUnavailable` naming the server (without credentials) and the last error, or
+    at once `DatabaseMisconfigured` when the server refuses in a way no retry can change.
     """
     conninfo = settings.conninfo()
     window = settings.db_startup_retry_seconds if retry_seconds is None else retry_seconds
