@@ -15,7 +15,9 @@ PYTEST_ARGS ?=
 
 .PHONY: help
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' \
+	  '{name[NR] = $$1; text[NR] = $$2; if (length($$1) > width) width = length($$1)} \
+	   END {for (k = 1; k <= NR; k++) printf "  %-*s  %s\n", width, name[k], text[k]}'
 
 $(VENV)/.installed: pyproject.toml uv.lock
 	@test -x $(UV) || { python3 -m venv $(VENV) && $(VENV)/bin/pip install --quiet "uv==$(UV_VERSION)"; }
@@ -99,5 +101,5 @@ arm64-check: install  ## prove every runtime dependency has an arm64 wheel (the 
 	@echo "all $$(ls .venv/arm64-wheels | wc -l) runtime wheels exist for arm64"
 
 .PHONY: clean
-clean:  ## remove the virtualenv and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov
+clean:  ## remove the virtualenv, caches and test artifacts
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov artifacts

@@ -10,6 +10,8 @@ import argparse
 import datetime as dt
 import importlib.util
 import math
+import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +28,8 @@ DatabaseHandler = Callable[[argparse.Namespace, "Connection", config.DatabaseSet
 
 EXIT_UNAVAILABLE = 3
 """Exit status when the database stayed unreachable through the start-up retry."""
+EXIT_MISCONFIGURED = 2
+"""Exit status when the database refused for good (unknown database or role, bad password)."""
 
 EXIT_NOT_INSTALLED = 4
 """Exit status of a development command where the development tooling is not installed."""
@@ -49,13 +53,21 @@ def _development(handler: Handler) -> Handler:
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    """Validate the chosen settings groups and print them (secrets masked)."""
+    """Validate the chosen settings groups (default: all) and print them, secrets masked.
+    An invalid group is reported on stderr and the others still printed; 2 if any was."""
+    invalid = 0
     for name in args.groups or sorted(config.GROUPS):
-        settings = config.load(config.GROUPS[name])
         sys.stdout.write(f"[{name}]\n")
+        try:
+            settings = config.load(config.GROUPS[name])
+        except config.ConfigError as exc:
+            sys.stdout.flush()  # keep the error beside its group on a terminal
+            sys.stderr.write(f"otel-worker config: [{name}] {exc}\n")
+            invalid += 1
+            continue
         for key, value in settings.model_dump().items():
             sys.stdout.write(f"  {key.upper()} = {value}\n")
-    return 0
+    return 2 if invalid else 0
 
 
 def _schemas(args: argparse.Namespace) -> int:
@@ -67,17 +79,23 @@ def _schemas(args: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from shared.db import DatabaseUnavailable
+    from shared import db
     from shared.dev.runner import StartFailed, run_dev
     from shared.logs import setup_logging
 
     setup_logging(config.load(config.TelemetrySettings).log_level)
     try:
+        # Before anything starts: a database that is missing or refuses is one clear line,
+        # not a broker and four functions started only to be stopped again.
+        db.connect(config.load(config.DatabaseSettings)).close()
         return run_dev(sys.stdout, args.sweep_interval, args.local_s3)
     except KeyboardInterrupt:
         sys.stderr.write("otel-worker dev: interrupted while starting; stopped what had started\n")
         return 130
-    except (DatabaseUnavailable, StartFailed) as exc:
+    except db.DatabaseUnavailable as exc:
+        sys.stderr.write(f"otel-worker dev: {exc}\n")
+        return database_exit_status(exc)
+    except StartFailed as exc:
         sys.stderr.write(f"otel-worker dev: {exc}\n")
         return EXIT_UNAVAILABLE
 
@@ -94,6 +112,13 @@ def _demo(args: argparse.Namespace) -> int:
         return 1
 
 
+def database_exit_status(exc: Exception) -> int:
+    """2 when the database refused for good (a setting to fix), 3 when it did not answer."""
+    from shared.db import DatabaseMisconfigured
+
+    return EXIT_MISCONFIGURED if isinstance(exc, DatabaseMisconfigured) else EXIT_UNAVAILABLE
+
+
 def _with_database(run: DatabaseHandler) -> Handler:
     """A handler that gives `run` one connection (after the start-up retry) and its settings."""
 
@@ -106,7 +131,7 @@ def _with_database(run: DatabaseHandler) -> Handler:
                 return run(args, conn, settings)
         except db.DatabaseUnavailable as exc:
             sys.stderr.write(f"otel-worker: {exc}\n")
-            return EXIT_UNAVAILABLE
+            return database_exit_status(exc)
 
     return handler
 
@@ -202,10 +227,22 @@ def _home(text: str) -> tuple[float, float]:
 
 
 def _day(text: str) -> dt.date:
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}")
     try:
         return dt.date.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a calendar date") from None
+
+
+def _group(text: str) -> str:
+    """A settings group of `otel-worker config` (checked here: argparse's `choices` refuses
+    the empty list `nargs="*"` gives when no group is named)."""
+    if text not in config.GROUPS:
+        raise argparse.ArgumentTypeError(
+            f"unknown group {text!r} (choose from {', '.join(sorted(config.GROUPS))})"
+        )
+    return text
 
 
 def _positive_seconds(text: str) -> float:
@@ -268,7 +305,9 @@ def add_seed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--devices", type=int, default=1, help="devices (default 1)")
     parser.add_argument("--start", type=_day, help="first local day (default 2024-03-08)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--interval-s", type=int, default=30, help="seconds between fixes")
+    parser.add_argument(
+        "--interval-s", type=_positive_seconds, default=30.0, help="seconds between fixes (30)"
+    )
 
 
 def _analyze(args: argparse.Namespace) -> int:
@@ -278,9 +317,14 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _seed(args: argparse.Namespace) -> int:
+    from shared import db
     from shared.dev import seed
 
-    return seed.run_seed(args)
+    try:
+        return seed.run_seed(args)
+    except db.DatabaseUnavailable as exc:
+        sys.stderr.write(f"otel-worker: {exc}\n")
+        return database_exit_status(exc)
 
 
 def _client(args: argparse.Namespace) -> int:
@@ -352,7 +396,11 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     status.set_defaults(handler=_client)
 
     jobs = commands.add_parser("jobs", parents=[ingress], help="list jobs, newest first")
-    jobs.add_argument("--status", choices=["queued", "processing", "completed", "failed"])
+    jobs.add_argument(
+        "--status",
+        choices=["queued", "processing", "completed", "failed"],
+        help="only jobs in this state",
+    )
     jobs.add_argument("--date", type=_day, help="jobs whose days include this one")
     jobs.add_argument("--device", help="jobs of this device")
     jobs.add_argument("--limit", type=_count, default=20, help="page size (default 20, max 500)")
@@ -365,20 +413,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="otel-worker", description="Distance-from-home metrics from OwnTracks history."
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {_version()}", help="print the version"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     check = commands.add_parser("config", help="validate settings from the environment and .env")
     check.add_argument(
-        "groups", nargs="*", choices=sorted(config.GROUPS), metavar="GROUP", help="groups to check"
+        "groups",
+        nargs="*",
+        type=_group,
+        metavar="GROUP",
+        help=f"groups to check (default: all of {', '.join(sorted(config.GROUPS))})",
     )
     check.set_defaults(handler=_config_check)
 
     schemas = commands.add_parser("schemas", help="export the JSON Schemas of the event data")
-    schemas.add_argument("--out", type=Path, default=Path("docs/events"), help="folder")
+    schemas.add_argument(
+        "--out", type=Path, default=Path("docs/events"), help="folder to write to (docs/events)"
+    )
     schemas.set_defaults(handler=_schemas)
 
     dev = commands.add_parser(
-        "dev", help="(development) the broker and every function locally, one log; Ctrl-C stops all"
+        "dev",
+        help="(development) the broker and every function locally, one log; Ctrl-C stops all",
+        description="Run the broker, the four functions and the gRPC ingress on this machine. "
+        "Needs a PostgreSQL server: DATABASE_URL (or the POSTGRES_* settings; default "
+        "postgresql://postgres@127.0.0.1:5432/owntracks), checked before anything starts. "
+        "The object store comes from the MINIO_* settings, or from --local-s3.",
     )
     dev.add_argument(
         "--sweep-interval", type=float, default=30.0, help="seconds between sweeps (30)"
@@ -440,15 +502,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("otel-worker")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one subcommand; configuration errors exit 2 with the variable's name."""
-    args = build_parser().parse_args(argv)
+    """Run one subcommand; configuration errors exit 2 with the variable's name. Without a
+    subcommand, print the help."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
     handler: Handler = args.handler
     try:
         return handler(args)
     except config.ConfigError as exc:
         sys.stderr.write(f"otel-worker: {exc}\n")
         return 2
+    except BrokenPipeError:
+        # The reader (`| head`) left: stop quietly. Point stdout at /dev/null so the
+        # interpreter's final flush does not fail again with a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # what a shell reports for a command ended by SIGPIPE
 
 
 if __name__ == "__main__":

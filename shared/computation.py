@@ -152,7 +152,7 @@ class Computation:
         CSV_OUTPUT_PATH written but not yet visible (None without that setting)."""
         from shared.engine import EngineParams, analyze, day_window, read_range
         from shared.export import write_csv
-        from shared.locations import PointLimit, TooManyPoints, read_points
+        from shared.locations import PointLimit, TooManyPoints, read_points, unknown_device
         from shared.report import series_json
 
         try:
@@ -164,12 +164,19 @@ class Computation:
         metrics = telemetry.instruments()
         with telemetry.span("read points", attributes={"job.id": str(job.id)}):
             read_started = time.monotonic()
+            note: str | None = None
             limit = PointLimit(
                 _utc(window.start_us), _utc(window.end_us), self.storage.max_csv_rows
             )
             try:
                 with self.connection() as conn:
                     points = read_points(conn, _utc(start), _utc(end), job.device_id, limit)
+                    if job.device_id is not None and not len(points):
+                        # A typo in the device id reads the same as a quiet day: say which
+                        # it is. Only the rare empty read pays for this check.
+                        known = unknown_device(conn, job.device_id, KNOWN_DEVICES_SHOWN)
+                        if known is not None:
+                            note = unknown_device_note(job.device_id, known)
             except TooManyPoints as exc:
                 raise JobFailure(
                     f"{exc.count} points in the window exceed MAX_CSV_ROWS "
@@ -179,6 +186,8 @@ class Computation:
         with telemetry.span("analyze", attributes={"fixes": len(points)}):
             analysis = analyze(points, window, params)
         summary = analysis.summary
+        if note is not None:
+            summary = summary.model_copy(update={"notes": [*summary.notes, note]})
         metrics.points.add(summary.points.read)
         for rule, count in summary.points.dropped.model_dump().items():
             if count:
@@ -208,6 +217,24 @@ class Computation:
             }
             folder = self.storage.csv_output_path
             return facts, None if folder is None else stage_compat_copy(folder, keys.csv_name, csv)
+
+
+KNOWN_DEVICES_SHOWN = 20
+"""At most this many known device ids in the note about an unknown device."""
+
+
+def unknown_device_note(device_id: str, known: list[str]) -> str:
+    """The result's note for a device with no fix at all in public.locations (not merely
+    none in the window), naming the devices that have fixes (`known`, one past the cap
+    meaning there are more)."""
+    if not known:
+        return f"device {device_id!r} has no fixes at all: public.locations is empty"
+    shown = ", ".join(known[:KNOWN_DEVICES_SHOWN])
+    more = ", …" if len(known) > KNOWN_DEVICES_SHOWN else ""
+    return (
+        f"device {device_id!r} has no fixes at all in public.locations; "
+        f"devices with fixes: {shown}{more}"
+    )
 
 
 def _publish(copy: StagedCopy) -> None:

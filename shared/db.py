@@ -8,7 +8,9 @@ transaction-scoped.
 
 Connecting retries with exponential backoff for a start-up window (the database may come
 up after the pod) and then raises `DatabaseUnavailable`, which request handlers turn into a
-retryable status (503, gRPC UNAVAILABLE, 5xx toward the broker).
+retryable status (503, gRPC UNAVAILABLE, 5xx toward the broker). Refusals no retry can
+change (an unknown database or role, a wrong password) end at once with
+`DatabaseMisconfigured`, whose message says what to fix.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -43,6 +46,47 @@ class DatabaseUnavailable(DependencyUnavailable):
     """
 
 
+class DatabaseMisconfigured(DatabaseUnavailable):
+    """The server answered and refused for good: an unknown database or role, a wrong
+    password, no `pg_hba.conf` entry. Retrying cannot help; the message carries a hint."""
+
+
+# Server refusals at connect time that stay refusals however often one asks (libpq gives
+# no SQLSTATE for them, only the server's message; PgBouncer words some its own way).
+_DATABASE_MISSING = re.compile(r'database "(?P<name>[^"]*)" does not exist|no such database')
+_ROLE_MISSING = re.compile(r'role "(?P<name>[^"]*)" does not exist')
+_BAD_PASSWORD = re.compile(r"password authentication failed|no password supplied")
+_NOT_ALLOWED = re.compile(r"no pg_hba\.conf entry|SSL was required|does not support SSL")
+
+
+def _permanent_hint(message: str, settings: DatabaseSettings) -> str | None:
+    """What to do about a refusal no retry can change, or None for a transient failure
+    (refused or timed-out connections, a server starting up or shutting down)."""
+    params = conninfo_to_dict(settings.conninfo())
+    via = "DATABASE_URL" if settings.database_url else None
+    host, port = params.get("host", "localhost"), params.get("port", 5432)
+    user = params.get("user", "postgres")
+    if found := _DATABASE_MISSING.search(message):
+        name = found.group("name") or params.get("dbname", "")
+        return (
+            f"create it with `createdb -h {host} -p {port} -U {user} {name}`, "
+            f"or set {via or 'POSTGRES_DB'} to a database that exists"
+        )
+    if found := _ROLE_MISSING.search(message):
+        return (
+            f"create the role with `createuser -h {host} -p {port} -U postgres "
+            f"{found.group('name')}`, or set {via or 'POSTGRES_USER'} to a role that exists"
+        )
+    if _BAD_PASSWORD.search(message):
+        return f"check the password in {via or 'POSTGRES_PASSWORD'}"
+    if _NOT_ALLOWED.search(message):
+        return (
+            f"the server does not accept this connection; check {via or 'the POSTGRES_* settings'}"
+            " and the server's pg_hba.conf / SSL settings"
+        )
+    return None
+
+
 def _where(conninfo: str) -> str:
     """host:port/dbname of a connection string, never its password."""
     params = conninfo_to_dict(conninfo)
@@ -53,6 +97,12 @@ def _where(conninfo: str) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _server_says(exc: BaseException) -> str:
+    """The server's own words in a connection error, without libpq's preamble."""
+    line = _first_line(exc)
+    return line.rsplit("FATAL:", 1)[-1].strip() if "FATAL:" in line else line
 
 
 def connection_options(settings: DatabaseSettings) -> dict[str, Any]:
@@ -70,7 +120,8 @@ def connect(settings: DatabaseSettings, *, retry_seconds: float | None = None) -
 
     Attempts start for up to `retry_seconds` (default `DB_STARTUP_RETRY_SECONDS`; 0 means
     a single attempt), each bounded by `DB_CONNECT_TIMEOUT_SECONDS`. Raises
-    `DatabaseUnavailable` naming the server (without credentials) and the last error.
+    `DatabaseUnavailable` naming the server (without credentials) and the last error, or
+    at once `DatabaseMisconfigured` when the server refuses in a way no retry can change.
     """
     conninfo = settings.conninfo()
     window = settings.db_startup_retry_seconds if retry_seconds is None else retry_seconds
@@ -87,16 +138,27 @@ def connect(settings: DatabaseSettings, *, retry_seconds: float | None = None) -
             pause,
         )
 
+    def transient(exc: BaseException) -> bool:
+        return isinstance(exc, psycopg.OperationalError) and (
+            _permanent_hint(str(exc), settings) is None
+        )
+
     retrying = tenacity.Retrying(
         stop=tenacity.stop_before_delay(window),
         wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.1),
-        retry=tenacity.retry_if_exception_type(psycopg.OperationalError),
+        retry=tenacity.retry_if_exception(transient),
         before_sleep=warn,
         reraise=True,
     )
     try:
         return retrying(psycopg.connect, conninfo, **options)
     except psycopg.OperationalError as exc:
+        hint = _permanent_hint(str(exc), settings)
+        if hint is not None:
+            raise DatabaseMisconfigured(
+                f"PostgreSQL at {_where(conninfo)} refused the connection: "
+                f"{_server_says(exc)}; {hint}"
+            ) from exc
         attempts = retrying.statistics.get("attempt_number", 1)
         raise DatabaseUnavailable(
             f"cannot connect to PostgreSQL at {_where(conninfo)} "

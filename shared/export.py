@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.engine import DROP_RULES, Analysis, destination, zone
-from shared.engine.points import MISSING, MISSING_TIME, US_PER_S, Points
+from shared.engine.points import MISSING, MISSING_TIME, US_PER_S, Points, tracker_id
 
 CSV_COLUMNS: tuple[str, ...] = (
     "timestamp",
@@ -274,14 +274,14 @@ LOCATIONS_COLUMNS: tuple[str, ...] = (
 def write_locations_csv(points: Points, out: BinaryIO | Path) -> int:
     """Write fixes as a CSV export of `public.locations` (times in UTC); returns the rows.
 
-    Columns the fixes do not carry are derived: `tid` from the device id, `battery_status`
-    (3 full at 100 %, else 1 unplugged), `connection_type` (w at rest, m moving) and
-    `trigger` (p at rest, t moving).
+    Columns the fixes do not carry are derived: `tid` from the device id (`tracker_id`),
+    `battery_status` (3 full at 100 %, else 1 unplugged), `connection_type` (w at rest,
+    m moving) and `trigger` (p at rest, t moving).
     """
     if isinstance(out, Path):
         with out.open("wb") as stream:
             return write_locations_csv(points, stream)
-    tids = [device_id[:1] + device_id[-1:] for device_id in points.device_ids]
+    tids = [tracker_id(device_id) for device_id in points.device_ids]
     has_created = points.created_at != MISSING_TIME
     micro = bool(
         (points.timestamp % US_PER_S).any() or (points.created_at[has_created] % US_PER_S).any()

@@ -42,7 +42,7 @@ import psycopg
 from psycopg import pq, sql
 
 from shared.db import Connection
-from shared.engine.points import DTYPES, MISSING, MISSING_TIME, US_PER_S, Points
+from shared.engine.points import DTYPES, MISSING, MISSING_TIME, US_PER_S, Points, tracker_id
 from shared.errors import OtelWorkerError
 
 INDEX_NAME: Final = "locations_device_id_timestamp_idx"
@@ -237,6 +237,31 @@ def _device_counts(conn: Connection, window: dict[str, Any]) -> list[tuple[str, 
     rows = conn.execute(query, window).fetchall()
     # Python's code-point order, whatever the database collation: stable device codes.
     return sorted((str(device), int(count), int(inner)) for device, count, inner in rows)
+
+
+_HAS_FIXES = "SELECT EXISTS (SELECT FROM public.locations WHERE device_id = %s)"
+# A walk down the (device_id, timestamp) index, one probe per device: the distinct ids
+# without reading every row (SELECT DISTINCT would scan the whole index).
+_DEVICES = """
+WITH RECURSIVE known(device_id) AS (
+    (SELECT device_id FROM public.locations ORDER BY device_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT l.device_id FROM public.locations l
+            WHERE l.device_id > known.device_id ORDER BY l.device_id LIMIT 1)
+    FROM known WHERE known.device_id IS NOT NULL
+)
+SELECT device_id FROM known WHERE device_id IS NOT NULL LIMIT %s
+"""
+
+
+def unknown_device(conn: Connection, device_id: str, cap: int = 20) -> list[str] | None:
+    """None when `device_id` has a fix anywhere in `public.locations`; otherwise the device
+    ids that do, in the database's order, at most `cap` + 1 of them (one more than `cap`
+    says there are more)."""
+    found = conn.execute(_HAS_FIXES, (device_id,)).fetchone()
+    if found and found[0]:
+        return None
+    return [str(row[0]) for row in conn.execute(_DEVICES, (cap + 1,)).fetchall()]
 
 
 def read_points(
@@ -440,8 +465,10 @@ def write_points(
     Creates the table with the production schema when it is absent (and then, after the
     load, the `(device_id, timestamp)` index). A table that already holds rows is left
     alone with `ExistingRowsError` unless `force`, which replaces them all. Everything
-    happens in one transaction: a failed load leaves the table as it was. Columns `Points`
-    does not carry (tid, altitude, ...) stay NULL; -1 and `MISSING_TIME` are written as NULL.
+    happens in one transaction: a failed load leaves the table as it was. `tid` is derived
+    from the device id as OwnTracks does (`tracker_id`; readers such as the original service
+    fail on a NULL one); other columns `Points` does not carry (altitude, ...) stay NULL;
+    -1 and `MISSING_TIME` are written as NULL.
     """
     with conn.transaction():
         exists = conn.execute("SELECT to_regclass('public.locations') IS NOT NULL").fetchone()
@@ -454,7 +481,7 @@ def write_points(
         # first reads neither set hint bits nor wait for a vacuum to allow index-only scans.
         conn.execute("TRUNCATE public.locations RESTART IDENTITY")
         columns = sql.SQL(", ").join(
-            sql.Identifier(name) for name in ("device_id", *(c[0] for c in _WRITE_COLUMNS))
+            sql.Identifier(name) for name in ("device_id", "tid", *(c[0] for c in _WRITE_COLUMNS))
         )
         statement = sql.SQL("COPY public.locations ({}) FROM STDIN (FORMAT BINARY, FREEZE)").format(
             columns
@@ -477,20 +504,20 @@ def write_points(
 class _RowEncoder:
     """Binary COPY rows for a slice of `Points`, built with numpy.
 
-    Every row is first laid out at its widest (all values present, the longest device id),
-    then the bytes of NULL values and of device-id padding are masked out, which keeps the
-    rows in order while their widths vary.
+    Every row is first laid out at its widest (all values present, the longest device id
+    and tid), then the bytes of NULL values and of text padding are masked out, which keeps
+    the rows in order while their widths vary.
     """
 
     def __init__(self, device_ids: tuple[str, ...]) -> None:
-        encoded = [device.encode() for device in device_ids]
-        width = max((len(device) for device in encoded), default=0) or 1
-        self.device_bytes = np.zeros((max(len(encoded), 1), width), np.uint8)
-        for code, device in enumerate(encoded):
-            self.device_bytes[code, : len(device)] = np.frombuffer(device, np.uint8)
-        self.device_lengths = np.array([len(device) for device in encoded] or [0], np.int32)
-        self.uniform = len(set(self.device_lengths.tolist())) == 1
-        fields = [("fields", ">i2"), ("device_len", ">i4"), ("device", np.uint8, (width,))]
+        self.texts = {
+            "device": self._per_device([device.encode() for device in device_ids]),
+            "tid": self._per_device([tracker_id(device).encode() for device in device_ids]),
+        }
+        self.uniform = all(len(set(lengths.tolist())) == 1 for _, lengths in self.texts.values())
+        fields: list[tuple[Any, ...]] = [("fields", ">i2")]
+        for name, (table, _) in self.texts.items():
+            fields += [(f"{name}_len", ">i4"), (name, np.uint8, (table.shape[1],))]
         for name, _, wire, _ in _WRITE_COLUMNS:
             fields += [(f"{name}_len", ">i4"), (name, wire)]
         self.row = np.dtype(fields)
@@ -499,14 +526,25 @@ class _RowEncoder:
         self.offsets = {name: int(place[1]) for name, place in layout.items()}
         self.widths = {name: int(place[0].itemsize) for name, place in layout.items()}
 
+    @staticmethod
+    def _per_device(
+        encoded: list[bytes],
+    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int32]]:
+        """The texts of each device code as a zero-padded byte table, and their lengths."""
+        width = max((len(text) for text in encoded), default=0) or 1
+        table = np.zeros((max(len(encoded), 1), width), np.uint8)
+        for code, text in enumerate(encoded):
+            table[code, : len(text)] = np.frombuffer(text, np.uint8)
+        return table, np.array([len(text) for text in encoded] or [0], np.int32)
+
     def encode(self, points: Points, start: int, end: int) -> npt.NDArray[np.uint8]:
         """The rows `start:end` of `points`, as the bytes of binary COPY rows."""
         rows = np.empty(end - start, self.row)
-        rows["fields"] = 1 + len(_WRITE_COLUMNS)
+        rows["fields"] = len(self.texts) + len(_WRITE_COLUMNS)
         codes = points.device[start:end]
-        lengths = self.device_lengths[codes]
-        rows["device_len"] = lengths
-        rows["device"] = self.device_bytes[codes]
+        for name, (table, lengths) in self.texts.items():
+            rows[f"{name}_len"] = lengths[codes]
+            rows[name] = table[codes]
         nulls: list[tuple[str, npt.NDArray[np.bool_]]] = []
         for name, column, wire, nullable in _WRITE_COLUMNS:
             values = getattr(points, column)[start:end]
@@ -527,8 +565,9 @@ class _RowEncoder:
             return flat.reshape(-1)
         keep = np.ones(flat.shape, np.bool_)
         if not self.uniform:
-            first, width = self.offsets["device"], self.widths["device"]
-            keep[:, first : first + width] = np.arange(width) < lengths[:, None]
+            for name, (_, lengths) in self.texts.items():
+                first, width = self.offsets[name], self.widths[name]
+                keep[:, first : first + width] = np.arange(width) < lengths[codes][:, None]
         for name, missing in nulls:
             first = self.offsets[name]
             keep[:, first : first + self.widths[name]] = ~missing[:, None]

@@ -53,19 +53,40 @@ class Options:
     """Use the embedded PostgreSQL even if a server answers."""
 
 
-def _answers(conninfo: str) -> bool:
+def _refusal(conninfo: str) -> str | None:
+    """Why the server at `conninfo` cannot be used (libpq's first line), or None if it answers."""
     try:
         with psycopg.connect(conninfo, connect_timeout=2):
-            return True
-    except psycopg.OperationalError:
-        return False
+            return None
+    except psycopg.OperationalError as exc:
+        text = str(exc).strip()
+        return text.splitlines()[0] if text else type(exc).__name__
+
+
+def running_server(options: Options, say: TextIO) -> str | None:
+    """The URL of the server to use (DATABASE_URL, else 127.0.0.1:5432) when it answers and
+    the embedded one was not asked for; otherwise None, having said why."""
+    given = os.environ.get("DATABASE_URL")
+    server = given or "postgresql://postgres@127.0.0.1:5432/postgres"
+    if options.embedded:
+        return None
+    refusal = _refusal(server)
+    if refusal is None:
+        return server
+    # Said before the fallback: a user who set DATABASE_URL expects that server.
+    source = "DATABASE_URL" if given else "the default server"
+    say.write(
+        f"PostgreSQL: {source} at {_where(server)} does not answer ({refusal}); "
+        "falling back to an embedded server\n"
+    )
+    return None
 
 
 @contextlib.contextmanager
 def database(options: Options, say: TextIO) -> Iterator[str]:
     """The demo database's URL on the local server, or on an embedded one started here."""
-    server = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
-    if not options.embedded and _answers(server):
+    server = running_server(options, say)
+    if server is not None:
         say.write(f"PostgreSQL: the server at {_where(server)}, database {DATABASE}\n")
         yield _ensure_database(server)
         return

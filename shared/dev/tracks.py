@@ -42,7 +42,8 @@ class TrackSpec(BaseModel):
     home_latitude: Annotated[float, Field(ge=-80, le=80)] = 40.736097
     home_longitude: Annotated[float, Field(ge=-180, le=180)] = -74.039373
     timezone: str = "America/New_York"
-    interval_s: Annotated[int, Field(ge=1, le=3600)] = 30
+    interval_s: Annotated[float, Field(ge=0.1, le=3600)] = 30
+    """Seconds between fixes; fractions too (a phone set to report several times a second)."""
     rest_noise_m: Annotated[float, Field(ge=0)] = 15.0
     """Standard deviation of each coordinate's noise at rest (indoors, wifi)."""
     move_noise_m: Annotated[float, Field(ge=0)] = 5.0
@@ -226,7 +227,7 @@ def generate(spec: TrackSpec) -> Track:
     end_day = spec.start + dt.timedelta(days=spec.days)
     start_us = int(dt.datetime.combine(spec.start, dt.time(), tz).timestamp()) * US_PER_S
     end_us = int(dt.datetime.combine(end_day, dt.time(), tz).timestamp()) * US_PER_S
-    interval_us = spec.interval_s * US_PER_S
+    interval_us = round(spec.interval_s * US_PER_S)
     device_ids = [f"phone{k + 1}" for k in range(spec.devices)]
     columns: dict[str, list[npt.NDArray[np.generic]]] = {}
     path_km: dict[str, float] = {}
@@ -240,7 +241,8 @@ def generate(spec: TrackSpec) -> Track:
             planner.plan_day(day, flight=k == flight_day)
         path_km[device_id] = planner.path_km
         trips.extend(planner.trips)
-        phase = int(rng.integers(0, spec.interval_s)) * US_PER_S
+        # Whole seconds, drawn as before fractions were allowed, so seeds keep their tracks.
+        phase = int(rng.integers(0, max(int(spec.interval_s), 1))) * US_PER_S
         truth = _sample(planner.legs, start_us, end_us, interval_us, phase)
         for name, value in _observe(spec, rng, truth, code).items():
             columns.setdefault(name, []).append(value)

@@ -22,6 +22,13 @@ MISSING_TIME = np.iinfo(np.int64).min
 
 US_PER_S = 1_000_000
 
+
+def tracker_id(device_id: str) -> str:
+    """The `tid` OwnTracks gives a device by default: the last two characters of its id
+    (a one-character id twice), so written rows carry one as the app's do."""
+    return (device_id * 2)[-2:]
+
+
 DTYPES: dict[str, np.dtype[Any]] = {
     "device": np.dtype(np.int32),
     "timestamp": np.dtype(np.int64),

@@ -124,16 +124,60 @@ def _analyze(args: argparse.Namespace) -> int:
                 f"(devices: {', '.join(points.device_ids) or 'none'})"
             )
         points = points.take(points.device == points.device_ids.index(args.device))
+    say = sys.stderr.write  # notes go to stderr, so --json output stays clean for pipes
+    assumed = _assumptions(args, settings)
+    if assumed:
+        say(f"otel-worker analyze: {assumed}\n")
     analysis = analyze(points, _window(args, points, timezone), params)
+    for warning in _heavy_filters(analysis.summary):
+        say(f"otel-worker analyze: {warning}\n")
     if args.csv:
         export.write_csv(analysis, args.csv)
+        say(f"wrote {len(analysis.points)} rows to {args.csv}\n")
     if args.geojson:
         export.write_geojson(analysis, args.geojson)
+        used = analysis.summary.points.used
+        say(f"wrote a map of {used} fix{'es' * (used != 1)} to {args.geojson}\n")
     if args.json:
         sys.stdout.write(analysis.summary.model_dump_json(indent=2) + "\n")
     else:
         write_table(analysis.summary, sys.stdout)
     return 0
+
+
+def _assumptions(args: argparse.Namespace, settings: config.AnalysisSettings) -> str | None:
+    """One line naming the home and time zone taken from built-in defaults (neither an
+    option nor the environment gave them), and how to set them; None when none were."""
+    given = settings.model_fields_set
+    parts, options = [], []
+    if args.home is None and not {"home_latitude", "home_longitude"} & given:
+        parts.append(f"home {settings.home_latitude},{settings.home_longitude}")
+        options.append("--home LAT,LON (or HOME_LATITUDE/HOME_LONGITUDE)")
+    if args.tz is None and "home_timezone" not in given:
+        parts.append(f"time zone {settings.home_timezone}")
+        options.append("--tz ZONE (or HOME_TIMEZONE)")
+    if not parts:
+        return None
+    return f"assumed the default {' and '.join(parts)}; set {' and '.join(options)}"
+
+
+_RELAXED_BY = {
+    "invalid": "no option keeps them (their coordinates are not numbers)",
+    "accuracy": "raise --max-accuracy-m, or 0 keeps every fix",
+    "duplicate": "--keep-duplicates keeps them",
+    "jump": "raise --max-speed-kmh, or 0 turns the filter off",
+    "jitter": "lower --jitter-m, or 0 turns the filter off",
+}
+
+
+def _heavy_filters(s: Summary) -> list[str]:
+    """A line for each filter that dropped more than half of the fixes read."""
+    read = s.points.read
+    return [
+        f"the {rule} filter dropped {count} of {read} fixes; {_RELAXED_BY[rule]}"
+        for rule, count in s.points.dropped.model_dump().items()
+        if count * 2 > read
+    ]
 
 
 def _duration(seconds: float) -> str:

@@ -117,6 +117,7 @@ def show_result(reply: pb.GetJobStatusResponse, out: TextIO) -> None:
         write_table(summary, out)
     else:
         out.write(f"path {result.total_distance_km:.3f} km, {result.total_locations} fixes\n")
+        out.write("".join(f"Note          {note}\n" for note in result.notes))
     out.write(f"CSV           {result.csv_url or result.csv_path}\n")
     if result.csv_url:
         out.write(f"              (link valid until {_when(result.csv_url_expires_at)})\n")
@@ -182,6 +183,7 @@ def status(settings: ClientSettings, job_id: str, as_json: bool, out: TextIO = s
             f"max {result.max_distance_km:.3f} km from home\n"
             f"CSV       {result.csv_url or result.csv_path}\n"
         )
+        out.write("".join(f"note      {note}\n" for note in result.notes))
     return 0
 
 

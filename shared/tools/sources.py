@@ -11,6 +11,10 @@ Three formats:
 - OwnTracks Recorder `.rec` files: `ISO-time<TAB>marker<TAB>JSON` per line, the JSON as
   above and the recorder's time as `created_at`.
 
+A file that holds no location fix at all (an empty file, a CSV with only its header, JSON
+or a `.rec` file without a `_type: location` object) is not location data: `SourceError`
+names the file and what is missing, rather than an empty day being analysed.
+
 Columns are converted by numpy in bulk; only when that fails is the file walked again to
 find the first bad line, so a malformed file raises `SourceError` naming the line and the
 problem while good files never pay for the walk.
@@ -52,6 +56,10 @@ def read_file(path: Path) -> Points:
         raise SourceError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise SourceError(f"{path}: {exc.strerror or exc}") from None
+    if not text.strip():
+        raise SourceError(
+            f"{path}: empty file; expected a locations CSV, OwnTracks JSON or a Recorder .rec file"
+        )
     head = text.lstrip()[:1]
     if path.suffix == ".rec" or re.match(r"^\d{4}-\d{2}-\d{2}T[^\t\n]*\t", text):
         return read_recorder(text, path)
@@ -167,8 +175,6 @@ def _build(
     devices: Sequence[str],
     columns: dict[str, Any],
 ) -> Points:
-    if not len(devices):
-        return Points.empty()
     names, codes = np.unique(np.array(devices, dtype=np.str_), return_inverse=True)
     if any("\0" in name for name in names.tolist()):
         k = _first_bad(devices, lambda d: "\0" not in d)
@@ -182,9 +188,15 @@ def read_locations_csv(text: str, path: Path) -> Points:
     if not rows:
         raise _fail(path, 1, "empty file: expected a header row")
     header = [name.strip() for name in rows[0]]
-    for name in _REQUIRED_CSV:
-        if name not in header:
-            raise _fail(path, 1, f"missing column {name!r} in the header")
+    missing = [repr(name) for name in _REQUIRED_CSV if name not in header]
+    if missing:
+        noun = "column" if len(missing) == 1 else "columns"
+        raise _fail(
+            path,
+            1,
+            f"missing {noun} {', '.join(missing)} in the header "
+            f"(a locations CSV needs {', '.join(_REQUIRED_CSV)})",
+        )
     # Physical line of each row, which quoted newlines can push below its index.
     reader = csv.reader(io.StringIO(text))
     next(reader)
@@ -198,9 +210,9 @@ def read_locations_csv(text: str, path: Path) -> Points:
     if (lengths != len(header)).any():
         k = int(np.flatnonzero(lengths != len(header))[0])
         raise _fail(path, lines[k], f"{lengths[k]} fields, expected {len(header)} as in the header")
-    columns = dict(zip(header, zip(*body, strict=True), strict=True)) if body else {}
     if not body:
-        return Points.empty()
+        raise SourceError(f"{path}: no location fixes: the header has no rows below it")
+    columns = dict(zip(header, zip(*body, strict=True), strict=True))
 
     def column(name: str) -> Sequence[str]:
         return columns.get(name) or ("",) * len(body)
@@ -241,6 +253,8 @@ def _locations(
         if not isinstance(item, dict):
             raise _fail(path, lines[k], f"expected a JSON object, got {type(item).__name__}")
     keep = [k for k, item in enumerate(items) if item.get("_type") == "location"]
+    if not keep:
+        raise SourceError(f"{path}: no location fixes: {_what_was_found(items)}")
     found = [items[k] for k in keep]
     where = [lines[k] for k in keep]
     for name in ("lat", "lon", "tst"):
@@ -273,6 +287,18 @@ def _locations(
             "created_at": created_at,
         },
     )
+
+
+def _what_was_found(items: Sequence[dict[str, Any]]) -> str:
+    """What a file without `_type: location` objects held instead, for the error message."""
+    if not items:
+        return "no JSON objects with _type 'location'"
+    kinds: dict[str, int] = {}
+    for item in items:
+        kind = str(item.get("_type", "without _type"))
+        kinds[kind] = kinds.get(kind, 0) + 1
+    held = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
+    return f"{len(items)} JSON object(s) ({held}), none with _type 'location' (OwnTracks)"
 
 
 def _json_lines(payloads: Sequence[str], lines: Sequence[int], path: Path) -> list[Any]:
@@ -335,8 +361,6 @@ def _numbered_lines(text: str) -> list[tuple[int, str]]:
 def read_recorder(text: str, path: Path) -> Points:
     """An OwnTracks Recorder `.rec` file."""
     numbered = _numbered_lines(text)
-    if not numbered:
-        return Points.empty()
     fields = [line.split("\t", 2) for _, line in numbered]
     lines = [k for k, _ in numbered]
     for (line, _), parts in zip(numbered, fields, strict=True):

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import subprocess
+import sys
+import time
 import uuid
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from shared import cli, events, locations, migrate
+from shared import cli, config, events, locations, migrate
 from shared.config import JobSettings
 from shared.contracts import JobOutcome
 from shared.dev.stack import free_ports
@@ -216,6 +220,41 @@ def test_an_unreachable_database_exits_3_with_a_clear_message(
         code, _, err = _run(capsys, *command.split())
         assert code == cli.EXIT_UNAVAILABLE
         assert f"cannot connect to PostgreSQL at 127.0.0.1:{port}/owntracks" in err
+
+
+def test_a_missing_database_exits_2_at_once_with_the_command_that_creates_it(
+    postgres: Database, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"postgresql://{postgres.user}@{postgres.host}:{postgres.port}/not_created_yet"
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("DB_STARTUP_RETRY_SECONDS", "30")
+    for command in ("migrate", "doctor", "seed --days 1"):
+        started = time.monotonic()
+        code, out, err = _run(capsys, *command.split())
+        assert time.monotonic() - started < 5, command  # no 30 s of retries
+        assert code == cli.EXIT_MISCONFIGURED
+        assert out == ""
+        assert 'database "not_created_yet" does not exist' in err
+        assert f"createdb -h {postgres.host} -p {postgres.port} -U postgres not_created_yet" in err
+        assert len(err.splitlines()) == 1
+
+
+def test_dev_checks_the_database_before_it_starts_anything(postgres: Database) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in config.variable_names()}
+    env["DATABASE_URL"] = f"postgresql://nobody@{postgres.host}:{postgres.port}/{postgres.dbname}"
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "otel-worker"), "dev"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=20,  # the old start retried for 30 s after starting the broker
+        check=False,
+    )
+    assert run.returncode == cli.EXIT_MISCONFIGURED, run.stdout + run.stderr
+    assert run.stdout == ""  # no service was started (nor stopped)
+    assert run.stderr.startswith("otel-worker dev: PostgreSQL at ")
+    assert 'role "nobody" does not exist' in run.stderr
+    assert "createuser" in run.stderr
 
 
 def test_bad_settings_exit_2_naming_the_variable(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from shared import migrate
-from shared.computation import Computation
+from shared.computation import KNOWN_DEVICES_SHOWN, Computation, unknown_device_note
 from shared.config import AnalysisSettings, DatabaseSettings, JobSettings, StorageSettings
 from shared.db import LazyPool
 from shared.dev.tracks import TrackSpec, generate
@@ -115,3 +115,15 @@ def test_a_worker_that_outlived_its_lease_cannot_replace_the_completed_jobs_obje
     # The copy on the shared volume (CSV_OUTPUT_PATH) is B's too, and A left nothing there.
     assert [p.name for p in tmp_path.iterdir()] == [done.csv_key.rsplit("/", 1)[1]]
     assert (tmp_path / done.csv_key.rsplit("/", 1)[1]).read_bytes() == stored
+
+
+def test_the_note_about_an_unknown_device_caps_the_list_it_gives() -> None:
+    assert unknown_device_note("x", []) == (
+        "device 'x' has no fixes at all: public.locations is empty"
+    )
+    known = [f"phone{k:02d}" for k in range(KNOWN_DEVICES_SHOWN + 1)]
+    note = unknown_device_note("phone", known)
+    assert note.startswith("device 'phone' has no fixes at all in public.locations; ")
+    assert note.endswith(f"phone{KNOWN_DEVICES_SHOWN - 1:02d}, …")
+    assert f"phone{KNOWN_DEVICES_SHOWN:02d}" not in note
+    assert unknown_device_note("p", ["a", "b"]).endswith("devices with fixes: a, b")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 
-import psycopg
 import pytest
 
 from shared import db
@@ -55,26 +56,112 @@ def test_a_zero_retry_window_tries_once() -> None:
     assert time.monotonic() - started < 1.0
 
 
-def test_connect_waits_for_a_database_that_comes_up(postgres: Database) -> None:
-    # The database exists only after the first attempts have failed.
-    name = f"{postgres.dbname}_late"
-    url = postgres.url.rsplit("/", 1)[0]
-    settings = _settings(f"{url}/{name}", db_startup_retry_seconds=10.0)
+def _forward(listener: socket.socket, host: str, port: int) -> None:
+    """Relay each connection accepted on `listener` to host:port until either side closes."""
 
-    def create_later() -> None:
+    def pipe(source: socket.socket, target: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                target.sendall(data)
+        with contextlib.suppress(OSError):
+            target.shutdown(socket.SHUT_WR)
+
+    with contextlib.suppress(OSError):  # the listener is closed at the end of the test
+        while True:
+            client, _ = listener.accept()
+            server = socket.create_connection((host, port))
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+
+def test_connect_waits_for_a_server_that_comes_up(postgres: Database) -> None:
+    # Nothing listens on the port for the first attempts (connection refused: transient).
+    (port,) = free_ports(1)
+    settings = _settings(
+        f"postgresql://{postgres.user}@127.0.0.1:{port}/{postgres.dbname}",
+        db_startup_retry_seconds=10.0,
+    )
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+    def come_up_later() -> None:
         time.sleep(0.5)
-        with psycopg.connect(postgres.dsn, autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        _forward(listener, postgres.host, postgres.port)
 
-    creator = threading.Thread(target=create_later)
-    creator.start()
+    server = threading.Thread(target=come_up_later, daemon=True)
+    server.start()
+    started = time.monotonic()
     try:
         with db.connect(settings) as conn:
-            assert conn.execute("SELECT current_database()").fetchone() == (name,)
+            assert conn.execute("SELECT current_database()").fetchone() == (postgres.dbname,)
+        assert time.monotonic() - started >= 0.5
     finally:
-        creator.join()
-        with psycopg.connect(postgres.dsn, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        listener.close()
+        server.join(timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("path", "says", "hint"),
+    [
+        (
+            "/no_such_db",
+            'database "no_such_db" does not exist',
+            "create it with `createdb -h 127.0.0.1 -p {port} -U postgres no_such_db`, "
+            "or set DATABASE_URL to a database that exists",
+        ),
+        (
+            "nobody@/postgres",
+            'role "nobody" does not exist',
+            "createuser -h 127.0.0.1 -p {port} -U postgres nobody`, or set DATABASE_URL",
+        ),
+    ],
+)
+def test_a_permanent_refusal_fails_at_once_with_a_hint(
+    postgres: Database, path: str, says: str, hint: str
+) -> None:
+    user, _, dbname = path.rpartition("@")
+    url = f"postgresql://{user or postgres.user}@{postgres.host}:{postgres.port}{dbname}"
+    started = time.monotonic()
+    with pytest.raises(db.DatabaseMisconfigured) as caught:
+        db.connect(_settings(url, db_startup_retry_seconds=30.0))
+    assert time.monotonic() - started < 2.0  # not retried for the 30 s window
+    message = str(caught.value)
+    assert says in message
+    assert hint.format(port=postgres.port) in message
+    assert "\n" not in message
+
+
+def test_a_database_pgbouncer_does_not_know_fails_at_once(pgbouncer: Database) -> None:
+    url = f"postgresql://{pgbouncer.user}@127.0.0.1:{pgbouncer.port}/not_configured"
+    started = time.monotonic()
+    with pytest.raises(db.DatabaseMisconfigured, match=r"createdb .* not_configured"):
+        db.connect(_settings(url, db_startup_retry_seconds=30.0))
+    assert time.monotonic() - started < 2.0
+
+
+def test_the_hint_names_the_variable_that_sets_the_failing_part() -> None:
+    parts = DatabaseSettings(postgres_db="tracks", postgres_user="ot")
+    assert db._permanent_hint('FATAL:  database "tracks" does not exist', parts) == (
+        "create it with `createdb -h 127.0.0.1 -p 5432 -U ot tracks`, "
+        "or set POSTGRES_DB to a database that exists"
+    )
+    assert db._permanent_hint('FATAL:  password authentication failed for user "ot"', parts) == (
+        "check the password in POSTGRES_PASSWORD"
+    )
+    url = _settings("postgresql://ot:pw@db:6432/tracks")
+    assert db._permanent_hint("FATAL:  password authentication failed", url) == (
+        "check the password in DATABASE_URL"
+    )
+    for transient in (
+        "FATAL:  the database system is starting up",
+        "FATAL:  the database system is shutting down",
+        "FATAL:  sorry, too many clients already",
+        'connection to server at "127.0.0.1", port 5432 failed: Connection refused',
+        "timeout expired",
+    ):
+        assert db._permanent_hint(transient, parts) is None, transient
 
 
 def test_the_pool_connects_only_when_first_used() -> None:

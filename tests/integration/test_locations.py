@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from shared import locations
+from shared.dev.tracks import TrackSpec, generate
 from shared.engine.points import DTYPES, MISSING, MISSING_TIME, US_PER_S, Points
 from tests.conftest import Database
 
@@ -206,7 +207,10 @@ def test_seeded_points_read_back_identically_direct_and_through_pgbouncer(
             "SELECT count(*) - count(accuracy), count(*) - count(created_at), count(*)"
             " FROM public.locations"
         ).fetchone()
+        tids = conn.execute("SELECT DISTINCT device_id, tid FROM public.locations").fetchall()
     assert written == len(points)
+    # Each row has its device's two-character tid, whatever the widths of its neighbours.
+    assert sorted(tids) == [("a", "aa"), ("a-much-longer-device-name", "me"), ("δ", "δδ")]
     assert progress == [(8_000, 30_000), (16_000, 30_000), (24_000, 30_000), (30_000, 30_000)]
     assert nulls == (
         int((points.accuracy == MISSING).sum()),
@@ -231,6 +235,31 @@ def test_seeding_refuses_to_touch_existing_rows_unless_forced(scratch_database: 
         _assert_same(locations.read_points(conn, T0, T1, None), second)
         ids = conn.execute("SELECT min(id), max(id) FROM public.locations").fetchone()
     assert ids == (1, 300)
+
+
+def test_seeded_rows_carry_a_tid_as_the_app_sends_it(scratch_database: Database) -> None:
+    points = generate(TrackSpec(days=1, devices=2, seed=4)).points
+    with scratch_database.connect() as conn:
+        locations.write_points(conn, points)
+        tids = conn.execute(
+            "SELECT device_id, tid, count(*) FROM public.locations GROUP BY 1, 2 ORDER BY 1"
+        ).fetchall()
+    counts = np.bincount(points.device)
+    assert tids == [("phone1", "e1", counts[0]), ("phone2", "e2", counts[1])]
+
+
+def test_an_unknown_device_is_told_apart_from_a_quiet_one(scratch_database: Database) -> None:
+    points = _random_points(300)  # devices "a", "a-much-longer-device-name", "δ"
+    with scratch_database.connect() as conn:
+        locations.write_points(conn, Points.empty())
+        assert locations.unknown_device(conn, "a") == []  # nothing at all
+        locations.write_points(conn, points, force=True)
+        assert locations.unknown_device(conn, "a") is None
+        # The database's collation orders them; the cap keeps one more to say "there are more".
+        known = locations.unknown_device(conn, "b")
+        assert known is not None
+        assert sorted(known) == ["a", "a-much-longer-device-name", "δ"]
+        assert len(locations.unknown_device(conn, "b", cap=1) or []) == 2
 
 
 def test_seeding_an_empty_points_object_creates_the_table(scratch_database: Database) -> None:

@@ -21,7 +21,8 @@ def _generator() -> ModuleType:
     return module
 
 
-# The wire table of the original service (docs/API.md): (message, field, number, type, repeated?).
+# The wire format of the original Go service, which clients depend on: (message, field,
+# number, type, repeated?). docs/API.md describes the same fields.
 T = FieldDescriptor
 ORIGINAL = {
     "CalculateDistanceRequest": [("date", 1, T.TYPE_STRING), ("device_id", 2, T.TYPE_STRING)],

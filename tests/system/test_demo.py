@@ -5,13 +5,19 @@ running."""
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from shared import config
+from shared.dev import demo
+from shared.dev.stack import free_ports
+from tests.conftest import Database
 
 
 def test_the_demo_prints_summaries_that_match_its_csvs_and_stops_everything(tmp_path: Path) -> None:
@@ -68,3 +74,30 @@ def test_the_demo_prints_summaries_that_match_its_csvs_and_stops_everything(tmp_
         ["pgrep", "-f", str(tmp_path)], capture_output=True, text=True, check=False
     )
     assert leftovers.stdout == ""
+
+
+def test_a_database_url_that_does_not_answer_is_said_before_the_fallback(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (port,) = free_ports(1)
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{port}/owntracks")
+    said = io.StringIO()
+    options = demo.Options(data_dir=tmp_path / "data", out_dir=tmp_path / "out")
+    assert demo.running_server(options, said) is None
+    assert said.getvalue().startswith(
+        f"PostgreSQL: DATABASE_URL at 127.0.0.1:{port} does not answer ("
+    )
+    assert "Connection refused" in said.getvalue()
+    assert said.getvalue().endswith("falling back to an embedded server\n")
+
+
+def test_a_server_that_answers_is_used(
+    postgres: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", postgres.url)
+    said = io.StringIO()
+    options = demo.Options(data_dir=tmp_path / "data", out_dir=tmp_path / "out")
+    assert demo.running_server(options, said) == postgres.url
+    assert said.getvalue() == ""
+    embedded = demo.Options(data_dir=tmp_path, out_dir=tmp_path, embedded=True)
+    assert demo.running_server(embedded, said) is None

@@ -189,6 +189,33 @@ def test_an_empty_day_completes_with_zeros_and_a_note(
     assert reply.result.csv_url
 
 
+def test_a_device_without_any_fix_is_named_in_a_note_with_the_known_ones(
+    stack: Stack, stub: distance_pb2_grpc.DistanceServiceStub
+) -> None:
+    note = (
+        "device 'phon1' has no fixes at all in public.locations; "
+        "devices with fixes: phone1, phone2, phone3"
+    )
+    submit = _otel_worker(stack, "submit", "--date", "2024-03-19", "--device", "phon1", "--wait")
+    assert submit.returncode == 0, submit.stderr
+    assert f"Note          {note}\n" in submit.stdout
+    job_id = submit.stdout.split()[1]
+    status = _otel_worker(stack, "status", job_id)
+    assert f"note      {note}\n" in status.stdout, status.stdout
+    reply = stub.GetJobStatus(pb.GetJobStatusRequest(job_id=job_id), timeout=10)
+    assert note in reply.result.notes
+    summary = urllib3.request("GET", reply.result.summary_url)
+    assert summary.status == 200
+    assert note in summary.json()["notes"]
+    # A known device on a day without fixes: an empty day, nothing about the device.
+    queued = stub.CalculateDistanceFromHome(
+        pb.CalculateDistanceRequest(date="2023-01-16", device_id="phone1"), timeout=10
+    )
+    assert stack.wait_finished(queued.job_id).status == "completed"
+    quiet = stub.GetJobStatus(pb.GetJobStatusRequest(job_id=queued.job_id), timeout=10)
+    assert list(quiet.result.notes) == ["no fixes in the window: every metric is zero"]
+
+
 def test_new_clients_get_every_metric(
     stack: Stack, stub: distance_pb2_grpc.DistanceServiceStub
 ) -> None:
@@ -327,6 +354,7 @@ def test_a_summary_out_of_reach_still_prints_the_result_line() -> None:
             total_locations=321,
             summary_url=f"http://127.0.0.1:{port}/bucket/job.summary.json",
             csv_url=f"http://127.0.0.1:{port}/bucket/job.csv",
+            notes=["device 'x' has no fixes at all"],
         ),
     )
     out = io.StringIO()
@@ -334,7 +362,8 @@ def test_a_summary_out_of_reach_still_prints_the_result_line() -> None:
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("(the summary could not be downloaded: ")
     assert lines[1] == "path 12.500 km, 321 fixes"
-    assert lines[2].endswith(f"http://127.0.0.1:{port}/bucket/job.csv")
+    assert lines[2] == "Note          device 'x' has no fixes at all"
+    assert lines[3].endswith(f"http://127.0.0.1:{port}/bucket/job.csv")
 
 
 def test_the_wait_timeout_must_be_a_positive_number(capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
 
+from shared import config
 from shared.cli import main
 
-SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
-REC = SAMPLES / "owntracks-recorder-demo-iphone.rec"
-BERLIN = ["--tz", "Europe/Berlin", "--home", "52.3759,9.7320"]  # Hanover, where the drive began
+REC = Path(__file__).resolve().parents[1] / "fixtures" / "owntracks-day.rec"
+BERLIN = ["--tz", "Europe/Berlin", "--home", "51.3397,12.3731"]  # Leipzig, where the day begins
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -22,24 +23,23 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_the_real_sample_gives_a_readable_table(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_recorder_day_gives_a_readable_table(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "analyze", str(REC), *BERLIN)
     assert code == 0, err
-    assert "2015-08-24 to 2015-08-24 (Europe/Berlin)" in out
-    assert "23 read" in out
-    assert "dropped: accuracy 15" in out
+    assert "2023-05-14 to 2023-05-14 (Europe/Berlin)" in out
+    assert "11 read, 8 used; dropped: accuracy 3" in out
     assert "Trips         1" in out
-    assert "NE" in out
+    assert "KT" in out
 
 
 def test_json_output_is_the_summary(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    code, out, _ = run(
+    code, out, err = run(
         capsys,
         "analyze",
         str(REC),
         *BERLIN,
         "--date",
-        "2015-08-24",
+        "2023-05-14",
         "--json",
         "--csv",
         str(tmp_path / "fixes.csv"),
@@ -47,17 +47,21 @@ def test_json_output_is_the_summary(capsys: pytest.CaptureFixture[str], tmp_path
         str(tmp_path / "map.geojson"),
     )
     assert code == 0
-    summary = json.loads(out)
+    summary = json.loads(out)  # only the JSON on stdout: the notes went to stderr
+    assert err.splitlines() == [
+        f"wrote 11 rows to {tmp_path / 'fixes.csv'}",
+        f"wrote a map of 8 fixes to {tmp_path / 'map.geojson'}",
+    ]
     assert summary["schema_version"] == 1
-    assert summary["points"]["read"] == 23
-    assert summary["points"]["dropped"]["accuracy"] == 15
-    # Dresden is about 300 km from Hanover: the farthest honest fix.
-    assert 290 < summary["max_distance_km"] < 320
+    assert summary["points"]["read"] == 11
+    assert summary["points"]["dropped"]["accuracy"] == 3
+    # Halle is about 32 km from Leipzig: the farthest honest fix (a 5000 m one lies farther).
+    assert 31 < summary["max_distance_km"] < 33
     assert summary["path_km"] < summary["raw_path_km"]
-    assert summary["devices"]["NE"]["path_km"] == summary["path_km"]
+    assert summary["devices"]["KT"]["path_km"] == summary["path_km"]
     table = list(csv.DictReader(io.StringIO((tmp_path / "fixes.csv").read_text())))
-    assert len(table) == 23
-    assert table[0]["timestamp"] == "2015-08-24T07:49:21+02:00"
+    assert len(table) == 11
+    assert table[0]["timestamp"] == "2023-05-14T08:00:00+02:00"
     assert json.loads((tmp_path / "map.geojson").read_text())["type"] == "FeatureCollection"
 
 
@@ -86,14 +90,14 @@ def test_options_override_the_settings(capsys: pytest.CaptureFixture[str]) -> No
     )
     assert code == 0
     summary = json.loads(out)
-    assert summary["points"]["used"] == 23
+    assert summary["points"]["used"] == 11
     assert summary["parameters"]["max_accuracy_m"] is None
     assert summary["parameters"]["exit_radius_km"] == 2
     assert summary["parameters"]["max_gap_s"] == 3600
 
 
 def test_a_day_without_fixes_is_a_result_with_a_note(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "analyze", str(REC), *BERLIN, "--date", "2015-08-25")
+    code, out, _ = run(capsys, "analyze", str(REC), *BERLIN, "--date", "2023-05-15")
     assert code == 0
     assert "0 read" in out
     assert "no fixes in the window" in out
@@ -103,11 +107,12 @@ def test_seed_writes_a_locations_export_analyze_can_read(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     target = tmp_path / "locations.csv"
-    code, out, _ = run(
+    code, out, err = run(
         capsys, "seed", "--csv", str(target), "--days", "2", "--devices", "2", "--seed", "3"
     )
     assert code == 0
-    assert "rows" in out
+    assert out == ""
+    assert re.fullmatch(rf"wrote \d+ rows to {re.escape(str(target))}\n", err)
     code, out, _ = run(
         capsys,
         "analyze",
@@ -130,9 +135,9 @@ def test_seed_writes_a_locations_export_analyze_can_read(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--date", "2015-08-24", "--from", "2015-08-24"], "not both"),
+        (["--date", "2023-05-14", "--from", "2023-05-14"], "not both"),
         (["--device", "nobody"], "device 'nobody' is not in"),
-        (["--from", "2015-08-25", "--to", "2015-08-24"], "before the first day"),
+        (["--from", "2023-05-15", "--to", "2023-05-14"], "before the first day"),
         (["--tz", "Nowhere/Land"], "--tz: unknown time zone 'Nowhere/Land'"),
         (["--tz", "localtime"], "--tz: unknown time zone 'localtime'"),
         (["--exit-km", "0.1"], "--enter-km (0.3) must be smaller than --exit-km (0.1)"),
@@ -160,10 +165,78 @@ def test_a_malformed_file_exits_2_naming_the_line(
 
 
 def test_argument_errors_are_refused_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["--home", "north"], ["--home", "95,0"], ["--date", "24/08/2015"]):
+    for argv in (["--home", "north"], ["--home", "95,0"], ["--date", "14/05/2023"]):
         with pytest.raises(SystemExit) as raised:
             main(["analyze", str(REC), *argv])
         assert raised.value.code == 2
     with pytest.raises(SystemExit):
         main(["seed", "--days", "many"])
     assert "--days" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "missing"),
+    [
+        ("empty.json", "", "empty file"),
+        ("places.json", '[{"_type":"waypoint","lat":1,"lon":2,"tst":3}]', "no location fixes"),
+        ("people.csv", "name,age\nada,36\n", "missing columns 'device_id'"),
+    ],
+)
+def test_input_that_is_not_location_data_exits_2_naming_the_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str, text: str, missing: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    code, out, err = run(capsys, "analyze", str(path))
+    assert code == 2
+    assert out == ""
+    assert err.startswith(f"otel-worker analyze: {path}")
+    assert missing in err
+    assert len(err.splitlines()) == 1
+
+
+def test_defaults_for_home_and_time_zone_are_said_on_stderr(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out, err = run(capsys, "analyze", str(REC), "--json")
+    assert code == 0
+    json.loads(out)
+    assert err == (
+        "otel-worker analyze: assumed the default home 40.736097,-74.039373 and time zone "
+        "America/New_York; set --home LAT,LON (or HOME_LATITUDE/HOME_LONGITUDE) and --tz ZONE "
+        "(or HOME_TIMEZONE)\n"
+    )
+    code, _, err = run(capsys, "analyze", str(REC), "--tz", "Europe/Berlin")
+    assert "assumed the default home 40.736097,-74.039373; set --home" in err
+    assert "time zone" not in err
+    monkeypatch.setenv("HOME_LATITUDE", "51.3397")
+    monkeypatch.setenv("HOME_LONGITUDE", "12.3731")
+    config.load.cache_clear()
+    code, _, err = run(capsys, "analyze", str(REC), "--tz", "Europe/Berlin")
+    assert (code, err) == (0, "")
+    code, _, err = run(capsys, "analyze", str(REC), *BERLIN)
+    assert (code, err) == (0, "")
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (
+            ["--max-accuracy-m", "9"],
+            "the accuracy filter dropped 10 of 11 fixes; raise --max-accuracy-m, or 0 keeps",
+        ),
+        (
+            ["--max-speed-kmh", "1"],
+            "the jump filter dropped",
+        ),
+    ],
+)
+def test_a_filter_that_drops_more_than_half_is_named_with_its_option(
+    capsys: pytest.CaptureFixture[str], argv: list[str], said: str
+) -> None:
+    code, out, err = run(capsys, "analyze", str(REC), *BERLIN, *argv)
+    assert code == 0
+    assert f"otel-worker analyze: {said}" in err
+    assert said not in out
+    # The default filters drop 3 of 11 here: nothing to say.
+    assert run(capsys, "analyze", str(REC), *BERLIN)[2] == ""

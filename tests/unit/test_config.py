@@ -174,7 +174,7 @@ def test_cli_reports_bad_config_without_a_traceback(
     monkeypatch.setenv("HOME_TIMEZONE", "Nowhere/Land")
     assert cli_main(["config", "analysis"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("otel-worker: invalid configuration: HOME_TIMEZONE")
+    assert err.startswith("otel-worker config: [analysis] invalid configuration: HOME_TIMEZONE")
     assert "Traceback" not in err
 
 

@@ -1,6 +1,6 @@
 """The engine against a scalar reference written here, one fix at a time, with hypothesis.
 
-The reference follows the definitions in docs/FUNCTIONALITY.md and the engine's
+The reference follows the definitions in docs/FUNCTIONALITY.md ("Metrics") and the engine's
 documented rules with plain loops and the textbook haversine formula. It imports nothing
 from `shared/`: it only reads the engine's results.
 """

@@ -1,4 +1,4 @@
-"""Reading location files: the real Recorder sample, CSV exports, OwnTracks JSON, and bad files."""
+"""Reading location files: a Recorder day, CSV exports, OwnTracks JSON, and bad files."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import pytest
 from shared.engine.points import MISSING, MISSING_TIME
 from shared.tools.sources import SourceError, read_file
 
-SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
-REC = SAMPLES / "owntracks-recorder-demo-iphone.rec"
+REC = Path(__file__).resolve().parents[1] / "fixtures" / "owntracks-day.rec"
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -21,17 +20,21 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
-def test_the_real_recorder_sample_reads_its_location_fixes() -> None:
+def test_a_recorder_file_reads_its_location_fixes_only() -> None:
     points = read_file(REC)
-    assert len(points) == 23  # 25 lines, two of them lwt messages
-    assert points.device_ids == ("NE",)
-    assert points.timestamp[0] == 1440395361 * 1_000_000
+    # 15 lines: 11 location fixes; two lwt, a waypoint and a transition are skipped (the
+    # waypoint and the transition carry lat/lon/tst too).
+    assert len(points) == 11
+    assert points.device_ids == ("KT",)
+    assert points.timestamp[0] == 1684044000 * 1_000_000
+    assert points.timestamp[1] == 1684044600 * 1_000_000  # a string tst
     assert np.all(np.diff(points.timestamp) > 0)
     assert points.accuracy.max() == 5000
-    assert (points.velocity == MISSING).sum() > 10  # vel -1 means unknown
+    assert (points.velocity == MISSING).sum() == 5  # vel -1 means unknown
+    assert points.battery[0] == 88
     lag = points.created_at - points.timestamp
     assert (lag >= 0).all()
-    assert lag.max() > 60 * 1_000_000
+    assert lag.max() > 60 * 1_000_000  # a batch the phone sent late
 
 
 def test_a_locations_csv_with_iso_and_epoch_times(tmp_path: Path) -> None:
@@ -131,7 +134,6 @@ def test_owntracks_json_as_an_array_and_as_lines(tmp_path: Path) -> None:
             '2015-08-24T05:55:07Z\t*\t{"_type":"location","lat":1,"lon":2,"tst":3}\n2015-08-24T05:55:08Z\t*\t{"_type":"location",\n',
             "line 2: invalid JSON",
         ),
-        ("m.csv", "", "line 1: empty file"),
         (
             "n.rec",
             '2015-08-24T05:55:07Z\t*\t{"_type":"location","lat":1,"lon":2,"tst":true}\n',
@@ -177,10 +179,41 @@ def test_unreadable_files_are_reported(tmp_path: Path) -> None:
         read_file(binary)
 
 
-def test_files_without_fixes_are_empty(tmp_path: Path) -> None:
-    assert len(read_file(write(tmp_path, "h.csv", "device_id,latitude,longitude,timestamp\n"))) == 0
-    assert len(read_file(write(tmp_path, "w.jsonl", '{"_type":"lwt","tst":1}\n'))) == 0
-    assert len(read_file(write(tmp_path, "e.rec", ""))) == 0
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("empty.csv", "", "empty file; expected a locations CSV, OwnTracks JSON or a Recorder"),
+        ("blank.rec", "\n\n", "empty file"),
+        ("spaces.json", "  \n", "empty file"),
+        ("h.csv", "device_id,latitude,longitude,timestamp\n", "no location fixes: the header"),
+        (
+            "w.jsonl",
+            '{"_type":"lwt","tst":1}\n{"_type":"waypoint","lat":1,"lon":2,"tst":3}\n',
+            "no location fixes: 2 JSON object(s) (1 lwt, 1 waypoint), none with _type 'location'",
+        ),
+        ("a.json", "[]", "no location fixes: no JSON objects with _type 'location'"),
+        ("o.json", '{"name": "not OwnTracks"}', "(1 without _type), none with _type 'location'"),
+        (
+            "t.rec",
+            '2023-05-14T04:00:02Z\t-\t{"_type":"lwt","tst":"1684036800"}\n'
+            '2023-05-14T04:00:03Z\t-\t{"_type":"transition","lat":1,"lon":2,"tst":3}\n',
+            "(1 lwt, 1 transition), none with _type 'location'",
+        ),
+        (
+            "notes.txt",
+            "shopping list\nmilk\n",
+            "line 1: missing columns 'device_id', 'latitude', 'longitude', 'timestamp'",
+        ),
+    ],
+)
+def test_a_file_without_location_fixes_is_an_error_naming_what_is_missing(
+    tmp_path: Path, name: str, text: str, message: str
+) -> None:
+    path = write(tmp_path, name, text)
+    with pytest.raises(SourceError) as raised:
+        read_file(path)
+    assert str(raised.value).startswith(f"{path}")
+    assert message in str(raised.value)
 
 
 def test_a_byte_order_mark_blank_lines_and_line_separators_in_strings_are_read(
