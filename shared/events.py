@@ -119,6 +119,10 @@ def parse(headers: Mapping[str, str], body: bytes) -> CloudEvent:
             raise EventError(f"{prefix}{name}: must be a string (got {value!r})")
         if not value and name in _REQUIRED:
             raise EventError(f"{prefix}{name}: must not be empty")
+    for name, value in event.get_attributes().items():
+        # Stored with the job (source, id) or logged: PostgreSQL's text cannot hold a NUL.
+        if isinstance(value, str) and "\0" in value:
+            raise EventError(f"{prefix}{name}: must not contain a NUL character")
     return event
 
 

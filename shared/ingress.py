@@ -27,6 +27,7 @@ from urllib.parse import quote, urlencode
 import grpc
 import urllib3
 from cloudevents.http import CloudEvent
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2
 from pydantic import BaseModel, ValidationError
 
@@ -594,3 +595,52 @@ class BearerAuth(grpc.ServerInterceptor):
         if scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), self._expected):
             return continuation(handler_call_details)
         return self._deny
+
+
+class _Undecodable:
+    """A request body that did not parse (a string field with invalid UTF-8, say)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class DecodeGuard(grpc.ServerInterceptor):
+    """Answers a request that cannot be parsed INVALID_ARGUMENT (a caller's error), where
+    grpcio would answer INTERNAL, which reads as the server's fault and invites retries."""
+
+    def intercept_service(
+        self,
+        continuation: Any,
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        """The method's handler with a deserializer that reports, rather than raises."""
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        deserialize = handler.request_deserializer
+
+        def parse(data: bytes) -> object:
+            try:
+                return deserialize(data)
+            except DecodeError as exc:
+                return _Undecodable(str(exc))
+
+        def checked(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+            def run(request: object, context: grpc.ServicerContext) -> Any:
+                if isinstance(request, _Undecodable):
+                    context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"request: {_excerpt(request.reason)}"
+                    )
+                return behaviour(request, context)
+
+            return run
+
+        if handler.unary_unary is not None:
+            return handler._replace(
+                request_deserializer=parse, unary_unary=checked(handler.unary_unary)
+            )
+        if handler.unary_stream is not None:
+            return handler._replace(
+                request_deserializer=parse, unary_stream=checked(handler.unary_stream)
+            )
+        return handler

@@ -16,6 +16,7 @@ from http import HTTPStatus
 
 import flask
 import functions_framework
+import psycopg
 
 from shared import config, events, resources, telemetry, web
 from shared.computation import Computation
@@ -86,5 +87,8 @@ def compute(request: flask.Request) -> flask.Response:
 
 
 _handle = web.guarded(
-    _serve, transient=(DatabaseUnavailable, StorageUnavailable), max_body=web.SMALL_BODY
+    _serve,
+    transient=(DatabaseUnavailable, StorageUnavailable),
+    max_body=web.SMALL_BODY,
+    poison=(psycopg.DataError,),
 )

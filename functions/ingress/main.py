@@ -17,7 +17,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from shared import config, telemetry
-from shared.ingress import SERVICE, BearerAuth, DependencyHealth, DistanceService, Upstream
+from shared.ingress import (
+    SERVICE,
+    BearerAuth,
+    DecodeGuard,
+    DependencyHealth,
+    DistanceService,
+    Upstream,
+)
 from shared.rpc.distance.v1 import distance_pb2_grpc
 
 log = logging.getLogger("ingress")
@@ -42,6 +49,7 @@ def build_server(
                 filter_=filters.negate(filters.health_check()),
             )
         )
+    interceptors.append(DecodeGuard())
     if grpc_settings.grpc_auth_token is not None:
         interceptors.append(BearerAuth(grpc_settings.grpc_auth_token.get_secret_value()))
     server = grpc.server(

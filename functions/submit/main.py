@@ -14,6 +14,7 @@ from http import HTTPStatus
 
 import flask
 import functions_framework
+import psycopg
 from pydantic import ValidationError
 
 from shared import config, events, resources, telemetry, web
@@ -136,4 +137,9 @@ def submit(request: flask.Request) -> flask.Response:
     return _handle(request)
 
 
-_handle = web.guarded(_serve, transient=(DatabaseUnavailable,), max_body=web.SMALL_BODY)
+_handle = web.guarded(
+    _serve,
+    transient=(DatabaseUnavailable,),
+    max_body=web.SMALL_BODY,
+    poison=(psycopg.DataError,),
+)
