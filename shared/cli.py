@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import AnyUrl
+
 from shared import config
 from shared.contracts import INT32_MAX
 
@@ -33,7 +35,9 @@ def _config_check(args: argparse.Namespace) -> int:
         settings = config.load(config.GROUPS[name])
         sys.stdout.write(f"[{name}]\n")
         for key, value in settings.model_dump().items():
-            sys.stdout.write(f"  {key.upper()} = {value}\n")
+            # A URL may carry credentials (user:password@, ?api-key=): SecretStr masks itself.
+            shown = config.redact_url(str(value)) if isinstance(value, AnyUrl) else value
+            sys.stdout.write(f"  {key.upper()} = {shown}\n")
     return 0
 
 

@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, Self, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import (
     AfterValidator,
@@ -68,6 +68,8 @@ class _Group(BaseSettings):
         extra="ignore",
         case_sensitive=False,
         frozen=True,
+        # "inf" and "nan" parse as floats: no threshold, limit or timeout means either.
+        allow_inf_nan=False,
     )
 
 
@@ -99,6 +101,17 @@ class DatabaseSettings(_Group):
         url = value.get_secret_value() if value else ""
         if url and not url.startswith(("postgres://", "postgresql://")):
             raise ValueError("must start with postgresql://")
+        if url:
+            from psycopg import ProgrammingError
+            from psycopg.conninfo import conninfo_to_dict
+
+            try:
+                conninfo_to_dict(url)
+            except ProgrammingError:
+                # libpq's message quotes the whole string, password included.
+                raise ValueError(
+                    "is not a valid connection URI (its text is not shown: it may hold a password)"
+                ) from None
         return value if url else None
 
     def conninfo(self) -> str:
@@ -308,6 +321,20 @@ GROUPS: dict[str, type[_Group]] = {
     "telemetry": TelemetrySettings,
 }
 """Every settings group by a short name (for `otel-worker config` and documentation)."""
+
+
+def redact_url(url: str) -> str:
+    """`url` with its credentials hidden: the user information and every query value (an
+    OTLP endpoint may carry a key in either) become `***`."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = "&".join(
+        f"{name}=***" if sep else name
+        for name, sep, _ in (pair.partition("=") for pair in parts.query.split("&") if pair)
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def variable_names() -> set[str]:

@@ -230,3 +230,47 @@ def test_a_bearer_token_grpc_cannot_carry_fails_at_start(
     message = _load_error(config.GrpcSettings)
     assert "GRPC_AUTH_TOKEN: must be printable ASCII" in message
     assert token not in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "group"),
+    [
+        ("MAX_GAP_MINUTES", "inf", config.AnalysisSettings),
+        ("JITTER_RADIUS_M", "Infinity", config.AnalysisSettings),
+        ("MAX_SPEED_KMH", "nan", config.AnalysisSettings),
+        ("UPSTREAM_TIMEOUT_SECONDS", "inf", config.UpstreamSettings),
+        ("DB_CONNECT_TIMEOUT_SECONDS", "NaN", config.DatabaseSettings),
+        ("DB_STARTUP_RETRY_SECONDS", "inf", config.DatabaseSettings),
+    ],
+)
+def test_non_finite_numbers_are_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, group: type[config._Group]
+) -> None:
+    monkeypatch.setenv("SUBMIT_URL", "http://submit")
+    monkeypatch.setenv("STATUS_URL", "http://status")
+    monkeypatch.setenv(variable, value)
+    assert f"{variable}: Input should be a finite number" in _load_error(group)
+
+
+def test_a_connection_string_that_does_not_parse_is_reported_without_its_text(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:hunter2@[db.local/owntracks")
+    assert cli_main(["config", "database"]) == 2
+    err = capsys.readouterr().err
+    assert "DATABASE_URL: is not a valid connection URI" in err
+    assert "hunter2" not in err
+    assert "Traceback" not in err
+
+
+def test_cli_masks_credentials_inside_urls(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", "https://tenant:pa55word@otlp.example:4318/?api-key=k3y"
+    )
+    assert cli_main(["config", "telemetry"]) == 0
+    out = capsys.readouterr().out
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT = https://***@otlp.example:4318/?api-key=***" in out
+    for secret in ("tenant", "pa55word", "k3y"):
+        assert secret not in out
