@@ -275,6 +275,16 @@ def _client(args: argparse.Namespace) -> int:
     settings = config.load(config.ClientSettings)
     if args.ingress:
         settings = settings.model_copy(update={"ingress_address": args.ingress})
+    if args.ca_file is not None and not args.ca_file.is_file():
+        sys.stderr.write(f"otel-worker: --ca-file: no such file: {args.ca_file}\n")
+        return 2
+    if args.tls or args.ca_file:
+        settings = settings.model_copy(
+            update={
+                "ingress_tls": True,
+                "ingress_ca_file": args.ca_file or settings.ingress_ca_file,
+            }
+        )
     try:
         if args.command == "submit":
             request = pb.CalculateDistanceRequest(
@@ -309,6 +319,16 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     ingress = argparse.ArgumentParser(add_help=False)
     ingress.add_argument(
         "--ingress", metavar="HOST:PORT", help="the gRPC ingress (INGRESS_ADDRESS)"
+    )
+    ingress.add_argument(
+        "--tls", action="store_true", help="connect over TLS (INGRESS_TLS); see --ca-file"
+    )
+    ingress.add_argument(
+        "--ca-file",
+        type=Path,
+        metavar="PEM",
+        help="verify the ingress's certificate with this CA (INGRESS_CA_FILE; implies --tls;"
+        " default: the system's roots)",
     )
 
     submit = commands.add_parser("submit", parents=[ingress], help="ask for a job over gRPC")

@@ -61,8 +61,16 @@ class Client:
 
 @contextmanager
 def connected(settings: ClientSettings) -> Iterator[Client]:
-    """A client on a channel to INGRESS_ADDRESS, closed afterwards."""
-    with grpc.insecure_channel(settings.ingress_address) as channel:
+    """A client on a channel to INGRESS_ADDRESS (over TLS with INGRESS_TLS or a CA file),
+    closed afterwards."""
+    ca_file = settings.ingress_ca_file
+    if settings.ingress_tls or ca_file is not None:
+        roots = ca_file.read_bytes() if ca_file is not None else None
+        credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+        channel = grpc.secure_channel(settings.ingress_address, credentials)
+    else:
+        channel = grpc.insecure_channel(settings.ingress_address)
+    with channel:
         yield Client(settings, channel)
 
 

@@ -19,8 +19,10 @@ from pydantic import (
     AfterValidator,
     AnyHttpUrl,
     Field,
+    FilePath,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -256,12 +258,55 @@ class HttpServerSettings(_Group):
 
 
 class GrpcSettings(_Group):
-    """The gRPC ingress server: port, optional bearer token, message size limit."""
+    """The gRPC ingress server: port, bearer token (required unless unauthenticated access
+    is asked for by name), TLS, message size limit."""
 
     grpc_port: Port = 50051
     port: Port | None = None
-    grpc_auth_token: BearerToken = None
+    grpc_allow_unauthenticated: bool = False
+    """Declared before the token: the token's check reads it."""
+    grpc_auth_token: Annotated[BearerToken, Field(validate_default=True)] = None
+    grpc_tls_cert: FilePath | None = None
+    grpc_tls_key: Annotated[FilePath | None, Field(validate_default=True)] = None
     grpc_max_receive_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 64 * 1024
+
+    @field_validator("grpc_auth_token")
+    @classmethod
+    def _token_or_open_by_choice(
+        cls, value: SecretStr | None, info: ValidationInfo
+    ) -> SecretStr | None:
+        # Fail closed: a Secret that lost its key must not leave the service open to all.
+        if value is None and not info.data.get("grpc_allow_unauthenticated", False):
+            raise ValueError(
+                "is required: set it, or set GRPC_ALLOW_UNAUTHENTICATED=true to accept every "
+                "caller (only where nobody else can reach the ingress)"
+            )
+        return value
+
+    @field_validator("grpc_tls_key")
+    @classmethod
+    def _tls_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        cert = info.data.get("grpc_tls_cert")
+        if (value is None) != (cert is None):
+            raise ValueError("GRPC_TLS_CERT and GRPC_TLS_KEY are set together or not at all")
+        if value is not None and cert is not None:
+            import ssl
+
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, value)
+            except (ssl.SSLError, OSError) as exc:
+                raise ValueError(
+                    f"with GRPC_TLS_CERT, not a PEM certificate and its private key ({exc})"
+                ) from None
+        return value
+
+    @property
+    def tls(self) -> tuple[bytes, bytes] | None:
+        """The PEM private key and certificate chain the ingress serves TLS with, or None
+        (plain h2c, as inside a mesh that terminates TLS itself)."""
+        if self.grpc_tls_cert is None or self.grpc_tls_key is None:
+            return None
+        return self.grpc_tls_key.read_bytes(), self.grpc_tls_cert.read_bytes()
 
     @property
     def listen_port(self) -> int:
@@ -278,9 +323,13 @@ class UpstreamSettings(_Group):
 
 
 class ClientSettings(_Group):
-    """The command-line client (`otel-worker submit/status/jobs`): where the ingress is."""
+    """The command-line client (`otel-worker submit/status/jobs`): where the ingress is, and
+    whether it is reached over TLS (verified against INGRESS_CA_FILE, else the system's
+    roots)."""
 
     ingress_address: str = "127.0.0.1:50051"
+    ingress_tls: bool = False
+    ingress_ca_file: FilePath | None = None
     grpc_auth_token: BearerToken = None
     client_timeout_seconds: PositiveFloat = 30.0
 

@@ -149,6 +149,7 @@ def test_ingress_serves_grpc_health_and_drains_on_sigterm(
         **base_env,
         "SUBMIT_URL": f"http://127.0.0.1:{upstream}",
         "STATUS_URL": f"http://127.0.0.1:{upstream}",
+        "GRPC_ALLOW_UNAUTHENTICATED": "true",
     }
     service = ingress_process(port, env).start()
     processes.append(service)
@@ -160,7 +161,7 @@ def test_ingress_without_its_upstreams_configured_exits_naming_them(
     base_env: dict[str, str], processes: list[ServiceProcess]
 ) -> None:
     (port,) = free_ports(1)
-    service = ingress_process(port, base_env)
+    service = ingress_process(port, {**base_env, "GRPC_AUTH_TOKEN": "t"})
     service.start(stdout=subprocess.PIPE)
     processes.append(service)
     assert service.process is not None
