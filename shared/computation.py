@@ -151,7 +151,7 @@ class Computation:
         CSV_OUTPUT_PATH written but not yet visible (None without that setting)."""
         from shared.engine import EngineParams, analyze, day_window, read_range
         from shared.export import write_csv
-        from shared.locations import PointLimit, TooManyPoints, read_points
+        from shared.locations import PointLimit, TooManyDeviceRows, TooManyPoints, read_points
         from shared.report import series_json
 
         try:
@@ -163,8 +163,12 @@ class Computation:
         metrics = telemetry.instruments()
         with telemetry.span("read points", attributes={"job.id": str(job.id)}):
             read_started = time.monotonic()
+            days = (job.date_to - job.date_from).days + 1
             limit = PointLimit(
-                _utc(window.start_us), _utc(window.end_us), self.storage.max_csv_rows
+                _utc(window.start_us),
+                _utc(window.end_us),
+                self.storage.max_csv_rows,
+                device_rows=self.storage.max_day_read_rows * days,
             )
             try:
                 with self.connection() as conn:
@@ -173,6 +177,12 @@ class Computation:
                 raise JobFailure(
                     f"{exc.count} points in the window exceed MAX_CSV_ROWS "
                     f"({self.storage.max_csv_rows}); ask for fewer days or one device"
+                ) from None
+            except TooManyDeviceRows as exc:
+                raise JobFailure(
+                    f"device {exc.device}: {exc.count} fixes to read for {days} day(s), window "
+                    f"and context, exceed MAX_DAY_READ_ROWS ({self.storage.max_day_read_rows})"
+                    f" per device-day; ask for another window or have the data thinned"
                 ) from None
             metrics.db_read.record(time.monotonic() - read_started)
         with telemetry.span("analyze", attributes={"fixes": len(points)}):

@@ -184,7 +184,7 @@ class AnalysisSettings(_Group):
 
 
 class StorageSettings(_Group):
-    """Object storage (MinIO in production) and the CSV limits."""
+    """Object storage (MinIO in production), the CSV limits and the read limit."""
 
     minio_endpoint: str = "127.0.0.1:9000"
     minio_public_endpoint: str | None = None
@@ -200,6 +200,10 @@ class StorageSettings(_Group):
     # bytes of CSV per fix were measured (bench-pipeline: 266k fixes peaked at 171 MB).
     max_csv_rows: Annotated[int, Field(ge=1)] = 1_000_000
     max_csv_bytes: Annotated[int, Field(ge=1)] = 200_000_000
+    # What one device-day's read may hold, context (fixes before and after the window)
+    # included: a device-day at one fix a second is 86,400, so this leaves room for dense
+    # context while a job of N days reads at most N times this per device.
+    max_day_read_rows: Annotated[int, Field(ge=1)] = 250_000
 
     @field_validator("minio_endpoint")
     @classmethod
