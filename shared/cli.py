@@ -297,6 +297,8 @@ def _client(args: argparse.Namespace) -> int:
             return client.submit(
                 settings, request, wait_for_it=args.wait, wait_seconds=args.timeout
             )
+        if args.command == "cancel":
+            return client.cancel(settings, args.job_id)
         if args.command == "status":
             return client.status(settings, args.job_id, args.json)
         return client.jobs(
@@ -354,8 +356,16 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     status.add_argument("--json", action="store_true", help="the whole answer as JSON")
     status.set_defaults(handler=_client)
 
+    cancel = commands.add_parser(
+        "cancel", parents=[ingress], help="cancel a queued or processing job"
+    )
+    cancel.add_argument("job_id", help="the job id")
+    cancel.set_defaults(handler=_client)
+
     jobs = commands.add_parser("jobs", parents=[ingress], help="list jobs, newest first")
-    jobs.add_argument("--status", choices=["queued", "processing", "completed", "failed"])
+    jobs.add_argument(
+        "--status", choices=["queued", "processing", "completed", "failed", "cancelled"]
+    )
     jobs.add_argument("--date", type=_day, help="jobs whose days include this one")
     jobs.add_argument("--device", help="jobs of this device")
     jobs.add_argument("--limit", type=_count, default=20, help="page size (default 20, max 500)")

@@ -22,7 +22,7 @@ from shared.config import ClientSettings
 from shared.rpc.distance.v1 import distance_pb2 as pb
 from shared.rpc.distance.v1 import distance_pb2_grpc
 
-FINISHED = {"completed", "failed"}
+FINISHED = {"completed", "failed", "cancelled"}
 EXIT_FAILED = 1
 EXIT_RPC = 3
 EXIT_STILL_RUNNING = 4
@@ -48,6 +48,13 @@ class Client:
         """GetJobStatus."""
         reply: pb.GetJobStatusResponse = self.stub.GetJobStatus(
             pb.GetJobStatusRequest(job_id=job_id), timeout=self.timeout, metadata=self.metadata
+        )
+        return reply
+
+    def cancel(self, job_id: str) -> pb.GetJobStatusResponse:
+        """CancelJob."""
+        reply: pb.GetJobStatusResponse = self.stub.CancelJob(
+            pb.CancelJobRequest(job_id=job_id), timeout=self.timeout, metadata=self.metadata
         )
         return reply
 
@@ -156,8 +163,8 @@ def submit(
                 f"follow it with `otel-worker status {reply.job_id}`\n"
             )
             return EXIT_STILL_RUNNING
-        if final.status == "failed":
-            out.write(f"failed: {final.error_message}\n")
+        if final.status in {"failed", "cancelled"}:
+            out.write(f"{final.status}: {final.error_message}\n")
             return EXIT_FAILED
         show_result(final, out)
     return 0
@@ -190,6 +197,15 @@ def status(settings: ClientSettings, job_id: str, as_json: bool, out: TextIO = s
             f"max {result.max_distance_km:.3f} km from home\n"
             f"CSV       {result.csv_url or result.csv_path}\n"
         )
+    return 0
+
+
+def cancel(settings: ClientSettings, job_id: str, out: TextIO = sys.stdout) -> int:
+    """Cancel a queued or processing job and say so (a finished one is FAILED_PRECONDITION,
+    raised as the RpcError the command reports)."""
+    with connected(settings) as client:
+        reply = client.cancel(job_id)
+    out.write(f"job {reply.job_id} {reply.status}\n")
     return 0
 
 

@@ -21,9 +21,8 @@ from typing import Any
 from cloudevents.http import CloudEvent
 from pydantic import ValidationError
 
-from shared import events, telemetry
+from shared import telemetry
 from shared.config import StorageSettings
-from shared.contracts import JobOutcome
 from shared.db import ConnectionSource, DatabaseUnavailable
 from shared.jobs import ClaimResult, Job, JobStatus, JobStore, LeaseLost
 from shared.storage import (
@@ -36,7 +35,7 @@ from shared.storage import (
     sha256_of,
     stage_compat_copy,
 )
-from shared.views import job_view
+from shared.views import outcome_event
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +92,9 @@ class Computation:
         started = time.monotonic()
         try:
             facts, copy = self._compute(job)
+        except LeaseLost as exc:
+            # Cancelled (or taken over) while it computed: stopped before uploading anything.
+            return Outcome(HTTPStatus.OK, None, str(exc))
         except JobFailure as exc:
             reason = str(exc)
             return self._fenced(lambda: self.jobs.fail(job.id, token, reason))
@@ -105,7 +107,15 @@ class Computation:
                 job, token, f"internal error: {exc}", HTTPStatus.INTERNAL_SERVER_ERROR
             )
         try:
-            outcome = self._fenced(lambda: self.jobs.complete(job.id, token, **facts))
+            try:
+                completed = self.jobs.complete(job.id, token, **facts)
+            except LeaseLost as exc:
+                if exc.status == JobStatus.CANCELLED:
+                    self._remove_attempt(job)
+                # A newer attempt owns the job, or nobody does: this one's work is dropped.
+                outcome = Outcome(HTTPStatus.OK, None, str(exc))
+            else:
+                outcome = self._finished(completed)
             if copy is not None and outcome.event is not None:
                 # This attempt completed the job: its copy is the one to show.
                 _publish(copy)
@@ -114,6 +124,15 @@ class Computation:
                 copy.discard()  # a stale attempt's, or a failure's (nothing after a publish)
         telemetry.instruments().job_duration.record(time.monotonic() - started)
         return outcome
+
+    def _remove_attempt(self, job: Job) -> None:
+        """Remove what this attempt uploaded for a job cancelled under it; what cannot be
+        removed now is left to the bucket's expiry rule (the job names none of it)."""
+        keys = result_keys(job.id, job.attempts, job.date_from, job.date_to, job.device_id)
+        try:
+            self.objects.remove([keys.csv_key, keys.series_key, keys.summary_key])
+        except StorageUnavailable as exc:
+            log.warning("could not remove a cancelled attempt's objects", extra={"error": str(exc)})
 
     def _release(self, job: Job, token: uuid.UUID, error: str, status: int) -> Outcome:
         try:
@@ -193,6 +212,8 @@ class Computation:
             if count:
                 metrics.dropped.add(count, {"rule": rule})
         keys = result_keys(job.id, job.attempts, job.date_from, job.date_to, job.device_id)
+        assert job.lease_token is not None
+        self.jobs.holds(job.id, job.lease_token)  # cancelled meanwhile: upload nothing
         with (
             tempfile.TemporaryFile() as csv,
             telemetry.span("upload", attributes={"key": keys.csv_key}),
@@ -228,19 +249,6 @@ def _publish(copy: StagedCopy) -> None:
         log.warning(
             "could not publish the CSV copy", extra={"path": str(copy.target), "error": str(exc)}
         )
-
-
-def outcome_event(job: Job, source: str, traceparent: str | None) -> CloudEvent:
-    """The `job.completed` or `job.failed` event of a finished job. A job finishes once, so
-    its id names the job and the outcome: sent again, it is recognisably the same event."""
-    return events.new_event(
-        events.JOB_COMPLETED if job.status == JobStatus.COMPLETED else events.JOB_FAILED,
-        JobOutcome(job=job_view(job)),
-        source=source,
-        subject=str(job.id),
-        traceparent=traceparent,
-        event_id=f"{job.id}.{job.status.value}",
-    )
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

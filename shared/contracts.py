@@ -28,9 +28,9 @@ from pydantic import (
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _DEVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+-]{0,99}")
 
-JobStatus = Literal["queued", "processing", "completed", "failed"]
-JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "processing", "completed", "failed")
-FINISHED: frozenset[str] = frozenset({"completed", "failed"})
+JobStatus = Literal["queued", "processing", "completed", "failed", "cancelled"]
+JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "processing", "completed", "failed", "cancelled")
+FINISHED: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 
 INT32_MAX: Final = 2**31 - 1
@@ -141,11 +141,14 @@ class DistanceRequested(_Contract):
     timezone: TimeZone | None = Field(
         default=None, description="time zone of the days; absent = the home time zone"
     )
-    idempotency_key: Annotated[Text, Field(min_length=1, max_length=MAX_IDEMPOTENCY_KEY)] | None = (
-        Field(
-            default=None,
-            description="repeat requests with one key get one job; absent = the event's source+id",
-        )
+    idempotency_key: (
+        Annotated[
+            str, Field(min_length=1, max_length=MAX_IDEMPOTENCY_KEY), AfterValidator(check_no_nul)
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="repeat requests with one key get one job; absent = the event's source+id",
     )
 
     # A field validator, not a model one: its error names end_date rather than no field.
@@ -218,7 +221,7 @@ class JobAccepted(_Contract):
 
 
 class JobOutcome(_Contract):
-    """Data of `job.completed` and `job.failed`."""
+    """Data of `job.completed`, `job.failed` and `job.cancelled`."""
 
     job: JobView
 

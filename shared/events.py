@@ -32,10 +32,11 @@ JOB_ACCEPTED = f"{PREFIX}.job.accepted.v1"
 JOB_QUEUED = f"{PREFIX}.job.queued.v1"
 JOB_COMPLETED = f"{PREFIX}.job.completed.v1"
 JOB_FAILED = f"{PREFIX}.job.failed.v1"
-EMITTED = (JOB_ACCEPTED, JOB_QUEUED, JOB_COMPLETED, JOB_FAILED)
+JOB_CANCELLED = f"{PREFIX}.job.cancelled.v1"
+EMITTED = (JOB_ACCEPTED, JOB_QUEUED, JOB_COMPLETED, JOB_FAILED, JOB_CANCELLED)
 """Every type this system emits (`distance.requested` comes from callers)."""
 
-OUTBOUND = (JOB_ACCEPTED, JOB_COMPLETED, JOB_FAILED)
+OUTBOUND = (JOB_ACCEPTED, JOB_COMPLETED, JOB_FAILED, JOB_CANCELLED)
 """Emitted for requesters, consumed by no Trigger of ours: other cluster apps subscribe to
 them with Triggers of their own, matching `data.job.requester` to their request."""
 
@@ -45,6 +46,7 @@ DATA_MODELS: dict[str, type[BaseModel]] = {
     JOB_QUEUED: contracts.JobQueued,
     JOB_COMPLETED: contracts.JobOutcome,
     JOB_FAILED: contracts.JobOutcome,
+    JOB_CANCELLED: contracts.JobOutcome,
 }
 """The pydantic model of each event type's data."""
 

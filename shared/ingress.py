@@ -118,6 +118,7 @@ class Upstream:
         context: Deadline,
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
+        codes: Mapping[int, grpc.StatusCode] | None = None,
     ) -> urllib3.BaseHTTPResponse:
         timeout = self._timeout(context)
         started = time.monotonic()
@@ -144,7 +145,7 @@ class Upstream:
         self._mark(service, _answered(response))
         if response.status >= 400:
             raise UpstreamError(
-                _CODES.get(response.status, grpc.StatusCode.INTERNAL),
+                {**_CODES, **(codes or {})}.get(response.status, grpc.StatusCode.INTERNAL),
                 _error_text(service, response),
             )
         return response
@@ -186,6 +187,20 @@ class Upstream:
         """One job from status."""
         url = f"{_base(self.settings.status_url)}/jobs/{quote(job_id, safe='')}"
         return _model(JobView, self._call("status", "GET", url, context, headers=_trace()))
+
+    def cancel(self, job_id: str, context: Deadline) -> JobView:
+        """Cancel one job through submit (DELETE /jobs/{id}); a finished job (409) is
+        FAILED_PRECONDITION."""
+        url = f"{_base(self.settings.submit_url)}/jobs/{quote(job_id, safe='')}"
+        response = self._call(
+            "submit",
+            "DELETE",
+            url,
+            context,
+            headers=_trace(),
+            codes={HTTPStatus.CONFLICT: grpc.StatusCode.FAILED_PRECONDITION},
+        )
+        return _model(JobView, response)
 
     def jobs(self, query: dict[str, str | int], context: Deadline) -> JobPage:
         """A page of jobs from status."""
@@ -423,16 +438,19 @@ class DistanceService(distance_pb2_grpc.DistanceServiceServicer):
         self, request: pb.GetJobStatusRequest, context: grpc.ServicerContext
     ) -> pb.GetJobStatusResponse:
         """The job's state, and its result once completed."""
-        if not request.job_id:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id: is required")
-        # Checked here: in status's URL path, "x/report" or "../jobs" would name another route.
-        if not _UUID.fullmatch(request.job_id):
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"job_id: {_excerpt(repr(request.job_id))} is not a UUID",
-            )
+        _check_job_id(request.job_id, context)
         try:
             return status_message(self.upstream.job(request.job_id, context))
+        except UpstreamError as exc:
+            _abort(context, exc)
+
+    def CancelJob(
+        self, request: pb.CancelJobRequest, context: grpc.ServicerContext
+    ) -> pb.GetJobStatusResponse:
+        """Cancel a queued or processing job; the job as it now stands."""
+        _check_job_id(request.job_id, context)
+        try:
+            return status_message(self.upstream.cancel(request.job_id, context))
         except UpstreamError as exc:
             _abort(context, exc)
 
@@ -453,6 +471,16 @@ class DistanceService(distance_pb2_grpc.DistanceServiceServicer):
             total_count=page.total_count,
             limit=page.limit,
             offset=page.offset,
+        )
+
+
+def _check_job_id(job_id: str, context: grpc.ServicerContext) -> None:
+    if not job_id:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id: is required")
+    # Checked here: in a URL path, "x/report" or "../jobs" would name another route.
+    if not _UUID.fullmatch(job_id):
+        context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, f"job_id: {_excerpt(repr(job_id))} is not a UUID"
         )
 
 

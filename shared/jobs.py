@@ -41,15 +41,19 @@ MAX_KEY_LENGTH: Final = 1000  # a btree entry must stay well below its ~2.7 kB l
 
 
 class JobStatus(enum.StrEnum):
-    """Where a job is in its life; `completed` and `failed` are final."""
+    """Where a job is in its life; `completed`, `failed` and `cancelled` are final."""
 
     QUEUED = "queued"
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
-FINISHED: Final = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
+FINISHED: Final = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+CANCELLED_MESSAGE: Final = "cancelled at the caller's request"
+"""The error message of a cancelled job: what a client that knows only completed and
+failed shows."""
 
 
 class JobRequest(BaseModel):
@@ -109,7 +113,7 @@ class Job(JobRequest):
     started_at: dt.datetime | None
     """When the latest attempt started."""
     completed_at: dt.datetime | None
-    """When the job finished, completed or failed."""
+    """When the job finished: completed, failed or cancelled."""
     updated_at: dt.datetime
     result: dict[str, Any] | None
     csv_key: str | None
@@ -124,7 +128,7 @@ class Job(JobRequest):
 
     @property
     def finished(self) -> bool:
-        """Completed or failed: nothing more will happen to it."""
+        """Completed, failed or cancelled: nothing more will happen to it."""
         return self.status in FINISHED
 
 
@@ -154,6 +158,17 @@ class LeaseLost(Exception):
         self.status = status
 
 
+class NotCancellable(Exception):
+    """The job has already finished (completed, failed or cancelled): too late to cancel."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(
+            f"job {job.id} is already {job.status.value}: only a queued or processing job"
+            " can be cancelled"
+        )
+        self.job = job
+
+
 class ClaimResult(enum.StrEnum):
     """How a claim ended, and what the compute function answers the broker."""
 
@@ -162,7 +177,8 @@ class ClaimResult(enum.StrEnum):
     BUSY = "busy"
     """A live lease is held by another attempt: answer 409 so the broker retries later."""
     FINISHED = "finished"
-    """Already completed or failed: answer 2xx and do nothing (a duplicate delivery)."""
+    """Already completed, failed or cancelled: answer 2xx and do nothing (a duplicate
+    delivery, or a job cancelled before it ran)."""
     EXHAUSTED = "exhausted"
     """No attempts were left: the claim marked it failed. Emit job.failed, answer 2xx."""
     NOT_FOUND = "not_found"
@@ -489,8 +505,8 @@ class JobStore:
         A queued job, or a processing one whose lease has expired, becomes processing with
         `attempts` + 1, a new `lease_token`, `lease_expires_at` = now + `lease_seconds`
         (default JOB_LEASE_SECONDS), `claimed_by` = `worker` and `started_at` = now:
-        CLAIMED. Otherwise: BUSY (a live lease elsewhere), FINISHED (completed or failed),
-        EXHAUSTED (no attempts left: the claim fails the job with a message naming the
+        CLAIMED. Otherwise: BUSY (a live lease elsewhere), FINISHED (completed, failed or
+        cancelled), EXHAUSTED (no attempts left: the claim fails the job with a message naming the
         attempts) or NOT_FOUND. Two claims never both succeed: the row lock orders them and
         the second sees the first's live lease.
         """
@@ -609,6 +625,40 @@ class JobStore:
             {"error": error},
         )
 
+    def holds(self, job_id: uuid.UUID, token: uuid.UUID) -> None:
+        """A fence between steps of an attempt: returns while `token` is still the job's
+        lease token, else raises `LeaseLost` (the job was cancelled, or taken over), so the
+        attempt stops before its next costly step."""
+        query = self._sql(
+            "SELECT 1 FROM {jobs} WHERE id = %(id)s AND status = 'processing'"
+            " AND lease_token = %(token)s"
+        )
+        with self._connection() as conn:
+            if conn.execute(query, {"id": job_id, "token": token}).fetchone() is not None:
+                return
+            current = self._by_id(conn, job_id)
+        raise LeaseLost(job_id, current.status if current else None)
+
+    def cancel(self, job_id: uuid.UUID) -> Job | None:
+        """Cancel a queued or processing job: it ends `cancelled` at once (a queued one is
+        never claimed; a running attempt loses its lease token, so its next fence raises
+        `LeaseLost` and it drops its work). Returns the job, None when there is no such job;
+        raises `NotCancellable` when it had already finished. Against a completion that
+        races it, the row lock orders the two: exactly one of them wins."""
+        update = self._sql(
+            "UPDATE {jobs} SET status = 'cancelled', completed_at = now(), updated_at = now(),"
+            " error_message = %(message)s, lease_token = NULL, lease_expires_at = NULL"
+            " WHERE id = %(id)s AND status IN ('queued', 'processing') RETURNING {columns}"
+        )
+        with self._connection() as conn:
+            job = self._one(conn, update, {"id": job_id, "message": CANCELLED_MESSAGE})
+            if job is not None:
+                return job
+            current = self._by_id(conn, job_id)
+        if current is None:
+            return None
+        raise NotCancellable(current)
+
     # --- maintenance --------------------------------------------------------------------
 
     def sweep(
@@ -626,7 +676,8 @@ class JobStore:
            JOB_REPUBLISH_SECONDS ago and unchanged since: `publish(job)` then mark them
            published; a failure is reported and the job stays as it was. Without a
            publisher they are only listed (`unpublished`);
-        4. delete completed and failed jobs that finished more than JOB_RETENTION_DAYS ago.
+        4. delete finished jobs (completed, failed, cancelled) that finished more than
+           JOB_RETENTION_DAYS ago.
         `now` (default: the database's clock) is the instant ages are judged against.
         """
         report = SweepReport()
@@ -655,7 +706,7 @@ class JobStore:
         )
         prune = self._sql(
             "DELETE FROM {jobs} WHERE id IN (SELECT id FROM {jobs}"
-            " WHERE status IN ('completed', 'failed')"
+            " WHERE status IN ('completed', 'failed', 'cancelled')"
             " AND completed_at < {now} - make_interval(days => %(retention)s)"
             " LIMIT %(limit)s FOR UPDATE SKIP LOCKED)",
             now=_AT,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import uuid
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -26,6 +27,7 @@ from shared.jobs import (
     JobStore,
     default_idempotency_key,
 )
+from shared.views import outcome_event
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,31 @@ def submit(
     if job.status == JobStatus.QUEUED and job.published_at is None:
         announce(submission, job)
     return job, created
+
+
+class JobNotFound(LookupError):
+    """No job has that id."""
+
+
+def cancel(submission: Submission, job_id: uuid.UUID, traceparent: str | None) -> Job:
+    """Cancel a queued or processing job and announce `job.cancelled`; the cancelled job.
+
+    Raises `JobNotFound`, `NotCancellable` (it had finished: completed, failed or already
+    cancelled) or `DatabaseUnavailable`. A broker that cannot be reached is only logged:
+    the job is cancelled either way, and compute answers a later delivery of its
+    `job.queued` with the same event (same id) again.
+    """
+    job = submission.jobs.cancel(job_id)
+    if job is None:
+        raise JobNotFound(f"job {job_id} not found")
+    if submission.publisher is not None:
+        try:
+            submission.publisher.publish(outcome_event(job, submission.source, traceparent))
+        except PublishError as exc:
+            log.warning(
+                "could not publish job.cancelled", extra={"job_id": str(job.id), "error": str(exc)}
+            )
+    return job
 
 
 def announce(submission: Submission, job: Job) -> bool:

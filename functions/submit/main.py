@@ -3,13 +3,16 @@
 A CloudEvent (`distance.requested`, from the broker or straight from the ingress) is
 answered with a binary-mode `job.accepted` CloudEvent, which a Knative broker publishes;
 a plain JSON POST is answered 202 with the same data as JSON. Bad requests get 400 naming
-the field, and nothing is recorded.
+the field, and nothing is recorded. DELETE /jobs/{id} cancels a queued or processing job
+(409 once it has finished).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import re
+import uuid
 from http import HTTPStatus
 
 import flask
@@ -20,9 +23,10 @@ from pydantic import ValidationError
 from shared import config, events, resources, telemetry, web
 from shared.contracts import MAX_IDEMPOTENCY_KEY, DistanceRequested, JobAccepted, Requester
 from shared.db import DatabaseUnavailable
-from shared.jobs import IdempotencyConflict
+from shared.jobs import IdempotencyConflict, NotCancellable
 from shared.logs import log_context
-from shared.submission import RequestError, Submission
+from shared.submission import JobNotFound, RequestError, Submission
+from shared.submission import cancel as cancel_job
 from shared.submission import submit as submit_job
 from shared.views import job_view
 
@@ -120,12 +124,40 @@ def _from_json(request: flask.Request) -> flask.Response:
     return web.model_response(body, HTTPStatus.ACCEPTED if created else HTTPStatus.OK)
 
 
+_JOB_PATH = re.compile(r"/jobs/([^/]+)/?")
+
+
+def _cancel(request: flask.Request) -> flask.Response:
+    """DELETE /jobs/{id}: cancel a queued or processing job (status stays read-only)."""
+    match = _JOB_PATH.fullmatch(request.path)
+    if match is None:
+        raise web.HttpError(HTTPStatus.NOT_FOUND, f"{request.path}: only /jobs/{{job_id}}")
+    try:
+        job_id = uuid.UUID(match[1])
+    except ValueError:
+        raise web.HttpError(HTTPStatus.BAD_REQUEST, f"job_id: {match[1]!r} is not a UUID") from None
+    with telemetry.span("cancel job", attributes={"job.id": str(job_id)}):
+        try:
+            job = cancel_job(_submission(), job_id, telemetry.traceparent())
+        except JobNotFound as exc:
+            raise web.HttpError(HTTPStatus.NOT_FOUND, str(exc)) from None
+        except NotCancellable as exc:
+            raise web.HttpError(
+                HTTPStatus.CONFLICT, str(exc), job_status=exc.job.status.value
+            ) from None
+    with log_context(job_id=str(job.id)):
+        log.info("job cancelled")
+    return web.model_response(job_view(job))
+
+
 def _serve(request: flask.Request) -> flask.Response:
     _submission()  # logging, telemetry and clients of this process (no connection yet)
     if (answer := web.health(request, _ready)) is not None:
         return answer
+    if request.method == "DELETE":
+        return _cancel(request)
     if request.method != "POST":
-        raise web.method_not_allowed(request, "POST")
+        raise web.method_not_allowed(request, "POST, DELETE")
     if events.is_cloudevent(web.request_headers(request)):
         return _from_event(request)
     return _from_json(request)
