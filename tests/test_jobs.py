@@ -636,12 +636,12 @@ def test_a_cancel_racing_the_completion_has_exactly_one_winner(
     setup = JobStore(connections[0], SETTINGS, schema=schema)
     stores = [JobStore(c, SETTINGS, schema=schema) for c in connections]
     winners: list[str] = []
+    barrier = threading.Barrier(2)  # reused each round: both start each race together
     try:
         for round_ in range(rounds):
             job, _ = setup.create(REQUEST, idempotency_key=f"race-{round_}")
             token = _lease(setup, job.id).lease_token
             assert token is not None
-            barrier = threading.Barrier(2)
 
             def attempt(index: int, job_id: uuid.UUID = job.id, token: uuid.UUID = token) -> str:
                 barrier.wait()
