@@ -55,6 +55,16 @@ class Stack:
         wait_until(finished, timeout, f"job {job_id}", interval=0.05)
         return seen[-1]
 
+    def wait_finished_or_cancelled(self, job_id: uuid.UUID | str, timeout: float = 60) -> JobView:
+        seen: list[JobView] = []
+
+        def final() -> bool:
+            seen.append(self.job(job_id))
+            return seen[-1].status in {"completed", "failed", "cancelled"}
+
+        wait_until(final, timeout, f"job {job_id}", interval=0.05)
+        return seen[-1]
+
     def objects(self) -> list[str]:
         client = self.s3.client()
         return sorted(o.object_name or "" for o in client.list_objects(self.bucket, recursive=True))

@@ -682,3 +682,28 @@ def test_the_ingress_serves_tls_and_the_cli_connects_with_its_ca(
         assert f"--ca-file: no such file: {missing}" in capsys.readouterr().err
     finally:
         _stop(started)
+
+
+def test_cancel_job_deletes_through_submit_and_maps_its_answers(
+    ingress: Ingress, channel: grpc.Channel
+) -> None:
+    stub = ingress.stub(channel)
+    cancelled = _view(status="cancelled", error_message="cancelled at the caller's request")
+    ingress.submit.script = [
+        _json(200, cancelled.model_dump(mode="json")),
+        _json(409, {"error": f"job {JOB_ID} is already completed: only a queued or ..."}),
+        _json(404, {"error": f"job {JOB_ID} not found"}),
+    ]
+    reply = stub.CancelJob(pb.CancelJobRequest(job_id=str(JOB_ID)), timeout=10)
+    assert (reply.job_id, reply.status) == (str(JOB_ID), "cancelled")
+    assert reply.error_message == "cancelled at the caller's request"
+    (sent,) = ingress.submit.received
+    assert (sent["method"], sent["path"]) == ("DELETE", f"/jobs/{JOB_ID}")
+    for code in ("FAILED_PRECONDITION", "NOT_FOUND"):
+        with pytest.raises(grpc.RpcError) as info:
+            stub.CancelJob(pb.CancelJobRequest(job_id=str(JOB_ID)), timeout=10)
+        assert info.value.code().name == code
+    with pytest.raises(grpc.RpcError) as info:
+        stub.CancelJob(pb.CancelJobRequest(job_id="../jobs"), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(ingress.submit.received) == 3

@@ -636,10 +636,10 @@ def _documented_actions(doc: str, user: str) -> set[str]:
 
 
 def test_the_documented_minio_identities_write_and_read_apart() -> None:
-    """compute's identity (the Secret's MINIO_ACCESS_KEY) only writes; status's
-    (MINIO_READ_ACCESS_KEY) only reads and lists, which presigned downloads need. Neither
-    deletes: objects expire by the lifecycle rule. The stack the tests run gives the
-    functions SeaweedFS identities with the same rights (tests/stack.py)."""
+    """compute's identity (the Secret's MINIO_ACCESS_KEY) only writes (and deletes what a
+    cancelled attempt wrote); status's (MINIO_READ_ACCESS_KEY) only reads and lists, which
+    presigned downloads need. The stack the tests run gives the functions SeaweedFS
+    identities with the same rights (tests/stack.py)."""
     doc = (REPO_ROOT / "docs" / "DEPLOYMENT.md").read_text()
     users = {}
     for key in ("MINIO_ACCESS_KEY", "MINIO_READ_ACCESS_KEY"):
@@ -647,7 +647,7 @@ def test_the_documented_minio_identities_write_and_read_apart() -> None:
         assert users[key] in re.findall(r"^mc admin user add myminio (\S+) ", doc, re.MULTILINE)
     writer = _documented_actions(doc, users["MINIO_ACCESS_KEY"])
     reader = _documented_actions(doc, users["MINIO_READ_ACCESS_KEY"])
-    assert writer == {"s3:PutObject", "s3:AbortMultipartUpload"}
+    assert writer == {"s3:PutObject", "s3:AbortMultipartUpload", "s3:DeleteObject"}
     # Listing too: without it MinIO answers a missing object with AccessDenied, not
     # NoSuchKey, and status would call an expired report a store failure.
     assert reader == {"s3:GetObject", "s3:ListBucket"}
