@@ -18,7 +18,7 @@ import flask
 import functions_framework
 import psycopg
 
-from shared import config, events, resources, telemetry, web
+from shared import config, events, resources, serving, telemetry, web
 from shared.computation import Computation
 from shared.contracts import JobQueued
 from shared.db import DatabaseUnavailable
@@ -26,6 +26,7 @@ from shared.logs import log_context
 from shared.storage import StorageUnavailable
 
 FUNCTION = "compute"
+serving.bound()  # request size and slow-client limits of its HTTP server
 log = logging.getLogger(FUNCTION)
 config.require(
     FUNCTION,

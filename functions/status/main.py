@@ -22,7 +22,7 @@ import functions_framework
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
-from shared import config, events, resources, telemetry, web
+from shared import config, events, resources, serving, telemetry, web
 from shared.contracts import JOB_STATUSES, JobPage, parse_device_id, parse_local_date
 from shared.db import DatabaseUnavailable
 from shared.jobs import MAX_LIST_OFFSET, Job, JobStatus, JobStore
@@ -36,6 +36,7 @@ from shared.storage import (
 from shared.views import job_view
 
 FUNCTION = "status"
+serving.bound()  # request size and slow-client limits of its HTTP server
 log = logging.getLogger(FUNCTION)
 config.require(
     FUNCTION,

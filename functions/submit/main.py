@@ -20,7 +20,7 @@ import functions_framework
 import psycopg
 from pydantic import ValidationError
 
-from shared import config, events, resources, telemetry, web
+from shared import config, events, resources, serving, telemetry, web
 from shared.contracts import MAX_IDEMPOTENCY_KEY, DistanceRequested, JobAccepted, Requester
 from shared.db import DatabaseUnavailable
 from shared.jobs import IdempotencyConflict, NotCancellable
@@ -31,6 +31,7 @@ from shared.submission import submit as submit_job
 from shared.views import job_view
 
 FUNCTION = "submit"
+serving.bound()  # request size and slow-client limits of its HTTP server
 log = logging.getLogger(FUNCTION)
 config.require(
     FUNCTION,
