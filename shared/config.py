@@ -246,6 +246,17 @@ class JobSettings(_Group):
     job_republish_seconds: Annotated[int, Field(ge=1)] = 120
 
 
+class AdmissionSettings(_Group):
+    """How much may be asked and how fast: pending work counted in device-days (submit),
+    and a token bucket per requester (submit and the ingress)."""
+
+    # A day of one device takes compute well under a second to a few seconds: 500 pending
+    # device-days is minutes of work, and a month of every-device jobs counts 31 per job.
+    max_pending_jobs: Annotated[int, Field(ge=1)] = 500
+    request_rate_per_minute: Annotated[float, Field(gt=0)] = 60.0
+    request_burst: Annotated[int, Field(ge=1)] = 30
+
+
 class EventSettings(_Group):
     """Where events are published: `K_SINK` is injected by a Knative SinkBinding."""
 
@@ -366,6 +377,7 @@ GROUPS: dict[str, type[_Group]] = {
     "analysis": AnalysisSettings,
     "storage": StorageSettings,
     "jobs": JobSettings,
+    "admission": AdmissionSettings,
     "events": EventSettings,
     "http": HttpServerSettings,
     "grpc": GrpcSettings,

@@ -32,6 +32,7 @@ from grpc_health.v1 import health, health_pb2
 from pydantic import BaseModel, ValidationError
 
 from shared import events, telemetry
+from shared.admission import first_forwarded, grpc_peer_address
 from shared.config import UpstreamSettings
 from shared.contracts import JobAccepted, JobPage, JobView
 from shared.rpc.distance.v1 import distance_pb2 as pb
@@ -57,12 +58,14 @@ _CODES: dict[int, grpc.StatusCode] = {
 
 
 class UpstreamError(Exception):
-    """submit or status answered with an error, or could not be reached."""
+    """submit or status answered with an error, or could not be reached; `retry_after` is
+    the seconds an answer of "too many requests" asked the caller to wait."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, retry_after: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after = retry_after
 
 
 class Deadline(Protocol):
@@ -147,11 +150,16 @@ class Upstream:
             raise UpstreamError(
                 {**_CODES, **(codes or {})}.get(response.status, grpc.StatusCode.INTERNAL),
                 _error_text(service, response),
+                response.headers.get("Retry-After"),
             )
         return response
 
-    def submit(self, data: dict[str, Any], context: Deadline) -> JobAccepted:
-        """Post a `distance.requested` event to submit; the job from its reply."""
+    def submit(
+        self, data: dict[str, Any], context: Deadline, caller: str | None = None
+    ) -> JobAccepted:
+        """Post a `distance.requested` event to submit; the job from its reply. `caller`
+        (the gRPC caller's address) goes along as X-Forwarded-For: submit's per-requester
+        rate is then per caller, not one for everything the ingress sends."""
         event = CloudEvent(
             {
                 "type": events.DISTANCE_REQUESTED,
@@ -163,6 +171,8 @@ class Upstream:
             data,
         )
         headers, body = events.binary(event)
+        if caller:
+            headers["X-Forwarded-For"] = caller
         response = self._call(
             "submit", "POST", str(self.settings.submit_url), context, body, headers
         )
@@ -423,7 +433,7 @@ class DistanceService(distance_pb2_grpc.DistanceServiceServicer):
             if value := getattr(request, name):
                 data[name] = value
         try:
-            accepted = self.upstream.submit(data, context)
+            accepted = self.upstream.submit(data, context, _caller(context))
         except UpstreamError as exc:
             _abort(context, exc)
         job = accepted.job
@@ -484,8 +494,18 @@ def _check_job_id(job_id: str, context: grpc.ServicerContext) -> None:
         )
 
 
+def _caller(context: grpc.ServicerContext) -> str:
+    """Who calls: the first X-Forwarded-For address a gateway passed on, else the peer."""
+    metadata = dict(context.invocation_metadata() or ())
+    forwarded = first_forwarded(str(metadata.get("x-forwarded-for", "")))
+    return forwarded or grpc_peer_address(context.peer())
+
+
 def _abort(context: grpc.ServicerContext, exc: UpstreamError) -> NoReturn:
     log.info("call refused", extra={"code": exc.code.name, "error": exc.message})
+    if exc.retry_after is not None:
+        # The retry hint of a RESOURCE_EXHAUSTED, in seconds, as HTTP's Retry-After.
+        context.set_trailing_metadata((("retry-after", exc.retry_after),))
     context.abort(exc.code, exc.message)
     raise AssertionError("unreachable: abort raises")  # pragma: no cover
 

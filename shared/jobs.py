@@ -484,6 +484,19 @@ class JobStore:
         assert row is not None
         return int(row[0]), float(row[1])
 
+    def pending_device_days(self) -> int:
+        """The work not yet done, in device-days: the days of every queued or processing job
+        (a job for every device counts its days once: how many devices it reads is known
+        only when it runs)."""
+        query = self._sql(
+            "SELECT coalesce(sum(date_to - date_from + 1), 0) FROM {jobs}"
+            " WHERE status IN ('queued', 'processing')"
+        )
+        with self._connection() as conn:
+            row = conn.execute(query).fetchone()
+        assert row is not None
+        return int(row[0])
+
     def mark_published(self, job_id: uuid.UUID) -> None:
         """Record that the job's job.queued event was sent (the outbox mark)."""
         with self._connection() as conn:

@@ -11,11 +11,13 @@ import datetime as dt
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import Final
 from zoneinfo import ZoneInfo
 
 from cloudevents.http import CloudEvent
 
 from shared import events
+from shared.admission import TooManyRequests
 from shared.config import AnalysisSettings, JobSettings
 from shared.contracts import DistanceRequested, JobQueued, Requester
 from shared.db import DatabaseUnavailable
@@ -45,6 +47,30 @@ class Submission:
     analysis: AnalysisSettings
     limits: JobSettings
     source: str
+    max_pending: int | None = None
+    """MAX_PENDING_JOBS: device-days of queued and processing work above which new jobs are
+    refused for now (None: no cap)."""
+
+
+PENDING_RETRY_SECONDS: Final = 30
+"""The retry hint when pending work is at its cap: long enough for compute to clear some."""
+
+
+def _admit(submission: Submission, job_request: JobRequest, key: str | None) -> None:
+    """Refuse a new job while pending work is at MAX_PENDING_JOBS (a repeat of a request
+    already admitted is always answered: it adds no work)."""
+    if submission.max_pending is None:
+        return
+    if key is not None and submission.jobs.by_key(key) is not None:
+        return
+    days = (job_request.date_to - job_request.date_from).days + 1
+    pending = submission.jobs.pending_device_days()
+    if pending + days > submission.max_pending:
+        raise TooManyRequests(
+            f"{pending} device-days of work are pending; this request adds {days}, above "
+            f"MAX_PENDING_JOBS ({submission.max_pending}); retry in {PENDING_RETRY_SECONDS} s",
+            retry_after=PENDING_RETRY_SECONDS,
+        )
 
 
 def _check_limits(request: DistanceRequested, timezone: str, limits: JobSettings) -> None:
@@ -82,8 +108,9 @@ def submit(
     sure it is announced. Returns `(job, created)`.
 
     Raises `RequestError` for a request beyond the limits, `IdempotencyConflict` when the
-    key names a different request, and `DatabaseUnavailable` when the jobs table cannot
-    be reached. A broker that cannot be reached is not an error: the sweep retries.
+    key names a different request, `TooManyRequests` while pending work is at
+    MAX_PENDING_JOBS, and `DatabaseUnavailable` when the jobs table cannot be reached. A
+    broker that cannot be reached is not an error: the sweep retries.
 
     A redelivery gets its first job even when MAX_RANGE_DAYS was lowered below its range
     since; telling that apart needs the jobs table, so while it is down such a request is
@@ -110,6 +137,7 @@ def submit(
             raise
         job, created = earlier, False
     else:
+        _admit(submission, job_request, key)
         job, created = submission.jobs.create(
             job_request,
             idempotency_key=key,

@@ -21,6 +21,7 @@ import psycopg
 from pydantic import ValidationError
 
 from shared import config, events, resources, serving, telemetry, web
+from shared.admission import RateLimiter, TooManyRequests, first_forwarded
 from shared.contracts import MAX_IDEMPOTENCY_KEY, DistanceRequested, JobAccepted, Requester
 from shared.db import DatabaseUnavailable
 from shared.jobs import IdempotencyConflict, NotCancellable
@@ -38,6 +39,7 @@ config.require(
     config.DatabaseSettings,
     config.AnalysisSettings,
     config.JobSettings,
+    config.AdmissionSettings,
     config.EventSettings,
     config.TelemetrySettings,
 )
@@ -52,7 +54,25 @@ def _submission() -> Submission:
         analysis=config.load(config.AnalysisSettings),
         limits=config.load(config.JobSettings),
         source=resources.event_source(FUNCTION),
+        max_pending=config.load(config.AdmissionSettings).max_pending_jobs,
     )
+
+
+@functools.cache
+def _limiter() -> RateLimiter:
+    settings = config.load(config.AdmissionSettings)
+    return RateLimiter(settings.request_rate_per_minute, settings.request_burst)
+
+
+def _admit(request: flask.Request, source: str | None) -> None:
+    """One token of the requester's bucket: its identity (a CloudEvent's source, with the
+    caller the ingress names in X-Forwarded-For), else its address."""
+    address = first_forwarded(request.headers.get("X-Forwarded-For"))
+    if source is not None:
+        requester = source if address is None else f"{source} for {address}"
+    else:
+        requester = address or request.remote_addr or "unknown"
+    _limiter().take(requester)
 
 
 def _ready() -> None:
@@ -66,6 +86,7 @@ def _from_event(request: flask.Request) -> flask.Response:
     if event["type"] != events.DISTANCE_REQUESTED:
         raise events.EventError(f"type: expected {events.DISTANCE_REQUESTED}, got {event['type']}")
     data = events.data_as(event, DistanceRequested)
+    _admit(request, event["source"])
     parent = {"traceparent": event["traceparent"]} if event.get("traceparent") else None
     with telemetry.span("submit distance.requested", parent=parent) as span:
         try:
@@ -108,6 +129,7 @@ def _from_json(request: flask.Request) -> flask.Response:
     except ValidationError as exc:
         raise web.HttpError(HTTPStatus.BAD_REQUEST, events.describe(exc)) from None
     key = _header_key(request)
+    _admit(request, None)
     with telemetry.span("submit json"):
         try:
             job, created = submit_job(
@@ -159,6 +181,19 @@ def _serve(request: flask.Request) -> flask.Response:
         return _cancel(request)
     if request.method != "POST":
         raise web.method_not_allowed(request, "POST, DELETE")
+    try:
+        return _accept(request)
+    except TooManyRequests as exc:
+        # 429 to the broker too: it retries later, which is the point.
+        raise web.HttpError(
+            HTTPStatus.TOO_MANY_REQUESTS,
+            str(exc),
+            headers={"Retry-After": str(exc.retry_after)},
+            retry_after=exc.retry_after,
+        ) from None
+
+
+def _accept(request: flask.Request) -> flask.Response:
     if events.is_cloudevent(web.request_headers(request)):
         return _from_event(request)
     return _from_json(request)
