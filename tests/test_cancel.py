@@ -4,15 +4,18 @@ no objects, a finished one cannot be cancelled, and gRPC and the command line ag
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
 import urllib3
 
 from shared import events
-from shared.cli import main as cli_main
 from shared.contracts import JobAccepted, JobView
 from shared.devstack import wait_until
 from shared.rpc.distance.v1 import distance_pb2 as pb
@@ -151,8 +154,19 @@ def stub(stack: Stack) -> Iterator[distance_pb2_grpc.DistanceServiceStub]:
         yield distance_pb2_grpc.DistanceServiceStub(channel)  # type: ignore[no-untyped-call]
 
 
+def _otel_worker(stack: Stack, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "otel-worker"), *argv],
+        env={**os.environ, "INGRESS_ADDRESS": stack.url("ingress")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def test_cancel_over_grpc_and_the_command_line(
-    stack: Stack, stub: distance_pb2_grpc.DistanceServiceStub, capsys: pytest.CaptureFixture[str]
+    stack: Stack, stub: distance_pb2_grpc.DistanceServiceStub
 ) -> None:
     job_id = _queued_job(stack)
     reply = stub.CancelJob(pb.CancelJobRequest(job_id=str(job_id)), timeout=10)
@@ -167,7 +181,8 @@ def test_cancel_over_grpc_and_the_command_line(
     assert str(job_id) in {job.job_id for job in listed.jobs}
 
     other = _queued_job(stack)
-    assert cli_main(["cancel", str(other), "--ingress", stack.url("ingress")]) == 0
-    assert capsys.readouterr().out == f"job {other} cancelled\n"
-    assert cli_main(["cancel", str(other), "--ingress", stack.url("ingress")]) != 0
-    assert "FAILED_PRECONDITION" in capsys.readouterr().err
+    cancelled = _otel_worker(stack, "cancel", str(other))
+    assert (cancelled.returncode, cancelled.stdout) == (0, f"job {other} cancelled\n")
+    again = _otel_worker(stack, "cancel", str(other))
+    assert again.returncode == 3
+    assert again.stderr.startswith(f"otel-worker: FAILED_PRECONDITION: job {other} is already")

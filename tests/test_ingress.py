@@ -11,6 +11,7 @@ import os
 import queue
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -25,7 +26,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from shared import events
-from shared.cli import main as cli_main
 from shared.contracts import JobAccepted, JobPage, JobView
 from shared.devstack import ServiceProcess, free_ports, grpc_serving, ingress_process, wait_until
 from shared.ingress import SERVICE
@@ -649,9 +649,18 @@ def test_a_second_ingress_on_the_same_port_fails_to_start(ingress: Ingress) -> N
     assert grpc_serving(ingress.target)
 
 
-def test_the_ingress_serves_tls_and_the_cli_connects_with_its_ca(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "otel-worker"), *argv],
+        env={**os.environ, "GRPC_AUTH_TOKEN": "s3cret"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_ingress_serves_tls_and_the_cli_connects_with_its_ca(tmp_path: Path) -> None:
     cert, key = make_certificate(tmp_path)
     started = _start(
         {"GRPC_TLS_CERT": str(cert), "GRPC_TLS_KEY": str(key), "GRPC_AUTH_TOKEN": "s3cret"},
@@ -667,19 +676,19 @@ def test_the_ingress_serves_tls_and_the_cli_connects_with_its_ca(
                     pb.GetJobStatusRequest(job_id=str(JOB_ID)), timeout=5
                 )
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-        monkeypatch.setenv("GRPC_AUTH_TOKEN", "s3cret")
         address = f"localhost:{port}"
         # TLS against the system's roots: this certificate is nobody's, so it is refused.
-        assert cli_main(["status", str(JOB_ID), "--ingress", address, "--tls"]) != 0
-        assert "UNAVAILABLE" in capsys.readouterr().err
-        assert cli_main(["status", str(JOB_ID), "--ingress", address, "--ca-file", str(cert)]) == 0
-        assert str(JOB_ID) in capsys.readouterr().out
+        untrusted = _cli("status", str(JOB_ID), "--ingress", address, "--tls")
+        assert untrusted.returncode == 3
+        assert "UNAVAILABLE" in untrusted.stderr
+        trusted = _cli("status", str(JOB_ID), "--ingress", address, "--ca-file", str(cert))
+        assert trusted.returncode == 0, trusted.stderr
+        assert str(JOB_ID) in trusted.stdout
         assert len(started.status.received) == 1
         missing = tmp_path / "nope.pem"
-        assert (
-            cli_main(["status", str(JOB_ID), "--ingress", address, "--ca-file", str(missing)]) == 2
-        )
-        assert f"--ca-file: no such file: {missing}" in capsys.readouterr().err
+        absent = _cli("status", str(JOB_ID), "--ingress", address, "--ca-file", str(missing))
+        assert absent.returncode == 2
+        assert f"--ca-file: no such file: {missing}" in absent.stderr
     finally:
         _stop(started)
 
