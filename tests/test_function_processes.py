@@ -227,7 +227,12 @@ def test_otel_worker_dev_stops_cleanly_when_its_start_fails_or_is_interrupted(
         start_new_session=True,
     )
     if interrupt:
-        time.sleep(1.5)  # inside migrate's start-up retry
+        # Inside migrate's start-up retry (a fixed sleep could land in the imports of a
+        # loaded machine, before there is anything to stop).
+        assert process.stdout is not None
+        for line in process.stdout:
+            if "not reachable" in line:
+                break
         process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=30)
     assert process.returncode == code, err
