@@ -231,6 +231,7 @@ class RecordingServer:
                 self.wfile.write(reply)
 
             do_GET = do_POST  # noqa: N815 (the name http.server dispatches GET to)
+            do_DELETE = do_POST  # noqa: N815
 
             def log_message(self, format: str, *args: Any) -> None:
                 return
