@@ -31,8 +31,7 @@ from shared.dev.stack import ServiceProcess, free_ports, grpc_serving, ingress_p
 from shared.grpc_adapter import SERVICE
 from shared.rpc.distance.v1 import distance_pb2 as pb
 from shared.rpc.distance.v1 import distance_pb2_grpc
-from tests.conftest import RecordingServer
-from tests.test_config import make_certificate
+from tests.conftest import RecordingServer, make_certificate
 
 JOB_ID = uuid.UUID("0b9f3a52-5d3c-4c1e-8f0a-2b6d7e9c1a44")
 QUEUED = dt.datetime(2026, 3, 8, 12, 0, tzinfo=dt.UTC)

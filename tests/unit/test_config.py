@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from shared import config
 from shared.cli import main as cli_main
 from shared.dev.stack import REPO_ROOT
+from tests.conftest import make_certificate
 
 
 def _load_error(group: type[config.SettingsGroup]) -> str:
@@ -304,22 +304,6 @@ def test_allowing_unauthenticated_access_takes_a_boolean(monkeypatch: pytest.Mon
     assert "GRPC_ALLOW_UNAUTHENTICATED: Input should be a valid boolean" in _load_error(
         config.GrpcSettings
     )
-
-
-def make_certificate(folder: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for localhost and 127.0.0.1, and its key (PEM)."""
-    cert, key = folder / "tls.crt", folder / "tls.key"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-nodes", "-days", "1", "-subj", "/CN=localhost"),
-            *("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"),
-            *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
-            *("-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
 
 
 def test_tls_takes_a_certificate_and_its_key_together(
