@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import AnyUrl
+
 from shared import config
 from shared.contracts import INT32_MAX
 
@@ -66,7 +68,9 @@ def _config_check(args: argparse.Namespace) -> int:
             invalid += 1
             continue
         for key, value in settings.model_dump().items():
-            sys.stdout.write(f"  {key.upper()} = {value}\n")
+            # A URL may carry credentials (user:password@, ?api-key=): SecretStr masks itself.
+            shown = config.redact_url(str(value)) if isinstance(value, AnyUrl) else value
+            sys.stdout.write(f"  {key.upper()} = {shown}\n")
     return 2 if invalid else 0
 
 
@@ -336,6 +340,16 @@ def _client(args: argparse.Namespace) -> int:
     settings = config.load(config.ClientSettings)
     if args.ingress:
         settings = settings.model_copy(update={"ingress_address": args.ingress})
+    if args.ca_file is not None and not args.ca_file.is_file():
+        sys.stderr.write(f"otel-worker: --ca-file: no such file: {args.ca_file}\n")
+        return 2
+    if args.tls or args.ca_file:
+        settings = settings.model_copy(
+            update={
+                "ingress_tls": True,
+                "ingress_ca_file": args.ca_file or settings.ingress_ca_file,
+            }
+        )
     try:
         if args.command == "submit":
             request = pb.CalculateDistanceRequest(
@@ -348,6 +362,8 @@ def _client(args: argparse.Namespace) -> int:
             return client.submit(
                 settings, request, wait_for_it=args.wait, wait_seconds=args.timeout
             )
+        if args.command == "cancel":
+            return client.cancel(settings, args.job_id)
         if args.command == "status":
             return client.status(settings, args.job_id, args.json)
         return client.jobs(
@@ -370,6 +386,16 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     ingress = argparse.ArgumentParser(add_help=False)
     ingress.add_argument(
         "--ingress", metavar="HOST:PORT", help="the gRPC ingress (INGRESS_ADDRESS)"
+    )
+    ingress.add_argument(
+        "--tls", action="store_true", help="connect over TLS (INGRESS_TLS); see --ca-file"
+    )
+    ingress.add_argument(
+        "--ca-file",
+        type=Path,
+        metavar="PEM",
+        help="verify the ingress's certificate with this CA (INGRESS_CA_FILE; implies --tls;"
+        " default: the system's roots)",
     )
 
     submit = commands.add_parser("submit", parents=[ingress], help="ask for a job over gRPC")
@@ -395,10 +421,16 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     status.add_argument("--json", action="store_true", help="the whole answer as JSON")
     status.set_defaults(handler=_client)
 
+    cancel = commands.add_parser(
+        "cancel", parents=[ingress], help="cancel a queued or processing job"
+    )
+    cancel.add_argument("job_id", help="the job id")
+    cancel.set_defaults(handler=_client)
+
     jobs = commands.add_parser("jobs", parents=[ingress], help="list jobs, newest first")
     jobs.add_argument(
         "--status",
-        choices=["queued", "processing", "completed", "failed"],
+        choices=["queued", "processing", "completed", "failed", "cancelled"],
         help="only jobs in this state",
     )
     jobs.add_argument("--date", type=_day, help="jobs whose days include this one")

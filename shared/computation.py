@@ -21,12 +21,11 @@ from typing import Any
 from cloudevents.http import CloudEvent
 from pydantic import ValidationError
 
-from shared import events, telemetry
+from shared import telemetry
 from shared.config import StorageSettings
-from shared.contracts import JobOutcome
 from shared.db import ConnectionSource, DatabaseUnavailable
 from shared.errors import OtelWorkerError
-from shared.job_view import job_view
+from shared.job_view import outcome_event
 from shared.jobs import ClaimResult, Job, JobStatus, JobStore, LeaseLost
 from shared.storage import (
     CSV_TYPE,
@@ -94,6 +93,9 @@ class Computation:
         started = time.monotonic()
         try:
             facts, copy = self._compute(job)
+        except LeaseLost as exc:
+            # Cancelled (or taken over) while it computed: stopped before uploading anything.
+            return Outcome(HTTPStatus.OK, None, str(exc))
         except JobFailure as exc:
             reason = str(exc)
             return self._fenced(lambda: self.jobs.fail(job.id, token, reason))
@@ -106,7 +108,15 @@ class Computation:
                 job, token, f"internal error: {exc}", HTTPStatus.INTERNAL_SERVER_ERROR
             )
         try:
-            outcome = self._fenced(lambda: self.jobs.complete(job.id, token, **facts))
+            try:
+                completed = self.jobs.complete(job.id, token, **facts)
+            except LeaseLost as exc:
+                if exc.status == JobStatus.CANCELLED:
+                    self._remove_attempt(job)
+                # A newer attempt owns the job, or nobody does: this one's work is dropped.
+                outcome = Outcome(HTTPStatus.OK, None, str(exc))
+            else:
+                outcome = self._finished(completed)
             if copy is not None and outcome.event is not None:
                 # This attempt completed the job: its copy is the one to show.
                 _publish(copy)
@@ -115,6 +125,15 @@ class Computation:
                 copy.discard()  # a stale attempt's, or a failure's (nothing after a publish)
         telemetry.instruments().job_duration.record(time.monotonic() - started)
         return outcome
+
+    def _remove_attempt(self, job: Job) -> None:
+        """Remove what this attempt uploaded for a job cancelled under it; what cannot be
+        removed now is left to the bucket's expiry rule (the job names none of it)."""
+        keys = result_keys(job.id, job.attempts, job.date_from, job.date_to, job.device_id)
+        try:
+            self.objects.remove([keys.csv_key, keys.series_key, keys.summary_key])
+        except StorageUnavailable as exc:
+            log.warning("could not remove a cancelled attempt's objects", extra={"error": str(exc)})
 
     def _release(self, job: Job, token: uuid.UUID, error: str, status: int) -> Outcome:
         try:
@@ -152,7 +171,13 @@ class Computation:
         CSV_OUTPUT_PATH written but not yet visible (None without that setting)."""
         from shared.engine import EngineParams, analyze, day_window, read_range
         from shared.export import write_csv
-        from shared.locations import PointLimit, TooManyPoints, read_points, unknown_device
+        from shared.locations import (
+            PointLimit,
+            TooManyDeviceRows,
+            TooManyPoints,
+            read_points,
+            unknown_device,
+        )
         from shared.report import series_json
 
         try:
@@ -165,8 +190,12 @@ class Computation:
         with telemetry.span("read points", attributes={"job.id": str(job.id)}):
             read_started = time.monotonic()
             note: str | None = None
+            days = (job.date_to - job.date_from).days + 1
             limit = PointLimit(
-                _utc(window.start_us), _utc(window.end_us), self.storage.max_csv_rows
+                _utc(window.start_us),
+                _utc(window.end_us),
+                self.storage.max_csv_rows,
+                device_rows=self.storage.max_day_read_rows * days,
             )
             try:
                 with self.connection() as conn:
@@ -182,6 +211,12 @@ class Computation:
                     f"{exc.count} points in the window exceed MAX_CSV_ROWS "
                     f"({self.storage.max_csv_rows}); ask for fewer days or one device"
                 ) from None
+            except TooManyDeviceRows as exc:
+                raise JobFailure(
+                    f"device {exc.device}: {exc.count} fixes to read for {days} day(s), window "
+                    f"and context, exceed MAX_DAY_READ_ROWS ({self.storage.max_day_read_rows})"
+                    f" per device-day; ask for another window or have the data thinned"
+                ) from None
             metrics.db_read.record(time.monotonic() - read_started)
         with telemetry.span("analyze", attributes={"fixes": len(points)}):
             analysis = analyze(points, window, params)
@@ -193,6 +228,8 @@ class Computation:
             if count:
                 metrics.dropped.add(count, {"rule": rule})
         keys = result_keys(job.id, job.attempts, job.date_from, job.date_to, job.device_id)
+        assert job.lease_token is not None
+        self.jobs.holds(job.id, job.lease_token)  # cancelled meanwhile: upload nothing
         with (
             tempfile.TemporaryFile() as csv,
             telemetry.span("upload", attributes={"key": keys.csv_key}),
@@ -246,19 +283,6 @@ def _publish(copy: StagedCopy) -> None:
         log.warning(
             "could not publish the CSV copy", extra={"path": str(copy.target), "error": str(exc)}
         )
-
-
-def outcome_event(job: Job, source: str, traceparent: str | None) -> CloudEvent:
-    """The `job.completed` or `job.failed` event of a finished job. A job finishes once, so
-    its id names the job and the outcome: sent again, it is recognisably the same event."""
-    return events.new_event(
-        events.JOB_COMPLETED if job.status == JobStatus.COMPLETED else events.JOB_FAILED,
-        JobOutcome(job=job_view(job)),
-        source=source,
-        subject=str(job.id),
-        traceparent=traceparent,
-        event_id=f"{job.id}.{job.status.value}",
-    )
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

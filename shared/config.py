@@ -13,14 +13,16 @@ import re
 import sys
 from pathlib import Path
 from typing import Annotated, Literal, Self, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import (
     AfterValidator,
     AnyHttpUrl,
     Field,
+    FilePath,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -69,6 +71,8 @@ class SettingsGroup(BaseSettings):
         extra="ignore",
         case_sensitive=False,
         frozen=True,
+        # "inf" and "nan" parse as floats: no threshold, limit or timeout means either.
+        allow_inf_nan=False,
     )
 
 
@@ -100,6 +104,17 @@ class DatabaseSettings(SettingsGroup):
         url = value.get_secret_value() if value else ""
         if url and not url.startswith(("postgres://", "postgresql://")):
             raise ValueError("must start with postgresql://")
+        if url:
+            from psycopg import ProgrammingError
+            from psycopg.conninfo import conninfo_to_dict
+
+            try:
+                conninfo_to_dict(url)
+            except ProgrammingError:
+                # libpq's message quotes the whole string, password included.
+                raise ValueError(
+                    "is not a valid connection URI (its text is not shown: it may hold a password)"
+                ) from None
         return value if url else None
 
     def conninfo(self) -> str:
@@ -168,7 +183,7 @@ class AnalysisSettings(SettingsGroup):
 
 
 class StorageSettings(SettingsGroup):
-    """Object storage (MinIO in production) and the CSV limits."""
+    """Object storage (MinIO in production), the CSV limits and the read limit."""
 
     minio_endpoint: str = "127.0.0.1:9000"
     minio_public_endpoint: str | None = None
@@ -184,6 +199,10 @@ class StorageSettings(SettingsGroup):
     # bytes of CSV per fix were measured (bench-pipeline: 266k fixes peaked at 171 MB).
     max_csv_rows: Annotated[int, Field(ge=1)] = 1_000_000
     max_csv_bytes: Annotated[int, Field(ge=1)] = 200_000_000
+    # What one device-day's read may hold, context (fixes before and after the window)
+    # included: a device-day at one fix a second is 86,400, so this leaves room for dense
+    # context while a job of N days reads at most N times this per device.
+    max_day_read_rows: Annotated[int, Field(ge=1)] = 250_000
 
     @field_validator("minio_endpoint")
     @classmethod
@@ -226,6 +245,17 @@ class JobSettings(SettingsGroup):
     job_republish_seconds: Annotated[int, Field(ge=1)] = 120
 
 
+class AdmissionSettings(SettingsGroup):
+    """How much may be asked and how fast: pending work counted in device-days (submit),
+    and a token bucket per requester (submit and the ingress)."""
+
+    # A day of one device takes compute well under a second to a few seconds: 500 pending
+    # device-days is minutes of work, and a month of every-device jobs counts 31 per job.
+    max_pending_jobs: Annotated[int, Field(ge=1)] = 500
+    request_rate_per_minute: Annotated[float, Field(gt=0)] = 60.0
+    request_burst: Annotated[int, Field(ge=1)] = 30
+
+
 class EventSettings(SettingsGroup):
     """Where events are published: `K_SINK` is injected by a Knative SinkBinding."""
 
@@ -242,12 +272,55 @@ class HttpServerSettings(SettingsGroup):
 
 
 class GrpcSettings(SettingsGroup):
-    """The gRPC ingress server: port, optional bearer token, message size limit."""
+    """The gRPC ingress server: port, bearer token (required unless unauthenticated access
+    is asked for by name), TLS, message size limit."""
 
     grpc_port: Port = 50051
     port: Port | None = None
-    grpc_auth_token: BearerToken = None
+    grpc_allow_unauthenticated: bool = False
+    """Declared before the token: the token's check reads it."""
+    grpc_auth_token: Annotated[BearerToken, Field(validate_default=True)] = None
+    grpc_tls_cert: FilePath | None = None
+    grpc_tls_key: Annotated[FilePath | None, Field(validate_default=True)] = None
     grpc_max_receive_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 64 * 1024
+
+    @field_validator("grpc_auth_token")
+    @classmethod
+    def _token_or_open_by_choice(
+        cls, value: SecretStr | None, info: ValidationInfo
+    ) -> SecretStr | None:
+        # Fail closed: a Secret that lost its key must not leave the service open to all.
+        if value is None and not info.data.get("grpc_allow_unauthenticated", False):
+            raise ValueError(
+                "is required: set it, or set GRPC_ALLOW_UNAUTHENTICATED=true to accept every "
+                "caller (only where nobody else can reach the ingress)"
+            )
+        return value
+
+    @field_validator("grpc_tls_key")
+    @classmethod
+    def _tls_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        cert = info.data.get("grpc_tls_cert")
+        if (value is None) != (cert is None):
+            raise ValueError("GRPC_TLS_CERT and GRPC_TLS_KEY are set together or not at all")
+        if value is not None and cert is not None:
+            import ssl
+
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, value)
+            except (ssl.SSLError, OSError) as exc:
+                raise ValueError(
+                    f"with GRPC_TLS_CERT, not a PEM certificate and its private key ({exc})"
+                ) from None
+        return value
+
+    @property
+    def tls(self) -> tuple[bytes, bytes] | None:
+        """The PEM private key and certificate chain the ingress serves TLS with, or None
+        (plain h2c, as inside a mesh that terminates TLS itself)."""
+        if self.grpc_tls_cert is None or self.grpc_tls_key is None:
+            return None
+        return self.grpc_tls_key.read_bytes(), self.grpc_tls_cert.read_bytes()
 
     @property
     def listen_port(self) -> int:
@@ -264,9 +337,13 @@ class UpstreamSettings(SettingsGroup):
 
 
 class ClientSettings(SettingsGroup):
-    """The command-line client (`otel-worker submit/status/jobs`): where the ingress is."""
+    """The command-line client (`otel-worker submit/status/jobs`): where the ingress is, and
+    whether it is reached over TLS (verified against INGRESS_CA_FILE, else the system's
+    roots)."""
 
     ingress_address: str = "127.0.0.1:50051"
+    ingress_tls: bool = False
+    ingress_ca_file: FilePath | None = None
     grpc_auth_token: BearerToken = None
     client_timeout_seconds: PositiveFloat = 30.0
 
@@ -299,6 +376,7 @@ GROUPS: dict[str, type[SettingsGroup]] = {
     "analysis": AnalysisSettings,
     "storage": StorageSettings,
     "jobs": JobSettings,
+    "admission": AdmissionSettings,
     "events": EventSettings,
     "http": HttpServerSettings,
     "grpc": GrpcSettings,
@@ -307,6 +385,20 @@ GROUPS: dict[str, type[SettingsGroup]] = {
     "telemetry": TelemetrySettings,
 }
 """Every settings group by a short name (for `otel-worker config` and documentation)."""
+
+
+def redact_url(url: str) -> str:
+    """`url` with its credentials hidden: the user information and every query value (an
+    OTLP endpoint may carry a key in either) become `***`."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = "&".join(
+        f"{name}=***" if sep else name
+        for name, sep, _ in (pair.partition("=") for pair in parts.query.split("&") if pair)
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def variable_names() -> set[str]:

@@ -24,12 +24,13 @@ from pydantic import (
     field_validator,
 )
 
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_DEVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,99}$")
+# Matched whole (fullmatch): `$` alone would also take a trailing newline.
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DEVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+-]{0,99}")
 
-JobStatus = Literal["queued", "processing", "completed", "failed"]
-JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "processing", "completed", "failed")
-FINISHED: frozenset[str] = frozenset({"completed", "failed"})
+JobStatus = Literal["queued", "processing", "completed", "failed", "cancelled"]
+JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "processing", "completed", "failed", "cancelled")
+FINISHED: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 
 INT32_MAX: Final = 2**31 - 1
@@ -45,7 +46,7 @@ def parse_local_date(value: object) -> dt.date:
     `EARLIEST_DATE` on."""
     if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
         day = value
-    elif not isinstance(value, str) or not _DATE.match(value):
+    elif not isinstance(value, str) or not _DATE.fullmatch(value):
         raise ValueError("must be a date written YYYY-MM-DD")
     else:
         try:
@@ -61,7 +62,7 @@ def parse_device_id(value: object) -> str | None:
     """An OwnTracks device id (None for absent or empty: every device)."""
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or not _DEVICE.match(value):
+    if not isinstance(value, str) or not _DEVICE.fullmatch(value):
         raise ValueError(
             "must be 1-100 characters of letters, digits and . _ @ : + - "
             "(starting with a letter or digit)"
@@ -84,6 +85,18 @@ def check_time_zone(value: str) -> str:
     return value
 
 
+def check_no_nul(value: str) -> str:
+    """`value` unless it holds a NUL character, which PostgreSQL's text cannot store: a
+    request carrying one is bad input (400 / INVALID_ARGUMENT), never a database error that
+    a broker would retry."""
+    if "\0" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+Text = Annotated[str, AfterValidator(check_no_nul)]
+"""A string that can be stored: no NUL character."""
+
 LocalDate = Annotated[
     dt.date,
     BeforeValidator(parse_local_date),
@@ -94,7 +107,12 @@ DeviceId = Annotated[
     BeforeValidator(parse_device_id),
     Field(description="OwnTracks device id; empty or absent means every device"),
 ]
-TimeZone = Annotated[str, AfterValidator(check_time_zone), Field(description="IANA time zone")]
+TimeZone = Annotated[
+    str,
+    AfterValidator(check_no_nul),
+    AfterValidator(check_time_zone),
+    Field(description="IANA time zone"),
+]
 
 
 class _Contract(BaseModel):
@@ -104,8 +122,8 @@ class _Contract(BaseModel):
 class Requester(_Contract):
     """The CloudEvent that asked for a job, so the requester can match the outcome to it."""
 
-    source: str
-    id: str
+    source: Text
+    id: Text
 
 
 MAX_IDEMPOTENCY_KEY: Final = 200
@@ -123,11 +141,14 @@ class DistanceRequested(_Contract):
     timezone: TimeZone | None = Field(
         default=None, description="time zone of the days; absent = the home time zone"
     )
-    idempotency_key: Annotated[str, Field(min_length=1, max_length=MAX_IDEMPOTENCY_KEY)] | None = (
-        Field(
-            default=None,
-            description="repeat requests with one key get one job; absent = the event's source+id",
-        )
+    idempotency_key: (
+        Annotated[
+            str, Field(min_length=1, max_length=MAX_IDEMPOTENCY_KEY), AfterValidator(check_no_nul)
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="repeat requests with one key get one job; absent = the event's source+id",
     )
 
     # A field validator, not a model one: its error names end_date rather than no field.
@@ -200,7 +221,7 @@ class JobAccepted(_Contract):
 
 
 class JobOutcome(_Contract):
-    """Data of `job.completed` and `job.failed`."""
+    """Data of `job.completed`, `job.failed` and `job.cancelled`."""
 
     job: JobView
 

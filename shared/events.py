@@ -33,10 +33,11 @@ JOB_ACCEPTED = f"{PREFIX}.job.accepted.v1"
 JOB_QUEUED = f"{PREFIX}.job.queued.v1"
 JOB_COMPLETED = f"{PREFIX}.job.completed.v1"
 JOB_FAILED = f"{PREFIX}.job.failed.v1"
-EMITTED = (JOB_ACCEPTED, JOB_QUEUED, JOB_COMPLETED, JOB_FAILED)
+JOB_CANCELLED = f"{PREFIX}.job.cancelled.v1"
+EMITTED = (JOB_ACCEPTED, JOB_QUEUED, JOB_COMPLETED, JOB_FAILED, JOB_CANCELLED)
 """Every type this system emits (`distance.requested` comes from callers)."""
 
-OUTBOUND = (JOB_ACCEPTED, JOB_COMPLETED, JOB_FAILED)
+OUTBOUND = (JOB_ACCEPTED, JOB_COMPLETED, JOB_FAILED, JOB_CANCELLED)
 """Emitted for requesters, consumed by no Trigger of ours: other cluster apps subscribe to
 them with Triggers of their own, matching `data.job.requester` to their request."""
 
@@ -46,6 +47,7 @@ DATA_MODELS: dict[str, type[BaseModel]] = {
     JOB_QUEUED: contracts.JobQueued,
     JOB_COMPLETED: contracts.JobOutcome,
     JOB_FAILED: contracts.JobOutcome,
+    JOB_CANCELLED: contracts.JobOutcome,
 }
 """The pydantic model of each event type's data."""
 
@@ -120,6 +122,10 @@ def parse(headers: Mapping[str, str], body: bytes) -> CloudEvent:
             raise EventError(f"{prefix}{name}: must be a string (got {value!r})")
         if not value and name in _REQUIRED:
             raise EventError(f"{prefix}{name}: must not be empty")
+    for name, value in event.get_attributes().items():
+        # Stored with the job (source, id) or logged: PostgreSQL's text cannot hold a NUL.
+        if isinstance(value, str) and "\0" in value:
+            raise EventError(f"{prefix}{name}: must not contain a NUL character")
     return event
 
 

@@ -15,7 +15,7 @@ import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -129,7 +129,16 @@ def _labels(codes: npt.NDArray[Any], labels: Sequence[str]) -> Bytes:
     return cells
 
 
+FORMULA_TRIGGERS: Final = ("=", "+", "-", "@", "\t", "\r")
+"""First characters that make a spreadsheet read a text cell as a formula (OWASP's list)."""
+
+
 def _csv_field(text: str) -> str:
+    """`text` as one CSV field: a cell a spreadsheet would run as a formula (a device id
+    such as `=HYPERLINK(...)` or `-2+3`) gets a leading `'`, so it shows as the text it is;
+    then quoted where CSV needs it. Numbers are rendered elsewhere and never pass here."""
+    if text.startswith(FORMULA_TRIGGERS):
+        text = "'" + text
     if any(c in text for c in ',"\r\n'):
         return '"' + text.replace('"', '""') + '"'
     return text

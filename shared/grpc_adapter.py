@@ -27,10 +27,12 @@ from urllib.parse import quote, urlencode
 import grpc
 import urllib3
 from cloudevents.http import CloudEvent
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2
 from pydantic import BaseModel, ValidationError
 
 from shared import events, telemetry
+from shared.admission import first_forwarded, grpc_peer_address
 from shared.config import UpstreamSettings
 from shared.contracts import JobAccepted, JobPage, JobView
 from shared.errors import OtelWorkerError
@@ -57,12 +59,14 @@ _CODES: dict[int, grpc.StatusCode] = {
 
 
 class UpstreamError(OtelWorkerError):
-    """submit or status answered with an error, or could not be reached."""
+    """submit or status answered with an error, or could not be reached; `retry_after` is
+    the seconds an answer of "too many requests" asked the caller to wait."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, retry_after: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after = retry_after
 
 
 class Deadline(Protocol):
@@ -118,6 +122,7 @@ class Upstream:
         context: Deadline,
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
+        codes: Mapping[int, grpc.StatusCode] | None = None,
     ) -> urllib3.BaseHTTPResponse:
         timeout = self._timeout(context)
         started = time.monotonic()
@@ -144,13 +149,18 @@ class Upstream:
         self._mark(service, _answered(response))
         if response.status >= 400:
             raise UpstreamError(
-                _CODES.get(response.status, grpc.StatusCode.INTERNAL),
+                {**_CODES, **(codes or {})}.get(response.status, grpc.StatusCode.INTERNAL),
                 _error_text(service, response),
+                response.headers.get("Retry-After"),
             )
         return response
 
-    def submit(self, data: dict[str, Any], context: Deadline) -> JobAccepted:
-        """Post a `distance.requested` event to submit; the job from its reply."""
+    def submit(
+        self, data: dict[str, Any], context: Deadline, caller: str | None = None
+    ) -> JobAccepted:
+        """Post a `distance.requested` event to submit; the job from its reply. `caller`
+        (the gRPC caller's address) goes along as X-Forwarded-For: submit's per-requester
+        rate is then per caller, not one for everything the ingress sends."""
         event = CloudEvent(
             {
                 "type": events.DISTANCE_REQUESTED,
@@ -162,6 +172,8 @@ class Upstream:
             data,
         )
         headers, body = events.binary(event)
+        if caller:
+            headers["X-Forwarded-For"] = caller
         response = self._call(
             "submit", "POST", str(self.settings.submit_url), context, body, headers
         )
@@ -186,6 +198,20 @@ class Upstream:
         """One job from status."""
         url = f"{_base(self.settings.status_url)}/jobs/{quote(job_id, safe='')}"
         return _model(JobView, self._call("status", "GET", url, context, headers=_trace()))
+
+    def cancel(self, job_id: str, context: Deadline) -> JobView:
+        """Cancel one job through submit (DELETE /jobs/{id}); a finished job (409) is
+        FAILED_PRECONDITION."""
+        url = f"{_base(self.settings.submit_url)}/jobs/{quote(job_id, safe='')}"
+        response = self._call(
+            "submit",
+            "DELETE",
+            url,
+            context,
+            headers=_trace(),
+            codes={HTTPStatus.CONFLICT: grpc.StatusCode.FAILED_PRECONDITION},
+        )
+        return _model(JobView, response)
 
     def jobs(self, query: dict[str, str | int], context: Deadline) -> JobPage:
         """A page of jobs from status."""
@@ -408,7 +434,7 @@ class DistanceService(distance_pb2_grpc.DistanceServiceServicer):
             if value := getattr(request, name):
                 data[name] = value
         try:
-            accepted = self.upstream.submit(data, context)
+            accepted = self.upstream.submit(data, context, _caller(context))
         except UpstreamError as exc:
             _abort(context, exc)
         job = accepted.job
@@ -423,16 +449,19 @@ class DistanceService(distance_pb2_grpc.DistanceServiceServicer):
         self, request: pb.GetJobStatusRequest, context: grpc.ServicerContext
     ) -> pb.GetJobStatusResponse:
         """The job's state, and its result once completed."""
-        if not request.job_id:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id: is required")
-        # Checked here: in status's URL path, "x/report" or "../jobs" would name another route.
-        if not _UUID.fullmatch(request.job_id):
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"job_id: {_excerpt(repr(request.job_id))} is not a UUID",
-            )
+        _check_job_id(request.job_id, context)
         try:
             return status_message(self.upstream.job(request.job_id, context))
+        except UpstreamError as exc:
+            _abort(context, exc)
+
+    def CancelJob(
+        self, request: pb.CancelJobRequest, context: grpc.ServicerContext
+    ) -> pb.GetJobStatusResponse:
+        """Cancel a queued or processing job; the job as it now stands."""
+        _check_job_id(request.job_id, context)
+        try:
+            return status_message(self.upstream.cancel(request.job_id, context))
         except UpstreamError as exc:
             _abort(context, exc)
 
@@ -456,8 +485,28 @@ class DistanceService(distance_pb2_grpc.DistanceServiceServicer):
         )
 
 
+def _check_job_id(job_id: str, context: grpc.ServicerContext) -> None:
+    if not job_id:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id: is required")
+    # Checked here: in a URL path, "x/report" or "../jobs" would name another route.
+    if not _UUID.fullmatch(job_id):
+        context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, f"job_id: {_excerpt(repr(job_id))} is not a UUID"
+        )
+
+
+def _caller(context: grpc.ServicerContext) -> str:
+    """Who calls: the first X-Forwarded-For address a gateway passed on, else the peer."""
+    metadata = dict(context.invocation_metadata() or ())
+    forwarded = first_forwarded(str(metadata.get("x-forwarded-for", "")))
+    return forwarded or grpc_peer_address(context.peer())
+
+
 def _abort(context: grpc.ServicerContext, exc: UpstreamError) -> NoReturn:
     log.info("call refused", extra={"code": exc.code.name, "error": exc.message})
+    if exc.retry_after is not None:
+        # The retry hint of a RESOURCE_EXHAUSTED, in seconds, as HTTP's Retry-After.
+        context.set_trailing_metadata((("retry-after", exc.retry_after),))
     context.abort(exc.code, exc.message)
     raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
@@ -595,3 +644,52 @@ class BearerAuth(grpc.ServerInterceptor):
         if scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), self._expected):
             return continuation(handler_call_details)
         return self._deny
+
+
+class _Undecodable:
+    """A request body that did not parse (a string field with invalid UTF-8, say)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class DecodeGuard(grpc.ServerInterceptor):
+    """Answers a request that cannot be parsed INVALID_ARGUMENT (a caller's error), where
+    grpcio would answer INTERNAL, which reads as the server's fault and invites retries."""
+
+    def intercept_service(
+        self,
+        continuation: Any,
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        """The method's handler with a deserializer that reports, rather than raises."""
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        deserialize = handler.request_deserializer
+
+        def parse(data: bytes) -> object:
+            try:
+                return deserialize(data)
+            except DecodeError as exc:
+                return _Undecodable(str(exc))
+
+        def checked(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+            def run(request: object, context: grpc.ServicerContext) -> Any:
+                if isinstance(request, _Undecodable):
+                    context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"request: {_excerpt(request.reason)}"
+                    )
+                return behaviour(request, context)
+
+            return run
+
+        if handler.unary_unary is not None:
+            return handler._replace(
+                request_deserializer=parse, unary_unary=checked(handler.unary_unary)
+            )
+        if handler.unary_stream is not None:
+            return handler._replace(
+                request_deserializer=parse, unary_stream=checked(handler.unary_stream)
+            )
+        return handler

@@ -1,5 +1,6 @@
 """The start-up every HTTP function shares: its settings checked at import (a bad value
-stops the process naming the variable), then, in the serving process and once, logging,
+stops the process naming the variable) and its HTTP server bounded against oversized and
+slow requests (`serving.bound`), then, in the serving process and once, logging,
 telemetry and the function's service built from lazily created clients, and the health
 endpoints answered before any routing.
 
@@ -15,7 +16,7 @@ from typing import Generic, TypeVar
 
 import flask
 
-from shared import clients, config, telemetry, web
+from shared import clients, config, serving, telemetry, web
 
 T = TypeVar("T")
 
@@ -31,9 +32,11 @@ class HttpFunction(Generic[T]):
         *,
         probe_database: bool = True,
     ) -> None:
-        """Check `settings` now (exit 2 naming a bad variable). `probe_database`: readiness
-        also asks the database (a function that must answer without one says False)."""
+        """Check `settings` now (exit 2 naming a bad variable) and bound the HTTP server
+        functions-framework is about to start. `probe_database`: readiness also asks the
+        database (a function that must answer without one says False)."""
         config.require(name, *settings, config.TelemetrySettings)
+        serving.bound()
         self.name = name
         self._build = build
         self._probe_database = probe_database

@@ -6,7 +6,10 @@ jobs, whose objects are known to exist.
 
 from __future__ import annotations
 
-from shared.contracts import JobView, Requester
+from cloudevents.http import CloudEvent
+
+from shared import events
+from shared.contracts import JobOutcome, JobView, Requester
 from shared.jobs import Job, JobStatus
 from shared.storage import ObjectStore
 
@@ -44,4 +47,25 @@ def job_view(job: Job, objects: ObjectStore | None = None) -> JobView:
         result=job.result,
         csv=objects.presign(job.csv_key) if links and objects and job.csv_key else None,
         summary=objects.presign(job.summary_key) if links and objects and job.summary_key else None,
+    )
+
+
+_OUTCOME_TYPES = {
+    JobStatus.COMPLETED: events.JOB_COMPLETED,
+    JobStatus.FAILED: events.JOB_FAILED,
+    JobStatus.CANCELLED: events.JOB_CANCELLED,
+}
+
+
+def outcome_event(job: Job, source: str, traceparent: str | None) -> CloudEvent:
+    """The `job.completed`, `job.failed` or `job.cancelled` event of a finished job. A job
+    finishes once, so its id names the job and the outcome: sent again (by compute, or by
+    submit for a cancellation), it is recognisably the same event."""
+    return events.new_event(
+        _OUTCOME_TYPES[job.status],
+        JobOutcome(job=job_view(job)),
+        source=source,
+        subject=str(job.id),
+        traceparent=traceparent,
+        event_id=f"{job.id}.{job.status.value}",
     )

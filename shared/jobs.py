@@ -42,7 +42,7 @@ MAX_KEY_LENGTH: Final = 1000  # a btree entry must stay well below its ~2.7 kB l
 
 
 class JobStatus(enum.StrEnum):
-    """Where a job is in its life; `completed` and `failed` are final.
+    """Where a job is in its life; `completed`, `failed` and `cancelled` are final.
 
     Each member says who moves a job out of it, and where to.
     """
@@ -50,22 +50,31 @@ class JobStatus(enum.StrEnum):
     QUEUED = "queued"
     """Created by submit (`create`), or given back after a lost or failed attempt. Leaves
     when compute claims it for an attempt (`claim`: processing, or failed when no attempts
-    are left) or when the sweep fails it for having no attempts left."""
+    are left), when the sweep fails it for having no attempts left, or when a caller
+    cancels it (`cancel`: cancelled)."""
     PROCESSING = "processing"
     """Claimed by one compute attempt, under a lease. Leaves when that attempt finishes it
     (`complete`: completed; `fail`: failed; `release` after a transient failure: queued
     again, or failed with no attempts left), when another claim takes over an expired
     lease (processing again, a new attempt), or when the sweep re-queues an expired lease
-    (queued) or fails it with no attempts left."""
+    (queued) or fails it with no attempts left, or when a caller cancels it (`cancel`:
+    cancelled)."""
     COMPLETED = "completed"
     """Final: the result objects exist. Only the sweep removes it, JOB_RETENTION_DAYS after
     it finished."""
     FAILED = "failed"
     """Final, with a message saying why. Only the sweep removes it, JOB_RETENTION_DAYS after
     it finished."""
+    CANCELLED = "cancelled"
+    """Final: cancelled by a caller through submit (`cancel`) while queued or processing, with
+    CANCELLED_MESSAGE; a running attempt has lost its lease and removes what it uploaded.
+    Only the sweep removes it, JOB_RETENTION_DAYS after it finished."""
 
 
-FINISHED: Final = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
+FINISHED: Final = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+CANCELLED_MESSAGE: Final = "cancelled at the caller's request"
+"""The error message of a cancelled job: what a client that knows only completed and
+failed shows."""
 
 
 class JobRequest(BaseModel):
@@ -125,7 +134,7 @@ class Job(JobRequest):
     started_at: dt.datetime | None
     """When the latest attempt started."""
     completed_at: dt.datetime | None
-    """When the job finished, completed or failed."""
+    """When the job finished: completed, failed or cancelled."""
     updated_at: dt.datetime
     result: dict[str, Any] | None
     csv_key: str | None
@@ -140,7 +149,7 @@ class Job(JobRequest):
 
     @property
     def finished(self) -> bool:
-        """Completed or failed: nothing more will happen to it."""
+        """Completed, failed or cancelled: nothing more will happen to it."""
         return self.status in FINISHED
 
 
@@ -170,6 +179,17 @@ class LeaseLost(OtelWorkerError):
         self.status = status
 
 
+class NotCancellable(OtelWorkerError):
+    """The job has already finished (completed, failed or cancelled): too late to cancel."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(
+            f"job {job.id} is already {job.status.value}: only a queued or processing job"
+            " can be cancelled"
+        )
+        self.job = job
+
+
 class ClaimResult(enum.StrEnum):
     """How a claim ended, and what the compute function answers the broker."""
 
@@ -178,7 +198,8 @@ class ClaimResult(enum.StrEnum):
     BUSY = "busy"
     """A live lease is held by another attempt: answer 409 so the broker retries later."""
     FINISHED = "finished"
-    """Already completed or failed: answer 2xx and do nothing (a duplicate delivery)."""
+    """Already completed, failed or cancelled: answer 2xx and do nothing (a duplicate
+    delivery, or a job cancelled before it ran)."""
     EXHAUSTED = "exhausted"
     """No attempts were left: the claim marked it failed. Emit job.failed, answer 2xx."""
     NOT_FOUND = "not_found"
@@ -484,6 +505,19 @@ class JobStore:
         assert row is not None
         return int(row[0]), float(row[1])
 
+    def pending_device_days(self) -> int:
+        """The work not yet done, in device-days: the days of every queued or processing job
+        (a job for every device counts its days once: how many devices it reads is known
+        only when it runs)."""
+        query = self._sql(
+            "SELECT coalesce(sum(date_to - date_from + 1), 0) FROM {jobs}"
+            " WHERE status IN ('queued', 'processing')"
+        )
+        with self._connection() as conn:
+            row = conn.execute(query).fetchone()
+        assert row is not None
+        return int(row[0])
+
     def mark_published(self, job_id: uuid.UUID) -> None:
         """Record that the job's job.queued event was sent (the outbox mark)."""
         with self._connection() as conn:
@@ -505,8 +539,8 @@ class JobStore:
         A queued job, or a processing one whose lease has expired, becomes processing with
         `attempts` + 1, a new `lease_token`, `lease_expires_at` = now + `lease_seconds`
         (default JOB_LEASE_SECONDS), `claimed_by` = `worker` and `started_at` = now:
-        CLAIMED. Otherwise: BUSY (a live lease elsewhere), FINISHED (completed or failed),
-        EXHAUSTED (no attempts left: the claim fails the job with a message naming the
+        CLAIMED. Otherwise: BUSY (a live lease elsewhere), FINISHED (completed, failed or
+        cancelled), EXHAUSTED (no attempts left: the claim fails the job with a message naming the
         attempts) or NOT_FOUND. Two claims never both succeed: the row lock orders them and
         the second sees the first's live lease.
         """
@@ -625,6 +659,40 @@ class JobStore:
             {"error": error},
         )
 
+    def holds(self, job_id: uuid.UUID, token: uuid.UUID) -> None:
+        """A fence between steps of an attempt: returns while `token` is still the job's
+        lease token, else raises `LeaseLost` (the job was cancelled, or taken over), so the
+        attempt stops before its next costly step."""
+        query = self._sql(
+            "SELECT 1 FROM {jobs} WHERE id = %(id)s AND status = 'processing'"
+            " AND lease_token = %(token)s"
+        )
+        with self._connection() as conn:
+            if conn.execute(query, {"id": job_id, "token": token}).fetchone() is not None:
+                return
+            current = self._by_id(conn, job_id)
+        raise LeaseLost(job_id, current.status if current else None)
+
+    def cancel(self, job_id: uuid.UUID) -> Job | None:
+        """Cancel a queued or processing job: it ends `cancelled` at once (a queued one is
+        never claimed; a running attempt loses its lease token, so its next fence raises
+        `LeaseLost` and it drops its work). Returns the job, None when there is no such job;
+        raises `NotCancellable` when it had already finished. Against a completion that
+        races it, the row lock orders the two: exactly one of them wins."""
+        update = self._sql(
+            "UPDATE {jobs} SET status = 'cancelled', completed_at = now(), updated_at = now(),"
+            " error_message = %(message)s, lease_token = NULL, lease_expires_at = NULL"
+            " WHERE id = %(id)s AND status IN ('queued', 'processing') RETURNING {columns}"
+        )
+        with self._connection() as conn:
+            job = self._one(conn, update, {"id": job_id, "message": CANCELLED_MESSAGE})
+            if job is not None:
+                return job
+            current = self._by_id(conn, job_id)
+        if current is None:
+            return None
+        raise NotCancellable(current)
+
     # --- maintenance --------------------------------------------------------------------
 
     def sweep(
@@ -642,7 +710,8 @@ class JobStore:
            JOB_REPUBLISH_SECONDS ago and unchanged since: `publish(job)` then mark them
            published; a failure is reported and the job stays as it was. Without a
            publisher they are only listed (`unpublished`);
-        4. delete completed and failed jobs that finished more than JOB_RETENTION_DAYS ago.
+        4. delete finished jobs (completed, failed, cancelled) that finished more than
+           JOB_RETENTION_DAYS ago.
         `now` (default: the database's clock) is the instant ages are judged against.
         """
         report = SweepReport()
@@ -671,7 +740,7 @@ class JobStore:
         )
         prune = self._sql(
             "DELETE FROM {jobs} WHERE id IN (SELECT id FROM {jobs}"
-            " WHERE status IN ('completed', 'failed')"
+            " WHERE status IN ('completed', 'failed', 'cancelled')"
             " AND completed_at < {now} - make_interval(days => %(retention)s)"
             " LIMIT %(limit)s FOR UPDATE SKIP LOCKED)",
             now=_AT,

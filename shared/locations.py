@@ -181,11 +181,13 @@ _COPY_DEVICE = sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(_SELECT_DEV
 @dataclass(frozen=True)
 class PointLimit:
     """At most `rows` fixes may lie in `start_utc <= timestamp < end_utc` (a part of the
-    read range, such as a job's window without its context)."""
+    read range, such as a job's window without its context), and, with `device_rows`, at
+    most that many in one device's whole read, context included."""
 
     start_utc: dt.datetime
     end_utc: dt.datetime
     rows: int
+    device_rows: int | None = None
 
 
 class TooManyPoints(OtelWorkerError):
@@ -193,6 +195,16 @@ class TooManyPoints(OtelWorkerError):
 
     def __init__(self, count: int, limit: PointLimit) -> None:
         super().__init__(f"{count} fixes between {limit.start_utc} and {limit.end_utc}")
+        self.count = count
+        self.limit = limit
+
+
+class TooManyDeviceRows(OtelWorkerError):
+    """One device's read (context included) holds more fixes than `limit.device_rows`."""
+
+    def __init__(self, device: str, count: int, limit: PointLimit) -> None:
+        super().__init__(f"{count} fixes of {device} to read (limit {limit.device_rows})")
+        self.device = device
         self.count = count
         self.limit = limit
 
@@ -277,8 +289,9 @@ def read_points(
     devices with fixes in the window. NULL accuracy/velocity/battery read as -1 and a NULL
     `created_at` as `MISSING_TIME`. `conn` must not be inside a transaction: the read runs
     in its own read-only snapshot. With `limit`, raises `TooManyPoints` when its part holds
-    more fixes than it allows (counted in the same snapshot), before reading more than
-    `_ARRAY_MAX_ROWS` rows of any device.
+    more fixes than it allows, and `TooManyDeviceRows` when one device's whole read holds
+    more than its `device_rows` (both counted in the same snapshot), before reading more
+    than `_ARRAY_MAX_ROWS` rows of any device.
     """
     window = _window(start_utc, end_utc, device_id, limit)
     with _snapshot(conn):
@@ -295,6 +308,11 @@ def read_points(
             limited = sum(inner for _, _, inner in counts)
             if limited > limit.rows:
                 raise TooManyPoints(limited, limit)
+            if limit.device_rows is not None:
+                # Counted before anything beyond one device's bounded array is fetched.
+                for device, count, _ in counts:
+                    if count > limit.device_rows:
+                        raise TooManyDeviceRows(device, count, limit)
         total = sum(count for _, count, _ in counts)
         out = {name: np.empty(total, dtype) for name, dtype in DTYPES.items()}
         rows = conn.cursor()

@@ -9,10 +9,10 @@ announced with `job.failed`, as compute announces the ones it finishes.
 from __future__ import annotations
 
 from shared import telemetry
-from shared.computation import outcome_event
 from shared.config import DatabaseSettings, EventSettings, JobSettings
 from shared.db import Connection, connect
 from shared.events import Publisher, PublishError
+from shared.job_view import outcome_event
 from shared.jobs import Job, JobStore, Publish, SweepReport
 from shared.migrate import Migration, migrate
 from shared.submission import queued_event

@@ -182,6 +182,21 @@ class ObjectStore:
                 part_size=16 * 1024 * 1024,
             )
 
+    def remove(self, keys: list[str]) -> None:
+        """Delete the objects at `keys` (those that exist). Needs s3:DeleteObject: compute
+        removes only the objects of an attempt of a job that was cancelled under it."""
+        from minio.deleteobjects import DeleteObject
+
+        self._create_bucket()
+        with _translated(f"removing {', '.join(keys)}"):
+            errors = list(
+                self.client.remove_objects(
+                    self.settings.minio_bucket, [DeleteObject(key) for key in keys]
+                )
+            )
+        if errors:
+            raise StorageUnavailable(f"removing objects: {errors[0].message}")
+
     def read(self, key: str) -> bytes:
         """The whole object at `key` (small objects: summaries and chart data); raises
         `ObjectMissing` when there is none."""

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import uuid
 from dataclasses import dataclass
+from typing import Final
 from zoneinfo import ZoneInfo
 
 from cloudevents.http import CloudEvent
 
 from shared import events
+from shared.admission import TooManyRequests
 from shared.config import AnalysisSettings, JobSettings
 from shared.contracts import DistanceRequested, JobQueued, Requester
 from shared.db import DatabaseUnavailable
 from shared.errors import OtelWorkerError
 from shared.events import Publisher, PublishError
+from shared.job_view import outcome_event
 from shared.jobs import (
     Job,
     JobRequest,
@@ -44,6 +48,30 @@ class Submission:
     analysis: AnalysisSettings
     limits: JobSettings
     source: str
+    max_pending: int | None = None
+    """MAX_PENDING_JOBS: device-days of queued and processing work above which new jobs are
+    refused for now (None: no cap)."""
+
+
+PENDING_RETRY_SECONDS: Final = 30
+"""The retry hint when pending work is at its cap: long enough for compute to clear some."""
+
+
+def _admit(submission: Submission, job_request: JobRequest, key: str | None) -> None:
+    """Refuse a new job while pending work is at MAX_PENDING_JOBS (a repeat of a request
+    already admitted is always answered: it adds no work)."""
+    if submission.max_pending is None:
+        return
+    if key is not None and submission.jobs.by_key(key) is not None:
+        return
+    days = (job_request.date_to - job_request.date_from).days + 1
+    pending = submission.jobs.pending_device_days()
+    if pending + days > submission.max_pending:
+        raise TooManyRequests(
+            f"{pending} device-days of work are pending; this request adds {days}, above "
+            f"MAX_PENDING_JOBS ({submission.max_pending}); retry in {PENDING_RETRY_SECONDS} s",
+            retry_after=PENDING_RETRY_SECONDS,
+        )
 
 
 def _check_limits(request: DistanceRequested, timezone: str, limits: JobSettings) -> None:
@@ -81,8 +109,9 @@ def submit(
     sure it is announced. Returns `(job, created)`.
 
     Raises `RequestError` for a request beyond the limits, `IdempotencyConflict` when the
-    key names a different request, and `DatabaseUnavailable` when the jobs table cannot
-    be reached. A broker that cannot be reached is not an error: the sweep retries.
+    key names a different request, `TooManyRequests` while pending work is at
+    MAX_PENDING_JOBS, and `DatabaseUnavailable` when the jobs table cannot be reached. A
+    broker that cannot be reached is not an error: the sweep retries.
 
     A redelivery gets its first job even when MAX_RANGE_DAYS was lowered below its range
     since; telling that apart needs the jobs table, so while it is down such a request is
@@ -109,6 +138,7 @@ def submit(
             raise
         job, created = earlier, False
     else:
+        _admit(submission, job_request, key)
         job, created = submission.jobs.create(
             job_request,
             idempotency_key=key,
@@ -119,6 +149,31 @@ def submit(
     if job.status == JobStatus.QUEUED and job.published_at is None:
         announce(submission, job)
     return job, created
+
+
+class JobNotFound(OtelWorkerError, LookupError):
+    """No job has that id."""
+
+
+def cancel(submission: Submission, job_id: uuid.UUID, traceparent: str | None) -> Job:
+    """Cancel a queued or processing job and announce `job.cancelled`; the cancelled job.
+
+    Raises `JobNotFound`, `NotCancellable` (it had finished: completed, failed or already
+    cancelled) or `DatabaseUnavailable`. A broker that cannot be reached is only logged:
+    the job is cancelled either way, and compute answers a later delivery of its
+    `job.queued` with the same event (same id) again.
+    """
+    job = submission.jobs.cancel(job_id)
+    if job is None:
+        raise JobNotFound(f"job {job_id} not found")
+    if submission.publisher is not None:
+        try:
+            submission.publisher.publish(outcome_event(job, submission.source, traceparent))
+        except PublishError as exc:
+            log.warning(
+                "could not publish job.cancelled", extra={"job_id": str(job.id), "error": str(exc)}
+            )
+    return job
 
 
 def announce(submission: Submission, job: Job) -> bool:

@@ -77,14 +77,17 @@ def guarded(
     transient: tuple[type[Exception], ...] = (DependencyUnavailable,),
     *,
     max_body: int,
+    poison: tuple[type[Exception], ...] = (),
 ) -> Callable[[flask.Request], flask.Response]:
     """Wrap a handler so failures become JSON errors with the right status.
 
     The body is read before the handler runs, at most `max_body` bytes (with or without
     a Content-Length): a larger one is answered 413 and read no further. `HttpError`
-    keeps its status; `EventError` is a poison event (400); the `transient` types
-    (by default `DependencyUnavailable`: the database or object store down) are 503 so
-    callers and the broker retry; anything
+    keeps its status; `EventError` and the `poison` types (data the database refuses to
+    store, such as `psycopg.DataError`) are a poison event (400: a retry cannot succeed, so
+    the broker dead-letters it rather than retrying); the `transient` types (by default
+    `DependencyUnavailable`: the database or object store down) are 503 so callers and the
+    broker retry; anything
     else is logged with its traceback and answered 500.
     """
 
@@ -115,6 +118,11 @@ def guarded(
         except events.EventError as exc:
             log.warning("refused a bad event", extra={"error": str(exc)})
             return error_response(HTTPStatus.BAD_REQUEST, str(exc))
+        except poison as exc:
+            log.warning("refused data the database cannot store", extra={"error": str(exc)})
+            return error_response(
+                HTTPStatus.BAD_REQUEST, f"the request holds data that cannot be stored: {exc}"
+            )
         except transient as exc:
             log.warning("dependency unavailable", extra={"error": str(exc)})
             return error_response(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))

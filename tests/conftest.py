@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -231,6 +232,7 @@ class RecordingServer:
                 self.wfile.write(reply)
 
             do_GET = do_POST  # noqa: N815 (the name http.server dispatches GET to)
+            do_DELETE = do_POST  # noqa: N815
 
             def log_message(self, format: str, *args: Any) -> None:
                 return
@@ -281,3 +283,19 @@ def stack(seeded: Database, s3: S3Server) -> Iterator[Stack]:
     started = start_stack(seeded, s3)
     yield started
     started.supervisor.stop()
+
+
+def make_certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1, and its key (PEM)."""
+    cert, key = folder / "tls.crt", folder / "tls.key"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-nodes", "-days", "1", "-subj", "/CN=localhost"),
+            *("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"),
+            *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key

@@ -55,6 +55,16 @@ class Stack:
         wait_until(finished, timeout, f"job {job_id}", interval=0.05)
         return seen[-1]
 
+    def wait_finished_or_cancelled(self, job_id: uuid.UUID | str, timeout: float = 60) -> JobView:
+        seen: list[JobView] = []
+
+        def final() -> bool:
+            seen.append(self.job(job_id))
+            return seen[-1].status in {"completed", "failed", "cancelled"}
+
+        wait_until(final, timeout, f"job {job_id}", interval=0.05)
+        return seen[-1]
+
     def objects(self) -> list[str]:
         client = self.s3.client()
         return sorted(o.object_name or "" for o in client.list_objects(self.bucket, recursive=True))
@@ -92,6 +102,9 @@ def stack_env(database: Database, s3: S3Server, bucket: str, **extra: str) -> di
         "JOB_REPUBLISH_SECONDS": "1",
         "LOG_LEVEL": "WARNING",
         "DB_STARTUP_RETRY_SECONDS": "5",
+        # The suite sends hundreds of requests from one address: admission is tested apart.
+        "REQUEST_BURST": "100000",
+        "MAX_PENDING_JOBS": "100000",
         **extra,
     }
 

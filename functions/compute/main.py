@@ -15,6 +15,7 @@ from http import HTTPStatus
 
 import flask
 import functions_framework
+import psycopg
 
 from shared import clients, config, events, telemetry, web
 from shared.computation import Computation
@@ -73,4 +74,4 @@ def compute(request: flask.Request) -> flask.Response:
     return _handle(request)
 
 
-_handle = web.guarded(_serve, max_body=web.SMALL_BODY)
+_handle = web.guarded(_serve, max_body=web.SMALL_BODY, poison=(psycopg.DataError,))

@@ -17,7 +17,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from shared import config, telemetry
-from shared.grpc_adapter import SERVICE, BearerAuth, DependencyHealth, DistanceService, Upstream
+from shared.grpc_adapter import (
+    SERVICE,
+    BearerAuth,
+    DecodeGuard,
+    DependencyHealth,
+    DistanceService,
+    Upstream,
+)
 from shared.rpc.distance.v1 import distance_pb2_grpc
 
 log = logging.getLogger("ingress")
@@ -42,6 +49,7 @@ def build_server(
                 filter_=filters.negate(filters.health_check()),
             )
         )
+    interceptors.append(DecodeGuard())
     if grpc_settings.grpc_auth_token is not None:
         interceptors.append(BearerAuth(grpc_settings.grpc_auth_token.get_secret_value()))
     server = grpc.server(
@@ -69,8 +77,13 @@ def build_server(
         ],
         server,
     )
+    address = f"[::]:{grpc_settings.listen_port}"
+    tls = grpc_settings.tls
     try:
-        server.add_insecure_port(f"[::]:{grpc_settings.listen_port}")
+        if tls is None:
+            server.add_insecure_port(address)  # h2c: Knative's mesh carries it
+        else:
+            server.add_secure_port(address, grpc.ssl_server_credentials([tls]))
     except RuntimeError:  # how grpcio reports a failed bind
         raise OSError(
             f"cannot listen on port {grpc_settings.listen_port} (is another process using it?)"
@@ -98,7 +111,7 @@ def main() -> int:
         telemetry.shutdown()
         return 1
     if grpc_settings.grpc_auth_token is None:
-        # Said once at start: a Secret holding only whitespace also leaves auth off.
+        # Only with GRPC_ALLOW_UNAUTHENTICATED=true (else the settings refused to load).
         log.warning("GRPC_AUTH_TOKEN is not set: every caller is accepted")
     server.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -107,6 +120,7 @@ def main() -> int:
         extra={
             "port": grpc_settings.listen_port,
             "auth": grpc_settings.grpc_auth_token is not None,
+            "tls": grpc_settings.tls is not None,
         },
     )
 

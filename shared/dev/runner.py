@@ -163,6 +163,8 @@ class Supervisor:
         # Deployed, the ingress holds no database or object store credentials; here it gets
         # none of those settings at all, which shows it has no use for them.
         ingress_env = {
+            # Local and loopback only: no token needed unless one is set (the environment wins).
+            "GRPC_ALLOW_UNAUTHENTICATED": "true",
             **{k: v for k, v in base.items() if k not in _NOT_FOR_INGRESS},
             "SUBMIT_URL": urls["submit"],
             "STATUS_URL": urls["status"],

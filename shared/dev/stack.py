@@ -73,12 +73,18 @@ def http_status(url: str, timeout: float = 1.0) -> int:
         return int(exc.code)
 
 
-def grpc_serving(target: str, timeout: float = 1.0) -> bool:
-    """True when the gRPC server at `target` answers its health check with SERVING."""
+def grpc_serving(target: str, timeout: float = 1.0, ca: bytes | None = None) -> bool:
+    """True when the gRPC server at `target` answers its health check with SERVING (over
+    TLS verified with the PEM `ca` when given)."""
     import grpc
     from grpc_health.v1 import health_pb2
 
-    with grpc.insecure_channel(target) as channel:
+    channel = (
+        grpc.insecure_channel(target)
+        if ca is None
+        else grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca))
+    )
+    with channel:
         check = channel.unary_unary(
             "/grpc.health.v1.Health/Check",
             request_serializer=health_pb2.HealthCheckRequest.SerializeToString,

@@ -22,7 +22,7 @@ from shared.config import ClientSettings
 from shared.rpc.distance.v1 import distance_pb2 as pb
 from shared.rpc.distance.v1 import distance_pb2_grpc
 
-FINISHED = {"completed", "failed"}
+FINISHED = {"completed", "failed", "cancelled"}
 EXIT_FAILED = 1
 EXIT_RPC = 3
 EXIT_STILL_RUNNING = 4
@@ -51,6 +51,13 @@ class Client:
         )
         return reply
 
+    def cancel(self, job_id: str) -> pb.GetJobStatusResponse:
+        """CancelJob."""
+        reply: pb.GetJobStatusResponse = self.stub.CancelJob(
+            pb.CancelJobRequest(job_id=job_id), timeout=self.timeout, metadata=self.metadata
+        )
+        return reply
+
     def jobs(self, request: pb.ListJobsRequest) -> pb.ListJobsResponse:
         """ListJobs."""
         reply: pb.ListJobsResponse = self.stub.ListJobs(
@@ -61,8 +68,16 @@ class Client:
 
 @contextmanager
 def connected(settings: ClientSettings) -> Iterator[Client]:
-    """A client on a channel to INGRESS_ADDRESS, closed afterwards."""
-    with grpc.insecure_channel(settings.ingress_address) as channel:
+    """A client on a channel to INGRESS_ADDRESS (over TLS with INGRESS_TLS or a CA file),
+    closed afterwards."""
+    ca_file = settings.ingress_ca_file
+    if settings.ingress_tls or ca_file is not None:
+        roots = ca_file.read_bytes() if ca_file is not None else None
+        credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+        channel = grpc.secure_channel(settings.ingress_address, credentials)
+    else:
+        channel = grpc.insecure_channel(settings.ingress_address)
+    with channel:
         yield Client(settings, channel)
 
 
@@ -149,8 +164,8 @@ def submit(
                 f"follow it with `otel-worker status {reply.job_id}`\n"
             )
             return EXIT_STILL_RUNNING
-        if final.status == "failed":
-            out.write(f"failed: {final.error_message}\n")
+        if final.status in {"failed", "cancelled"}:
+            out.write(f"{final.status}: {final.error_message}\n")
             return EXIT_FAILED
         show_result(final, out)
     return 0
@@ -184,6 +199,15 @@ def status(settings: ClientSettings, job_id: str, as_json: bool, out: TextIO = s
             f"CSV       {result.csv_url or result.csv_path}\n"
         )
         out.write("".join(f"note      {note}\n" for note in result.notes))
+    return 0
+
+
+def cancel(settings: ClientSettings, job_id: str, out: TextIO = sys.stdout) -> int:
+    """Cancel a queued or processing job and say so (a finished one is FAILED_PRECONDITION,
+    raised as the RpcError the command reports)."""
+    with connected(settings) as client:
+        reply = client.cancel(job_id)
+    out.write(f"job {reply.job_id} {reply.status}\n")
     return 0
 
 

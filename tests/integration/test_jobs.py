@@ -24,6 +24,7 @@ from shared.jobs import (
     JobStatus,
     JobStore,
     LeaseLost,
+    NotCancellable,
     default_idempotency_key,
 )
 from tests.conftest import Database
@@ -563,3 +564,105 @@ def test_concurrent_sweeps_publish_each_job_once(pgbouncer: Database, schema: st
         for connection in connections:
             connection.close()
     assert sorted(publisher.sent) == sorted(made)
+
+
+# --- cancel -----------------------------------------------------------------------------
+
+
+def test_a_cancelled_queued_job_is_never_claimed_or_republished(store: JobStore) -> None:
+    job, _ = store.create(REQUEST, idempotency_key="cancel-queued")
+    cancelled = store.cancel(job.id)
+    assert cancelled is not None
+    assert (cancelled.status, cancelled.attempts) == (JobStatus.CANCELLED, 0)
+    assert cancelled.completed_at is not None
+    assert cancelled.error_message == "cancelled at the caller's request"
+    claim = store.claim(job.id, "w")
+    assert claim.result is ClaimResult.FINISHED
+    report = store.sweep(lambda _job: None)
+    assert report.republished == report.failed == report.requeued == []
+    current = store.get(job.id)
+    assert current is not None
+    assert (current.status, current.attempts) == (JobStatus.CANCELLED, 0)
+
+
+def test_a_cancelled_running_attempt_loses_its_fences(store: JobStore) -> None:
+    job, _ = store.create(REQUEST, idempotency_key="cancel-running")
+    token = _lease(store, job.id).lease_token
+    assert token is not None
+    store.holds(job.id, token)  # still its own
+    assert store.cancel(job.id) is not None
+    with pytest.raises(LeaseLost) as fence:
+        store.holds(job.id, token)
+    assert fence.value.status is JobStatus.CANCELLED
+    with pytest.raises(LeaseLost):
+        store.complete(job.id, token, result={"path_km": 1.0})
+    with pytest.raises(LeaseLost):
+        store.release(job.id, token, "database down")
+    current = store.get(job.id)
+    assert current is not None
+    assert (current.status, current.result) == (JobStatus.CANCELLED, None)
+
+
+def test_cancelling_a_finished_or_unknown_job_is_refused(store: JobStore) -> None:
+    assert store.cancel(uuid.uuid4()) is None
+    job, _ = store.create(REQUEST, idempotency_key="cancel-finished")
+    token = _lease(store, job.id).lease_token
+    assert token is not None
+    store.complete(job.id, token, result={})
+    with pytest.raises(NotCancellable) as refused:
+        store.cancel(job.id)
+    assert refused.value.job.status is JobStatus.COMPLETED
+    assert "already completed" in str(refused.value)
+    other, _ = store.create(REQUEST, idempotency_key="cancel-twice")
+    store.cancel(other.id)
+    with pytest.raises(NotCancellable, match="already cancelled"):
+        store.cancel(other.id)
+
+
+def test_cancelled_jobs_are_pruned_after_the_retention(
+    store: JobStore, conn: psycopg.Connection[Any], schema: str
+) -> None:
+    job, _ = store.create(REQUEST, idempotency_key="cancel-prune")
+    store.cancel(job.id)
+    _set(conn, schema, job.id, "completed_at = now() - interval '31 days'")
+    assert store.sweep(None).pruned == 1
+
+
+def test_a_cancel_racing_the_completion_has_exactly_one_winner(
+    pgbouncer: Database, schema: str
+) -> None:
+    rounds = 30
+    connections = [pgbouncer.connect() for _ in range(2)]
+    setup = JobStore(connections[0], SETTINGS, schema=schema)
+    stores = [JobStore(c, SETTINGS, schema=schema) for c in connections]
+    winners: list[str] = []
+    barrier = threading.Barrier(2)  # reused each round: both start each race together
+    try:
+        for round_ in range(rounds):
+            job, _ = setup.create(REQUEST, idempotency_key=f"race-{round_}")
+            token = _lease(setup, job.id).lease_token
+            assert token is not None
+
+            def attempt(index: int, job_id: uuid.UUID = job.id, token: uuid.UUID = token) -> str:
+                barrier.wait()
+                try:
+                    if index == 0:
+                        stores[0].complete(job_id, token, result={"round": 1})
+                        return "completed"
+                    stores[1].cancel(job_id)
+                    return "cancelled"
+                except (LeaseLost, NotCancellable):
+                    return "lost"
+
+            results = _run_together(2, attempt)
+            won = [result for result in results if result != "lost"]
+            assert len(won) == 1, results
+            final = setup.get(job.id)
+            assert final is not None
+            assert final.status.value == won[0]
+            assert (final.result is not None) == (won[0] == "completed")
+            winners.append(str(won[0]))
+    finally:
+        for connection in connections:
+            connection.close()
+    assert set(winners) <= {"completed", "cancelled"}

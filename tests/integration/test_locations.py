@@ -127,6 +127,21 @@ def test_a_limit_counts_only_its_part_of_the_read_and_refuses_before_reading(
 
 
 @pytest.mark.usefixtures("known_rows")
+def test_a_device_limit_counts_the_whole_read_context_included(routed: Database) -> None:
+    # The part holds one fix of phone and none of tab: the rest of their reads is context,
+    # and counts against the device limit (phone reads 3 fixes, tab 2).
+    part = (T0 + HOUR, T0 + 2 * HOUR)
+    with routed.connect() as conn:
+        for device, most, count in ((None, 2, 3), ("tab", 1, 2)):
+            limit = locations.PointLimit(*part, rows=10, device_rows=most)
+            with pytest.raises(locations.TooManyDeviceRows) as refused:
+                locations.read_points(conn, T0, T1, device, limit)
+            assert (refused.value.device, refused.value.count) == (device or "phone", count)
+        enough = locations.PointLimit(*part, rows=10, device_rows=3)
+        assert len(locations.read_points(conn, T0, T1, None, enough)) == 6
+
+
+@pytest.mark.usefixtures("known_rows")
 def test_reader_of_one_device(pgbouncer: Database) -> None:
     with pgbouncer.connect() as conn:
         tab = locations.read_points(conn, T0, T1, "tab")

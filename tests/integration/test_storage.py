@@ -148,6 +148,9 @@ def test_the_bucket_is_created_where_allowed_else_only_written_to(
     s3.client().make_bucket(writer.minio_bucket)
     ObjectStore(writer).upload("jobs/k.csv", io.BytesIO(b"abc"), 3, CSV_TYPE)
     assert s3.client().get_object(writer.minio_bucket, "jobs/k.csv").read() == b"abc"
+    # It may also remove what it wrote (a cancelled attempt's objects); a missing key is fine.
+    ObjectStore(writer).remove(["jobs/k.csv", "jobs/never-written.csv"])
+    assert list(s3.client().list_objects(writer.minio_bucket, recursive=True)) == []
     # A bucket that is missing fails the upload, naming it.
     missing = writer.model_copy(update={"minio_bucket": f"gone-{uuid.uuid4().hex[:8]}"})
     with pytest.raises(StorageUnavailable, match=f"uploading k: .*{missing.minio_bucket}"):

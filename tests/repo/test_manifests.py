@@ -636,10 +636,10 @@ def _documented_actions(doc: str, user: str) -> set[str]:
 
 
 def test_the_documented_minio_identities_write_and_read_apart() -> None:
-    """compute's identity (the Secret's MINIO_ACCESS_KEY) only writes; status's
-    (MINIO_READ_ACCESS_KEY) only reads and lists, which presigned downloads need. Neither
-    deletes: objects expire by the lifecycle rule. The stack the tests run gives the
-    functions SeaweedFS identities with the same rights (tests/stack.py)."""
+    """compute's identity (the Secret's MINIO_ACCESS_KEY) only writes (and deletes what a
+    cancelled attempt wrote); status's (MINIO_READ_ACCESS_KEY) only reads and lists, which
+    presigned downloads need. The stack the tests run gives the functions SeaweedFS
+    identities with the same rights (tests/stack.py)."""
     doc = (REPO_ROOT / "docs" / "DEPLOYMENT.md").read_text()
     users = {}
     for key in ("MINIO_ACCESS_KEY", "MINIO_READ_ACCESS_KEY"):
@@ -647,7 +647,7 @@ def test_the_documented_minio_identities_write_and_read_apart() -> None:
         assert users[key] in re.findall(r"^mc admin user add myminio (\S+) ", doc, re.MULTILINE)
     writer = _documented_actions(doc, users["MINIO_ACCESS_KEY"])
     reader = _documented_actions(doc, users["MINIO_READ_ACCESS_KEY"])
-    assert writer == {"s3:PutObject", "s3:AbortMultipartUpload"}
+    assert writer == {"s3:PutObject", "s3:AbortMultipartUpload", "s3:DeleteObject"}
     # Listing too: without it MinIO answers a missing object with AccessDenied, not
     # NoSuchKey, and status would call an expired report a store failure.
     assert reader == {"s3:GetObject", "s3:ListBucket"}
@@ -765,9 +765,32 @@ def test_the_overlay_exposes_only_the_ingress() -> None:
         assert local == {"submit", "compute", "status"}
 
 
-def test_documented_grpcurl_checks_speak_plaintext() -> None:
-    """The ingress serves h2c and the docs set up no TLS: a grpcurl line without
-    -plaintext would try TLS and fail."""
+def test_the_overlay_requires_the_ingress_token() -> None:
+    """Reachable from outside, the ingress must not start without its token's Secret key."""
+    kubectl = shutil.which("kubectl")
+    assert kubectl
+    for folder in OVERLAYS:
+        built = subprocess.run(
+            [kubectl, "kustomize", str(folder)], capture_output=True, text=True, check=True
+        ).stdout
+        (ingress,) = (
+            r
+            for r in yaml.safe_load_all(built)
+            if r and r["kind"] == "Service" and r["metadata"]["name"] == "ingress"
+        )
+        (container,) = ingress["spec"]["template"]["spec"]["containers"]
+        refs = {
+            var["name"]: var["valueFrom"]["secretKeyRef"]
+            for var in container["env"]
+            if "valueFrom" in var
+        }
+        assert refs["GRPC_AUTH_TOKEN"]["key"] == "GRPC_AUTH_TOKEN"
+        assert refs["GRPC_AUTH_TOKEN"].get("optional", False) is False
+
+
+def test_documented_grpcurl_checks_speak_plaintext_or_verify_tls() -> None:
+    """In the mesh the ingress serves h2c (-plaintext); over TLS a grpcurl line names the CA
+    it verifies with (-cacert): a line with neither would try TLS against system roots."""
     lines = [
         line.strip()
         for doc in [REPO_ROOT / "README.md", *(REPO_ROOT / "docs").glob("*.md")]
@@ -776,7 +799,7 @@ def test_documented_grpcurl_checks_speak_plaintext() -> None:
         if line.strip().startswith("grpcurl ")
     ]
     assert lines
-    assert [line for line in lines if "-plaintext" not in line.split()] == []
+    assert [line for line in lines if not {"-plaintext", "-cacert"} & set(line.split())] == []
 
 
 def test_yaml_passes_yamllint() -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -148,6 +151,7 @@ def test_ingress_serves_grpc_health_and_drains_on_sigterm(
         **base_env,
         "SUBMIT_URL": f"http://127.0.0.1:{upstream}",
         "STATUS_URL": f"http://127.0.0.1:{upstream}",
+        "GRPC_ALLOW_UNAUTHENTICATED": "true",
     }
     service = ingress_process(port, env).start()
     processes.append(service)
@@ -159,7 +163,7 @@ def test_ingress_without_its_upstreams_configured_exits_naming_them(
     base_env: dict[str, str], processes: list[ServiceProcess]
 ) -> None:
     (port,) = free_ports(1)
-    service = ingress_process(port, base_env)
+    service = ingress_process(port, {**base_env, "GRPC_AUTH_TOKEN": "t"})
     service.start(stdout=subprocess.PIPE)
     processes.append(service)
     assert service.process is not None
@@ -234,3 +238,49 @@ def test_otel_worker_dev_stops_cleanly_when_its_start_fails_or_is_interrupted(
     assert process.returncode == code, err
     assert message in err
     assert "Traceback" not in err
+
+
+def _half_open(url: str, count: int) -> list[socket.socket]:
+    """`count` connections that each send part of a request head and then stay silent."""
+    host, port = url.removeprefix("http://").split(":")
+    sockets = []
+    for _ in range(count):
+        client = socket.create_connection((host, int(port)), timeout=5)
+        client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        sockets.append(client)
+    return sockets
+
+
+def test_half_open_connections_do_not_starve_the_function(
+    base_env: dict[str, str], processes: list[ServiceProcess]
+) -> None:
+    service, _ = _live_without_database("status", {**base_env, "THREADS": "4"}, processes)
+    stalled = _half_open(service.url, 9)
+    try:
+        started = time.monotonic()
+        assert http_status(f"{service.url}/healthz") == 200
+        assert time.monotonic() - started < 2
+    finally:
+        for client in stalled:
+            client.close()
+    assert service.stop() == 0
+
+
+def test_a_request_line_or_header_over_the_limit_is_refused(
+    base_env: dict[str, str], processes: list[ServiceProcess]
+) -> None:
+    service, _ = _live_without_database("status", base_env, processes)
+    long_path = urllib3.request("GET", f"{service.url}/jobs/{'x' * 5000}", retries=False)
+    assert long_path.status == 414
+    header = urllib3.request(
+        "GET", f"{service.url}/healthz", headers={"X-Big": "y" * 9000}, retries=False
+    )
+    assert header.status == 431, header.status
+    # An 8 MB request line is refused without being read to its end.
+    host, port = service.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as client:
+        client.sendall(b"GET /" + b"a" * 65536)
+        with contextlib.suppress(OSError):  # the server may close while we still send
+            client.sendall(b"a" * (8 * 2**20))
+        assert client.recv(64).startswith(b"HTTP/1.1 414")
+    assert http_status(f"{service.url}/healthz") == 200

@@ -11,12 +11,14 @@ import os
 import queue
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
@@ -29,7 +31,7 @@ from shared.dev.stack import ServiceProcess, free_ports, grpc_serving, ingress_p
 from shared.grpc_adapter import SERVICE
 from shared.rpc.distance.v1 import distance_pb2 as pb
 from shared.rpc.distance.v1 import distance_pb2_grpc
-from tests.conftest import RecordingServer
+from tests.conftest import RecordingServer, make_certificate
 
 JOB_ID = uuid.UUID("0b9f3a52-5d3c-4c1e-8f0a-2b6d7e9c1a44")
 QUEUED = dt.datetime(2026, 3, 8, 12, 0, tzinfo=dt.UTC)
@@ -73,7 +75,7 @@ class Ingress:
         return distance_pb2_grpc.DistanceServiceStub(channel)  # type: ignore[no-untyped-call]
 
 
-def _start(extra: dict[str, str] | None = None) -> Ingress:
+def _start(extra: dict[str, str] | None = None, ca: bytes | None = None) -> Ingress:
     submit, status = RecordingServer().start(), RecordingServer().start()
     (port,) = free_ports(1)
     env = {
@@ -81,11 +83,12 @@ def _start(extra: dict[str, str] | None = None) -> Ingress:
         "SUBMIT_URL": submit.url,
         "STATUS_URL": status.url,
         "UPSTREAM_TIMEOUT_SECONDS": "5",
+        "GRPC_ALLOW_UNAUTHENTICATED": "true",
         **(extra or {}),
     }
     process = ingress_process(port, env).start()
     target = f"127.0.0.1:{port}"
-    wait_until(lambda: grpc_serving(target), 30, "ingress", ignore=(grpc.RpcError,))
+    wait_until(lambda: grpc_serving(target, ca=ca), 30, "ingress", ignore=(grpc.RpcError,))
     return Ingress(target, submit, status, process)
 
 
@@ -537,13 +540,35 @@ def test_reflection_lists_the_services(ingress: Ingress, channel: grpc.Channel) 
     assert {SERVICE, "grpc.health.v1.Health"} <= names
 
 
+def test_an_ingress_without_a_token_refuses_to_start_naming_it() -> None:
+    # A Secret that lost its key (or holds only a newline) must not open the service to all.
+    (port,) = free_ports(1)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("GRPC_")},
+        "GRPC_AUTH_TOKEN": "\n",
+        "SUBMIT_URL": "http://127.0.0.1:9",
+        "STATUS_URL": "http://127.0.0.1:9",
+    }
+    process = ingress_process(port, env).start(stdout=subprocess.PIPE)
+    try:
+        assert process.process is not None
+        output, _ = process.process.communicate(timeout=30)
+        assert process.process.returncode == 2
+        assert b"ingress: invalid configuration: GRPC_AUTH_TOKEN: is required" in output
+        assert b"GRPC_ALLOW_UNAUTHENTICATED=true" in output
+        assert b"Traceback" not in output
+    finally:
+        process.stop()
+
+
 @pytest.mark.parametrize(("token", "warned"), [("\n", True), ("s3cret", False)])
 def test_an_ingress_without_a_token_says_so_at_start(token: str, warned: bool) -> None:
-    # A Secret holding only a newline leaves auth off: that is said, not silent.
+    # Allowed by name, an open ingress is said, not silent.
     (port,) = free_ports(1)
     env = {
         **os.environ,
         "GRPC_AUTH_TOKEN": token,
+        "GRPC_ALLOW_UNAUTHENTICATED": "true",
         "LOG_LEVEL": "INFO",
         "SUBMIT_URL": "http://127.0.0.1:9",
         "STATUS_URL": "http://127.0.0.1:9",
@@ -603,7 +628,12 @@ def test_bearer_token_is_required_when_configured() -> None:
 
 def test_a_second_ingress_on_the_same_port_fails_to_start(ingress: Ingress) -> None:
     port = int(ingress.target.rsplit(":", 1)[1])
-    env = {**os.environ, "SUBMIT_URL": ingress.submit.url, "STATUS_URL": ingress.status.url}
+    env = {
+        **os.environ,
+        "SUBMIT_URL": ingress.submit.url,
+        "STATUS_URL": ingress.status.url,
+        "GRPC_ALLOW_UNAUTHENTICATED": "true",
+    }
     second = ingress_process(port, env).start(stdout=subprocess.PIPE)
     assert second.process is not None
     assert second.process.stdout is not None
@@ -616,3 +646,72 @@ def test_a_second_ingress_on_the_same_port_fails_to_start(ingress: Ingress) -> N
         assert code == 1
         assert f"ingress: cannot listen on port {port}" in output.read().decode()
     assert grpc_serving(ingress.target)
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "otel-worker"), *argv],
+        env={**os.environ, "GRPC_AUTH_TOKEN": "s3cret"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_ingress_serves_tls_and_the_cli_connects_with_its_ca(tmp_path: Path) -> None:
+    cert, key = make_certificate(tmp_path)
+    started = _start(
+        {"GRPC_TLS_CERT": str(cert), "GRPC_TLS_KEY": str(key), "GRPC_AUTH_TOKEN": "s3cret"},
+        ca=cert.read_bytes(),
+    )
+    started.status.default = _json(200, _view().model_dump(mode="json"))
+    port = started.target.rsplit(":", 1)[1]
+    try:
+        # Plain h2c to a TLS port gets nowhere.
+        with grpc.insecure_channel(started.target) as plain:
+            with pytest.raises(grpc.RpcError) as info:
+                started.stub(plain).GetJobStatus(
+                    pb.GetJobStatusRequest(job_id=str(JOB_ID)), timeout=5
+                )
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        address = f"localhost:{port}"
+        # TLS against the system's roots: this certificate is nobody's, so it is refused.
+        untrusted = _cli("status", str(JOB_ID), "--ingress", address, "--tls")
+        assert untrusted.returncode == 3
+        assert "UNAVAILABLE" in untrusted.stderr
+        trusted = _cli("status", str(JOB_ID), "--ingress", address, "--ca-file", str(cert))
+        assert trusted.returncode == 0, trusted.stderr
+        assert str(JOB_ID) in trusted.stdout
+        assert len(started.status.received) == 1
+        missing = tmp_path / "nope.pem"
+        absent = _cli("status", str(JOB_ID), "--ingress", address, "--ca-file", str(missing))
+        assert absent.returncode == 2
+        assert f"--ca-file: no such file: {missing}" in absent.stderr
+    finally:
+        _stop(started)
+
+
+def test_cancel_job_deletes_through_submit_and_maps_its_answers(
+    ingress: Ingress, channel: grpc.Channel
+) -> None:
+    stub = ingress.stub(channel)
+    cancelled = _view(status="cancelled", error_message="cancelled at the caller's request")
+    ingress.submit.script = [
+        _json(200, cancelled.model_dump(mode="json")),
+        _json(409, {"error": f"job {JOB_ID} is already completed: only a queued or ..."}),
+        _json(404, {"error": f"job {JOB_ID} not found"}),
+    ]
+    reply = stub.CancelJob(pb.CancelJobRequest(job_id=str(JOB_ID)), timeout=10)
+    assert (reply.job_id, reply.status) == (str(JOB_ID), "cancelled")
+    assert reply.error_message == "cancelled at the caller's request"
+    (sent,) = ingress.submit.received
+    assert (sent["method"], sent["path"]) == ("DELETE", f"/jobs/{JOB_ID}")
+    for code in ("FAILED_PRECONDITION", "NOT_FOUND"):
+        with pytest.raises(grpc.RpcError) as info:
+            stub.CancelJob(pb.CancelJobRequest(job_id=str(JOB_ID)), timeout=10)
+        assert info.value.code().name == code
+    with pytest.raises(grpc.RpcError) as info:
+        stub.CancelJob(pb.CancelJobRequest(job_id="../jobs"), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(ingress.submit.received) == 3

@@ -13,6 +13,7 @@ import datetime as dt
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -367,6 +368,28 @@ def test_a_window_over_max_csv_rows_fails_at_once_and_stores_nothing(
         assert job.attempts == 1  # refused, not retried: another attempt would read as many
         assert job.error_message is not None
         assert "points in the window exceed MAX_CSV_ROWS (100)" in job.error_message
+        assert list(s3.client().list_objects(stack.bucket, recursive=True)) == []
+    finally:
+        stack.supervisor.stop()
+
+
+def test_a_device_day_read_over_max_day_read_rows_fails_naming_limit_and_figures(
+    seeded: Database, s3: S3Server
+) -> None:
+    # 30 s fixes: 2,880 in the day, and more in the context around it; the CSV limit holds.
+    stack = start_stack(seeded, s3, MAX_DAY_READ_ROWS="2000", MAX_CSV_ROWS="5000")
+    try:
+        reply = urllib3.request(
+            "POST", stack.url("submit"), json={"date": "2024-03-05", "device_id": "phone1"}
+        )
+        job = stack.wait_finished(JobAccepted.model_validate_json(reply.data).job.job_id)
+        assert job.status == "failed"
+        assert job.attempts == 1
+        message = job.error_message or ""
+        assert "exceed MAX_DAY_READ_ROWS (2000) per device-day" in message, message
+        found = re.search(r"device phone1: (\d+) fixes to read for 1 day", message)
+        assert found is not None, message
+        assert int(found[1]) > 2880  # the day and its context, counted
         assert list(s3.client().list_objects(stack.bucket, recursive=True)) == []
     finally:
         stack.supervisor.stop()

@@ -10,6 +10,7 @@ import pytest
 from shared import config
 from shared.cli import main as cli_main
 from shared.dev.stack import REPO_ROOT
+from tests.conftest import make_certificate
 
 
 def _load_error(group: type[config.SettingsGroup]) -> str:
@@ -18,7 +19,8 @@ def _load_error(group: type[config.SettingsGroup]) -> str:
     return str(info.value)
 
 
-def test_defaults_keep_the_original_values() -> None:
+def test_defaults_keep_the_original_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRPC_ALLOW_UNAUTHENTICATED", "true")
     analysis = config.load(config.AnalysisSettings)
     assert (analysis.home_latitude, analysis.home_longitude) == (40.736097, -74.039373)
     assert analysis.away_threshold_km == 0.5
@@ -133,7 +135,8 @@ def test_other_rules_name_the_variable(
     assert _load_error(group).startswith(f"invalid configuration: {variable}:")
 
 
-def test_upstream_urls_are_required_only_by_the_ingress() -> None:
+def test_upstream_urls_are_required_only_by_the_ingress(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRPC_ALLOW_UNAUTHENTICATED", "true")
     message = _load_error(config.UpstreamSettings)
     assert "SUBMIT_URL" in message
     assert "STATUS_URL" in message
@@ -201,6 +204,7 @@ def test_env_example_documents_every_setting_and_nothing_else() -> None:
 def test_an_empty_variable_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     # A Secret with GRPC_AUTH_TOKEN: "" must not turn auth on with an empty token.
     monkeypatch.setenv("GRPC_AUTH_TOKEN", "")
+    monkeypatch.setenv("GRPC_ALLOW_UNAUTHENTICATED", "true")
     monkeypatch.setenv("GRPC_PORT", "")
     monkeypatch.setenv("K_SINK", "")
     assert config.load(config.GrpcSettings).grpc_auth_token is None
@@ -219,6 +223,7 @@ def test_the_bearer_token_loses_surrounding_whitespace(
     assert token.get_secret_value() == "s3cret-token"
     config.load.cache_clear()
     monkeypatch.setenv("GRPC_AUTH_TOKEN", "\n")
+    monkeypatch.setenv("GRPC_ALLOW_UNAUTHENTICATED", "true")
     assert config.load(group).grpc_auth_token is None
 
 
@@ -230,3 +235,94 @@ def test_a_bearer_token_grpc_cannot_carry_fails_at_start(
     message = _load_error(config.GrpcSettings)
     assert "GRPC_AUTH_TOKEN: must be printable ASCII" in message
     assert token not in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "group"),
+    [
+        ("MAX_GAP_MINUTES", "inf", config.AnalysisSettings),
+        ("JITTER_RADIUS_M", "Infinity", config.AnalysisSettings),
+        ("MAX_SPEED_KMH", "nan", config.AnalysisSettings),
+        ("UPSTREAM_TIMEOUT_SECONDS", "inf", config.UpstreamSettings),
+        ("DB_CONNECT_TIMEOUT_SECONDS", "NaN", config.DatabaseSettings),
+        ("DB_STARTUP_RETRY_SECONDS", "inf", config.DatabaseSettings),
+    ],
+)
+def test_non_finite_numbers_are_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, group: type[config.SettingsGroup]
+) -> None:
+    monkeypatch.setenv("SUBMIT_URL", "http://submit")
+    monkeypatch.setenv("STATUS_URL", "http://status")
+    monkeypatch.setenv(variable, value)
+    assert f"{variable}: Input should be a finite number" in _load_error(group)
+
+
+def test_a_connection_string_that_does_not_parse_is_reported_without_its_text(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:hunter2@[db.local/owntracks")
+    assert cli_main(["config", "database"]) == 2
+    err = capsys.readouterr().err
+    assert "DATABASE_URL: is not a valid connection URI" in err
+    assert "hunter2" not in err
+    assert "Traceback" not in err
+
+
+def test_cli_masks_credentials_inside_urls(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", "https://tenant:pa55word@otlp.example:4318/?api-key=k3y"
+    )
+    assert cli_main(["config", "telemetry"]) == 0
+    out = capsys.readouterr().out
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT = https://***@otlp.example:4318/?api-key=***" in out
+    for secret in ("tenant", "pa55word", "k3y"):
+        assert secret not in out
+
+
+@pytest.mark.parametrize("token", [None, "", "  \n"])
+def test_the_ingress_fails_closed_without_a_token(
+    monkeypatch: pytest.MonkeyPatch, token: str | None
+) -> None:
+    if token is not None:
+        monkeypatch.setenv("GRPC_AUTH_TOKEN", token)
+    message = _load_error(config.GrpcSettings)
+    assert message.startswith("invalid configuration: GRPC_AUTH_TOKEN: is required")
+    assert "GRPC_ALLOW_UNAUTHENTICATED=true" in message
+    config.load.cache_clear()
+    monkeypatch.setenv("GRPC_ALLOW_UNAUTHENTICATED", "false")
+    assert "GRPC_AUTH_TOKEN: is required" in _load_error(config.GrpcSettings)
+    config.load.cache_clear()
+    monkeypatch.setenv("GRPC_ALLOW_UNAUTHENTICATED", "true")
+    settings = config.load(config.GrpcSettings)
+    assert (settings.grpc_auth_token, settings.grpc_allow_unauthenticated) == (None, True)
+
+
+def test_allowing_unauthenticated_access_takes_a_boolean(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRPC_ALLOW_UNAUTHENTICATED", "sure")
+    assert "GRPC_ALLOW_UNAUTHENTICATED: Input should be a valid boolean" in _load_error(
+        config.GrpcSettings
+    )
+
+
+def test_tls_takes_a_certificate_and_its_key_together(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cert, key = make_certificate(tmp_path)
+    monkeypatch.setenv("GRPC_AUTH_TOKEN", "t")
+    monkeypatch.setenv("GRPC_TLS_CERT", str(cert))
+    assert "GRPC_TLS_KEY: GRPC_TLS_CERT and GRPC_TLS_KEY are set together" in _load_error(
+        config.GrpcSettings
+    )
+    config.load.cache_clear()
+    monkeypatch.setenv("GRPC_TLS_KEY", str(tmp_path / "missing.key"))
+    assert "GRPC_TLS_KEY: Path does not point to a file" in _load_error(config.GrpcSettings)
+    config.load.cache_clear()
+    monkeypatch.setenv("GRPC_TLS_KEY", str(cert))  # a certificate is no key
+    assert "GRPC_TLS_KEY: with GRPC_TLS_CERT, not a PEM certificate and its private key" in (
+        _load_error(config.GrpcSettings)
+    )
+    config.load.cache_clear()
+    monkeypatch.setenv("GRPC_TLS_KEY", str(key))
+    assert config.load(config.GrpcSettings).tls == (key.read_bytes(), cert.read_bytes())

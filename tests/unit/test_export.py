@@ -174,3 +174,40 @@ def test_geojson_shows_home_radii_tracks_trips_and_the_farthest_point(
     )
     stream = io.BytesIO()
     assert export.write_geojson(dst_day, stream) == len(stream.getvalue())
+
+
+HOSTILE_IDS = ['=HYPERLINK("http://x","y")', "+cmd|' /C calc'!A0", "@SUM(1)", "-2+3", "\tx", "\rx"]
+
+
+def _hostile_points(window_start: int) -> Points:
+    n = len(HOSTILE_IDS)
+    return Points.from_columns(
+        HOSTILE_IDS,
+        device=np.arange(n),
+        timestamp=window_start + np.arange(n) * 60_000_000,
+        lat=np.full(n, HOME[0] - 0.5),
+        lon=np.full(n, HOME[1]),
+        accuracy=np.full(n, 10),
+        velocity=np.full(n, -3),
+        battery=np.full(n, 50),
+    )
+
+
+def test_a_device_id_a_spreadsheet_would_run_as_a_formula_is_written_as_text() -> None:
+    window = day_window(dt.date(2024, 1, 1), dt.date(2024, 1, 1), TZ)
+    params = EngineParams(home_latitude=HOME[0], home_longitude=HOME[1], max_speed_kmh=None)
+    table = rows(export.csv_bytes(analyze(_hostile_points(window.start_us), window, params)))
+    assert sorted(r["device_id"] for r in table) == sorted("'" + d for d in HOSTILE_IDS)
+    # Numbers stay numbers: a negative one is not a formula and gets no quote.
+    assert all(r["longitude"] == "-74.0393730" for r in table)
+    assert all(float(r["distance_from_home_km"]) > 55 for r in table)
+
+
+def test_a_locations_export_neutralises_formula_cells_too(tmp_path: Path) -> None:
+    target = tmp_path / "locations.csv"
+    export.write_locations_csv(_hostile_points(1_700_000_000_000_000), target)
+    table = rows(target.read_bytes())
+    assert [r["device_id"] for r in table] == ["'" + d for d in HOSTILE_IDS]
+    # tid is the device id's first and last character: "=)" must not be a formula either.
+    assert [r["tid"][0] for r in table] == ["'"] * len(HOSTILE_IDS)
+    assert table[0]["longitude"] == "-74.0393730"

@@ -253,3 +253,9 @@ class Completeness(_message.Message):
     ingest_lag_median_s: float
     ingest_lag_max_s: float
     def __init__(self, coverage: _Optional[float] = ..., largest_gap_s: _Optional[float] = ..., largest_gap_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ingest_lag_median_s: _Optional[float] = ..., ingest_lag_max_s: _Optional[float] = ...) -> None: ...
+
+class CancelJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...

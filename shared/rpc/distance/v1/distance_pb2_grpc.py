@@ -50,6 +50,11 @@ class DistanceServiceStub:
                 request_serializer=distance_dot_v1_dot_distance__pb2.ListJobsRequest.SerializeToString,
                 response_deserializer=distance_dot_v1_dot_distance__pb2.ListJobsResponse.FromString,
                 _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/distance.v1.DistanceService/CancelJob',
+                request_serializer=distance_dot_v1_dot_distance__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=distance_dot_v1_dot_distance__pb2.GetJobStatusResponse.FromString,
+                _registered_method=True)
 
 
 class DistanceServiceServicer:
@@ -77,6 +82,15 @@ class DistanceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelJob(self, request, context):
+        """Added: cancels a queued or processing job and returns it, now "cancelled" (a queued job
+        never runs; a running one stops at its next step). FAILED_PRECONDITION once the job has
+        finished, NOT_FOUND for an unknown job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DistanceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +108,11 @@ def add_DistanceServiceServicer_to_server(servicer, server):
                     servicer.ListJobs,
                     request_deserializer=distance_dot_v1_dot_distance__pb2.ListJobsRequest.FromString,
                     response_serializer=distance_dot_v1_dot_distance__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=distance_dot_v1_dot_distance__pb2.CancelJobRequest.FromString,
+                    response_serializer=distance_dot_v1_dot_distance__pb2.GetJobStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +197,33 @@ class DistanceService:
             '/distance.v1.DistanceService/ListJobs',
             distance_dot_v1_dot_distance__pb2.ListJobsRequest.SerializeToString,
             distance_dot_v1_dot_distance__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distance.v1.DistanceService/CancelJob',
+            distance_dot_v1_dot_distance__pb2.CancelJobRequest.SerializeToString,
+            distance_dot_v1_dot_distance__pb2.GetJobStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
