@@ -68,6 +68,7 @@ def test_config_without_a_group_prints_every_group(
         "MINIO_SECRET_KEY": "secret-value",
         "SUBMIT_URL": "http://127.0.0.1:1",
         "STATUS_URL": "http://127.0.0.1:2",
+        "GRPC_ALLOW_UNAUTHENTICATED": "true",
     }.items():
         monkeypatch.setenv(name, value)
     code, out, err = run(capsys, "config")
@@ -96,7 +97,7 @@ def test_config_reports_an_invalid_group_and_still_prints_the_others(
         (["analyze", "x.csv", "--date", "2024-02-30"], "'2024-02-30' is not a calendar date"),
         (["submit", "--date", "2023-13-01"], "'2023-13-01' is not a calendar date"),
         (["analyze", "x.csv", "--from", "12/03/2024"], "expected a date YYYY-MM-DD, got"),
-        (["config", "nope"], "unknown group 'nope' (choose from analysis, client,"),
+        (["config", "nope"], "unknown group 'nope' (choose from admission, analysis,"),
         (["seed", "--interval-s", "0"], "expected a positive number of seconds, got '0'"),
     ],
 )

@@ -14,7 +14,7 @@ import pytest
 from shared import export
 from shared.dev.tracks import TrackSpec, generate
 from shared.engine import DROP_RULES, Analysis, EngineParams, analyze, day_window
-from shared.engine.points import Points
+from shared.engine.points import Points, tracker_id
 from shared.tools.sources import read_locations_csv
 
 HOME = (40.736097, -74.039373)
@@ -208,6 +208,8 @@ def test_a_locations_export_neutralises_formula_cells_too(tmp_path: Path) -> Non
     export.write_locations_csv(_hostile_points(1_700_000_000_000_000), target)
     table = rows(target.read_bytes())
     assert [r["device_id"] for r in table] == ["'" + d for d in HOSTILE_IDS]
-    # tid is the device id's first and last character: "=)" must not be a formula either.
-    assert [r["tid"][0] for r in table] == ["'"] * len(HOSTILE_IDS)
+    # tid is derived from the device id: one that starts a formula is neutralised too.
+    tids = [tracker_id(d) for d in HOSTILE_IDS]
+    assert [r["tid"] for r in table] == ["'" + t if t[0] in "=+-@\t\r" else t for t in tids]
+    assert any(t[0] in "=+-@" for t in tids)
     assert table[0]["longitude"] == "-74.0393730"
