@@ -50,7 +50,8 @@ def _dev(args: argparse.Namespace) -> int:
     from shared.logs import setup_logging
     from shared.supervisor import StartFailed, run_dev
 
-    setup_logging(config.load(config.TelemetrySettings).log_level)
+    telemetry = config.load(config.TelemetrySettings)
+    setup_logging(telemetry.log_level, log_format=telemetry.log_format)
     try:
         return run_dev(sys.stdout, args.sweep_interval, args.local_s3)
     except KeyboardInterrupt:

@@ -22,7 +22,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,17 +191,26 @@ class SeaweedS3:
         # An anonymous request gets 403 once the S3 gateway is up; 5xx while the filer starts.
         return http_status(f"http://{self.endpoint}/") == 403
 
-    def stop(self, graceful: bool = False) -> None:
-        """Stop the server; `graceful` waits for its ~15 s shutdown, else it is killed."""
+    def terminate(self) -> None:
+        """Ask the server to stop (SIGTERM) without waiting: `stop` then bounds the wait."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+
+    def stop(self, grace: float = 0.0) -> None:
+        """Stop the server: SIGTERM, up to `grace` s to exit, then SIGKILL (at once for 0).
+
+        A longer grace would buy nothing: SeaweedFS has written every object it acknowledged
+        (volume file and filer store) before answering, and its own graceful stop spends 15 s
+        waiting for the filer's metadata subscription streams, which never end by themselves,
+        before it even stops the volume server. Killed, it reopens the same data intact.
+        """
         if self.process is None or self.process.poll() is not None:
             return
-        if graceful:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
+        if grace > 0:
+            self.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=grace)
                 return
-            except subprocess.TimeoutExpired:
-                log.warning("weed did not stop within 30 s; killing it")
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
 
@@ -251,17 +260,25 @@ class ServiceProcess:
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM, wait up to `timeout` s for a graceful exit, then SIGKILL; the exit code."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop within %.0f s; killing it", self.name, timeout)
-                self.signal(signal.SIGKILL)
-                self.process.wait(timeout=10)
-        return self.process.returncode
+        stop_all([self], timeout)
+        return None if self.process is None else self.process.returncode
+
+
+def stop_all(services: Sequence[ServiceProcess], grace: float) -> None:
+    """SIGTERM every service at once, give them `grace` s together to exit, then SIGKILL
+    the rest: stopping N services takes at most `grace`, not N times it."""
+    running = [s for s in services if s.alive()]
+    for service in running:
+        service.signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for service in running:
+        assert service.process is not None
+        try:
+            service.process.wait(timeout=max(deadline - time.monotonic(), 0.0))
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %g s; killing it", service.name, grace)
+            service.signal(signal.SIGKILL)
+            service.process.wait(timeout=10)
 
 
 # -P: the working directory (or the script's) is not put on sys.path, so a process started

@@ -15,6 +15,7 @@ import secrets
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +34,18 @@ from shared.devstack import (
     http_function,
     http_status,
     ingress_process,
+    stop_all,
     wait_until,
 )
+from shared.logs import readable_line, wants_text
 from shared.manifests import load_eventing
 
 log = logging.getLogger(__name__)
+
+STOP_GRACE_SECONDS = 2.0
+"""What Ctrl-C gives the services to exit before they are killed. An idle function exits
+in well under a second; a request still running after this is cut off, as a pod's would be
+past its grace period (it is retried, or its job taken over after its lease)."""
 
 _NOT_FOR_INGRESS = frozenset(
     name.upper()
@@ -52,17 +60,20 @@ class StartFailed(RuntimeError):
 
 
 class PrefixedLog:
-    """One output stream shared by several services, each line prefixed by its name."""
+    """One output stream shared by several services, each line prefixed by its name; with
+    `readable`, the services' JSON log lines are shown as readable lines."""
 
-    def __init__(self, out: IO[str]) -> None:
+    def __init__(self, out: IO[str], readable: bool = False) -> None:
         self._out = out
+        self._readable = readable
         self._lock = threading.Lock()
         self._width = max(len(n) for n in (*HTTP_FUNCTIONS, "ingress", "broker"))
 
     def line(self, service: str, text: str) -> None:
-        """Write one line for `service`."""
+        """Write `text` for `service` (each of its lines prefixed)."""
+        prefix = f"{service:<{self._width}} | "
         with self._lock:
-            self._out.write(f"{service:<{self._width}} | {text.rstrip()}\n")
+            self._out.write("".join(f"{prefix}{part}\n" for part in text.rstrip().split("\n")))
             self._out.flush()
 
     def pump(self, service: str, stream: IO[bytes]) -> threading.Thread:
@@ -71,7 +82,8 @@ class PrefixedLog:
         def run() -> None:
             with stream:
                 for raw in stream:
-                    self.line(service, raw.decode(errors="replace"))
+                    text = raw.decode(errors="replace")
+                    self.line(service, readable_line(text) if self._readable else text)
 
         thread = threading.Thread(target=run, name=f"log-{service}", daemon=True)
         thread.start()
@@ -111,6 +123,10 @@ class Supervisor:
     """Where the services run (and whose `.env` they read); None: this process's directory."""
     service_env: dict[str, dict[str, str]] = field(default_factory=dict)
     """Settings of one service on top of `env` (its own credentials, say)."""
+    readable: bool = False
+    """Show the services' JSON log lines as readable lines (for a terminal)."""
+    stop_grace: float = STOP_GRACE_SECONDS
+    """How long the services have, together, to exit on `stop` before they are killed."""
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     broker: DevBroker | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -131,7 +147,7 @@ class Supervisor:
 
     def start(self) -> Supervisor:
         """Bring everything up and wait until each service answers its readiness check."""
-        self._log = PrefixedLog(self.out)
+        self._log = PrefixedLog(self.out, self.readable)
         root = logging.getLogger()
         formatter = root.handlers[0].formatter if root.handlers else None
         self._handler = _LogHandler(self._log, formatter)
@@ -225,12 +241,10 @@ class Supervisor:
                 log.exception("sweep failed; trying again next round")
 
     def stop(self) -> None:
-        """Stop every service (the ingress first, so it drains), then the broker."""
+        """Stop every service at once (SIGTERM, then SIGKILL after `stop_grace` s), then
+        the broker."""
         self._stop.set()
-        order = ["ingress", *(n for n in self.services if n != "ingress")]
-        for name in order:
-            if name in self.services:
-                self.services[name].stop()
+        stop_all(list(self.services.values()), self.stop_grace)
         if self.broker is not None:
             self.broker.stop()
         for thread in self._threads:
@@ -249,6 +263,7 @@ def run_dev(out: IO[str], sweep_interval: float, local_s3: Path | None) -> int:
     from shared.maintenance import migrate_jobs, sweep_once
 
     database = config.load(config.DatabaseSettings)
+    telemetry = config.load(config.TelemetrySettings)
     jobs = config.load(config.JobSettings)
     event_settings = config.load(config.EventSettings)
     env = dict(os.environ)
@@ -270,6 +285,7 @@ def run_dev(out: IO[str], sweep_interval: float, local_s3: Path | None) -> int:
             database, jobs, event_settings.model_copy(update={"k_sink": sink})
         ),
         sweep_interval=sweep_interval,
+        readable=wants_text(telemetry.log_format, out),
     )
     try:
         if local_s3 is not None:
@@ -299,10 +315,11 @@ def run_dev(out: IO[str], sweep_interval: float, local_s3: Path | None) -> int:
                 return 1
         return 0
     finally:
-        supervisor.stop()
-        log = PrefixedLog(out)  # the supervisor's own has stopped with it
+        # Everything is told to stop at once, so the wait is one grace period in all.
+        stopping = time.monotonic()
         if s3 is not None:
-            # Its graceful shutdown takes ~15 s: say so rather than look hung.
-            log.line("dev", "stopping SeaweedFS (it flushes for up to 20 s)")
-            s3.stop(graceful=True)
-        log.line("dev", "stopped")
+            s3.terminate()
+        supervisor.stop()
+        if s3 is not None:
+            s3.stop(grace=max(STOP_GRACE_SECONDS - (time.monotonic() - stopping), 0.1))
+        PrefixedLog(out).line("dev", "stopped")  # the supervisor's own log has stopped with it
