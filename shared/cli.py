@@ -66,7 +66,9 @@ def _demo(args: argparse.Namespace) -> int:
     from shared import demo
     from shared.supervisor import StartFailed
 
-    options = demo.Options(data_dir=args.data_dir, out_dir=args.out, embedded=args.embedded)
+    options = demo.Options(
+        data_dir=args.data_dir, out_dir=args.out, embedded=args.embedded, keep=args.keep
+    )
     try:
         return demo.run(options)
     except (demo.DemoFailed, StartFailed) as exc:
@@ -381,6 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="embedded",
         action="store_true",
         help="use the embedded PostgreSQL even if a server answers",
+    )
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the stack running after the jobs, so the printed links work, until Ctrl-C",
     )
     demo.set_defaults(handler=_demo)
     migrate = commands.add_parser("migrate", help="apply the jobs schema migrations")
