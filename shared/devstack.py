@@ -22,7 +22,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +41,25 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
+
+
+def port_is_free(port: int) -> bool:
+    """True when nothing listens on 127.0.0.1:`port` (so a server could bind it now)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def choose_ports(names: Sequence[str], preferred: Mapping[str, int]) -> dict[str, int]:
+    """A port for each of `names`: its `preferred` one when that is free, else a free one."""
+    chosen = {name: port for name, port in preferred.items() if name in names}
+    chosen = {name: port for name, port in chosen.items() if port_is_free(port)}
+    others = [name for name in names if name not in chosen]
+    chosen |= dict(zip(others, free_ports(len(others)), strict=True))
+    return {name: chosen[name] for name in names}
 
 
 def wait_until(
@@ -118,6 +137,8 @@ class SeaweedS3:
     log_path: Path | None = None
     others: tuple[S3Identity, ...] = ()
     s3_port: int = 0
+    """The S3 API's port: asked for (0: any free one), then the one it listens on (a free
+    one when the asked-for port is taken)."""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -147,6 +168,8 @@ class SeaweedS3:
         config = self.data_dir / "s3.json"
         config.write_text(json.dumps(identity))
         master, volume, filer, s3, *grpc = free_ports(8)
+        if self.s3_port and port_is_free(self.s3_port):
+            s3 = self.s3_port
         self.s3_port = s3
         args = [
             find_weed(),

@@ -29,7 +29,7 @@ from shared.devstack import (
     HTTP_FUNCTIONS,
     SeaweedS3,
     ServiceProcess,
-    free_ports,
+    choose_ports,
     grpc_serving,
     http_function,
     http_status,
@@ -41,6 +41,12 @@ from shared.logs import readable_line, wants_text
 from shared.manifests import load_eventing
 
 log = logging.getLogger(__name__)
+
+DEV_PORTS = {"submit": 8081, "compute": 8082, "status": 8083, "broker": 8084, "ingress": 50051}
+"""Where `otel-worker dev` listens when the port is free: the documented addresses (the
+ingress on the CLI's default INGRESS_ADDRESS), so the documents' examples work as written."""
+DEV_S3_PORT = 9000
+"""Where `otel-worker dev --local-s3` serves S3 when free (MINIO_ENDPOINT's default)."""
 
 STOP_GRACE_SECONDS = 2.0
 """What Ctrl-C gives the services to exit before they are killed. An idle function exits
@@ -125,6 +131,8 @@ class Supervisor:
     """Settings of one service on top of `env` (its own credentials, say)."""
     readable: bool = False
     """Show the services' JSON log lines as readable lines (for a terminal)."""
+    ports: dict[str, int] = field(default_factory=dict)
+    """Ports to listen on by service name (`DEV_PORTS`) where free; others get free ports."""
     stop_grace: float = STOP_GRACE_SECONDS
     """How long the services have, together, to exit on `stop` before they are killed."""
     services: dict[str, ServiceProcess] = field(default_factory=dict)
@@ -164,12 +172,16 @@ class Supervisor:
     def _start(self) -> None:
         if self.migrate is not None:
             self.migrate()
-        ports = dict(zip((*HTTP_FUNCTIONS, "ingress"), free_ports(4), strict=True))
+        ports = choose_ports((*HTTP_FUNCTIONS, "ingress", "broker"), self.ports)
+        for name, port in ports.items():
+            wanted = self.ports.get(name)
+            if wanted is not None and port != wanted:
+                log.warning("port %d is taken: %s listens on port %d instead", wanted, name, port)
         urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
         brokers, triggers = load_eventing()
         self.broker = DevBroker(
             brokers, triggers, service_resolver(urls), time_scale=self.time_scale
-        ).start()
+        ).start(ports["broker"])
         base = {**self.env, "K_SINK": self.broker.url}
         for name in HTTP_FUNCTIONS:
             env = {**base, "OTEL_SERVICE_NAME": f"otel-worker-{name}"}
@@ -286,6 +298,7 @@ def run_dev(out: IO[str], sweep_interval: float, local_s3: Path | None) -> int:
         ),
         sweep_interval=sweep_interval,
         readable=wants_text(telemetry.log_format, out),
+        ports=DEV_PORTS,
     )
     try:
         if local_s3 is not None:
@@ -293,6 +306,7 @@ def run_dev(out: IO[str], sweep_interval: float, local_s3: Path | None) -> int:
                 data_dir=local_s3,
                 access_key=env.get("MINIO_ACCESS_KEY") or "otel-worker-dev",
                 secret_key=env.get("MINIO_SECRET_KEY") or secrets.token_hex(16),
+                s3_port=DEV_S3_PORT,
             ).start()
             env.update(
                 MINIO_ENDPOINT=s3.endpoint,
@@ -306,7 +320,11 @@ def run_dev(out: IO[str], sweep_interval: float, local_s3: Path | None) -> int:
         for name, url in supervisor.urls.items():
             supervisor.say(f"{name:<8} {url}")
         if s3 is not None:
-            supervisor.say(f"s3       http://{s3.endpoint} (bucket settings apply)")
+            taken = "" if s3.s3_port == DEV_S3_PORT else f"; port {DEV_S3_PORT} is taken"
+            supervisor.say(f"s3       http://{s3.endpoint} (bucket settings apply{taken})")
+        ingress = supervisor.urls["ingress"]
+        if ingress != f"127.0.0.1:{DEV_PORTS['ingress']}":
+            supervisor.say(f"for otel-worker submit/status/jobs: export INGRESS_ADDRESS={ingress}")
         supervisor.say("press Ctrl-C to stop everything")
         while not stop.wait(0.5):
             dead = [name for name, s in supervisor.services.items() if not s.alive()]
