@@ -46,6 +46,9 @@ def free_ports(count: int) -> list[int]:
 def port_is_free(port: int) -> bool:
     """True when nothing listens on 127.0.0.1:`port` (so a server could bind it now)."""
     with socket.socket() as sock:
+        # As servers do: connections of a stopped server lingering in TIME_WAIT (a restart
+        # of `otel-worker dev`) do not make the port taken.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

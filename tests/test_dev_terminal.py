@@ -3,13 +3,16 @@ with LOG_FORMAT=json), and Ctrl-C stopping everything within 3 seconds."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
 import pty
+import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +25,7 @@ import pytest
 from shared import config
 from shared.devstack import SeaweedS3
 from shared.logs import LogFormat, readable_line, setup_logging
+from shared.supervisor import DEV_PORTS
 from tests.conftest import Database
 
 OTEL_WORKER = str(Path(sys.executable).parent / "otel-worker")
@@ -127,8 +131,21 @@ def test_dev_on_a_terminal_logs_readably_and_ctrl_c_stops_everything_within_3_s(
     env = {k: v for k, v in os.environ.items() if k not in config.variable_names()}
     env["DATABASE_URL"] = scratch_database.url
     data = tmp_path / f"s3-{uuid.uuid4().hex[:8]}"
-    code, output, took = _run_on_a_terminal([OTEL_WORKER, "dev", "--local-s3", str(data)], env)
+    # compute's documented port is taken (by this test, or by whatever holds it already).
+    with socket.socket() as holder:
+        with contextlib.suppress(OSError):
+            holder.bind(("127.0.0.1", DEV_PORTS["compute"]))
+            holder.listen()
+        code, output, took = _run_on_a_terminal([OTEL_WORKER, "dev", "--local-s3", str(data)], env)
     lines = output.splitlines()
+    # Each service is on its documented port, or a warning names the one it took instead.
+    for name, port in DEV_PORTS.items():
+        if name == "compute" or not re.search(rf"^dev +\| {name} +\S+:{port}/?$", output, re.M):
+            taken = re.search(
+                rf"WARNING port {port} is taken: {name} listens on port (\d+) instead", output
+            )
+            assert taken, output[-3000:]
+            assert re.search(rf"^dev +\| {name} +\S+:{taken[1]}/?$", output, re.M), output
     assert code == 0, output[-3000:]
     assert took < 3.0, f"stopping took {took:.1f} s:\n{output[-3000:]}"
     assert lines[-1] == "dev     | stopped", output[-3000:]
