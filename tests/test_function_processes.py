@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -224,7 +223,10 @@ def test_otel_worker_dev_stops_cleanly_when_its_start_fails_or_is_interrupted(
         start_new_session=True,
     )
     if interrupt:
-        time.sleep(1.5)  # inside migrate's start-up retry
+        # Its first line is the start-up retry's (a fixed wait would be too short on a busy
+        # machine, where the imports alone can take seconds).
+        assert process.stdout is not None
+        assert "not reachable" in process.stdout.readline()
         process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=30)
     assert process.returncode == code, err
