@@ -180,14 +180,17 @@ def test_seaweedfs_killed_after_its_short_grace_keeps_what_it_stored(tmp_path: P
     from minio import Minio
 
     server = SeaweedS3(tmp_path / "s3", "otel-worker-test", uuid.uuid4().hex).start()
-    client = Minio(
-        server.endpoint, server.access_key, server.secret_key, secure=False, region="us-east-1"
-    )
-    client.make_bucket("kept")
-    client.put_object("kept", "a.txt", io.BytesIO(b"still here"), 10)
-    started = time.monotonic()
-    server.stop(grace=1.0)
-    assert time.monotonic() - started < 2.0
+    try:
+        client = Minio(
+            server.endpoint, server.access_key, server.secret_key, secure=False, region="us-east-1"
+        )
+        client.make_bucket("kept")
+        client.put_object("kept", "a.txt", io.BytesIO(b"still here"), 10)
+        started = time.monotonic()
+        server.stop(grace=1.0)
+        assert time.monotonic() - started < 2.0
+    finally:
+        server.stop()  # killed, if the stop above did not stop it
     again = SeaweedS3(tmp_path / "s3", server.access_key, server.secret_key).start()
     try:
         client = Minio(
