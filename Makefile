@@ -12,6 +12,7 @@ UV := $(VENV)/bin/uv
 UV_VERSION := $(shell awk '/^name = "uv"$$/{getline; gsub(/[^0-9.]/, ""); print}' uv.lock)
 CODE := shared functions proto/generate.py
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: help
 help:  ## list the targets
@@ -80,8 +81,8 @@ coldstart: install system-deps bytecode  ## each function: process start -> read
 	$(PY) -m tests.bench.coldstart $(BENCH_ARGS)
 
 .PHONY: demo
-demo: install  ## run the whole system end to end on embedded defaults, then stop it
-	$(VENV)/bin/otel-worker demo
+demo: install  ## run the whole system end to end on embedded defaults, then stop it (DEMO_ARGS=--keep: keep it up until Ctrl-C)
+	$(VENV)/bin/otel-worker demo $(DEMO_ARGS)
 
 .PHONY: audit
 audit: install  ## check the runtime lock for known vulnerabilities (needs the audit service)

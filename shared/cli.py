@@ -87,7 +87,8 @@ def _dev(args: argparse.Namespace) -> int:
     from shared.dev.runner import StartFailed, run_dev
     from shared.logs import setup_logging
 
-    setup_logging(config.load(config.TelemetrySettings).log_level)
+    telemetry = config.load(config.TelemetrySettings)
+    setup_logging(telemetry.log_level, log_format=telemetry.log_format)
     try:
         # Before anything starts: a database that is missing or refuses is one clear line,
         # not a broker and four functions started only to be stopped again.
@@ -108,7 +109,9 @@ def _demo(args: argparse.Namespace) -> int:
     from shared.dev import demo
     from shared.dev.runner import StartFailed
 
-    options = demo.Options(data_dir=args.data_dir, out_dir=args.out, embedded=args.embedded)
+    options = demo.Options(
+        data_dir=args.data_dir, out_dir=args.out, embedded=args.embedded, keep=args.keep
+    )
     try:
         return demo.run(options)
     except (demo.DemoFailed, StartFailed) as exc:
@@ -495,6 +498,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="embedded",
         action="store_true",
         help="use the embedded PostgreSQL even if a server answers",
+    )
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the stack running after the jobs, so the printed links work, until Ctrl-C",
     )
     demo.set_defaults(handler=_development(_demo))
     migrate = commands.add_parser("migrate", help="apply the jobs schema migrations")

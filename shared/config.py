@@ -352,6 +352,7 @@ class TelemetrySettings(SettingsGroup):
     """Logging and OpenTelemetry export (no endpoint: nothing leaves the process)."""
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["auto", "json", "text"] = "auto"
     otel_exporter_otlp_endpoint: AnyHttpUrl | None = None
     otel_service_name: str = "otel-worker"
     otel_traces_sampler: Literal[
@@ -369,6 +370,11 @@ class TelemetrySettings(SettingsGroup):
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
 
 GROUPS: dict[str, type[SettingsGroup]] = {

@@ -77,6 +77,13 @@ def series_json(analysis: Analysis, limit: int = MAX_POINTS) -> bytes:
     return _SERIES.dump_json(series_of(analysis, limit))
 
 
+def summed_over(devices: int, before: str = "", after: str = "") -> str:
+    """The words "summed over N devices", between `before` and `after`, when the times of
+    several devices are added up (so 28 hours at home in one day reads as possible); empty
+    for one device."""
+    return f"{before}summed over {devices} devices{after}" if devices > 1 else ""
+
+
 def _duration(seconds: float) -> str:
     minutes = round(seconds / 60)
     return f"{minutes // 60} h {minutes % 60:02d} min"
@@ -202,6 +209,9 @@ def render(job: dict[str, Any], series: dict[str, Any]) -> str:
     points = summary["points"]
     days = job["date"] if job["end_date"] == job["date"] else f"{job['date']} to {job['end_date']}"
 
+    # Times of several devices add up (two phones at home all day: 48 h in one day).
+    summed = summed_over(len(summary["devices"]), ", ")
+
     def local(stamp: str) -> str:
         return f"{dt.datetime.fromisoformat(stamp).astimezone(tz):%Y-%m-%d %H:%M}"
 
@@ -214,9 +224,9 @@ def render(job: dict[str, Any], series: dict[str, Any]) -> str:
             (f"{points['used']:,}", "fixes used for the path (moving)"),
             (f"{summary['path_km']:.2f} km", f"path (raw {summary['raw_path_km']:.2f} km)"),
             (f"{summary['max_distance_km']:.2f} km", "farthest from home"),
-            (_duration(summary["time_away_s"]), "away"),
-            (_duration(summary["time_at_home_s"]), "at home"),
-            (_duration(summary["time_unknown_s"]), "unknown (gaps)"),
+            (_duration(summary["time_away_s"]), f"away{summed}"),
+            (_duration(summary["time_at_home_s"]), f"at home{summed}"),
+            (_duration(summary["time_unknown_s"]), f"unknown (gaps){summed}"),
             (str(len(summary["trips"])), "trips"),
         ],
         dropped=", ".join(f"{rule} {n}" for rule, n in points["dropped"].items() if n) or "none",
@@ -230,6 +240,18 @@ def render(job: dict[str, Any], series: dict[str, Any]) -> str:
             }
             for trip in summary["trips"]
         ],
+        summed=summed,
+        days_table=[
+            {
+                **day,
+                "home": _duration(day["time_at_home_s"]),
+                "away": _duration(day["time_away_s"]),
+                "unknown": _duration(day["time_unknown_s"]),
+            }
+            for day in summary["days"]
+        ]
+        if len(summary["days"]) > 1
+        else [],
         time_chart=_time_chart(summary, series, tz),
         track_chart=_track_chart(summary, series),
     )

