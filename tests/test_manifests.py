@@ -27,7 +27,16 @@ from pydantic_settings import BaseSettings
 from shared import config, events
 from shared.cli import build_parser
 from shared.devstack import REPO_ROOT
-from shared.manifests import BASE, Broker, ObjectMeta, Trigger, documents, load_eventing
+from shared.manifests import (
+    BASE,
+    LEASE_MARGIN_SECONDS,
+    Broker,
+    ObjectMeta,
+    Trigger,
+    documents,
+    load_eventing,
+    retry_window,
+)
 
 KNATIVE = REPO_ROOT / "knative"
 OVERLAYS = sorted(p.parent for p in (KNATIVE / "clusters").rglob("kustomization.yaml"))
@@ -76,6 +85,8 @@ class HttpGet(_Strict):
 
 
 class GrpcProbe(_Strict):
+    # Required: Knative fills in no port for a gRPC probe, and port 0 is not admitted.
+    port: int = Field(ge=1, le=65535)
     service: str
 
 
@@ -504,6 +515,17 @@ def test_ingress_speaks_h2c_with_grpc_probes(base: dict[str, list[Any]]) -> None
     assert container.readiness_probe.grpc.service == ""
     assert container.liveness_probe
     assert container.liveness_probe.grpc
+    # The port the ingress listens on (Knative's PORT is the h2c containerPort).
+    for probe in (container.readiness_probe, container.liveness_probe):
+        assert probe.grpc is not None
+        assert probe.grpc.port == container.ports[0].container_port
+
+
+def test_a_grpc_probe_without_its_port_is_refused() -> None:
+    service = yaml.safe_load((BASE / "service-ingress.yaml").read_text())
+    del service["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["grpc"]["port"]
+    with pytest.raises(ValueError, match="port"):
+        KnativeService.model_validate(service)
 
 
 # Kinds a SinkBinding can inject into: they embed a pod template at spec.template.spec.
@@ -694,20 +716,44 @@ def _seconds(delta: dt.timedelta | None) -> float:
     return delta.total_seconds()
 
 
+def _lease(base: dict[str, list[Any]]) -> int:
+    return int(next(cm for cm in base["ConfigMap"]).data["JOB_LEASE_SECONDS"])
+
+
 def test_timeouts_leases_and_retries_fit_together(base: dict[str, list[Any]]) -> None:
-    """worst compute < delivery timeout < Service timeoutSeconds < lease < retry window."""
+    """worst compute < delivery timeout < Service timeoutSeconds < lease."""
     _, triggers = load_eventing()
     compute_trigger = next(
         t for t in triggers if t.spec.subscriber.ref and t.spec.subscriber.ref.name == "compute"
     )
     delivery = compute_trigger.spec.delivery
     assert delivery is not None
-    assert delivery.retry is not None
     timeout = _seconds(delivery.timeout)
     service_timeout = _services(base)["compute"].spec.template.spec.timeout_seconds
-    lease = int(next(cm for cm in base["ConfigMap"]).data["JOB_LEASE_SECONDS"])
-    window = sum(_seconds(delivery.backoff_delay) * 2**n for n in range(1, delivery.retry + 1))
-    assert timeout < service_timeout < lease < window
+    assert timeout < service_timeout < _lease(base)
+
+
+def test_every_retry_window_outlasts_the_lease_with_margin(base: dict[str, list[Any]]) -> None:
+    """Eventing waits backoffDelay * 2^n before retry n, from n = 0 (so `retry: 6` from 5 s
+    spans 5+10+...+160 = 315 s, not 630): every Trigger's retries, its own or the Broker's,
+    go on for LEASE_MARGIN_SECONDS past JOB_LEASE_SECONDS."""
+    _, triggers = load_eventing()
+    (broker,) = base["Broker"]
+    lease = _lease(base)
+    assert triggers
+    for trigger in triggers:
+        delivery = trigger.spec.delivery or broker.spec.delivery
+        assert delivery is not None
+        assert delivery.backoff_policy in {None, "exponential"}
+        window = sum(_seconds(delivery.backoff_delay) * 2**n for n in range(delivery.retry or 0))
+        assert window == retry_window(delivery)
+        assert window >= lease + LEASE_MARGIN_SECONDS, (trigger.metadata.name, window, lease)
+    # The documented figures are the manifests'.
+    doc = (REPO_ROOT / "docs" / "DEPLOYMENT.md").read_text()
+    assert f"| `JOB_LEASE_SECONDS` | {lease} s |" in doc
+    for trigger in triggers:
+        assert trigger.spec.delivery is not None
+        assert f"= {retry_window(trigger.spec.delivery):g} s |" in doc, trigger.metadata.name
 
 
 def test_every_delivery_times_out_before_its_service(base: dict[str, list[Any]]) -> None:
