@@ -161,10 +161,26 @@ class ObjectStore:
             return
         bucket = self.settings.minio_bucket
         with _translated("checking the bucket"):
-            if not self.client.bucket_exists(bucket):
-                self.client.make_bucket(bucket)
+            if not self.client.bucket_exists(bucket) and self._make_bucket(bucket):
                 log.info("created bucket", extra={"bucket": bucket})
         self._bucket_checked = True
+
+    def _make_bucket(self, bucket: str) -> bool:
+        """Create `bucket`: True if this call made it, False if another process made it
+        between our check and our request (two first jobs on a fresh store race here)."""
+        from minio.error import S3Error
+
+        try:
+            self.client.make_bucket(bucket)
+        except S3Error as exc:
+            # S3 and MinIO answer the owner BucketAlreadyOwnedByYou; some stores answer
+            # BucketAlreadyExists for any owner, so that one counts only if we can reach it.
+            if exc.code == "BucketAlreadyOwnedByYou" or (
+                exc.code == "BucketAlreadyExists" and self.client.bucket_exists(bucket)
+            ):
+                return False
+            raise
+        return True
 
     def upload(self, key: str, stream: BinaryIO, length: int, content_type: str) -> None:
         """Store `length` bytes of `stream` at `key`. S3 makes the object visible whole or
