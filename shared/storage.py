@@ -275,9 +275,15 @@ def stage_compat_copy(folder: Path, name: str, stream: IO[bytes]) -> StagedCopy:
 @contextlib.contextmanager
 def _translated(action: str) -> Iterator[None]:
     """Turn the SDK's and the network's errors into StorageUnavailable, naming the action."""
-    from minio.error import MinioException
+    from minio.error import MinioException, S3Error
 
     try:
         yield
+    except S3Error as exc:
+        # The code and message only: request and host ids mean nothing to a caller.
+        where = f" (bucket {exc.bucket_name})" if exc.bucket_name else ""
+        raise StorageUnavailable(
+            f"{action}: the object store answered {exc.code}: {exc.message}{where}"
+        ) from exc
     except (MinioException, OSError, urllib3.exceptions.HTTPError) as exc:
         raise StorageUnavailable(f"{action}: {exc}") from exc
