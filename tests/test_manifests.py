@@ -39,7 +39,9 @@ from shared.manifests import (
 )
 
 KNATIVE = REPO_ROOT / "knative"
-OVERLAYS = sorted(p.parent for p in (KNATIVE / "clusters").rglob("kustomization.yaml"))
+CLUSTERS = sorted(p.parent for p in (KNATIVE / "clusters").rglob("kustomization.yaml"))
+COMPAT = KNATIVE / "apps" / "compat" / "otel-worker"
+OVERLAYS = [COMPAT, *CLUSTERS]
 BIN = Path(sys.executable).parent
 # Variables the runtime reads besides our settings.
 RUNTIME_VARIABLES = {"FUNCTION_SOURCE", "FUNCTION_TARGET", "THREADS"}
@@ -783,25 +785,29 @@ def test_kustomize_builds_and_core_resources_validate(folder: Path, tmp_path: Pa
     assert {"Service", "Broker", "Trigger", "CronJob", "Job", "ConfigMap"} <= kinds
     for resource in resources:
         assert resource["metadata"].get("namespace", "otel-worker") == "otel-worker"
-        if resource["apiVersion"] in {"v1", "batch/v1"}:
+        if resource["apiVersion"] in {"v1", "batch/v1", "apps/v1", "networking.k8s.io/v1"}:
             kubernetes_validate.validate(resource, "1.33.0", strict=True)
-        if resource["kind"] == "Service":
+        if resource["apiVersion"] == "serving.knative.dev/v1":
             # Patches must leave each Service whole (image, env, probes, security).
             KnativeService.model_validate(resource)
 
 
-def test_the_overlay_exposes_only_the_ingress() -> None:
-    """status has no authentication: it stays inside the cluster (DEPLOYMENT.md#exposure)."""
+def _build(folder: Path) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     assert kubectl
-    for folder in OVERLAYS:
-        built = subprocess.run(
-            [kubectl, "kustomize", str(folder)], capture_output=True, text=True, check=True
-        ).stdout
+    built = subprocess.run(
+        [kubectl, "kustomize", str(folder)], capture_output=True, text=True, check=True
+    ).stdout
+    return [r for r in yaml.safe_load_all(built) if r]
+
+
+def test_the_overlay_exposes_only_the_ingress() -> None:
+    """status has no authentication: it stays inside the cluster (DEPLOYMENT.md#exposure)."""
+    for folder in CLUSTERS:
         services = {
             r["metadata"]["name"]: r
-            for r in yaml.safe_load_all(built)
-            if r and r["kind"] == "Service"
+            for r in _build(folder)
+            if r["apiVersion"] == "serving.knative.dev/v1" and r["kind"] == "Service"
         }
         local = {
             n
@@ -911,3 +917,54 @@ def test_github_workflows_match_their_schema() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_compat_overlay_runs_the_ingress_where_old_callers_look() -> None:
+    """otel-worker.otel-worker.svc:50051 answers gRPC and :8080 the downloads, from the
+    ingress program with the settings those ports mean, without a token on purpose, and
+    only for the callers its NetworkPolicy lets in."""
+    built = _build(COMPAT)
+    by_kind = {(r["apiVersion"], r["kind"], r["metadata"]["name"]): r for r in built}
+    deployment = by_kind[("apps/v1", "Deployment", "otel-worker")]
+    service = by_kind[("v1", "Service", "otel-worker")]
+    (policy,) = [r for r in built if r["kind"] == "NetworkPolicy"]
+    # Everything of the base is there too, unchanged.
+    assert {r["metadata"]["name"] for r in built if r["kind"] == "Trigger"} == {
+        t["metadata"]["name"] for t in _build(BASE) if t["kind"] == "Trigger"
+    }
+    pod = deployment["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+    (container,) = pod["spec"]["containers"]
+    assert container["command"] == ["python", "/app/functions/ingress/main.py"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert {p["port"]: ports[p["targetPort"]] for p in service["spec"]["ports"]} == {
+        50051: 50051,
+        8080: 8080,
+    }
+    assert {p["port"] for p in policy["spec"]["ingress"][0]["ports"]} == set(ports)
+    # The process listens where the ports say, as GrpcSettings reads its environment.
+    env = {v["name"]: v["value"] for v in container["env"]}
+    configmap = next(r for r in built if r["kind"] == "ConfigMap")
+    settings = config.GrpcSettings.model_validate(
+        {k.lower(): v for k, v in {**configmap["data"], **env}.items()}
+    )
+    assert (settings.listen_port, settings.http_port) == (ports["grpc"], ports["http"])
+    assert settings.grpc_allow_unauthenticated
+    assert settings.grpc_auth_token is None
+    assert "GRPC_AUTH_TOKEN" not in {v["name"] for v in container["env"]}
+    for probe in (container["readinessProbe"], container["livenessProbe"]):
+        assert probe["grpc"]["port"] == ports["grpc"]
+    # Same program, same upstreams as the Knative ingress.
+    knative = next(
+        r for r in built if r["kind"] == "Service" and r["metadata"]["name"] == "ingress"
+    )["spec"]["template"]["spec"]["containers"][0]
+    upstream = {"SUBMIT_URL", "STATUS_URL"}
+    assert {v["name"]: v["value"] for v in knative["env"] if v["name"] in upstream} == {
+        k: v for k, v in env.items() if k in upstream
+    }
+    assert container["securityContext"] == knative["securityContext"]
+    assert container["image"] == knative["image"]
