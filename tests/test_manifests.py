@@ -11,10 +11,12 @@ from __future__ import annotations
 import ast
 import datetime as dt
 import json
+import posixpath
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -84,6 +86,7 @@ class EnvFrom(_Strict):
 
 class HttpGet(_Strict):
     path: str
+    port: int = Field(ge=1, le=65535)
 
 
 class GrpcProbe(_Strict):
@@ -848,24 +851,37 @@ def test_yaml_passes_yamllint() -> None:
     assert result.returncode == 0, result.stdout
 
 
-def test_gunicorn_control_socket_goes_to_a_writable_mount(base: dict[str, list[Any]]) -> None:
+def test_gunicorn_control_socket_and_temporary_files_go_to_a_writable_mount(
+    base: dict[str, list[Any]], tmp_path: Path
+) -> None:
     """gunicorn puts its control socket in $XDG_RUNTIME_DIR, else under $HOME; on the
-    read-only root that fails with "Control server error" at every start."""
+    read-only root that fails with "Control server error" at every start. Temporary files
+    (compute's CSV before its upload) go to $TMPDIR: the same writable mount."""
     final_stage = (REPO_ROOT / "Dockerfile").read_text().rsplit("\nFROM ", 1)[1]
     (runtime_dir,) = re.findall(r"\bXDG_RUNTIME_DIR=(\S+)", final_stage)
+    (temporary,) = re.findall(r"\bTMPDIR=(\S+)", final_stage)
+    assert temporary == runtime_dir
     for name in HTTP_FUNCTIONS:
         spec = _services(base)[name].spec.template.spec
         mounts = {m.mount_path: m.name for m in spec.containers[0].volume_mounts}
         assert runtime_dir in mounts, name
         assert mounts[runtime_dir] in {v.name for v in spec.volumes}, name
-    socket = subprocess.run(
-        [sys.executable, "-c", "import gunicorn.config as c; print(c.ControlSocket.default)"],
-        env={"XDG_RUNTIME_DIR": runtime_dir, "HOME": "/nonexistent"},
+    # Those variables are what gunicorn and tempfile read (the mount exists only in the pod:
+    # a folder stands in for it here).
+    stand_in = str(tmp_path)
+    where = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import gunicorn.config as c, tempfile;"
+            " print(c.ControlSocket.default); print(tempfile.gettempdir())",
+        ],
+        env={"XDG_RUNTIME_DIR": stand_in, "TMPDIR": stand_in, "HOME": "/nonexistent"},
         capture_output=True,
         text=True,
         check=True,
-    ).stdout.strip()
-    assert Path(socket).parent == Path(runtime_dir)
+    ).stdout.split()
+    assert [str(Path(where[0]).parent), where[1]] == [stand_in, stand_in]
 
 
 def test_dockerfile_passes_hadolint() -> None:
@@ -968,3 +984,149 @@ def test_the_compat_overlay_runs_the_ingress_where_old_callers_look() -> None:
     }
     assert container["securityContext"] == knative["securityContext"]
     assert container["image"] == knative["image"]
+
+
+# What Knative Serving's webhook checks (or silently ignores) beyond its CRD schema, which
+# accepts any annotation and any mount path.
+AUTOSCALING = "autoscaling.knative.dev/"
+KNOWN_AUTOSCALING_KEYS = {
+    AUTOSCALING + key
+    for key in (
+        "class",
+        "metric",
+        "target",
+        "target-utilization-percentage",
+        "target-burst-capacity",
+        "min-scale",
+        "max-scale",
+        "initial-scale",
+        "activation-scale",
+        "scale-down-delay",
+        "scale-to-zero-pod-retention-period",
+        "window",
+        "panic-window-percentage",
+        "panic-threshold-percentage",
+    )
+}
+AUTOSCALING_CLASSES = {"kpa.autoscaling.knative.dev", "hpa.autoscaling.knative.dev"}
+RESERVED_MOUNT_PATHS = {"/", "/dev", "/dev/log", "/tmp", "/var", "/var/log"}
+RESERVED_ENV = {"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"}
+PROBE_HANDLERS = ("httpGet", "tcpSocket", "grpc")
+
+
+def knative_rule_violations(resource: dict[str, Any]) -> list[str]:
+    """What Knative would refuse, or ignore without a word, in a rendered workload: unknown
+    autoscaling annotation keys (a typo such as `minscale` is silently ignored), a gRPC
+    probe on a port not named h2c, a probe without an explicit port (Knative fills in none
+    for gRPC: port 0 is not admitted), a volume mounted at a reserved path."""
+    found: list[str] = []
+    name = f"{resource['kind']} {resource['metadata']['name']}"
+    knative = resource["apiVersion"] == "serving.knative.dev/v1"
+    template = resource["spec"]["template"]
+    for where, keys in (
+        ("metadata", resource["metadata"].get("annotations") or {}),
+        ("template", (template.get("metadata") or {}).get("annotations") or {}),
+    ):
+        for key, value in keys.items():
+            if not key.startswith(AUTOSCALING):
+                continue
+            if where == "metadata":
+                found.append(f"{name}: {key} belongs on spec.template (ignored here)")
+            elif key not in KNOWN_AUTOSCALING_KEYS:
+                found.append(f"{name}: unknown annotation {key}")
+            elif key == AUTOSCALING + "class" and value not in AUTOSCALING_CLASSES:
+                found.append(f"{name}: unknown autoscaling class {value}")
+    for container in template["spec"]["containers"]:
+        ports = {p.get("name", ""): p["containerPort"] for p in container.get("ports", [])}
+        for probe_name in ("readinessProbe", "livenessProbe", "startupProbe"):
+            probe = container.get(probe_name)
+            if probe is None:
+                continue
+            handler = next(h for h in PROBE_HANDLERS if h in probe)
+            port = probe[handler].get("port")
+            if port is None:
+                found.append(f"{name}: {probe_name}.{handler} names no port")
+            elif port not in ports.values() and port not in ports:
+                found.append(f"{name}: {probe_name}.{handler}.port {port} is no container port")
+            if knative and handler == "grpc" and set(ports) != {"h2c"}:
+                found.append(f"{name}: a gRPC probe needs the port named h2c")
+        if knative:
+            if not set(ports) <= {"http1", "h2c"} or len(ports) != 1:
+                found.append(f"{name}: one port, named http1 or h2c, not {sorted(ports)}")
+            for mount in container.get("volumeMounts", []):
+                path = posixpath.normpath(mount["mountPath"])
+                if path in RESERVED_MOUNT_PATHS:
+                    found.append(f"{name}: {path} is a reserved mount path")
+            for var in container.get("env", []):
+                if var["name"] in RESERVED_ENV:
+                    found.append(f"{name}: {var['name']} is set by Knative")
+    return found
+
+
+WORKLOAD_KINDS = {("serving.knative.dev/v1", "Service"), ("apps/v1", "Deployment")}
+
+
+def _workloads(folder: Path) -> list[dict[str, Any]]:
+    return [
+        r
+        for r in _build(folder)
+        if (r["apiVersion"], r["kind"])
+        in {("serving.knative.dev/v1", "Service"), ("apps/v1", "Deployment")}
+    ]
+
+
+@pytest.mark.parametrize("folder", [BASE, *OVERLAYS], ids=lambda p: str(p.relative_to(KNATIVE)))
+def test_rendered_workloads_keep_the_rules_knative_checks(folder: Path) -> None:
+    workloads = _workloads(folder)
+    assert workloads
+    assert [v for w in workloads for v in knative_rule_violations(w)] == []
+
+
+def _ingress_service() -> dict[str, Any]:
+    return next(w for w in _workloads(BASE) if w["metadata"]["name"] == "ingress")
+
+
+def _compute_service() -> dict[str, Any]:
+    return next(w for w in _workloads(BASE) if w["metadata"]["name"] == "compute")
+
+
+def _broken(resource: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> list[str]:
+    copy = json.loads(json.dumps(resource))
+    change(copy)
+    return knative_rule_violations(copy)
+
+
+def test_the_rules_catch_what_the_schemas_let_through() -> None:
+    def container(r: dict[str, Any]) -> dict[str, Any]:
+        found: dict[str, Any] = r["spec"]["template"]["spec"]["containers"][0]
+        return found
+
+    def typo(r: dict[str, Any]) -> None:
+        annotations = r["spec"]["template"]["metadata"]["annotations"]
+        annotations["autoscaling.knative.dev/minscale"] = "1"
+
+    def on_the_service(r: dict[str, Any]) -> None:
+        r["metadata"]["annotations"]["autoscaling.knative.dev/max-scale"] = "3"
+
+    def no_probe_port(r: dict[str, Any]) -> None:
+        del container(r)["livenessProbe"]["grpc"]["port"]
+
+    def grpc_port_named_grpc(r: dict[str, Any]) -> None:
+        container(r)["ports"][0]["name"] = "grpc"
+
+    def tmp_mount(r: dict[str, Any]) -> None:
+        container(r)["volumeMounts"][0]["mountPath"] = "/tmp/"
+
+    ingress, compute = _ingress_service(), _compute_service()
+    assert knative_rule_violations(ingress) == knative_rule_violations(compute) == []
+    assert _broken(compute, typo) == [
+        "Service compute: unknown annotation autoscaling.knative.dev/minscale"
+    ]
+    assert _broken(compute, on_the_service) == [
+        "Service compute: autoscaling.knative.dev/max-scale belongs on spec.template (ignored here)"
+    ]
+    assert _broken(ingress, no_probe_port) == ["Service ingress: livenessProbe.grpc names no port"]
+    assert "Service ingress: a gRPC probe needs the port named h2c" in _broken(
+        ingress, grpc_port_named_grpc
+    )
+    assert _broken(compute, tmp_mount) == ["Service compute: /tmp is a reserved mount path"]
