@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+import jsonschema
+import jsonschema.protocols
 import kubernetes_validate
 import pytest
 import yaml
@@ -1012,6 +1014,7 @@ AUTOSCALING_CLASSES = {"kpa.autoscaling.knative.dev", "hpa.autoscaling.knative.d
 RESERVED_MOUNT_PATHS = {"/", "/dev", "/dev/log", "/tmp", "/var", "/var/log"}
 RESERVED_ENV = {"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"}
 PROBE_HANDLERS = ("httpGet", "tcpSocket", "grpc")
+EMPTY_DIR_FIELDS = {"medium", "sizeLimit"}
 
 
 def knative_rule_violations(resource: dict[str, Any]) -> list[str]:
@@ -1036,6 +1039,10 @@ def knative_rule_violations(resource: dict[str, Any]) -> list[str]:
                 found.append(f"{name}: unknown annotation {key}")
             elif key == AUTOSCALING + "class" and value not in AUTOSCALING_CLASSES:
                 found.append(f"{name}: unknown autoscaling class {value}")
+    for volume in template["spec"].get("volumes", []):
+        # The CRD keeps any field under emptyDir (it sits behind a feature flag).
+        if unknown := set(volume.get("emptyDir") or {}) - EMPTY_DIR_FIELDS:
+            found.append(f"{name}: unknown emptyDir fields {sorted(unknown)}")
     for container in template["spec"]["containers"]:
         ports = {p.get("name", ""): p["containerPort"] for p in container.get("ports", [])}
         for probe_name in ("readinessProbe", "livenessProbe", "startupProbe"):
@@ -1114,6 +1121,9 @@ def test_the_rules_catch_what_the_schemas_let_through() -> None:
     def grpc_port_named_grpc(r: dict[str, Any]) -> None:
         container(r)["ports"][0]["name"] = "grpc"
 
+    def size_typo(r: dict[str, Any]) -> None:
+        r["spec"]["template"]["spec"]["volumes"][0]["emptyDir"] = {"sizelimit": "1Gi"}
+
     def tmp_mount(r: dict[str, Any]) -> None:
         container(r)["volumeMounts"][0]["mountPath"] = "/tmp/"
 
@@ -1130,3 +1140,120 @@ def test_the_rules_catch_what_the_schemas_let_through() -> None:
         ingress, grpc_port_named_grpc
     )
     assert _broken(compute, tmp_mount) == ["Service compute: /tmp is a reserved mount path"]
+    assert _broken(compute, size_typo) == ["Service compute: unknown emptyDir fields ['sizelimit']"]
+
+
+# The upstream CRD schemas of the Knative versions DEPLOYMENT.md names (tests/crds/, with
+# their source). The API server prunes fields a structural schema does not know, and
+# kubectl's default (strict) field validation refuses them: unknown fields are errors
+# wherever the CRD does not preserve them.
+CRDS = REPO_ROOT / "tests" / "crds"
+ROOT_FIELDS = {"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {}}
+
+
+def strict_schema(node: Any, root: bool = True) -> Any:
+    """A CRD's structural schema as a JSON Schema that refuses the fields the CRD does
+    not know; a subtree cut from the stored copy (`x-omitted`) accepts nothing."""
+    if not isinstance(node, dict):
+        return node
+    if node.get("x-omitted"):
+        return False
+    converted: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "properties":
+            converted[key] = {name: strict_schema(sub, False) for name, sub in value.items()}
+        elif key in {"items", "additionalProperties"}:
+            converted[key] = strict_schema(value, False)
+        elif key == "anyOf":
+            converted[key] = [strict_schema(sub, False) for sub in value]
+        else:
+            converted[key] = value
+    if root:
+        converted["properties"] = {**ROOT_FIELDS, **converted.get("properties", {})}
+    if (
+        "properties" in converted
+        and "additionalProperties" not in converted
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        converted["additionalProperties"] = False
+    return converted
+
+
+def _crd_validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
+    serving = yaml.safe_load((CRDS / "knative-serving-1.16.0-services.yaml").read_text())
+    eventing = yaml.safe_load((CRDS / "knative-eventing-1.17.0.yaml").read_text())
+    schemas = {
+        ("serving.knative.dev/v1", "Service"): serving,
+        ("eventing.knative.dev/v1", "Broker"): eventing["Broker"],
+        ("eventing.knative.dev/v1", "Trigger"): eventing["Trigger"],
+        ("sources.knative.dev/v1", "SinkBinding"): eventing["SinkBinding"],
+    }
+    return {kind: jsonschema.Draft7Validator(strict_schema(s)) for kind, s in schemas.items()}
+
+
+CRD_VALIDATORS = _crd_validators()
+CORE_API_VERSIONS = {"v1", "batch/v1", "apps/v1", "networking.k8s.io/v1"}
+
+
+def crd_errors(resource: dict[str, Any]) -> list[str]:
+    """What the CRD schema of `resource`'s kind refuses in it, one line per error."""
+    validator = CRD_VALIDATORS[(resource["apiVersion"], resource["kind"])]
+    return [
+        f"{resource['kind']} {resource['metadata']['name']}: "
+        f"{'.'.join(map(str, error.absolute_path))}: {error.message}"
+        for error in validator.iter_errors(resource)
+    ]
+
+
+@pytest.mark.parametrize("folder", [BASE, *OVERLAYS], ids=lambda p: str(p.relative_to(KNATIVE)))
+def test_every_rendered_document_passes_its_schema(folder: Path) -> None:
+    """Core kinds against the Kubernetes schemas, Knative kinds against their CRDs: every
+    document kustomize renders is checked by one or the other."""
+    for resource in _build(folder):
+        kind = (resource["apiVersion"], resource["kind"])
+        if resource["apiVersion"] in CORE_API_VERSIONS:
+            kubernetes_validate.validate(resource, "1.33.0", strict=True)
+        else:
+            assert kind in CRD_VALIDATORS, f"no schema for {kind}"
+            assert crd_errors(resource) == []
+
+
+def test_the_crd_schemas_refuse_what_knative_would() -> None:
+    ingress, compute = _ingress_service(), _compute_service()
+
+    def without_probe_port(r: dict[str, Any]) -> None:
+        del r["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["port"]
+
+    def misspelt(r: dict[str, Any]) -> None:
+        r["spec"]["template"]["spec"]["containerConcurency"] = 8
+
+    def misspelt_probe_field(r: dict[str, Any]) -> None:
+        r["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["periodSecond"] = 5
+
+    def secret_volume(r: dict[str, Any]) -> None:
+        r["spec"]["template"]["spec"]["volumes"][0]["secret"] = {"secretName": "x"}
+
+    broken = [
+        _changed(ingress, without_probe_port),
+        _changed(compute, misspelt),
+        _changed(compute, misspelt_probe_field),
+    ]
+    # Serving 1.12-1.16 refuse a gRPC probe without its port outright.
+    assert any("'port' is a required property" in e for e in broken[0]), broken[0]
+    assert any("containerConcurency" in e for e in broken[1]), broken[1]
+    assert any("periodSecond" in e for e in broken[2]), broken[2]
+    # A field of a subtree the stored copy cut is refused until the copy has it.
+    assert _changed(compute, secret_volume)
+    # Where the CRD keeps unknown fields (a Trigger's spec, emptyDir), it cannot help:
+    # the strict models and the rules above do.
+    trigger = next(r for r in _build(BASE) if r["kind"] == "Trigger")
+    trigger["spec"]["fitler"] = {}
+    assert crd_errors(trigger) == []
+    with pytest.raises(ValueError, match="fitler"):
+        Trigger.model_validate(trigger)
+
+
+def _changed(resource: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> list[str]:
+    copy = json.loads(json.dumps(resource))
+    change(copy)
+    return crd_errors(copy)
