@@ -181,8 +181,8 @@ class StorageSettings(_Group):
     minio_create_bucket: bool = True
     presign_expiry_seconds: Annotated[int, Field(ge=1, le=MAX_PRESIGN_SECONDS)] = 3600
     csv_output_path: Path | None = None
-    # Sized for compute's 512Mi memory and 256Mi /scratch (TMPDIR): about 300 bytes of memory and 105
-    # bytes of CSV per fix were measured (bench-pipeline: 266k fixes peaked at 171 MB).
+    # Sized for compute's 512Mi memory and 256Mi /scratch (TMPDIR): about 300 bytes of memory
+    # and 105 bytes of CSV per fix were measured (bench-pipeline: 266k fixes peaked at 171 MB).
     max_csv_rows: Annotated[int, Field(ge=1)] = 1_000_000
     max_csv_bytes: Annotated[int, Field(ge=1)] = 200_000_000
 
