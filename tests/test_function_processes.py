@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -224,7 +223,12 @@ def test_otel_worker_dev_stops_cleanly_when_its_start_fails_or_is_interrupted(
         start_new_session=True,
     )
     if interrupt:
-        time.sleep(1.5)  # inside migrate's start-up retry
+        # Inside migrate's start-up retry, once it says so: a fixed pause can end while a
+        # loaded machine is still importing, before the handler exists.
+        assert process.stdout is not None
+        for line in process.stdout:
+            if "not reachable" in line:
+                break
         process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=30)
     assert process.returncode == code, err
