@@ -1,6 +1,6 @@
 """A client as the existing Flask API has it: stubs generated from the original proto only.
 
-Run by tests/test_grpc_e2e.py in its own process (the generated module would clash with
+Run by tests/system/test_grpc_e2e.py in its own process (the generated module would clash with
 the current one in a shared descriptor pool). Prints one JSON document of what it saw.
 """
 
