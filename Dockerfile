@@ -17,12 +17,14 @@ RUN uv sync --frozen --no-dev --no-editable
 
 FROM python:3.11.14-slim-bookworm
 # gunicorn opens its control socket in $XDG_RUNTIME_DIR, else under $HOME, which cannot be
-# created on the read-only root ("Control server error" at every start): /tmp is the
-# writable emptyDir the HTTP Services mount.
+# created on the read-only root ("Control server error" at every start), and temporary files
+# (the CSV before its upload) go to $TMPDIR: /scratch is the writable emptyDir the HTTP
+# Services mount (Knative reserves /tmp as a mount path and refuses a Service mounting it).
 ENV PATH=/app/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    XDG_RUNTIME_DIR=/tmp
+    XDG_RUNTIME_DIR=/scratch \
+    TMPDIR=/scratch
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin app
 WORKDIR /app
 COPY --from=build /app/.venv /app/.venv

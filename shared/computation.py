@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+import psycopg
 from cloudevents.http import CloudEvent
 from pydantic import ValidationError
 
@@ -43,6 +44,22 @@ log = logging.getLogger(__name__)
 
 class JobFailure(OtelWorkerError):
     """The job can never succeed as asked (too many points, bad parameters): fail it."""
+
+
+class ReadFailed(OtelWorkerError):
+    """Reading the fixes failed (no table, no right to it, a broken connection): the
+    message is what the caller sees; another attempt may succeed once that is fixed."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """`text` as one line of at most `limit` characters: what a job's error_message holds,
+    shown to callers as it is."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else f"{line[: limit - 1]}…"
 
 
 @dataclass(frozen=True)
@@ -97,15 +114,22 @@ class Computation:
             # Cancelled (or taken over) while it computed: stopped before uploading anything.
             return Outcome(HTTPStatus.OK, None, str(exc))
         except JobFailure as exc:
-            reason = str(exc)
+            reason = one_line(str(exc))
             return self._fenced(lambda: self.jobs.fail(job.id, token, reason))
+        except ReadFailed as exc:
+            log.warning("attempt failed reading the fixes", exc_info=exc.__cause__)
+            return self._release(job, token, one_line(str(exc)), exc.status)
         except (DatabaseUnavailable, StorageUnavailable) as exc:
             log.warning("attempt failed, dependency down", extra={"error": str(exc)})
-            return self._release(job, token, str(exc), HTTPStatus.SERVICE_UNAVAILABLE)
+            return self._release(job, token, one_line(str(exc)), HTTPStatus.SERVICE_UNAVAILABLE)
         except Exception as exc:
+            # The traceback goes to the log; the caller gets a line that points there.
             log.exception("attempt failed unexpectedly")
             return self._release(
-                job, token, f"internal error: {exc}", HTTPStatus.INTERNAL_SERVER_ERROR
+                job,
+                token,
+                f"internal error ({type(exc).__name__}) in compute; its log has the details",
+                HTTPStatus.INTERNAL_SERVER_ERROR,
             )
         try:
             try:
@@ -175,6 +199,7 @@ class Computation:
             PointLimit,
             TooManyDeviceRows,
             TooManyPoints,
+            read_error_message,
             read_points,
             unknown_device,
         )
@@ -183,7 +208,7 @@ class Computation:
         try:
             params = EngineParams.model_validate(job.parameters)
         except ValidationError as exc:
-            raise JobFailure(f"the job's parameters are invalid: {exc}") from None
+            raise JobFailure(f"the job's parameters are invalid: {events.describe(exc)}") from None
         window = day_window(job.date_from, job.date_to, job.timezone)
         start, end = read_range(window, params)
         metrics = telemetry.instruments()
@@ -217,6 +242,13 @@ class Computation:
                     f"and context, exceed MAX_DAY_READ_ROWS ({self.storage.max_day_read_rows})"
                     f" per device-day; ask for another window or have the data thinned"
                 ) from None
+            except psycopg.Error as exc:
+                status = (
+                    HTTPStatus.SERVICE_UNAVAILABLE
+                    if isinstance(exc, psycopg.OperationalError)
+                    else HTTPStatus.INTERNAL_SERVER_ERROR
+                )
+                raise ReadFailed(read_error_message(exc), status) from exc
             metrics.db_read.record(time.monotonic() - read_started)
         with telemetry.span("analyze", attributes={"fixes": len(points)}):
             analysis = analyze(points, window, params)

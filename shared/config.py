@@ -195,8 +195,8 @@ class StorageSettings(SettingsGroup):
     minio_create_bucket: bool = True
     presign_expiry_seconds: Annotated[int, Field(ge=1, le=MAX_PRESIGN_SECONDS)] = 3600
     csv_output_path: Path | None = None
-    # Sized for compute's 512Mi memory and 256Mi /tmp: about 300 bytes of memory and 105
-    # bytes of CSV per fix were measured (bench-pipeline: 266k fixes peaked at 171 MB).
+    # Sized for compute's 512Mi memory and 256Mi /scratch (TMPDIR): about 300 bytes of memory
+    # and 105 bytes of CSV per fix were measured (bench-pipeline: 266k fixes peaked at 171 MB).
     max_csv_rows: Annotated[int, Field(ge=1)] = 1_000_000
     max_csv_bytes: Annotated[int, Field(ge=1)] = 200_000_000
     # What one device-day's read may hold, context (fixes before and after the window)
@@ -272,17 +272,23 @@ class HttpServerSettings(SettingsGroup):
 
 
 class GrpcSettings(SettingsGroup):
-    """The gRPC ingress server: port, bearer token (required unless unauthenticated access
-    is asked for by name), TLS, message size limit."""
+    """The ingress server: gRPC port, bearer token (required unless unauthenticated access
+    is asked for by name), TLS, message size limit, and the plain-HTTP download port old
+    callers use."""
 
     grpc_port: Port = 50051
     port: Port | None = None
     grpc_allow_unauthenticated: bool = False
-    """Declared before the token: the token's check reads it."""
+    """Serve callers without a token on purpose (in-cluster callers behind a NetworkPolicy).
+    Declared before the token: the token's check reads it."""
     grpc_auth_token: Annotated[BearerToken, Field(validate_default=True)] = None
     grpc_tls_cert: FilePath | None = None
     grpc_tls_key: Annotated[FilePath | None, Field(validate_default=True)] = None
     grpc_max_receive_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 64 * 1024
+    http_port: Port | None = None
+    """Also answer `GET /download/...` over plain HTTP here, as the original did on 8080."""
+    download_proxy: bool = False
+    """Relay the CSV's bytes instead of redirecting to the object store."""
 
     @field_validator("grpc_auth_token")
     @classmethod
@@ -326,6 +332,15 @@ class GrpcSettings(SettingsGroup):
     def listen_port(self) -> int:
         """`PORT` when Knative sets it, else `GRPC_PORT`."""
         return self.port or self.grpc_port
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> Self:
+        if self.http_port is not None and self.http_port == self.listen_port:
+            raise ValueError(
+                f"HTTP_PORT must differ from the gRPC port ({self.listen_port}: "
+                f"{'PORT' if self.port else 'GRPC_PORT'})"
+            )
+        return self
 
 
 class UpstreamSettings(SettingsGroup):

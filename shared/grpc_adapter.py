@@ -9,6 +9,7 @@ passes the caller's deadline on to the HTTP call.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import hmac
@@ -19,7 +20,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from http import HTTPStatus
 from typing import Any, NoReturn, Protocol, TypeVar
 from urllib.parse import quote, urlencode
@@ -114,21 +115,21 @@ class Upstream:
             raise UpstreamError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
         return remaining
 
-    def _call(
+    def _send(
         self,
         service: str,
         method: str,
         url: str,
-        context: Deadline,
+        timeout: float,
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
-        codes: Mapping[int, grpc.StatusCode] | None = None,
+        **options: Any,
     ) -> urllib3.BaseHTTPResponse:
-        timeout = self._timeout(context)
+        """One request to `service`; failing to get an answer raises `UpstreamError`."""
         started = time.monotonic()
         try:
             response = self._http.request(
-                method, url, body=body, headers=dict(headers or {}), timeout=timeout
+                method, url, body=body, headers=dict(headers or {}), timeout=timeout, **options
             )
         except urllib3.exceptions.NewConnectionError as exc:
             # Checked first: urllib3 makes a refused connection a kind of timeout error.
@@ -147,6 +148,21 @@ class Upstream:
                 grpc.StatusCode.UNAVAILABLE, f"{service} is unreachable: {exc}"
             ) from None
         self._mark(service, _answered(response))
+        return response
+
+    def _call(
+        self,
+        service: str,
+        method: str,
+        url: str,
+        context: Deadline,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        codes: Mapping[int, grpc.StatusCode] | None = None,
+    ) -> urllib3.BaseHTTPResponse:
+        """`_send` within the caller's deadline; an error answer raises `UpstreamError` with
+        the gRPC code of its HTTP status (`codes` overrides the usual mapping)."""
+        response = self._send(service, method, url, self._timeout(context), body, headers)
         if response.status >= 400:
             raise UpstreamError(
                 {**_CODES, **(codes or {})}.get(response.status, grpc.StatusCode.INTERNAL),
@@ -217,6 +233,35 @@ class Upstream:
         """A page of jobs from status."""
         url = f"{_base(self.settings.status_url)}/jobs?{urlencode(query)}"
         return _model(JobPage, self._call("status", "GET", url, context, headers=_trace()))
+
+    def download(self, name: str, traceparent: str | None) -> urllib3.BaseHTTPResponse:
+        """status's answer to `GET /download/{name}` as it is: its 302 not followed, its
+        error answers not raised (the HTTP relay passes them on)."""
+        url = f"{_base(self.settings.status_url)}/download/{quote(name, safe='')}"
+        headers = {"traceparent": traceparent} if traceparent else {}
+        return self._send(
+            "status",
+            "GET",
+            url,
+            self.settings.upstream_timeout_seconds,
+            headers=headers,
+            redirect=False,
+        )
+
+    def fetch(self, url: str) -> urllib3.BaseHTTPResponse:
+        """A presigned object URL, streamed (read it, then `release_conn`)."""
+        try:
+            return self._http.request(
+                "GET",
+                url,
+                redirect=False,
+                preload_content=False,
+                timeout=self.settings.upstream_timeout_seconds,
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            raise UpstreamError(
+                grpc.StatusCode.UNAVAILABLE, f"the object store is unreachable: {exc}"
+            ) from None
 
     def probe(self) -> None:
         """Quick liveness probe of both functions (run by the health service)."""
@@ -419,6 +464,24 @@ def summary_message(job: JobView) -> pb.JobSummary:
     )
 
 
+@contextlib.contextmanager
+def caller_trace(method: str, context: grpc.ServicerContext) -> Iterator[None]:
+    """Continue the caller's trace (its `traceparent` metadata) for the call, so the events
+    and requests it sends carry the caller's trace id and submit and compute log it. Where
+    spans are exported the gRPC instrumentation has done so already; elsewhere a span of
+    our own does it, exported or not."""
+    incoming = {
+        key: value
+        for key, value in context.invocation_metadata() or ()
+        if key == "traceparent" and isinstance(value, str)
+    }
+    if telemetry.in_span() or not incoming:
+        yield
+        return
+    with telemetry.span(f"{SERVICE}/{method}", parent=incoming):
+        yield
+
+
 class DistanceService(distance_pb2_grpc.DistanceServiceServicer):
     """`distance.v1.DistanceService`, delegating to submit and status."""
 
@@ -434,7 +497,8 @@ class DistanceService(distance_pb2_grpc.DistanceServiceServicer):
             if value := getattr(request, name):
                 data[name] = value
         try:
-            accepted = self.upstream.submit(data, context, _caller(context))
+            with caller_trace("CalculateDistanceFromHome", context):
+                accepted = self.upstream.submit(data, context, _caller(context))
         except UpstreamError as exc:
             _abort(context, exc)
         job = accepted.job
@@ -451,7 +515,8 @@ class DistanceService(distance_pb2_grpc.DistanceServiceServicer):
         """The job's state, and its result once completed."""
         _check_job_id(request.job_id, context)
         try:
-            return status_message(self.upstream.job(request.job_id, context))
+            with caller_trace("GetJobStatus", context):
+                return status_message(self.upstream.job(request.job_id, context))
         except UpstreamError as exc:
             _abort(context, exc)
 
@@ -474,7 +539,8 @@ class DistanceService(distance_pb2_grpc.DistanceServiceServicer):
             if value := getattr(request, name):
                 query[name] = value
         try:
-            page = self.upstream.jobs(query, context)
+            with caller_trace("ListJobs", context):
+                page = self.upstream.jobs(query, context)
         except UpstreamError as exc:
             _abort(context, exc)
         return pb.ListJobsResponse(

@@ -251,6 +251,26 @@ def _device_counts(conn: Connection, window: dict[str, Any]) -> list[tuple[str, 
     return sorted((str(device), int(count), int(inner)) for device, count, inner in rows)
 
 
+TABLE: Final = "public.locations"
+
+
+def read_error_message(exc: psycopg.Error) -> str:
+    """What a caller is told when reading the fixes failed: one line, in the words of the
+    table and the database user, without SQL text, caret lines or driver internals."""
+    diag = exc.diag.message_primary or ""
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        return f"the locations table {TABLE} does not exist"
+    if isinstance(exc, psycopg.errors.UndefinedColumn):
+        return f"the locations table {TABLE} lacks a column this service reads ({diag})"
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return f"the database user may not read the locations table {TABLE}"
+    if isinstance(exc, psycopg.OperationalError):
+        return f"the connection to the database broke while reading {TABLE}"
+    detail = diag or str(exc).strip()
+    first = detail.splitlines()[0] if detail else type(exc).__name__
+    return f"reading the locations table {TABLE} failed: {first}"
+
+
 _HAS_FIXES = "SELECT EXISTS (SELECT FROM public.locations WHERE device_id = %s)"
 # A walk down the (device_id, timestamp) index, one probe per device: the distinct ids
 # without reading every row (SELECT DISTINCT would scan the whole index).

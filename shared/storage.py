@@ -162,10 +162,26 @@ class ObjectStore:
             return
         bucket = self.settings.minio_bucket
         with _translated("checking the bucket"):
-            if not self.client.bucket_exists(bucket):
-                self.client.make_bucket(bucket)
+            if not self.client.bucket_exists(bucket) and self._make_bucket(bucket):
                 log.info("created bucket", extra={"bucket": bucket})
         self._bucket_checked = True
+
+    def _make_bucket(self, bucket: str) -> bool:
+        """Create `bucket`: True if this call made it, False if another process made it
+        between our check and our request (two first jobs on a fresh store race here)."""
+        from minio.error import S3Error
+
+        try:
+            self.client.make_bucket(bucket)
+        except S3Error as exc:
+            # S3 and MinIO answer the owner BucketAlreadyOwnedByYou; some stores answer
+            # BucketAlreadyExists for any owner, so that one counts only if we can reach it.
+            if exc.code == "BucketAlreadyOwnedByYou" or (
+                exc.code == "BucketAlreadyExists" and self.client.bucket_exists(bucket)
+            ):
+                return False
+            raise
+        return True
 
     def upload(self, key: str, stream: BinaryIO, length: int, content_type: str) -> None:
         """Store `length` bytes of `stream` at `key`. S3 makes the object visible whole or
@@ -275,9 +291,15 @@ def stage_compat_copy(folder: Path, name: str, stream: IO[bytes]) -> StagedCopy:
 @contextlib.contextmanager
 def _translated(action: str) -> Iterator[None]:
     """Turn the SDK's and the network's errors into StorageUnavailable, naming the action."""
-    from minio.error import MinioException
+    from minio.error import MinioException, S3Error
 
     try:
         yield
+    except S3Error as exc:
+        # The code and message only: request and host ids mean nothing to a caller.
+        where = f" (bucket {exc.bucket_name})" if exc.bucket_name else ""
+        raise StorageUnavailable(
+            f"{action}: the object store answered {exc.code}: {exc.message}{where}"
+        ) from exc
     except (MinioException, OSError, urllib3.exceptions.HTTPError) as exc:
         raise StorageUnavailable(f"{action}: {exc}") from exc

@@ -163,6 +163,11 @@ def span(
             otel_context.detach(token)
 
 
+def in_span() -> bool:
+    """True inside a valid span (one an instrumentation or `span` started)."""
+    return trace.get_current_span().get_span_context().is_valid
+
+
 def traceparent() -> str | None:
     """The W3C traceparent of the current span, to put on outgoing events and requests."""
     carrier: dict[str, str] = {}

@@ -2,6 +2,7 @@
 
 Runs as a plain process (`python functions/ingress/main.py`) listening on `$PORT` (h2c on
 Knative) or `GRPC_PORT`. Serves gRPC health checking and reflection, and drains on SIGTERM.
+With `HTTP_PORT` it also answers the original's plain-HTTP `/download/...` there.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from shared import config, telemetry
+from shared.downloads import DownloadRelay
 from shared.grpc_adapter import (
     SERVICE,
     BearerAuth,
@@ -104,8 +106,11 @@ def main() -> int:
     telemetry.start("ingress", telemetry_settings)
     source = f"{config.load(config.EventSettings).event_source.rstrip('/')}/ingress"
     upstream = Upstream(upstream_settings, source=source, pool_size=WORKERS)
+    relay: DownloadRelay | None = None
     try:
         server, health_servicer = build_server(grpc_settings, upstream)
+        if grpc_settings.http_port is not None:
+            relay = DownloadRelay(upstream, grpc_settings.http_port, grpc_settings.download_proxy)
     except OSError as exc:
         sys.stderr.write(f"ingress: {exc}\n")
         telemetry.shutdown()
@@ -114,11 +119,14 @@ def main() -> int:
         # Only with GRPC_ALLOW_UNAUTHENTICATED=true (else the settings refused to load).
         log.warning("GRPC_AUTH_TOKEN is not set: every caller is accepted")
     server.start()
+    if relay is not None:
+        relay.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info(
         "ingress serving",
         extra={
             "port": grpc_settings.listen_port,
+            "http_port": grpc_settings.http_port,
             "auth": grpc_settings.grpc_auth_token is not None,
             "tls": grpc_settings.tls is not None,
         },
@@ -127,6 +135,8 @@ def main() -> int:
     def drain(signum: int, _frame: FrameType | None) -> None:
         log.info("draining", extra={"signal": signal.Signals(signum).name})
         health_servicer.enter_graceful_shutdown()  # watchers see NOT_SERVING
+        if relay is not None:
+            relay.stop()
         server.stop(grace=DRAIN_SECONDS)  # no new calls; in-flight ones finish
         health_servicer.end_watches()  # open streams would hold the drain to its end
 

@@ -103,8 +103,9 @@ def _from_event(request: flask.Request) -> flask.Response:
             subject=str(job.id),
             traceparent=telemetry.traceparent(),
         )
-    with log_context(job_id=str(job.id)):
-        log.info("job accepted", extra={"job_created": created, "requester": event["id"]})
+        # Inside the span: the line carries the caller's trace id.
+        with log_context(job_id=str(job.id)):
+            log.info("job accepted", extra={"job_created": created, "requester": event["id"]})
     return web.event_response(reply)
 
 

@@ -32,7 +32,7 @@ import urllib3
 from cloudevents.http import CloudEvent
 
 from shared import events
-from shared.dev.manifests import Broker, DeliverySpec, Destination, Trigger
+from shared.dev.manifests import Broker, DeliverySpec, Destination, Trigger, backoff_seconds
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,7 @@ class Delivery:
 
     def delay(self, retry_number: int) -> float:
         """Seconds to wait before retry `retry_number` (1-based), as Knative computes it."""
-        if self.backoff_policy == "linear":
-            return self.backoff_delay * retry_number
-        return float(self.backoff_delay * 2**retry_number)
+        return backoff_seconds(self.backoff_policy, self.backoff_delay, retry_number - 1)
 
 
 @dataclass(frozen=True)

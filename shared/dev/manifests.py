@@ -60,6 +60,30 @@ class DeliverySpec(_Strict):
     dead_letter_sink: Destination | None = Field(default=None, alias="deadLetterSink")
 
 
+def backoff_seconds(policy: str | None, delay: float, retry: int) -> float:
+    """Seconds Knative Eventing waits before retry `retry` (0 for the first retry): `delay`
+    times 2**retry when exponential (its default), `delay` times (retry + 1) when linear."""
+    if policy == "linear":
+        return delay * (retry + 1)
+    return float(delay * 2**retry)
+
+
+def retry_window(delivery: DeliverySpec) -> float:
+    """Seconds between a failed first delivery and the last retry, counting the backoffs
+    only (each attempt's own duration adds to it): 5+10+...+160 = 315 s for `retry: 6`,
+    `backoffDelay: PT5S`, exponential."""
+    delay = delivery.backoff_delay.total_seconds() if delivery.backoff_delay else 0.0
+    return sum(
+        backoff_seconds(delivery.backoff_policy, delay, n) for n in range(delivery.retry or 0)
+    )
+
+
+LEASE_MARGIN_SECONDS = 60
+"""How much longer than JOB_LEASE_SECONDS every Trigger's retry window must be: a delivery
+refused with 409 by a dead worker's lease is retried after the lease expired, with room for
+compute's cold start and the claim that began the lease after the first attempt began."""
+
+
 class BrokerSpec(_Strict):
     """The broker fields we use."""
 

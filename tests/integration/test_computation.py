@@ -128,3 +128,65 @@ def test_the_note_about_an_unknown_device_caps_the_list_it_gives() -> None:
     assert note.endswith(f"phone{KNOWN_DEVICES_SHOWN - 1:02d}, …")
     assert f"phone{KNOWN_DEVICES_SHOWN:02d}" not in note
     assert unknown_device_note("p", ["a", "b"]).endswith("devices with fixes: a, b")
+
+
+def _job(computation: Computation) -> uuid.UUID:
+    params = AnalysisSettings(
+        home_latitude=SPEC.home_latitude, home_longitude=SPEC.home_longitude
+    ).engine_params()
+    job, _ = computation.jobs.create(
+        JobRequest(
+            date_from=DAY,
+            date_to=DAY,
+            device_id=None,
+            timezone=SPEC.timezone,
+            parameters=params.model_dump(mode="json"),
+        )
+    )
+    return job.id
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (
+            "ALTER TABLE public.locations RENAME TO locations_old",
+            "the locations table public.locations does not exist",
+        ),
+        (
+            "ALTER TABLE public.locations RENAME COLUMN accuracy TO acc",
+            "the locations table public.locations lacks a column this service reads"
+            " (column accuracy does not exist)",
+        ),
+    ],
+    ids=["no-table", "no-column"],
+)
+def test_a_failed_read_tells_the_caller_what_failed_in_one_line(
+    pool: LazyPool, s3: S3Server, tmp_path: Path, breakage: str, message: str
+) -> None:
+    """What a caller sees of a job whose read failed is one line about the table, never
+    PostgreSQL's statement excerpt and caret line."""
+    bucket = f"broken-{uuid.uuid4().hex[:8]}"
+    s3.client().make_bucket(bucket)
+    computation = _computation(pool, s3, bucket, "worker-a", tmp_path)
+    job_id = _job(computation)
+    with pool.connection() as conn:
+        conn.execute(breakage)
+    outcome = computation.run(job_id)
+    assert outcome.status == 500  # the broker retries: the table may be restored meanwhile
+    job = computation.jobs.get(job_id)
+    assert job is not None
+    assert job.status == "queued"
+    assert job.error_message is not None
+    assert job.error_message.replace('"', "") == message
+    # The last attempt fails the job with the same line, prefixed by the attempts.
+    for _ in range(job.max_attempts - 1):
+        computation.run(job_id)
+    failed = computation.jobs.get(job_id)
+    assert failed is not None
+    assert failed.status == "failed"
+    assert failed.error_message is not None
+    assert "\n" not in failed.error_message
+    assert failed.error_message.replace('"', "").endswith(f": {message}")
+    assert "LINE" not in failed.error_message
+    assert "^" not in failed.error_message

@@ -157,6 +157,47 @@ def test_the_bucket_is_created_where_allowed_else_only_written_to(
         ObjectStore(missing).upload("k", io.BytesIO(b"x"), 1, CSV_TYPE)
 
 
+def test_first_uploads_racing_to_create_the_bucket_all_succeed(
+    monkeypatch: pytest.MonkeyPatch, s3: S3Server
+) -> None:
+    """The first jobs on a fresh store each find the bucket missing and create it: the one
+    that loses the race (BucketAlreadyOwnedByYou) must upload all the same, not fail."""
+    settings = _settings(monkeypatch, s3)
+    creators = 4
+    for round_ in range(5):
+        fresh = settings.model_copy(update={"minio_bucket": f"race-{uuid.uuid4().hex[:8]}"})
+        stores = [ObjectStore(fresh) for _ in range(creators)]
+        for store in stores:
+            assert store.client is not None  # clients made before the start line
+        start = threading.Barrier(creators)
+        failures: list[BaseException] = []
+
+        def upload(
+            store: ObjectStore,
+            index: int,
+            start: threading.Barrier = start,
+            failures: list[BaseException] = failures,
+        ) -> None:
+            start.wait()
+            try:
+                store.upload(f"k{index}", io.BytesIO(b"x"), 1, CSV_TYPE)
+            except BaseException as exc:  # reported below, with the round
+                failures.append(exc)
+
+        threads = [
+            threading.Thread(target=upload, args=(store, i)) for i, store in enumerate(stores)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert failures == [], f"round {round_}: {failures}"
+        assert [stores[0].read(f"k{i}") for i in range(creators)] == [b"x"] * creators
+    # Deterministically the losing side: the bucket exists by the time we ask to make it.
+    late = ObjectStore(settings.model_copy(update={"minio_bucket": fresh.minio_bucket}))
+    assert late._make_bucket(fresh.minio_bucket) is False
+
+
 def test_objects_of_a_bucket_that_is_gone_are_missing_not_unavailable(
     monkeypatch: pytest.MonkeyPatch, s3: S3Server
 ) -> None:

@@ -11,13 +11,17 @@ from __future__ import annotations
 import ast
 import datetime as dt
 import json
+import posixpath
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+import jsonschema
+import jsonschema.protocols
 import kubernetes_validate
 import pytest
 import yaml
@@ -26,11 +30,22 @@ from pydantic_settings import BaseSettings
 
 from shared import config, events
 from shared.cli import build_parser
-from shared.dev.manifests import BASE, Broker, ObjectMeta, Trigger, documents, load_eventing
+from shared.dev.manifests import (
+    BASE,
+    LEASE_MARGIN_SECONDS,
+    Broker,
+    ObjectMeta,
+    Trigger,
+    documents,
+    load_eventing,
+    retry_window,
+)
 from shared.dev.stack import REPO_ROOT
 
 KNATIVE = REPO_ROOT / "knative"
-OVERLAYS = sorted(p.parent for p in (KNATIVE / "clusters").rglob("kustomization.yaml"))
+CLUSTERS = sorted(p.parent for p in (KNATIVE / "clusters").rglob("kustomization.yaml"))
+COMPAT = KNATIVE / "apps" / "compat" / "otel-worker"
+OVERLAYS = [COMPAT, *CLUSTERS]
 BIN = Path(sys.executable).parent
 # Variables the runtime reads besides our settings.
 RUNTIME_VARIABLES = {"FUNCTION_SOURCE", "FUNCTION_TARGET", "THREADS"}
@@ -73,9 +88,12 @@ class EnvFrom(_Strict):
 
 class HttpGet(_Strict):
     path: str
+    port: int = Field(ge=1, le=65535)
 
 
 class GrpcProbe(_Strict):
+    # Required: Knative fills in no port for a gRPC probe, and port 0 is not admitted.
+    port: int = Field(ge=1, le=65535)
     service: str
 
 
@@ -504,6 +522,17 @@ def test_ingress_speaks_h2c_with_grpc_probes(base: dict[str, list[Any]]) -> None
     assert container.readiness_probe.grpc.service == ""
     assert container.liveness_probe
     assert container.liveness_probe.grpc
+    # The port the ingress listens on (Knative's PORT is the h2c containerPort).
+    for probe in (container.readiness_probe, container.liveness_probe):
+        assert probe.grpc is not None
+        assert probe.grpc.port == container.ports[0].container_port
+
+
+def test_a_grpc_probe_without_its_port_is_refused() -> None:
+    service = yaml.safe_load((BASE / "service-ingress.yaml").read_text())
+    del service["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["grpc"]["port"]
+    with pytest.raises(ValueError, match="port"):
+        KnativeService.model_validate(service)
 
 
 # Kinds a SinkBinding can inject into: they embed a pod template at spec.template.spec.
@@ -694,20 +723,44 @@ def _seconds(delta: dt.timedelta | None) -> float:
     return delta.total_seconds()
 
 
+def _lease(base: dict[str, list[Any]]) -> int:
+    return int(next(cm for cm in base["ConfigMap"]).data["JOB_LEASE_SECONDS"])
+
+
 def test_timeouts_leases_and_retries_fit_together(base: dict[str, list[Any]]) -> None:
-    """worst compute < delivery timeout < Service timeoutSeconds < lease < retry window."""
+    """worst compute < delivery timeout < Service timeoutSeconds < lease."""
     _, triggers = load_eventing()
     compute_trigger = next(
         t for t in triggers if t.spec.subscriber.ref and t.spec.subscriber.ref.name == "compute"
     )
     delivery = compute_trigger.spec.delivery
     assert delivery is not None
-    assert delivery.retry is not None
     timeout = _seconds(delivery.timeout)
     service_timeout = _services(base)["compute"].spec.template.spec.timeout_seconds
-    lease = int(next(cm for cm in base["ConfigMap"]).data["JOB_LEASE_SECONDS"])
-    window = sum(_seconds(delivery.backoff_delay) * 2**n for n in range(1, delivery.retry + 1))
-    assert timeout < service_timeout < lease < window
+    assert timeout < service_timeout < _lease(base)
+
+
+def test_every_retry_window_outlasts_the_lease_with_margin(base: dict[str, list[Any]]) -> None:
+    """Eventing waits backoffDelay * 2^n before retry n, from n = 0 (so `retry: 6` from 5 s
+    spans 5+10+...+160 = 315 s, not 630): every Trigger's retries, its own or the Broker's,
+    go on for LEASE_MARGIN_SECONDS past JOB_LEASE_SECONDS."""
+    _, triggers = load_eventing()
+    (broker,) = base["Broker"]
+    lease = _lease(base)
+    assert triggers
+    for trigger in triggers:
+        delivery = trigger.spec.delivery or broker.spec.delivery
+        assert delivery is not None
+        assert delivery.backoff_policy in {None, "exponential"}
+        window = sum(_seconds(delivery.backoff_delay) * 2**n for n in range(delivery.retry or 0))
+        assert window == retry_window(delivery)
+        assert window >= lease + LEASE_MARGIN_SECONDS, (trigger.metadata.name, window, lease)
+    # The documented figures are the manifests'.
+    doc = (REPO_ROOT / "docs" / "DEPLOYMENT.md").read_text()
+    assert f"| `JOB_LEASE_SECONDS` | {lease} s |" in doc
+    for trigger in triggers:
+        assert trigger.spec.delivery is not None
+        assert f"= {retry_window(trigger.spec.delivery):g} s |" in doc, trigger.metadata.name
 
 
 def test_every_delivery_times_out_before_its_service(base: dict[str, list[Any]]) -> None:
@@ -737,25 +790,29 @@ def test_kustomize_builds_and_core_resources_validate(folder: Path, tmp_path: Pa
     assert {"Service", "Broker", "Trigger", "CronJob", "Job", "ConfigMap"} <= kinds
     for resource in resources:
         assert resource["metadata"].get("namespace", "otel-worker") == "otel-worker"
-        if resource["apiVersion"] in {"v1", "batch/v1"}:
+        if resource["apiVersion"] in {"v1", "batch/v1", "apps/v1", "networking.k8s.io/v1"}:
             kubernetes_validate.validate(resource, "1.33.0", strict=True)
-        if resource["kind"] == "Service":
+        if resource["apiVersion"] == "serving.knative.dev/v1":
             # Patches must leave each Service whole (image, env, probes, security).
             KnativeService.model_validate(resource)
 
 
-def test_the_overlay_exposes_only_the_ingress() -> None:
-    """status has no authentication: it stays inside the cluster (DEPLOYMENT.md#exposure)."""
+def _build(folder: Path) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     assert kubectl
-    for folder in OVERLAYS:
-        built = subprocess.run(
-            [kubectl, "kustomize", str(folder)], capture_output=True, text=True, check=True
-        ).stdout
+    built = subprocess.run(
+        [kubectl, "kustomize", str(folder)], capture_output=True, text=True, check=True
+    ).stdout
+    return [r for r in yaml.safe_load_all(built) if r]
+
+
+def test_the_overlay_exposes_only_the_ingress() -> None:
+    """status has no authentication: it stays inside the cluster (DEPLOYMENT.md#exposure)."""
+    for folder in CLUSTERS:
         services = {
             r["metadata"]["name"]: r
-            for r in yaml.safe_load_all(built)
-            if r and r["kind"] == "Service"
+            for r in _build(folder)
+            if r["apiVersion"] == "serving.knative.dev/v1" and r["kind"] == "Service"
         }
         local = {
             n
@@ -819,24 +876,37 @@ def test_yaml_passes_yamllint() -> None:
     assert result.returncode == 0, result.stdout
 
 
-def test_gunicorn_control_socket_goes_to_a_writable_mount(base: dict[str, list[Any]]) -> None:
+def test_gunicorn_control_socket_and_temporary_files_go_to_a_writable_mount(
+    base: dict[str, list[Any]], tmp_path: Path
+) -> None:
     """gunicorn puts its control socket in $XDG_RUNTIME_DIR, else under $HOME; on the
-    read-only root that fails with "Control server error" at every start."""
+    read-only root that fails with "Control server error" at every start. Temporary files
+    (compute's CSV before its upload) go to $TMPDIR: the same writable mount."""
     final_stage = (REPO_ROOT / "Dockerfile").read_text().rsplit("\nFROM ", 1)[1]
     (runtime_dir,) = re.findall(r"\bXDG_RUNTIME_DIR=(\S+)", final_stage)
+    (temporary,) = re.findall(r"\bTMPDIR=(\S+)", final_stage)
+    assert temporary == runtime_dir
     for name in HTTP_FUNCTIONS:
         spec = _services(base)[name].spec.template.spec
         mounts = {m.mount_path: m.name for m in spec.containers[0].volume_mounts}
         assert runtime_dir in mounts, name
         assert mounts[runtime_dir] in {v.name for v in spec.volumes}, name
-    socket = subprocess.run(
-        [sys.executable, "-c", "import gunicorn.config as c; print(c.ControlSocket.default)"],
-        env={"XDG_RUNTIME_DIR": runtime_dir, "HOME": "/nonexistent"},
+    # Those variables are what gunicorn and tempfile read (the mount exists only in the pod:
+    # a folder stands in for it here).
+    stand_in = str(tmp_path)
+    where = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import gunicorn.config as c, tempfile;"
+            " print(c.ControlSocket.default); print(tempfile.gettempdir())",
+        ],
+        env={"XDG_RUNTIME_DIR": stand_in, "TMPDIR": stand_in, "HOME": "/nonexistent"},
         capture_output=True,
         text=True,
         check=True,
-    ).stdout.strip()
-    assert Path(socket).parent == Path(runtime_dir)
+    ).stdout.split()
+    assert [str(Path(where[0]).parent), where[1]] == [stand_in, stand_in]
 
 
 def test_dockerfile_passes_hadolint() -> None:
@@ -888,3 +958,325 @@ def test_github_workflows_match_their_schema() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_compat_overlay_runs_the_ingress_where_old_callers_look() -> None:
+    """otel-worker.otel-worker.svc:50051 answers gRPC and :8080 the downloads, from the
+    ingress program with the settings those ports mean, without a token on purpose, and
+    only for the callers its NetworkPolicy lets in."""
+    built = _build(COMPAT)
+    by_kind = {(r["apiVersion"], r["kind"], r["metadata"]["name"]): r for r in built}
+    deployment = by_kind[("apps/v1", "Deployment", "otel-worker")]
+    service = by_kind[("v1", "Service", "otel-worker")]
+    (policy,) = [r for r in built if r["kind"] == "NetworkPolicy"]
+    # Everything of the base is there too, unchanged.
+    assert {r["metadata"]["name"] for r in built if r["kind"] == "Trigger"} == {
+        t["metadata"]["name"] for t in _build(BASE) if t["kind"] == "Trigger"
+    }
+    pod = deployment["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+    (container,) = pod["spec"]["containers"]
+    assert container["command"] == ["python", "/app/functions/ingress/main.py"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert {p["port"]: ports[p["targetPort"]] for p in service["spec"]["ports"]} == {
+        50051: 50051,
+        8080: 8080,
+    }
+    assert {p["port"] for p in policy["spec"]["ingress"][0]["ports"]} == set(ports)
+    # The process listens where the ports say, as GrpcSettings reads its environment.
+    env = {v["name"]: v["value"] for v in container["env"]}
+    configmap = next(r for r in built if r["kind"] == "ConfigMap")
+    settings = config.GrpcSettings.model_validate(
+        {k.lower(): v for k, v in {**configmap["data"], **env}.items()}
+    )
+    assert (settings.listen_port, settings.http_port) == (ports["grpc"], ports["http"])
+    assert settings.grpc_allow_unauthenticated
+    assert settings.grpc_auth_token is None
+    assert "GRPC_AUTH_TOKEN" not in {v["name"] for v in container["env"]}
+    for probe in (container["readinessProbe"], container["livenessProbe"]):
+        assert probe["grpc"]["port"] == ports["grpc"]
+    # Same program, same upstreams as the Knative ingress.
+    knative = next(
+        r for r in built if r["kind"] == "Service" and r["metadata"]["name"] == "ingress"
+    )["spec"]["template"]["spec"]["containers"][0]
+    upstream = {"SUBMIT_URL", "STATUS_URL"}
+    assert {v["name"]: v["value"] for v in knative["env"] if v["name"] in upstream} == {
+        k: v for k, v in env.items() if k in upstream
+    }
+    assert container["securityContext"] == knative["securityContext"]
+    assert container["image"] == knative["image"]
+
+
+# What Knative Serving's webhook checks (or silently ignores) beyond its CRD schema, which
+# accepts any annotation and any mount path.
+AUTOSCALING = "autoscaling.knative.dev/"
+KNOWN_AUTOSCALING_KEYS = {
+    AUTOSCALING + key
+    for key in (
+        "class",
+        "metric",
+        "target",
+        "target-utilization-percentage",
+        "target-burst-capacity",
+        "min-scale",
+        "max-scale",
+        "initial-scale",
+        "activation-scale",
+        "scale-down-delay",
+        "scale-to-zero-pod-retention-period",
+        "window",
+        "panic-window-percentage",
+        "panic-threshold-percentage",
+    )
+}
+AUTOSCALING_CLASSES = {"kpa.autoscaling.knative.dev", "hpa.autoscaling.knative.dev"}
+RESERVED_MOUNT_PATHS = {"/", "/dev", "/dev/log", "/tmp", "/var", "/var/log"}
+RESERVED_ENV = {"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"}
+PROBE_HANDLERS = ("httpGet", "tcpSocket", "grpc")
+EMPTY_DIR_FIELDS = {"medium", "sizeLimit"}
+
+
+def knative_rule_violations(resource: dict[str, Any]) -> list[str]:
+    """What Knative would refuse, or ignore without a word, in a rendered workload: unknown
+    autoscaling annotation keys (a typo such as `minscale` is silently ignored), a gRPC
+    probe on a port not named h2c, a probe without an explicit port (Knative fills in none
+    for gRPC: port 0 is not admitted), a volume mounted at a reserved path."""
+    found: list[str] = []
+    name = f"{resource['kind']} {resource['metadata']['name']}"
+    knative = resource["apiVersion"] == "serving.knative.dev/v1"
+    template = resource["spec"]["template"]
+    for where, keys in (
+        ("metadata", resource["metadata"].get("annotations") or {}),
+        ("template", (template.get("metadata") or {}).get("annotations") or {}),
+    ):
+        for key, value in keys.items():
+            if not key.startswith(AUTOSCALING):
+                continue
+            if where == "metadata":
+                found.append(f"{name}: {key} belongs on spec.template (ignored here)")
+            elif key not in KNOWN_AUTOSCALING_KEYS:
+                found.append(f"{name}: unknown annotation {key}")
+            elif key == AUTOSCALING + "class" and value not in AUTOSCALING_CLASSES:
+                found.append(f"{name}: unknown autoscaling class {value}")
+    for volume in template["spec"].get("volumes", []):
+        # The CRD keeps any field under emptyDir (it sits behind a feature flag).
+        if unknown := set(volume.get("emptyDir") or {}) - EMPTY_DIR_FIELDS:
+            found.append(f"{name}: unknown emptyDir fields {sorted(unknown)}")
+    for container in template["spec"]["containers"]:
+        ports = {p.get("name", ""): p["containerPort"] for p in container.get("ports", [])}
+        for probe_name in ("readinessProbe", "livenessProbe", "startupProbe"):
+            probe = container.get(probe_name)
+            if probe is None:
+                continue
+            handler = next(h for h in PROBE_HANDLERS if h in probe)
+            port = probe[handler].get("port")
+            if port is None:
+                found.append(f"{name}: {probe_name}.{handler} names no port")
+            elif port not in ports.values() and port not in ports:
+                found.append(f"{name}: {probe_name}.{handler}.port {port} is no container port")
+            if knative and handler == "grpc" and set(ports) != {"h2c"}:
+                found.append(f"{name}: a gRPC probe needs the port named h2c")
+        if knative:
+            if not set(ports) <= {"http1", "h2c"} or len(ports) != 1:
+                found.append(f"{name}: one port, named http1 or h2c, not {sorted(ports)}")
+            for mount in container.get("volumeMounts", []):
+                path = posixpath.normpath(mount["mountPath"])
+                if path in RESERVED_MOUNT_PATHS:
+                    found.append(f"{name}: {path} is a reserved mount path")
+            for var in container.get("env", []):
+                if var["name"] in RESERVED_ENV:
+                    found.append(f"{name}: {var['name']} is set by Knative")
+    return found
+
+
+WORKLOAD_KINDS = {("serving.knative.dev/v1", "Service"), ("apps/v1", "Deployment")}
+
+
+def _workloads(folder: Path) -> list[dict[str, Any]]:
+    return [
+        r
+        for r in _build(folder)
+        if (r["apiVersion"], r["kind"])
+        in {("serving.knative.dev/v1", "Service"), ("apps/v1", "Deployment")}
+    ]
+
+
+@pytest.mark.parametrize("folder", [BASE, *OVERLAYS], ids=lambda p: str(p.relative_to(KNATIVE)))
+def test_rendered_workloads_keep_the_rules_knative_checks(folder: Path) -> None:
+    workloads = _workloads(folder)
+    assert workloads
+    assert [v for w in workloads for v in knative_rule_violations(w)] == []
+
+
+def _ingress_service() -> dict[str, Any]:
+    return next(w for w in _workloads(BASE) if w["metadata"]["name"] == "ingress")
+
+
+def _compute_service() -> dict[str, Any]:
+    return next(w for w in _workloads(BASE) if w["metadata"]["name"] == "compute")
+
+
+def _broken(resource: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> list[str]:
+    copy = json.loads(json.dumps(resource))
+    change(copy)
+    return knative_rule_violations(copy)
+
+
+def test_the_rules_catch_what_the_schemas_let_through() -> None:
+    def container(r: dict[str, Any]) -> dict[str, Any]:
+        found: dict[str, Any] = r["spec"]["template"]["spec"]["containers"][0]
+        return found
+
+    def typo(r: dict[str, Any]) -> None:
+        annotations = r["spec"]["template"]["metadata"]["annotations"]
+        annotations["autoscaling.knative.dev/minscale"] = "1"
+
+    def on_the_service(r: dict[str, Any]) -> None:
+        r["metadata"]["annotations"]["autoscaling.knative.dev/max-scale"] = "3"
+
+    def no_probe_port(r: dict[str, Any]) -> None:
+        del container(r)["livenessProbe"]["grpc"]["port"]
+
+    def grpc_port_named_grpc(r: dict[str, Any]) -> None:
+        container(r)["ports"][0]["name"] = "grpc"
+
+    def size_typo(r: dict[str, Any]) -> None:
+        r["spec"]["template"]["spec"]["volumes"][0]["emptyDir"] = {"sizelimit": "1Gi"}
+
+    def tmp_mount(r: dict[str, Any]) -> None:
+        container(r)["volumeMounts"][0]["mountPath"] = "/tmp/"
+
+    ingress, compute = _ingress_service(), _compute_service()
+    assert knative_rule_violations(ingress) == knative_rule_violations(compute) == []
+    assert _broken(compute, typo) == [
+        "Service compute: unknown annotation autoscaling.knative.dev/minscale"
+    ]
+    assert _broken(compute, on_the_service) == [
+        "Service compute: autoscaling.knative.dev/max-scale belongs on spec.template (ignored here)"
+    ]
+    assert _broken(ingress, no_probe_port) == ["Service ingress: livenessProbe.grpc names no port"]
+    assert "Service ingress: a gRPC probe needs the port named h2c" in _broken(
+        ingress, grpc_port_named_grpc
+    )
+    assert _broken(compute, tmp_mount) == ["Service compute: /tmp is a reserved mount path"]
+    assert _broken(compute, size_typo) == ["Service compute: unknown emptyDir fields ['sizelimit']"]
+
+
+# The upstream CRD schemas of the Knative versions DEPLOYMENT.md names (tests/repo/crds/, with
+# their source). The API server prunes fields a structural schema does not know, and
+# kubectl's default (strict) field validation refuses them: unknown fields are errors
+# wherever the CRD does not preserve them.
+CRDS = REPO_ROOT / "tests" / "repo" / "crds"
+ROOT_FIELDS = {"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {}}
+
+
+def strict_schema(node: Any, root: bool = True) -> Any:
+    """A CRD's structural schema as a JSON Schema that refuses the fields the CRD does
+    not know; a subtree cut from the stored copy (`x-omitted`) accepts nothing."""
+    if not isinstance(node, dict):
+        return node
+    if node.get("x-omitted"):
+        return False
+    converted: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "properties":
+            converted[key] = {name: strict_schema(sub, False) for name, sub in value.items()}
+        elif key in {"items", "additionalProperties"}:
+            converted[key] = strict_schema(value, False)
+        elif key == "anyOf":
+            converted[key] = [strict_schema(sub, False) for sub in value]
+        else:
+            converted[key] = value
+    if root:
+        converted["properties"] = {**ROOT_FIELDS, **converted.get("properties", {})}
+    if (
+        "properties" in converted
+        and "additionalProperties" not in converted
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        converted["additionalProperties"] = False
+    return converted
+
+
+def _crd_validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
+    serving = yaml.safe_load((CRDS / "knative-serving-1.16.0-services.yaml").read_text())
+    eventing = yaml.safe_load((CRDS / "knative-eventing-1.17.0.yaml").read_text())
+    schemas = {
+        ("serving.knative.dev/v1", "Service"): serving,
+        ("eventing.knative.dev/v1", "Broker"): eventing["Broker"],
+        ("eventing.knative.dev/v1", "Trigger"): eventing["Trigger"],
+        ("sources.knative.dev/v1", "SinkBinding"): eventing["SinkBinding"],
+    }
+    return {kind: jsonschema.Draft7Validator(strict_schema(s)) for kind, s in schemas.items()}
+
+
+CRD_VALIDATORS = _crd_validators()
+CORE_API_VERSIONS = {"v1", "batch/v1", "apps/v1", "networking.k8s.io/v1"}
+
+
+def crd_errors(resource: dict[str, Any]) -> list[str]:
+    """What the CRD schema of `resource`'s kind refuses in it, one line per error."""
+    validator = CRD_VALIDATORS[(resource["apiVersion"], resource["kind"])]
+    return [
+        f"{resource['kind']} {resource['metadata']['name']}: "
+        f"{'.'.join(map(str, error.absolute_path))}: {error.message}"
+        for error in validator.iter_errors(resource)
+    ]
+
+
+@pytest.mark.parametrize("folder", [BASE, *OVERLAYS], ids=lambda p: str(p.relative_to(KNATIVE)))
+def test_every_rendered_document_passes_its_schema(folder: Path) -> None:
+    """Core kinds against the Kubernetes schemas, Knative kinds against their CRDs: every
+    document kustomize renders is checked by one or the other."""
+    for resource in _build(folder):
+        kind = (resource["apiVersion"], resource["kind"])
+        if resource["apiVersion"] in CORE_API_VERSIONS:
+            kubernetes_validate.validate(resource, "1.33.0", strict=True)
+        else:
+            assert kind in CRD_VALIDATORS, f"no schema for {kind}"
+            assert crd_errors(resource) == []
+
+
+def test_the_crd_schemas_refuse_what_knative_would() -> None:
+    ingress, compute = _ingress_service(), _compute_service()
+
+    def without_probe_port(r: dict[str, Any]) -> None:
+        del r["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["port"]
+
+    def misspelt(r: dict[str, Any]) -> None:
+        r["spec"]["template"]["spec"]["containerConcurency"] = 8
+
+    def misspelt_probe_field(r: dict[str, Any]) -> None:
+        r["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["periodSecond"] = 5
+
+    def secret_volume(r: dict[str, Any]) -> None:
+        r["spec"]["template"]["spec"]["volumes"][0]["secret"] = {"secretName": "x"}
+
+    broken = [
+        _changed(ingress, without_probe_port),
+        _changed(compute, misspelt),
+        _changed(compute, misspelt_probe_field),
+    ]
+    # Serving 1.12-1.16 refuse a gRPC probe without its port outright.
+    assert any("'port' is a required property" in e for e in broken[0]), broken[0]
+    assert any("containerConcurency" in e for e in broken[1]), broken[1]
+    assert any("periodSecond" in e for e in broken[2]), broken[2]
+    # A field of a subtree the stored copy cut is refused until the copy has it.
+    assert _changed(compute, secret_volume)
+    # Where the CRD keeps unknown fields (a Trigger's spec, emptyDir), it cannot help:
+    # the strict models and the rules above do.
+    trigger = next(r for r in _build(BASE) if r["kind"] == "Trigger")
+    trigger["spec"]["fitler"] = {}
+    assert crd_errors(trigger) == []
+    with pytest.raises(ValueError, match="fitler"):
+        Trigger.model_validate(trigger)
+
+
+def _changed(resource: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> list[str]:
+    copy = json.loads(json.dumps(resource))
+    change(copy)
+    return crd_errors(copy)

@@ -135,6 +135,26 @@ def test_other_rules_name_the_variable(
     assert _load_error(group).startswith(f"invalid configuration: {variable}:")
 
 
+def test_the_download_port_must_differ_from_the_grpc_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GRPC_ALLOW_UNAUTHENTICATED", "true")
+    monkeypatch.setenv("HTTP_PORT", "50051")
+    assert "HTTP_PORT must differ from the gRPC port (50051: GRPC_PORT)" in _load_error(
+        config.GrpcSettings
+    )
+    config.load.cache_clear()
+    monkeypatch.setenv("PORT", "8080")
+    monkeypatch.setenv("HTTP_PORT", "8080")
+    assert "(8080: PORT)" in _load_error(config.GrpcSettings)
+    config.load.cache_clear()
+    monkeypatch.setenv("HTTP_PORT", "9090")
+    monkeypatch.setenv("GRPC_ALLOW_UNAUTHENTICATED", "maybe")
+    assert _load_error(config.GrpcSettings).startswith(
+        "invalid configuration: GRPC_ALLOW_UNAUTHENTICATED:"
+    )
+
+
 def test_upstream_urls_are_required_only_by_the_ingress(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GRPC_ALLOW_UNAUTHENTICATED", "true")
     message = _load_error(config.UpstreamSettings)

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from shared import events
 from shared.dev.broker import Delivery, DevBroker, service_resolver
-from shared.dev.manifests import Broker, DeliverySpec, Trigger, load_eventing
+from shared.dev.manifests import Broker, DeliverySpec, Trigger, load_eventing, retry_window
 from shared.dev.stack import wait_until
 from tests.conftest import RecordingServer, Reply
 
@@ -226,7 +226,9 @@ def test_delivery_merging_and_backoff_follow_knative() -> None:
     merged = Delivery.merged(trigger, BROKER.spec.delivery)
     assert (merged.retry, merged.backoff_delay, merged.timeout) == (6, 5.0, 150.0)
     assert merged.dead_letter_sink is not None
-    assert [merged.delay(n) for n in (1, 2, 3)] == [10.0, 20.0, 40.0]
+    # Eventing waits delay * 2**n before retry n, counting from 0: the first retry after 5 s.
+    assert [merged.delay(n) for n in (1, 2, 3, 6)] == [5.0, 10.0, 20.0, 160.0]
+    assert retry_window(trigger) == 5 + 10 + 20 + 40 + 80 + 160
     linear = Delivery.merged(
         DeliverySpec.model_validate({"backoffPolicy": "linear", "backoffDelay": "PT2S"})
     )
