@@ -22,7 +22,7 @@ import psycopg
 from cloudevents.http import CloudEvent
 from pydantic import ValidationError
 
-from shared import telemetry
+from shared import events, telemetry
 from shared.config import StorageSettings
 from shared.db import ConnectionSource, DatabaseUnavailable
 from shared.errors import OtelWorkerError
