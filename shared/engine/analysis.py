@@ -30,9 +30,11 @@ from shared.engine.results import (
     HOME,
     JITTER,
     JUMP,
+    KEPT,
     STATE_UNKNOWN,
     Analysis,
 )
+from shared.engine.stays import Stays, find_stays
 from shared.engine.summary import Summarizer
 from shared.engine.trips import Trips, find_trips, home_states
 from shared.engine.window import Window, read_range
@@ -57,6 +59,8 @@ class Part:
     window_rows: Ints
     """Per device, the first row inside the window and the first after it."""
     trips: Trips
+    stays: Stays
+    """Rows counted within the block."""
     n_valid: int
 
 
@@ -70,6 +74,7 @@ class Columns:
     segment_km: Floats
     at_home: npt.NDArray[np.int8]
     trip: npt.NDArray[np.int32]
+    stay: npt.NDArray[np.int32]
     valid_device: Codes
     valid_t: Ints
 
@@ -83,6 +88,7 @@ class Columns:
             segment_km=np.empty(n),
             at_home=np.empty(n, dtype=np.int8),
             trip=np.empty(n, dtype=np.int32),
+            stay=np.empty(n, dtype=np.int32),
             valid_device=np.empty(n, dtype=points.device.dtype),
             valid_t=np.empty(n, dtype=np.int64),
         )
@@ -109,20 +115,28 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
     time_days = np.zeros((n_devices, 2, n_days))
     read_days, used_days = np.zeros((2, n_devices, n_days), dtype=np.int64)
     parts: list[Part] = []
-    n_valid = n_trips = 0
-    for rows in device_blocks(points.device, n_devices):
+    n_valid = n_trips = n_stays = 0
+    blocks = device_blocks(points.device, n_devices)
+    for rows in blocks:
         part = analyze_devices(points, rows, window, params, out=out, valid_from=n_valid)
         if n_trips:  # each block numbers its trips from 1
             trip = out.trip[rows]
             trip[trip > 0] += n_trips
+        if n_stays:
+            stay = out.stay[rows]
+            stay[stay > 0] += n_stays
         n_valid += part.n_valid
         n_trips += len(part.trips.device)
+        n_stays += len(part.stays.device)
         devices = slice(part.first_device, part.first_device + len(part.window_rows))
         path_days[devices], raw_days[devices] = part.path_days, part.raw_days
         time_days[devices], read_days[devices] = part.time_days, part.read_days
         used_days[devices] = part.used_days
         parts.append(part)
     trips = Trips.joined([part.trips for part in parts])
+    stays = Stays.joined(
+        [part.stays.shifted(block.start) for part, block in zip(parts, blocks, strict=True)]
+    )
 
     window_rows = np.concatenate([part.window_rows for part in parts])
     w: slice | Ints = slice(None)
@@ -142,6 +156,8 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
         read_days=read_days,
         used_days=used_days,
         trips=trips,
+        stays=stays,
+        cumulative_km=cumulative,
         valid_device=out.valid_device[:n_valid],
         valid_t=out.valid_t[:n_valid],
     )
@@ -153,6 +169,7 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
         cumulative_km=cumulative,
         at_home=out.at_home[w],
         trip=out.trip[w],
+        stay=out.stay[w],
         dropped_by=code,
     )
 
@@ -218,6 +235,7 @@ def analyze_devices(
         jumped = find_jumps(fixes, valid, params.max_speed_kmh)
         code[valid.idx[jumped]] = JUMP
         valid = fixes.subchain(valid, ~jumped)
+    stays = find_stays(fixes, valid, params, window.start_us, window.end_us)
     still = find_still(fixes, valid, params)
     code[valid.idx[still]] = JITTER
     used = fixes.subchain(valid, ~still)
@@ -274,6 +292,13 @@ def analyze_devices(
     trip = out.trip[rows]
     trip.fill(0)
     trip[valid.idx] = trips.fix_trip
+    # Every fix seen from a stay's first to its last is the stay's (dropped ones are not).
+    stay = out.stay[rows]
+    stay.fill(0)
+    sizes = stays.last - stays.first + 1
+    in_stay = concat_ranges(stays.first, stays.last + 1)
+    stay[in_stay] = np.repeat(np.arange(1, len(sizes) + 1, dtype=np.int32), sizes)
+    stay[(code != KEPT) & (code != JITTER)] = 0
 
     return Part(
         first_device=first_device,
@@ -284,5 +309,6 @@ def analyze_devices(
         used_days=np.diff(np.searchsorted(used.idx, at_bound), axis=1),
         window_rows=at_bound[:, [0, -1]] + rows.start,
         trips=trips,
+        stays=stays,
         n_valid=len(valid.idx),
     )
