@@ -230,3 +230,20 @@ def test_a_bearer_token_grpc_cannot_carry_fails_at_start(
     message = _load_error(config.GrpcSettings)
     assert "GRPC_AUTH_TOKEN: must be printable ASCII" in message
     assert token not in message
+
+
+def test_places_file_is_read_and_a_bad_one_is_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    good = tmp_path / "places.json"
+    good.write_text('[{"name": "Office", "latitude": 40.7, "longitude": -74.0, "radius_m": 80}]')
+    monkeypatch.setenv("PLACES_FILE", str(good))
+    monkeypatch.setenv("STAY_MIN_MINUTES", "7")
+    params = config.load(config.AnalysisSettings).engine_params()
+    assert [(p.name, p.radius_m) for p in params.places] == [("Office", 80.0)]
+    assert params.stay_min_minutes == 7
+    config.load.cache_clear()
+    monkeypatch.setenv("PLACES_FILE", str(tmp_path / "missing.yaml"))
+    message = _load_error(config.AnalysisSettings)
+    assert "PLACES_FILE" in message
+    assert "missing.yaml" in message
