@@ -258,6 +258,10 @@ def _timeline(summary: dict[str, Any], tz: ZoneInfo) -> list[dict[str, Any]]:
     return days
 
 
+def _local(stamp: str, tz: ZoneInfo) -> str:
+    return f"{dt.datetime.fromisoformat(stamp).astimezone(tz):%Y-%m-%d %H:%M}"
+
+
 def _places(summary: dict[str, Any], tz: ZoneInfo) -> list[dict[str, Any]]:
     """The table of time per place."""
     colours = _place_colours(summary)
@@ -266,8 +270,8 @@ def _places(summary: dict[str, Any], tz: ZoneInfo) -> list[dict[str, Any]]:
             **visit,
             "colour": colours.get(visit["place"], PLACE_COLOURS[-1]),
             "total": _duration(visit["total_s"]),
-            "first": f"{dt.datetime.fromisoformat(visit['first_arrival']).astimezone(tz):%Y-%m-%d %H:%M}",
-            "last": f"{dt.datetime.fromisoformat(visit['last_departure']).astimezone(tz):%Y-%m-%d %H:%M}",
+            "first": _local(visit["first_arrival"], tz),
+            "last": _local(visit["last_departure"], tz),
         }
         for visit in summary.get("places", [])
     ]
