@@ -302,6 +302,8 @@ def metrics_message(summary: Mapping[str, Any]) -> pb.Metrics:
         points_accuracy_unknown=points.get("accuracy_unknown", 0),
         path_km=summary.get("path_km", 0.0),
         raw_path_km=summary.get("raw_path_km", 0.0),
+        path_km_low=summary.get("path_km_low", 0.0),
+        path_km_high=summary.get("path_km_high", 0.0),
         max_distance_km=summary.get("max_distance_km", 0.0),
         max_distance_at=pb.Place(
             time=_timestamp(_parse_time(place["time"])),

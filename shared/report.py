@@ -300,6 +300,10 @@ def render(job: dict[str, Any], series: dict[str, Any]) -> str:
             (f"{points['read']:,}", "fixes read"),
             (f"{points['used']:,}", "fixes used for the path (moving)"),
             (f"{summary['path_km']:.2f} km", f"path (raw {summary['raw_path_km']:.2f} km)"),
+            (
+                f"{summary.get('path_km_low', 0):.2f}\u2013{summary.get('path_km_high', 0):.2f} km",
+                "true path lies within",
+            ),
             (f"{summary['max_distance_km']:.2f} km", "farthest from home"),
             (_duration(summary["time_away_s"]), "away"),
             (_duration(summary["time_at_home_s"]), "at home"),

@@ -18,6 +18,7 @@ from shared.engine.arrays import (
     device_starts,
     first_at_or_after,
 )
+from shared.engine.bounds import step_bounds
 from shared.engine.chain import Fixes
 from shared.engine.days import spread_over_days
 from shared.engine.filters import check_sorted, find_duplicates, find_jumps, find_still
@@ -52,6 +53,8 @@ class Part:
 
     first_device: int
     path_days: Floats
+    bound_days: Floats
+    """The low and high bounds of the path, per device and day."""
     raw_days: Floats
     time_days: Floats
     read_days: Ints
@@ -112,6 +115,7 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
     n_devices, n_days = len(points.device_ids), len(window.dates)
     out = Columns.empty(points)
     path_days, raw_days = np.zeros((2, n_devices, n_days))
+    bound_days = np.zeros((2, n_devices, n_days))
     time_days = np.zeros((n_devices, 2, n_days))
     read_days, used_days = np.zeros((2, n_devices, n_days), dtype=np.int64)
     parts: list[Part] = []
@@ -130,6 +134,7 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
         n_stays += len(part.stays.device)
         devices = slice(part.first_device, part.first_device + len(part.window_rows))
         path_days[devices], raw_days[devices] = part.path_days, part.raw_days
+        bound_days[:, devices] = part.bound_days
         time_days[devices], read_days[devices] = part.time_days, part.read_days
         used_days[devices] = part.used_days
         parts.append(part)
@@ -151,6 +156,7 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
     home_km, code = out.home_km[w], out.code[w]
     summary = Summarizer(window_points, window, params, distance_km=home_km, code=code).summary(
         path_days=path_days,
+        bound_days=bound_days,
         raw_days=raw_days,
         time_days=time_days,
         read_days=read_days,
@@ -244,9 +250,17 @@ def analyze_devices(
     # happened after that, so the step is placed in time from there, not from the anchor.
     moved = np.flatnonzero(~still)
     last_seen = valid.idx[np.maximum(moved - 1, 0)]
+    # Each row's stay (dropped rows too, for now: only the rows of used fixes are read).
+    stay = out.stay[rows]
+    stay.fill(0)
+    sizes = stays.last - stays.first + 1
+    stay[concat_ranges(stays.first, stays.last + 1)] = np.repeat(
+        np.arange(1, len(sizes) + 1, dtype=np.int32), sizes
+    )
+    low_km, high_km = step_bounds(fixes, used, stay)
     path_days, crossing, crossing_km = spread_over_days(
         used,
-        used.step_km[np.newaxis],
+        np.stack([used.step_km, low_km, high_km]),
         at_bound,
         since=np.where(used.linked, last_seen, used.idx),
         **spread,
@@ -293,16 +307,12 @@ def analyze_devices(
     trip.fill(0)
     trip[valid.idx] = trips.fix_trip
     # Every fix seen from a stay's first to its last is the stay's (dropped ones are not).
-    stay = out.stay[rows]
-    stay.fill(0)
-    sizes = stays.last - stays.first + 1
-    in_stay = concat_ranges(stays.first, stays.last + 1)
-    stay[in_stay] = np.repeat(np.arange(1, len(sizes) + 1, dtype=np.int32), sizes)
     stay[(code != KEPT) & (code != JITTER)] = 0
 
     return Part(
         first_device=first_device,
         path_days=path_days[0],
+        bound_days=path_days[1:],
         raw_days=raw_days[0],
         time_days=time_days.transpose(1, 0, 2),
         read_days=np.diff(at_bound, axis=1),

@@ -154,6 +154,8 @@ class DayMetrics(_Model):
     points_read: int
     points_used: int
     path_km: float
+    path_km_low: float = 0.0
+    path_km_high: float = 0.0
     raw_path_km: float
     time_at_home_s: float
     time_away_s: float
@@ -171,6 +173,11 @@ class Metrics(_Model):
     points: PointCounts
     path_km: float
     """Path through the used fixes: segments between consecutive fixes of one device."""
+    path_km_low: float = 0.0
+    """The least the true path may be, given the fixes' reported accuracy (noise lengthens
+    a measured path)."""
+    path_km_high: float = 0.0
+    """The most it may be, given the time between fixes (roads are longer than chords)."""
     raw_path_km: float
     """The same through every fix with valid coordinates, before any other filter."""
     max_distance_km: float

@@ -206,7 +206,8 @@ def write_table(s: Summary, out: TextIO) -> None:
         f"Fixes         {s.points.read} read, {s.points.used} used"
         + (f"; dropped: {dropped}" if dropped else "")
         + (f"; {s.points.accuracy_unknown} without accuracy" if s.points.accuracy_unknown else ""),
-        f"Path          {s.path_km:.3f} km (raw {s.raw_path_km:.3f} km)",
+        f"Path          {s.path_km:.3f} km (raw {s.raw_path_km:.3f} km; true path between "
+        f"{s.path_km_low:.3f} and {s.path_km_high:.3f} km)",
         f"From home     max {s.max_distance_km:.3f} km, min {s.min_distance_km:.3f} km, "
         f"mean {s.mean_distance_km:.3f} km, median {s.median_distance_km:.3f} km",
     ]

@@ -25,6 +25,9 @@ def test_stays_places_and_timeline_reach_the_grpc_metrics() -> None:
     assert first.place == summary.stays[0].place
     assert first.start.ToDatetime(tzinfo=dt.UTC) == summary.stays[0].start
     assert first.fixes == summary.stays[0].fixes
+    assert metrics.path_km_low == summary.path_km_low
+    assert metrics.path_km_high == summary.path_km_high
+    assert metrics.path_km_low < metrics.path_km < metrics.path_km_high
     assert [visit.place for visit in metrics.places] == [v.place for v in summary.places]
     assert sum(entry.duration_s for entry in metrics.timeline) == pytest.approx(86400, abs=1e-3)
     kinds = {entry.kind for entry in metrics.timeline}

@@ -258,3 +258,17 @@ def test_fixes_carry_their_stay_id() -> None:
     hour = (result.points.timestamp - window.start_us) / 3.6e9
     assert (result.stay[(hour > 9) & (hour < 16)] == 2).all()
     assert (result.stay[(hour > 8.05) & (hour < 8.25)] == 0).all()  # driving
+
+
+@pytest.mark.parametrize(("every_s", "noise_m"), [(10, 5), (30, 30), (120, 30), (300, 15)])
+def test_the_path_bounds_hold_the_true_path(every_s: int, noise_m: float) -> None:
+    # 10 km driven (5 out, 5 back), whatever the sampling and noise.
+    for seed in range(3):
+        points, window = day_track(
+            *WORKDAY, every_s=every_s, noise_m=noise_m, accuracy=round(noise_m), seed=seed
+        )
+        summary = analyze(points, window, params()).summary
+        assert summary.path_km_low <= 10.0 <= summary.path_km_high
+        assert summary.path_km_low <= summary.path_km <= summary.path_km_high
+        day = summary.days[0]
+        assert (day.path_km_low, day.path_km_high) == (summary.path_km_low, summary.path_km_high)

@@ -156,7 +156,7 @@ class JobResult(_message.Message):
     def __init__(self, csv_path: _Optional[str] = ..., total_distance_km: _Optional[float] = ..., total_locations: _Optional[int] = ..., max_distance_km: _Optional[float] = ..., min_distance_km: _Optional[float] = ..., date: _Optional[str] = ..., device_id: _Optional[str] = ..., processing_time_ms: _Optional[int] = ..., csv_url: _Optional[str] = ..., csv_url_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., summary_url: _Optional[str] = ..., end_date: _Optional[str] = ..., timezone: _Optional[str] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., devices: _Optional[_Iterable[_Union[DeviceMetrics, _Mapping]]] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Metrics(_message.Message):
-    __slots__ = ("points_read", "points_used", "points_dropped", "points_accuracy_unknown", "path_km", "raw_path_km", "max_distance_km", "max_distance_at", "min_distance_km", "mean_distance_km", "median_distance_km", "time_at_home_s", "time_away_s", "time_unknown_s", "trips", "completeness", "stays", "places", "timeline")
+    __slots__ = ("points_read", "points_used", "points_dropped", "points_accuracy_unknown", "path_km", "raw_path_km", "max_distance_km", "max_distance_at", "min_distance_km", "mean_distance_km", "median_distance_km", "time_at_home_s", "time_away_s", "time_unknown_s", "trips", "completeness", "stays", "places", "timeline", "path_km_low", "path_km_high")
     class PointsDroppedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +183,8 @@ class Metrics(_message.Message):
     STAYS_FIELD_NUMBER: _ClassVar[int]
     PLACES_FIELD_NUMBER: _ClassVar[int]
     TIMELINE_FIELD_NUMBER: _ClassVar[int]
+    PATH_KM_LOW_FIELD_NUMBER: _ClassVar[int]
+    PATH_KM_HIGH_FIELD_NUMBER: _ClassVar[int]
     points_read: int
     points_used: int
     points_dropped: _containers.ScalarMap[str, int]
@@ -202,7 +204,9 @@ class Metrics(_message.Message):
     stays: _containers.RepeatedCompositeFieldContainer[Stay]
     places: _containers.RepeatedCompositeFieldContainer[PlaceVisit]
     timeline: _containers.RepeatedCompositeFieldContainer[TimelineEntry]
-    def __init__(self, points_read: _Optional[int] = ..., points_used: _Optional[int] = ..., points_dropped: _Optional[_Mapping[str, int]] = ..., points_accuracy_unknown: _Optional[int] = ..., path_km: _Optional[float] = ..., raw_path_km: _Optional[float] = ..., max_distance_km: _Optional[float] = ..., max_distance_at: _Optional[_Union[Place, _Mapping]] = ..., min_distance_km: _Optional[float] = ..., mean_distance_km: _Optional[float] = ..., median_distance_km: _Optional[float] = ..., time_at_home_s: _Optional[float] = ..., time_away_s: _Optional[float] = ..., time_unknown_s: _Optional[float] = ..., trips: _Optional[_Iterable[_Union[Trip, _Mapping]]] = ..., completeness: _Optional[_Union[Completeness, _Mapping]] = ..., stays: _Optional[_Iterable[_Union[Stay, _Mapping]]] = ..., places: _Optional[_Iterable[_Union[PlaceVisit, _Mapping]]] = ..., timeline: _Optional[_Iterable[_Union[TimelineEntry, _Mapping]]] = ...) -> None: ...
+    path_km_low: float
+    path_km_high: float
+    def __init__(self, points_read: _Optional[int] = ..., points_used: _Optional[int] = ..., points_dropped: _Optional[_Mapping[str, int]] = ..., points_accuracy_unknown: _Optional[int] = ..., path_km: _Optional[float] = ..., raw_path_km: _Optional[float] = ..., max_distance_km: _Optional[float] = ..., max_distance_at: _Optional[_Union[Place, _Mapping]] = ..., min_distance_km: _Optional[float] = ..., mean_distance_km: _Optional[float] = ..., median_distance_km: _Optional[float] = ..., time_at_home_s: _Optional[float] = ..., time_away_s: _Optional[float] = ..., time_unknown_s: _Optional[float] = ..., trips: _Optional[_Iterable[_Union[Trip, _Mapping]]] = ..., completeness: _Optional[_Union[Completeness, _Mapping]] = ..., stays: _Optional[_Iterable[_Union[Stay, _Mapping]]] = ..., places: _Optional[_Iterable[_Union[PlaceVisit, _Mapping]]] = ..., timeline: _Optional[_Iterable[_Union[TimelineEntry, _Mapping]]] = ..., path_km_low: _Optional[float] = ..., path_km_high: _Optional[float] = ...) -> None: ...
 
 class DeviceMetrics(_message.Message):
     __slots__ = ("device_id", "metrics")
