@@ -10,7 +10,6 @@ one small array operation per run (never per fix).
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -138,7 +137,7 @@ def find_stays(fixes: Fixes, chain: Chain, params: EngineParams, lo: int, hi: in
     for a, b in zip(starts[long_enough].tolist(), ends[long_enough].tolist(), strict=True):
         found.extend(_settle(a, b, xyz, t, reach_m, min_us))
     found.sort(key=lambda stay: stay[0])
-    found = _merged(found, xyz, t, reach_m, params.stay_radius_m, chain.linked, silence_us)
+    found = _merged(found, xyz, t, reach_m, chain.linked, silence_us)
     if not found:
         return Stays.empty()
     first = np.array([stay[0] for stay in found], dtype=np.int64)
@@ -195,9 +194,11 @@ def _centre(xyz: Floats) -> tuple[Floats, Floats]:
 def _settle(
     a: int, b: int, xyz: Vectors, t: Ints, reach_m: Floats, min_us: int
 ) -> list[tuple[int, int, Floats, float]]:
-    """The stays in chain positions [a, b): a run whose fixes all keep within reach of its
-    centre is one; otherwise it is split where fixes leave that reach and each part is
-    judged again (a run that drifted, or a slow walk with a stop in it)."""
+    """The stays in chain positions [a, b). A run is judged against the reach of its
+    centre: fixes beyond it at either end are cut off (the device arriving or leaving, or
+    another place), and so is the run wherever it stays beyond the reach for `min_us` or
+    longer (it went somewhere). A shorter excursion is noise or drift, and the stay goes on.
+    Every part cut off is judged again with its own centre."""
     out: list[tuple[int, int, Floats, float]] = []
     todo = [(a, b)]
     while todo:
@@ -206,15 +207,21 @@ def _settle(
             continue
         centre, distance = _centre(xyz[a:b])
         inside = distance <= reach_m[a:b]
-        if inside.all():
-            out.append((a, b, centre, float(distance.max())))
-            continue
         if not inside.any():
             todo += [(a, (a + b) // 2), ((a + b) // 2, b)]
             continue
-        edges = np.flatnonzero(inside[1:] != inside[:-1]) + 1 + a
-        bounds = [a, *edges.tolist(), b]
-        todo += list(itertools.pairwise(bounds))
+        held = np.flatnonzero(inside) + a
+        first, last = int(held[0]), int(held[-1]) + 1
+        # Excursions: consecutive fixes held by the reach with time beyond it between them.
+        away = np.flatnonzero((held[1:] - held[:-1] > 1) & (t[held[1:]] - t[held[:-1]] >= min_us))
+        if first > a or last < b or len(away):
+            starts = [first, *(held[away + 1]).tolist()]
+            ends = [*(held[away] + 1).tolist(), last]
+            todo += list(zip(starts, ends, strict=True))
+            todo += [(a, first), (last, b)] if first > a or last < b else []
+            todo += [(int(e), int(s)) for e, s in zip(ends[:-1], starts[1:], strict=True)]
+            continue
+        out.append((a, b, centre, float(distance[inside].max())))
     return out
 
 
@@ -223,19 +230,20 @@ def _merged(
     xyz: Vectors,
     t: Ints,
     reach_m: Floats,
-    radius_m: float,
     linked: Bools,
     silence_us: int,
 ) -> list[tuple[int, int, Floats, float]]:
-    """Consecutive stays of one device whose centres lie within the radius of each other and
-    whose gap is no longer than the silence limit are one stay that a wander interrupted."""
+    """Consecutive stays of one device whose centres lie within the stay radius (plus the
+    fixes' typical reported accuracy) of each other and whose gap is no longer than the
+    silence limit are one stay that a wander interrupted."""
     out: list[tuple[int, int, Floats, float]] = []
     for stay in found:
         if out:
             a, b, centre, _ = out[-1]
             gap_ok = t[stay[0]] - t[b - 1] <= silence_us and linked[b : stay[0] + 1].all()
             apart = float(np.sqrt(((stay[2] - centre) ** 2).sum())) * _M_PER_UNIT
-            if gap_ok and apart <= radius_m:
+            # Noisier fixes scatter the centres of a stay's parts further apart.
+            if gap_ok and apart <= float(np.median(reach_m[a : stay[1]])):
                 merged_centre, distance = _centre(xyz[a : stay[1]])
                 inside = distance <= reach_m[a : stay[1]]
                 out[-1] = (a, stay[1], merged_centre, float(distance[inside].max(initial=0.0)))
