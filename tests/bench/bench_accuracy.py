@@ -73,10 +73,13 @@ def _metres(lat: float, lon: float, east: float, north: float, home: tuple[float
     return float(np.hypot(de, dn))
 
 
-def score(scenario: Scenario, seeds: range) -> Score:
-    """The scenario's figures over one day per seed, with the default settings."""
+def score(scenario: Scenario, seeds: range, **changes: object) -> Score:
+    """The scenario's figures over one day per seed, with the default settings (and these
+    engine parameters changed)."""
     params = AnalysisSettings().engine_params()
-    params = params.model_copy(update={"home_latitude": 40.736097, "home_longitude": -74.039373})
+    params = params.model_copy(
+        update={"home_latitude": 40.736097, "home_longitude": -74.039373, **changes}
+    )
     found = real = matched = trips_found = trips_real = trips_matched = 0
     arrivals: list[float] = []
     departures: list[float] = []
