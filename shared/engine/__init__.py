@@ -23,9 +23,9 @@ How the numbers are made (docs/FUNCTIONALITY.md says more):
   ignored everywhere. A jitter fix is a genuine but noisy observation of a device that has
   not moved: it adds no path, but it counts for the distance statistics, trips and time
   accounting, so a quiet night at home is time at home rather than a gap.
-- Stays (`stays`) are periods of at least `stay_min_minutes` within `stay_radius_m` (plus
-  the fixes' reported accuracy) of a median centre, found over the fixes the quality
-  filters kept; each is at home, at a named place or at an unnamed place (`timeline`), and
+- Stays are periods of at least `stay_min_minutes` within `stay_radius_m` (plus the fixes'
+  reported accuracy) of a median centre, found over the fixes the quality filters kept
+  (`stays`); each is at home, at a named place or at an unnamed place (`timeline`), and
   each device's window is a timeline of stays, moves and unknown time that adds up to it.
 - Fixes outside the window are context only (never counted): they let segments and time
   that cross the window's edges be split exactly at the edge, the same way segments that
