@@ -68,6 +68,10 @@ test-unit: install  ## the unit tests alone (no database, S3 or processes): seco
 bench-db: install system-deps  ## benchmark seeding, the locations reader and the jobs store
 	$(PY) -m tests.bench.bench_db $(BENCH_ARGS)
 
+.PHONY: bench-accuracy
+bench-accuracy: install  ## stays, path, bounds, trips and time at home against known truth (docs/ACCURACY.md)
+	$(PY) tests/bench/bench_accuracy.py $(BENCH_ARGS)
+
 .PHONY: bench-engine
 bench-engine: install  ## engine and CSV writer throughput and memory for 1M and 10M fixes
 	$(PY) tests/bench/bench_engine.py $(BENCH_ARGS)

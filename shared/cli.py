@@ -294,6 +294,12 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     filters.add_argument("--jitter-m", type=float, help="jitter radius; 0 disables")
     filters.add_argument("--jitter-fixes", type=int, help="fixes averaged for the jitter test")
     filters.add_argument("--keep-duplicates", action="store_true", help="do not drop repeats")
+    stays = parser.add_argument_group("stays and places (defaults from the environment)")
+    stays.add_argument(
+        "--places", type=Path, metavar="FILE", help="named places, YAML or JSON (PLACES_FILE)"
+    )
+    stays.add_argument("--stay-min", type=float, help="shortest stay, minutes (STAY_MIN_MINUTES)")
+    stays.add_argument("--stay-radius-m", type=float, help="stay radius (STAY_RADIUS_M)")
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print the summary as JSON")
     out.add_argument("--csv", type=Path, metavar="OUT", help="write the per-fix CSV")

@@ -29,7 +29,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.contracts import check_time_zone
-from shared.engine.params import EngineParams
+from shared.engine.params import EngineParams, NamedPlace
 from shared.errors import OtelWorkerError
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -56,6 +56,34 @@ BearerToken = Annotated[SecretStr | None, AfterValidator(_bearer_token)]
 
 class ConfigError(OtelWorkerError, ValueError):
     """A setting is missing or invalid; the message names each offending variable."""
+
+
+def load_places(path: Path) -> tuple[NamedPlace, ...]:
+    """The named places in a YAML or JSON file: a list of `name`, `latitude`, `longitude`
+    and `radius_m` (default 100). ValueError naming the file and the entry when it is bad."""
+    import yaml  # only a process given a places file needs the parser
+
+    try:
+        entries = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read places from {path}: {exc}") from None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path} must hold a list of places (name, latitude, longitude)")
+    places = []
+    for k, entry in enumerate(entries):
+        try:
+            places.append(NamedPlace.model_validate(entry))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, error['loc'])) or 'entry'}: {error['msg']}"
+                for error in exc.errors()
+            )
+            raise ValueError(f"{path}: place {k + 1}: {problems}") from None
+    names = [place.name for place in places]
+    for name in names:
+        if name == "home" or names.count(name) > 1:
+            raise ValueError(f"{path}: the place name {name!r} is taken (home, or twice)")
+    return tuple(places)
 
 
 class SettingsGroup(BaseSettings):
@@ -151,6 +179,18 @@ class AnalysisSettings(SettingsGroup):
     jitter_radius_m: Annotated[float, Field(ge=0)] = 120.0
     jitter_fixes: Annotated[int, Field(ge=1, le=1000)] = 10
     drop_duplicates: bool = True
+    stay_min_minutes: PositiveFloat = 5.0
+    stay_radius_m: PositiveFloat = 100.0
+    stay_max_silence_hours: PositiveFloat = 12.0
+    places_file: Path | None = None
+    """YAML or JSON list of named places (a ConfigMap in production)."""
+
+    @field_validator("places_file")
+    @classmethod
+    def _places_readable(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            load_places(value)
+        return value
 
     @field_validator("home_timezone")
     @classmethod
@@ -170,6 +210,10 @@ class AnalysisSettings(SettingsGroup):
             jitter_radius_m=self.jitter_radius_m,
             jitter_fixes=self.jitter_fixes,
             drop_duplicates=self.drop_duplicates,
+            stay_min_minutes=self.stay_min_minutes,
+            stay_radius_m=self.stay_radius_m,
+            stay_max_silence_hours=self.stay_max_silence_hours,
+            places=load_places(self.places_file) if self.places_file else (),
         )
 
     @model_validator(mode="after")

@@ -37,8 +37,10 @@ CSV_COLUMNS: tuple[str, ...] = (
     "at_home",
     "trip",
     "dropped_by",
+    "stay",
 )
-"""The CSV header: local time with its UTC offset, the fix, then what the engine made of it."""
+"""The CSV header: local time with its UTC offset, the fix, then what the engine made of it
+(`stay` last, as it came last: the id of the stay the fix belongs to, or empty)."""
 
 BLOCK_ROWS = 1 << 15
 """Rows rendered at once: big enough to amortise numpy's per-call cost, small enough to
@@ -257,6 +259,7 @@ def write_csv(analysis: Analysis, out: BinaryIO | Path) -> int:
             _labels(analysis.at_home[rows] + 1, ("", "false", "true")),
             _integers(analysis.trip[rows], analysis.trip[rows] == 0),
             _labels(analysis.dropped_by[rows], ("", *DROP_RULES)),
+            _integers(analysis.stay[rows], analysis.stay[rows] == 0),
         ]
         written += out.write(csv_rows(columns))
     return written
@@ -352,7 +355,8 @@ def _line(coordinates: Any) -> dict[str, Any]:
 
 def geojson(analysis: Analysis) -> dict[str, Any]:
     """A FeatureCollection: home and its two radii, each device's kept track, each trip's
-    fixes, and the farthest point."""
+    fixes, each stay (its centre, times and place), each place stayed at, and the farthest
+    point."""
     summary, points = analysis.summary, analysis.points
     params = summary.parameters
     home_lat, home_lon = params.home_latitude, params.home_longitude
@@ -395,6 +399,23 @@ def geojson(analysis: Analysis) -> dict[str, Any]:
                     **trip.model_dump(mode="json"),
                 )
             )
+    for stay in summary.stays:
+        features.append(
+            _feature(
+                {"type": "Point", "coordinates": [stay.longitude, stay.latitude]},
+                kind="stay",
+                **stay.model_dump(mode="json"),
+            )
+        )
+    for visit in summary.places:
+        features.append(
+            _feature(
+                {"type": "Point", "coordinates": [visit.longitude, visit.latitude]},
+                kind="place",
+                place_kind=visit.kind,
+                **visit.model_dump(mode="json", exclude={"kind"}),
+            )
+        )
     if summary.max_distance_at is not None:
         place = summary.max_distance_at
         features.append(

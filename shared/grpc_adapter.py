@@ -346,6 +346,21 @@ def _day(value: dt.date | None) -> str:
     return value.isoformat() if value else ""
 
 
+_STAY_FIELDS = (
+    "id",
+    "device_id",
+    "duration_s",
+    "latitude",
+    "longitude",
+    "radius_m",
+    "fixes",
+    "place",
+    "clipped_start",
+    "clipped_end",
+)
+_PLACE_FIELDS = ("place", "kind", "latitude", "longitude", "visits", "total_s")
+
+
 def metrics_message(summary: Mapping[str, Any]) -> pb.Metrics:
     """The proto `Metrics` of one summary (or one device's part of it)."""
     points = summary.get("points", {})
@@ -358,6 +373,8 @@ def metrics_message(summary: Mapping[str, Any]) -> pb.Metrics:
         points_accuracy_unknown=points.get("accuracy_unknown", 0),
         path_km=summary.get("path_km", 0.0),
         raw_path_km=summary.get("raw_path_km", 0.0),
+        path_km_low=summary.get("path_km_low", 0.0),
+        path_km_high=summary.get("path_km_high", 0.0),
         max_distance_km=summary.get("max_distance_km", 0.0),
         max_distance_at=pb.Place(
             time=_timestamp(_parse_time(place["time"])),
@@ -386,6 +403,37 @@ def metrics_message(summary: Mapping[str, Any]) -> pb.Metrics:
                 clipped_end=trip["clipped_end"],
             )
             for trip in summary.get("trips", [])
+        ],
+        stays=[
+            pb.Stay(
+                **{key: stay[key] for key in _STAY_FIELDS},
+                start=_timestamp(_parse_time(stay["start"])),
+                end=_timestamp(_parse_time(stay["end"])),
+            )
+            for stay in summary.get("stays", [])
+        ],
+        places=[
+            pb.PlaceVisit(
+                **{key: visit[key] for key in _PLACE_FIELDS},
+                first_arrival=_timestamp(_parse_time(visit["first_arrival"])),
+                last_departure=_timestamp(_parse_time(visit["last_departure"])),
+            )
+            for visit in summary.get("places", [])
+        ],
+        timeline=[
+            pb.TimelineEntry(
+                kind=entry["kind"],
+                device_id=entry["device_id"],
+                start=_timestamp(_parse_time(entry["start"])),
+                end=_timestamp(_parse_time(entry["end"])),
+                duration_s=entry["duration_s"],
+                place=entry.get("place") or "",
+                stay_id=entry.get("stay_id") or 0,
+                path_km=entry.get("path_km") or 0.0,
+                from_place=entry.get("from_place") or "",
+                to_place=entry.get("to_place") or "",
+            )
+            for entry in summary.get("timeline", [])
         ],
         completeness=pb.Completeness(
             coverage=completeness.get("coverage", 0.0),

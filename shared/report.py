@@ -3,7 +3,8 @@
 compute stores a compact `series` of each job (`series_of`, at most a few thousand points
 per device, extremes kept); status renders it with the summary (`render`): the figures,
 distance from home over time with the trips shaded and the home radii drawn, the track
-around home, the trips table, and the download links.
+around home with the stays marked, each day's timeline of stays and moves, the time per
+place, the trips table, and the download links.
 """
 
 from __future__ import annotations
@@ -161,6 +162,13 @@ def _time_chart(summary: dict[str, Any], series: dict[str, Any], tz: ZoneInfo) -
     }
 
 
+def _east_north(stay: dict[str, Any], params: dict[str, Any]) -> tuple[float, float]:
+    """A stay's centre in km east and north of home."""
+    cos_home = math.cos(math.radians(params["home_latitude"]))
+    east = (stay["longitude"] - params["home_longitude"]) * KM_PER_DEG * cos_home
+    return east, (stay["latitude"] - params["home_latitude"]) * KM_PER_DEG
+
+
 def _track_chart(summary: dict[str, Any], series: dict[str, Any]) -> dict[str, Any]:
     """Coordinates of the track-around-home chart (km east and north of home)."""
     size = 480
@@ -171,6 +179,7 @@ def _track_chart(summary: dict[str, Any], series: dict[str, Any]) -> dict[str, A
     )
     half = _nice(extent)
     scale = (size / 2 - 12) / half
+    colours = _place_colours(summary)
     return {
         "size": size,
         "centre": size / 2,
@@ -182,6 +191,18 @@ def _track_chart(summary: dict[str, Any], series: dict[str, Any]) -> dict[str, A
                 "km": params[f"{name}_radius_km"],
             }
             for name in ("exit", "enter")
+        ],
+        "stays": [
+            {
+                "x": round(size / 2 + east * scale, 1),
+                "y": round(size / 2 - north * scale, 1),
+                "colour": colours.get(stay["place"], PLACE_COLOURS[-1]),
+                "label": f"{stay['place']}: {stay['start'][11:16]}-{stay['end'][11:16]} "
+                f"({_duration(stay['duration_s'])})",
+            }
+            for stay in summary.get("stays", [])
+            for east, north in [_east_north(stay, params)]
+            if abs(east) <= half and abs(north) <= half
         ],
         "lines": [
             {
@@ -195,6 +216,72 @@ def _track_chart(summary: dict[str, Any], series: dict[str, Any]) -> dict[str, A
             for index, (device, data) in enumerate(sorted(series["devices"].items()))
         ],
     }
+
+
+PLACE_COLOURS = ("#0969da", "#8250df", "#bf8700", "#1a7f37", "#cf222e", "#0a7ea4", "#953800")
+"""A colour per place (home first), the same in the timeline, the table and the track."""
+
+
+def _place_colours(summary: dict[str, Any]) -> dict[str, str]:
+    names = ["home"] + [v["place"] for v in summary.get("places", []) if v["place"] != "home"]
+    return {name: PLACE_COLOURS[k % len(PLACE_COLOURS)] for k, name in enumerate(names)}
+
+
+def _timeline(summary: dict[str, Any], tz: ZoneInfo) -> list[dict[str, Any]]:
+    """Each device's days as a bar of stays, moves and unknown time (widths in % of the
+    day) and as rows `08:20-17:00  Office  8 h 40 min`."""
+    colours = _place_colours(summary)
+    days = []
+    for device, metrics in sorted(summary.get("devices", {}).items()):
+        for day in metrics.get("days", []):
+            entries = day.get("timeline", [])
+            total = sum(entry["duration_s"] for entry in entries) or 1.0
+            segments, rows = [], []
+            for entry in entries:
+                start = dt.datetime.fromisoformat(entry["start"]).astimezone(tz)
+                end = dt.datetime.fromisoformat(entry["end"]).astimezone(tz)
+                span = f"{start:%H:%M}\u2013{end:%H:%M}"
+                if entry["kind"] == "stay":
+                    what = entry["place"]
+                    colour = colours.get(entry["place"], PLACE_COLOURS[-1])
+                elif entry["kind"] == "move":
+                    what = f"move {entry['path_km'] or 0:.1f} km"
+                    colour = "#8c959f"
+                else:
+                    what, colour = "unknown", "#eaeef2"
+                duration = _duration(entry["duration_s"])
+                segments.append(
+                    {
+                        "kind": entry["kind"],
+                        "width": round(100 * entry["duration_s"] / total, 3),
+                        "colour": colour,
+                        "label": f"{span} {what} ({duration})",
+                    }
+                )
+                rows.append(
+                    {"span": span, "what": what, "kind": entry["kind"], "duration": duration}
+                )
+            days.append({"device": device, "date": day["date"], "segments": segments, "rows": rows})
+    return days
+
+
+def _local(stamp: str, tz: ZoneInfo) -> str:
+    return f"{dt.datetime.fromisoformat(stamp).astimezone(tz):%Y-%m-%d %H:%M}"
+
+
+def _places(summary: dict[str, Any], tz: ZoneInfo) -> list[dict[str, Any]]:
+    """The table of time per place."""
+    colours = _place_colours(summary)
+    return [
+        {
+            **visit,
+            "colour": colours.get(visit["place"], PLACE_COLOURS[-1]),
+            "total": _duration(visit["total_s"]),
+            "first": _local(visit["first_arrival"], tz),
+            "last": _local(visit["last_departure"], tz),
+        }
+        for visit in summary.get("places", [])
+    ]
 
 
 def render(job: dict[str, Any], series: dict[str, Any]) -> str:
@@ -223,6 +310,10 @@ def render(job: dict[str, Any], series: dict[str, Any]) -> str:
             (f"{points['read']:,}", "fixes read"),
             (f"{points['used']:,}", "fixes used for the path (moving)"),
             (f"{summary['path_km']:.2f} km", f"path (raw {summary['raw_path_km']:.2f} km)"),
+            (
+                f"{summary.get('path_km_low', 0):.2f}\u2013{summary.get('path_km_high', 0):.2f} km",
+                "true path lies within",
+            ),
             (f"{summary['max_distance_km']:.2f} km", "farthest from home"),
             (_duration(summary["time_away_s"]), f"away{summed}"),
             (_duration(summary["time_at_home_s"]), f"at home{summed}"),
@@ -254,4 +345,6 @@ def render(job: dict[str, Any], series: dict[str, Any]) -> str:
         else [],
         time_chart=_time_chart(summary, series, tz),
         track_chart=_track_chart(summary, series),
+        timeline=_timeline(summary, tz),
+        places=_places(summary, tz),
     )

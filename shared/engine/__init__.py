@@ -23,6 +23,10 @@ How the numbers are made (docs/FUNCTIONALITY.md says more):
   ignored everywhere. A jitter fix is a genuine but noisy observation of a device that has
   not moved: it adds no path, but it counts for the distance statistics, trips and time
   accounting, so a quiet night at home is time at home rather than a gap.
+- Stays are periods of at least `stay_min_minutes` within `stay_radius_m` (plus the fixes'
+  reported accuracy) of a median centre, found over the fixes the quality filters kept
+  (`stays`); each is at home, at a named place or at an unnamed place (`timeline`), and
+  each device's window is a timeline of stays, moves and unknown time that adds up to it.
 - Fixes outside the window are context only (never counted): they let segments and time
   that cross the window's edges be split exactly at the edge, the same way segments that
   cross local midnight are split between days, so the days of a range add up to the range.
@@ -33,7 +37,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from shared.engine.params import EngineParams
+from shared.engine.params import EngineParams, NamedPlace
 
 if TYPE_CHECKING:
     from shared.engine.analysis import analyze
@@ -48,8 +52,11 @@ if TYPE_CHECKING:
         DroppedCounts,
         Metrics,
         Place,
+        PlaceVisit,
         PointCounts,
+        Stay,
         Summary,
+        TimelineEntry,
         Trip,
         WindowInfo,
     )
@@ -65,10 +72,14 @@ __all__ = [
     "DroppedCounts",
     "EngineParams",
     "Metrics",
+    "NamedPlace",
     "Place",
+    "PlaceVisit",
     "PointCounts",
     "Points",
+    "Stay",
     "Summary",
+    "TimelineEntry",
     "Trip",
     "Window",
     "WindowInfo",
@@ -95,6 +106,9 @@ _LAZY = {
     "DroppedCounts": "results",
     "Metrics": "results",
     "Place": "results",
+    "PlaceVisit": "results",
+    "Stay": "results",
+    "TimelineEntry": "results",
     "PointCounts": "results",
     "SCHEMA_VERSION": "results",
     "Summary": "results",

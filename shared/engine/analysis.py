@@ -18,6 +18,7 @@ from shared.engine.arrays import (
     device_starts,
     first_at_or_after,
 )
+from shared.engine.bounds import step_bounds
 from shared.engine.chain import Fixes
 from shared.engine.days import spread_over_days
 from shared.engine.filters import check_sorted, find_duplicates, find_jumps, find_still
@@ -30,9 +31,11 @@ from shared.engine.results import (
     HOME,
     JITTER,
     JUMP,
+    KEPT,
     STATE_UNKNOWN,
     Analysis,
 )
+from shared.engine.stays import Stays, find_stays
 from shared.engine.summary import Summarizer
 from shared.engine.trips import Trips, find_trips, home_states
 from shared.engine.window import Window, read_range
@@ -50,6 +53,8 @@ class Part:
 
     first_device: int
     path_days: Floats
+    bound_days: Floats
+    """The low and high bounds of the path, per device and day."""
     raw_days: Floats
     time_days: Floats
     read_days: Ints
@@ -57,6 +62,8 @@ class Part:
     window_rows: Ints
     """Per device, the first row inside the window and the first after it."""
     trips: Trips
+    stays: Stays
+    """Rows counted within the block."""
     n_valid: int
 
 
@@ -70,6 +77,7 @@ class Columns:
     segment_km: Floats
     at_home: npt.NDArray[np.int8]
     trip: npt.NDArray[np.int32]
+    stay: npt.NDArray[np.int32]
     valid_device: Codes
     valid_t: Ints
 
@@ -83,6 +91,7 @@ class Columns:
             segment_km=np.empty(n),
             at_home=np.empty(n, dtype=np.int8),
             trip=np.empty(n, dtype=np.int32),
+            stay=np.empty(n, dtype=np.int32),
             valid_device=np.empty(n, dtype=points.device.dtype),
             valid_t=np.empty(n, dtype=np.int64),
         )
@@ -106,23 +115,33 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
     n_devices, n_days = len(points.device_ids), len(window.dates)
     out = Columns.empty(points)
     path_days, raw_days = np.zeros((2, n_devices, n_days))
+    bound_days = np.zeros((2, n_devices, n_days))
     time_days = np.zeros((n_devices, 2, n_days))
     read_days, used_days = np.zeros((2, n_devices, n_days), dtype=np.int64)
     parts: list[Part] = []
-    n_valid = n_trips = 0
-    for rows in device_blocks(points.device, n_devices):
+    n_valid = n_trips = n_stays = 0
+    blocks = device_blocks(points.device, n_devices)
+    for rows in blocks:
         part = analyze_devices(points, rows, window, params, out=out, valid_from=n_valid)
         if n_trips:  # each block numbers its trips from 1
             trip = out.trip[rows]
             trip[trip > 0] += n_trips
+        if n_stays:
+            stay = out.stay[rows]
+            stay[stay > 0] += n_stays
         n_valid += part.n_valid
         n_trips += len(part.trips.device)
+        n_stays += len(part.stays.device)
         devices = slice(part.first_device, part.first_device + len(part.window_rows))
         path_days[devices], raw_days[devices] = part.path_days, part.raw_days
+        bound_days[:, devices] = part.bound_days
         time_days[devices], read_days[devices] = part.time_days, part.read_days
         used_days[devices] = part.used_days
         parts.append(part)
     trips = Trips.joined([part.trips for part in parts])
+    stays = Stays.joined(
+        [part.stays.shifted(block.start) for part, block in zip(parts, blocks, strict=True)]
+    )
 
     window_rows = np.concatenate([part.window_rows for part in parts])
     w: slice | Ints = slice(None)
@@ -137,11 +156,14 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
     home_km, code = out.home_km[w], out.code[w]
     summary = Summarizer(window_points, window, params, distance_km=home_km, code=code).summary(
         path_days=path_days,
+        bound_days=bound_days,
         raw_days=raw_days,
         time_days=time_days,
         read_days=read_days,
         used_days=used_days,
         trips=trips,
+        stays=stays,
+        cumulative_km=cumulative,
         valid_device=out.valid_device[:n_valid],
         valid_t=out.valid_t[:n_valid],
     )
@@ -153,6 +175,7 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
         cumulative_km=cumulative,
         at_home=out.at_home[w],
         trip=out.trip[w],
+        stay=out.stay[w],
         dropped_by=code,
     )
 
@@ -218,6 +241,7 @@ def analyze_devices(
         jumped = find_jumps(fixes, valid, params.max_speed_kmh)
         code[valid.idx[jumped]] = JUMP
         valid = fixes.subchain(valid, ~jumped)
+    stays = find_stays(fixes, valid, params, window.start_us, window.end_us)
     still = find_still(fixes, valid, params)
     code[valid.idx[still]] = JITTER
     used = fixes.subchain(valid, ~still)
@@ -226,9 +250,17 @@ def analyze_devices(
     # happened after that, so the step is placed in time from there, not from the anchor.
     moved = np.flatnonzero(~still)
     last_seen = valid.idx[np.maximum(moved - 1, 0)]
+    # Each row's stay (dropped rows too, for now: only the rows of used fixes are read).
+    stay = out.stay[rows]
+    stay.fill(0)
+    sizes = stays.last - stays.first + 1
+    stay[concat_ranges(stays.first, stays.last + 1)] = np.repeat(
+        np.arange(1, len(sizes) + 1, dtype=np.int32), sizes
+    )
+    low_km, high_km = step_bounds(fixes, used, stay)
     path_days, crossing, crossing_km = spread_over_days(
         used,
-        used.step_km[np.newaxis],
+        np.stack([used.step_km, low_km, high_km]),
         at_bound,
         since=np.where(used.linked, last_seen, used.idx),
         **spread,
@@ -274,15 +306,19 @@ def analyze_devices(
     trip = out.trip[rows]
     trip.fill(0)
     trip[valid.idx] = trips.fix_trip
+    # Every fix seen from a stay's first to its last is the stay's (dropped ones are not).
+    stay[(code != KEPT) & (code != JITTER)] = 0
 
     return Part(
         first_device=first_device,
         path_days=path_days[0],
+        bound_days=path_days[1:],
         raw_days=raw_days[0],
         time_days=time_days.transpose(1, 0, 2),
         read_days=np.diff(at_bound, axis=1),
         used_days=np.diff(np.searchsorted(used.idx, at_bound), axis=1),
         window_rows=at_bound[:, [0, -1]] + rows.start,
         trips=trips,
+        stays=stays,
         n_valid=len(valid.idx),
     )

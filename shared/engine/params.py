@@ -9,6 +9,17 @@ from typing import Annotated, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+class NamedPlace(BaseModel):
+    """A place the user named: a stay whose centre lies within `radius_m` of it is there."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    latitude: Annotated[float, Field(ge=-90, le=90)]
+    longitude: Annotated[float, Field(ge=-180, le=180)]
+    radius_m: Annotated[float, Field(gt=0)] = 100.0
+
+
 class EngineParams(BaseModel):
     """Home, radii and filter thresholds: everything `analyze` needs besides the data."""
 
@@ -33,6 +44,16 @@ class EngineParams(BaseModel):
     drop_duplicates: bool = True
     null_island_invalid: bool = True
     """Treat latitude 0, longitude 0 (a common placeholder for "no fix") as invalid."""
+    stay_min_minutes: Annotated[float, Field(gt=0)] = 5.0
+    """A stay lasts at least this long (`STAY_MIN_MINUTES`): a traffic stop is no stay."""
+    stay_radius_m: Annotated[float, Field(gt=0)] = 100.0
+    """A stay's fixes keep within this of its centre, plus each fix's reported accuracy
+    (`STAY_RADIUS_M`)."""
+    stay_max_silence_hours: Annotated[float, Field(gt=0)] = 12.0
+    """A silence up to this long between fixes at the same place is part of the stay
+    (`STAY_MAX_SILENCE_HOURS`): phones at rest go quiet."""
+    places: tuple[NamedPlace, ...] = ()
+    """Named places (`PLACES_FILE`); home is always a place."""
     context_s: Annotated[float, Field(ge=0)] = 86400.0
     """How far beyond the window fixes are used as context (see `read_range`)."""
 

@@ -80,6 +80,60 @@ class Trip(_Model):
     """The return is after the window or was not observed (the data end away)."""
 
 
+class Stay(_Model):
+    """A period of at least `stay_min_minutes` within `stay_radius_m` of one centre."""
+
+    id: int
+    device_id: str
+    start: dt.datetime
+    end: dt.datetime
+    duration_s: float
+    latitude: float
+    longitude: float
+    """The stay's centre: the median of its fixes, so one noisy fix cannot move it."""
+    radius_m: float
+    """How far from the centre the stay's fixes kept (lone outliers aside)."""
+    fixes: int
+    place: str
+    """`home`, the name of a configured place, or the id of an unnamed place."""
+    clipped_start: bool
+    """The arrival is before the window (or day) or was not observed."""
+    clipped_end: bool
+    """The departure is after the window (or day) or was not observed."""
+
+
+class PlaceVisit(_Model):
+    """Time spent at one place: the stays there."""
+
+    place: str
+    kind: Literal["home", "named", "unnamed"]
+    latitude: float
+    longitude: float
+    visits: int
+    total_s: float
+    first_arrival: dt.datetime
+    last_departure: dt.datetime
+
+
+class TimelineEntry(_Model):
+    """One stretch of a device's day: a stay, a move between stays, or unknown time."""
+
+    kind: Literal["stay", "move", "unknown"]
+    device_id: str
+    start: dt.datetime
+    end: dt.datetime
+    duration_s: float
+    place: str | None = None
+    """The stay's place (stays only)."""
+    stay_id: int | None = None
+    path_km: float | None = None
+    """Path travelled (moves only)."""
+    from_place: str | None = None
+    """The place of the stay a move leaves (None when it does not follow a stay)."""
+    to_place: str | None = None
+    """The place of the stay a move reaches (None when no stay follows it)."""
+
+
 class Completeness(_Model):
     """How well the fixes cover the window."""
 
@@ -100,10 +154,17 @@ class DayMetrics(_Model):
     points_read: int
     points_used: int
     path_km: float
+    path_km_low: float = 0.0
+    path_km_high: float = 0.0
     raw_path_km: float
     time_at_home_s: float
     time_away_s: float
     time_unknown_s: float
+    stays: list[Stay] = []
+    """The stays overlapping the day, cut to it."""
+    places: list[PlaceVisit] = []
+    timeline: list[TimelineEntry] = []
+    """The day's part of the timeline: its entries add up to the day."""
 
 
 class Metrics(_Model):
@@ -112,6 +173,11 @@ class Metrics(_Model):
     points: PointCounts
     path_km: float
     """Path through the used fixes: segments between consecutive fixes of one device."""
+    path_km_low: float = 0.0
+    """The least the true path may be, given the fixes' reported accuracy (noise lengthens
+    a measured path)."""
+    path_km_high: float = 0.0
+    """The most it may be, given the time between fixes (roads are longer than chords)."""
     raw_path_km: float
     """The same through every fix with valid coordinates, before any other filter."""
     max_distance_km: float
@@ -125,6 +191,11 @@ class Metrics(_Model):
     trips: list[Trip]
     completeness: Completeness
     days: list[DayMetrics]
+    stays: list[Stay] = []
+    places: list[PlaceVisit] = []
+    """One entry per place stayed at, by time spent there."""
+    timeline: list[TimelineEntry] = []
+    """Per device in time order: stays, moves and unknown time adding up to the window."""
 
 
 class WindowInfo(_Model):
@@ -168,5 +239,7 @@ class Analysis:
     """1 at home, 0 away, -1 for fixes a quality filter dropped."""
     trip: npt.NDArray[np.int32]
     """Id of the trip the fix belongs to, 0 for none."""
+    stay: npt.NDArray[np.int32]
+    """Id of the stay the fix belongs to, 0 for none."""
     dropped_by: npt.NDArray[np.uint8]
     """0 for kept fixes, else 1 + the index of the rule in `DROP_RULES`."""

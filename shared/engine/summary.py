@@ -32,6 +32,17 @@ from shared.engine.results import (
     WindowInfo,
 )
 from shared.engine.statistics import exact_median, mean_km, round_km, round_s
+from shared.engine.stays import Stays
+from shared.engine.timeline import (
+    Models,
+    PathClock,
+    Span,
+    device_timeline,
+    join_places,
+    place_models,
+    spans_by_day,
+    stay_spans,
+)
 from shared.engine.trips import Trips
 from shared.engine.window import Window
 
@@ -93,11 +104,14 @@ class Summarizer:
         self,
         *,
         path_days: Floats,
+        bound_days: Floats,
         raw_days: Floats,
         time_days: Floats,
         read_days: Ints,
         used_days: Ints,
         trips: Trips,
+        stays: Stays,
+        cumulative_km: Floats,
         valid_device: Codes,
         valid_t: Ints,
     ) -> Summary:
@@ -141,6 +155,22 @@ class Summarizer:
             )
             for k in range(len(trips.device))
         ]
+        spans = stay_spans(stays, self.params, self.window)
+        timelines: dict[int, tuple[list[Span], list[list[Span]]]] = {}
+        bounds = self.window.bounds_us.tolist()
+        for device in reported.tolist():
+            rows = slice(first_fix[device], first_fix[device + 1])
+            clock = PathClock(points.timestamp[rows], cumulative_km[rows])
+            timeline = device_timeline(
+                device,
+                [span for span in spans if span.device == device],
+                valid_t[first_valid[device] : first_valid[device + 1]],
+                clock,
+                lo=lo,
+                hi=hi,
+                max_gap_s=self.params.max_gap_s,
+            )
+            timelines[device] = timeline, spans_by_day(timeline, bounds, clock)
         devices: dict[str, Metrics] = {}
         gaps: list[tuple[float, int]] = []
         for g in reported:
@@ -152,6 +182,7 @@ class Summarizer:
                 lags[g],
                 counts=counts[g],
                 path=path_days[g],
+                bounds=bound_days[:, g],
                 raw=raw_days[g],
                 time=time_days[g],
                 read=read_days[g],
@@ -160,12 +191,14 @@ class Summarizer:
                 trips=[trip for trip in all_trips if trip.device_id == points.device_ids[g]],
                 gap=gap,
                 n_devices=1,
+                timeline=timelines[int(g)],
             )
         totals = self._metrics(
             stats[-1],
             lags[-1],
             counts=counts[reported].sum(axis=0),
             path=path_days[reported].sum(axis=0),
+            bounds=bound_days[:, reported].sum(axis=1),
             raw=raw_days[reported].sum(axis=0),
             time=time_days[reported].sum(axis=0),
             read=read_days[reported].sum(axis=0),
@@ -174,7 +207,9 @@ class Summarizer:
             trips=all_trips,
             gap=max(gaps, default=((hi - lo) / US_PER_S, lo)),
             n_devices=len(reported),
+            timeline=None,
         )
+        totals = self._joined_timelines(totals, list(devices.values()))
         notes = []
         if not len(points):
             notes.append("no fixes in the window: every metric is zero")
@@ -194,6 +229,41 @@ class Summarizer:
             parameters=self.params,
             devices=devices,
             notes=notes,
+        )
+
+    def _joined_timelines(self, totals: Metrics, devices: list[Metrics]) -> Metrics:
+        """The totals with every device's stays and timeline (each device's own entries, in
+        device order) and the time per place over all of them."""
+        if len(devices) == 1:
+            only = devices[0]
+            update = {"stays": only.stays, "places": only.places, "timeline": only.timeline}
+            days = [
+                day.model_copy(
+                    update={"stays": own.stays, "places": own.places, "timeline": own.timeline}
+                )
+                for day, own in zip(totals.days, only.days, strict=True)
+            ]
+            return totals.model_copy(update={**update, "days": days})
+        stays = [stay for device in devices for stay in device.stays]
+        days = []
+        for d, day in enumerate(totals.days):
+            day_stays = [stay for device in devices for stay in device.days[d].stays]
+            days.append(
+                day.model_copy(
+                    update={
+                        "stays": day_stays,
+                        "places": join_places([device.days[d].places for device in devices]),
+                        "timeline": [e for device in devices for e in device.days[d].timeline],
+                    }
+                )
+            )
+        return totals.model_copy(
+            update={
+                "stays": stays,
+                "places": join_places([device.places for device in devices]),
+                "timeline": [entry for device in devices for entry in device.timeline],
+                "days": days,
+            }
         )
 
     def _distance_stats(self, first_fix: Ints, sizes: Ints) -> list[DistanceStats]:
@@ -288,6 +358,7 @@ class Summarizer:
         *,
         counts: Ints,
         path: Floats,
+        bounds: Floats,
         raw: Floats,
         time: Floats,
         read: Ints,
@@ -296,6 +367,7 @@ class Summarizer:
         trips: list[Trip],
         gap: tuple[float, int],
         n_devices: int,
+        timeline: tuple[list[Span], list[list[Span]]] | None,
     ) -> Metrics:
         farthest, maximum, minimum, mean, median = stats
         window_s = self.day_s * n_devices
@@ -303,6 +375,9 @@ class Summarizer:
         lag_median, lag_max = lags
         total_s = float(window_s.sum())
         known_s = float(time[HOME].sum() + time[AWAY].sum())
+        window = self.window
+        spans, day_spans = timeline or ([], [[] for _ in window.dates])
+        models = Models(self.points.device_ids, window)
         return Metrics(
             points=PointCounts(
                 read=int(counts.sum()),
@@ -313,6 +388,8 @@ class Summarizer:
                 accuracy_unknown=unknown_accuracy,
             ),
             path_km=round_km(path.sum()),
+            path_km_low=round_km(bounds[0].sum()),
+            path_km_high=round_km(bounds[1].sum()),
             raw_path_km=round_km(raw.sum()),
             max_distance_km=maximum,
             max_distance_at=farthest,
@@ -336,22 +413,45 @@ class Summarizer:
                     points_read=n_read,
                     points_used=n_used,
                     path_km=round_km(path_km),
+                    path_km_low=round_km(low_km),
+                    path_km_high=round_km(high_km),
                     raw_path_km=round_km(raw_km),
                     time_at_home_s=round_s(home_s),
                     time_away_s=round_s(away_s),
                     time_unknown_s=round_s(unknown_s),
+                    stays=models.stays(entries),
+                    places=place_models([span.stay for span in entries if span.stay], window),
+                    timeline=models.timeline(entries),
                 )
                 # Python numbers: indexing numpy arrays per day costs more than the models.
-                for date, n_read, n_used, path_km, raw_km, home_s, away_s, unknown_s in zip(
+                for (
+                    date,
+                    n_read,
+                    n_used,
+                    path_km,
+                    low_km,
+                    high_km,
+                    raw_km,
+                    home_s,
+                    away_s,
+                    unknown_s,
+                    entries,
+                ) in zip(
                     self.window.dates,
                     read.tolist(),
                     used.tolist(),
                     path.tolist(),
+                    bounds[0].tolist(),
+                    bounds[1].tolist(),
                     raw.tolist(),
                     time[HOME].tolist(),
                     time[AWAY].tolist(),
                     unknown.tolist(),
+                    day_spans,
                     strict=True,
                 )
             ],
+            stays=models.stays(spans),
+            places=place_models([span.stay for span in spans if span.stay], window),
+            timeline=models.timeline(spans),
         )

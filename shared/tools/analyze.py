@@ -38,6 +38,8 @@ _OPTIONS = {
     "max_gap_s": "--max-gap-min",
     "jitter_radius_m": "--jitter-m",
     "jitter_fixes": "--jitter-fixes",
+    "stay_min_minutes": "--stay-min",
+    "stay_radius_m": "--stay-radius-m",
 }
 
 
@@ -75,6 +77,15 @@ def engine_params(args: argparse.Namespace, settings: config.AnalysisSettings) -
         changes["jitter_fixes"] = args.jitter_fixes
     if args.keep_duplicates:
         changes["drop_duplicates"] = False
+    if args.stay_min is not None:
+        changes["stay_min_minutes"] = args.stay_min
+    if args.stay_radius_m is not None:
+        changes["stay_radius_m"] = args.stay_radius_m
+    if args.places is not None:
+        try:
+            changes["places"] = config.load_places(args.places)
+        except ValueError as exc:
+            raise ValueError(f"--places: {exc}") from None
     try:
         return EngineParams.model_validate({**params.model_dump(), **changes})
     except ValidationError as exc:
@@ -194,6 +205,40 @@ def _metrics_line(name: str, m: Metrics) -> str:
     )
 
 
+def _places_lines(s: Summary) -> list[str]:
+    """Time per place, the most first."""
+    if not s.places:
+        return []
+    lines = ["Places"]
+    for visit in s.places:
+        visits = f"{visit.visits} visit" + ("s" if visit.visits != 1 else "")
+        lines.append(
+            f"  {visit.place:<24} {_duration(visit.total_s):>9}  {visits}, first arrival "
+            f"{visit.first_arrival:%Y-%m-%d %H:%M}, last departure "
+            f"{visit.last_departure:%Y-%m-%d %H:%M}"
+        )
+    return lines
+
+
+def _timeline_lines(s: Summary) -> list[str]:
+    """Each device's days as stays and moves: `08:41-17:02 (an en dash)  Office  8h21m`."""
+    lines = []
+    for name, device in s.devices.items():
+        lines.append(f"Timeline      {name}")
+        for day in device.days:
+            lines.append(f"  {day.date}")
+            for entry in day.timeline:
+                span = f"{entry.start:%H:%M}\u2013{entry.end:%H:%M}"
+                if entry.kind == "stay":
+                    what = f"{entry.place}  {_duration(entry.duration_s)}"
+                elif entry.kind == "move":
+                    what = f"move {entry.path_km or 0.0:.1f} km"
+                else:
+                    what = f"unknown  {_duration(entry.duration_s)}"
+                lines.append(f"    {span}  {what}")
+    return lines
+
+
 def write_table(s: Summary, out: TextIO) -> None:
     """A summary as a readable table (analyze, and the job results of `submit --wait`)."""
     w = s.window
@@ -206,7 +251,8 @@ def write_table(s: Summary, out: TextIO) -> None:
         f"Fixes         {s.points.read} read, {s.points.used} used"
         + (f"; dropped: {dropped}" if dropped else "")
         + (f"; {s.points.accuracy_unknown} without accuracy" if s.points.accuracy_unknown else ""),
-        f"Path          {s.path_km:.3f} km (raw {s.raw_path_km:.3f} km)",
+        f"Path          {s.path_km:.3f} km (raw {s.raw_path_km:.3f} km; true path between "
+        f"{s.path_km_low:.3f} and {s.path_km_high:.3f} km)",
         f"From home     max {s.max_distance_km:.3f} km, min {s.min_distance_km:.3f} km, "
         f"mean {s.mean_distance_km:.3f} km, median {s.median_distance_km:.3f} km",
     ]
@@ -264,5 +310,7 @@ def write_table(s: Summary, out: TextIO) -> None:
             f"{_duration(day.time_unknown_s):>9}"
             for day in s.days
         ]
+    lines += _places_lines(s)
+    lines += _timeline_lines(s)
     lines += [f"Note          {note}" for note in s.notes]
     out.write("\n".join(lines) + "\n")

@@ -242,6 +242,10 @@ def test_new_clients_get_every_metric(
     assert {d.device_id for d in result.devices} == {"phone1", "phone2", "phone3"}
     assert sum(d.metrics.path_km for d in result.devices) == pytest.approx(metrics.path_km)
     assert 0 < metrics.completeness.coverage <= 1
+    # Stays, time per place and each device's timeline, whole: three days of three devices.
+    assert metrics.stays
+    assert {visit.place for visit in metrics.places} >= {"home"}
+    assert sum(e.duration_s for e in metrics.timeline) == pytest.approx(3 * 3 * 86400, abs=0.1)
 
 
 def _otel_worker(stack: Stack, *argv: str) -> subprocess.CompletedProcess[str]:

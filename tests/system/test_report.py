@@ -100,6 +100,25 @@ def test_one_device_on_one_day_has_plain_cards_and_no_day_table() -> None:
     assert 'id="days"' not in page
 
 
+def test_render_shows_the_day_as_a_timeline_and_the_time_per_place() -> None:
+    analysis = _analysis()
+    summary = analysis.summary.model_dump(mode="json")
+    job = {"job_id": "j", "date": "2024-03-12", "end_date": "2024-03-12", "result": summary}
+    page = render(job, series_of(analysis))
+    timeline = page[page.index('<section id="timeline">') : page.index("Time per place")]
+    entries = summary["devices"]["phone1"]["days"][0]["timeline"]
+    assert timeline.count("<tr class=") == len(entries)
+    assert timeline.count('<i class="stay"') == sum(e["kind"] == "stay" for e in entries)
+    widths = [float(w) for w in re.findall(r"width: ([0-9.]+)%", timeline)]
+    assert sum(widths) == pytest.approx(100, abs=0.01)
+    first = dt.datetime.fromisoformat(entries[0]["start"])
+    assert f"<td>{first:%H:%M}\u2013" in timeline
+    places = page[page.index('<table id="places">') : page.index("<h2>Trips")]
+    assert places.count('<tr class="place">') == len(summary["places"])
+    assert "home" in places
+    assert page.count('class="stay" cx=') == len(summary["stays"])
+
+
 def _chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if not found:

@@ -240,3 +240,76 @@ def test_a_filter_that_drops_more_than_half_is_named_with_its_option(
     assert said not in out
     # The default filters drop 3 of 11 here: nothing to say.
     assert run(capsys, "analyze", str(REC), *BERLIN)[2] == ""
+
+
+def workday_csv(path: Path) -> Path:
+    """Home (Jersey City) until 08:00, a 20-minute drive 5 km east, the office until 17:00,
+    then home again: one fix a minute, local time New York (2024-06-05)."""
+    home_lat, home_lon = 40.736097, -74.039373
+    lines = ["device_id,latitude,longitude,timestamp"]
+    start = 1717560000  # 2024-06-05 00:00 in New York
+    for minute in range(24 * 60):
+        hour = minute / 60
+        if hour < 8 or hour >= 17.5:
+            east = 0.0
+        elif hour < 8 + 1 / 3:
+            east = (hour - 8) * 3 * 5000
+        elif hour < 17:
+            east = 5000.0
+        else:
+            east = (17.5 - hour) * 2 * 5000
+        lon = home_lon + east / (111_195.0 * 0.7579)
+        lines.append(f"phone,{home_lat:.6f},{lon:.6f},{start + minute * 60}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+HOME_NY = ["--tz", "America/New_York", "--home", "40.736097,-74.039373", "--date", "2024-06-05"]
+
+
+def test_the_day_reads_as_a_timeline_with_named_places(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    track = workday_csv(tmp_path / "day.csv")
+    places = tmp_path / "places.yaml"
+    places.write_text(
+        "- name: Office\n  latitude: 40.736097\n  longitude: -73.98\n  radius_m: 150\n"
+    )
+    code, out, err = run(capsys, "analyze", str(track), *HOME_NY, "--places", str(places))
+    assert code == 0, err
+    timeline = out[out.index("Timeline      phone") :].splitlines()
+    assert timeline[1] == "  2024-06-05"
+    assert timeline[2].startswith("    00:00\u201308:0")
+    assert timeline[2].endswith("  home  8h00m")
+    assert timeline[3].startswith("    08:0")
+    assert timeline[3].endswith("move 5.0 km")
+    assert "  Office  8h4" in timeline[4]
+    assert "  Office  " in out[out.index("Places") :]
+    code, out, _ = run(capsys, "analyze", str(track), *HOME_NY, "--places", str(places), "--json")
+    summary = json.loads(out)
+    assert [stay["place"] for stay in summary["stays"]] == ["home", "Office", "home"]
+    assert summary["days"][0]["places"][0]["place"] in ("home", "Office")
+    assert summary["parameters"]["places"][0]["name"] == "Office"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("- name: Office\n  latitude: 95\n  longitude: 0\n", "place 1: latitude: Input should be"),
+        ("name: Office\n", "must hold a list of places"),
+        ("- {name: home, latitude: 1, longitude: 2}\n", "'home' is taken"),
+        ("[{", "cannot read places"),
+    ],
+)
+def test_a_bad_places_file_exits_2_naming_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, content: str, message: str
+) -> None:
+    places = tmp_path / "places.json"
+    places.write_text(content)
+    code, out, err = run(
+        capsys, "analyze", str(workday_csv(tmp_path / "d.csv")), "--places", str(places)
+    )
+    assert code == 2
+    assert out == ""
+    assert "--places: " in err
+    assert message in err

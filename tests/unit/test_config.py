@@ -266,6 +266,7 @@ def test_a_bearer_token_grpc_cannot_carry_fails_at_start(
         ("UPSTREAM_TIMEOUT_SECONDS", "inf", config.UpstreamSettings),
         ("DB_CONNECT_TIMEOUT_SECONDS", "NaN", config.DatabaseSettings),
         ("DB_STARTUP_RETRY_SECONDS", "inf", config.DatabaseSettings),
+        ("STAY_RADIUS_M", "inf", config.AnalysisSettings),
     ],
 )
 def test_non_finite_numbers_are_refused_naming_the_variable(
@@ -346,3 +347,20 @@ def test_tls_takes_a_certificate_and_its_key_together(
     config.load.cache_clear()
     monkeypatch.setenv("GRPC_TLS_KEY", str(key))
     assert config.load(config.GrpcSettings).tls == (key.read_bytes(), cert.read_bytes())
+
+
+def test_places_file_is_read_and_a_bad_one_is_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    good = tmp_path / "places.json"
+    good.write_text('[{"name": "Office", "latitude": 40.7, "longitude": -74.0, "radius_m": 80}]')
+    monkeypatch.setenv("PLACES_FILE", str(good))
+    monkeypatch.setenv("STAY_MIN_MINUTES", "7")
+    params = config.load(config.AnalysisSettings).engine_params()
+    assert [(p.name, p.radius_m) for p in params.places] == [("Office", 80.0)]
+    assert params.stay_min_minutes == 7
+    config.load.cache_clear()
+    monkeypatch.setenv("PLACES_FILE", str(tmp_path / "missing.yaml"))
+    message = _load_error(config.AnalysisSettings)
+    assert "PLACES_FILE" in message
+    assert "missing.yaml" in message

@@ -213,3 +213,29 @@ def test_a_locations_export_neutralises_formula_cells_too(tmp_path: Path) -> Non
     assert [r["tid"] for r in table] == ["'" + t if t[0] in "=+-@\t\r" else t for t in tids]
     assert any(t[0] in "=+-@" for t in tids)
     assert table[0]["longitude"] == "-74.0393730"
+
+
+def test_each_fix_names_its_stay_in_the_last_column(dst_day: Analysis) -> None:
+    table = rows(export.csv_bytes(dst_day))
+    assert export.CSV_COLUMNS[-1] == "stay"
+    stays = {stay.id: stay for stay in dst_day.summary.stays}
+    assert stays
+    in_stay = [row for row in table if row["stay"]]
+    assert {int(row["stay"]) for row in in_stay} == set(stays)
+    for row in in_stay:
+        stay = stays[int(row["stay"])]
+        assert row["device_id"] == stay.device_id
+        assert row["dropped_by"] in ("", "jitter")  # a dropped fix belongs to no stay
+        assert stay.start <= dt.datetime.fromisoformat(row["timestamp"]) <= stay.end
+
+
+def test_geojson_marks_stays_and_places(dst_day: Analysis) -> None:
+    features = export.geojson(dst_day)["features"]
+    stays = [f for f in features if f["properties"]["kind"] == "stay"]
+    assert [f["properties"]["id"] for f in stays] == [s.id for s in dst_day.summary.stays]
+    first = stays[0]["properties"]
+    assert stays[0]["geometry"]["coordinates"] == [first["longitude"], first["latitude"]]
+    assert {"start", "end", "duration_s", "place"} <= set(first)
+    places = [f["properties"] for f in features if f["properties"]["kind"] == "place"]
+    assert {p["place"] for p in places} == {s.place for s in dst_day.summary.stays}
+    assert next(p for p in places if p["place"] == "home")["place_kind"] == "home"

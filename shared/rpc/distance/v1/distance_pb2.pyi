@@ -156,7 +156,7 @@ class JobResult(_message.Message):
     def __init__(self, csv_path: _Optional[str] = ..., total_distance_km: _Optional[float] = ..., total_locations: _Optional[int] = ..., max_distance_km: _Optional[float] = ..., min_distance_km: _Optional[float] = ..., date: _Optional[str] = ..., device_id: _Optional[str] = ..., processing_time_ms: _Optional[int] = ..., csv_url: _Optional[str] = ..., csv_url_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., summary_url: _Optional[str] = ..., end_date: _Optional[str] = ..., timezone: _Optional[str] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., devices: _Optional[_Iterable[_Union[DeviceMetrics, _Mapping]]] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Metrics(_message.Message):
-    __slots__ = ("points_read", "points_used", "points_dropped", "points_accuracy_unknown", "path_km", "raw_path_km", "max_distance_km", "max_distance_at", "min_distance_km", "mean_distance_km", "median_distance_km", "time_at_home_s", "time_away_s", "time_unknown_s", "trips", "completeness")
+    __slots__ = ("points_read", "points_used", "points_dropped", "points_accuracy_unknown", "path_km", "raw_path_km", "max_distance_km", "max_distance_at", "min_distance_km", "mean_distance_km", "median_distance_km", "time_at_home_s", "time_away_s", "time_unknown_s", "trips", "completeness", "stays", "places", "timeline", "path_km_low", "path_km_high")
     class PointsDroppedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +180,11 @@ class Metrics(_message.Message):
     TIME_UNKNOWN_S_FIELD_NUMBER: _ClassVar[int]
     TRIPS_FIELD_NUMBER: _ClassVar[int]
     COMPLETENESS_FIELD_NUMBER: _ClassVar[int]
+    STAYS_FIELD_NUMBER: _ClassVar[int]
+    PLACES_FIELD_NUMBER: _ClassVar[int]
+    TIMELINE_FIELD_NUMBER: _ClassVar[int]
+    PATH_KM_LOW_FIELD_NUMBER: _ClassVar[int]
+    PATH_KM_HIGH_FIELD_NUMBER: _ClassVar[int]
     points_read: int
     points_used: int
     points_dropped: _containers.ScalarMap[str, int]
@@ -196,7 +201,12 @@ class Metrics(_message.Message):
     time_unknown_s: float
     trips: _containers.RepeatedCompositeFieldContainer[Trip]
     completeness: Completeness
-    def __init__(self, points_read: _Optional[int] = ..., points_used: _Optional[int] = ..., points_dropped: _Optional[_Mapping[str, int]] = ..., points_accuracy_unknown: _Optional[int] = ..., path_km: _Optional[float] = ..., raw_path_km: _Optional[float] = ..., max_distance_km: _Optional[float] = ..., max_distance_at: _Optional[_Union[Place, _Mapping]] = ..., min_distance_km: _Optional[float] = ..., mean_distance_km: _Optional[float] = ..., median_distance_km: _Optional[float] = ..., time_at_home_s: _Optional[float] = ..., time_away_s: _Optional[float] = ..., time_unknown_s: _Optional[float] = ..., trips: _Optional[_Iterable[_Union[Trip, _Mapping]]] = ..., completeness: _Optional[_Union[Completeness, _Mapping]] = ...) -> None: ...
+    stays: _containers.RepeatedCompositeFieldContainer[Stay]
+    places: _containers.RepeatedCompositeFieldContainer[PlaceVisit]
+    timeline: _containers.RepeatedCompositeFieldContainer[TimelineEntry]
+    path_km_low: float
+    path_km_high: float
+    def __init__(self, points_read: _Optional[int] = ..., points_used: _Optional[int] = ..., points_dropped: _Optional[_Mapping[str, int]] = ..., points_accuracy_unknown: _Optional[int] = ..., path_km: _Optional[float] = ..., raw_path_km: _Optional[float] = ..., max_distance_km: _Optional[float] = ..., max_distance_at: _Optional[_Union[Place, _Mapping]] = ..., min_distance_km: _Optional[float] = ..., mean_distance_km: _Optional[float] = ..., median_distance_km: _Optional[float] = ..., time_at_home_s: _Optional[float] = ..., time_away_s: _Optional[float] = ..., time_unknown_s: _Optional[float] = ..., trips: _Optional[_Iterable[_Union[Trip, _Mapping]]] = ..., completeness: _Optional[_Union[Completeness, _Mapping]] = ..., stays: _Optional[_Iterable[_Union[Stay, _Mapping]]] = ..., places: _Optional[_Iterable[_Union[PlaceVisit, _Mapping]]] = ..., timeline: _Optional[_Iterable[_Union[TimelineEntry, _Mapping]]] = ..., path_km_low: _Optional[float] = ..., path_km_high: _Optional[float] = ...) -> None: ...
 
 class DeviceMetrics(_message.Message):
     __slots__ = ("device_id", "metrics")
@@ -259,3 +269,75 @@ class CancelJobRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class Stay(_message.Message):
+    __slots__ = ("id", "device_id", "start", "end", "duration_s", "latitude", "longitude", "radius_m", "fixes", "place", "clipped_start", "clipped_end")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    LATITUDE_FIELD_NUMBER: _ClassVar[int]
+    LONGITUDE_FIELD_NUMBER: _ClassVar[int]
+    RADIUS_M_FIELD_NUMBER: _ClassVar[int]
+    FIXES_FIELD_NUMBER: _ClassVar[int]
+    PLACE_FIELD_NUMBER: _ClassVar[int]
+    CLIPPED_START_FIELD_NUMBER: _ClassVar[int]
+    CLIPPED_END_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    device_id: str
+    start: _timestamp_pb2.Timestamp
+    end: _timestamp_pb2.Timestamp
+    duration_s: float
+    latitude: float
+    longitude: float
+    radius_m: float
+    fixes: int
+    place: str
+    clipped_start: bool
+    clipped_end: bool
+    def __init__(self, id: _Optional[int] = ..., device_id: _Optional[str] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration_s: _Optional[float] = ..., latitude: _Optional[float] = ..., longitude: _Optional[float] = ..., radius_m: _Optional[float] = ..., fixes: _Optional[int] = ..., place: _Optional[str] = ..., clipped_start: _Optional[bool] = ..., clipped_end: _Optional[bool] = ...) -> None: ...
+
+class PlaceVisit(_message.Message):
+    __slots__ = ("place", "kind", "latitude", "longitude", "visits", "total_s", "first_arrival", "last_departure")
+    PLACE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    LATITUDE_FIELD_NUMBER: _ClassVar[int]
+    LONGITUDE_FIELD_NUMBER: _ClassVar[int]
+    VISITS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_S_FIELD_NUMBER: _ClassVar[int]
+    FIRST_ARRIVAL_FIELD_NUMBER: _ClassVar[int]
+    LAST_DEPARTURE_FIELD_NUMBER: _ClassVar[int]
+    place: str
+    kind: str
+    latitude: float
+    longitude: float
+    visits: int
+    total_s: float
+    first_arrival: _timestamp_pb2.Timestamp
+    last_departure: _timestamp_pb2.Timestamp
+    def __init__(self, place: _Optional[str] = ..., kind: _Optional[str] = ..., latitude: _Optional[float] = ..., longitude: _Optional[float] = ..., visits: _Optional[int] = ..., total_s: _Optional[float] = ..., first_arrival: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_departure: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class TimelineEntry(_message.Message):
+    __slots__ = ("kind", "device_id", "start", "end", "duration_s", "place", "stay_id", "path_km", "from_place", "to_place")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    PLACE_FIELD_NUMBER: _ClassVar[int]
+    STAY_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_KM_FIELD_NUMBER: _ClassVar[int]
+    FROM_PLACE_FIELD_NUMBER: _ClassVar[int]
+    TO_PLACE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    device_id: str
+    start: _timestamp_pb2.Timestamp
+    end: _timestamp_pb2.Timestamp
+    duration_s: float
+    place: str
+    stay_id: int
+    path_km: float
+    from_place: str
+    to_place: str
+    def __init__(self, kind: _Optional[str] = ..., device_id: _Optional[str] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration_s: _Optional[float] = ..., place: _Optional[str] = ..., stay_id: _Optional[int] = ..., path_km: _Optional[float] = ..., from_place: _Optional[str] = ..., to_place: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,252 @@
+"""Stays: periods of at least `stay_min_minutes` in which a device keeps within
+`stay_radius_m` (plus each fix's reported accuracy) of a robust centre.
+
+Found per device over the fixes the quality filters kept (jitter fixes included: they are
+real observations of a resting device), in vectorised passes: lone outliers are set aside,
+the chain is cut wherever a step leaves the reach of the fix before it or a silence exceeds
+`stay_max_silence_hours`, and only the runs long enough to be a stay are examined further,
+one small array operation per run (never per fix).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared.engine.arrays import Bools, Codes, Floats, Ints
+from shared.engine.chain import Chain, Fixes
+from shared.engine.geometry import EARTH_RADIUS_KM
+from shared.engine.params import EngineParams
+from shared.engine.points import US_PER_S
+
+_M_PER_UNIT = EARTH_RADIUS_KM * 1000.0
+CENTRE_SAMPLE = 240
+"""A stay's centre is the median of at most about twice this many of its fixes."""
+_FIELDS = (
+    "device",
+    "first",
+    "last",
+    "start_us",
+    "end_us",
+    "lat",
+    "lon",
+    "radius_m",
+    "fixes",
+    "data_start",
+    "data_end",
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Stays:
+    """Stays that overlap the window, as parallel arrays in (device, time) order."""
+
+    device: Codes
+    first: Ints
+    """Context row of the stay's first fix."""
+    last: Ints
+    """Context row of its last fix."""
+    start_us: Ints
+    end_us: Ints
+    lat: Floats
+    lon: Floats
+    radius_m: Floats
+    """Farthest of the stay's fixes from its centre (outliers set aside)."""
+    fixes: Ints
+    data_start: Bools
+    """The stay begins with its device's first fix: the arrival was not observed."""
+    data_end: Bools
+    """The stay ends with its device's last fix: the departure was not observed."""
+
+    @staticmethod
+    def empty() -> Stays:
+        """No stays."""
+        ints = np.zeros(0, dtype=np.int64)
+        floats = np.zeros(0)
+        bools = np.zeros(0, dtype=bool)
+        return Stays(
+            device=np.zeros(0, dtype=np.int32),
+            first=ints,
+            last=ints,
+            start_us=ints,
+            end_us=ints,
+            lat=floats,
+            lon=floats,
+            radius_m=floats,
+            fixes=ints,
+            data_start=bools,
+            data_end=bools,
+        )
+
+    @staticmethod
+    def joined(parts: list[Stays]) -> Stays:
+        """The stays of consecutive blocks as one set."""
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return Stays.empty()
+        return Stays(
+            **{name: np.concatenate([getattr(p, name) for p in parts]) for name in _FIELDS}
+        )
+
+    def shifted(self, rows: int) -> Stays:
+        """The same stays with their rows counted `rows` further on."""
+        values = {name: getattr(self, name) for name in _FIELDS}
+        values["first"] = self.first + rows
+        values["last"] = self.last + rows
+        return Stays(**values)
+
+
+def find_stays(fixes: Fixes, chain: Chain, params: EngineParams, lo: int, hi: int) -> Stays:
+    """The stays of the fixes in `chain` (several devices, each in time order) that overlap
+    the window [lo, hi) (µs)."""
+    n = len(chain.idx)
+    if n == 0:
+        return Stays.empty()
+    accuracy = np.maximum(fixes.points.accuracy[chain.idx], 0).astype(np.float64)
+    reach = params.stay_radius_m + np.maximum(accuracy[1:], accuracy[:-1])
+    far = np.zeros(n, dtype=bool)
+    far[1:] = chain.linked[1:] & (chain.step_km[1:] * 1000.0 > reach)
+    # A lone fix far from both neighbours, which are near each other, is an outlier (a
+    # reflected signal): set aside, so it neither ends a stay nor starts a move.
+    lone = np.flatnonzero(far[1:-1] & far[2:] & chain.linked[2:]) + 1
+    if len(lone):
+        before, after = chain.idx[lone - 1], chain.idx[lone + 1]
+        near = fixes.distance(before, after) * 1000.0 <= params.stay_radius_m + np.maximum(
+            accuracy[lone - 1], accuracy[lone + 1]
+        )
+        keep = np.ones(n, dtype=bool)
+        keep[lone[near]] = False
+        if not keep.all():
+            chain = fixes.subchain(chain, keep)
+            accuracy = accuracy[keep]
+            n = len(chain.idx)
+    reach_m = params.stay_radius_m + accuracy
+    pair = params.stay_radius_m + np.maximum(accuracy[1:], accuracy[:-1])
+    t = fixes.t[chain.idx]
+    silence_us = round(params.stay_max_silence_hours * 3600 * US_PER_S)
+    min_us = round(params.stay_min_minutes * 60 * US_PER_S)
+    cut = ~chain.linked
+    cut[1:] |= (chain.step_km[1:] * 1000.0 > pair) | (chain.step_us[1:] > silence_us)
+    starts = np.flatnonzero(cut)
+    ends = np.append(starts[1:], n)
+    long_enough = (t[ends - 1] - t[starts] >= min_us) & (t[ends - 1] >= lo) & (t[starts] < hi)
+    xyz = Vectors(fixes, chain.idx)
+    found: list[tuple[int, int, Floats, float]] = []
+    for a, b in zip(starts[long_enough].tolist(), ends[long_enough].tolist(), strict=True):
+        found.extend(_settle(a, b, xyz, t, reach_m, min_us))
+    found.sort(key=lambda stay: stay[0])
+    found = _merged(found, xyz, t, reach_m, chain.linked, silence_us)
+    if not found:
+        return Stays.empty()
+    first = np.array([stay[0] for stay in found], dtype=np.int64)
+    last = np.array([stay[1] - 1 for stay in found], dtype=np.int64)
+    centre = np.array([stay[2] for stay in found])
+    start_us, end_us = t[first], t[last]
+    overlaps = (start_us < hi) & (end_us > lo)
+    first, last, centre = first[overlaps], last[overlaps], centre[overlaps]
+    ends_chain = np.ones(n, dtype=bool)
+    ends_chain[:-1] = ~chain.linked[1:]
+    rows_first, rows_last = chain.idx[first], chain.idx[last]
+    return Stays(
+        device=fixes.device[rows_first],
+        first=rows_first,
+        last=rows_last,
+        start_us=t[first],
+        end_us=t[last],
+        lat=np.degrees(np.arcsin(np.clip(centre[:, 2], -1.0, 1.0))),
+        lon=np.degrees(np.arctan2(centre[:, 1], centre[:, 0])),
+        radius_m=np.array([stay[3] for stay in found])[overlaps],
+        fixes=last - first + 1,
+        data_start=~chain.linked[first],
+        data_end=ends_chain[last],
+    )
+
+
+class Vectors:
+    """The unit vectors of chain positions, gathered per run (never for the whole chain)."""
+
+    def __init__(self, fixes: Fixes, idx: Ints) -> None:
+        self.xyz, self.idx = fixes.xyz, idx
+
+    def __getitem__(self, run: slice) -> Floats:
+        rows = self.idx[run]
+        return np.stack([c[rows] for c in self.xyz])
+
+
+def _centre(xyz: Floats) -> tuple[Floats, Floats]:
+    """The component-wise median of unit vectors (columns), back on the sphere, and each
+    vector's distance from it in metres: one noisy fix cannot move it. A long run's centre
+    is the median of an even sample of its fixes, which is as robust and costs far less.
+    Distances are chords, equal to the arcs to a millimetre at the scale of a stay."""
+    sample = xyz[:, :: max(xyz.shape[1] // CENTRE_SAMPLE, 1)]
+    middle = sample.shape[1] // 2
+    centre = np.partition(sample, middle, axis=1)[:, middle]
+    centre /= np.sqrt(centre @ centre)
+    diff = xyz - centre[:, np.newaxis]
+    diff *= diff
+    chord = np.sqrt(diff.sum(axis=0))
+    chord *= _M_PER_UNIT
+    return centre, chord
+
+
+def _settle(
+    a: int, b: int, xyz: Vectors, t: Ints, reach_m: Floats, min_us: int
+) -> list[tuple[int, int, Floats, float]]:
+    """The stays in chain positions [a, b). A run is judged against the reach of its
+    centre: fixes beyond it at either end are cut off (the device arriving or leaving, or
+    another place), and so is the run wherever it stays beyond the reach for `min_us` or
+    longer (it went somewhere). A shorter excursion is noise or drift, and the stay goes on.
+    Every part cut off is judged again with its own centre."""
+    out: list[tuple[int, int, Floats, float]] = []
+    todo = [(a, b)]
+    while todo:
+        a, b = todo.pop()
+        if b - a < 2 or t[b - 1] - t[a] < min_us:
+            continue
+        centre, distance = _centre(xyz[a:b])
+        inside = distance <= reach_m[a:b]
+        if not inside.any():
+            todo += [(a, (a + b) // 2), ((a + b) // 2, b)]
+            continue
+        held = np.flatnonzero(inside) + a
+        first, last = int(held[0]), int(held[-1]) + 1
+        # Excursions: consecutive fixes held by the reach with time beyond it between them.
+        away = np.flatnonzero((held[1:] - held[:-1] > 1) & (t[held[1:]] - t[held[:-1]] >= min_us))
+        if first > a or last < b or len(away):
+            starts = [first, *(held[away + 1]).tolist()]
+            ends = [*(held[away] + 1).tolist(), last]
+            todo += list(zip(starts, ends, strict=True))
+            todo += [(a, first), (last, b)] if first > a or last < b else []
+            todo += [(int(e), int(s)) for e, s in zip(ends[:-1], starts[1:], strict=True)]
+            continue
+        out.append((a, b, centre, float(distance[inside].max())))
+    return out
+
+
+def _merged(
+    found: list[tuple[int, int, Floats, float]],
+    xyz: Vectors,
+    t: Ints,
+    reach_m: Floats,
+    linked: Bools,
+    silence_us: int,
+) -> list[tuple[int, int, Floats, float]]:
+    """Consecutive stays of one device whose centres lie within the stay radius (plus the
+    fixes' typical reported accuracy) of each other and whose gap is no longer than the
+    silence limit are one stay that a wander interrupted."""
+    out: list[tuple[int, int, Floats, float]] = []
+    for stay in found:
+        if out:
+            a, b, centre, _ = out[-1]
+            gap_ok = t[stay[0]] - t[b - 1] <= silence_us and linked[b : stay[0] + 1].all()
+            apart = float(np.sqrt(((stay[2] - centre) ** 2).sum())) * _M_PER_UNIT
+            # Noisier fixes scatter the centres of a stay's parts further apart.
+            if gap_ok and apart <= float(np.median(reach_m[a : stay[1]])):
+                merged_centre, distance = _centre(xyz[a : stay[1]])
+                inside = distance <= reach_m[a : stay[1]]
+                out[-1] = (a, stay[1], merged_centre, float(distance[inside].max(initial=0.0)))
+                continue
+        out.append(stay)
+    return out
