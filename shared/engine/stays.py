@@ -122,13 +122,17 @@ def find_stays(fixes: Fixes, chain: Chain, params: EngineParams, lo: int, hi: in
             chain = fixes.subchain(chain, keep)
             accuracy = accuracy[keep]
             n = len(chain.idx)
+            reach = params.stay_radius_m + np.maximum(accuracy[1:], accuracy[:-1])
+            far = np.zeros(n, dtype=bool)
+            far[1:] = chain.linked[1:] & (chain.step_km[1:] * 1000.0 > reach)
     reach_m = params.stay_radius_m + accuracy
-    pair = params.stay_radius_m + np.maximum(accuracy[1:], accuracy[:-1])
     t = fixes.t[chain.idx]
     silence_us = round(params.stay_max_silence_hours * 3600 * US_PER_S)
     min_us = round(params.stay_min_minutes * 60 * US_PER_S)
+    # Cut at a device's first fix, a step beyond the reach of the fix before it, a silence.
     cut = ~chain.linked
-    cut[1:] |= (chain.step_km[1:] * 1000.0 > pair) | (chain.step_us[1:] > silence_us)
+    cut |= far
+    cut[1:] |= chain.step_us[1:] > silence_us
     starts = np.flatnonzero(cut)
     ends = np.append(starts[1:], n)
     long_enough = (t[ends - 1] - t[starts] >= min_us) & (t[ends - 1] >= lo) & (t[starts] < hi)

@@ -30,6 +30,7 @@ from shared.engine.results import (
     Summary,
     Trip,
     WindowInfo,
+    trusted,
 )
 from shared.engine.statistics import exact_median, mean_km, round_km, round_s
 from shared.engine.stays import Stays
@@ -368,22 +369,26 @@ class Summarizer:
                 ingest_lag_max_s=lag_max,
             ),
             days=[
-                DayMetrics(
-                    date=date,
-                    points_read=n_read,
-                    points_used=n_used,
-                    path_km=round_km(path_km),
-                    path_km_low=round_km(low_km),
-                    path_km_high=round_km(high_km),
-                    raw_path_km=round_km(raw_km),
-                    time_at_home_s=round_s(home_s),
-                    time_away_s=round_s(away_s),
-                    time_unknown_s=round_s(unknown_s),
-                    stays=day_stays,
-                    places=day_places,
-                    timeline=day_timeline,
+                trusted(
+                    DayMetrics,
+                    {
+                        "date": date,
+                        "points_read": n_read,
+                        "points_used": n_used,
+                        "path_km": round_km(path_km),
+                        "path_km_low": round_km(low_km),
+                        "path_km_high": round_km(high_km),
+                        "raw_path_km": round_km(raw_km),
+                        "time_at_home_s": round_s(home_s),
+                        "time_away_s": round_s(away_s),
+                        "time_unknown_s": round_s(unknown_s),
+                        "stays": day_stays,
+                        "places": day_places,
+                        "timeline": day_timeline,
+                    },
                 )
-                # Python numbers: indexing numpy arrays per day costs more than the models.
+                # Python numbers (as validation gives them): indexing numpy arrays per day
+                # costs more than the models.
                 for (
                     date,
                     n_read,

@@ -120,7 +120,7 @@ def test_the_models_are_those_validation_builds_and_place_ids_are_standard_geoha
     points, window = day_track(*WORKDAY)
     summary = analyze(points, window, params()).summary
     day = summary.days[0]
-    models = [*summary.stays, *summary.places, *summary.timeline, *day.stays, *day.timeline]
+    models = [*summary.stays, *summary.places, *summary.timeline, day, *day.stays, *day.timeline]
     assert len(models) > 10
     for model in models:
         rebuilt = type(model).model_validate(model.model_dump())
