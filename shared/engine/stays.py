@@ -192,7 +192,10 @@ def _centre(xyz: Floats) -> tuple[Floats, Floats]:
     centre /= np.sqrt(centre @ centre)
     diff = xyz - centre[:, np.newaxis]
     diff *= diff
-    chord = np.sqrt(diff.sum(axis=0))
+    chord = diff[0]  # the sum over the rows in their order, in place: no new arrays
+    chord += diff[1]
+    chord += diff[2]
+    np.sqrt(chord, out=chord)
     chord *= _M_PER_UNIT
     return centre, chord
 
