@@ -250,13 +250,13 @@ def analyze_devices(
     # happened after that, so the step is placed in time from there, not from the anchor.
     moved = np.flatnonzero(~still)
     last_seen = valid.idx[np.maximum(moved - 1, 0)]
-    # Each row's stay (dropped rows too, for now: only the rows of used fixes are read).
+    # Each row's stay (dropped rows too, for now: only the rows of used fixes are read):
+    # the stays are disjoint runs of rows in order, so the rows are runs of 0 and each id.
+    ids = np.zeros(2 * len(stays.first) + 1, dtype=np.int32)
+    ids[1::2] = np.arange(1, len(stays.first) + 1)
+    edges = np.stack([stays.first, stays.last + 1], axis=1).ravel()
     stay = out.stay[rows]
-    stay.fill(0)
-    sizes = stays.last - stays.first + 1
-    stay[concat_ranges(stays.first, stays.last + 1)] = np.repeat(
-        np.arange(1, len(sizes) + 1, dtype=np.int32), sizes
-    )
+    np.copyto(stay, np.repeat(ids, np.diff(edges, prepend=0, append=len(stay))))
     low_km, high_km = step_bounds(fixes, used, stay)
     path_days, crossing, crossing_km = spread_over_days(
         used,

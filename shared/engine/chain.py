@@ -75,4 +75,4 @@ class Fixes:
         return Chain(idx=idx, linked=linked, step_km=step_km, step_us=step_us)
 
     def distance(self, i: Ints, j: Ints) -> Floats:
-        return vector_distance_km(tuple(c[i] for c in self.xyz), tuple(c[j] for c in self.xyz))  # type: ignore[arg-type]
+        return vector_distance_km(tuple(c[i] for c in self.xyz), tuple(c[j] for c in self.xyz))

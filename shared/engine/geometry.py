@@ -109,13 +109,15 @@ def fix_geometry(
     *,
     null_island_invalid: bool,
     home_km: Floats,
-) -> tuple[Bools, tuple[Floats, Floats, Floats], Floats]:
-    """Which fixes have valid coordinates, their unit vectors, km from home (NaN when
-    invalid), and km from each fix to the one before it (0 for the first), in one pass
-    over cache-sized slices. The km from home go into `home_km`, the rest is returned."""
+) -> tuple[Bools, Floats, Floats]:
+    """Which fixes have valid coordinates, their unit vectors (rows x, y, z of one array),
+    km from home (NaN when invalid), and km from each fix to the one before it (0 for the
+    first), in one pass over cache-sized slices. The km from home go into `home_km`, the
+    rest is returned."""
     n = len(lat)
     located = np.empty(n, dtype=bool)
-    x, y, z = np.empty((3, n))
+    xyz = np.empty((3, n))
+    x, y, z = xyz
     step_km = np.zeros(n)
     origin = unit_vectors(np.array([home[0]]), np.array([home[1]]))
     scratch = np.empty((3, arrays.CHUNK))
@@ -142,7 +144,7 @@ def fix_geometry(
             out=step_km[p:b],
             scratch=s[0, : b - p],
         )
-    return located, (x, y, z), step_km
+    return located, xyz, step_km
 
 
 def haversine_km(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> Floats:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +32,23 @@ STATE_UNKNOWN = -1
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+_M = TypeVar("_M", bound=_Model)
+_SET_ATTRIBUTE = object.__setattr__
+
+
+def trusted(cls: type[_M], values: dict[str, Any]) -> _M:
+    """`cls.model_construct(**values)` for `values` of every field of `cls`, in the order
+    of its fields, already of the types validation gives: the engine builds thousands of
+    stays and timeline entries, and model_construct's lookup of aliases and defaults per
+    field costs several times what this does (the dict becomes the model's own)."""
+    model = cls.__new__(cls)
+    _SET_ATTRIBUTE(model, "__dict__", values)
+    _SET_ATTRIBUTE(model, "__pydantic_fields_set__", set(values))
+    _SET_ATTRIBUTE(model, "__pydantic_extra__", None)
+    _SET_ATTRIBUTE(model, "__pydantic_private__", None)
+    return model
 
 
 class DroppedCounts(_Model):

@@ -122,13 +122,17 @@ def find_stays(fixes: Fixes, chain: Chain, params: EngineParams, lo: int, hi: in
             chain = fixes.subchain(chain, keep)
             accuracy = accuracy[keep]
             n = len(chain.idx)
+            reach = params.stay_radius_m + np.maximum(accuracy[1:], accuracy[:-1])
+            far = np.zeros(n, dtype=bool)
+            far[1:] = chain.linked[1:] & (chain.step_km[1:] * 1000.0 > reach)
     reach_m = params.stay_radius_m + accuracy
-    pair = params.stay_radius_m + np.maximum(accuracy[1:], accuracy[:-1])
     t = fixes.t[chain.idx]
     silence_us = round(params.stay_max_silence_hours * 3600 * US_PER_S)
     min_us = round(params.stay_min_minutes * 60 * US_PER_S)
+    # Cut at a device's first fix, a step beyond the reach of the fix before it, a silence.
     cut = ~chain.linked
-    cut[1:] |= (chain.step_km[1:] * 1000.0 > pair) | (chain.step_us[1:] > silence_us)
+    cut |= far
+    cut[1:] |= chain.step_us[1:] > silence_us
     starts = np.flatnonzero(cut)
     ends = np.append(starts[1:], n)
     long_enough = (t[ends - 1] - t[starts] >= min_us) & (t[ends - 1] >= lo) & (t[starts] < hi)
@@ -137,7 +141,7 @@ def find_stays(fixes: Fixes, chain: Chain, params: EngineParams, lo: int, hi: in
     for a, b in zip(starts[long_enough].tolist(), ends[long_enough].tolist(), strict=True):
         found.extend(_settle(a, b, xyz, t, reach_m, min_us))
     found.sort(key=lambda stay: stay[0])
-    found = _merged(found, xyz, t, reach_m, chain.linked, silence_us)
+    found = _merged(found, xyz, t, reach_m, chain.linked, silence_us, params.stay_radius_m)
     if not found:
         return Stays.empty()
     first = np.array([stay[0] for stay in found], dtype=np.int64)
@@ -172,7 +176,9 @@ class Vectors:
 
     def __getitem__(self, run: slice) -> Floats:
         rows = self.idx[run]
-        return np.stack([c[rows] for c in self.xyz])
+        if len(rows) and rows[-1] - rows[0] == len(rows) - 1:  # consecutive rows: a view
+            return self.xyz[:, rows[0] : rows[-1] + 1]
+        return self.xyz.take(rows, axis=1)
 
 
 def _centre(xyz: Floats) -> tuple[Floats, Floats]:
@@ -186,7 +192,10 @@ def _centre(xyz: Floats) -> tuple[Floats, Floats]:
     centre /= np.sqrt(centre @ centre)
     diff = xyz - centre[:, np.newaxis]
     diff *= diff
-    chord = np.sqrt(diff.sum(axis=0))
+    chord = diff[0]  # the sum over the rows in their order, in place: no new arrays
+    chord += diff[1]
+    chord += diff[2]
+    np.sqrt(chord, out=chord)
     chord *= _M_PER_UNIT
     return centre, chord
 
@@ -200,13 +209,18 @@ def _settle(
     longer (it went somewhere). A shorter excursion is noise or drift, and the stay goes on.
     Every part cut off is judged again with its own centre."""
     out: list[tuple[int, int, Floats, float]] = []
+    # The run's vectors, gathered once: each part judged again is a view of them.
+    run, origin = xyz[a:b], a
     todo = [(a, b)]
     while todo:
         a, b = todo.pop()
         if b - a < 2 or t[b - 1] - t[a] < min_us:
             continue
-        centre, distance = _centre(xyz[a:b])
+        centre, distance = _centre(run[:, a - origin : b - origin])
         inside = distance <= reach_m[a:b]
+        if inside.all():  # the usual case: nothing to cut off
+            out.append((a, b, centre, float(distance.max())))
+            continue
         if not inside.any():
             todo += [(a, (a + b) // 2), ((a + b) // 2, b)]
             continue
@@ -232,21 +246,36 @@ def _merged(
     reach_m: Floats,
     linked: Bools,
     silence_us: int,
+    radius_m: float,
 ) -> list[tuple[int, int, Floats, float]]:
     """Consecutive stays of one device whose centres lie within the stay radius (plus the
     fixes' typical reported accuracy) of each other and whose gap is no longer than the
-    silence limit are one stay that a wander interrupted."""
+    silence limit are one stay that a wander interrupted. `reach_m` is `radius_m` plus
+    each fix's accuracy (never negative)."""
     out: list[tuple[int, int, Floats, float]] = []
     for stay in found:
         if out:
             a, b, centre, _ = out[-1]
             gap_ok = t[stay[0]] - t[b - 1] <= silence_us and linked[b : stay[0] + 1].all()
             apart = float(np.sqrt(((stay[2] - centre) ** 2).sum())) * _M_PER_UNIT
-            # Noisier fixes scatter the centres of a stay's parts further apart.
-            if gap_ok and apart <= float(np.median(reach_m[a : stay[1]])):
+            # Noisier fixes scatter the centres of a stay's parts further apart. Every reach
+            # is at least the radius, so within it the median need not be computed.
+            if gap_ok and (apart <= radius_m or _within_median(apart, reach_m[a : stay[1]])):
                 merged_centre, distance = _centre(xyz[a : stay[1]])
                 inside = distance <= reach_m[a : stay[1]]
                 out[-1] = (a, stay[1], merged_centre, float(distance[inside].max(initial=0.0)))
                 continue
         out.append(stay)
     return out
+
+
+def _within_median(value: float, values: Floats) -> bool:
+    """Whether `value` <= the median of `values` (not empty, no NaN): told by counting the
+    values below it, and only where that leaves it open (the two middle values of an even
+    count on either side) by the median itself."""
+    below, half = int(np.count_nonzero(values < value)), len(values) // 2
+    if len(values) % 2:
+        return below <= half  # the middle value is not below it
+    if below != half:
+        return below < half  # both middle values are at least it, or both below it
+    return value <= float(np.median(values))

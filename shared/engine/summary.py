@@ -30,16 +30,15 @@ from shared.engine.results import (
     Summary,
     Trip,
     WindowInfo,
+    trusted,
 )
 from shared.engine.statistics import exact_median, mean_km, round_km, round_s
 from shared.engine.stays import Stays
 from shared.engine.timeline import (
     Models,
     PathClock,
-    Span,
+    TimelineModels,
     device_timeline,
-    join_places,
-    place_models,
     spans_by_day,
     stay_spans,
 )
@@ -156,7 +155,8 @@ class Summarizer:
             for k in range(len(trips.device))
         ]
         spans = stay_spans(stays, self.params, self.window)
-        timelines: dict[int, tuple[list[Span], list[list[Span]]]] = {}
+        models = Models(points.device_ids, self.window)
+        timelines: dict[int, TimelineModels] = {}
         bounds = self.window.bounds_us.tolist()
         for device in reported.tolist():
             rows = slice(first_fix[device], first_fix[device + 1])
@@ -170,7 +170,7 @@ class Summarizer:
                 hi=hi,
                 max_gap_s=self.params.max_gap_s,
             )
-            timelines[device] = timeline, spans_by_day(timeline, bounds, clock)
+            timelines[device] = models.of(timeline, spans_by_day(timeline, bounds, clock))
         devices: dict[str, Metrics] = {}
         gaps: list[tuple[float, int]] = []
         for g in reported:
@@ -207,9 +207,8 @@ class Summarizer:
             trips=all_trips,
             gap=max(gaps, default=((hi - lo) / US_PER_S, lo)),
             n_devices=len(reported),
-            timeline=None,
+            timeline=TimelineModels.joined(list(timelines.values()), self.n_days),
         )
-        totals = self._joined_timelines(totals, list(devices.values()))
         notes = []
         if not len(points):
             notes.append("no fixes in the window: every metric is zero")
@@ -229,41 +228,6 @@ class Summarizer:
             parameters=self.params,
             devices=devices,
             notes=notes,
-        )
-
-    def _joined_timelines(self, totals: Metrics, devices: list[Metrics]) -> Metrics:
-        """The totals with every device's stays and timeline (each device's own entries, in
-        device order) and the time per place over all of them."""
-        if len(devices) == 1:
-            only = devices[0]
-            update = {"stays": only.stays, "places": only.places, "timeline": only.timeline}
-            days = [
-                day.model_copy(
-                    update={"stays": own.stays, "places": own.places, "timeline": own.timeline}
-                )
-                for day, own in zip(totals.days, only.days, strict=True)
-            ]
-            return totals.model_copy(update={**update, "days": days})
-        stays = [stay for device in devices for stay in device.stays]
-        days = []
-        for d, day in enumerate(totals.days):
-            day_stays = [stay for device in devices for stay in device.days[d].stays]
-            days.append(
-                day.model_copy(
-                    update={
-                        "stays": day_stays,
-                        "places": join_places([device.days[d].places for device in devices]),
-                        "timeline": [e for device in devices for e in device.days[d].timeline],
-                    }
-                )
-            )
-        return totals.model_copy(
-            update={
-                "stays": stays,
-                "places": join_places([device.places for device in devices]),
-                "timeline": [entry for device in devices for entry in device.timeline],
-                "days": days,
-            }
         )
 
     def _distance_stats(self, first_fix: Ints, sizes: Ints) -> list[DistanceStats]:
@@ -367,7 +331,7 @@ class Summarizer:
         trips: list[Trip],
         gap: tuple[float, int],
         n_devices: int,
-        timeline: tuple[list[Span], list[list[Span]]] | None,
+        timeline: TimelineModels,
     ) -> Metrics:
         farthest, maximum, minimum, mean, median = stats
         window_s = self.day_s * n_devices
@@ -375,9 +339,6 @@ class Summarizer:
         lag_median, lag_max = lags
         total_s = float(window_s.sum())
         known_s = float(time[HOME].sum() + time[AWAY].sum())
-        window = self.window
-        spans, day_spans = timeline or ([], [[] for _ in window.dates])
-        models = Models(self.points.device_ids, window)
         return Metrics(
             points=PointCounts(
                 read=int(counts.sum()),
@@ -408,22 +369,26 @@ class Summarizer:
                 ingest_lag_max_s=lag_max,
             ),
             days=[
-                DayMetrics(
-                    date=date,
-                    points_read=n_read,
-                    points_used=n_used,
-                    path_km=round_km(path_km),
-                    path_km_low=round_km(low_km),
-                    path_km_high=round_km(high_km),
-                    raw_path_km=round_km(raw_km),
-                    time_at_home_s=round_s(home_s),
-                    time_away_s=round_s(away_s),
-                    time_unknown_s=round_s(unknown_s),
-                    stays=models.stays(entries),
-                    places=place_models([span.stay for span in entries if span.stay], window),
-                    timeline=models.timeline(entries),
+                trusted(
+                    DayMetrics,
+                    {
+                        "date": date,
+                        "points_read": n_read,
+                        "points_used": n_used,
+                        "path_km": round_km(path_km),
+                        "path_km_low": round_km(low_km),
+                        "path_km_high": round_km(high_km),
+                        "raw_path_km": round_km(raw_km),
+                        "time_at_home_s": round_s(home_s),
+                        "time_away_s": round_s(away_s),
+                        "time_unknown_s": round_s(unknown_s),
+                        "stays": day_stays,
+                        "places": day_places,
+                        "timeline": day_timeline,
+                    },
                 )
-                # Python numbers: indexing numpy arrays per day costs more than the models.
+                # Python numbers (as validation gives them): indexing numpy arrays per day
+                # costs more than the models.
                 for (
                     date,
                     n_read,
@@ -435,7 +400,7 @@ class Summarizer:
                     home_s,
                     away_s,
                     unknown_s,
-                    entries,
+                    (day_stays, day_places, day_timeline),
                 ) in zip(
                     self.window.dates,
                     read.tolist(),
@@ -447,11 +412,11 @@ class Summarizer:
                     time[HOME].tolist(),
                     time[AWAY].tolist(),
                     unknown.tolist(),
-                    day_spans,
+                    timeline.days,
                     strict=True,
                 )
             ],
-            stays=models.stays(spans),
-            places=place_models([span.stay for span in spans if span.stay], window),
-            timeline=models.timeline(spans),
+            stays=timeline.stays,
+            places=timeline.places,
+            timeline=timeline.timeline,
         )

@@ -6,6 +6,7 @@ to it exactly (and to each day of it).
 from __future__ import annotations
 
 import bisect
+import datetime as dt
 import itertools
 from dataclasses import dataclass, replace
 
@@ -15,7 +16,7 @@ from shared.engine.arrays import Floats, Ints
 from shared.engine.geometry import EARTH_RADIUS_KM, haversine_km
 from shared.engine.params import EngineParams
 from shared.engine.points import US_PER_S
-from shared.engine.results import PlaceVisit, Stay, TimelineEntry
+from shared.engine.results import PlaceVisit, Stay, TimelineEntry, trusted
 from shared.engine.statistics import round_km, round_s
 from shared.engine.stays import Stays
 from shared.engine.window import Window
@@ -31,16 +32,18 @@ def geohash(latitude: float, longitude: float, precision: int = GEOHASH_PRECISIO
     """The standard geohash of a point: alternating longitude and latitude bisections."""
     bounds = [[-180.0, 180.0], [-90.0, 90.0]]
     value = (longitude, latitude)
-    bits: list[int] = []
+    chars: list[str] = []
+    code = 0
     for k in range(precision * 5):
-        lo, hi = bounds[k % 2]
-        mid = (lo + hi) / 2
+        side = bounds[k % 2]
+        mid = (side[0] + side[1]) / 2
         upper = value[k % 2] >= mid
-        bits.append(int(upper))
-        bounds[k % 2] = [mid, hi] if upper else [lo, mid]
-    return "".join(
-        _BASE32[int("".join(map(str, bits[i : i + 5])), 2)] for i in range(0, len(bits), 5)
-    )
+        code = 2 * code + upper
+        side[0 if upper else 1] = mid
+        if k % 5 == 4:  # five bits make a character
+            chars.append(_BASE32[code])
+            code = 0
+    return "".join(chars)
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ class StaySpan:
         """This stay within [lo, hi), or None when it lies outside."""
         if self.end_us <= lo or self.start_us >= hi:
             return None
+        if self.start_us >= lo and self.end_us <= hi:
+            return self
         return replace(
             self,
             start_us=max(self.start_us, lo),
@@ -120,21 +125,23 @@ def name_places(stays: Stays, params: EngineParams) -> list[PlaceInfo]:
     # Unnamed stays near each other are one place, centred on their mean.
     unnamed = [k for k in range(n) if out[k] is None]
     group = np.full(n, -1)
-    leads: list[int] = []
+    lead_lat, lead_lon = np.empty((2, len(unnamed)))
+    leads = 0
     for k in unnamed:
         if leads:
             # Metres on the local plane: exact enough at the scale of a stay radius.
-            north = (lat[leads] - lat[k]) * _M_PER_DEGREE
-            east = (lon[leads] - lon[k] + 540.0) % 360.0 - 180.0
+            north = (lead_lat[:leads] - lat[k]) * _M_PER_DEGREE
+            east = (lead_lon[:leads] - lon[k] + 540.0) % 360.0 - 180.0
             east *= _M_PER_DEGREE * np.cos(np.radians(lat[k]))
             apart = np.hypot(north, east)
             closest = int(np.argmin(apart))
             if apart[closest] <= params.stay_radius_m:
                 group[k] = closest
                 continue
-        group[k] = len(leads)
-        leads.append(k)
-    for g in range(len(leads)):
+        group[k] = leads
+        lead_lat[leads], lead_lon[leads] = lat[k], lon[k]
+        leads += 1
+    for g in range(leads):
         members = np.flatnonzero(group == g)
         centre = float(lat[members].mean()), float(lon[members].mean())
         info = PlaceInfo(geohash(*centre), "unnamed", *centre)
@@ -145,22 +152,22 @@ def name_places(stays: Stays, params: EngineParams) -> list[PlaceInfo]:
 
 def stay_spans(stays: Stays, params: EngineParams, window: Window) -> list[StaySpan]:
     """The stays cut to the window, numbered from 1, with their places."""
-    places = name_places(stays, params)
+    columns = zip(
+        stays.device.tolist(),
+        stays.start_us.tolist(),
+        stays.end_us.tolist(),
+        stays.lat.tolist(),
+        stays.lon.tolist(),
+        stays.radius_m.tolist(),
+        stays.fixes.tolist(),
+        name_places(stays, params),
+        stays.data_start.tolist(),
+        stays.data_end.tolist(),
+        strict=True,
+    )
     spans = []
-    for k in range(len(stays.device)):
-        span = StaySpan(
-            id=k + 1,
-            device=int(stays.device[k]),
-            start_us=int(stays.start_us[k]),
-            end_us=int(stays.end_us[k]),
-            latitude=float(stays.lat[k]),
-            longitude=float(stays.lon[k]),
-            radius_m=float(stays.radius_m[k]),
-            fixes=int(stays.fixes[k]),
-            place=places[k],
-            clipped_start=bool(stays.data_start[k]),
-            clipped_end=bool(stays.data_end[k]),
-        ).cut(window.start_us, window.end_us)
+    for k, values in enumerate(columns):
+        span = StaySpan(k + 1, *values).cut(window.start_us, window.end_us)
         if span is not None:
             spans.append(span)
     return spans
@@ -179,6 +186,14 @@ class PathClock:
 
     def between(self, a: int, b: int) -> float:
         return self.at(b) - self.at(a)
+
+    def between_each(self, a: Ints, b: Ints) -> list[float]:
+        """`between` for each pair of `a` and `b`, in one pass."""
+        if not len(self.t):
+            return [0.0] * len(a)
+        k = np.searchsorted(self.t, np.stack([a, b]), side="right") - 1
+        at = np.where(k >= 0, self.cumulative_km[np.maximum(k, 0)], 0.0)
+        return (at[1] - at[0]).tolist()  # type: ignore[no-any-return]
 
 
 def device_timeline(
@@ -223,6 +238,8 @@ def device_timeline(
             pieces[-1] = (kind, stay, pieces[-1][2], b)
         else:
             pieces.append((kind, stay, a, b))
+    moves = [(a, b) for kind, _, a, b in pieces if kind == "move"]
+    paths = iter(clock.between_each(*np.array(moves, dtype=np.int64).reshape(-1, 2).T))
     spans = []
     for k, (kind, stay, a, b) in enumerate(pieces):
         if kind != "move":
@@ -236,7 +253,7 @@ def device_timeline(
                 device,
                 a,
                 b,
-                path_km=clock.between(a, b),
+                path_km=next(paths),
                 from_place=before.place.name if before else None,
                 to_place=after.place.name if after else None,
             )
@@ -261,18 +278,73 @@ def spans_by_day(spans: list[Span], bounds: list[int], clock: PathClock) -> list
                 continue
             stay = span.stay.cut(lo, hi) if span.stay else None
             path = None if span.path_km is None else clock.between(a, b)
-            days[d].append(replace(span, start_us=a, end_us=b, stay=stay, path_km=path))
+            days[d].append(
+                Span(span.kind, span.device, a, b, stay, path, span.from_place, span.to_place)
+            )
     return days
+
+
+@dataclass(frozen=True)
+class TimelineModels:
+    """The stays, places and timeline entries of the window and of each of its days."""
+
+    stays: list[Stay]
+    places: list[PlaceVisit]
+    timeline: list[TimelineEntry]
+    days: list[tuple[list[Stay], list[PlaceVisit], list[TimelineEntry]]]
+
+    @staticmethod
+    def joined(parts: list[TimelineModels], n_days: int) -> TimelineModels:
+        """Several devices' models together: each device's own entries, in device order,
+        and the time per place over all of them."""
+        if len(parts) == 1:
+            return parts[0]
+        days = [
+            (
+                [stay for part in parts for stay in part.days[d][0]],
+                join_places([part.days[d][1] for part in parts]),
+                [entry for part in parts for entry in part.days[d][2]],
+            )
+            for d in range(n_days)
+        ]
+        return TimelineModels(
+            stays=[stay for part in parts for stay in part.stays],
+            places=join_places([part.places for part in parts]),
+            timeline=[entry for part in parts for entry in part.timeline],
+            days=days,
+        )
 
 
 class Models:
     """The JSON models of spans, each built once: a day's entries are mostly the window's
-    own spans (only those crossing midnight are cut), so the days share their models."""
+    own spans (only those crossing midnight are cut), so the days share their models, and
+    the local times of instants, which the stays, moves and places share too."""
 
     def __init__(self, device_ids: tuple[str, ...], window: Window) -> None:
         self.device_ids, self.window = device_ids, window
         self._stays: dict[int, Stay] = {}
         self._entries: dict[int, TimelineEntry] = {}
+        self._times: dict[int, dt.datetime] = {}
+
+    def time(self, us: int) -> dt.datetime:
+        """The local time of the instant `us`."""
+        time = self._times.get(us)
+        if time is None:
+            time = self._times[us] = self.window.local_time(us)
+        return time
+
+    def of(self, spans: list[Span], days: list[list[Span]]) -> TimelineModels:
+        """The models of one device's spans over the window and over each day."""
+        # Spans are known by their ids, which are unique only among live objects: those
+        # of one device's spans, which live through this call.
+        self._stays.clear()
+        self._entries.clear()
+        return TimelineModels(
+            stays=self.stays(spans),
+            places=self.places(spans),
+            timeline=self.timeline(spans),
+            days=[(self.stays(day), self.places(day), self.timeline(day)) for day in days],
+        )
 
     def stays(self, spans: list[Span]) -> list[Stay]:
         """The models of the stays among `spans`."""
@@ -280,59 +352,84 @@ class Models:
         for span in spans:
             if span.stay is not None:
                 key = id(span.stay)
-                if key not in self._stays:
-                    self._stays[key] = stay_model(span.stay, self.device_ids, self.window)
-                out.append(self._stays[key])
+                model = self._stays.get(key)
+                if model is None:
+                    model = self._stays[key] = self.stay(span.stay)
+                out.append(model)
         return out
+
+    def stay(self, span: StaySpan) -> Stay:
+        """The JSON model of a stay span."""
+        return trusted(
+            Stay,
+            {
+                "id": span.id,
+                "device_id": self.device_ids[span.device],
+                "start": self.time(span.start_us),
+                "end": self.time(span.end_us),
+                "duration_s": round_s((span.end_us - span.start_us) / US_PER_S),
+                "latitude": round(span.latitude, 7),
+                "longitude": round(span.longitude, 7),
+                "radius_m": round(span.radius_m, 1),
+                "fixes": span.fixes,
+                "place": span.place.name,
+                "clipped_start": span.clipped_start,
+                "clipped_end": span.clipped_end,
+            },
+        )
 
     def timeline(self, spans: list[Span]) -> list[TimelineEntry]:
         """The models of `spans`."""
         out = []
         for span in spans:
             key = id(span)
-            if key not in self._entries:
-                self._entries[key] = timeline_models([span], self.device_ids, self.window)[0]
-            out.append(self._entries[key])
+            model = self._entries.get(key)
+            if model is None:
+                model = self._entries[key] = self.entry(span)
+            out.append(model)
         return out
 
-
-def stay_model(span: StaySpan, device_ids: tuple[str, ...], window: Window) -> Stay:
-    """The JSON model of a stay span."""
-    return Stay.model_construct(
-        id=span.id,
-        device_id=device_ids[span.device],
-        start=window.local_time(span.start_us),
-        end=window.local_time(span.end_us),
-        duration_s=round_s((span.end_us - span.start_us) / US_PER_S),
-        latitude=round(span.latitude, 7),
-        longitude=round(span.longitude, 7),
-        radius_m=round(span.radius_m, 1),
-        fixes=span.fixes,
-        place=span.place.name,
-        clipped_start=span.clipped_start,
-        clipped_end=span.clipped_end,
-    )
-
-
-def place_models(stays: list[StaySpan], window: Window) -> list[PlaceVisit]:
-    """Time spent per place over `stays`, the place with the most time first."""
-    by_place: dict[str, list[StaySpan]] = {}
-    for stay in stays:
-        by_place.setdefault(stay.place.name, []).append(stay)
-    visits = [
-        PlaceVisit.model_construct(
-            place=name,
-            kind=group[0].place.kind,  # type: ignore[arg-type]
-            latitude=round(group[0].place.latitude, 7),
-            longitude=round(group[0].place.longitude, 7),
-            visits=len(group),
-            total_s=round_s(sum(s.end_us - s.start_us for s in group) / US_PER_S),
-            first_arrival=window.local_time(min(s.start_us for s in group)),
-            last_departure=window.local_time(max(s.end_us for s in group)),
+    def entry(self, span: Span) -> TimelineEntry:
+        """The JSON model of a timeline span."""
+        return trusted(
+            TimelineEntry,
+            {
+                "kind": span.kind,
+                "device_id": self.device_ids[span.device],
+                "start": self.time(span.start_us),
+                "end": self.time(span.end_us),
+                "duration_s": round_s((span.end_us - span.start_us) / US_PER_S),
+                "place": span.stay.place.name if span.stay else None,
+                "stay_id": span.stay.id if span.stay else None,
+                "path_km": None if span.path_km is None else round_km(span.path_km),
+                "from_place": span.from_place,
+                "to_place": span.to_place,
+            },
         )
-        for name, group in by_place.items()
-    ]
-    return sorted(visits, key=lambda visit: (-visit.total_s, visit.place))
+
+    def places(self, spans: list[Span]) -> list[PlaceVisit]:
+        """Time spent per place over the stays among `spans`, the most time first."""
+        by_place: dict[str, list[StaySpan]] = {}
+        for span in spans:
+            if span.stay is not None:
+                by_place.setdefault(span.stay.place.name, []).append(span.stay)
+        visits = [
+            trusted(
+                PlaceVisit,
+                {
+                    "place": name,
+                    "kind": group[0].place.kind,
+                    "latitude": round(group[0].place.latitude, 7),
+                    "longitude": round(group[0].place.longitude, 7),
+                    "visits": len(group),
+                    "total_s": round_s(sum(s.end_us - s.start_us for s in group) / US_PER_S),
+                    "first_arrival": self.time(min(s.start_us for s in group)),
+                    "last_departure": self.time(max(s.end_us for s in group)),
+                },
+            )
+            for name, group in by_place.items()
+        ]
+        return sorted(visits, key=lambda visit: (-visit.total_s, visit.place))
 
 
 def join_places(parts: list[list[PlaceVisit]]) -> list[PlaceVisit]:
@@ -355,24 +452,3 @@ def join_places(parts: list[list[PlaceVisit]]) -> list[PlaceVisit]:
         for group in by_place.values()
     ]
     return sorted(joined, key=lambda visit: (-visit.total_s, visit.place))
-
-
-def timeline_models(
-    spans: list[Span], device_ids: tuple[str, ...], window: Window
-) -> list[TimelineEntry]:
-    """The JSON models of timeline spans."""
-    return [
-        TimelineEntry.model_construct(
-            kind=span.kind,  # type: ignore[arg-type]
-            device_id=device_ids[span.device],
-            start=window.local_time(span.start_us),
-            end=window.local_time(span.end_us),
-            duration_s=round_s((span.end_us - span.start_us) / US_PER_S),
-            place=span.stay.place.name if span.stay else None,
-            stay_id=span.stay.id if span.stay else None,
-            path_km=None if span.path_km is None else round_km(span.path_km),
-            from_place=span.from_place,
-            to_place=span.to_place,
-        )
-        for span in spans
-    ]

@@ -116,6 +116,21 @@ def test_a_workday_is_home_office_home_with_arrival_and_departure_to_the_minute(
     assert_adds_up(summary)
 
 
+def test_the_models_are_those_validation_builds_and_place_ids_are_standard_geohashes() -> None:
+    points, window = day_track(*WORKDAY)
+    summary = analyze(points, window, params()).summary
+    day = summary.days[0]
+    models = [*summary.stays, *summary.places, *summary.timeline, day, *day.stays, *day.timeline]
+    assert len(models) > 10
+    for model in models:
+        rebuilt = type(model).model_validate(model.model_dump())
+        assert model == rebuilt
+        assert model.model_dump_json() == rebuilt.model_dump_json()
+        assert model.model_fields_set == set(type(model).model_fields)
+    assert Summary.model_validate_json(summary.model_dump_json()) == summary
+    assert geohash(57.64911, 10.40744, 11) == "u4pruydqqvj"
+
+
 def test_traffic_stops_of_two_to_four_minutes_are_not_stays() -> None:
     # Driving 30 km/h east with three stops of 2, 3 and 4 minutes.
     hours, east = [0.0, 8.0], [0.0, 0.0]
