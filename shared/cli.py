@@ -272,7 +272,11 @@ def _count(text: str) -> int:
 
 def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `otel-worker analyze`."""
-    parser.add_argument("file", type=Path, help="locations CSV, OwnTracks JSON or .rec file")
+    parser.add_argument(
+        "file",
+        type=Path,
+        help="locations CSV, OwnTracks JSON, .rec, GPX, GeoJSON or Google Takeout (also .gz)",
+    )
     when = parser.add_argument_group("days (default: every day the file covers)")
     when.add_argument("--date", type=_day, help="one local day, YYYY-MM-DD")
     when.add_argument("--from", dest="first", type=_day, help="first local day of a range")
@@ -519,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(handler=_with_database(_sweep))
 
     analyze = commands.add_parser(
-        "analyze", help="distance-from-home metrics of a locations CSV, OwnTracks JSON or .rec file"
+        "analyze", help="distance-from-home metrics of a location file (CSV, JSON, .rec, GPX, ...)"
     )
     add_analyze_arguments(analyze)
     analyze.set_defaults(handler=_analyze)
