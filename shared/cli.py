@@ -318,6 +318,30 @@ def add_seed_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_import_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `otel-worker import`."""
+    parser.add_argument(
+        "files", type=Path, nargs="+", metavar="FILE", help="files in any format analyze reads"
+    )
+    parser.add_argument(
+        "--device", help="device id for every fix (required when a file names none)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="count what would be added, write nothing"
+    )
+    parser.add_argument(
+        "--create-unique-index",
+        action="store_true",
+        help="also create a unique index on (device_id, timestamp, latitude, longitude)",
+    )
+
+
+def _import(args: argparse.Namespace, conn: Connection, settings: config.DatabaseSettings) -> int:
+    from shared.tools import importer
+
+    return importer.run_import(args, conn)
+
+
 def _analyze(args: argparse.Namespace) -> int:
     from shared.tools import analyze
 
@@ -527,6 +551,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_analyze_arguments(analyze)
     analyze.set_defaults(handler=_analyze)
+
+    imports = commands.add_parser(
+        "import", help="add the fixes of GPX, Takeout, .rec, ... files to public.locations"
+    )
+    add_import_arguments(imports)
+    imports.set_defaults(handler=_with_database(_import))
 
     seed = commands.add_parser(
         "seed", help="(development) generated tracks into public.locations (or a CSV export)"
