@@ -299,6 +299,7 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--json", action="store_true", help="print the summary as JSON")
     out.add_argument("--csv", type=Path, metavar="OUT", help="write the per-fix CSV")
     out.add_argument("--geojson", type=Path, metavar="OUT", help="write a GeoJSON map")
+    out.add_argument("--gpx", type=Path, metavar="OUT", help="write the tracks as GPX 1.1")
 
 
 def add_seed_arguments(parser: argparse.ArgumentParser) -> None:

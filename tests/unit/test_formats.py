@@ -69,8 +69,8 @@ def as_records(points: Points) -> str:
     return json.dumps({"locations": locations}, indent=1)
 
 
-def summary_of(capsys: pytest.CaptureFixture[str], path: Path) -> dict[str, object]:
-    code = main(["analyze", str(path), *BERLIN, "--json"])
+def summary_of(capsys: pytest.CaptureFixture[str], path: Path, *options: str) -> dict[str, object]:
+    code = main(["analyze", str(path), *BERLIN, "--json", *options])
     out, err = capsys.readouterr()
     assert code == 0, err
     summary: dict[str, object] = json.loads(out)
@@ -334,3 +334,74 @@ def test_an_empty_gpx_is_not_location_data(tmp_path: Path) -> None:
     path.write_bytes(gzip.compress(b'<gpx version="1.1"></gpx>'))
     with pytest.raises(SourceError, match="no location fixes"):
         read_file(path)
+
+
+XSD = Path(__file__).resolve().parents[1] / "fixtures" / "gpx-1.1.xsd"
+
+
+def validate_gpx(path: Path) -> None:
+    from lxml import etree
+
+    schema = etree.XMLSchema(etree.parse(str(XSD)))
+    document = etree.parse(str(path))
+    assert schema.validate(document), schema.error_log
+
+
+def test_analyze_writes_valid_gpx_that_reads_back_to_the_same_summary(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "day.gpx"
+    code = main(
+        ["analyze", str(REC), *BERLIN, "--json", "--gpx", str(out), "--max-accuracy-m", "0"]
+    )
+    first_out, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"wrote a GPX track of 10 fixes to {out}" in err
+    validate_gpx(out)
+    text = out.read_text()
+    assert "<otel:device>KT</otel:device>" in text
+    assert text.count("<trkseg>") == 3  # the day has two gaps longer than 30 minutes
+    back = json.loads(first_out)
+    again = summary_of(
+        capsys, out, "--max-accuracy-m", "0"
+    )  # its device comes from the track's extension
+    for key in ("path_km", "max_distance_km", "time_at_home_s", "time_away_s", "trips"):
+        assert again[key] == back[key], key
+    assert list(again["devices"]) == ["KT"]  # type: ignore[call-overload]
+
+
+def test_gpx_out_escapes_device_names_and_splits_at_the_gap_limit(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    source = tmp_path / "two.csv"
+    source.write_text(
+        "device_id,latitude,longitude,timestamp,accuracy,velocity\n"
+        f'"a<&>\x01",52.0,180.0,{T0},5,36\n'
+        f'"a<&>\x01",52.001,13.0,{T0 + 60},,\n'
+        f"b,52.0,13.0,{T0}.5,,\n"
+        f"b,52.01,13.0,{T0 + 600},,\n"
+    )
+    out = tmp_path / "two.gpx"
+    code = main(
+        [
+            "analyze",
+            str(source),
+            *BERLIN,
+            "--gpx",
+            str(out),
+            "--max-gap-min",
+            "5",
+            "--max-speed-kmh",
+            "0",
+        ]
+    )
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    validate_gpx(out)
+    text = out.read_text()
+    assert "<name>a&lt;&amp;&gt;\ufffd</name>" in text
+    assert 'lon="-180.0000000"' in text  # +180 is the schema's -180
+    assert "<otel:accuracy>5</otel:accuracy><otel:speed>10.000</otel:speed>" in text
+    assert "2024-03-10T12:00:00.500000Z" in text
+    assert text.count("<trk>") == 2
+    assert text.count("<trkseg>") == 3  # b's fixes are 10 minutes apart: two segments
