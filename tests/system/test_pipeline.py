@@ -26,6 +26,7 @@ import grpc
 import psycopg
 import pytest
 import urllib3
+from lxml import etree
 
 from shared import config, events
 from shared.contracts import JobAccepted, JobView
@@ -37,6 +38,7 @@ from tests.conftest import Database, S3Server, start_s3
 from tests.stack import Stack, request_event, start_stack
 
 DAY = dt.date(2024, 3, 12)
+GPX_SCHEMA = Path(__file__).resolve().parents[1] / "fixtures" / "gpx-1.1.xsd"
 """A weekday of the seeded data (one device, 30 s fixes)."""
 
 
@@ -486,6 +488,15 @@ def test_downloads_redirect_to_fresh_presigned_urls_by_id_and_by_basename(stack:
     assert summary.status == 302
     document = json.loads(urllib3.request("GET", summary.headers["Location"]).data)
     assert document["points"]["read"] == (job.result or {})["points"]["read"]
+    # The tracks as GPX beside the CSV: linked from the job and downloadable, schema-valid.
+    assert job.gpx is not None
+    assert job.gpx.url.split("?")[0].endswith(".gpx")
+    gpx = _get(stack, f"/download/{job.job_id}/gpx")
+    assert gpx.status == 302
+    track = urllib3.request("GET", gpx.headers["Location"]).data
+    schema = etree.XMLSchema(etree.parse(str(GPX_SCHEMA)))
+    assert schema.validate(etree.fromstring(track)), schema.error_log
+    assert b"<otel:device>phone2</otel:device>" in track
 
 
 def test_download_of_an_unfinished_job_says_so(stack: Stack) -> None:
