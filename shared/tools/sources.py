@@ -149,7 +149,9 @@ def _times(
     times[epoch] = np.rint(text[epoch].astype(np.float64) * US_PER_S).astype(np.int64)
     iso = np.flatnonzero(~epoch).tolist()
     if iso:
-        times[iso] = _iso_times(text[iso], name, path, [lines[k] for k in iso])
+        # Labels are looked up only for the values that are not epoch numbers.
+        where = lines if len(iso) == len(lines) else [lines[k] for k in iso]
+        times[iso] = _iso_times(text[iso], name, path, where)
     return times
 
 

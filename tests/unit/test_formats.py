@@ -282,7 +282,7 @@ def test_timeline_raw_signals_then_paths_and_the_ios_array(tmp_path: Path) -> No
             r"near byte \d+: time 'x' is not an ISO-8601 time",
         ),
         (
-            '{"locations": [{"latitudeE7": "n", "longitudeE7": 2, "timestamp": "x"}]}',
+            '{"locations": [{"latitudeE7": "n", "longitudeE7": 2, "timestampMs": "1"}]}',
             r"near byte \d+: latitudeE7 'n' is not a number",
         ),
         (
