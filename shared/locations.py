@@ -549,8 +549,9 @@ CREATE TEMP TABLE IF NOT EXISTS {_INCOMING} (
     created_at timestamptz
 ) ON COMMIT DROP"""
 # A fix is new unless the table holds one of the same device at the same microsecond at the
-# same position to 1e-7 degrees; the (device_id, timestamp) index finds the candidates.
-# DISTINCT ON drops the repeats inside one batch the same way.
+# same position to 1e-7 degrees. The candidates are bounded by the batch's devices and time
+# span (%(devices)s, %(first)s, %(last)s), which the (device_id, timestamp) index serves,
+# so a batch never scans the whole table. DISTINCT ON drops repeats inside one batch.
 _NEW_FIXES: Final = f"""\
 SELECT DISTINCT ON (i.device_id, i."timestamp", round(i.latitude * 1e7),
                     round(i.longitude * 1e7))
@@ -559,7 +560,9 @@ SELECT DISTINCT ON (i.device_id, i."timestamp", round(i.latitude * 1e7),
 FROM {_INCOMING} i
 WHERE NOT EXISTS (
     SELECT FROM public.locations l
-    WHERE l.device_id = i.device_id AND l."timestamp" = i."timestamp"
+    WHERE l.device_id = ANY(%(devices)s)
+      AND l."timestamp" BETWEEN %(first)s AND %(last)s
+      AND l.device_id = i.device_id AND l."timestamp" = i."timestamp"
       AND round(l.latitude * 1e7) = round(i.latitude * 1e7)
       AND round(l.longitude * 1e7) = round(i.longitude * 1e7)
 )
@@ -622,7 +625,12 @@ def import_points(
                 continue
             conn.execute(f"TRUNCATE {_INCOMING}")
             _copy(conn, copy, batch, batch_rows)
-            added = conn.execute(insert).rowcount
+            span = {
+                "devices": list(batch.device_ids),
+                "first": _utc(int(batch.timestamp.min())),
+                "last": _utc(int(batch.timestamp.max())),
+            }
+            added = conn.execute(insert, span).rowcount
             counts.read += len(batch)
             counts.written += added
             counts.present += len(batch) - added
@@ -633,6 +641,11 @@ def import_points(
         if dry_run:
             raise psycopg.Rollback(transaction)
     return counts
+
+
+def _utc(us: int) -> dt.datetime:
+    """Unix microseconds as an aware datetime, exactly."""
+    return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)
 
 
 class _RowEncoder:
