@@ -434,7 +434,14 @@ def _records(
             if "timestampMs" not in record:
                 skipped["Takeout record without a timestamp"] += 1
                 continue
-            time = _epoch_text(_number(record["timestampMs"], "timestampMs", path, 0) / 1000)
+            milliseconds = record["timestampMs"]
+            try:
+                time = _epoch_text(float(milliseconds) / 1000)
+            except (TypeError, ValueError):
+                raise SourceError(
+                    f"{path}, the record ending near byte {stream.position}: "
+                    f"timestampMs {milliseconds!r} is not a number"
+                ) from None
         tag = record.get("deviceTag")
         if tag is None:
             if fallback is None:

@@ -290,6 +290,10 @@ def test_timeline_raw_signals_then_paths_and_the_ios_array(tmp_path: Path) -> No
             r"invalid JSON near byte \d+",
         ),
         (
+            '{"locations": [{"latitudeE7": 1, "longitudeE7": 2, "timestampMs": "soon"}]}',
+            r"near byte \d+: timestampMs 'soon' is not a number",
+        ),
+        (
             '{"rawSignals": [{"position": {"LatLng": "north", "timestamp": "2024-01-01T00:00Z"}}]}',
             r"'north' is not 'lat°, lng°'",
         ),
