@@ -68,7 +68,10 @@ def _segment(analysis: Analysis, rows: npt.NDArray[np.intp]) -> str:
 
 
 def write_gpx(analysis: Analysis, out: BinaryIO | Path) -> int:
-    """Write the analysis's tracks as a GPX 1.1 document; returns the bytes written."""
+    """Write the analysis's tracks as a GPX 1.1 document; returns the bytes written.
+
+    The schema puts waypoints (`<wpt>`) between the header and the tracks: that is where
+    places the engine recognises, such as stays, are written once it reports them."""
     if isinstance(out, Path):
         with out.open("wb") as stream:
             return write_gpx(analysis, stream)

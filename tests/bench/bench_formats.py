@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -62,16 +61,19 @@ def write_records(path: Path, fixes: int, seed: int = 7) -> int:
 
 
 def run_measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """Run a command alone; its wall seconds, its peak RSS in MB and its stdout."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Run a command alone; its wall seconds, its own peak RSS in MB and its stdout."""
     started = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-    elapsed = time.perf_counter() - started
-    if done.returncode:
-        raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    # ru_maxrss of the children is the largest of them all: each run is larger, or equal.
-    return elapsed, max(peak, before) / 1024, done.stdout
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(argv, stdout=out, stderr=err, text=True, env=env)
+        # wait4 gives this child's own usage (RUSAGE_CHILDREN would be the largest of all).
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        elapsed = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        if child.returncode:
+            raise SystemExit(f"{' '.join(argv)} failed ({child.returncode}):\n{err.read()}")
+        return elapsed, usage.ru_maxrss / 1024, out.read()
 
 
 READ_ONLY = (
