@@ -152,8 +152,9 @@ def test_duplicate_deliveries_make_one_job_one_object_one_computation(stack: Sta
     assert again.completed_at == job.completed_at
     assert job.summary_key is not None
     series = job.summary_key.replace(".summary.json", ".series.json")
+    tracks = job.summary_key.replace(".summary.json", ".gpx")
     stored = [k for k in stack.objects() if str(job_id) in k]
-    assert sorted(stored) == sorted([job.csv_key, job.summary_key, series])
+    assert sorted(stored) == sorted([job.csv_key, job.summary_key, series, tracks])
 
 
 def test_a_poison_event_is_dead_lettered_without_retry(stack: Stack) -> None:
