@@ -76,6 +76,10 @@ bench-accuracy: install  ## stays, path, bounds, trips and time at home against 
 bench-engine: install  ## engine and CSV writer throughput and memory for 1M and 10M fixes
 	$(PY) tests/bench/bench_engine.py $(BENCH_ARGS)
 
+.PHONY: bench-formats
+bench-formats: install  ## file readers, analyze and import on a generated 1.4 GB Takeout file (deleted after)
+	$(PY) -m tests.bench.bench_formats $(BENCH_ARGS)
+
 .PHONY: bench-pipeline
 bench-pipeline: install system-deps bytecode  ## the whole system: job latency, throughput, status latency, start-up
 	$(PY) -m tests.bench.bench_pipeline $(BENCH_ARGS)

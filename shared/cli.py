@@ -275,7 +275,11 @@ def _count(text: str) -> int:
 
 def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `otel-worker analyze`."""
-    parser.add_argument("file", type=Path, help="locations CSV, OwnTracks JSON or .rec file")
+    parser.add_argument(
+        "file",
+        type=Path,
+        help="locations CSV, OwnTracks JSON, .rec, GPX, GeoJSON or Google Takeout (also .gz)",
+    )
     when = parser.add_argument_group("days (default: every day the file covers)")
     when.add_argument("--date", type=_day, help="one local day, YYYY-MM-DD")
     when.add_argument("--from", dest="first", type=_day, help="first local day of a range")
@@ -304,6 +308,7 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--json", action="store_true", help="print the summary as JSON")
     out.add_argument("--csv", type=Path, metavar="OUT", help="write the per-fix CSV")
     out.add_argument("--geojson", type=Path, metavar="OUT", help="write a GeoJSON map")
+    out.add_argument("--gpx", type=Path, metavar="OUT", help="write the tracks as GPX 1.1")
 
 
 def add_seed_arguments(parser: argparse.ArgumentParser) -> None:
@@ -321,6 +326,30 @@ def add_seed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--interval-s", type=_positive_seconds, default=30.0, help="seconds between fixes (30)"
     )
+
+
+def add_import_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `otel-worker import`."""
+    parser.add_argument(
+        "files", type=Path, nargs="+", metavar="FILE", help="files in any format analyze reads"
+    )
+    parser.add_argument(
+        "--device", help="device id for every fix (required when a file names none)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="count what would be added, write nothing"
+    )
+    parser.add_argument(
+        "--create-unique-index",
+        action="store_true",
+        help="also create a unique index on (device_id, timestamp, latitude, longitude)",
+    )
+
+
+def _import(args: argparse.Namespace, conn: Connection, settings: config.DatabaseSettings) -> int:
+    from shared.tools import importer
+
+    return importer.run_import(args, conn)
 
 
 def _analyze(args: argparse.Namespace) -> int:
@@ -533,10 +562,16 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(handler=_with_database(_sweep))
 
     analyze = commands.add_parser(
-        "analyze", help="distance-from-home metrics of a locations CSV, OwnTracks JSON or .rec file"
+        "analyze", help="distance-from-home metrics of a location file (CSV, JSON, .rec, GPX, ...)"
     )
     add_analyze_arguments(analyze)
     analyze.set_defaults(handler=_analyze)
+
+    imports = commands.add_parser(
+        "import", help="add the fixes of GPX, Takeout, .rec, ... files to public.locations"
+    )
+    add_import_arguments(imports)
+    imports.set_defaults(handler=_with_database(_import))
 
     seed = commands.add_parser(
         "seed", help="(development) generated tracks into public.locations (or a CSV export)"

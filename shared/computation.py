@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from cloudevents.http import CloudEvent
@@ -30,6 +30,7 @@ from shared.job_view import outcome_event
 from shared.jobs import ClaimResult, Job, JobStatus, JobStore, LeaseLost
 from shared.storage import (
     CSV_TYPE,
+    GPX_TYPE,
     JSON_TYPE,
     ObjectStore,
     StagedCopy,
@@ -38,6 +39,9 @@ from shared.storage import (
     sha256_of,
     stage_compat_copy,
 )
+
+if TYPE_CHECKING:
+    from shared.engine import Analysis
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +159,7 @@ class Computation:
         removed now is left to the bucket's expiry rule (the job names none of it)."""
         keys = result_keys(job.id, job.attempts, job.date_from, job.date_to, job.device_id)
         try:
-            self.objects.remove([keys.csv_key, keys.series_key, keys.summary_key])
+            self.objects.remove([keys.csv_key, keys.series_key, keys.gpx_key, keys.summary_key])
         except StorageUnavailable as exc:
             log.warning("could not remove a cancelled attempt's objects", extra={"error": str(exc)})
 
@@ -189,6 +193,15 @@ class Computation:
 
     def _upload_json(self, key: str, document: bytes) -> None:
         self.objects.upload(key, io.BytesIO(document), len(document), JSON_TYPE)
+
+    def _upload_gpx(self, key: str, analysis: Analysis) -> None:
+        """The tracks as GPX beside the CSV, for mapping and fitness tools."""
+        from shared.gpx import write_gpx
+
+        with tempfile.TemporaryFile() as document:
+            size = write_gpx(analysis, document)
+            document.seek(0)
+            self.objects.upload(key, document, size, GPX_TYPE)
 
     def _compute(self, job: Job) -> tuple[dict[str, Any], StagedCopy | None]:
         """The job's results uploaded, as `complete`'s arguments, and the CSV's copy for
@@ -275,6 +288,7 @@ class Computation:
             digest, size = sha256_of(csv)
             self.objects.upload(keys.csv_key, csv, size, CSV_TYPE)
             self._upload_json(keys.series_key, series_json(analysis))
+            self._upload_gpx(keys.gpx_key, analysis)
             self._upload_json(keys.summary_key, summary.model_dump_json(indent=2).encode())
             metrics.csv_bytes.record(size)
             facts = {

@@ -211,6 +211,8 @@ class JobView(_Contract):
     )
     csv: Download | None = None
     summary: Download | None = None
+    gpx: Download | None = None
+    """The tracks as GPX 1.1 (`/download/{job_id}/gpx`)."""
 
 
 class JobAccepted(_Contract):

@@ -11,7 +11,7 @@ from cloudevents.http import CloudEvent
 from shared import events
 from shared.contracts import JobOutcome, JobView, Requester
 from shared.jobs import Job, JobStatus
-from shared.storage import ObjectStore
+from shared.storage import ObjectStore, ResultKeys
 
 
 def job_view(job: Job, objects: ObjectStore | None = None) -> JobView:
@@ -47,6 +47,9 @@ def job_view(job: Job, objects: ObjectStore | None = None) -> JobView:
         result=job.result,
         csv=objects.presign(job.csv_key) if links and objects and job.csv_key else None,
         summary=objects.presign(job.summary_key) if links and objects and job.summary_key else None,
+        gpx=objects.presign(ResultKeys(csv_key=job.csv_key, summary_key=job.summary_key).gpx_key)
+        if links and objects and job.csv_key and job.summary_key
+        else None,
     )
 
 

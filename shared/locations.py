@@ -1,7 +1,8 @@
 """`public.locations` (OwnTracks fixes): read it into `Points` fast, seed it, check its index.
 
 The table belongs to the OwnTracks recorder; the service only reads it (`write_points` is
-for development and demos). Reads select a half-open window on the fix `timestamp` and
+for development and demos, `import_points` adds the fixes of files with `otel-worker import`;
+both share one binary COPY encoder). Reads select a half-open window on the fix `timestamp` and
 never apply a function to a column in the predicate, so the `(device_id, timestamp)` index
 serves them.
 
@@ -32,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import select
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -490,6 +491,30 @@ _WRITE_COLUMNS: Final = (
 )
 
 
+_COLUMN_LIST: Final = sql.SQL(", ").join(
+    sql.Identifier(name) for name in ("device_id", "tid", *(c[0] for c in _WRITE_COLUMNS))
+)
+
+
+def _copy(
+    conn: Connection,
+    statement: sql.Composed,
+    points: Points,
+    batch_rows: int,
+    progress: Progress | None = None,
+) -> None:
+    """Send `points` through one binary COPY, `batch_rows` rows per message."""
+    encoder = _RowEncoder(points.device_ids)
+    with conn.cursor().copy(statement) as copy:
+        copy.write(_HEADER)
+        for start in range(0, len(points), batch_rows):
+            end = min(start + batch_rows, len(points))
+            copy.write(encoder.encode(points, start, end).data)
+            if progress is not None:
+                progress(end, len(points))
+        copy.write(_TRAILER)
+
+
 def write_points(
     conn: Connection,
     points: Points,
@@ -518,25 +543,129 @@ def write_points(
         # Truncating in this transaction lets COPY FREEZE write rows already frozen, so the
         # first reads neither set hint bits nor wait for a vacuum to allow index-only scans.
         conn.execute("TRUNCATE public.locations RESTART IDENTITY")
-        columns = sql.SQL(", ").join(
-            sql.Identifier(name) for name in ("device_id", "tid", *(c[0] for c in _WRITE_COLUMNS))
-        )
         statement = sql.SQL("COPY public.locations ({}) FROM STDIN (FORMAT BINARY, FREEZE)").format(
-            columns
+            _COLUMN_LIST
         )
-        encoder = _RowEncoder(points.device_ids)
-        with conn.cursor().copy(statement) as copy:
-            copy.write(_HEADER)
-            for start in range(0, len(points), batch_rows):
-                end = min(start + batch_rows, len(points))
-                copy.write(encoder.encode(points, start, end).data)
-                if progress is not None:
-                    progress(end, len(points))
-            copy.write(_TRAILER)
+        _copy(conn, statement, points, batch_rows, progress)
         if not (exists and exists[0]):
             conn.execute(create_index_statement(concurrently=False))
         conn.execute("ANALYZE public.locations")
     return len(points)
+
+
+# --- importing -------------------------------------------------------------------------
+
+_INCOMING: Final = "otel_worker_incoming"
+_CREATE_INCOMING: Final = f"""\
+CREATE TEMP TABLE IF NOT EXISTS {_INCOMING} (
+    device_id varchar(100) NOT NULL,
+    tid varchar(10),
+    latitude double precision NOT NULL,
+    longitude double precision NOT NULL,
+    accuracy integer,
+    velocity integer,
+    battery integer,
+    "timestamp" timestamptz NOT NULL,
+    created_at timestamptz
+) ON COMMIT DROP"""
+# A fix is new unless the table holds one of the same device at the same microsecond at the
+# same position to 1e-7 degrees. The candidates are bounded by the batch's devices and time
+# span (%(devices)s, %(first)s, %(last)s), which the (device_id, timestamp) index serves,
+# so a batch never scans the whole table. DISTINCT ON drops repeats inside one batch.
+_NEW_FIXES: Final = f"""\
+SELECT DISTINCT ON (i.device_id, i."timestamp", round(i.latitude * 1e7),
+                    round(i.longitude * 1e7))
+       i.device_id, i.tid, i.latitude, i.longitude, i.accuracy, i.velocity, i.battery,
+       i."timestamp", i.created_at
+FROM {_INCOMING} i
+WHERE NOT EXISTS (
+    SELECT FROM public.locations l
+    WHERE l.device_id = ANY(%(devices)s)
+      AND l."timestamp" BETWEEN %(first)s AND %(last)s
+      AND l.device_id = i.device_id AND l."timestamp" = i."timestamp"
+      AND round(l.latitude * 1e7) = round(i.latitude * 1e7)
+      AND round(l.longitude * 1e7) = round(i.longitude * 1e7)
+)
+ORDER BY i.device_id, i."timestamp", round(i.latitude * 1e7), round(i.longitude * 1e7)"""
+UNIQUE_INDEX_NAME: Final = "locations_device_id_timestamp_position_key"
+
+
+@dataclass
+class ImportCounts:
+    """What `import_points` did with the fixes it was given."""
+
+    read: int = 0
+    written: int = 0
+    present: int = 0
+    """Fixes the table already held (or that repeat one earlier in the same import)."""
+    created_table: bool = False
+
+
+def import_points(
+    conn: Connection,
+    batches: Iterable[Points],
+    *,
+    dry_run: bool = False,
+    create_unique_index: bool = False,
+    progress: Callable[[ImportCounts], None] | None = None,
+    batch_rows: int = 100_000,
+) -> ImportCounts:
+    """Add the fixes of `batches` to `public.locations` that it does not hold yet.
+
+    Each batch goes by binary COPY into a temporary table, and one INSERT ... SELECT adds
+    those without a twin in the table (see `_NEW_FIXES`), so importing the same file twice
+    adds nothing. All batches share one transaction: a file that fails halfway leaves the
+    table as it was; `dry_run` rolls it back at the end and only counts. The table is created
+    with the production schema and index when absent; an existing one is changed only by
+    `create_unique_index` (a unique index on device, time and position). `tid` is derived
+    from the device id as in `write_points`.
+    """
+    counts = ImportCounts()
+    with conn.transaction() as transaction:
+        exists = conn.execute("SELECT to_regclass('public.locations') IS NOT NULL").fetchone()
+        counts.created_table = not (exists and exists[0])
+        if counts.created_table:
+            conn.execute(CREATE_TABLE)
+            conn.execute(create_index_statement(concurrently=False))
+        if create_unique_index:
+            conn.execute(
+                f"CREATE UNIQUE INDEX IF NOT EXISTS {UNIQUE_INDEX_NAME} ON public.locations "
+                '(device_id, "timestamp", latitude, longitude)'
+            )
+        conn.execute(_CREATE_INCOMING)
+        copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+            sql.Identifier(_INCOMING), _COLUMN_LIST
+        )
+        insert = sql.SQL("INSERT INTO public.locations ({}) {}").format(
+            _COLUMN_LIST,
+            sql.SQL(_NEW_FIXES),
+        )
+        for batch in batches:
+            if not len(batch):
+                continue
+            conn.execute(f"TRUNCATE {_INCOMING}")
+            _copy(conn, copy, batch, batch_rows)
+            span = {
+                "devices": list(batch.device_ids),
+                "first": _utc(int(batch.timestamp.min())),
+                "last": _utc(int(batch.timestamp.max())),
+            }
+            added = conn.execute(insert, span).rowcount
+            counts.read += len(batch)
+            counts.written += added
+            counts.present += len(batch) - added
+            if progress is not None:
+                progress(counts)
+        if counts.written:
+            conn.execute("ANALYZE public.locations")
+        if dry_run:
+            raise psycopg.Rollback(transaction)
+    return counts
+
+
+def _utc(us: int) -> dt.datetime:
+    """Unix microseconds as an aware datetime, exactly."""
+    return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)
 
 
 class _RowEncoder:

@@ -141,9 +141,12 @@ def report_series(job: Job, objects: ObjectStore) -> Any:
         ) from None
 
 
-def download_key(job: Job, *, summary: bool = False) -> str:
-    """The object key of a completed job's CSV (or summary); 409 while it is not completed."""
+def download_key(job: Job, *, summary: bool = False, gpx: bool = False) -> str:
+    """The object key of a completed job's CSV (or summary, or GPX); 409 while it is not
+    completed."""
     key = job.summary_key if summary else job.csv_key
+    if gpx and job.csv_key is not None and job.summary_key is not None:
+        key = ResultKeys(csv_key=job.csv_key, summary_key=job.summary_key).gpx_key
     if job.status != JobStatus.COMPLETED or key is None:
         raise HttpError(
             HTTPStatus.CONFLICT,

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 CSV_TYPE = "text/csv; charset=utf-8"
 JSON_TYPE = "application/json"
+GPX_TYPE = "application/gpx+xml"
 _BASENAME = re.compile(
     r"^distance_(?P<days>\d{8}(?:-\d{8})?)(?:_(?P<device>[A-Za-z0-9-]+))?_(?P<short>[0-9a-f]{8})\.csv$"
 )
@@ -66,6 +67,11 @@ class ResultKeys:
     def series_key(self) -> str:
         """The report's chart data, beside the summary."""
         return self.summary_key.removesuffix(".summary.json") + ".series.json"
+
+    @property
+    def gpx_key(self) -> str:
+        """The tracks as GPX, beside the summary."""
+        return self.summary_key.removesuffix(".summary.json") + ".gpx"
 
     @property
     def csv_name(self) -> str:

@@ -3,7 +3,8 @@
 GET /jobs/{id}, GET /jobs/{id}/report (an HTML page), GET
 /jobs?status=&date=&device_id=&limit=&offset= (newest first, with the count of every
 match), GET /download/{job_id} (302 to a fresh presigned CSV URL; also by
-the CSV's basename, so old relative links keep working, and /download/{job_id}/summary),
+the CSV's basename, so old relative links keep working, /download/{job_id}/summary and
+/download/{job_id}/gpx),
 POST /dead-letters (events the broker gave up on), /healthz and /readyz.
 """
 
@@ -34,6 +35,7 @@ ROUTES = Map(
         Rule("/jobs/<job_id>/report", endpoint="report", methods=["GET"]),
         Rule("/download/<name>", endpoint="download", methods=["GET"]),
         Rule("/download/<name>/summary", endpoint="download_summary", methods=["GET"]),
+        Rule("/download/<name>/gpx", endpoint="download_gpx", methods=["GET"]),
         Rule("/dead-letters", endpoint="dead_letter", methods=["POST"]),
     ],
     strict_slashes=False,
@@ -76,9 +78,9 @@ def _report(job_id: str) -> flask.Response:
     return flask.Response(page, headers={"Content-Type": "text/html; charset=utf-8"})
 
 
-def _download(name: str, summary: bool = False) -> flask.Response:
+def _download(name: str, summary: bool = False, gpx: bool = False) -> flask.Response:
     jobs, objects = _function.service()
-    key = queries.download_key(queries.resolve(jobs, name), summary=summary)
+    key = queries.download_key(queries.resolve(jobs, name), summary=summary, gpx=gpx)
     link = objects.presign(key)
     return flask.Response(status=HTTPStatus.FOUND, headers={"Location": link.url})
 
@@ -131,6 +133,8 @@ def _serve(request: flask.Request) -> flask.Response:
             return _download(arguments["name"])
         if endpoint == "download_summary":
             return _download(arguments["name"], summary=True)
+        if endpoint == "download_gpx":
+            return _download(arguments["name"], gpx=True)
         return _dead_letter(request)
 
 

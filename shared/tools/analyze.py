@@ -1,7 +1,8 @@
 """`otel-worker analyze FILE`: the distance engine on a file.
 
-It reads a `public.locations` CSV export, OwnTracks JSON or a Recorder `.rec` file, prints
-a readable table or the summary JSON, and can write the per-fix CSV and a GeoJSON map.
+It reads a `public.locations` CSV export, OwnTracks JSON, a Recorder `.rec` file, GPX,
+GeoJSON or a Google Takeout (`sources`), prints a readable table or the summary JSON, and
+can write the per-fix CSV, a GeoJSON map and the tracks as GPX.
 Thresholds come from the environment (`AnalysisSettings`) unless an option overrides them.
 """
 
@@ -150,6 +151,12 @@ def _analyze(args: argparse.Namespace) -> int:
         export.write_geojson(analysis, args.geojson)
         used = analysis.summary.points.used
         say(f"wrote a map of {used} fix{'es' * (used != 1)} to {args.geojson}\n")
+    if args.gpx:
+        from shared import gpx
+
+        gpx.write_gpx(analysis, args.gpx)
+        used = analysis.summary.points.used
+        say(f"wrote a GPX track of {used} fix{'es' * (used != 1)} to {args.gpx}\n")
     if args.json:
         sys.stdout.write(analysis.summary.model_dump_json(indent=2) + "\n")
     else:

@@ -47,29 +47,49 @@ class SourceError(OtelWorkerError, ValueError):
     """A file cannot be read; the message names the file, the line and the problem."""
 
 
-def read_file(path: Path) -> Points:
-    """Read a locations CSV, OwnTracks JSON or Recorder `.rec` file, by its content."""
+def read_file(path: Path, device: str | None = None) -> Points:
+    """Read a location file by its content (gzip-compressed or not): GPX, GeoJSON and
+    Google Takeout through the streaming readers of `formats` (their fixes without a device
+    id named `device`, else the file's stem), or a locations CSV, OwnTracks JSON or
+    Recorder `.rec` file."""
+    from shared.tools import formats
+
+    if formats.sniff(path) in formats.FORMATS:
+        batches = list(formats.read_batches(path, device or _stem(path)))
+        if not batches:
+            raise SourceError(f"{path}: no location fixes with a time and a position")
+        return formats.concat(batches)
     try:
-        # utf-8-sig: exports from spreadsheet tools often start with a byte-order mark.
-        text = path.read_text(encoding="utf-8-sig")
+        with formats.open_bytes(path) as stream:
+            # utf-8-sig: exports from spreadsheet tools often start with a byte-order mark.
+            text = stream.read().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise SourceError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise SourceError(f"{path}: {exc.strerror or exc}") from None
+    except (OSError, EOFError) as exc:
+        raise SourceError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
     if not text.strip():
         raise SourceError(
             f"{path}: empty file; expected a locations CSV, OwnTracks JSON or a Recorder .rec file"
         )
     head = text.lstrip()[:1]
-    if path.suffix == ".rec" or re.match(r"^\d{4}-\d{2}-\d{2}T[^\t\n]*\t", text):
+    if path.name.removesuffix(".gz").endswith(".rec") or re.match(
+        r"^\d{4}-\d{2}-\d{2}T[^\t\n]*\t", text
+    ):
         return read_recorder(text, path)
     if head in ("[", "{"):
         return read_owntracks_json(text, path)
     return read_locations_csv(text, path)
 
 
-def _fail(path: Path, line: int, problem: str) -> SourceError:
-    return SourceError(f"{path}, line {line}: {problem}")
+def _stem(path: Path) -> str:
+    """A file's name without its extensions (`Records.json.gz` -> `Records`)."""
+    return Path(path.name.removesuffix(".gz")).stem
+
+
+def _fail(path: Path, line: int | str, problem: str) -> SourceError:
+    """The error for a bad record: `line` is its line number, or a label saying where it is."""
+    where = f"line {line}" if isinstance(line, int) else line
+    return SourceError(f"{path}, {where}: {problem}")
 
 
 def _first_bad(values: Sequence[Any], good: Callable[[Any], bool]) -> int:
@@ -88,7 +108,7 @@ def _is_number(value: Any, finite: bool = True) -> bool:
 
 
 def _numbers(
-    values: Sequence[Any], name: str, path: Path, lines: Sequence[int], *, finite: bool = True
+    values: Sequence[Any], name: str, path: Path, lines: Sequence[int | str], *, finite: bool = True
 ) -> npt.NDArray[np.float64]:
     """Values as float64, or SourceError naming the first value that is not a number (not a
     finite one, unless `finite` is False)."""
@@ -104,7 +124,7 @@ def _numbers(
 
 
 def _coordinates(
-    values: Sequence[Any], name: str, path: Path, lines: Sequence[int]
+    values: Sequence[Any], name: str, path: Path, lines: Sequence[int | str]
 ) -> npt.NDArray[np.float64]:
     """Latitudes or longitudes. NaN and infinities are numbers here: the engine drops them by
     its `invalid` rule and counts them, as it does for the same rows read from PostgreSQL."""
@@ -112,7 +132,7 @@ def _coordinates(
 
 
 def _optional_ints(
-    values: Sequence[Any], name: str, path: Path, lines: Sequence[int]
+    values: Sequence[Any], name: str, path: Path, lines: Sequence[int | str]
 ) -> npt.NDArray[np.int32]:
     """Integers where present, MISSING where empty or null."""
     filled = [MISSING if value in ("", None) else value for value in values]
@@ -120,7 +140,7 @@ def _optional_ints(
 
 
 def _times(
-    values: Sequence[str], name: str, path: Path, lines: Sequence[int]
+    values: Sequence[str], name: str, path: Path, lines: Sequence[int | str]
 ) -> npt.NDArray[np.int64]:
     """ISO-8601 times (UTC when they carry no offset) or epoch seconds, as µs since the epoch."""
     text = np.strings.strip(np.array(values, dtype=np.str_))
@@ -129,12 +149,14 @@ def _times(
     times[epoch] = np.rint(text[epoch].astype(np.float64) * US_PER_S).astype(np.int64)
     iso = np.flatnonzero(~epoch).tolist()
     if iso:
-        times[iso] = _iso_times(text[iso], name, path, [lines[k] for k in iso])
+        # Labels are looked up only for the values that are not epoch numbers.
+        where = lines if len(iso) == len(lines) else [lines[k] for k in iso]
+        times[iso] = _iso_times(text[iso], name, path, where)
     return times
 
 
 def _iso_times(
-    text: npt.NDArray[np.str_], name: str, path: Path, lines: Sequence[int]
+    text: npt.NDArray[np.str_], name: str, path: Path, lines: Sequence[int | str]
 ) -> npt.NDArray[np.int64]:
     normal = np.strings.replace(text, " ", "T")
     normal = np.strings.replace(normal, "Z", "+00:00")
@@ -171,7 +193,7 @@ def _is_time(value: str) -> bool:
 
 def _build(
     path: Path,
-    lines: Sequence[int],
+    lines: Sequence[int | str],
     devices: Sequence[str],
     columns: dict[str, Any],
 ) -> Points:
@@ -261,7 +283,7 @@ def _locations(
         missing = [k for k, item in enumerate(found) if name not in item]
         if missing:
             raise _fail(path, where[missing[0]], f"location without {name!r}")
-    devices = [str(item.get("device") or item.get("tid") or path.stem) for item in found]
+    devices = [str(item.get("device") or item.get("tid") or _stem(path)) for item in found]
     tst = _numbers([item["tst"] for item in found], "tst", path, where)
     if received is not None:
         created_at = received[keep]

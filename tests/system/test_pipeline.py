@@ -27,6 +27,7 @@ import grpc
 import psycopg
 import pytest
 import urllib3
+from lxml import etree
 
 from shared import config, events
 from shared.contracts import JobAccepted, JobView
@@ -38,6 +39,7 @@ from tests.conftest import Database, S3Server, start_s3
 from tests.stack import Stack, request_event, start_stack
 
 DAY = dt.date(2024, 3, 12)
+GPX_SCHEMA = Path(__file__).resolve().parents[1] / "fixtures" / "gpx-1.1.xsd"
 """A weekday of the seeded data (one device, 30 s fixes)."""
 
 
@@ -151,8 +153,9 @@ def test_duplicate_deliveries_make_one_job_one_object_one_computation(stack: Sta
     assert again.completed_at == job.completed_at
     assert job.summary_key is not None
     series = job.summary_key.replace(".summary.json", ".series.json")
+    tracks = job.summary_key.replace(".summary.json", ".gpx")
     stored = [k for k in stack.objects() if str(job_id) in k]
-    assert sorted(stored) == sorted([job.csv_key, job.summary_key, series])
+    assert sorted(stored) == sorted([job.csv_key, job.summary_key, series, tracks])
 
 
 def test_a_poison_event_is_dead_lettered_without_retry(stack: Stack) -> None:
@@ -487,6 +490,15 @@ def test_downloads_redirect_to_fresh_presigned_urls_by_id_and_by_basename(stack:
     assert summary.status == 302
     document = json.loads(urllib3.request("GET", summary.headers["Location"]).data)
     assert document["points"]["read"] == (job.result or {})["points"]["read"]
+    # The tracks as GPX beside the CSV: linked from the job and downloadable, schema-valid.
+    assert job.gpx is not None
+    assert job.gpx.url.split("?")[0].endswith(".gpx")
+    gpx = _get(stack, f"/download/{job.job_id}/gpx")
+    assert gpx.status == 302
+    track = urllib3.request("GET", gpx.headers["Location"]).data
+    schema = etree.XMLSchema(etree.parse(str(GPX_SCHEMA)))
+    assert schema.validate(etree.fromstring(track)), schema.error_log
+    assert b"<otel:device>phone2</otel:device>" in track
 
 
 def test_download_of_an_unfinished_job_says_so(stack: Stack) -> None:

@@ -1,0 +1,597 @@
+"""Streaming readers of location history from other tools: GPX, GeoJSON, Google Takeout.
+
+Every reader walks its file once, record by record, and hands back `Points` in batches
+(`read_batches`), so a file of any size is read in bounded memory: XML through expat (SAX
+events, nothing kept but the current point), JSON through ijson's C parser. Gzip-compressed
+files (`.gz`, or any file starting with gzip's magic bytes) are decompressed as they are
+read. The format is told by the content (`sniff`), not by the file name.
+
+Formats and what their fields become:
+
+- **GPX 1.0 and 1.1**: `trkpt`, `rtept` and `wpt` with `lat`/`lon` and `time`; accuracy
+  from an extension element named `accuracy` or `hacc` (metres), else `hdop` times 5 m (a
+  nominal range error per unit of dilution); velocity from `speed` (GPX 1.0, or an
+  extension such as Garmin's, m/s -> km/h); the device from a track's `device` extension
+  (what `analyze --gpx` writes). A point without a time is skipped (counted).
+- **GeoJSON**: `Point` features (time from `properties.time`, `timestamp` or `tst`) and
+  `LineString`/`MultiLineString` features (times from `properties.coordTimes`, `times` or
+  `timestamps`, one per coordinate); `accuracy`/`acc`, `velocity`/`vel`, `battery`/`batt`
+  and `device_id`/`device` properties where present.
+- **Google Takeout `Records.json`**: `locations[]` with `latitudeE7`/`longitudeE7`,
+  `accuracy`, `velocity` (m/s -> km/h), `timestamp` (ISO-8601) or `timestampMs`; the device
+  from `deviceTag`.
+- **Google Timeline, exported on the phone**: `rawSignals[].position` (`LatLng`,
+  `accuracyMeters`, `speedMetersPerSecond`, `timestamp`) when the file has them, else the
+  points of `semanticSegments[].timelinePath` (`point` as `"lat°, lng°"` or `"geo:lat,lng"`,
+  `time`, or on iOS `durationMinutesOffsetFromStartTime` after the segment's `startTime`).
+
+Times are ISO-8601 (UTC when without offset) or epoch seconds (milliseconds when the
+number is too large to be seconds). A malformed record raises `SourceError` naming its line
+(GPX) or the byte offset near which it ends (JSON).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any, Final
+from xml.parsers import expat
+
+import numpy as np
+
+from shared.engine.points import DTYPES, Points
+from shared.tools.sources import (
+    SourceError,
+    _build,
+    _coordinates,
+    _optional_ints,
+    _times,
+)
+
+BATCH_ROWS: Final = 200_000
+"""Records converted to `Points` at a time: large enough for numpy to pay, small enough to
+keep the reader's memory flat."""
+
+HDOP_METRES: Final = 5.0
+"""Metres of horizontal accuracy per unit of GPX `hdop`, when no accuracy extension says more."""
+
+_GZIP_MAGIC: Final = b"\x1f\x8b"
+_SNIFF_BYTES: Final = 65_536
+# A number of "seconds" beyond this (year 5138) is milliseconds.
+_MS_THRESHOLD: Final = 1e11
+_LATLNG = re.compile(r"^\s*(?:geo:)?\s*(-?[\d.]+)\s*°?\s*,\s*(-?[\d.]+)\s*°?\s*$")
+
+Skipped = Counter[str]
+"""Records a reader passed over, by reason (for `otel-worker import`'s summary)."""
+
+
+def open_bytes(path: Path) -> IO[bytes]:
+    """The file's bytes, decompressed when it is gzip-compressed (told by its magic bytes)."""
+    try:
+        raw = path.open("rb")
+    except OSError as exc:
+        raise SourceError(f"{path}: {exc.strerror or exc}") from None
+    magic = raw.read(2)
+    if magic == _GZIP_MAGIC:
+        raw.close()
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    raw.seek(0)
+    return raw
+
+
+def sniff(path: Path) -> str:
+    """The format of a file by its first bytes (after gunzip): `gpx`, `geojson`, `records`,
+    `timeline`, `timeline-ios`, or `other` (a locations CSV, OwnTracks JSON or `.rec`)."""
+    with open_bytes(path) as stream:
+        try:
+            head = stream.read(_SNIFF_BYTES)
+        except (OSError, EOFError) as exc:
+            raise SourceError(f"{path}: cannot decompress: {exc}") from None
+    text = head.decode("utf-8", errors="ignore").lstrip("\ufeff \t\r\n")
+    if text.startswith("<"):
+        return "gpx"
+    if not text.startswith(("{", "[")):
+        return "other"
+    if re.search(r'"locations"\s*:\s*\[', text):
+        return "records"
+    if re.search(r'"(semanticSegments|rawSignals)"\s*:', text):
+        return "timeline"
+    if text.startswith("[") and re.search(r'"(timelinePath|visit|activity)"\s*:', text):
+        return "timeline-ios"
+    if re.search(r'"type"\s*:\s*"(FeatureCollection|Feature)"', text):
+        return "geojson"
+    return "other"
+
+
+FORMATS: Final = ("gpx", "geojson", "records", "timeline", "timeline-ios")
+"""The formats this module reads (`sniff`'s other answer is for `sources`)."""
+
+
+def read_batches(
+    path: Path,
+    device: str | None,
+    skipped: Skipped | None = None,
+    batch_rows: int = BATCH_ROWS,
+) -> Iterator[Points]:
+    """The fixes of a GPX, GeoJSON or Takeout file as `Points` batches (each sorted, the
+    batches in file order). `device` names the fixes whose file carries no device id; when
+    it is None such a fix raises `SourceError`. `skipped` counts records passed over."""
+    kind = sniff(path)
+    if kind not in FORMATS:
+        raise SourceError(f"{path}: not GPX, GeoJSON or a Google Takeout file")
+    rows = _Rows(path, "line" if kind == "gpx" else "byte", device)
+    counts = skipped if skipped is not None else Counter()
+    with open_bytes(path) as stream:
+        counter = _Counting(stream)
+        try:
+            if kind == "records":
+                for _ in _records(counter, path, counts, rows, batch_rows):
+                    yield rows.flush()
+            else:
+                for record in _READERS[kind](counter, path, counts):
+                    rows.add(*record)
+                    if len(rows) >= batch_rows:
+                        yield rows.flush()
+        except (OSError, EOFError) as exc:
+            raise SourceError(f"{path}: cannot read: {exc}") from None
+    if len(rows):
+        yield rows.flush()
+
+
+def concat(batches: Sequence[Points]) -> Points:
+    """Batches (each with its own device ids) as one sorted `Points`."""
+    ids = sorted({name for batch in batches for name in batch.device_ids})
+    index = {name: code for code, name in enumerate(ids)}
+    device = np.concatenate(
+        [np.array([index[n] for n in b.device_ids], np.int32)[b.device] for b in batches]
+        or [np.empty(0, np.int32)]
+    )
+    columns = {
+        name: np.concatenate([getattr(b, name) for b in batches] or [np.empty(0, dtype)])
+        for name, dtype in DTYPES.items()
+        if name != "device"
+    }
+    return Points.from_columns(ids, device=device, **columns)
+
+
+# A record: (device or None, time as ISO text or epoch seconds text, lat, lon, accuracy,
+# velocity, battery, where: the line or byte offset it ends at).
+_Record = tuple[str | None, str, Any, Any, Any, Any, Any, int]
+
+
+class _Counting:
+    """A binary stream that counts the bytes read through it, for error positions."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self.position = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.position += len(data)
+        return data
+
+
+class _Where(Sequence[str]):
+    """Where each record of a batch is, as `_fail` puts it after the file name."""
+
+    def __init__(self, unit: str, places: list[int]) -> None:
+        self.unit, self.places = unit, places
+
+    def __len__(self) -> int:
+        return len(self.places)
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):  # pragma: no cover - the column helpers index one by one
+            return [self[j] for j in range(*k.indices(len(self)))]
+        if self.unit == "line":
+            return f"line {self.places[k]}"
+        return f"the record ending near byte {self.places[k]}"
+
+
+class _Rows:
+    """The records of one batch, column by column."""
+
+    def __init__(self, path: Path, unit: str, device: str | None) -> None:
+        self.path, self.unit, self.device = path, unit, device
+        # What the coordinate columns hold: degrees, or integers `divisor` times them.
+        self.lat_name, self.lon_name, self.divisor = "latitude", "longitude", 1.0
+        self.devices: list[str] = []
+        self.times: list[str] = []
+        self.lat: list[Any] = []
+        self.lon: list[Any] = []
+        self.acc: list[Any] = []
+        self.vel: list[Any] = []
+        self.batt: list[Any] = []
+        self.where: list[int] = []
+        self.columns: tuple[list[Any], ...] = (
+            self.devices,
+            self.times,
+            self.lat,
+            self.lon,
+            self.acc,
+            self.vel,
+            self.batt,
+            self.where,
+        )
+
+    def _clear(self) -> None:
+        # In place: the Records.json reader holds on to these lists.
+        for column in self.columns:
+            column.clear()
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def add(
+        self,
+        device: str | None,
+        time: str,
+        lat: Any,
+        lon: Any,
+        acc: Any,
+        vel: Any,
+        batt: Any,
+        where: int,
+    ) -> None:
+        if device is None:
+            if self.device is None:
+                raise SourceError(f"{self.path}: the file names no device; give one with --device")
+            device = self.device
+        self.devices.append(device)
+        self.times.append(time)
+        self.lat.append(lat)
+        self.lon.append(lon)
+        self.acc.append(acc)
+        self.vel.append(vel)
+        self.batt.append(batt)
+        self.where.append(where)
+
+    def flush(self) -> Points:
+        path, where = self.path, _Where(self.unit, self.where)
+        points = _build(
+            path,
+            where,
+            self.devices,
+            {
+                "timestamp": _times(self.times, "time", path, where),
+                "lat": _coordinates(self.lat, self.lat_name, path, where) / self.divisor,
+                "lon": _coordinates(self.lon, self.lon_name, path, where) / self.divisor,
+                "accuracy": _optional_ints(self.acc, "accuracy", path, where),
+                "velocity": _optional_ints(self.vel, "velocity", path, where),
+                "battery": _optional_ints(self.batt, "battery", path, where),
+            },
+        )
+        self._clear()
+        return points
+
+
+def _epoch_text(value: Any) -> str:
+    """A time value as `_times` reads it: ISO text as is, numbers as epoch seconds."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.replace(".", "", 1).isdigit():
+            return text
+        value = float(text)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = value / 1000 if value > _MS_THRESHOLD else value
+        return repr(float(seconds))
+    return str(value)
+
+
+def _kmh(metres_per_second: Any) -> Any:
+    if isinstance(metres_per_second, (int, float)) and not isinstance(metres_per_second, bool):
+        return metres_per_second * 3.6
+    return metres_per_second
+
+
+# --- GPX -------------------------------------------------------------------------------
+
+_POINTS: Final = frozenset({"trkpt", "rtept", "wpt"})
+
+
+def _gpx(stream: _Counting, path: Path, skipped: Skipped) -> Iterator[_Record]:
+    """GPX points through expat: SAX events, only the current point's fields kept."""
+    parser = expat.ParserCreate(namespace_separator=" ")
+    parser.buffer_text = True
+    found: list[_Record] = []
+    state: dict[str, Any] = {"point": None, "text": [], "device": None, "root": None}
+
+    def start(name: str, attributes: dict[str, str]) -> None:
+        local = name.rsplit(" ", 1)[-1]
+        if state["root"] is None:
+            state["root"] = local
+            if local != "gpx":
+                raise SourceError(f"{path}, line 1: an XML file whose root is <{local}>, not <gpx>")
+        if local in _POINTS:
+            state["point"] = {
+                "lat": attributes.get("lat"),
+                "lon": attributes.get("lon"),
+                "line": parser.CurrentLineNumber,
+            }
+        elif local == "trk":
+            state["device"] = None
+        state["text"] = []
+
+    def text(data: str) -> None:
+        state["text"].append(data)
+
+    def end(name: str) -> None:
+        local = name.rsplit(" ", 1)[-1]
+        point = state["point"]
+        value = "".join(state["text"]).strip()
+        state["text"] = []
+        if point is None:
+            if local == "device":
+                state["device"] = value
+            return
+        if local in _POINTS:
+            state["point"] = None
+            line = point["line"]
+            if point["lat"] is None or point["lon"] is None:
+                raise SourceError(f"{path}, line {line}: <{local}> without lat and lon")
+            if "time" not in point:
+                skipped[f"GPX <{local}> without a time"] += 1
+                return
+            accuracy = point.get("accuracy")
+            if accuracy is None and "hdop" in point:
+                accuracy = _number(point["hdop"], "hdop", path, line) * HDOP_METRES
+            speed = point.get("speed")
+            velocity = None if speed is None else _number(speed, "speed", path, line) * 3.6
+            device = state["device"] if local == "trkpt" else None
+            found.append(
+                (
+                    device,
+                    point["time"],
+                    point["lat"],
+                    point["lon"],
+                    accuracy,
+                    velocity,
+                    None,
+                    line,
+                )
+            )
+        elif local in ("time", "hdop", "speed"):
+            point[local] = value
+        elif local in ("accuracy", "hacc"):
+            point["accuracy"] = _number(value, local, path, point["line"])
+
+    def refuse_entities(*_: Any) -> None:
+        # An entity declaration is how billion-laughs documents start; GPX needs none.
+        raise SourceError(f"{path}, line {parser.CurrentLineNumber}: XML entities are refused")
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = text
+    parser.EntityDeclHandler = refuse_entities
+    while True:
+        chunk = stream.read(_SNIFF_BYTES)
+        try:
+            parser.Parse(chunk, not chunk)
+        except expat.ExpatError as exc:
+            raise SourceError(
+                f"{path}, line {exc.lineno}: invalid XML: {expat.ErrorString(exc.code)}"
+            ) from None
+        yield from found
+        found.clear()
+        if not chunk:
+            return
+
+
+def _number(value: Any, name: str, path: Path, line: int) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SourceError(f"{path}, line {line}: {name} {value!r} is not a number") from None
+    return number
+
+
+# --- JSON ------------------------------------------------------------------------------
+
+
+def _items(stream: _Counting, path: Path, prefix: str) -> Iterator[Any]:
+    """The objects at `prefix`, streamed; invalid JSON names the byte offset reached."""
+    import ijson
+
+    try:
+        # A 1 MB buffer parses about 15 % faster than ijson's 64 kB default.
+        yield from ijson.items(stream, prefix, use_float=True, buf_size=1 << 20)
+    except ijson.JSONError as exc:
+        message = str(exc).splitlines()[0] if str(exc) else "invalid JSON"
+        raise SourceError(f"{path}: invalid JSON near byte {stream.position}: {message}") from None
+
+
+def _object(item: Any, path: Path, stream: _Counting, what: str) -> dict[str, Any]:
+    if not isinstance(item, dict):
+        raise SourceError(
+            f"{path}, the record ending near byte {stream.position}: "
+            f"expected a JSON object in {what}, got {type(item).__name__}"
+        )
+    return item
+
+
+def _records(
+    stream: _Counting, path: Path, skipped: Skipped, rows: _Rows, batch_rows: int
+) -> Iterator[None]:
+    """Google Takeout `Records.json`, appended to `rows` column by column (the biggest
+    files come in this format, so no tuple is made per record); yields when a batch is full.
+    Coordinates stay E7 integers here, checked and divided by numpy in `_Rows.flush`."""
+    rows.lat_name, rows.lon_name, rows.divisor = "latitudeE7", "longitudeE7", 1e7
+    devices, times, lat, lon = rows.devices, rows.times, rows.lat, rows.lon
+    acc, vel, batt, where = rows.acc, rows.vel, rows.batt, rows.where
+    fallback = rows.device
+    for item in _items(stream, path, "locations.item"):
+        record = _object(item, path, stream, "locations")
+        if "latitudeE7" not in record or "longitudeE7" not in record:
+            skipped["Takeout record without latitudeE7/longitudeE7"] += 1
+            continue
+        time = record.get("timestamp")
+        if time is None:
+            if "timestampMs" not in record:
+                skipped["Takeout record without a timestamp"] += 1
+                continue
+            milliseconds = record["timestampMs"]
+            try:
+                time = _epoch_text(float(milliseconds) / 1000)
+            except (TypeError, ValueError):
+                raise SourceError(
+                    f"{path}, the record ending near byte {stream.position}: "
+                    f"timestampMs {milliseconds!r} is not a number"
+                ) from None
+        tag = record.get("deviceTag")
+        if tag is None:
+            if fallback is None:
+                raise SourceError(f"{path}: the file names no device; give one with --device")
+            devices.append(fallback)
+        else:
+            devices.append(str(tag))
+        times.append(time)
+        lat.append(record["latitudeE7"])
+        lon.append(record["longitudeE7"])
+        acc.append(record.get("accuracy"))
+        speed = record.get("velocity")
+        vel.append(None if speed is None else _kmh(speed))
+        batt.append(None)
+        where.append(stream.position)
+        if len(where) >= batch_rows:
+            yield
+
+
+def _latlng(text: Any, path: Path, where: int) -> tuple[float, float]:
+    match = _LATLNG.match(text) if isinstance(text, str) else None
+    if match is None:
+        raise SourceError(
+            f"{path}, the record ending near byte {where}: {text!r} is not 'lat°, lng°'"
+        )
+    return float(match[1]), float(match[2])
+
+
+def _timeline(stream: _Counting, path: Path, skipped: Skipped) -> Iterator[_Record]:
+    """Google Timeline as the phone exports it: raw positions when there are any."""
+    raw = 0
+    for item in _items(stream, path, "rawSignals.item"):
+        position = _object(item, path, stream, "rawSignals").get("position")
+        if not isinstance(position, dict):
+            continue  # a Wi-Fi scan or an activity record
+        where = stream.position
+        if "timestamp" not in position:
+            skipped["Timeline position without a timestamp"] += 1
+            continue
+        lat, lon = _latlng(position.get("LatLng"), path, where)
+        raw += 1
+        yield (
+            None,
+            _epoch_text(position["timestamp"]),
+            lat,
+            lon,
+            position.get("accuracyMeters"),
+            _kmh(position.get("speedMetersPerSecond")),
+            None,
+            where,
+        )
+    if raw:
+        return
+    with open_bytes(path) as again:
+        second = _Counting(again)
+        for item in _items(second, path, "semanticSegments.item"):
+            yield from _segment(_object(item, path, second, "semanticSegments"), path, second)
+
+
+def _timeline_ios(stream: _Counting, path: Path, skipped: Skipped) -> Iterator[_Record]:
+    """Google Timeline as iOS exports it: a top-level array of segments."""
+    for item in _items(stream, path, "item"):
+        yield from _segment(_object(item, path, stream, "the array"), path, stream)
+
+
+def _segment(segment: dict[str, Any], path: Path, stream: _Counting) -> Iterator[_Record]:
+    where = stream.position
+    start: dt.datetime | None = None
+    for step in segment.get("timelinePath") or ():
+        if not isinstance(step, dict):
+            continue
+        lat, lon = _latlng(step.get("point"), path, where)
+        time = step.get("time")
+        if time is None and "durationMinutesOffsetFromStartTime" in step:
+            if start is None:
+                try:
+                    start = dt.datetime.fromisoformat(str(segment.get("startTime")))
+                except ValueError:
+                    raise SourceError(
+                        f"{path}, the record ending near byte {where}: startTime "
+                        f"{segment.get('startTime')!r} is not an ISO-8601 time"
+                    ) from None
+            minutes = float(step["durationMinutesOffsetFromStartTime"])
+            time = (start + dt.timedelta(minutes=minutes)).isoformat()
+        if time is None:
+            continue
+        yield (None, _epoch_text(time), lat, lon, None, None, None, where)
+
+
+_TIME_KEYS: Final = ("time", "timestamp", "tst")
+_TIMES_KEYS: Final = ("coordTimes", "times", "timestamps")
+
+
+def _geojson(stream: _Counting, path: Path, skipped: Skipped) -> Iterator[_Record]:
+    """GeoJSON features (a FeatureCollection, or one Feature)."""
+    prefix = "features.item"
+    for item in _items(stream, path, prefix):
+        feature = _object(item, path, stream, "features")
+        where = stream.position
+        geometry = feature.get("geometry") or {}
+        properties = feature.get("properties") or {}
+        kind = geometry.get("type") if isinstance(geometry, dict) else None
+        device = properties.get("device_id") or properties.get("device")
+        extra = (
+            properties.get("accuracy", properties.get("acc")),
+            properties.get("velocity", properties.get("vel")),
+            properties.get("battery", properties.get("batt")),
+        )
+        device = None if device is None else str(device)
+        if kind == "Point":
+            time = next((properties[k] for k in _TIME_KEYS if k in properties), None)
+            if time is None:
+                skipped["GeoJSON Point without a time"] += 1
+                continue
+            lon, lat = _position(geometry.get("coordinates"), path, where)
+            yield (device, _epoch_text(time), lat, lon, *extra, where)
+        elif kind in ("LineString", "MultiLineString"):
+            times = next((properties[k] for k in _TIMES_KEYS if k in properties), None)
+            lines = geometry.get("coordinates") or []
+            if kind == "LineString":
+                lines, times = [lines], [times]
+            if times is None or any(t is None for t in times):
+                skipped[f"GeoJSON {kind} without per-coordinate times"] += 1
+                continue
+            for line, line_times in zip(lines, times, strict=False):
+                if not isinstance(line_times, list) or len(line_times) != len(line):
+                    count = len(line_times) if isinstance(line_times, list) else "no"
+                    raise SourceError(
+                        f"{path}, the record ending near byte {where}: "
+                        f"{len(line)} coordinates but {count} times"
+                    )
+                for coordinates, time in zip(line, line_times, strict=True):
+                    lon, lat = _position(coordinates, path, where)
+                    yield (device, _epoch_text(time), lat, lon, None, None, None, where)
+        else:
+            skipped[f"GeoJSON {kind or 'feature without geometry'}"] += 1
+
+
+def _position(coordinates: Any, path: Path, where: int) -> tuple[Any, Any]:
+    if not isinstance(coordinates, list) or len(coordinates) < 2:
+        raise SourceError(
+            f"{path}, the record ending near byte {where}: coordinates {coordinates!r} "
+            "are not [longitude, latitude]"
+        )
+    return coordinates[0], coordinates[1]
+
+
+_READERS: Final[dict[str, Callable[[_Counting, Path, Skipped], Iterator[_Record]]]] = {
+    "gpx": _gpx,
+    "geojson": _geojson,
+    "timeline": _timeline,
+    "timeline-ios": _timeline_ios,
+}

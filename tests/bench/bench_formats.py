@@ -1,0 +1,146 @@
+"""Benchmark of the streaming file readers and `otel-worker import` on a big Takeout file.
+
+Run with `make bench-formats` (or `python -m tests.bench.bench_formats --help`). It writes a
+Google Takeout `Records.json` of `--fixes` fixes (8 M by default, about 1.4 GB, laid out as
+Takeout lays it out) into a temporary folder, then measures, each in a process of its own
+so its peak RSS is its own:
+
+- reading it alone (the streaming reader into `Points`),
+- `otel-worker analyze` on it (reading plus the engine over the whole range at once),
+- `otel-worker import` of its first `--import-fixes` fixes into a database of its own on
+  the server (BENCH_DATABASE_URL, else TEST_DATABASE_URL, else postgres@127.0.0.1:5432),
+  then again (every fix already present), the database dropped afterwards.
+
+The file is deleted at the end, whatever happens. Not a test: never run by `make test`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+START_S = 1_577_836_800  # 2020-01-01T00:00:00Z
+CHUNK = 100_000
+
+
+def write_records(path: Path, fixes: int, seed: int = 7) -> int:
+    """A Takeout Records.json of `fixes` fixes 10 s apart, a random walk; returns its bytes."""
+    rng = np.random.default_rng(seed)
+    lat, lon = 51.3397, 12.3731
+    with path.open("w") as out:
+        out.write('{\n  "locations": [')
+        for first in range(0, fixes, CHUNK):
+            count = min(CHUNK, fixes - first)
+            lats = np.round((lat + np.cumsum(rng.normal(0, 2e-4, count))) * 1e7).astype(np.int64)
+            lons = np.round((lon + np.cumsum(rng.normal(0, 3e-4, count))) * 1e7).astype(np.int64)
+            lat, lon = lats[-1] / 1e7, lons[-1] / 1e7
+            accuracy = rng.integers(3, 60, count)
+            seconds = START_S + 10 * (first + np.arange(count))
+            stamps = np.datetime_as_string(seconds.astype("datetime64[s]"), unit="ms")
+            rows = [
+                f'{{\n    "latitudeE7": {a},\n    "longitudeE7": {o},\n    "accuracy": {c},\n'
+                f'    "source": "WIFI",\n    "deviceTag": 1234567,\n'
+                f'    "timestamp": "{t}Z"\n  }}'
+                for a, o, c, t in zip(
+                    lats.tolist(), lons.tolist(), accuracy.tolist(), stamps.tolist(), strict=True
+                )
+            ]
+            out.write((", " if first else " ") + ", ".join(rows))
+        out.write("]\n}\n")
+    return path.stat().st_size
+
+
+def run_measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
+    """Run a command alone; its wall seconds, its own peak RSS in MB and its stdout."""
+    started = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(argv, stdout=out, stderr=err, text=True, env=env)
+        # wait4 gives this child's own usage (RUSAGE_CHILDREN would be the largest of all).
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        elapsed = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        if child.returncode:
+            raise SystemExit(f"{' '.join(argv)} failed ({child.returncode}):\n{err.read()}")
+        return elapsed, usage.ru_maxrss / 1024, out.read()
+
+
+READ_ONLY = (
+    "import sys; from pathlib import Path; from shared.tools.sources import read_file; "
+    "print(len(read_file(Path(sys.argv[1]))))"
+)
+
+
+def main() -> None:
+    """Generate, measure, report, clean up."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fixes", type=int, default=8_000_000)
+    parser.add_argument("--import-fixes", type=int, default=1_000_000)
+    args = parser.parse_args()
+    python = sys.executable
+    cli = str(Path(python).with_name("otel-worker"))
+    with tempfile.TemporaryDirectory(prefix="bench-formats-") as folder:
+        big = Path(folder) / "Records.json"
+        started = time.perf_counter()
+        size = write_records(big, args.fixes)
+        print(
+            f"generated {args.fixes:,} fixes, {size / 1e9:.2f} GB in "
+            f"{time.perf_counter() - started:.0f} s"
+        )
+
+        seconds, peak, out = run_measured([python, "-c", READ_ONLY, str(big)])
+        assert int(out) == args.fixes
+        print(
+            f"read only      {args.fixes / seconds / 1e3:8.0f} k fixes/s  "
+            f"{seconds:6.1f} s  peak RSS {peak:6.0f} MB"
+        )
+        seconds, peak, _ = run_measured(
+            [cli, "analyze", str(big), "--home", "51.3397,12.3731", "--tz", "UTC", "--json"]
+        )
+        print(
+            f"analyze        {args.fixes / seconds / 1e3:8.0f} k fixes/s  "
+            f"{seconds:6.1f} s  peak RSS {peak:6.0f} MB"
+        )
+
+        small = Path(folder) / "first.json"
+        write_records(small, args.import_fixes)
+        big.unlink()
+        admin = os.environ.get("BENCH_DATABASE_URL") or os.environ.get(
+            "TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        )
+        name = f"bench_formats_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        try:
+            params = conninfo_to_dict(admin)
+            url = (
+                f"postgresql://{params.get('user', 'postgres')}@{params.get('host', '127.0.0.1')}"
+                f":{params.get('port', 5432)}/{name}"
+            )
+            env = {**os.environ, "DATABASE_URL": url}
+            for label in ("import", "import again"):
+                seconds, peak, _ = run_measured(
+                    [cli, "import", str(small), "--device", "bench"], env
+                )
+                print(
+                    f"{label:<14} {args.import_fixes / seconds / 1e3:8.0f} k fixes/s  "
+                    f"{seconds:6.1f} s  peak RSS {peak:6.0f} MB"
+                )
+        finally:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()
