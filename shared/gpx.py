@@ -7,10 +7,16 @@ with a new `<trkseg>` wherever two kept fixes are further apart in time than the
 gap limit (`max_gap_s`: the time it counts as unknown). Each `<trkpt>` has its time (UTC)
 and, as `otel:` extensions, the fix's accuracy (m) and speed (m/s) when known. Points a
 quality filter dropped are left out, as on the map.
+
+Stays come first, as waypoints: at the stay's centre, timed at its arrival, named by its
+place, with its departure and device as `otel:` extensions. The `otel:stay` extension
+marks them, so `otel-worker analyze` reading the file back takes them for what they are
+(a summary, not fixes).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from pathlib import Path
 from typing import BinaryIO, Final
@@ -24,7 +30,8 @@ from shared.engine.points import MISSING, US_PER_S
 
 NAMESPACE: Final = "http://www.topografix.com/GPX/1/1"
 EXTENSIONS: Final = "urn:otel-worker:gpx:1"
-"""The namespace of this project's extension elements (`device`, `accuracy`, `speed`)."""
+"""The namespace of this project's extension elements (`device`, `accuracy`, `speed`,
+`stay`, `end`)."""
 CREATOR: Final = "otel-worker"
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
@@ -67,11 +74,31 @@ def _segment(analysis: Analysis, rows: npt.NDArray[np.intp]) -> str:
     return "".join(parts)
 
 
-def write_gpx(analysis: Analysis, out: BinaryIO | Path) -> int:
-    """Write the analysis's tracks as a GPX 1.1 document; returns the bytes written.
+def _utc(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
-    The schema puts waypoints (`<wpt>`) between the header and the tracks: that is where
-    places the engine recognises, such as stays, are written once it reports them."""
+
+def _stays(analysis: Analysis) -> str:
+    """The stays as waypoints (a handful a day: no per-fix work here)."""
+    parts = []
+    for stay in analysis.summary.stays:
+        place = _text(stay.place)
+        device = _text(stay.device_id)
+        minutes = round(stay.duration_s / 60)
+        parts.append(
+            f'<wpt lat="{stay.latitude:.7f}" lon="{stay.longitude:.7f}">'
+            f"<time>{_utc(stay.start)}</time><name>{place}</name>"
+            f"<desc>{device} at {place} for {minutes // 60}h{minutes % 60:02d}m</desc>"
+            f"<type>stay</type><extensions><otel:stay>{stay.id}</otel:stay>"
+            f"<otel:device>{device}</otel:device><otel:end>{_utc(stay.end)}</otel:end>"
+            "</extensions></wpt>\n"
+        )
+    return "".join(parts)
+
+
+def write_gpx(analysis: Analysis, out: BinaryIO | Path) -> int:
+    """Write the analysis's stays (as waypoints) and tracks as a GPX 1.1 document; returns
+    the bytes written."""
     if isinstance(out, Path):
         with out.open("wb") as stream:
             return write_gpx(analysis, stream)
@@ -82,6 +109,7 @@ def write_gpx(analysis: Analysis, out: BinaryIO | Path) -> int:
         f'<gpx version="1.1" creator="{CREATOR}" xmlns="{NAMESPACE}" '
         f'xmlns:otel="{EXTENSIONS}">\n'.encode()
     )
+    written += out.write(_stays(analysis).encode())
     kept = analysis.dropped_by == 0
     for code, device_id in enumerate(points.device_ids):
         rows = np.flatnonzero(kept & (points.device == code))

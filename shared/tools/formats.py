@@ -292,6 +292,8 @@ def _kmh(metres_per_second: Any) -> Any:
 # --- GPX -------------------------------------------------------------------------------
 
 _POINTS: Final = frozenset({"trkpt", "rtept", "wpt"})
+_STAY: Final = "urn:otel-worker:gpx:1 stay"
+"""The extension marking a waypoint as a stay `otel-worker` wrote (expat's namespaced name)."""
 
 
 def _gpx(stream: _Counting, path: Path, skipped: Skipped) -> Iterator[_Record]:
@@ -334,6 +336,10 @@ def _gpx(stream: _Counting, path: Path, skipped: Skipped) -> Iterator[_Record]:
             line = point["line"]
             if point["lat"] is None or point["lon"] is None:
                 raise SourceError(f"{path}, line {line}: <{local}> without lat and lon")
+            if point.get("stay"):
+                # A stay this project wrote beside the track: a summary of fixes, not one.
+                skipped["GPX stay waypoints (a summary, not fixes)"] += 1
+                return
             if "time" not in point:
                 skipped[f"GPX <{local}> without a time"] += 1
                 return
@@ -357,6 +363,8 @@ def _gpx(stream: _Counting, path: Path, skipped: Skipped) -> Iterator[_Record]:
             )
         elif local in ("time", "hdop", "speed"):
             point[local] = value
+        elif name == _STAY:
+            point["stay"] = True
         elif local in ("accuracy", "hacc"):
             point["accuracy"] = _number(value, local, path, point["line"])
 

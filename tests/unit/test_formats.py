@@ -409,3 +409,31 @@ def test_gpx_out_escapes_device_names_and_splits_at_the_gap_limit(
     assert "2024-03-10T12:00:00.500000Z" in text
     assert text.count("<trk>") == 2
     assert text.count("<trkseg>") == 3  # b's fixes are 10 minutes apart: two segments
+
+
+def test_gpx_out_carries_stays_as_waypoints_that_read_back_as_no_fixes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # 40 minutes at a café 2 km from home (a fix a minute), then a walk away from it.
+    rows = [f"p,51.3577,12.3731,{T0 + 60 * k},10," for k in range(41)]
+    rows += [f"p,{51.3577 + 0.002 * k:.4f},12.3731,{T0 + 2400 + 60 * k},10," for k in range(1, 6)]
+    source = tmp_path / "cafe.csv"
+    source.write_text(
+        "device_id,latitude,longitude,timestamp,accuracy,velocity\n" + "\n".join(rows)
+    )
+    out = tmp_path / "cafe.gpx"
+    code = main(["analyze", str(source), *BERLIN, "--json", "--gpx", str(out)])
+    first, err = capsys.readouterr()
+    assert code == 0, err
+    validate_gpx(out)
+    summary = json.loads(first)
+    (stay,) = summary["stays"]
+    text = out.read_text()
+    assert text.count("<wpt ") == 1
+    assert "<time>2024-03-10T12:00:00Z</time>" in text.split("<trk>")[0]
+    assert f"<name>{stay['place']}</name>" in text
+    assert "<type>stay</type>" in text
+    assert "<otel:end>2024-03-10T12:40:00Z</otel:end>" in text
+    again = summary_of(capsys, out)
+    # Read back, the track's points are the fixes and the stay's waypoint is none of them.
+    assert again["points"]["read"] == text.count("<trkpt ")  # type: ignore[index]
