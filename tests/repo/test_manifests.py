@@ -604,6 +604,14 @@ def test_sync_waves_create_what_is_referenced_first(base: dict[str, list[Any]]) 
             assert _wave(binding) < _wave(sweep)
 
 
+APPLICATION = KNATIVE / "clusters" / "k8s-pi5-cluster" / "otel-worker-application.yaml"
+
+
+def _application() -> dict[str, Any]:
+    application: dict[str, Any] = yaml.safe_load(APPLICATION.read_text())
+    return application
+
+
 def test_argo_cd_ignores_exactly_what_the_sink_bindings_inject(
     base: dict[str, list[Any]],
 ) -> None:
@@ -611,9 +619,7 @@ def test_argo_cd_ignores_exactly_what_the_sink_bindings_inject(
     Service (K_SINK, K_CE_OVERRIDES, and K_CA_CERTS under TLS) and nothing else."""
     jq = shutil.which("jq")
     assert jq, "jq is needed: it is on these machines and on the CI runners"
-    application = yaml.safe_load(
-        (KNATIVE / "clusters" / "k8s-pi5-cluster" / "otel-worker-application.yaml").read_text()
-    )
+    application = _application()
     (rule,) = [
         r
         for r in application["spec"]["ignoreDifferences"]
@@ -1167,10 +1173,10 @@ def test_the_rules_catch_what_the_schemas_let_through() -> None:
     assert _broken(compute, size_typo) == ["Service compute: unknown emptyDir fields ['sizelimit']"]
 
 
-# The upstream CRD schemas of the Knative versions DEPLOYMENT.md names (tests/repo/crds/, with
-# their source). The API server prunes fields a structural schema does not know, and
-# kubectl's default (strict) field validation refuses them: unknown fields are errors
-# wherever the CRD does not preserve them.
+# The upstream CRD schemas of the Knative versions DEPLOYMENT.md names, and of Argo CD's
+# Application (tests/repo/crds/, with their source). The API server prunes fields a
+# structural schema does not know, and kubectl's default (strict) field validation refuses
+# them: unknown fields are errors wherever the CRD does not preserve them.
 CRDS = REPO_ROOT / "tests" / "repo" / "crds"
 ROOT_FIELDS = {"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {}}
 
@@ -1206,7 +1212,9 @@ def strict_schema(node: Any, root: bool = True) -> Any:
 def _crd_validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
     serving = yaml.safe_load((CRDS / "knative-serving-1.16.0-services.yaml").read_text())
     eventing = yaml.safe_load((CRDS / "knative-eventing-1.17.0.yaml").read_text())
+    argo_cd = yaml.safe_load((CRDS / "argo-cd-application.yaml").read_text())
     schemas = {
+        ("argoproj.io/v1alpha1", "Application"): argo_cd,
         ("serving.knative.dev/v1", "Service"): serving,
         ("eventing.knative.dev/v1", "Broker"): eventing["Broker"],
         ("eventing.knative.dev/v1", "Trigger"): eventing["Trigger"],
@@ -1275,6 +1283,35 @@ def test_the_crd_schemas_refuse_what_knative_would() -> None:
     assert crd_errors(trigger) == []
     with pytest.raises(ValueError, match="fitler"):
         Trigger.model_validate(trigger)
+
+
+def test_the_argo_cd_application_passes_its_crd_schema() -> None:
+    """The Application is no kustomize output (it is copied to the gitops repo by hand),
+    so it is held to Argo CD's CRD schema on its own: a misspelt field under syncPolicy or
+    source is refused, as is a part of the schema the stored copy cut."""
+    application = _application()
+    assert crd_errors(application) == []
+
+    def sync_typo(r: dict[str, Any]) -> None:
+        r["spec"]["syncPolicy"]["automated"]["selfHeel"] = True
+
+    def source_typo(r: dict[str, Any]) -> None:
+        r["spec"]["source"]["targetRevison"] = "main"
+
+    def retry_as_text(r: dict[str, Any]) -> None:
+        r["spec"]["syncPolicy"]["retry"]["limit"] = "5"
+
+    def no_destination(r: dict[str, Any]) -> None:
+        del r["spec"]["destination"]
+
+    def multi_source(r: dict[str, Any]) -> None:
+        r["spec"]["sources"] = [r["spec"].pop("source")]
+
+    assert any("selfHeel" in e for e in _changed(application, sync_typo))
+    assert any("targetRevison" in e for e in _changed(application, source_typo))
+    assert any("syncPolicy.retry.limit" in e for e in _changed(application, retry_as_text))
+    assert any("'destination' is a required" in e for e in _changed(application, no_destination))
+    assert _changed(application, multi_source)
 
 
 def _changed(resource: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> list[str]:
