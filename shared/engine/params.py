@@ -17,7 +17,8 @@ class NamedPlace(BaseModel):
     name: Annotated[str, Field(min_length=1, max_length=200)]
     latitude: Annotated[float, Field(ge=-90, le=90)]
     longitude: Annotated[float, Field(ge=-180, le=180)]
-    radius_m: Annotated[float, Field(gt=0)] = 100.0
+    # A radius of .inf would make every stay this place, as nan would none: both are typos.
+    radius_m: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 100.0
 
 
 class EngineParams(BaseModel):

@@ -216,7 +216,7 @@ def _places_lines(s: Summary) -> list[str]:
     """Time per place, the most first."""
     if not s.places:
         return []
-    lines = ["Places"]
+    lines = [f"Places{summed_over(len(s.devices), ' (times ', ')')}"]
     for visit in s.places:
         visits = f"{visit.visits} visit" + ("s" if visit.visits != 1 else "")
         lines.append(

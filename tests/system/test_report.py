@@ -91,6 +91,7 @@ def test_a_range_of_two_devices_says_its_times_are_sums_and_shows_each_day() -> 
     assert [day for day, _ in rows] == ["2024-03-12", "2024-03-13", "2024-03-14"]
     assert sum(int(read.replace(",", "")) for _, read in rows) == analysis.summary.points.read
     assert "Figures of each day, summed over 2 devices." in page
+    assert '<h2>Time per place</h2>\n<p class="sub">Times, summed over 2 devices.</p>' in page
 
 
 def test_one_device_on_one_day_has_plain_cards_and_no_day_table() -> None:

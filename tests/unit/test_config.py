@@ -364,3 +364,13 @@ def test_places_file_is_read_and_a_bad_one_is_named(
     message = _load_error(config.AnalysisSettings)
     assert "PLACES_FILE" in message
     assert "missing.yaml" in message
+    for radius in (".inf", ".nan"):
+        config.load.cache_clear()
+        endless = tmp_path / "endless.yaml"
+        endless.write_text(
+            f"- name: Everywhere\n  latitude: 1\n  longitude: 2\n  radius_m: {radius}\n"
+        )
+        monkeypatch.setenv("PLACES_FILE", str(endless))
+        message = _load_error(config.AnalysisSettings)
+        assert "PLACES_FILE" in message
+        assert "radius_m" in message

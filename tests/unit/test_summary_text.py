@@ -32,6 +32,7 @@ def test_times_of_two_devices_are_labelled_as_sums() -> None:
     assert int(time.group(1)) >= 24  # two phones make a day of more than 24 h at home
     assert time.group(0).endswith("(summed over 2 devices)")
     assert "Days" not in text  # one day: the totals are that day
+    assert re.search(r"^Places \(times summed over 2 devices\)$", text, re.M), text
 
 
 def test_a_range_shows_one_row_per_day_adding_up_to_the_totals() -> None:
@@ -49,3 +50,4 @@ def test_one_device_reads_plainly() -> None:
     text = _text(_summary(days=2, devices=1))
     assert "summed over" not in text
     assert re.search(r"^Days$", text, re.M), text
+    assert re.search(r"^Places$", text, re.M), text
