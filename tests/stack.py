@@ -88,6 +88,30 @@ def request_event(
     return events.binary(event)
 
 
+def post(
+    url: str, headers: dict[str, str], body: bytes, timeout: float = 30
+) -> urllib3.BaseHTTPResponse:
+    """One POST, no retries: the tests judge the first answer."""
+    return urllib3.request("POST", url, headers=headers, body=body, timeout=timeout, retries=False)
+
+
+def dead_letter_tries(stack: Stack, data: dict[str, Any], request_id: str) -> list[tuple[int, str]]:
+    """Send a request event (id `request_id`) to the broker, wait until it is dead-lettered,
+    and return the (status, outcome) of each delivery attempt it took."""
+    headers, body = request_event(data, request_id)
+    assert post(stack.broker, headers, body).status == 202
+    broker = stack.supervisor.broker
+    assert broker is not None
+
+    def dead_lettered() -> bool:
+        return any(h.event_id == request_id and h.outcome == "dead-lettered" for h in broker.hops)
+
+    wait_until(dead_lettered, 20, "the dead letter")
+    return [
+        (h.status, h.outcome) for h in broker.hops if h.event_id == request_id and h.attempt > 0
+    ]
+
+
 def stack_env(database: Database, s3: S3Server, bucket: str, **extra: str) -> dict[str, str]:
     keep = {k: v for k, v in os.environ.items() if k not in config.variable_names()}
     return {

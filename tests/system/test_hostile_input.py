@@ -15,15 +15,10 @@ import pytest
 import urllib3
 
 from shared import events
-from shared.dev.stack import wait_until
 from shared.rpc.distance.v1 import distance_pb2 as pb
-from tests.stack import Stack, request_event
+from tests.stack import Stack, dead_letter_tries, post, request_event
 
 CALCULATE = "/distance.v1.DistanceService/CalculateDistanceFromHome"
-
-
-def _post(url: str, headers: dict[str, str], body: bytes) -> urllib3.BaseHTTPResponse:
-    return urllib3.request("POST", url, headers=headers, body=body, timeout=30, retries=False)
 
 
 @pytest.mark.parametrize(
@@ -41,7 +36,7 @@ def test_a_nul_in_request_data_is_refused_naming_the_field(
     assert reply.status == 400
     assert json.loads(reply.data)["error"].startswith(f"{field}:"), reply.data
     headers, body = request_event(data)
-    reply = _post(stack.url("submit"), headers, body)
+    reply = post(stack.url("submit"), headers, body)
     assert reply.status == 400
     assert json.loads(reply.data)["error"].startswith(f"{field}:"), reply.data
 
@@ -57,7 +52,7 @@ def test_a_nul_in_an_event_attribute_is_refused_naming_it(stack: Stack, attribut
     }
     event[attribute] = "x\0y"
     headers = {"Content-Type": "application/cloudevents+json"}
-    reply = _post(stack.url("submit"), headers, json.dumps(event).encode())
+    reply = post(stack.url("submit"), headers, json.dumps(event).encode())
     assert reply.status == 400
     assert json.loads(reply.data)["error"] == f"{attribute}: must not contain a NUL character"
 
@@ -74,18 +69,9 @@ def test_a_nul_in_the_idempotency_key_header_is_refused(stack: Stack) -> None:
 
 
 def test_a_nul_event_through_the_broker_is_dead_lettered_at_once(stack: Stack) -> None:
-    request_id = str(uuid.uuid4())
-    headers, body = request_event({"date": "2024-03-14", "idempotency_key": "\0"}, request_id)
-    assert _post(stack.broker, headers, body).status == 202
-    broker = stack.supervisor.broker
-    assert broker is not None
-
-    def dead_lettered() -> bool:
-        return any(h.event_id == request_id and h.outcome == "dead-lettered" for h in broker.hops)
-
-    wait_until(dead_lettered, 20, "the dead letter")
-    tries = [h for h in broker.hops if h.event_id == request_id and h.attempt > 0]
-    assert [(h.status, h.outcome) for h in tries] == [(400, "final")]
+    data = {"date": "2024-03-14", "idempotency_key": "\0"}
+    tries = dead_letter_tries(stack, data, str(uuid.uuid4()))
+    assert tries == [(400, "final")]
 
 
 @pytest.fixture

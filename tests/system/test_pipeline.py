@@ -36,22 +36,16 @@ from shared.jobs import JobRequest, JobStore
 from shared.rpc.distance.v1 import distance_pb2 as pb
 from shared.rpc.distance.v1 import distance_pb2_grpc
 from tests.conftest import Database, S3Server, start_s3
-from tests.stack import Stack, request_event, start_stack
+from tests.stack import Stack, dead_letter_tries, post, request_event, start_stack
 
 DAY = dt.date(2024, 3, 12)
 GPX_SCHEMA = Path(__file__).resolve().parents[1] / "fixtures" / "gpx-1.1.xsd"
 """A weekday of the seeded data (one device, 30 s fixes)."""
 
 
-def _post(
-    url: str, headers: dict[str, str], body: bytes, timeout: float = 30
-) -> urllib3.BaseHTTPResponse:
-    return urllib3.request("POST", url, headers=headers, body=body, timeout=timeout, retries=False)
-
-
 def test_a_request_event_becomes_a_completed_job_with_a_csv_that_matches(stack: Stack) -> None:
     headers, body = request_event({"date": DAY.isoformat(), "device_id": "phone1"})
-    reply = _post(stack.url("submit"), headers, body)
+    reply = post(stack.url("submit"), headers, body)
     accepted = _accepted(reply)
     assert reply.headers["ce-type"] == events.JOB_ACCEPTED
     assert accepted.created
@@ -117,7 +111,7 @@ def test_a_job_completes_with_each_function_holding_only_its_credentials(
 def test_duplicate_deliveries_make_one_job_one_object_one_computation(stack: Stack) -> None:
     request_id = str(uuid.uuid4())
     headers, body = request_event({"date": "2024-03-13", "device_id": "phone2"}, request_id)
-    replies = [_post(stack.broker, headers, body) for _ in range(10)]
+    replies = [post(stack.broker, headers, body) for _ in range(10)]
     assert {r.status for r in replies} == {202}
     with stack.db() as conn:
 
@@ -138,7 +132,7 @@ def test_duplicate_deliveries_make_one_job_one_object_one_computation(stack: Sta
         events.JOB_QUEUED, events.DATA_MODELS[events.JOB_QUEUED](job_id=job_id), source="/tests"
     )
     q_headers, q_body = events.binary(queued)
-    repeats = [_post(stack.url("compute"), q_headers, q_body) for _ in range(10)]
+    repeats = [post(stack.url("compute"), q_headers, q_body) for _ in range(10)]
     assert {r.status for r in repeats} == {200}
     # Each answer is the outcome again (its first reply may have been lost), the same event:
     # one id, which a consumer uses to drop the repeats.
@@ -160,17 +154,7 @@ def test_duplicate_deliveries_make_one_job_one_object_one_computation(stack: Sta
 
 def test_a_poison_event_is_dead_lettered_without_retry(stack: Stack) -> None:
     request_id = str(uuid.uuid4())
-    headers, body = request_event({"date": "2024-02-30"}, request_id)
-    assert _post(stack.broker, headers, body).status == 202
-    broker = stack.supervisor.broker
-    assert broker is not None
-
-    def dead_lettered() -> bool:
-        return any(h.event_id == request_id and h.outcome == "dead-lettered" for h in broker.hops)
-
-    wait_until(dead_lettered, 20, "the dead letter")
-    attempts = [h for h in broker.hops if h.event_id == request_id and h.attempt > 0]
-    assert [(h.status, h.outcome) for h in attempts] == [(400, "final")]
+    assert dead_letter_tries(stack, {"date": "2024-02-30"}, request_id) == [(400, "final")]
     with stack.db() as conn:
         count = conn.execute(
             "SELECT count(*) FROM otel_worker.jobs WHERE requester_id = %s", (request_id,)
@@ -196,7 +180,7 @@ def test_a_structured_event_with_a_bad_attribute_is_refused_naming_it(
         "data": {"date": "2024-03-14"},
     }
     headers = {"Content-Type": "application/cloudevents+json"}
-    reply = _post(stack.url("submit"), headers, json.dumps({**event, **change}).encode())
+    reply = post(stack.url("submit"), headers, json.dumps({**event, **change}).encode())
     assert reply.status == 400  # not retried: it can never succeed
     assert json.loads(reply.data)["error"] == message
 
@@ -209,7 +193,7 @@ def test_a_binary_event_without_a_required_attribute_is_refused_naming_it(
     headers = {k: v for k, v in headers.items() if k != header}
     if value is not None:
         headers[header] = value
-    reply = _post(stack.url("submit"), headers, body)
+    reply = post(stack.url("submit"), headers, body)
     assert reply.status == 400
     assert json.loads(reply.data)["error"].startswith(f"{header}: ")
 
@@ -250,7 +234,7 @@ def test_idempotency_keys_out_of_bounds_are_refused_or_hashed(stack: Stack) -> N
         assert json.loads(bad.data)["error"].startswith("Idempotency-Key: must be 1 to 200"), key
     # An event names its own (source, id), of any length: still one job per event.
     headers, body = request_event({"date": "2024-03-14", "device_id": "phone2"}, "e" * 3000)
-    first, again = (_accepted(_post(stack.url("submit"), headers, body)) for _ in range(2))
+    first, again = (_accepted(post(stack.url("submit"), headers, body)) for _ in range(2))
     assert (first.created, again.created) == (True, False)
     assert first.job.job_id == again.job.job_id
     assert first.job.idempotency_key is not None
@@ -259,7 +243,7 @@ def test_idempotency_keys_out_of_bounds_are_refused_or_hashed(stack: Stack) -> N
 
 def test_compute_killed_mid_job_is_taken_over_after_the_lease(stack: Stack) -> None:
     headers, body = request_event({"date": "2024-03-01", "end_date": "2024-03-31"})
-    reply = _post(stack.url("submit"), headers, body)
+    reply = post(stack.url("submit"), headers, body)
     job_id = _accepted(reply).job.job_id
     compute = stack.supervisor.services["compute"]
     with stack.db() as conn:
@@ -310,7 +294,7 @@ def test_sigterm_lets_the_running_request_finish(stack: Stack) -> None:
     """Knative sends SIGTERM when it scales a pod down: the delivery in progress must
     complete (one attempt, no takeover after the lease), then the process exits."""
     headers, body = request_event({"date": "2024-03-02", "end_date": "2024-03-31"})
-    reply = _post(stack.url("submit"), headers, body)
+    reply = post(stack.url("submit"), headers, body)
     job_id = _accepted(reply).job.job_id
     compute = stack.supervisor.services["compute"]
     with stack.db() as conn:
