@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from pydantic import AnyUrl
 
 from shared import config
-from shared.contracts import INT32_MAX
+from shared.contracts import INT32_MAX, JOB_STATUSES
 
 if TYPE_CHECKING:
     from shared.db import Connection
@@ -468,7 +468,7 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     jobs = commands.add_parser("jobs", parents=[ingress], help="list jobs, newest first")
     jobs.add_argument(
         "--status",
-        choices=["queued", "processing", "completed", "failed", "cancelled"],
+        choices=JOB_STATUSES,
         help="only jobs in this state",
     )
     jobs.add_argument("--date", type=_day, help="jobs whose days include this one")

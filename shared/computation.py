@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from shared import events, telemetry
 from shared.config import StorageSettings
 from shared.db import ConnectionSource, DatabaseUnavailable
-from shared.errors import OtelWorkerError
+from shared.errors import OtelWorkerError, one_line
 from shared.job_view import outcome_event
 from shared.jobs import ClaimResult, Job, JobStatus, JobStore, LeaseLost
 from shared.storage import (
@@ -59,11 +59,8 @@ class ReadFailed(OtelWorkerError):
         self.status = status
 
 
-def one_line(text: str, limit: int = 300) -> str:
-    """`text` as one line of at most `limit` characters: what a job's error_message holds,
-    shown to callers as it is."""
-    line = " ".join(text.split())
-    return line if len(line) <= limit else f"{line[: limit - 1]}…"
+ERROR_MESSAGE_LIMIT = 300
+"""The most characters of a job's error_message."""
 
 
 @dataclass(frozen=True)
@@ -118,14 +115,16 @@ class Computation:
             # Cancelled (or taken over) while it computed: stopped before uploading anything.
             return Outcome(HTTPStatus.OK, None, str(exc))
         except JobFailure as exc:
-            reason = one_line(str(exc))
+            reason = one_line(str(exc), ERROR_MESSAGE_LIMIT)
             return self._fenced(lambda: self.jobs.fail(job.id, token, reason))
         except ReadFailed as exc:
             log.warning("attempt failed reading the fixes", exc_info=exc.__cause__)
-            return self._release(job, token, one_line(str(exc)), exc.status)
+            return self._release(job, token, one_line(str(exc), ERROR_MESSAGE_LIMIT), exc.status)
         except (DatabaseUnavailable, StorageUnavailable) as exc:
             log.warning("attempt failed, dependency down", extra={"error": str(exc)})
-            return self._release(job, token, one_line(str(exc)), HTTPStatus.SERVICE_UNAVAILABLE)
+            return self._release(
+                job, token, one_line(str(exc), ERROR_MESSAGE_LIMIT), HTTPStatus.SERVICE_UNAVAILABLE
+            )
         except Exception as exc:
             # The traceback goes to the log; the caller gets a line that points there.
             log.exception("attempt failed unexpectedly")

@@ -197,6 +197,12 @@ class AnalysisSettings(SettingsGroup):
     def _timezone_exists(cls, value: str) -> str:
         return check_time_zone(value)
 
+    @functools.cached_property
+    def places(self) -> tuple[NamedPlace, ...]:
+        """The named places of `PLACES_FILE`, read once per process (not on every request:
+        submit builds the engine's parameters for each job)."""
+        return load_places(self.places_file) if self.places_file else ()
+
     def engine_params(self) -> EngineParams:
         """These settings as the distance engine's parameters."""
         return EngineParams(
@@ -213,7 +219,7 @@ class AnalysisSettings(SettingsGroup):
             stay_min_minutes=self.stay_min_minutes,
             stay_radius_m=self.stay_radius_m,
             stay_max_silence_hours=self.stay_max_silence_hours,
-            places=load_places(self.places_file) if self.places_file else (),
+            places=self.places,
         )
 
     @model_validator(mode="after")

@@ -36,7 +36,7 @@ from shared import events, telemetry
 from shared.admission import first_forwarded, grpc_peer_address
 from shared.config import UpstreamSettings
 from shared.contracts import JobAccepted, JobPage, JobView
-from shared.errors import OtelWorkerError
+from shared.errors import OtelWorkerError, one_line
 from shared.rpc.distance.v1 import distance_pb2 as pb
 from shared.rpc.distance.v1 import distance_pb2_grpc
 
@@ -302,10 +302,8 @@ def _trace() -> dict[str, str]:
 
 
 def _excerpt(text: str) -> str:
-    """`text` on one line, at most _QUOTE_LIMIT characters: what is quoted from an upstream
-    into a gRPC message is a line, never a page."""
-    line = " ".join(text.split())
-    return line if len(line) <= _QUOTE_LIMIT else f"{line[: _QUOTE_LIMIT - 1]}…"
+    """What is quoted from an upstream into a gRPC message: one line of _QUOTE_LIMIT."""
+    return one_line(text, _QUOTE_LIMIT)
 
 
 def _described(response: urllib3.BaseHTTPResponse) -> str:

@@ -18,7 +18,7 @@ from shared.contracts import JOB_STATUSES, JobPage, parse_device_id, parse_local
 from shared.job_view import job_view
 from shared.jobs import MAX_LIST_OFFSET, Job, JobStatus, JobStore, effective_limit
 from shared.storage import ObjectMissing, ObjectStore, ResultKeys, short_id_of
-from shared.web import HttpError
+from shared.web import HttpError, parse_job_id
 
 _WHOLE = re.compile(r"-?[0-9]+")
 """ASCII digits only: int() would also take "+5", "1_0", " 5" and non-ASCII digits."""
@@ -87,14 +87,6 @@ def list_page(jobs: JobStore, query: ListQuery) -> JobPage:
         limit=effective_limit(query.limit),
         offset=query.offset,
     )
-
-
-def parse_job_id(text: str) -> uuid.UUID:
-    """`text` as a job id; 400 when it is not a UUID."""
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        raise HttpError(HTTPStatus.BAD_REQUEST, f"job_id: {text!r} is not a UUID") from None
 
 
 def existing(jobs: JobStore, job_id: uuid.UUID) -> Job:

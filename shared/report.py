@@ -266,6 +266,7 @@ def _timeline(summary: dict[str, Any], tz: ZoneInfo) -> list[dict[str, Any]]:
 
 
 def _local(stamp: str, tz: ZoneInfo) -> str:
+    """An ISO 8601 instant as local `YYYY-MM-DD HH:MM`."""
     return f"{dt.datetime.fromisoformat(stamp).astimezone(tz):%Y-%m-%d %H:%M}"
 
 
@@ -299,9 +300,6 @@ def render(job: dict[str, Any], series: dict[str, Any]) -> str:
     # Times of several devices add up (two phones at home all day: 48 h in one day).
     summed = summed_over(len(summary["devices"]), ", ")
 
-    def local(stamp: str) -> str:
-        return f"{dt.datetime.fromisoformat(stamp).astimezone(tz):%Y-%m-%d %H:%M}"
-
     return environment.get_template("report.html").render(
         job=job,
         summary=summary,
@@ -324,8 +322,8 @@ def render(job: dict[str, Any], series: dict[str, Any]) -> str:
         trips=[
             {
                 **trip,
-                "left": local(trip["start"]),
-                "back": local(trip["end"]),
+                "left": _local(trip["start"], tz),
+                "back": _local(trip["end"], tz),
                 "duration": _duration(trip["duration_s"]),
                 "clipped": trip["clipped_start"] or trip["clipped_end"],
             }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import uuid
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, Final
@@ -165,3 +166,11 @@ def method_not_allowed(request: flask.Request, allowed: str) -> HttpError:
         f"{request.method} is not served here; use {allowed}",
         headers={"Allow": allowed},
     )
+
+
+def parse_job_id(text: str) -> uuid.UUID:
+    """`text` (from a URL path) as a job id; 400 when it is not a UUID."""
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise HttpError(HTTPStatus.BAD_REQUEST, f"job_id: {text!r} is not a UUID") from None

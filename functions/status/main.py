@@ -64,7 +64,7 @@ def _list(request: flask.Request) -> flask.Response:
 
 def _job(job_id: str) -> flask.Response:
     jobs, objects = _function.service()
-    job = queries.existing(jobs, queries.parse_job_id(job_id))
+    job = queries.existing(jobs, web.parse_job_id(job_id))
     return web.model_response(job_view(job, objects))
 
 
@@ -72,7 +72,7 @@ def _report(job_id: str) -> flask.Response:
     from shared.report import render
 
     jobs, objects = _function.service()
-    job = queries.existing(jobs, queries.parse_job_id(job_id))
+    job = queries.existing(jobs, web.parse_job_id(job_id))
     series = queries.report_series(job, objects)
     page = render(job_view(job).model_dump(mode="json"), series)
     return flask.Response(page, headers={"Content-Type": "text/html; charset=utf-8"})

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import logging
 import re
-import uuid
 from http import HTTPStatus
 
 import flask
@@ -151,10 +150,7 @@ def _cancel(request: flask.Request) -> flask.Response:
     match = _JOB_PATH.fullmatch(request.path)
     if match is None:
         raise web.HttpError(HTTPStatus.NOT_FOUND, f"{request.path}: only /jobs/{{job_id}}")
-    try:
-        job_id = uuid.UUID(match[1])
-    except ValueError:
-        raise web.HttpError(HTTPStatus.BAD_REQUEST, f"job_id: {match[1]!r} is not a UUID") from None
+    job_id = web.parse_job_id(match[1])
     with telemetry.span("cancel job", attributes={"job.id": str(job_id)}):
         try:
             job = cancel_job(_function.service(), job_id, telemetry.traceparent())

@@ -44,6 +44,7 @@ from xml.parsers import expat
 import numpy as np
 
 from shared.engine.points import DTYPES, Points
+from shared.gpx import EXTENSIONS
 from shared.tools.sources import (
     SourceError,
     _build,
@@ -292,7 +293,7 @@ def _kmh(metres_per_second: Any) -> Any:
 # --- GPX -------------------------------------------------------------------------------
 
 _POINTS: Final = frozenset({"trkpt", "rtept", "wpt"})
-_STAY: Final = "urn:otel-worker:gpx:1 stay"
+_STAY: Final = f"{EXTENSIONS} stay"
 """The extension marking a waypoint as a stay `otel-worker` wrote (expat's namespaced name)."""
 
 
