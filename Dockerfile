@@ -1,6 +1,12 @@
 # One image for every function; each Knative Service picks its function by environment
 # (FUNCTION_SOURCE + FUNCTION_TARGET for functions-framework) or command (the gRPC ingress).
 
+# The report page's map script (Leaflet), the version package-lock.json pins.
+FROM node:20.19.5-bookworm-slim AS assets
+WORKDIR /assets
+COPY package.json package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund
+
 FROM python:3.11.14-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 \
     UV_COMPILE_BYTECODE=1 \
@@ -13,6 +19,9 @@ COPY uv.lock pyproject.toml README.md ./
 RUN pip install --no-cache-dir "uv==$(awk '/^name = "uv"$/{getline; gsub(/[^0-9.]/, ""); print}' uv.lock)" \
  && uv sync --frozen --no-dev --no-install-project
 COPY shared ./shared
+COPY --from=assets /assets/node_modules/leaflet/dist/leaflet.js \
+     /assets/node_modules/leaflet/dist/leaflet.css \
+     /assets/node_modules/leaflet/LICENSE ./shared/static/leaflet/
 RUN uv sync --frozen --no-dev --no-editable
 
 FROM python:3.11.14-slim-bookworm

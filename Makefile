@@ -25,8 +25,22 @@ $(VENV)/.installed: pyproject.toml uv.lock
 	$(UV) sync --frozen --quiet --compile-bytecode
 	@touch $@
 
+# The report page's map script (Leaflet): the version package-lock.json pins, fetched by
+# `npm ci` into build/npm and copied into the package, which serves and inlines it.
+ASSETS := shared/static/leaflet
+$(ASSETS)/.built: package.json package-lock.json
+	rm -rf build/npm $(ASSETS) && mkdir -p build/npm $(ASSETS)
+	cp package.json package-lock.json build/npm/
+	npm ci --prefix build/npm --ignore-scripts --no-audit --no-fund --loglevel=error
+	cp build/npm/node_modules/leaflet/dist/leaflet.js build/npm/node_modules/leaflet/dist/leaflet.css \
+	  build/npm/node_modules/leaflet/LICENSE $(ASSETS)/
+	@touch $@
+
+.PHONY: assets
+assets: $(ASSETS)/.built  ## build the report page's vendored map script (npm ci, pinned by package-lock.json)
+
 .PHONY: install
-install: $(VENV)/.installed  ## create .venv from the lock file, with the project and its tools
+install: $(VENV)/.installed $(ASSETS)/.built  ## create .venv from the lock file, with the project and its tools, and the map script
 
 .PHONY: bytecode
 bytecode: install  ## compile the project's bytecode, as the image ships it (stale files are ignored)
@@ -111,4 +125,4 @@ arm64-check: install  ## prove every runtime dependency has an arm64 wheel (the 
 
 .PHONY: clean
 clean:  ## remove the virtualenv, caches and test artifacts
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov artifacts
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov artifacts build shared/static

@@ -393,6 +393,38 @@ class GrpcSettings(SettingsGroup):
         return self
 
 
+OSM_TILES = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+OSM_ATTRIBUTION = (
+    '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors'
+)
+
+
+class ReportSettings(SettingsGroup):
+    """The report page's map (status): where its tiles come from, and whose they are."""
+
+    map_tile_url: str = OSM_TILES
+    """A tile URL template ({z}/{x}/{y}, optionally {s} and {r}); `none`: no tiles at all."""
+    map_tile_attribution: str = OSM_ATTRIBUTION
+    """Shown in the map's corner (HTML, as tile providers give it)."""
+
+    @field_validator("map_tile_url")
+    @classmethod
+    def _tile_template(cls, value: str) -> str:
+        if value.lower() == "none":
+            return "none"
+        if urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc:
+            raise ValueError("must be an http(s) URL template, or none")
+        missing = [part for part in ("{z}", "{x}", "{y}") if part not in value]
+        if missing:
+            raise ValueError(f"must hold {', '.join(missing)} (e.g. {OSM_TILES})")
+        return value
+
+    @property
+    def tiles(self) -> str | None:
+        """The tile URL template, None when the map has no tiles."""
+        return None if self.map_tile_url == "none" else self.map_tile_url
+
+
 class UpstreamSettings(SettingsGroup):
     """The functions the ingress adapts to gRPC, and how long it waits for them."""
 
@@ -451,6 +483,7 @@ GROUPS: dict[str, type[SettingsGroup]] = {
     "events": EventSettings,
     "http": HttpServerSettings,
     "grpc": GrpcSettings,
+    "report": ReportSettings,
     "upstream": UpstreamSettings,
     "client": ClientSettings,
     "telemetry": TelemetrySettings,

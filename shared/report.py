@@ -1,16 +1,28 @@
-"""The job report: a self-contained HTML page (inline SVG, no scripts, no external assets).
+"""The job report: an HTML page with inline SVG charts and a Leaflet map.
 
 compute stores a compact `series` of each job (`series_of`, at most a few thousand points
 per device, extremes kept); status renders it with the summary (`render`): the figures,
-distance from home over time with the trips shaded and the home radii drawn, the track
-around home with the stays marked, each day's timeline of stays and moves, the time per
-place, the trips table, and the download links.
+distance from home over time with the trips shaded and the home radii drawn, a map of each
+device's track with home and its radii, the stays, the named places, the trips and the
+farthest point, for a range a calendar of its days and a table of its months, each day's
+timeline of stays and moves, the time per place, the trips table, and the download links.
+
+The map's script and style (Leaflet, vendored at build time into `shared/static/leaflet`)
+are linked from status's `/static/` route, or inlined (`self_contained`) into a page that
+is saved to be opened later, offline. Tiles come from `MAP_TILE_URL`; without them the map
+draws everything on a plain background with a scale bar.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import hashlib
+import itertools
 import math
+import re
+import statistics
+from importlib import resources
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -18,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import TypeAdapter
 
+from shared import config
 from shared.engine import DROP_RULES, Analysis
 from shared.engine.points import US_PER_S
 
@@ -162,62 +175,6 @@ def _time_chart(summary: dict[str, Any], series: dict[str, Any], tz: ZoneInfo) -
     }
 
 
-def _east_north(stay: dict[str, Any], params: dict[str, Any]) -> tuple[float, float]:
-    """A stay's centre in km east and north of home."""
-    cos_home = math.cos(math.radians(params["home_latitude"]))
-    east = (stay["longitude"] - params["home_longitude"]) * KM_PER_DEG * cos_home
-    return east, (stay["latitude"] - params["home_latitude"]) * KM_PER_DEG
-
-
-def _track_chart(summary: dict[str, Any], series: dict[str, Any]) -> dict[str, Any]:
-    """Coordinates of the track-around-home chart (km east and north of home)."""
-    size = 480
-    params = summary["parameters"]
-    extent = max(
-        [params["exit_radius_km"] * 1.3]
-        + [max(map(abs, d["east"] + d["north"])) for d in series["devices"].values() if d["east"]]
-    )
-    half = _nice(extent)
-    scale = (size / 2 - 12) / half
-    colours = _place_colours(summary)
-    return {
-        "size": size,
-        "centre": size / 2,
-        "across": f"{2 * half:g} km across",
-        "radii": [
-            {
-                "name": name,
-                "r": round(params[f"{name}_radius_km"] * scale, 1),
-                "km": params[f"{name}_radius_km"],
-            }
-            for name in ("exit", "enter")
-        ],
-        "stays": [
-            {
-                "x": round(size / 2 + east * scale, 1),
-                "y": round(size / 2 - north * scale, 1),
-                "colour": colours.get(stay["place"], PLACE_COLOURS[-1]),
-                "label": f"{stay['place']}: {stay['start'][11:16]}-{stay['end'][11:16]} "
-                f"({_duration(stay['duration_s'])})",
-            }
-            for stay in summary.get("stays", [])
-            for east, north in [_east_north(stay, params)]
-            if abs(east) <= half and abs(north) <= half
-        ],
-        "lines": [
-            {
-                "device": device,
-                "colour": COLOURS[index % len(COLOURS)],
-                "points": " ".join(
-                    f"{size / 2 + e * scale:.1f},{size / 2 - n * scale:.1f}"
-                    for e, n in zip(data["east"], data["north"], strict=True)
-                ),
-            }
-            for index, (device, data) in enumerate(sorted(series["devices"].items()))
-        ],
-    }
-
-
 PLACE_COLOURS = ("#0969da", "#8250df", "#bf8700", "#1a7f37", "#cf222e", "#0a7ea4", "#953800")
 """A colour per place (home first), the same in the timeline, the table and the track."""
 
@@ -285,8 +242,265 @@ def _places(summary: dict[str, Any], tz: ZoneInfo) -> list[dict[str, Any]]:
     ]
 
 
-def render(job: dict[str, Any], series: dict[str, Any]) -> str:
-    """The report page of a completed job (`job` is its JobView as JSON)."""
+ASSETS = ("leaflet.js", "leaflet.css")
+"""The map's vendored files status serves under /static/ (built by `make install`)."""
+_LINKED = re.compile(
+    r'<(?:script src|link rel="stylesheet" href)="\.\./\.\./static/([a-z.]+)\?v=\w+">(?:</script>)?'
+)
+
+
+@functools.cache
+def asset(name: str) -> bytes | None:
+    """A vendored map file by name, None when it is not one or was not built."""
+    if name not in ASSETS:
+        return None
+    try:
+        return (resources.files("shared") / "static" / "leaflet" / name).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+@functools.cache
+def asset_version(name: str) -> str:
+    """A digest of the file's bytes: its links change when it does, so it may be cached
+    for good."""
+    return hashlib.sha256(asset(name) or b"").hexdigest()[:12]
+
+
+def self_contained(page: str) -> str:
+    """`page` (as status serves it) with the map's script and style inlined, to be saved
+    and opened later without status. A file that was not built is left out: the page says
+    the map is missing and shows the rest."""
+
+    def inline(match: re.Match[str]) -> str:
+        text = (asset(match[1]) or b"").decode()
+        return f"<script>{text}</script>" if match[1].endswith(".js") else f"<style>{text}</style>"
+
+    return _LINKED.sub(inline, page)
+
+
+def _day_starts(summary: dict[str, Any], tz: ZoneInfo) -> tuple[list[str], npt.NDArray[np.int64]]:
+    """The range's local days and the epoch second each begins."""
+    first = dt.date.fromisoformat(summary["window"]["first_day"])
+    last = dt.date.fromisoformat(summary["window"]["last_day"])
+    days = [first + dt.timedelta(days=k) for k in range((last - first).days + 1)]
+    starts = [int(dt.datetime.combine(day, dt.time(), tz).timestamp()) for day in days]
+    return [day.isoformat() for day in days], np.array(starts, dtype=np.int64)
+
+
+def _map(
+    summary: dict[str, Any], series: dict[str, Any], tz: ZoneInfo, tiles: config.ReportSettings
+) -> dict[str, Any]:
+    """What the map draws, as plain data for its script: each device's track cut into runs
+    (one per day and trip, so a day or a trip can be shown alone), home and its radii, the
+    stays, the named places, the trips, the farthest points, and the view that fits what
+    matters (`fit`: the days a far trip would otherwise squash into the home dot are left
+    out of it, and named in `beyond`)."""
+    params = summary["parameters"]
+    home_lat, home_lon = params["home_latitude"], params["home_longitude"]
+    cos_home = max(math.cos(math.radians(home_lat)), 1e-6)
+    dates, starts = _day_starts(summary, tz)
+    colours = _place_colours(summary)
+    runs: list[dict[str, Any]] = []
+    day_far = np.zeros(len(dates))
+    lats, lons, kms = [], [], []
+    for index, (device, data) in enumerate(sorted(series["devices"].items())):
+        if not data["t"]:
+            continue
+        lat = np.round(home_lat + np.asarray(data["north"]) / KM_PER_DEG, 6)
+        lon = np.round(home_lon + np.asarray(data["east"]) / (KM_PER_DEG * cos_home), 6)
+        km = np.asarray(data["km"], dtype=np.float64)
+        trip = np.asarray(data["trip"], dtype=np.int64)
+        day = np.clip(np.searchsorted(starts, np.asarray(data["t"]), side="right") - 1, 0, None)
+        np.maximum.at(day_far, day, km)
+        cuts = np.flatnonzero((np.diff(day) != 0) | (np.diff(trip) != 0)) + 1
+        bounds = np.concatenate(([0], cuts, [len(day)]))
+        pairs = np.column_stack((lat, lon))
+        for begin, end in itertools.pairwise(bounds):
+            # Each run reaches the next one's first fix, so the line has no breaks.
+            runs.append(
+                {
+                    "device": device,
+                    "colour": COLOURS[index % len(COLOURS)],
+                    "date": dates[day[begin]],
+                    "trip": int(trip[begin]),
+                    "points": pairs[begin : min(end + 1, len(day))].tolist(),
+                }
+            )
+        lats.append(lat)
+        lons.append(lon)
+        kms.append(km)
+    seen = [k for k, date in enumerate(dates) if any(r["date"] == date for r in runs)]
+    # A view fitting the usual days: a day reaching past three times the median day's
+    # farthest point (a flight in a week of commutes) is left out of it.
+    reach = max(3 * statistics.median(day_far[seen]), 2 * params["exit_radius_km"]) if seen else 0
+    beyond = [
+        {"date": dates[k], "km": round(float(day_far[k]), 1)} for k in seen if day_far[k] > reach
+    ]
+    fit = None
+    if beyond:
+        near = np.concatenate(kms) <= reach
+        lat_all, lon_all = np.concatenate(lats)[near], np.concatenate(lons)[near]
+        fit = [
+            [float(min(lat_all.min(), home_lat)), float(min(lon_all.min(), home_lon))],
+            [float(max(lat_all.max(), home_lat)), float(max(lon_all.max(), home_lon))],
+        ]
+    multi_day = len(dates) > 1
+
+    def when(start: str, end: str) -> str:
+        begin = dt.datetime.fromisoformat(start).astimezone(tz)
+        finish = dt.datetime.fromisoformat(end).astimezone(tz)
+        day = f"{begin:%a %d %b} " if multi_day else ""
+        return f"{day}{begin:%H:%M}\u2013{finish:%H:%M}"
+
+    return {
+        "tiles": tiles.tiles,
+        "attribution": tiles.map_tile_attribution,
+        "home": {
+            "lat": home_lat,
+            "lon": home_lon,
+            "exit_m": params["exit_radius_km"] * 1000,
+            "enter_m": params["enter_radius_km"] * 1000,
+            "colour": colours["home"],
+        },
+        "runs": runs,
+        "stays": [
+            {
+                "lat": stay["latitude"],
+                "lon": stay["longitude"],
+                "radius_m": stay["radius_m"],
+                "colour": colours.get(stay["place"], PLACE_COLOURS[-1]),
+                "date": f"{dt.datetime.fromisoformat(stay['start']).astimezone(tz):%Y-%m-%d}",
+                "label": f"{stay['place']} ({stay['device_id']})\n"
+                f"{when(stay['start'], stay['end'])} ({_duration(stay['duration_s'])})",
+            }
+            for stay in summary.get("stays", [])
+        ],
+        "places": [
+            {
+                "lat": place["latitude"],
+                "lon": place["longitude"],
+                "name": place["place"],
+                "colour": colours.get(place["place"], PLACE_COLOURS[-1]),
+                "label": f"{place['place']}: {_duration(place['total_s'])} in "
+                f"{place['visits']} visit{'s' * (place['visits'] != 1)}\n"
+                f"first arrival {_local(place['first_arrival'], tz)}\n"
+                f"last departure {_local(place['last_departure'], tz)}",
+            }
+            for place in summary.get("places", [])
+            if place["kind"] == "named"
+        ],
+        "trips": [
+            {
+                "id": trip["id"],
+                "label": f"trip #{trip['id']} ({trip['device_id']}): "
+                f"{when(trip['start'], trip['end'])}, farthest "
+                f"{trip['max_distance_km'] or 0:,.1f} km, path {trip['path_km']:,.1f} km",
+            }
+            for trip in summary["trips"]
+        ],
+        "farthest": [
+            {
+                "lat": metrics["max_distance_at"]["latitude"],
+                "lon": metrics["max_distance_at"]["longitude"],
+                "label": f"farthest from home ({device}): {metrics['max_distance_km']:,.2f} km, "
+                f"{_local(metrics['max_distance_at']['time'], tz)}",
+            }
+            for device, metrics in sorted(summary["devices"].items())
+            if metrics.get("max_distance_at")
+        ],
+        "days": [{"date": dates[k], "km": round(float(day_far[k]), 1)} for k in seen],
+        "fit": fit,
+        "beyond": beyond,
+    }
+
+
+def _months(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per calendar month totals: the summary's own `months` when it has them, else the sum
+    of its days."""
+    keys = ("points_read", "path_km", "time_at_home_s", "time_away_s", "time_unknown_s")
+    months = summary.get("months")
+    if months is None:
+        totals: dict[str, dict[str, Any]] = {}
+        for day in summary["days"]:
+            month = totals.setdefault(day["date"][:7], {"month": day["date"][:7], "days": 0})
+            month["days"] += 1
+            for key in keys:
+                month[key] = month.get(key, 0) + day[key]
+        months = list(totals.values())
+    return [
+        {
+            "month": dt.date.fromisoformat(f"{month['month'][:7]}-01").strftime("%B %Y"),
+            "days": month.get("days", ""),
+            "read": f"{month.get('points_read', 0):,}",
+            "path": f"{month.get('path_km', 0):,.1f} km",
+            "home": _duration(month.get("time_at_home_s", 0)),
+            "away": _duration(month.get("time_away_s", 0)),
+            "unknown": _duration(month.get("time_unknown_s", 0)),
+        }
+        for month in months
+    ]
+
+
+CALENDAR_SHADES = ("#dafbe1", "#aceebb", "#6fdd8b", "#2da44e", "#116329")
+"""From a short day's path to the longest one's (log scale)."""
+
+
+def _calendar(summary: dict[str, Any]) -> dict[str, Any]:
+    """The range's days as a heatmap of weeks (columns, Monday first) and weekdays (rows),
+    each day shaded by its path, titled with its path and time away."""
+    cell, gap, left, top = 14, 3, 30, 18
+    days = summary["days"]
+    first = dt.date.fromisoformat(days[0]["date"])
+    monday = first - dt.timedelta(days=first.weekday())
+    longest = max(0.1, *(day["path_km"] for day in days))
+    cells, months = [], []
+    for day in days:
+        date = dt.date.fromisoformat(day["date"])
+        week = (date - monday).days // 7
+        x, y = left + week * (cell + gap), top + date.weekday() * (cell + gap)
+        empty = day["points_read"] == 0
+        # On a log scale: a flight's day does not wash out a week of commutes.
+        share = math.log1p(day["path_km"]) / math.log1p(longest)
+        shade = min(int(share * len(CALENDAR_SHADES)), len(CALENDAR_SHADES) - 1)
+        cells.append(
+            {
+                "x": x,
+                "y": y,
+                "date": day["date"],
+                "colour": "#ebeef1" if empty else CALENDAR_SHADES[shade],
+                "title": f"{day['date']}: no fixes"
+                if empty
+                else f"{day['date']}: path {day['path_km']:,.1f} km, "
+                f"away {_duration(day['time_away_s'])}",
+            }
+        )
+        if date.day == 1 or date == first:
+            months.append({"x": x, "label": f"{date:%b}"})
+    weeks = (dt.date.fromisoformat(days[-1]["date"]) - monday).days // 7 + 1
+    return {
+        "width": max(left + weeks * (cell + gap), 120),
+        "height": top + 7 * (cell + gap),
+        "cell": cell,
+        "cells": cells,
+        "months": months,
+        "weekdays": [
+            {"y": top + k * (cell + gap) + cell - 3, "label": name}
+            for k, name in ((0, "Mon"), (2, "Wed"), (4, "Fri"))
+        ],
+        "shades": CALENDAR_SHADES,
+        "longest": f"{longest:,.1f} km",
+    }
+
+
+def render(
+    job: dict[str, Any],
+    series: dict[str, Any],
+    tiles: config.ReportSettings | None = None,
+) -> str:
+    """The report page of a completed job (`job` is its JobView as JSON), its map's tiles
+    from `tiles` (by default the environment's settings); the map's script and style are
+    linked from status's /static/ (`self_contained` inlines them)."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     environment = Environment(
@@ -342,7 +556,10 @@ def render(job: dict[str, Any], series: dict[str, Any]) -> str:
         if len(summary["days"]) > 1
         else [],
         time_chart=_time_chart(summary, series, tz),
-        track_chart=_track_chart(summary, series),
+        map_data=_map(summary, series, tz, tiles or config.load(config.ReportSettings)),
+        assets={name: f"../../static/{name}?v={asset_version(name)}" for name in ASSETS},
+        calendar=_calendar(summary) if len(summary["days"]) > 1 else None,
+        months=_months(summary) if len(summary["days"]) > 1 else [],
         timeline=_timeline(summary, tz),
         places=_places(summary, tz),
     )

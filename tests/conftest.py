@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from tests.stack import Stack
 
 from shared.dev.stack import PgBouncer, S3Identity, SeaweedS3
+from tests.browser import TileServer
 
 S3_REGION = "us-east-1"
 
@@ -276,11 +277,18 @@ def seeded(pgbouncer: Database) -> Iterator[Database]:
 
 
 @pytest.fixture(scope="session")
-def stack(seeded: Database, s3: S3Server) -> Iterator[Stack]:
+def tiles() -> Iterator[TileServer]:
+    """Map tiles generated on loopback: the report pages of the tests never reach out."""
+    with TileServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def stack(seeded: Database, s3: S3Server, tiles: TileServer) -> Iterator[Stack]:
     """The whole system running: broker, submit, compute, status and the ingress."""
     from tests.stack import start_stack
 
-    started = start_stack(seeded, s3)
+    started = start_stack(seeded, s3, MAP_TILE_URL=tiles.template)
     yield started
     started.supervisor.stop()
 

@@ -1,6 +1,7 @@
 """status: jobs by id, job listings, reports, presigned downloads, the dead-letter sink.
 
-GET /jobs/{id}, GET /jobs/{id}/report (an HTML page), GET
+GET /jobs/{id}, GET /jobs/{id}/report (an HTML page; its map's script and style from GET
+/static/{name}, cached for good: their links carry a digest of their bytes), GET
 /jobs?status=&date=&device_id=&limit=&offset= (newest first, with the count of every
 match), GET /download/{job_id} (302 to a fresh presigned CSV URL; also by
 the CSV's basename, so old relative links keep working, /download/{job_id}/summary and
@@ -36,6 +37,7 @@ ROUTES = Map(
         Rule("/download/<name>", endpoint="download", methods=["GET"]),
         Rule("/download/<name>/summary", endpoint="download_summary", methods=["GET"]),
         Rule("/download/<name>/gpx", endpoint="download_gpx", methods=["GET"]),
+        Rule("/static/<name>", endpoint="static", methods=["GET"]),
         Rule("/dead-letters", endpoint="dead_letter", methods=["POST"]),
     ],
     strict_slashes=False,
@@ -51,7 +53,7 @@ def _clients() -> tuple[JobStore, ObjectStore]:
 # leave callers waiting on Knative's activator instead of a prompt 503.
 _function = HttpFunction(
     FUNCTION,
-    (config.DatabaseSettings, config.StorageSettings, config.JobSettings),
+    (config.DatabaseSettings, config.StorageSettings, config.JobSettings, config.ReportSettings),
     _clients,
     probe_database=False,
 )
@@ -74,8 +76,28 @@ def _report(job_id: str) -> flask.Response:
     jobs, objects = _function.service()
     job = queries.existing(jobs, web.parse_job_id(job_id))
     series = queries.report_series(job, objects)
-    page = render(job_view(job).model_dump(mode="json"), series)
+    page = render(job_view(job).model_dump(mode="json"), series, config.load(config.ReportSettings))
     return flask.Response(page, headers={"Content-Type": "text/html; charset=utf-8"})
+
+
+def _static(request: flask.Request, name: str) -> flask.Response:
+    from shared import report
+
+    body = report.asset(name)
+    if body is None:
+        raise web.HttpError(HTTPStatus.NOT_FOUND, f"no such resource: {request.path}")
+    etag = f'"{report.asset_version(name)}"'
+    headers = {
+        "Content-Type": "text/css; charset=utf-8"
+        if name.endswith(".css")
+        else "text/javascript; charset=utf-8",
+        # The page links each file by a digest of its bytes: a new build, a new link.
+        "Cache-Control": "public, max-age=31536000, immutable",
+        "ETag": etag,
+    }
+    if request.headers.get("If-None-Match") == etag:
+        return flask.Response(status=HTTPStatus.NOT_MODIFIED, headers=headers)
+    return flask.Response(body, headers=headers)
 
 
 def _download(name: str, summary: bool = False, gpx: bool = False) -> flask.Response:
@@ -129,6 +151,8 @@ def _serve(request: flask.Request) -> flask.Response:
             return _job(arguments["job_id"])
         if endpoint == "report":
             return _report(arguments["job_id"])
+        if endpoint == "static":
+            return _static(request, arguments["name"])
         if endpoint == "download":
             return _download(arguments["name"])
         if endpoint == "download_summary":

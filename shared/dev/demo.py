@@ -35,6 +35,7 @@ from shared.dev.runner import Supervisor
 from shared.dev.stack import SeaweedS3
 from shared.dev.tracks import TrackSpec
 from shared.errors import OtelWorkerError
+from shared.report import self_contained
 
 DATABASE = "otel_worker_demo"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -199,7 +200,9 @@ def _submit_and_show(stack: Supervisor, options: Options, say: TextIO) -> None:
                 text = html.read().decode()
             # The saved copy links to the files saved beside it, not to the stopped stack.
             text = text.replace(f"../../download/{queued.job_id}/summary", summary_name)
-            page.write_text(text.replace(f"../../download/{queued.job_id}", name))
+            # And it carries the map's script and style, to open later without status.
+            text = text.replace(f"../../download/{queued.job_id}", name)
+            page.write_text(self_contained(text))
             say.write(f"Report        {report}\n")
             say.write(
                 f"Saved         {options.out_dir / name}, {options.out_dir / summary_name} "
