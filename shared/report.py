@@ -8,9 +8,10 @@ farthest point, for a range a calendar of its days and a table of its months, ea
 timeline of stays and moves, the time per place, the trips table, and the download links.
 
 The map's script and style (Leaflet, vendored at build time into `shared/static/leaflet`)
-are linked from status's `/static/` route, or inlined (`self_contained`) into a page that
-is saved to be opened later, offline. Tiles come from `MAP_TILE_URL`; without them the map
-draws everything on a plain background with a scale bar.
+are linked from status's `/assets/` route (Flask keeps `/static/` for itself), or inlined
+(`self_contained`) into a page that is saved to be opened later, offline. Tiles come from
+`MAP_TILE_URL`; without them the map draws everything on a plain background with a scale
+bar.
 """
 
 from __future__ import annotations
@@ -243,9 +244,9 @@ def _places(summary: dict[str, Any], tz: ZoneInfo) -> list[dict[str, Any]]:
 
 
 ASSETS = ("leaflet.js", "leaflet.css")
-"""The map's vendored files status serves under /static/ (built by `make install`)."""
+"""The map's vendored files status serves under /assets/ (built by `make install`)."""
 _LINKED = re.compile(
-    r'<(?:script src|link rel="stylesheet" href)="\.\./\.\./static/([a-z.]+)\?v=\w+">(?:</script>)?'
+    r'<(?:script src|link rel="stylesheet" href)="\.\./\.\./assets/([a-z.]+)\?v=\w+">(?:</script>)?'
 )
 
 
@@ -500,7 +501,7 @@ def render(
 ) -> str:
     """The report page of a completed job (`job` is its JobView as JSON), its map's tiles
     from `tiles` (by default the environment's settings); the map's script and style are
-    linked from status's /static/ (`self_contained` inlines them)."""
+    linked from status's /assets/ (`self_contained` inlines them)."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     environment = Environment(
@@ -557,7 +558,7 @@ def render(
         else [],
         time_chart=_time_chart(summary, series, tz),
         map_data=_map(summary, series, tz, tiles or config.load(config.ReportSettings)),
-        assets={name: f"../../static/{name}?v={asset_version(name)}" for name in ASSETS},
+        assets={name: f"../../assets/{name}?v={asset_version(name)}" for name in ASSETS},
         calendar=_calendar(summary) if len(summary["days"]) > 1 else None,
         months=_months(summary) if len(summary["days"]) > 1 else [],
         timeline=_timeline(summary, tz),

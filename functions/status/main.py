@@ -1,7 +1,7 @@
 """status: jobs by id, job listings, reports, presigned downloads, the dead-letter sink.
 
 GET /jobs/{id}, GET /jobs/{id}/report (an HTML page; its map's script and style from GET
-/static/{name}, cached for good: their links carry a digest of their bytes), GET
+/assets/{name}, cached for good: their links carry a digest of their bytes), GET
 /jobs?status=&date=&device_id=&limit=&offset= (newest first, with the count of every
 match), GET /download/{job_id} (302 to a fresh presigned CSV URL; also by
 the CSV's basename, so old relative links keep working, /download/{job_id}/summary and
@@ -37,7 +37,7 @@ ROUTES = Map(
         Rule("/download/<name>", endpoint="download", methods=["GET"]),
         Rule("/download/<name>/summary", endpoint="download_summary", methods=["GET"]),
         Rule("/download/<name>/gpx", endpoint="download_gpx", methods=["GET"]),
-        Rule("/static/<name>", endpoint="static", methods=["GET"]),
+        Rule("/assets/<name>", endpoint="asset", methods=["GET"]),
         Rule("/dead-letters", endpoint="dead_letter", methods=["POST"]),
     ],
     strict_slashes=False,
@@ -80,7 +80,7 @@ def _report(job_id: str) -> flask.Response:
     return flask.Response(page, headers={"Content-Type": "text/html; charset=utf-8"})
 
 
-def _static(request: flask.Request, name: str) -> flask.Response:
+def _asset(request: flask.Request, name: str) -> flask.Response:
     from shared import report
 
     body = report.asset(name)
@@ -151,8 +151,8 @@ def _serve(request: flask.Request) -> flask.Response:
             return _job(arguments["job_id"])
         if endpoint == "report":
             return _report(arguments["job_id"])
-        if endpoint == "static":
-            return _static(request, arguments["name"])
+        if endpoint == "asset":
+            return _asset(request, arguments["name"])
         if endpoint == "download":
             return _download(arguments["name"])
         if endpoint == "download_summary":

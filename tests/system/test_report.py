@@ -341,21 +341,21 @@ def test_the_report_renders_in_headless_chromium_with_its_map_on_tiles(
 
 def test_status_serves_the_map_script_to_be_cached_for_good(stack: Stack) -> None:
     for name, kind in (("leaflet.js", "text/javascript"), ("leaflet.css", "text/css")):
-        answer = urllib3.request("GET", f"{stack.url('status')}/static/{name}")
+        answer = urllib3.request("GET", f"{stack.url('status')}/assets/{name}")
         assert answer.status == 200
         assert answer.headers["Content-Type"].startswith(kind)
         assert answer.headers["Cache-Control"] == "public, max-age=31536000, immutable"
         assert answer.data == asset(name)
         again = urllib3.request(
             "GET",
-            f"{stack.url('status')}/static/{name}",
+            f"{stack.url('status')}/assets/{name}",
             headers={"If-None-Match": answer.headers["ETag"]},
         )
         assert (again.status, again.data) == (304, b"")
     assert b"Leaflet 1.9.4" in (asset("leaflet.js") or b"")
-    missing = urllib3.request("GET", f"{stack.url('status')}/static/leaflet.map")
+    missing = urllib3.request("GET", f"{stack.url('status')}/assets/leaflet.map")
     assert missing.status == 404
-    assert missing.json()["error"] == "no such resource: /static/leaflet.map"
+    assert missing.json()["error"] == "no such resource: /assets/leaflet.map"
 
 
 def _saved(analysis: Analysis, folder: Path, name: str) -> str:
@@ -385,7 +385,7 @@ def test_without_tiles_a_saved_page_shows_everything_on_a_plain_map(
         page.screenshot(ARTIFACTS / "report-plain-map.png", "#map-section")
     assert re.search(r"\d+ (m|km)", scale), scale
     data = _map_data(url_text := (tmp_path / "saved.report.html").read_text())
-    assert "../../static/" not in url_text  # nothing to fetch but the tiles
+    assert "../../assets/" not in url_text  # nothing to fetch but the tiles
     assert drawn["map-track"] + drawn["map-trip"] == len(data["runs"])
     assert drawn["map-stay"] == len(analysis.summary.stays) > 0
     assert drawn["map-farthest"] == 2
