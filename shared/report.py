@@ -24,12 +24,15 @@ import math
 import re
 import statistics
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import TypeAdapter
+
+if TYPE_CHECKING:
+    import jinja2
 
 from shared import config
 from shared.engine import DROP_RULES, Analysis
@@ -369,7 +372,6 @@ def _map(
             {
                 "lat": stay["latitude"],
                 "lon": stay["longitude"],
-                "radius_m": stay["radius_m"],
                 "colour": colours.get(stay["place"], PLACE_COLOURS[-1]),
                 "date": f"{dt.datetime.fromisoformat(stay['start']).astimezone(tz):%Y-%m-%d}",
                 "label": f"{stay['place']} ({stay['device_id']})\n"
@@ -494,6 +496,17 @@ def _calendar(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@functools.cache
+def _template() -> jinja2.Template:
+    """The page's template, compiled once per process."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    environment = Environment(
+        loader=PackageLoader("shared", "templates"), autoescape=select_autoescape(["html"])
+    )
+    return environment.get_template("report.html")
+
+
 def render(
     job: dict[str, Any],
     series: dict[str, Any],
@@ -502,11 +515,6 @@ def render(
     """The report page of a completed job (`job` is its JobView as JSON), its map's tiles
     from `tiles` (by default the environment's settings); the map's script and style are
     linked from status's /assets/ (`self_contained` inlines them)."""
-    from jinja2 import Environment, PackageLoader, select_autoescape
-
-    environment = Environment(
-        loader=PackageLoader("shared", "templates"), autoescape=select_autoescape(["html"])
-    )
     summary = job["result"]
     tz = ZoneInfo(summary["window"]["timezone"])
     points = summary["points"]
@@ -515,7 +523,7 @@ def render(
     # Times of several devices add up (two phones at home all day: 48 h in one day).
     summed = summed_over(len(summary["devices"]), ", ")
 
-    return environment.get_template("report.html").render(
+    return _template().render(
         job=job,
         summary=summary,
         days=days,

@@ -92,6 +92,9 @@ def test_the_demo_prints_summaries_that_match_its_csvs_and_stops_everything(tmp_
         assert json.loads(Path(saved.group(2)).read_text())["points"]["read"] == int(fixes[1])
         report = Path(saved.group(3)).read_text()
         assert f"{int(fixes.group(1)):,}" in report
+        # It opens offline: the map's script and style are inside, nothing links to status.
+        assert "../../assets/" not in report
+        assert "Leaflet 1.9.4" in report
         # The saved report links to the files saved beside it.
         links = re.findall(r'<a id="(?:csv|summary)" href="([^"]+)"', report)
         assert links

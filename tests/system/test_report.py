@@ -71,6 +71,12 @@ def test_render_shows_the_numbers_and_escapes_what_it_is_given() -> None:
     assert "<script>alert(1)" not in page
     assert "&lt;script&gt;" in page
     assert 'href="../../download/0b9f3a52-5d3c-4c1e-8f0a-2b6d7e9c1a44"' in page
+    # A device named like markup reaches the map's data as text, never as markup.
+    series = series_of(analysis)
+    series["devices"] = {"</script><img src=x onerror=alert(1)>": series["devices"]["phone1"]}
+    page = render(job, series)
+    assert "<img src=x" not in page
+    assert _map_data(page)["runs"][0]["device"] == "</script><img src=x onerror=alert(1)>"
     assert page.count("<polyline") == 1  # the time chart, one device (the map draws the track)
 
 
