@@ -104,8 +104,8 @@ class Page:
         clip = {}
         if selector:
             box = self.evaluate(
-                f"(function (r) {{ return {{x: r.left + scrollX, y: r.top + scrollY,"
-                f" width: r.width, height: r.height, scale: 1}}; }})"
+                f"(function (r) {{ return {{x: r.left + scrollX - 8, y: r.top + scrollY - 8,"
+                f" width: r.width + 16, height: r.height + 16, scale: 1}}; }})"
                 f"(document.querySelector({json.dumps(selector)}).getBoundingClientRect())"
             )
             clip = {"clip": box}

@@ -18,7 +18,7 @@ import urllib3
 
 from shared import config
 from shared.dev.tracks import TrackSpec, generate
-from shared.engine import Analysis, analyze, day_window
+from shared.engine import Analysis, NamedPlace, analyze, day_window
 from shared.report import (
     KM_PER_DEG,
     MAX_POINTS,
@@ -376,7 +376,28 @@ def test_without_tiles_a_saved_page_shows_everything_on_a_plain_map(
 ) -> None:
     port = closed_port()
     monkeypatch.setenv("MAP_TILE_URL", f"http://127.0.0.1:{port}/{{z}}/{{x}}/{{y}}.png")
-    analysis = _analysis(days=1, devices=2)
+    # The longest stay away from home gets a name: the map labels it.
+    plain = _analysis(days=1, devices=2)
+    office = max((v for v in plain.summary.stays if v.place != "home"), key=lambda v: v.duration_s)
+    track = generate(TrackSpec(seed=3, start=dt.date(2024, 3, 12), days=1, devices=2))
+    params = (
+        config.AnalysisSettings()
+        .engine_params()
+        .model_copy(
+            update={
+                "places": (
+                    NamedPlace(
+                        name="Office <b>",
+                        latitude=office.latitude,
+                        longitude=office.longitude,
+                        radius_m=300,
+                    ),
+                )
+            }
+        )
+    )
+    window = day_window(dt.date(2024, 3, 12), dt.date(2024, 3, 12), "America/New_York")
+    analysis = analyze(track.points, window, params)
     url = _saved(analysis, tmp_path, "saved.report.html")
     with browser(tmp_path / "profile") as open_page:
         page = open_page(url)
@@ -387,6 +408,9 @@ def test_without_tiles_a_saved_page_shows_everything_on_a_plain_map(
         )
         scale = page.evaluate("document.querySelector('#map .leaflet-control-scale').textContent")
         drawn = _drawn(page)
+        labels = page.evaluate(
+            "Array.from(document.querySelectorAll('#map .leaflet-tooltip'), e => e.textContent)"
+        )
         errors = page.errors()
         page.screenshot(ARTIFACTS / "report-plain-map.png", "#map-section")
     assert re.search(r"\d+ (m|km)", scale), scale
@@ -395,6 +419,8 @@ def test_without_tiles_a_saved_page_shows_everything_on_a_plain_map(
     assert drawn["map-track"] + drawn["map-trip"] == len(data["runs"])
     assert drawn["map-stay"] == len(analysis.summary.stays) > 0
     assert drawn["map-farthest"] == 2
+    assert drawn["map-place"] == 1
+    assert labels == ["Office <b>"]  # its name, as text, always shown
     # The refused tiles are the only failures: no script error, nothing else missing.
     assert errors, "the tiles should have been refused"
     for error in errors:
