@@ -283,6 +283,10 @@ def self_contained(page: str) -> str:
     return _LINKED.sub(inline, page)
 
 
+FIT_FACTOR = 10
+"""A day reaching this many times farther than the median day is left out of the first view."""
+
+
 def _day_starts(summary: dict[str, Any], tz: ZoneInfo) -> tuple[list[str], npt.NDArray[np.int64]]:
     """The range's local days and the epoch second each begins."""
     first = dt.date.fromisoformat(summary["window"]["first_day"])
@@ -335,9 +339,13 @@ def _map(
         lons.append(lon)
         kms.append(km)
     seen = [k for k, date in enumerate(dates) if any(r["date"] == date for r in runs)]
-    # A view fitting the usual days: a day reaching past three times the median day's
-    # farthest point (a flight in a week of commutes) is left out of it.
-    reach = max(3 * statistics.median(day_far[seen]), 2 * params["exit_radius_km"]) if seen else 0
+    # A view fitting the usual days: a day reaching an order of magnitude past the median
+    # day's farthest point (a flight among commutes, not a weekend outing) is left out of it.
+    reach = (
+        max(FIT_FACTOR * statistics.median(day_far[seen]), 2 * params["exit_radius_km"])
+        if seen
+        else 0
+    )
     beyond = [
         {"date": dates[k], "km": round(float(day_far[k]), 1)} for k in seen if day_far[k] > reach
     ]
@@ -457,7 +465,8 @@ def _calendar(summary: dict[str, Any]) -> dict[str, Any]:
     first = dt.date.fromisoformat(days[0]["date"])
     monday = first - dt.timedelta(days=first.weekday())
     longest = max(0.1, *(day["path_km"] for day in days))
-    cells, months = [], []
+    cells: list[dict[str, Any]] = []
+    months: list[dict[str, Any]] = []
     for day in days:
         date = dt.date.fromisoformat(day["date"])
         week = (date - monday).days // 7
@@ -479,10 +488,12 @@ def _calendar(summary: dict[str, Any]) -> dict[str, Any]:
             }
         )
         if date.day == 1 or date == first:
+            if months and x - months[-1]["x"] < 2 * (cell + gap):
+                months.pop()  # the range's first days, too close to a month's start
             months.append({"x": x, "label": f"{date:%b}"})
     weeks = (dt.date.fromisoformat(days[-1]["date"]) - monday).days // 7 + 1
     return {
-        "width": max(left + weeks * (cell + gap), 120),
+        "width": max(left + weeks * (cell + gap), months[-1]["x"] + 30, 120),
         "height": top + 7 * (cell + gap),
         "cell": cell,
         "cells": cells,
