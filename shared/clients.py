@@ -17,6 +17,7 @@ from shared.db import LazyPool
 from shared.events import Publisher
 from shared.jobs import JobStore
 from shared.storage import ObjectStore
+from shared.waiting import JobWaits
 
 
 @functools.cache
@@ -30,6 +31,21 @@ def jobs() -> JobStore:
     """The jobs store over the pool."""
     database = config.load(config.DatabaseSettings)
     return JobStore(pool().connection, config.load(config.JobSettings), schema=database.jobs_schema)
+
+
+@functools.cache
+def job_waits() -> JobWaits:
+    """Waits for jobs to finish, heard on DATABASE_LISTEN_URL (its listener starts with the
+    first wait)."""
+    database = config.load(config.DatabaseSettings)
+    admission = config.load(config.AdmissionSettings)
+    listen = database.database_listen_url
+    return JobWaits(
+        listen.get_secret_value() if listen else None,
+        database.jobs_schema,
+        max_waits=admission.max_status_waits,
+        max_seconds=admission.max_wait_seconds,
+    )
 
 
 @functools.cache

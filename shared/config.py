@@ -118,6 +118,10 @@ class DatabaseSettings(SettingsGroup):
     db_connect_timeout_seconds: PositiveFloat = 5.0
     db_startup_retry_seconds: Annotated[float, Field(ge=0)] = 30.0
     db_pool_max_size: Annotated[int, Field(ge=1, le=100)] = 4
+    database_listen_url: SecretStr | None = None
+    """A direct connection to PostgreSQL (not through PgBouncer, whose transaction pooling
+    cannot carry a LISTEN) on which status hears of finished jobs at once; without it a
+    waiting status request re-reads the job every second. Same form as DATABASE_URL."""
 
     @field_validator("jobs_schema")
     @classmethod
@@ -126,7 +130,7 @@ class DatabaseSettings(SettingsGroup):
             raise ValueError("must be a lower-case SQL identifier (letters, digits, _)")
         return value
 
-    @field_validator("database_url")
+    @field_validator("database_url", "database_listen_url")
     @classmethod
     def _url_is_postgres(cls, value: SecretStr | None) -> SecretStr | None:
         url = value.get_secret_value() if value else ""
@@ -296,14 +300,19 @@ class JobSettings(SettingsGroup):
 
 
 class AdmissionSettings(SettingsGroup):
-    """How much may be asked and how fast: pending work counted in device-days (submit),
-    and a token bucket per requester (submit and the ingress)."""
+    """How much may be asked and how fast: pending work counted in device-days and a token
+    bucket per requester (both checked by submit, the only one that rate-limits), and how
+    many status requests may wait for a job to finish, and for how long (status)."""
 
     # A day of one device takes compute well under a second to a few seconds: 500 pending
     # device-days is minutes of work, and a month of every-device jobs counts 31 per job.
     max_pending_jobs: Annotated[int, Field(ge=1)] = 500
     request_rate_per_minute: Annotated[float, Field(gt=0)] = 60.0
     request_burst: Annotated[int, Field(ge=1)] = 30
+    # Half of status's 16 threads (THREADS): waits never starve plain reads.
+    max_status_waits: Annotated[int, Field(ge=0, le=1000)] = 8
+    # Below status's timeoutSeconds (30) and the ingress's UPSTREAM_TIMEOUT_SECONDS (20).
+    max_wait_seconds: Annotated[float, Field(ge=0, le=300)] = 15.0
 
 
 class EventSettings(SettingsGroup):

@@ -276,11 +276,13 @@ def seeded(pgbouncer: Database) -> Iterator[Database]:
 
 
 @pytest.fixture(scope="session")
-def stack(seeded: Database, s3: S3Server) -> Iterator[Stack]:
-    """The whole system running: broker, submit, compute, status and the ingress."""
+def stack(seeded: Database, postgres: Database, s3: S3Server) -> Iterator[Stack]:
+    """The whole system running: broker, submit, compute, status and the ingress; status
+    hears of finished jobs on a direct connection, as deployed."""
     from tests.stack import start_stack
 
-    started = start_stack(seeded, s3)
+    direct = f"postgresql://{seeded.user}@{postgres.host}:{postgres.port}/{seeded.dbname}"
+    started = start_stack(seeded, s3, DATABASE_LISTEN_URL=direct)
     yield started
     started.supervisor.stop()
 
