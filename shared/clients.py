@@ -37,14 +37,13 @@ def jobs() -> JobStore:
 def job_waits() -> JobWaits:
     """Waits for jobs to finish, heard on DATABASE_LISTEN_URL (its listener starts with the
     first wait)."""
-    database = config.load(config.DatabaseSettings)
-    admission = config.load(config.AdmissionSettings)
-    listen = database.database_listen_url
+    settings = config.load(config.WaitSettings)
+    listen = settings.database_listen_url
     return JobWaits(
         listen.get_secret_value() if listen else None,
-        database.jobs_schema,
-        max_waits=admission.max_status_waits,
-        max_seconds=admission.max_wait_seconds,
+        config.load(config.DatabaseSettings).jobs_schema,
+        max_waits=settings.max_status_waits,
+        max_seconds=settings.max_wait_seconds,
     )
 
 

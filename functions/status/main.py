@@ -57,7 +57,7 @@ _function = HttpFunction(
         config.DatabaseSettings,
         config.StorageSettings,
         config.JobSettings,
-        config.AdmissionSettings,
+        config.WaitSettings,
     ),
     _clients,
     probe_database=False,
