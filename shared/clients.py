@@ -42,7 +42,7 @@ def job_waits() -> JobWaits:
     return JobWaits(
         listen.get_secret_value() if listen else None,
         config.load(config.DatabaseSettings).jobs_schema,
-        max_waits=settings.max_status_waits,
+        max_waits=settings.wait_slots,
         max_seconds=settings.max_wait_seconds,
     )
 

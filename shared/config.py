@@ -9,6 +9,7 @@ keys and the engine never needs a database. A bad value fails at start-up with a
 from __future__ import annotations
 
 import functools
+import os
 import re
 import sys
 from pathlib import Path
@@ -323,6 +324,16 @@ class WaitSettings(SettingsGroup):
     max_status_waits: Annotated[int, Field(ge=0, le=1000)] = 8
     # Below status's timeoutSeconds (30) and the ingress's UPSTREAM_TIMEOUT_SECONDS (20).
     max_wait_seconds: Annotated[float, Field(ge=0, le=300)] = 15.0
+    threads: Annotated[int | None, Field(ge=1)] = None
+    """functions-framework's THREADS, the gunicorn threads of the process (unset: its
+    default, 4 per CPU)."""
+
+    @property
+    def wait_slots(self) -> int:
+        """How many may wait at once: MAX_STATUS_WAITS, and never more than half of the
+        process's threads, so plain reads always find one."""
+        threads = self.threads or (os.cpu_count() or 1) * 4
+        return min(self.max_status_waits, threads // 2)
 
     @field_validator("database_listen_url")
     @classmethod

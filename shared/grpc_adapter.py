@@ -535,10 +535,14 @@ def caller_trace(method: str, context: grpc.ServicerContext) -> Iterator[None]:
 
 
 class DistanceService(distance_pb2_grpc.DistanceServiceServicer):
-    """`distance.v1.DistanceService`, delegating to submit and status."""
+    """`distance.v1.DistanceService`, delegating to submit and status. At most `max_waits`
+    GetJobStatus calls wait for a finish at once (each holds one of the server's threads):
+    one more is RESOURCE_EXHAUSTED, so waits never take every thread."""
 
-    def __init__(self, upstream: Upstream) -> None:
+    def __init__(self, upstream: Upstream, max_waits: int = 8) -> None:
         self.upstream = upstream
+        self.max_waits = max_waits
+        self._waits = threading.BoundedSemaphore(max_waits)
 
     def CalculateDistanceFromHome(
         self, request: pb.CalculateDistanceRequest, context: grpc.ServicerContext
@@ -570,8 +574,21 @@ class DistanceService(distance_pb2_grpc.DistanceServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"wait_seconds: must be a number of seconds, 0 or more (got {wait:g})",
             )
-        with _upstream_call("GetJobStatus", context):
-            return status_message(self.upstream.job(request.job_id, context, wait))
+        if wait == 0:
+            with _upstream_call("GetJobStatus", context):
+                return status_message(self.upstream.job(request.job_id, context))
+        if not self._waits.acquire(blocking=False):
+            context.set_trailing_metadata((("retry-after", "1"),))
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"wait_seconds: {self.max_waits} calls are already waiting at this ingress, "
+                "the most it allows; retry in 1 s, or ask without wait_seconds",
+            )
+        try:
+            with _upstream_call("GetJobStatus", context):
+                return status_message(self.upstream.job(request.job_id, context, wait))
+        finally:
+            self._waits.release()
 
     def CancelJob(
         self, request: pb.CancelJobRequest, context: grpc.ServicerContext
