@@ -169,3 +169,34 @@ def test_no_waits_allowed_means_every_wait_is_refused(
     job, _ = store.create(REQUEST)
     with pytest.raises(TooManyWaits):
         waits.wait(job.id, 1, _reader(pgbouncer, schema, job.id))
+
+
+def test_a_lost_listener_reconnects_and_waits_meanwhile_still_see_finishes(
+    postgres: Database, pgbouncer: Database, schema: str, store: JobStore, worker_store: JobStore
+) -> None:
+    waits = JobWaits(postgres.dsn, schema, max_waits=4, max_seconds=30)
+    channel = finished_channel(schema)
+    try:
+        first, _ = store.create(REQUEST)
+        finisher = _later(0.5, lambda: _finish(worker_store, first))
+        assert waits.wait(first.id, 5, _reader(pgbouncer, schema, first.id)).finished
+        finisher.join()
+        assert waits.listening
+        with psycopg.connect(postgres.dsn, autocommit=True) as admin:
+            # The server ends the listener's session, as a restart or a failover would.
+            ended = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = %s",
+                [f'LISTEN "{channel}"'],
+            ).fetchall()
+        assert ended == [(True,)]
+        second, _ = store.create(REQUEST)
+        finisher = _later(1.5, lambda: _finish(worker_store, second))
+        seen = waits.wait(second.id, 20, _reader(pgbouncer, schema, second.id))
+        finisher.join()
+        assert seen.status is JobStatus.COMPLETED
+        deadline = time.monotonic() + 10
+        while not waits.listening and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert waits.listening  # back, on a new connection
+    finally:
+        waits.close()
