@@ -98,6 +98,10 @@ bench-formats: install  ## file readers, analyze and import on a generated 1.4 G
 bench-pipeline: install system-deps bytecode  ## the whole system: job latency, throughput, status latency, start-up
 	$(PY) -m tests.bench.bench_pipeline $(BENCH_ARGS)
 
+.PHONY: bench-compare
+bench-compare: install system-deps bytecode  ## this project beside the server's own COPY of the rows: the comparison table
+	$(PY) -m tests.bench.bench_compare $(BENCH_ARGS)
+
 .PHONY: coldstart
 coldstart: install system-deps bytecode  ## each function: process start -> ready -> first answered request
 	$(PY) -m tests.bench.coldstart $(BENCH_ARGS)

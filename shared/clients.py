@@ -17,6 +17,7 @@ from shared.db import LazyPool
 from shared.events import Publisher
 from shared.jobs import JobStore
 from shared.storage import ObjectStore
+from shared.waiting import JobWaits
 
 
 @functools.cache
@@ -30,6 +31,20 @@ def jobs() -> JobStore:
     """The jobs store over the pool."""
     database = config.load(config.DatabaseSettings)
     return JobStore(pool().connection, config.load(config.JobSettings), schema=database.jobs_schema)
+
+
+@functools.cache
+def job_waits() -> JobWaits:
+    """Waits for jobs to finish, heard on DATABASE_LISTEN_URL (its listener starts with the
+    first wait)."""
+    settings = config.load(config.WaitSettings)
+    listen = settings.database_listen_url
+    return JobWaits(
+        listen.get_secret_value() if listen else None,
+        config.load(config.DatabaseSettings).jobs_schema,
+        max_waits=settings.wait_slots,
+        max_seconds=settings.max_wait_seconds,
+    )
 
 
 @functools.cache

@@ -9,6 +9,7 @@ keys and the engine never needs a database. A bad value fails at start-up with a
 from __future__ import annotations
 
 import functools
+import os
 import re
 import sys
 from pathlib import Path
@@ -104,6 +105,25 @@ class SettingsGroup(BaseSettings):
     )
 
 
+def _postgres_url(value: SecretStr | None) -> SecretStr | None:
+    """A `postgresql://` connection URI, or None when empty; ValueError otherwise."""
+    url = value.get_secret_value() if value else ""
+    if url and not url.startswith(("postgres://", "postgresql://")):
+        raise ValueError("must start with postgresql://")
+    if url:
+        from psycopg import ProgrammingError
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            conninfo_to_dict(url)
+        except ProgrammingError:
+            # libpq's message quotes the whole string, password included.
+            raise ValueError(
+                "is not a valid connection URI (its text is not shown: it may hold a password)"
+            ) from None
+    return value if url else None
+
+
 class DatabaseSettings(SettingsGroup):
     """PostgreSQL: one DSN for reads, the jobs store and migrations (PgBouncer in production)."""
 
@@ -129,21 +149,7 @@ class DatabaseSettings(SettingsGroup):
     @field_validator("database_url")
     @classmethod
     def _url_is_postgres(cls, value: SecretStr | None) -> SecretStr | None:
-        url = value.get_secret_value() if value else ""
-        if url and not url.startswith(("postgres://", "postgresql://")):
-            raise ValueError("must start with postgresql://")
-        if url:
-            from psycopg import ProgrammingError
-            from psycopg.conninfo import conninfo_to_dict
-
-            try:
-                conninfo_to_dict(url)
-            except ProgrammingError:
-                # libpq's message quotes the whole string, password included.
-                raise ValueError(
-                    "is not a valid connection URI (its text is not shown: it may hold a password)"
-                ) from None
-        return value if url else None
+        return _postgres_url(value)
 
     def conninfo(self) -> str:
         """The libpq connection string: `DATABASE_URL` if set, else built from the parts."""
@@ -296,14 +302,43 @@ class JobSettings(SettingsGroup):
 
 
 class AdmissionSettings(SettingsGroup):
-    """How much may be asked and how fast: pending work counted in device-days (submit),
-    and a token bucket per requester (submit and the ingress)."""
+    """How much may be asked and how fast: pending work counted in device-days and a token
+    bucket per requester, both checked by submit (the only function that rate-limits)."""
 
     # A day of one device takes compute well under a second to a few seconds: 500 pending
     # device-days is minutes of work, and a month of every-device jobs counts 31 per job.
     max_pending_jobs: Annotated[int, Field(ge=1)] = 500
     request_rate_per_minute: Annotated[float, Field(gt=0)] = 60.0
     request_burst: Annotated[int, Field(ge=1)] = 30
+
+
+class WaitSettings(SettingsGroup):
+    """status's waits for a job to finish: where it hears of finishes, how many may wait at
+    once and for how long."""
+
+    database_listen_url: SecretStr | None = None
+    """A direct connection to PostgreSQL (not through PgBouncer, whose transaction pooling
+    cannot carry a LISTEN) on which status hears of finished jobs at once; without it a
+    waiting request re-reads its job every second. Same form as DATABASE_URL."""
+    # Half of status's 16 threads (THREADS): waits never starve plain reads.
+    max_status_waits: Annotated[int, Field(ge=0, le=1000)] = 8
+    # Below status's timeoutSeconds (30) and the ingress's UPSTREAM_TIMEOUT_SECONDS (20).
+    max_wait_seconds: Annotated[float, Field(ge=0, le=300)] = 15.0
+    threads: Annotated[int | None, Field(ge=1)] = None
+    """functions-framework's THREADS, the gunicorn threads of the process (unset: its
+    default, 4 per CPU)."""
+
+    @property
+    def wait_slots(self) -> int:
+        """How many may wait at once: MAX_STATUS_WAITS, and never more than half of the
+        process's threads, so plain reads always find one."""
+        threads = self.threads or (os.cpu_count() or 1) * 4
+        return min(self.max_status_waits, threads // 2)
+
+    @field_validator("database_listen_url")
+    @classmethod
+    def _url_is_postgres(cls, value: SecretStr | None) -> SecretStr | None:
+        return _postgres_url(value)
 
 
 class EventSettings(SettingsGroup):
@@ -480,6 +515,7 @@ GROUPS: dict[str, type[SettingsGroup]] = {
     "storage": StorageSettings,
     "jobs": JobSettings,
     "admission": AdmissionSettings,
+    "waits": WaitSettings,
     "events": EventSettings,
     "http": HttpServerSettings,
     "grpc": GrpcSettings,

@@ -210,9 +210,15 @@ class Upstream:
                 grpc.StatusCode.INTERNAL, f"submit replied badly: {_excerpt(str(exc))}"
             ) from None
 
-    def job(self, job_id: str, context: Deadline) -> JobView:
-        """One job from status."""
+    def job(self, job_id: str, context: Deadline, wait_seconds: float = 0.0) -> JobView:
+        """One job from status; with `wait_seconds`, once it has finished or after that
+        long, cut so that status answers within the caller's deadline."""
         url = f"{_base(self.settings.status_url)}/jobs/{quote(job_id, safe='')}"
+        if wait_seconds > 0:
+            timeout = self._timeout(context)
+            # Room for status to answer after its wait ends: a quarter, at most a second.
+            wait = min(wait_seconds, timeout - min(1.0, timeout / 4))
+            url += f"?wait={max(wait, 0.0):.3f}"
         return _model(JobView, self._call("status", "GET", url, context, headers=_trace()))
 
     def cancel(self, job_id: str, context: Deadline) -> JobView:
@@ -529,10 +535,14 @@ def caller_trace(method: str, context: grpc.ServicerContext) -> Iterator[None]:
 
 
 class DistanceService(distance_pb2_grpc.DistanceServiceServicer):
-    """`distance.v1.DistanceService`, delegating to submit and status."""
+    """`distance.v1.DistanceService`, delegating to submit and status. At most `max_waits`
+    GetJobStatus calls wait for a finish at once (each holds one of the server's threads):
+    one more is RESOURCE_EXHAUSTED, so waits never take every thread."""
 
-    def __init__(self, upstream: Upstream) -> None:
+    def __init__(self, upstream: Upstream, max_waits: int = 8) -> None:
         self.upstream = upstream
+        self.max_waits = max_waits
+        self._waits = threading.BoundedSemaphore(max_waits)
 
     def CalculateDistanceFromHome(
         self, request: pb.CalculateDistanceRequest, context: grpc.ServicerContext
@@ -542,11 +552,8 @@ class DistanceService(distance_pb2_grpc.DistanceServiceServicer):
         for name in ("end_date", "device_id", "timezone", "idempotency_key"):
             if value := getattr(request, name):
                 data[name] = value
-        try:
-            with caller_trace("CalculateDistanceFromHome", context):
-                accepted = self.upstream.submit(data, context, _caller(context))
-        except UpstreamError as exc:
-            _abort(context, exc)
+        with _upstream_call("CalculateDistanceFromHome", context):
+            accepted = self.upstream.submit(data, context, _caller(context))
         job = accepted.job
         return pb.CalculateDistanceResponse(
             job_id=str(job.job_id),
@@ -558,23 +565,38 @@ class DistanceService(distance_pb2_grpc.DistanceServiceServicer):
     def GetJobStatus(
         self, request: pb.GetJobStatusRequest, context: grpc.ServicerContext
     ) -> pb.GetJobStatusResponse:
-        """The job's state, and its result once completed."""
+        """The job's state, and its result once completed; with `wait_seconds`, once it has
+        finished or the wait ran out."""
         _check_job_id(request.job_id, context)
-        try:
-            with caller_trace("GetJobStatus", context):
+        wait = request.wait_seconds
+        if not math.isfinite(wait) or wait < 0:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"wait_seconds: must be a number of seconds, 0 or more (got {wait:g})",
+            )
+        if wait == 0:
+            with _upstream_call("GetJobStatus", context):
                 return status_message(self.upstream.job(request.job_id, context))
-        except UpstreamError as exc:
-            _abort(context, exc)
+        if not self._waits.acquire(blocking=False):
+            context.set_trailing_metadata((("retry-after", "1"),))
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"wait_seconds: {self.max_waits} calls are already waiting at this ingress, "
+                "the most it allows; retry in 1 s, or ask without wait_seconds",
+            )
+        try:
+            with _upstream_call("GetJobStatus", context):
+                return status_message(self.upstream.job(request.job_id, context, wait))
+        finally:
+            self._waits.release()
 
     def CancelJob(
         self, request: pb.CancelJobRequest, context: grpc.ServicerContext
     ) -> pb.GetJobStatusResponse:
         """Cancel a queued or processing job; the job as it now stands."""
         _check_job_id(request.job_id, context)
-        try:
+        with _upstream_call("CancelJob", context):
             return status_message(self.upstream.cancel(request.job_id, context))
-        except UpstreamError as exc:
-            _abort(context, exc)
 
     def ListJobs(
         self, request: pb.ListJobsRequest, context: grpc.ServicerContext
@@ -584,17 +606,25 @@ class DistanceService(distance_pb2_grpc.DistanceServiceServicer):
         for name in ("status", "date", "device_id"):
             if value := getattr(request, name):
                 query[name] = value
-        try:
-            with caller_trace("ListJobs", context):
-                page = self.upstream.jobs(query, context)
-        except UpstreamError as exc:
-            _abort(context, exc)
+        with _upstream_call("ListJobs", context):
+            page = self.upstream.jobs(query, context)
         return pb.ListJobsResponse(
             jobs=[summary_message(job) for job in page.jobs],
             total_count=page.total_count,
             limit=page.limit,
             offset=page.offset,
         )
+
+
+@contextlib.contextmanager
+def _upstream_call(method: str, context: grpc.ServicerContext) -> Iterator[None]:
+    """What every method does around its call to submit or status: continue the caller's
+    trace, and abort with the gRPC status of an upstream error."""
+    try:
+        with caller_trace(method, context):
+            yield
+    except UpstreamError as exc:
+        _abort(context, exc)
 
 
 def _check_job_id(job_id: str, context: grpc.ServicerContext) -> None:

@@ -190,6 +190,17 @@ class NotCancellable(OtelWorkerError):
         self.job = job
 
 
+class PendingWorkFull(OtelWorkerError):
+    """Admission refused a new job: the pending work (device-days of queued and processing
+    jobs) plus the job's days would exceed the cap."""
+
+    def __init__(self, pending: int, days: int, cap: int) -> None:
+        super().__init__(f"{pending} device-days pending + {days} > {cap}")
+        self.pending = pending
+        self.days = days
+        self.cap = cap
+
+
 class ClaimResult(enum.StrEnum):
     """How a claim ended, and what the compute function answers the broker."""
 
@@ -333,7 +344,11 @@ class JobStore:
         else:
             self._connection = connection
         self.settings = settings
-        self._names = {"jobs": sql.Identifier(schema, "jobs"), "columns": _COLUMNS}
+        self._names = {
+            "jobs": sql.Identifier(schema, "jobs"),
+            "columns": _COLUMNS,
+            "schema": sql.Identifier(schema),
+        }
         self._statements: dict[tuple[str, ...], bytes] = {}
 
     def _sql(self, template: LiteralString, **parts: LiteralString) -> bytes:
@@ -363,6 +378,21 @@ class JobStore:
         with conn.cursor(row_factory=dict_row) as cursor:
             return [Job.model_validate(row) for row in cursor.execute(query, params)]
 
+    def _call(
+        self, conn: Connection, function: LiteralString, outs: LiteralString, params: dict[str, Any]
+    ) -> tuple[dict[str, Any], Job | None]:
+        """Call the transition `function` of migration 0004 with `params` (its arguments,
+        in order); its OUT values named in `outs`, and the job it returns (or None)."""
+        arguments: LiteralString = ", ".join(f"%({name})s" for name in params)
+        query = self._sql(
+            "SELECT " + outs + ", (r.job).* FROM {schema}." + function + "(" + arguments + ") r"
+        )
+        with conn.cursor(row_factory=dict_row) as cursor:
+            row = cursor.execute(query, params).fetchone()
+        assert row is not None
+        values = {name.strip(): row.pop(name.strip()) for name in outs.split(",")}
+        return values, Job.model_validate(row) if row["id"] is not None else None
+
     # --- creating and reading -----------------------------------------------------------
 
     def create(
@@ -373,6 +403,7 @@ class JobStore:
         requester_source: str | None = None,
         requester_id: str | None = None,
         traceparent: str | None = None,
+        max_pending: int | None = None,
     ) -> tuple[Job, bool]:
         """Create a queued job, or return the one its idempotency key already names.
 
@@ -380,7 +411,10 @@ class JobStore:
         Concurrent creates with one key make one row and all get that job. The same key
         with a request for other days, device or time zone raises `IdempotencyConflict`
         (other parameters alone do not: see `JobRequest.asks_as`); a key longer than
-        `MAX_KEY_LENGTH` raises ValueError.
+        `MAX_KEY_LENGTH` raises ValueError. With `max_pending` (device-days), a new job
+        whose days would take the pending work above it is refused with
+        `PendingWorkFull`, in the same call (a key that already names a job always gets
+        it: it adds no work).
         """
         key = idempotency_key or default_idempotency_key(requester_source, requester_id)
         if len(key) > MAX_KEY_LENGTH:
@@ -393,27 +427,16 @@ class JobStore:
             "requester": requester_id,
             "traceparent": traceparent,
             "max_attempts": self.settings.job_max_attempts,
+            "max_pending": max_pending,
         }
-        insert = self._sql(
-            "INSERT INTO {jobs} (date_from, date_to, device_id, timezone, parameters,"
-            " idempotency_key, requester_source, requester_id, traceparent, max_attempts)"
-            " VALUES (%(date_from)s, %(date_to)s, %(device_id)s, %(timezone)s, %(parameters)s,"
-            " %(key)s, %(source)s, %(requester)s, %(traceparent)s, %(max_attempts)s)"
-            " ON CONFLICT (idempotency_key) DO NOTHING RETURNING {columns}"
-        )
         with self._connection() as conn:
-            while True:
-                # The losing inserts wait for the winner's commit, then see its row. Should
-                # that row vanish in between (pruned), inserting again is right.
-                job = self._one(conn, insert, params)
-                if job is not None:
-                    return job, True
-                job = self._by_key(conn, key)
-                if job is not None:
-                    break
-        if not job.asks_as(request):
+            outs, job = self._call(conn, "job_create", "created, pending", params)
+        if job is None:
+            days = (request.date_to - request.date_from).days + 1
+            raise PendingWorkFull(int(outs["pending"]), days, max_pending or 0)
+        if not outs["created"] and not job.asks_as(request):
             raise IdempotencyConflict(key, job)
-        return job, False
+        return job, bool(outs["created"])
 
     def by_key(self, key: str) -> Job | None:
         """The job `key` names, if any."""
@@ -505,19 +528,6 @@ class JobStore:
         assert row is not None
         return int(row[0]), float(row[1])
 
-    def pending_device_days(self) -> int:
-        """The work not yet done, in device-days: the days of every queued or processing job
-        (a job for every device counts its days once: how many devices it reads is known
-        only when it runs)."""
-        query = self._sql(
-            "SELECT coalesce(sum(date_to - date_from + 1), 0) FROM {jobs}"
-            " WHERE status IN ('queued', 'processing')"
-        )
-        with self._connection() as conn:
-            row = conn.execute(query).fetchone()
-        assert row is not None
-        return int(row[0])
-
     def mark_published(self, job_id: uuid.UUID) -> None:
         """Record that the job's job.queued event was sent (the outbox mark)."""
         with self._connection() as conn:
@@ -549,56 +559,20 @@ class JobStore:
             "worker": worker,
             "lease": self.settings.job_lease_seconds if lease_seconds is None else lease_seconds,
         }
-        claim = self._sql(
-            _ASYNC_COMMIT + "UPDATE {jobs} SET status = 'processing', attempts = attempts + 1,"
-            " lease_token = gen_random_uuid(),"
-            " lease_expires_at = now() + make_interval(secs => %(lease)s),"
-            " claimed_by = %(worker)s, started_at = now(), updated_at = now()"
-            " FROM async_commit WHERE id = %(id)s AND attempts < max_attempts"
-            " AND (status = 'queued' OR (status = 'processing' AND lease_expires_at <= now()))"
-            " RETURNING {columns}"
-        )
-        exhaust = self._sql(
-            "UPDATE {jobs} SET "
-            + _FAIL_EXHAUSTED
-            + " WHERE id = %(id)s AND "
-            + _EXHAUSTED
-            + " RETURNING {columns}",
-            now="now()",
-        )
         with self._connection() as conn:
-            job = self._one(conn, claim, params)
-            if job is not None:
-                return ClaimOutcome(ClaimResult.CLAIMED, job)
-            job = self._one(conn, exhaust, params)
-            if job is not None:
-                return ClaimOutcome(ClaimResult.EXHAUSTED, job)
-            job = self._by_id(conn, job_id)
-        if job is None:
-            return ClaimOutcome(ClaimResult.NOT_FOUND, None)
-        # Anything else is a live lease, or a state that changed under us: let it retry.
-        return ClaimOutcome(ClaimResult.FINISHED if job.finished else ClaimResult.BUSY, job)
+            outs, job = self._call(conn, "job_claim", "outcome", params)
+        return ClaimOutcome(ClaimResult(outs["outcome"]), job)
 
     def _fenced(
-        self,
-        job_id: uuid.UUID,
-        token: uuid.UUID,
-        assignments: LiteralString,
-        params: dict[str, Any],
+        self, function: LiteralString, job_id: uuid.UUID, token: uuid.UUID, **params: Any
     ) -> Job:
-        """Apply `assignments` if `token` is still the job's lease token, else `LeaseLost`."""
-        update = self._sql(
-            "UPDATE {jobs} SET " + assignments + ", lease_token = NULL,"
-            " lease_expires_at = NULL, updated_at = now()"
-            " WHERE id = %(id)s AND status = 'processing' AND lease_token = %(token)s"
-            " RETURNING {columns}"
-        )
+        """Call a fenced transition: applied while `token` is the job's lease token, else
+        `LeaseLost` naming where the job now is."""
         with self._connection() as conn:
-            job = self._one(conn, update, {**params, "id": job_id, "token": token})
-            if job is not None:
-                return job
-            current = self._by_id(conn, job_id)
-        raise LeaseLost(job_id, current.status if current else None)
+            outs, job = self._call(conn, function, "held", {"id": job_id, "token": token, **params})
+        if not outs["held"] or job is None:
+            raise LeaseLost(job_id, job.status if job else None)
+        return job
 
     def complete(
         self,
@@ -618,28 +592,19 @@ class JobStore:
         changes nothing. Clears the error of earlier attempts.
         """
         return self._fenced(
+            "job_complete",
             job_id,
             token,
-            "status = 'completed', completed_at = now(), error_message = NULL,"
-            " result = %(result)s, csv_key = %(csv_key)s, summary_key = %(summary_key)s,"
-            " csv_bytes = %(csv_bytes)s, csv_sha256 = %(csv_sha256)s",
-            {
-                "result": Jsonb(result),
-                "csv_key": csv_key,
-                "summary_key": summary_key,
-                "csv_bytes": csv_bytes,
-                "csv_sha256": csv_sha256,
-            },
+            result=Jsonb(result),
+            csv_key=csv_key,
+            summary_key=summary_key,
+            csv_bytes=csv_bytes,
+            csv_sha256=csv_sha256,
         )
 
     def fail(self, job_id: uuid.UUID, token: uuid.UUID, message: str) -> Job:
         """Finish the job as failed for good with `message`; fenced by `token` (`LeaseLost`)."""
-        return self._fenced(
-            job_id,
-            token,
-            "status = 'failed', completed_at = now(), error_message = %(message)s",
-            {"message": message},
-        )
+        return self._fenced("job_fail", job_id, token, message=message)
 
     def release(self, job_id: uuid.UUID, token: uuid.UUID, error: str) -> Job:
         """Give the lease back after a transient failure; fenced by `token` (`LeaseLost`).
@@ -649,15 +614,7 @@ class JobStore:
         attempts and `error`. The returned job says which (`status`): on failed, emit
         job.failed and answer 2xx; on queued, answer 5xx so the broker retries.
         """
-        return self._fenced(
-            job_id,
-            token,
-            "status = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'failed' END,"
-            " error_message = CASE WHEN attempts < max_attempts THEN %(error)s"
-            " ELSE " + _GAVE_UP + "%(error)s END,"
-            " completed_at = CASE WHEN attempts < max_attempts THEN NULL ELSE now() END",
-            {"error": error},
-        )
+        return self._fenced("job_release", job_id, token, error=error)
 
     def holds(self, job_id: uuid.UUID, token: uuid.UUID) -> None:
         """A fence between steps of an attempt: returns while `token` is still the job's
@@ -679,19 +636,13 @@ class JobStore:
         `LeaseLost` and it drops its work). Returns the job, None when there is no such job;
         raises `NotCancellable` when it had already finished. Against a completion that
         races it, the row lock orders the two: exactly one of them wins."""
-        update = self._sql(
-            "UPDATE {jobs} SET status = 'cancelled', completed_at = now(), updated_at = now(),"
-            " error_message = %(message)s, lease_token = NULL, lease_expires_at = NULL"
-            " WHERE id = %(id)s AND status IN ('queued', 'processing') RETURNING {columns}"
-        )
         with self._connection() as conn:
-            job = self._one(conn, update, {"id": job_id, "message": CANCELLED_MESSAGE})
-            if job is not None:
-                return job
-            current = self._by_id(conn, job_id)
-        if current is None:
-            return None
-        raise NotCancellable(current)
+            outs, job = self._call(
+                conn, "job_cancel", "cancelled", {"id": job_id, "message": CANCELLED_MESSAGE}
+            )
+        if outs["cancelled"] or job is None:
+            return job
+        raise NotCancellable(job)
 
     # --- maintenance --------------------------------------------------------------------
 

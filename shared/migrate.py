@@ -191,7 +191,8 @@ def schema_difference(expected: str, actual: str) -> str:
 def describe_schema(conn: Connection, schema: str) -> str:
     """A normalised text description of every object in `schema`, read from the catalog.
 
-    Tables with their storage options, columns (in order), constraints and indexes;
+    Tables with their storage options, columns (in order), constraints, indexes and
+    triggers;
     sequences, views, functions and types by name. Definitions are printed with
     `search_path` set to the schema, so the description does not depend on its name.
     """
@@ -231,6 +232,12 @@ def describe_schema(conn: Connection, schema: str) -> str:
                 [schema, oid],
             ):
                 lines.append(f"  index {definition}")
+            for (definition,) in conn.execute(
+                """SELECT replace(pg_get_triggerdef(oid), ' ON ' || quote_ident(%s) || '.', ' ON ')
+                   FROM pg_trigger WHERE tgrelid = %s AND NOT tgisinternal ORDER BY tgname""",
+                [schema, oid],
+            ):
+                lines.append(f"  trigger {definition}")
         for kind, name in conn.execute(
             """SELECT CASE relkind WHEN 'S' THEN 'sequence' WHEN 'v' THEN 'view'
                                    WHEN 'm' THEN 'materialized view' ELSE 'relation' END,

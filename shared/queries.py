@@ -22,6 +22,8 @@ from shared.web import HttpError, parse_job_id
 
 _WHOLE = re.compile(r"-?[0-9]+")
 """ASCII digits only: int() would also take "+5", "1_0", " 5" and non-ASCII digits."""
+_SECONDS = re.compile(r"-?[0-9]{1,9}(\.[0-9]{1,6})?")
+"""Plain decimal seconds: float() would also take "nan", "inf", "1e9" and "1_0"."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,21 @@ def parse_list_query(args: Mapping[str, str]) -> ListQuery:
         limit=_whole(args, "limit"),
         offset=_whole(args, "offset", most=MAX_LIST_OFFSET),
     )
+
+
+def parse_wait(args: Mapping[str, str]) -> float:
+    """The seconds `GET /jobs/{id}?wait=` asks to wait for the job to finish (0: answer at
+    once; empty means 0); 400 naming `wait` for anything but plain decimal seconds of at
+    least 0. A longer wait than status allows is cut to its limit, not refused."""
+    raw = args.get("wait", "") or "0"
+    if not _SECONDS.fullmatch(raw):
+        raise HttpError(
+            HTTPStatus.BAD_REQUEST, f"wait: {raw[:40]!r} is not a number of seconds (e.g. 10)"
+        )
+    seconds = float(raw)
+    if seconds < 0:
+        raise HttpError(HTTPStatus.BAD_REQUEST, f"wait: must not be negative (got {raw})")
+    return seconds
 
 
 def list_page(jobs: JobStore, query: ListQuery) -> JobPage:

@@ -29,6 +29,7 @@ from shared.jobs import (
     JobRequest,
     JobStatus,
     JobStore,
+    PendingWorkFull,
     default_idempotency_key,
 )
 
@@ -57,21 +58,13 @@ PENDING_RETRY_SECONDS: Final = 30
 """The retry hint when pending work is at its cap: long enough for compute to clear some."""
 
 
-def _admit(submission: Submission, job_request: JobRequest, key: str | None) -> None:
-    """Refuse a new job while pending work is at MAX_PENDING_JOBS (a repeat of a request
-    already admitted is always answered: it adds no work)."""
-    if submission.max_pending is None:
-        return
-    if key is not None and submission.jobs.by_key(key) is not None:
-        return
-    days = (job_request.date_to - job_request.date_from).days + 1
-    pending = submission.jobs.pending_device_days()
-    if pending + days > submission.max_pending:
-        raise TooManyRequests(
-            f"{pending} device-days of work are pending; this request adds {days}, above "
-            f"MAX_PENDING_JOBS ({submission.max_pending}); retry in {PENDING_RETRY_SECONDS} s",
-            retry_after=PENDING_RETRY_SECONDS,
-        )
+def _refusal(full: PendingWorkFull) -> TooManyRequests:
+    """What a caller is told when pending work is at MAX_PENDING_JOBS."""
+    return TooManyRequests(
+        f"{full.pending} device-days of work are pending; this request adds {full.days}, "
+        f"above MAX_PENDING_JOBS ({full.cap}); retry in {PENDING_RETRY_SECONDS} s",
+        retry_after=PENDING_RETRY_SECONDS,
+    )
 
 
 def _check_limits(request: DistanceRequested, timezone: str, limits: JobSettings) -> None:
@@ -138,14 +131,19 @@ def submit(
             raise
         job, created = earlier, False
     else:
-        _admit(submission, job_request, key)
-        job, created = submission.jobs.create(
-            job_request,
-            idempotency_key=key,
-            requester_source=requester.source if requester else None,
-            requester_id=requester.id if requester else None,
-            traceparent=traceparent,
-        )
+        # Admission and creation in one call: a repeat of a request already admitted is
+        # always answered (it adds no work); a new one must fit under MAX_PENDING_JOBS.
+        try:
+            job, created = submission.jobs.create(
+                job_request,
+                idempotency_key=key,
+                requester_source=requester.source if requester else None,
+                requester_id=requester.id if requester else None,
+                traceparent=traceparent,
+                max_pending=submission.max_pending,
+            )
+        except PendingWorkFull as full:
+            raise _refusal(full) from None
     if job.status == JobStatus.QUEUED and job.published_at is None:
         announce(submission, job)
     return job, created

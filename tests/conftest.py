@@ -284,11 +284,13 @@ def tiles() -> Iterator[TileServer]:
 
 
 @pytest.fixture(scope="session")
-def stack(seeded: Database, s3: S3Server, tiles: TileServer) -> Iterator[Stack]:
-    """The whole system running: broker, submit, compute, status and the ingress."""
+def stack(seeded: Database, postgres: Database, s3: S3Server, tiles: TileServer) -> Iterator[Stack]:
+    """The whole system running: broker, submit, compute, status and the ingress; status
+    hears of finished jobs on a direct connection, as deployed."""
     from tests.stack import start_stack
 
-    started = start_stack(seeded, s3, MAP_TILE_URL=tiles.template)
+    direct = f"postgresql://{seeded.user}@{postgres.host}:{postgres.port}/{seeded.dbname}"
+    started = start_stack(seeded, s3, MAP_TILE_URL=tiles.template, DATABASE_LISTEN_URL=direct)
     yield started
     started.supervisor.stop()
 

@@ -31,6 +31,8 @@ from shared.rpc.distance.v1 import distance_pb2_grpc
 
 log = logging.getLogger("ingress")
 WORKERS = 16
+WAITS = WORKERS // 2
+"""GetJobStatus calls that may wait for a finish at once: the other threads stay free."""
 DRAIN_SECONDS = 20
 
 
@@ -67,7 +69,7 @@ def build_server(
     )
     # The generated registration carries no annotations.
     distance_pb2_grpc.add_DistanceServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        DistanceService(upstream), server
+        DistanceService(upstream, max_waits=WAITS), server
     )
     health_servicer = DependencyHealth(upstream)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -1,7 +1,8 @@
 """status: jobs by id, job listings, reports, presigned downloads, the dead-letter sink.
 
-GET /jobs/{id}, GET /jobs/{id}/report (an HTML page; its map's script and style from GET
-/assets/{name}, cached for good: their links carry a digest of their bytes), GET
+GET /jobs/{id} (with `?wait=SECONDS`: once it has finished, or after that long), GET
+/jobs/{id}/report (an HTML page; its map's script and style from GET /assets/{name},
+cached for good: their links carry a digest of their bytes), GET
 /jobs?status=&date=&device_id=&limit=&offset= (newest first, with the count of every
 match), GET /download/{job_id} (302 to a fresh presigned CSV URL; also by
 the CSV's basename, so old relative links keep working, /download/{job_id}/summary and
@@ -25,6 +26,7 @@ from shared.http_function import HttpFunction
 from shared.job_view import job_view
 from shared.jobs import JobStore
 from shared.storage import ObjectStore
+from shared.waiting import JobWaits, TooManyWaits
 
 FUNCTION = "status"
 log = logging.getLogger(FUNCTION)
@@ -44,8 +46,8 @@ ROUTES = Map(
 )
 
 
-def _clients() -> tuple[JobStore, ObjectStore]:
-    return clients.jobs(), clients.objects()
+def _clients() -> tuple[JobStore, ObjectStore, JobWaits]:
+    return clients.jobs(), clients.objects(), clients.job_waits()
 
 
 # Ready once its clients are built, whatever the database's state: status is also the
@@ -53,27 +55,43 @@ def _clients() -> tuple[JobStore, ObjectStore]:
 # leave callers waiting on Knative's activator instead of a prompt 503.
 _function = HttpFunction(
     FUNCTION,
-    (config.DatabaseSettings, config.StorageSettings, config.JobSettings, config.ReportSettings),
+    (
+        config.DatabaseSettings,
+        config.StorageSettings,
+        config.JobSettings,
+        config.WaitSettings,
+        config.ReportSettings,
+    ),
     _clients,
     probe_database=False,
 )
 
 
 def _list(request: flask.Request) -> flask.Response:
-    jobs, _ = _function.service()
+    jobs, _, _ = _function.service()
     return web.model_response(queries.list_page(jobs, queries.parse_list_query(request.args)))
 
 
-def _job(job_id: str) -> flask.Response:
-    jobs, objects = _function.service()
-    job = queries.existing(jobs, web.parse_job_id(job_id))
+def _job(request: flask.Request, job_id: str) -> flask.Response:
+    jobs, objects, waits = _function.service()
+    seconds = queries.parse_wait(request.args)
+    found = web.parse_job_id(job_id)
+    try:
+        job = waits.wait(found, seconds, lambda: queries.existing(jobs, found))
+    except TooManyWaits as exc:
+        raise web.HttpError(
+            HTTPStatus.TOO_MANY_REQUESTS,
+            str(exc),
+            headers={"Retry-After": str(exc.retry_after)},
+            retry_after=exc.retry_after,
+        ) from None
     return web.model_response(job_view(job, objects))
 
 
 def _report(job_id: str) -> flask.Response:
     from shared.report import render
 
-    jobs, objects = _function.service()
+    jobs, objects, _ = _function.service()
     job = queries.existing(jobs, web.parse_job_id(job_id))
     series = queries.report_series(job, objects)
     page = render(job_view(job).model_dump(mode="json"), series, config.load(config.ReportSettings))
@@ -101,7 +119,7 @@ def _asset(request: flask.Request, name: str) -> flask.Response:
 
 
 def _download(name: str, summary: bool = False, gpx: bool = False) -> flask.Response:
-    jobs, objects = _function.service()
+    jobs, objects, _ = _function.service()
     key = queries.download_key(queries.resolve(jobs, name), summary=summary, gpx=gpx)
     link = objects.presign(key)
     return flask.Response(status=HTTPStatus.FOUND, headers={"Location": link.url})
@@ -148,7 +166,7 @@ def _serve(request: flask.Request) -> flask.Response:
         if endpoint == "list":
             return _list(request)
         if endpoint == "job":
-            return _job(arguments["job_id"])
+            return _job(request, arguments["job_id"])
         if endpoint == "report":
             return _report(arguments["job_id"])
         if endpoint == "asset":

@@ -248,6 +248,8 @@ def run(options: Options, say: TextIO = sys.stdout) -> int:
             env = {k: v for k, v in os.environ.items() if k not in config.variable_names()}
             env |= {
                 "DATABASE_URL": url,
+                # The server itself, not a pooler: status may LISTEN on it.
+                "DATABASE_LISTEN_URL": url,
                 "MINIO_ENDPOINT": s3.endpoint,
                 "MINIO_ACCESS_KEY": s3.access_key,
                 "MINIO_SECRET_KEY": s3.secret_key,

@@ -44,10 +44,13 @@ class Client:
         )
         return reply
 
-    def status(self, job_id: str) -> pb.GetJobStatusResponse:
-        """GetJobStatus."""
+    def status(self, job_id: str, wait_seconds: float = 0.0) -> pb.GetJobStatusResponse:
+        """GetJobStatus; with `wait_seconds`, answered once the job has finished or after
+        that long (the call's deadline grows by as much)."""
         reply: pb.GetJobStatusResponse = self.stub.GetJobStatus(
-            pb.GetJobStatusRequest(job_id=job_id), timeout=self.timeout, metadata=self.metadata
+            pb.GetJobStatusRequest(job_id=job_id, wait_seconds=wait_seconds),
+            timeout=self.timeout + wait_seconds,
+            metadata=self.metadata,
         )
         return reply
 
@@ -88,17 +91,35 @@ def _when(stamp: object) -> str:
     return moment.astimezone().isoformat(timespec="seconds")
 
 
+WAIT_STEP_SECONDS = 10.0
+"""The longest single wait asked of the server: below its default MAX_WAIT_SECONDS, so
+the elapsed time shown moves at least this often while a job runs."""
+
+
 def wait(
     client: Client, job_id: str, err: TextIO, timeout: float, interval: float = 0.5
 ) -> pb.GetJobStatusResponse:
-    """Poll until the job finishes or `timeout` seconds pass, showing its state and the
-    elapsed time on `err` (one line rewritten on a terminal; elsewhere, such as a log, a
-    line per change of state); the last answer either way."""
+    """Follow the job until it finishes or `timeout` seconds pass, showing its state and
+    the elapsed time on `err` (one line rewritten on a terminal; elsewhere, such as a log,
+    a line per change of state); the last answer either way.
+
+    Each GetJobStatus waits on the server for the finish (`wait_seconds`), so the outcome
+    shows the moment it is committed. An answer sooner than `interval` without a finish (a
+    server that does not wait, or one whose wait slots are all taken) is followed by a
+    pause, so the calls never come faster than one per `interval`."""
     live = err.isatty()
     started = time.monotonic()
     shown = ""
     while True:
-        reply = client.status(job_id)
+        asked = time.monotonic()
+        # The first answer at once (the state shows), then waits on the server.
+        step = min(WAIT_STEP_SECONDS if shown else 0.0, max(0.0, timeout - (asked - started)))
+        try:
+            reply = client.status(job_id, wait_seconds=step)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            reply = client.status(job_id)  # every wait slot taken: ask without waiting
         elapsed = time.monotonic() - started
         attempt = f", attempt {reply.attempts}/{reply.max_attempts}" if reply.attempts else ""
         state = f"{reply.status}{attempt}"
@@ -112,7 +133,8 @@ def wait(
             if live:
                 err.write("\n")
             return reply
-        time.sleep(min(interval, max(0.0, timeout - elapsed)))
+        pause = interval - (time.monotonic() - asked)
+        time.sleep(min(max(pause, 0.0), max(0.0, timeout - elapsed)))
 
 
 def show_result(reply: pb.GetJobStatusResponse, out: TextIO) -> None:

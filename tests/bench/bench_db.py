@@ -218,6 +218,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--cycles", type=int, default=1_000)
     parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument(
+        "--only",
+        choices=("reader", "jobs"),
+        help="run one part: the locations reader (seeding included) or the jobs store",
+    )
     args = parser.parse_args()
     admin = os.environ.get(
         "BENCH_DATABASE_URL",
@@ -232,9 +237,11 @@ def main() -> None:
             user=str(params.get("user", "postgres")),
         ).start()
         try:
-            seed(direct, args.seed_rows)
-            bench_reader(direct, bouncer.dsn, min(args.read_rows, args.seed_rows), args.repeat)
-            bench_jobs(direct, bouncer.dsn, args.cycles, args.processes, args.repeat)
+            if args.only in (None, "reader"):
+                seed(direct, args.seed_rows)
+                bench_reader(direct, bouncer.dsn, min(args.read_rows, args.seed_rows), args.repeat)
+            if args.only in (None, "jobs"):
+                bench_jobs(direct, bouncer.dsn, args.cycles, args.processes, args.repeat)
         finally:
             bouncer.stop()
 

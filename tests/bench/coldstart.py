@@ -3,7 +3,9 @@
 Run with `make coldstart`. For every function: process start -> ready (listening and its
 readiness check answered: /readyz, or gRPC health for the ingress) and -> first answered
 real request. Each is measured `--runs` times against a real PostgreSQL, PgBouncer and
-SeaweedFS; the table shows medians (and the best run).
+SeaweedFS; the table shows medians (and the best run). `--set NAME=VALUE` gives every
+function a setting (THREADS, WORKERS, ...); `taskset -c 0 make coldstart` measures a
+one-core pod.
 """
 
 from __future__ import annotations
@@ -153,15 +155,20 @@ def _one_run(
         upstream.stop()
 
 
-def run(runs: int, admin: str) -> None:
+def run(runs: int, admin: str, settings: dict[str, str]) -> None:
     results: dict[str, list[tuple[float, float]]] = {
         n: [] for n in ("submit", "status", "compute", "ingress")
     }
     with environment(admin) as (env, store):
         http = urllib3.PoolManager(retries=False)
         for _ in range(runs):
-            _one_run(env, store, http, results)
-    print(f"cold start on {os.cpu_count()} cores, median of {runs} runs (best in brackets)")
+            _one_run({**env, **settings}, store, http, results)
+    cores = len(os.sched_getaffinity(0))
+    extra = ", ".join(f"{name}={value}" for name, value in settings.items())
+    print(
+        f"cold start on {cores} core(s), median of {runs} runs (best in brackets)"
+        + (f", with {extra}" if extra else "")
+    )
     print(f"{'function':<10} {'ready':>16} {'first request':>18} {'target (ready)':>15}")
     for name, values in results.items():
         ready = [v[0] for v in values]
@@ -177,11 +184,21 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for every function (e.g. THREADS=2, WORKERS=1); repeatable",
+    )
     args = parser.parse_args()
+    settings = dict(item.split("=", 1) for item in args.set if "=" in item)
+    if len(settings) != len(args.set):
+        parser.error("--set takes NAME=VALUE")
     admin = os.environ.get("BENCH_DATABASE_URL") or os.environ.get(
         "TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
     )
-    run(args.runs, admin)
+    run(args.runs, admin, settings)
 
 
 if __name__ == "__main__":

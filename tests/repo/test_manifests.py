@@ -422,6 +422,7 @@ CREDENTIALS = {
     "POSTGRES_USER",
     "POSTGRES_PASSWORD",
     "DATABASE_URL",
+    "DATABASE_LISTEN_URL",
     "MINIO_ACCESS_KEY",
     "MINIO_SECRET_KEY",
     "GRPC_AUTH_TOKEN",
@@ -448,7 +449,7 @@ def test_each_workload_gets_only_the_credentials_it_uses(
     assert set(refs) == used & CREDENTIALS
     # Optional exactly where the setting is: a Secret without them still starts the pod.
     assert {var for var, ref in refs.items() if ref.optional} == (
-        {"DATABASE_URL", "GRPC_AUTH_TOKEN"} & set(refs)
+        {"DATABASE_URL", "DATABASE_LISTEN_URL", "GRPC_AUTH_TOKEN"} & set(refs)
     )
 
 

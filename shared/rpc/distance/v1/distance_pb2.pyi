@@ -36,10 +36,12 @@ class CalculateDistanceResponse(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., status: _Optional[str] = ..., queued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
 
 class GetJobStatusRequest(_message.Message):
-    __slots__ = ("job_id",)
+    __slots__ = ("job_id", "wait_seconds")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
-    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+    wait_seconds: float
+    def __init__(self, job_id: _Optional[str] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
 
 class GetJobStatusResponse(_message.Message):
     __slots__ = ("job_id", "status", "queued_at", "started_at", "completed_at", "error_message", "result", "attempts", "max_attempts", "date", "end_date", "device_id", "timezone")

@@ -62,7 +62,8 @@ class DistanceServiceServicer:
     """
 
     def CalculateDistanceFromHome(self, request, context):
-        """Queues a computation and returns the job at once; poll GetJobStatus for the outcome.
+        """Queues a computation and returns the job at once; ask GetJobStatus for the outcome
+        (with wait_seconds, it answers once the job has finished).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
