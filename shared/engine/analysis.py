@@ -35,7 +35,7 @@ from shared.engine.results import (
     STATE_UNKNOWN,
     Analysis,
 )
-from shared.engine.stays import Stays, find_stays
+from shared.engine.stays import Stays, at_rest_km, find_stays, rest_in_stays, through_centres
 from shared.engine.summary import Summarizer
 from shared.engine.trips import Trips, find_trips, home_states
 from shared.engine.window import Window, read_range
@@ -154,7 +154,9 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
     for a, b in itertools.pairwise(device_starts(window_points.device, n_devices).tolist()):
         np.cumsum(segment_km[a:b], out=cumulative[a:b])  # rows are sorted by device
     home_km, code = out.home_km[w], out.code[w]
-    summary = Summarizer(window_points, window, params, distance_km=home_km, code=code).summary(
+    summary = Summarizer(
+        window_points, window, params, distance_km=home_km, code=code, stay=out.stay[w]
+    ).summary(
         path_days=path_days,
         bound_days=bound_days,
         raw_days=raw_days,
@@ -243,8 +245,9 @@ def analyze_devices(
         valid = fixes.subchain(valid, ~jumped)
     stays = find_stays(fixes, valid, params, window.start_us, window.end_us)
     still = find_still(fixes, valid, params)
+    still = rest_in_stays(still, valid, stays)
     code[valid.idx[still]] = JITTER
-    used = fixes.subchain(valid, ~still)
+    used = through_centres(fixes, fixes.subchain(valid, ~still), stays)
 
     # A resting device was seen where it rested until its last jitter fix: a move away
     # happened after that, so the step is placed in time from there, not from the anchor.
@@ -295,7 +298,7 @@ def analyze_devices(
         state,
         t=valid_t,
         segment_km=seg,
-        home_km=home_km[valid.idx],
+        home_km=at_rest_km(home_km[valid.idx], valid, stays),
         window_edges=window_edges,
         device=valid_device,
         window=window,

@@ -10,13 +10,19 @@ one small array operation per run (never per fix).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from shared.engine.arrays import Bools, Codes, Floats, Ints
 from shared.engine.chain import Chain, Fixes
-from shared.engine.geometry import EARTH_RADIUS_KM
+from shared.engine.geometry import (
+    EARTH_RADIUS_KM,
+    haversine_km,
+    unit_vectors,
+    vector_distance_km,
+)
 from shared.engine.params import EngineParams
 from shared.engine.points import US_PER_S
 
@@ -35,6 +41,7 @@ _FIELDS = (
     "fixes",
     "data_start",
     "data_end",
+    "home_km",
 )
 
 
@@ -58,6 +65,8 @@ class Stays:
     """The stay begins with its device's first fix: the arrival was not observed."""
     data_end: Bools
     """The stay ends with its device's last fix: the departure was not observed."""
+    home_km: Floats
+    """Its centre's distance from home."""
 
     @staticmethod
     def empty() -> Stays:
@@ -77,6 +86,7 @@ class Stays:
             fixes=ints,
             data_start=bools,
             data_end=bools,
+            home_km=floats,
         )
 
     @staticmethod
@@ -153,19 +163,82 @@ def find_stays(fixes: Fixes, chain: Chain, params: EngineParams, lo: int, hi: in
     ends_chain = np.ones(n, dtype=bool)
     ends_chain[:-1] = ~chain.linked[1:]
     rows_first, rows_last = chain.idx[first], chain.idx[last]
+    lat = np.degrees(np.arcsin(np.clip(centre[:, 2], -1.0, 1.0)))
+    lon = np.degrees(np.arctan2(centre[:, 1], centre[:, 0]))
     return Stays(
         device=fixes.device[rows_first],
         first=rows_first,
         last=rows_last,
         start_us=t[first],
         end_us=t[last],
-        lat=np.degrees(np.arcsin(np.clip(centre[:, 2], -1.0, 1.0))),
-        lon=np.degrees(np.arctan2(centre[:, 1], centre[:, 0])),
+        lat=lat,
+        lon=lon,
         radius_m=np.array([stay[3] for stay in found])[overlaps],
         fixes=last - first + 1,
         data_start=~chain.linked[first],
         data_end=ends_chain[last],
+        home_km=haversine_km(params.home_latitude, params.home_longitude, lat, lon),
     )
+
+
+def rest_in_stays(still: Bools, chain: Chain, stays: Stays) -> Bools:
+    """`still` (of the fixes of `chain`) with every fix of `stays` still but each stay's
+    first and last: the device was at rest there, so the fixes between add no path whatever
+    their noise says (a drift jump, a scatter wider than the jitter radius); the first and
+    last are used, so that the path reaches the stay and leaves it (see `through_centres`).
+    `stays` must be of the chain's rows, in order."""
+    if not len(stays.first):
+        return still
+    inside = np.zeros(len(chain.idx) + 1, dtype=np.int8)
+    first = np.searchsorted(chain.idx, stays.first)
+    last = np.searchsorted(chain.idx, stays.last)
+    # Stays are disjoint runs of the chain: +1 after each one's first fix, -1 at its last.
+    np.add.at(inside, first + 1, 1)
+    np.add.at(inside, last, -1)
+    still = still | np.cumsum(inside[:-1], dtype=np.int8).view(np.bool_)
+    still[first] = False
+    still[last] = False
+    return still
+
+
+def through_centres(fixes: Fixes, chain: Chain, stays: Stays) -> Chain:
+    """`chain` (with each stay's first and last fix, see `rest_in_stays`) with its path
+    running through the stays' centres rather than their edge fixes: the step to a stay's
+    first fix ends at the centre, the step across the stay is none, and the step after its
+    last fix starts at the centre. A stay's edge fixes are as noisy as any; its centre is
+    the median of them all."""
+    if not len(stays.first):
+        return chain
+    n = len(chain.idx)
+    first = np.searchsorted(chain.idx, stays.first)
+    last = np.searchsorted(chain.idx, stays.last)
+    centre = np.stack(unit_vectors(stays.lat, stays.lon))
+    step_km = chain.step_km.copy()
+    arrive = chain.linked[first]
+    before = chain.idx[first[arrive] - 1]
+    step_km[first[arrive]] = vector_distance_km(
+        tuple(c[before] for c in fixes.xyz), tuple(centre[:, arrive])
+    )
+    step_km[last] = 0.0
+    after = last + 1
+    leave = after < n
+    leave[leave] = chain.linked[after[leave]]
+    rows = chain.idx[after[leave]]
+    step_km[after[leave]] = vector_distance_km(
+        tuple(c[rows] for c in fixes.xyz), tuple(centre[:, leave])
+    )
+    return dataclasses.replace(chain, step_km=step_km)
+
+
+def at_rest_km(home_km: Floats, chain: Chain, stays: Stays) -> Floats:
+    """`home_km` (of the fixes of `chain`) with each fix of a stay at its stay's centre:
+    where a device rested, one noisy fix or a drift jump must not set the farthest point.
+    `stays` must be of the chain's rows, in order."""
+    first = np.searchsorted(chain.idx, stays.first).tolist()
+    last = np.searchsorted(chain.idx, stays.last).tolist()
+    for a, b, km in zip(first, last, stays.home_km.tolist(), strict=True):
+        home_km[a : b + 1] = km  # one fill per stay: its fixes are consecutive
+    return home_km
 
 
 class Vectors:
@@ -262,11 +335,25 @@ def _merged(
             # is at least the radius, so within it the median need not be computed.
             if gap_ok and (apart <= radius_m or _within_median(apart, reach_m[a : stay[1]])):
                 merged_centre, distance = _centre(xyz[a : stay[1]])
-                inside = distance <= reach_m[a : stay[1]]
-                out[-1] = (a, stay[1], merged_centre, float(distance[inside].max(initial=0.0)))
-                continue
+                # A wander stays near the place; a walk out and back from it goes away.
+                between = distance[b - a : stay[0] - a]
+                if not len(between) or _wandered(between, reach_m[b : stay[0]]):
+                    inside = distance <= reach_m[a : stay[1]]
+                    out[-1] = (a, stay[1], merged_centre, float(distance[inside].max(initial=0.0)))
+                    continue
         out.append(stay)
     return out
+
+
+WANDER_REACHES = 2.0
+"""The fixes between two parts of one stay keep, but for a tenth of them, within this many
+times their reach of the stay's centre: drift wanders about the place, a walk leaves it."""
+
+
+def _wandered(distance: Floats, reach_m: Floats) -> bool:
+    """Whether fixes at `distance` (m) from a centre kept near it (see WANDER_REACHES)."""
+    beyond = np.count_nonzero(distance > WANDER_REACHES * reach_m)
+    return beyond <= len(distance) // 10
 
 
 def _within_median(value: float, values: Floats) -> bool:

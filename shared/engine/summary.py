@@ -90,9 +90,10 @@ class Summarizer:
         *,
         distance_km: Floats,
         code: npt.NDArray[np.uint8],
+        stay: Codes,
     ) -> None:
         self.points, self.window, self.params = points, window, params
-        self.distance_km, self.code = distance_km, code
+        self.distance_km, self.code, self.stay = distance_km, code, stay
         self.used = code == KEPT
         # Jitter fixes add no path, but a resting device is really where they say.
         self.seen = self.used | (code == JITTER)
@@ -137,7 +138,7 @@ class Summarizer:
             seen_before[g] = valid_t[first_valid[g]] < lo
             seen_after[g] = valid_t[first_valid[g + 1] - 1] >= hi
         reported = np.flatnonzero((read_days.sum(axis=1) > 0) | (seen_before & seen_after))
-        stats = self._distance_stats(first_fix, counts[:, KEPT] + counts[:, JITTER])
+        stats = self._distance_stats(first_fix, counts[:, KEPT] + counts[:, JITTER], stays)
         lags = self._lags(first_fix)
 
         all_trips = [
@@ -230,17 +231,21 @@ class Summarizer:
             notes=notes,
         )
 
-    def _distance_stats(self, first_fix: Ints, sizes: Ints) -> list[DistanceStats]:
+    def _distance_stats(self, first_fix: Ints, sizes: Ints, stays: Stays) -> list[DistanceStats]:
         """Farthest place, max, min, mean and median distance of the fixes seen, for each
-        device (`sizes` of them, from row `first_fix`) and then for all of them together."""
+        device (`sizes` of them, from row `first_fix`) and then for all of them together.
+        The farthest counts each fix of a stay at the stay's centre (see `at_rest_km`)."""
         seen_km = self.distance_km[self.seen]  # a copy, which the medians may reorder
+        self._stays = stays
         ranges = part_ranges(sizes)
         # Everything that depends on the order comes first; the medians then reorder each
         # device's part in place, which leaves the whole's median as it was. The whole's
         # extremes and sum are those of its devices.
         parts = [
-            self._extremes(row, seen_km[a:b])
-            for row, (a, b) in zip(first_fix[:-1].tolist(), ranges[:-1], strict=True)
+            self._extremes(row, end, seen_km[a:b])
+            for row, end, (a, b) in zip(
+                first_fix[:-1].tolist(), first_fix[1:].tolist(), ranges[:-1], strict=True
+            )
         ]
         seen = [part for part in parts if part[4]]
         farthest = max(seen, key=lambda part: part[1], default=(-1, 0.0, 0.0, 0.0, 0))
@@ -259,23 +264,47 @@ class Summarizer:
             )
         ]
 
-    def _extremes(self, row: int, distance: Floats) -> tuple[int, float, float, float, int]:
-        """The row of the farthest fix (-1 for none), max, min, sum and count of `distance`,
-        the km of the fixes seen from `row` on."""
+    def _extremes(
+        self, row: int, end: int, distance: Floats
+    ) -> tuple[int, float, float, float, int]:
+        """The row of the farthest fix (-1 for none), the farthest, min, sum and count of
+        `distance`, the km of the fixes seen in rows `row:end` (one device's)."""
         if not len(distance):
             return -1, 0.0, 0.0, 0.0, 0
-        k = row + nth_true(self.seen[row:], int(np.argmax(distance)))
-        return k, float(distance.max()), float(distance.min()), float(distance.sum()), len(distance)
+        k, farthest = self._farthest(row, end)
+        return k, farthest, float(distance.min()), float(distance.sum()), len(distance)
+
+    def _farthest(self, row: int, end: int) -> tuple[int, float]:
+        """The row and km of the farthest fix seen in rows `row:end`, each fix of a stay
+        counted at the stay's centre (its first row there): where a device rested, one
+        noisy fix or a drift jump must not set the farthest point."""
+        distance, stay = self.distance_km[row:end], self.stay[row:end]
+        free = self.seen[row:end] & (stay == 0)
+        far = float(np.max(distance, where=free, initial=-np.inf))
+        ids = int(np.max(stay, initial=0))
+        if ids:
+            # A device's stays have consecutive ids; the first one here may start earlier.
+            low = int(np.min(stay, where=stay > 0, initial=ids))
+            at = low - 1 + int(np.argmax(self._stays.home_km[low - 1 : ids]))
+            there = np.flatnonzero(stay == at + 1)
+            if self._stays.home_km[at] > far and len(there):
+                return row + int(there[0]), float(self._stays.home_km[at])
+        return row + int(np.argmax(free & (distance == far))), far
 
     def _place(self, k: int) -> Place | None:
         """Where and when the fix at row `k` was (None for -1)."""
         if k < 0:
             return None
-        points = self.points
+        points, stay = self.points, int(self.stay[k])
+        # A fix of a stay stands for the stay: the place is its centre.
+        lat, lon = points.lat[k], points.lon[k]
+        if stay:
+            lat = round(float(self._stays.lat[stay - 1]), 7)  # as the stay reports it
+            lon = round(float(self._stays.lon[stay - 1]), 7)
         return Place(
             time=self.window.local_time(int(points.timestamp[k])),
-            latitude=float(points.lat[k]),
-            longitude=float(points.lon[k]),
+            latitude=float(lat),
+            longitude=float(lon),
             device_id=points.device_ids[points.device[k]],
         )
 

@@ -35,6 +35,10 @@ PARAMS = {
     "jitter_radius_m": 100.0,
     "jitter_fixes": 4,
     "context_s": 10 * 86400.0,  # the reference sees every fix, so must the engine
+    # The reference follows the filter rules alone: no stay here (none lasts a million
+    # minutes). What stays change (their inner fixes add no path, the path runs through
+    # their centres, the farthest counts them at their centres) is tests/unit/test_stays.py's.
+    "stay_min_minutes": 1e6,
 }
 RULES = ["", "invalid", "accuracy", "duplicate", "jump", "jitter"]
 
