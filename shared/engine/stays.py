@@ -352,7 +352,7 @@ times their reach of the stay's centre: drift wanders about the place, a walk le
 
 def _wandered(distance: Floats, reach_m: Floats) -> bool:
     """Whether fixes at `distance` (m) from a centre kept near it (see WANDER_REACHES)."""
-    beyond = np.count_nonzero(distance > WANDER_REACHES * reach_m)
+    beyond = int(np.count_nonzero(distance > WANDER_REACHES * reach_m))
     return beyond <= len(distance) // 10
 
 
