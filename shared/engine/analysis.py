@@ -35,7 +35,15 @@ from shared.engine.results import (
     STATE_UNKNOWN,
     Analysis,
 )
-from shared.engine.stays import Stays, at_rest_km, find_stays, rest_in_stays, through_centres
+from shared.engine.stays import (
+    Rests,
+    Stays,
+    at_rest_km,
+    find_pauses,
+    find_stays,
+    rest_in_stays,
+    through_centres,
+)
 from shared.engine.summary import Summarizer
 from shared.engine.trips import Trips, find_trips, home_states
 from shared.engine.window import Window, read_range
@@ -245,9 +253,13 @@ def analyze_devices(
         valid = fixes.subchain(valid, ~jumped)
     stays = find_stays(fixes, valid, params, window.start_us, window.end_us)
     still = find_still(fixes, valid, params)
-    still = rest_in_stays(still, valid, stays)
+    # Rule 5 also holds a device at rest where it stays or pauses (not when it is off).
+    rests = Rests.empty()
+    if params.jitter_radius_m > 0:
+        rests = Rests.of(stays, find_pauses(fixes, valid, params))
+        still = rest_in_stays(still, valid, rests)
     code[valid.idx[still]] = JITTER
-    used = through_centres(fixes, fixes.subchain(valid, ~still), stays)
+    used = through_centres(fixes, fixes.subchain(valid, ~still), rests)
 
     # A resting device was seen where it rested until its last jitter fix: a move away
     # happened after that, so the step is placed in time from there, not from the anchor.

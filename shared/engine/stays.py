@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.engine.arrays import Bools, Codes, Floats, Ints
+from shared.engine.arrays import Bools, Codes, Floats, Ints, concat_ranges
 from shared.engine.chain import Chain, Fixes
 from shared.engine.geometry import (
     EARTH_RADIUS_KM,
@@ -181,18 +181,115 @@ def find_stays(fixes: Fixes, chain: Chain, params: EngineParams, lo: int, hi: in
     )
 
 
-def rest_in_stays(still: Bools, chain: Chain, stays: Stays) -> Bools:
-    """`still` (of the fixes of `chain`) with every fix of `stays` still but each stay's
+@dataclass(frozen=True, eq=False)
+class Rests:
+    """Periods at rest (stays and shorter pauses), as parallel arrays in row order: the
+    context rows of each one's first and last fix and its centre."""
+
+    first: Ints
+    last: Ints
+    lat: Floats
+    lon: Floats
+
+    @staticmethod
+    def empty() -> Rests:
+        """No rests."""
+        rows, floats = np.zeros(0, dtype=np.int64), np.zeros(0)
+        return Rests(first=rows, last=rows, lat=floats, lon=floats)
+
+    @staticmethod
+    def of(stays: Stays, pauses: Rests) -> Rests:
+        """The stays and the pauses that overlap none of them, together, in row order."""
+        k = np.searchsorted(stays.last, pauses.first)
+        clear = k == len(stays.last)
+        clear[~clear] = stays.first[k[~clear]] > pauses.last[~clear]
+        if not clear.all():
+            pauses = Rests(
+                **{name: getattr(pauses, name)[clear] for name in ("first", "last", "lat", "lon")}
+            )
+        order = np.argsort(np.concatenate([stays.first, pauses.first]), kind="stable")
+        return Rests(
+            **{
+                name: np.concatenate([getattr(stays, name), getattr(pauses, name)])[order]
+                for name in ("first", "last", "lat", "lon")
+            }
+        )
+
+
+PAUSE_MIN_S = 60.0
+"""A pause lasts at least this long (and holds at least three fixes): a traffic stop or a
+wait at a crossing, too short to be a stay but time at rest all the same, whose fixes must
+not add their noise to the path (docs/ACCURACY.md measures it)."""
+
+
+def find_pauses(fixes: Fixes, chain: Chain, params: EngineParams) -> Rests:
+    """Pauses in `chain`: runs of fixes of at least PAUSE_MIN_S and three fixes but shorter
+    than a stay, each within `stay_radius_m` (plus its accuracy) of the run's mean place.
+
+    The runs are cut where a step leaves the reach of the fix before it (or of that fix's
+    own, if larger), as for stays; the mean place is the normalised sum of the run's unit
+    vectors. The fixes beyond the reach at either end of a run (arriving or leaving) are
+    trimmed once, and a run that still does not keep within the reach of its mean place is
+    no pause. All runs at once, in a few vectorised passes over the fixes of the candidate
+    runs."""
+    n = len(chain.idx)
+    if n < 3:
+        return Rests.empty()
+    accuracy = np.maximum(fixes.points.accuracy[chain.idx], 0).astype(np.float64)
+    reach_m = params.stay_radius_m + accuracy
+    cut = ~chain.linked
+    cut[1:] |= chain.step_km[1:] * 1000.0 > np.maximum(reach_m[1:], reach_m[:-1])
+    starts = np.flatnonzero(cut)
+    ends = np.append(starts[1:], n)
+    t = fixes.t[chain.idx]
+    pause_us = round(PAUSE_MIN_S * US_PER_S)
+    stay_us = round(params.stay_min_minutes * 60 * US_PER_S)
+    span = t[ends - 1] - t[starts]
+    keep = (ends - starts >= 3) & (span >= pause_us) & (span < stay_us)
+    starts, ends = starts[keep], ends[keep]
+    for trim in (True, False):
+        if not len(starts):
+            return Rests.empty()
+        pos = concat_ranges(starts, ends)
+        xyz = fixes.xyz[:, chain.idx[pos]]
+        at = np.cumsum(ends - starts) - (ends - starts)
+        size = ends - starts
+        centre = np.add.reduceat(xyz, at, axis=1)
+        centre /= np.sqrt(np.einsum("ij,ij->j", centre, centre))
+        diff = xyz - np.repeat(centre, size, axis=1)
+        inside = np.sqrt(np.einsum("ij,ij->j", diff, diff)) * _M_PER_UNIT <= reach_m[pos]
+        if trim:
+            # The first and last fix of each run within the reach of its mean place.
+            big = np.iinfo(np.int64).max
+            first = np.minimum.reduceat(np.where(inside, pos, big), at)
+            last = np.maximum.reduceat(np.where(inside, pos, -1), at)
+            held = last >= first
+            starts, ends = first[held], last[held] + 1
+            keep = (ends - starts >= 3) & (t[ends - 1] - t[starts] >= pause_us)
+            starts, ends = starts[keep], ends[keep]
+            continue
+        whole = np.logical_and.reduceat(inside, at)
+        starts, ends, centre = starts[whole], ends[whole], centre[:, whole]
+    return Rests(
+        first=chain.idx[starts],
+        last=chain.idx[ends - 1],
+        lat=np.degrees(np.arcsin(np.clip(centre[2], -1.0, 1.0))),
+        lon=np.degrees(np.arctan2(centre[1], centre[0])),
+    )
+
+
+def rest_in_stays(still: Bools, chain: Chain, rests: Rests) -> Bools:
+    """`still` (of the fixes of `chain`) with every fix of `rests` still but each one's
     first and last: the device was at rest there, so the fixes between add no path whatever
     their noise says (a drift jump, a scatter wider than the jitter radius); the first and
-    last are used, so that the path reaches the stay and leaves it (see `through_centres`).
-    `stays` must be of the chain's rows, in order."""
-    if not len(stays.first):
+    last are used, so that the path reaches the place and leaves it (see `through_centres`).
+    `rests` must be of the chain's rows."""
+    if not len(rests.first):
         return still
     inside = np.zeros(len(chain.idx) + 1, dtype=np.int8)
-    first = np.searchsorted(chain.idx, stays.first)
-    last = np.searchsorted(chain.idx, stays.last)
-    # Stays are disjoint runs of the chain: +1 after each one's first fix, -1 at its last.
+    first = np.searchsorted(chain.idx, rests.first)
+    last = np.searchsorted(chain.idx, rests.last)
+    # Rests are disjoint runs of the chain: +1 after each one's first fix, -1 at its last.
     np.add.at(inside, first + 1, 1)
     np.add.at(inside, last, -1)
     still = still | np.cumsum(inside[:-1], dtype=np.int8).view(np.bool_)
@@ -201,32 +298,39 @@ def rest_in_stays(still: Bools, chain: Chain, stays: Stays) -> Bools:
     return still
 
 
-def through_centres(fixes: Fixes, chain: Chain, stays: Stays) -> Chain:
-    """`chain` (with each stay's first and last fix, see `rest_in_stays`) with its path
-    running through the stays' centres rather than their edge fixes: the step to a stay's
-    first fix ends at the centre, the step across the stay is none, and the step after its
-    last fix starts at the centre. A stay's edge fixes are as noisy as any; its centre is
-    the median of them all."""
-    if not len(stays.first):
+def through_centres(fixes: Fixes, chain: Chain, rests: Rests) -> Chain:
+    """`chain` (with each rest's first and last fix, see `rest_in_stays`) with its path
+    running through the centres of `rests` rather than their edge fixes: the step to a
+    rest's first fix ends at the centre, the step across it is none, and the step after its
+    last fix starts at the centre. The edge fixes are as noisy as any; the centre is made
+    of them all."""
+    m = len(rests.first)
+    if not m:
         return chain
     n = len(chain.idx)
-    first = np.searchsorted(chain.idx, stays.first)
-    last = np.searchsorted(chain.idx, stays.last)
-    centre = np.stack(unit_vectors(stays.lat, stays.lon))
+    first = np.searchsorted(chain.idx, rests.first)
+    last = np.searchsorted(chain.idx, rests.last)
+    centre = np.stack(unit_vectors(rests.lat, rests.lon))
     step_km = chain.step_km.copy()
-    arrive = chain.linked[first]
-    before = chain.idx[first[arrive] - 1]
-    step_km[first[arrive]] = vector_distance_km(
-        tuple(c[before] for c in fixes.xyz), tuple(centre[:, arrive])
-    )
+    # Arriving: from the fix before (or the centre of a rest that ends there) to the centre.
+    arrive = first[chain.linked[first]]
+    before = np.searchsorted(last, arrive - 1)
+    before[before == m] = 0
+    from_rest = last[before] == arrive - 1
+    start = fixes.xyz[:, chain.idx[arrive - 1]]
+    start[:, from_rest] = centre[:, before[from_rest]]
+    step_km[arrive] = vector_distance_km(tuple(start), tuple(centre[:, chain.linked[first]]))
     step_km[last] = 0.0
+    # Leaving: from the centre to the fix after (or the centre of a rest that starts there).
     after = last + 1
     leave = after < n
     leave[leave] = chain.linked[after[leave]]
-    rows = chain.idx[after[leave]]
-    step_km[after[leave]] = vector_distance_km(
-        tuple(c[rows] for c in fixes.xyz), tuple(centre[:, leave])
-    )
+    nxt = np.searchsorted(first, after[leave])
+    nxt[nxt == m] = 0
+    to_rest = first[nxt] == after[leave]
+    end = fixes.xyz[:, chain.idx[after[leave]]]
+    end[:, to_rest] = centre[:, nxt[to_rest]]
+    step_km[after[leave]] = vector_distance_km(tuple(centre[:, leave]), tuple(end))
     return dataclasses.replace(chain, step_km=step_km)
 
 
