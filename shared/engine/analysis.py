@@ -18,7 +18,7 @@ from shared.engine.arrays import (
     device_starts,
     first_at_or_after,
 )
-from shared.engine.bounds import step_bounds
+from shared.engine.bounds import centre_errors, step_bounds
 from shared.engine.chain import Fixes
 from shared.engine.days import spread_over_days
 from shared.engine.filters import check_sorted, find_duplicates, find_jumps, find_still
@@ -272,7 +272,13 @@ def analyze_devices(
     edges = np.stack([stays.first, stays.last + 1], axis=1).ravel()
     stay = out.stay[rows]
     np.copyto(stay, np.repeat(ids, np.diff(edges, prepend=0, append=len(stay))))
-    low_km, high_km = step_bounds(fixes, used, stay)
+    centred = centre_error_km = None
+    if params.jitter_radius_m > 0:
+        centred = np.zeros(len(used.idx), dtype=bool)
+        centred[np.searchsorted(used.idx, rests.first)] = True
+        centred[np.searchsorted(used.idx, rests.last)] = True
+        centre_error_km = centre_errors(used, stays)
+    low_km, high_km = step_bounds(fixes, used, stay, centred, centre_error_km)
     path_days, crossing, crossing_km = spread_over_days(
         used,
         np.stack([used.step_km, low_km, high_km]),

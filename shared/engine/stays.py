@@ -151,7 +151,7 @@ def find_stays(fixes: Fixes, chain: Chain, params: EngineParams, lo: int, hi: in
     for a, b in zip(starts[long_enough].tolist(), ends[long_enough].tolist(), strict=True):
         found.extend(_settle(a, b, xyz, t, reach_m, min_us))
     found.sort(key=lambda stay: stay[0])
-    found = _merged(found, xyz, t, reach_m, chain.linked, silence_us, params.stay_radius_m)
+    found = _merged(found, xyz, t, reach_m, chain.linked, silence_us, params.stay_radius_m, min_us)
     if not found:
         return Stays.empty()
     first = np.array([stay[0] for stay in found], dtype=np.int64)
@@ -424,10 +424,12 @@ def _merged(
     linked: Bools,
     silence_us: int,
     radius_m: float,
+    min_us: int,
 ) -> list[tuple[int, int, Floats, float]]:
     """Consecutive stays of one device whose centres lie within the stay radius (plus the
     fixes' typical reported accuracy) of each other and whose gap is no longer than the
-    silence limit are one stay that a wander interrupted. `reach_m` is `radius_m` plus
+    silence limit are one stay that a wander interrupted, unless the fixes between them,
+    for `min_us` or longer, went away (see `_wandered`). `reach_m` is `radius_m` plus
     each fix's accuracy (never negative)."""
     out: list[tuple[int, int, Floats, float]] = []
     for stay in found:
@@ -439,9 +441,11 @@ def _merged(
             # is at least the radius, so within it the median need not be computed.
             if gap_ok and (apart <= radius_m or _within_median(apart, reach_m[a : stay[1]])):
                 merged_centre, distance = _centre(xyz[a : stay[1]])
-                # A wander stays near the place; a walk out and back from it goes away.
+                # A wander stays near the place; a walk out and back from it goes away (an
+                # absence shorter than a stay is no walk to tell: a few wild fixes).
                 between = distance[b - a : stay[0] - a]
-                if not len(between) or _wandered(between, reach_m[b : stay[0]]):
+                brief = t[stay[0]] - t[b - 1] < min_us
+                if brief or _wandered(between, reach_m[b : stay[0]]):
                     inside = distance <= reach_m[a : stay[1]]
                     out[-1] = (a, stay[1], merged_centre, float(distance[inside].max(initial=0.0)))
                     continue
