@@ -27,7 +27,7 @@ from shared.engine.stays import Stays
 
 ASSUMED_ACCURACY_M = 20.0
 """A fix without a reported accuracy is taken to be this accurate (a typical phone fix)."""
-NOISE_FACTOR = 2.0
+NOISE_FACTOR = 1.75
 """The low bound removes this many times a step's expected excess from noise."""
 DETOUR_PER_MINUTE = 0.004
 """The high bound adds this share of a step per minute between its fixes..."""
@@ -40,7 +40,7 @@ OFF_LINE_LIMIT = 2.5
 tail of the noise, a reflection)..."""
 OFF_LINE_SHARE = 2.0
 """...and its error variance is taken as its squared distance off that line over this."""
-CENTRE_ERRORS = 2.0
+CENTRE_ERRORS = 2.5
 """A stay's centre may be this many times its radius over the square root of its fixes
 from where the device rested (a slow indoor drift does not average out over a short stop)."""
 OFF_LINE_EXPECTED = 0.67
