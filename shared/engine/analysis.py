@@ -41,6 +41,7 @@ from shared.engine.stays import (
     at_rest_km,
     find_pauses,
     find_stays,
+    held_at_rest,
     rest_in_stays,
     through_centres,
 )
@@ -252,7 +253,9 @@ def analyze_devices(
         code[valid.idx[jumped]] = JUMP
         valid = fixes.subchain(valid, ~jumped)
     stays = find_stays(fixes, valid, params, window.start_us, window.end_us)
-    still = find_still(fixes, valid, params)
+    # Inside a stay the device rested, whatever the centroids say (which spares the
+    # jitter rule its costliest work there, following centroids that wander).
+    still = find_still(fixes, valid, params, held_at_rest(valid, stays))
     # Rule 5 also holds a device at rest where it stays or pauses (not when it is off).
     rests = Rests.empty()
     if params.jitter_radius_m > 0:

@@ -17,6 +17,7 @@ import numpy as np
 
 from shared.engine.arrays import Bools, Codes, Floats, Ints, concat_ranges
 from shared.engine.chain import Chain, Fixes
+from shared.engine.filters import HELD_STILL, HELD_USED
 from shared.engine.geometry import (
     EARTH_RADIUS_KM,
     haversine_km,
@@ -276,6 +277,23 @@ def find_pauses(fixes: Fixes, chain: Chain, params: EngineParams) -> Rests:
         lat=np.degrees(np.arcsin(np.clip(centre[2], -1.0, 1.0))),
         lon=np.degrees(np.arctan2(centre[1], centre[0])),
     )
+
+
+def held_at_rest(chain: Chain, stays: Stays) -> Codes:
+    """Per fix of `chain`, `filters.find_still`'s fixed answer for the fixes of `stays`:
+    HELD_STILL between a stay's first and last fix, HELD_USED at them, 0 elsewhere."""
+    held = np.zeros(len(chain.idx) + 1, dtype=np.int8)
+    if not len(stays.first):
+        return held[:-1]
+    first = np.searchsorted(chain.idx, stays.first)
+    last = np.searchsorted(chain.idx, stays.last)
+    # Stays are disjoint runs of the chain: +1 after each one's first fix, -1 at its last.
+    np.add.at(held, first + 1, HELD_STILL)
+    np.add.at(held, last, -HELD_STILL)
+    held = np.cumsum(held[:-1], dtype=np.int8)
+    held[first] = HELD_USED
+    held[last] = HELD_USED
+    return held
 
 
 def rest_in_stays(still: Bools, chain: Chain, rests: Rests) -> Bools:
