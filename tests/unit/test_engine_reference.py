@@ -141,12 +141,12 @@ def reference(fixes: list[Fix], start: int, end: int, p: dict[str, float]) -> Re
             else:
                 anchor = centre
         rests = pauses(valid, p)
-        for a, b, _ in rests:
-            for f in valid[a + 1 : b]:
+        for first, last, _ in rests:
+            for f in valid[first + 1 : last]:
                 f.rule = "jitter"
-            valid[a].rule = valid[b].rule = ""  # the path reaches the pause and leaves it
-        arrive = {id(valid[a]): centre for a, _, centre in rests}
-        leave = {id(valid[b]): centre for _, b, centre in rests}
+            valid[first].rule = valid[last].rule = ""  # the path reaches the pause, leaves it
+        arrive = {id(valid[first]): place for first, _, place in rests}
+        leave = {id(valid[last]): place for _, last, place in rests}
         used = [f for f in valid if f.rule == ""]
         # A move from a resting place starts after the last fix seen there.
         last_seen = {id(f): valid[i - 1].t for i, f in enumerate(valid) if i}
