@@ -164,7 +164,7 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
         np.cumsum(segment_km[a:b], out=cumulative[a:b])  # rows are sorted by device
     home_km, code = out.home_km[w], out.code[w]
     summary = Summarizer(
-        window_points, window, params, distance_km=home_km, code=code, stay=out.stay[w]
+        window_points, window, params, distance_km=home_km, code=code, stay=out.stay[w], stays=stays
     ).summary(
         path_days=path_days,
         bound_days=bound_days,
@@ -173,7 +173,6 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
         read_days=read_days,
         used_days=used_days,
         trips=trips,
-        stays=stays,
         cumulative_km=cumulative,
         valid_device=out.valid_device[:n_valid],
         valid_t=out.valid_t[:n_valid],

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.engine import arrays
-from shared.engine.arrays import Bools, Codes, Floats, Ints, device_starts
+from shared.engine.arrays import Codes, Floats, Ints, device_starts
 from shared.engine.params import EngineParams
 from shared.engine.points import MISSING, MISSING_TIME, US_PER_S, Points
 from shared.engine.results import (
@@ -69,16 +69,6 @@ def once(keys: list[_K], compute: Callable[..., _V]) -> list[_V]:
     return [done[key] if key in done else done.setdefault(key, compute(*key)) for key in keys]
 
 
-def nth_true(mask: Bools, k: int) -> int:
-    """The position of the (k+1)-th True in `mask` (which must have that many): counted a
-    slice at a time, which is cheaper than listing every position."""
-    step, start = 1 << 16, 0
-    while k >= (here := int(np.count_nonzero(mask[start : start + step]))):
-        k -= here
-        start += step
-    return start + int(np.flatnonzero(mask[start : start + step])[k])
-
-
 class Summarizer:
     """Builds the `Summary` from the fixes in the window and the per-day sums."""
 
@@ -91,9 +81,11 @@ class Summarizer:
         distance_km: Floats,
         code: npt.NDArray[np.uint8],
         stay: Codes,
+        stays: Stays,
     ) -> None:
         self.points, self.window, self.params = points, window, params
-        self.distance_km, self.code, self.stay = distance_km, code, stay
+        self.distance_km, self.code = distance_km, code
+        self.stay, self.stays = stay, stays  # each row's stay id (from 1), and the stays
         self.used = code == KEPT
         # Jitter fixes add no path, but a resting device is really where they say.
         self.seen = self.used | (code == JITTER)
@@ -110,7 +102,6 @@ class Summarizer:
         read_days: Ints,
         used_days: Ints,
         trips: Trips,
-        stays: Stays,
         cumulative_km: Floats,
         valid_device: Codes,
         valid_t: Ints,
@@ -138,7 +129,7 @@ class Summarizer:
             seen_before[g] = valid_t[first_valid[g]] < lo
             seen_after[g] = valid_t[first_valid[g + 1] - 1] >= hi
         reported = np.flatnonzero((read_days.sum(axis=1) > 0) | (seen_before & seen_after))
-        stats = self._distance_stats(first_fix, counts[:, KEPT] + counts[:, JITTER], stays)
+        stats = self._distance_stats(first_fix, counts[:, KEPT] + counts[:, JITTER])
         lags = self._lags(first_fix)
 
         all_trips = [
@@ -155,7 +146,7 @@ class Summarizer:
             )
             for k in range(len(trips.device))
         ]
-        spans = stay_spans(stays, self.params, self.window)
+        spans = stay_spans(self.stays, self.params, self.window)
         models = Models(points.device_ids, self.window)
         timelines: dict[int, TimelineModels] = {}
         bounds = self.window.bounds_us.tolist()
@@ -231,12 +222,11 @@ class Summarizer:
             notes=notes,
         )
 
-    def _distance_stats(self, first_fix: Ints, sizes: Ints, stays: Stays) -> list[DistanceStats]:
+    def _distance_stats(self, first_fix: Ints, sizes: Ints) -> list[DistanceStats]:
         """Farthest place, max, min, mean and median distance of the fixes seen, for each
         device (`sizes` of them, from row `first_fix`) and then for all of them together.
-        The farthest counts each fix of a stay at the stay's centre (see `at_rest_km`)."""
+        The farthest counts each fix of a stay at the stay's centre (see `_farthest`)."""
         seen_km = self.distance_km[self.seen]  # a copy, which the medians may reorder
-        self._stays = stays
         ranges = part_ranges(sizes)
         # Everything that depends on the order comes first; the medians then reorder each
         # device's part in place, which leaves the whole's median as it was. The whole's
@@ -285,10 +275,10 @@ class Summarizer:
         if ids:
             # A device's stays have consecutive ids; the first one here may start earlier.
             low = int(np.min(stay, where=stay > 0, initial=ids))
-            at = low - 1 + int(np.argmax(self._stays.home_km[low - 1 : ids]))
+            at = low - 1 + int(np.argmax(self.stays.home_km[low - 1 : ids]))
             there = np.flatnonzero(stay == at + 1)
-            if self._stays.home_km[at] > far and len(there):
-                return row + int(there[0]), float(self._stays.home_km[at])
+            if self.stays.home_km[at] > far and len(there):
+                return row + int(there[0]), float(self.stays.home_km[at])
         return row + int(np.argmax(free & (distance == far))), far
 
     def _place(self, k: int) -> Place | None:
@@ -299,8 +289,8 @@ class Summarizer:
         # A fix of a stay stands for the stay: the place is its centre.
         lat, lon = points.lat[k], points.lon[k]
         if stay:
-            lat = round(float(self._stays.lat[stay - 1]), 7)  # as the stay reports it
-            lon = round(float(self._stays.lon[stay - 1]), 7)
+            lat = round(float(self.stays.lat[stay - 1]), 7)  # as the stay reports it
+            lon = round(float(self.stays.lon[stay - 1]), 7)
         return Place(
             time=self.window.local_time(int(points.timestamp[k])),
             latitude=float(lat),
