@@ -27,6 +27,9 @@ How the numbers are made (docs/FUNCTIONALITY.md says more):
   reported accuracy) of a median centre, found over the fixes the quality filters kept
   (`stays`); each is at home, at a named place or at an unnamed place (`timeline`), and
   each device's window is a timeline of stays, moves and unknown time that adds up to it.
+  Stays and shorter pauses (traffic stops) hold a device at rest: the fixes inside them
+  are jitter, the path runs through their centres, and the farthest point counts a stay
+  at its centre.
 - Fixes outside the window are context only (never counted): they let segments and time
   that cross the window's edges be split exactly at the edge, the same way segments that
   cross local midnight are split between days, so the days of a range add up to the range.

@@ -18,7 +18,7 @@ from shared.engine.arrays import (
     device_starts,
     first_at_or_after,
 )
-from shared.engine.bounds import step_bounds
+from shared.engine.bounds import centre_errors, step_bounds
 from shared.engine.chain import Fixes
 from shared.engine.days import spread_over_days
 from shared.engine.filters import check_sorted, find_duplicates, find_jumps, find_still
@@ -35,7 +35,16 @@ from shared.engine.results import (
     STATE_UNKNOWN,
     Analysis,
 )
-from shared.engine.stays import Stays, find_stays
+from shared.engine.stays import (
+    Rests,
+    Stays,
+    at_rest_km,
+    find_pauses,
+    find_stays,
+    held_at_rest,
+    rest_in_stays,
+    through_centres,
+)
 from shared.engine.summary import Summarizer
 from shared.engine.trips import Trips, find_trips, home_states
 from shared.engine.window import Window, read_range
@@ -154,7 +163,9 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
     for a, b in itertools.pairwise(device_starts(window_points.device, n_devices).tolist()):
         np.cumsum(segment_km[a:b], out=cumulative[a:b])  # rows are sorted by device
     home_km, code = out.home_km[w], out.code[w]
-    summary = Summarizer(window_points, window, params, distance_km=home_km, code=code).summary(
+    summary = Summarizer(
+        window_points, window, params, distance_km=home_km, code=code, stay=out.stay[w], stays=stays
+    ).summary(
         path_days=path_days,
         bound_days=bound_days,
         raw_days=raw_days,
@@ -162,7 +173,6 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
         read_days=read_days,
         used_days=used_days,
         trips=trips,
-        stays=stays,
         cumulative_km=cumulative,
         valid_device=out.valid_device[:n_valid],
         valid_t=out.valid_t[:n_valid],
@@ -242,9 +252,16 @@ def analyze_devices(
         code[valid.idx[jumped]] = JUMP
         valid = fixes.subchain(valid, ~jumped)
     stays = find_stays(fixes, valid, params, window.start_us, window.end_us)
-    still = find_still(fixes, valid, params)
+    # Inside a stay the device rested, whatever the centroids say (which spares the
+    # jitter rule its costliest work there, following centroids that wander).
+    still = find_still(fixes, valid, params, held_at_rest(valid, stays))
+    # Rule 5 also holds a device at rest where it stays or pauses (not when it is off).
+    rests = Rests.empty()
+    if params.jitter_radius_m > 0:
+        rests = Rests.of(stays, find_pauses(fixes, valid, params))
+        still = rest_in_stays(still, valid, rests)
     code[valid.idx[still]] = JITTER
-    used = fixes.subchain(valid, ~still)
+    used = through_centres(fixes, fixes.subchain(valid, ~still), rests)
 
     # A resting device was seen where it rested until its last jitter fix: a move away
     # happened after that, so the step is placed in time from there, not from the anchor.
@@ -257,7 +274,13 @@ def analyze_devices(
     edges = np.stack([stays.first, stays.last + 1], axis=1).ravel()
     stay = out.stay[rows]
     np.copyto(stay, np.repeat(ids, np.diff(edges, prepend=0, append=len(stay))))
-    low_km, high_km = step_bounds(fixes, used, stay)
+    centred = centre_error_km = None
+    if params.jitter_radius_m > 0:
+        centred = np.zeros(len(used.idx), dtype=bool)
+        centred[np.searchsorted(used.idx, rests.first)] = True
+        centred[np.searchsorted(used.idx, rests.last)] = True
+        centre_error_km = centre_errors(used, stays)
+    low_km, high_km = step_bounds(fixes, used, stay, centred, centre_error_km)
     path_days, crossing, crossing_km = spread_over_days(
         used,
         np.stack([used.step_km, low_km, high_km]),
@@ -295,7 +318,7 @@ def analyze_devices(
         state,
         t=valid_t,
         segment_km=seg,
-        home_km=home_km[valid.idx],
+        home_km=at_rest_km(home_km[valid.idx], valid, stays),
         window_edges=window_edges,
         device=valid_device,
         window=window,

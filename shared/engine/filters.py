@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from shared.engine import arrays
-from shared.engine.arrays import Bools, Floats, Ints, concat_ranges, window_sums
+from shared.engine.arrays import Bools, Codes, Floats, Ints, concat_ranges, window_sums
 from shared.engine.chain import Chain, Fixes
 from shared.engine.geometry import EARTH_RADIUS_KM
 from shared.engine.params import EngineParams
@@ -59,7 +59,9 @@ def find_jumps(fixes: Fixes, chain: Chain, max_speed_kmh: float) -> Bools:
     return fast_in & fast_out
 
 
-def find_still(fixes: Fixes, chain: Chain, params: EngineParams) -> Bools:
+def find_still(
+    fixes: Fixes, chain: Chain, params: EngineParams, held: Codes | None = None
+) -> Bools:
     """Fixes within the jitter radius of where their device was over its previous fixes,
     while that place has stayed within the radius of where it was at the last used fix.
 
@@ -69,6 +71,10 @@ def find_still(fixes: Fixes, chain: Chain, params: EngineParams) -> Bools:
     (a walk logged every second) stays within the radius of a centroid that trails it,
     but the centroid moves with it: once it has moved the radius from the centroid of the
     last used fix, the fix is used (see `drifted`). A device's first fix is never jitter.
+
+    `held` (per fix of `chain`, or None) fixes the answer where it is not 0: HELD_STILL
+    (inside a stay) is still and HELD_USED (a stay's first and last fix) used, whatever
+    the centroids say; the fixes after them are judged from there.
     """
     n = len(chain.idx)
     still = np.zeros(n, dtype=bool)
@@ -115,15 +121,22 @@ def find_still(fixes: Fixes, chain: Chain, params: EngineParams) -> Bools:
         worse = np.flatnonzero(claimed > radius)
         here_still[worse] = sq[worse] < np.square(claimed[worse] / unit_m)
         here_still[short[count == 0]] = False
-        anchor = drifted(centroid, here_still, anchor, (radius / unit_m) ** 2)
+        fixed = None
+        if held is not None:
+            fixed = held[a:b]
+            here_still[fixed == HELD_STILL] = True
+            here_still[fixed == HELD_USED] = False
+        anchor = drifted(centroid, here_still, anchor, (radius / unit_m) ** 2, fixed)
     return still
 
 
-def drifted(centroid: Floats, still: Bools, anchor: Floats, limit: float) -> Floats:
+def drifted(
+    centroid: Floats, still: Bools, anchor: Floats, limit: float, fixed: Codes | None = None
+) -> Floats:
     """Clears `still` where a fix's centroid (column of `centroid`) lies at a squared chord
     of `limit` or more from the anchor: the centroid at the device's last used fix before
-    it, or `anchor` for the fixes before the slice's first used one. Returns the anchor
-    after the slice.
+    it, or `anchor` for the fixes before the slice's first used one (never where `fixed`
+    holds HELD_STILL). Returns the anchor after the slice.
 
     Where nothing drifts (the usual case) that is one vectorised pass. Each fix it frees
     becomes the anchor of the fixes after it, so drifting runs are resolved fix by fix,
@@ -143,7 +156,10 @@ def drifted(centroid: Floats, still: Bools, anchor: Floats, limit: float) -> Flo
         np.subtract(column, ref, out=ref)
         ref *= ref
         drift += ref
-    far = np.flatnonzero(still & (drift >= limit))
+    drifting = still & (drift >= limit)
+    if fixed is not None:
+        drifting &= fixed != HELD_STILL
+    far = np.flatnonzero(drifting)
     i = 0
     while i < len(far):
         at = int(far[i])
@@ -171,6 +187,10 @@ def first_far(centroid: Floats, at: int, end: int, limit: float) -> int:
             return start + int(hit[0])
         start, size = stop, 2 * size
     return -1
+
+
+HELD_STILL, HELD_USED = 1, 2
+"""`find_still`'s fixed answers: still, or used."""
 
 
 def check_sorted(points: Points) -> None:

@@ -10,13 +10,20 @@ one small array operation per run (never per fix).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
-from shared.engine.arrays import Bools, Codes, Floats, Ints
+from shared.engine.arrays import Bools, Codes, Floats, Ints, concat_ranges
 from shared.engine.chain import Chain, Fixes
-from shared.engine.geometry import EARTH_RADIUS_KM
+from shared.engine.filters import HELD_STILL, HELD_USED
+from shared.engine.geometry import (
+    EARTH_RADIUS_KM,
+    haversine_km,
+    unit_vectors,
+    vector_distance_km,
+)
 from shared.engine.params import EngineParams
 from shared.engine.points import US_PER_S
 
@@ -35,6 +42,7 @@ _FIELDS = (
     "fixes",
     "data_start",
     "data_end",
+    "home_km",
 )
 
 
@@ -58,6 +66,8 @@ class Stays:
     """The stay begins with its device's first fix: the arrival was not observed."""
     data_end: Bools
     """The stay ends with its device's last fix: the departure was not observed."""
+    home_km: Floats
+    """Its centre's distance from home."""
 
     @staticmethod
     def empty() -> Stays:
@@ -77,6 +87,7 @@ class Stays:
             fixes=ints,
             data_start=bools,
             data_end=bools,
+            home_km=floats,
         )
 
     @staticmethod
@@ -141,7 +152,7 @@ def find_stays(fixes: Fixes, chain: Chain, params: EngineParams, lo: int, hi: in
     for a, b in zip(starts[long_enough].tolist(), ends[long_enough].tolist(), strict=True):
         found.extend(_settle(a, b, xyz, t, reach_m, min_us))
     found.sort(key=lambda stay: stay[0])
-    found = _merged(found, xyz, t, reach_m, chain.linked, silence_us, params.stay_radius_m)
+    found = _merged(found, xyz, t, reach_m, chain.linked, silence_us, params.stay_radius_m, min_us)
     if not found:
         return Stays.empty()
     first = np.array([stay[0] for stay in found], dtype=np.int64)
@@ -153,19 +164,203 @@ def find_stays(fixes: Fixes, chain: Chain, params: EngineParams, lo: int, hi: in
     ends_chain = np.ones(n, dtype=bool)
     ends_chain[:-1] = ~chain.linked[1:]
     rows_first, rows_last = chain.idx[first], chain.idx[last]
+    lat = np.degrees(np.arcsin(np.clip(centre[:, 2], -1.0, 1.0)))
+    lon = np.degrees(np.arctan2(centre[:, 1], centre[:, 0]))
     return Stays(
         device=fixes.device[rows_first],
         first=rows_first,
         last=rows_last,
         start_us=t[first],
         end_us=t[last],
-        lat=np.degrees(np.arcsin(np.clip(centre[:, 2], -1.0, 1.0))),
-        lon=np.degrees(np.arctan2(centre[:, 1], centre[:, 0])),
+        lat=lat,
+        lon=lon,
         radius_m=np.array([stay[3] for stay in found])[overlaps],
         fixes=last - first + 1,
         data_start=~chain.linked[first],
         data_end=ends_chain[last],
+        home_km=haversine_km(params.home_latitude, params.home_longitude, lat, lon),
     )
+
+
+@dataclass(frozen=True, eq=False)
+class Rests:
+    """Periods at rest (stays and shorter pauses), as parallel arrays in row order: the
+    context rows of each one's first and last fix and its centre."""
+
+    first: Ints
+    last: Ints
+    lat: Floats
+    lon: Floats
+
+    @staticmethod
+    def empty() -> Rests:
+        """No rests."""
+        rows, floats = np.zeros(0, dtype=np.int64), np.zeros(0)
+        return Rests(first=rows, last=rows, lat=floats, lon=floats)
+
+    @staticmethod
+    def of(stays: Stays, pauses: Rests) -> Rests:
+        """The stays and the pauses that overlap none of them, together, in row order."""
+        k = np.searchsorted(stays.last, pauses.first)
+        clear = k == len(stays.last)
+        clear[~clear] = stays.first[k[~clear]] > pauses.last[~clear]
+        if not clear.all():
+            pauses = Rests(
+                **{name: getattr(pauses, name)[clear] for name in ("first", "last", "lat", "lon")}
+            )
+        order = np.argsort(np.concatenate([stays.first, pauses.first]), kind="stable")
+        return Rests(
+            **{
+                name: np.concatenate([getattr(stays, name), getattr(pauses, name)])[order]
+                for name in ("first", "last", "lat", "lon")
+            }
+        )
+
+
+PAUSE_MIN_S = 60.0
+"""A pause lasts at least this long (and holds at least three fixes): a traffic stop or a
+wait at a crossing, too short to be a stay but time at rest all the same, whose fixes must
+not add their noise to the path (docs/ACCURACY.md measures it)."""
+
+
+def find_pauses(fixes: Fixes, chain: Chain, params: EngineParams) -> Rests:
+    """Pauses in `chain`: runs of fixes of at least PAUSE_MIN_S and three fixes but shorter
+    than a stay, each within `stay_radius_m` (plus its accuracy) of the run's mean place.
+
+    The runs are cut where a step leaves the reach of the fix before it (or of that fix's
+    own, if larger), as for stays; the mean place is the normalised sum of the run's unit
+    vectors. The fixes beyond the reach at either end of a run (arriving or leaving) are
+    trimmed once, and a run that still does not keep within the reach of its mean place is
+    no pause. All runs at once, in a few vectorised passes over the fixes of the candidate
+    runs."""
+    n = len(chain.idx)
+    if n < 3:
+        return Rests.empty()
+    accuracy = np.maximum(fixes.points.accuracy[chain.idx], 0).astype(np.float64)
+    reach_m = params.stay_radius_m + accuracy
+    cut = ~chain.linked
+    cut[1:] |= chain.step_km[1:] * 1000.0 > np.maximum(reach_m[1:], reach_m[:-1])
+    starts = np.flatnonzero(cut)
+    ends = np.append(starts[1:], n)
+    t = fixes.t[chain.idx]
+    pause_us = round(PAUSE_MIN_S * US_PER_S)
+    stay_us = round(params.stay_min_minutes * 60 * US_PER_S)
+    span = t[ends - 1] - t[starts]
+    keep = (ends - starts >= 3) & (span >= pause_us) & (span < stay_us)
+    starts, ends = starts[keep], ends[keep]
+    for trim in (True, False):
+        if not len(starts):
+            return Rests.empty()
+        pos = concat_ranges(starts, ends)
+        xyz = fixes.xyz[:, chain.idx[pos]]
+        at = np.cumsum(ends - starts) - (ends - starts)
+        size = ends - starts
+        centre = np.add.reduceat(xyz, at, axis=1)
+        centre /= np.sqrt(np.einsum("ij,ij->j", centre, centre))
+        diff = xyz - np.repeat(centre, size, axis=1)
+        inside = np.sqrt(np.einsum("ij,ij->j", diff, diff)) * _M_PER_UNIT <= reach_m[pos]
+        if trim:
+            # The first and last fix of each run within the reach of its mean place.
+            big = np.iinfo(np.int64).max
+            first = np.minimum.reduceat(np.where(inside, pos, big), at)
+            last = np.maximum.reduceat(np.where(inside, pos, -1), at)
+            held = last >= first
+            starts, ends = first[held], last[held] + 1
+            keep = (ends - starts >= 3) & (t[ends - 1] - t[starts] >= pause_us)
+            starts, ends = starts[keep], ends[keep]
+            continue
+        whole = np.logical_and.reduceat(inside, at)
+        starts, ends, centre = starts[whole], ends[whole], centre[:, whole]
+    return Rests(
+        first=chain.idx[starts],
+        last=chain.idx[ends - 1],
+        lat=np.degrees(np.arcsin(np.clip(centre[2], -1.0, 1.0))),
+        lon=np.degrees(np.arctan2(centre[1], centre[0])),
+    )
+
+
+def held_at_rest(chain: Chain, stays: Stays) -> Codes:
+    """Per fix of `chain`, `filters.find_still`'s fixed answer for the fixes of `stays`:
+    HELD_STILL between a stay's first and last fix, HELD_USED at them, 0 elsewhere."""
+    held = np.zeros(len(chain.idx) + 1, dtype=np.int8)
+    if not len(stays.first):
+        return held[:-1]
+    first = np.searchsorted(chain.idx, stays.first)
+    last = np.searchsorted(chain.idx, stays.last)
+    # Stays are disjoint runs of the chain: +1 after each one's first fix, -1 at its last.
+    np.add.at(held, first + 1, HELD_STILL)
+    np.add.at(held, last, -HELD_STILL)
+    held = np.cumsum(held[:-1], dtype=np.int8)
+    held[first] = HELD_USED
+    held[last] = HELD_USED
+    return held
+
+
+def rest_in_stays(still: Bools, chain: Chain, rests: Rests) -> Bools:
+    """`still` (of the fixes of `chain`) with every fix of `rests` still but each one's
+    first and last: the device was at rest there, so the fixes between add no path whatever
+    their noise says (a drift jump, a scatter wider than the jitter radius); the first and
+    last are used, so that the path reaches the place and leaves it (see `through_centres`).
+    `rests` must be of the chain's rows."""
+    if not len(rests.first):
+        return still
+    inside = np.zeros(len(chain.idx) + 1, dtype=np.int8)
+    first = np.searchsorted(chain.idx, rests.first)
+    last = np.searchsorted(chain.idx, rests.last)
+    # Rests are disjoint runs of the chain: +1 after each one's first fix, -1 at its last.
+    np.add.at(inside, first + 1, 1)
+    np.add.at(inside, last, -1)
+    still = still | np.cumsum(inside[:-1], dtype=np.int8).view(np.bool_)
+    still[first] = False
+    still[last] = False
+    return still
+
+
+def through_centres(fixes: Fixes, chain: Chain, rests: Rests) -> Chain:
+    """`chain` (with each rest's first and last fix, see `rest_in_stays`) with its path
+    running through the centres of `rests` rather than their edge fixes: the step to a
+    rest's first fix ends at the centre, the step across it is none, and the step after its
+    last fix starts at the centre. The edge fixes are as noisy as any; the centre is made
+    of them all."""
+    m = len(rests.first)
+    if not m:
+        return chain
+    n = len(chain.idx)
+    first = np.searchsorted(chain.idx, rests.first)
+    last = np.searchsorted(chain.idx, rests.last)
+    centre = np.stack(unit_vectors(rests.lat, rests.lon))
+    step_km = chain.step_km.copy()
+    # Arriving: from the fix before (or the centre of a rest that ends there) to the centre.
+    arrive = first[chain.linked[first]]
+    before = np.searchsorted(last, arrive - 1)
+    before[before == m] = 0
+    from_rest = last[before] == arrive - 1
+    start = fixes.xyz[:, chain.idx[arrive - 1]]
+    start[:, from_rest] = centre[:, before[from_rest]]
+    step_km[arrive] = vector_distance_km(tuple(start), tuple(centre[:, chain.linked[first]]))
+    step_km[last] = 0.0
+    # Leaving: from the centre to the fix after (or the centre of a rest that starts there).
+    after = last + 1
+    leave = after < n
+    leave[leave] = chain.linked[after[leave]]
+    nxt = np.searchsorted(first, after[leave])
+    nxt[nxt == m] = 0
+    to_rest = first[nxt] == after[leave]
+    end = fixes.xyz[:, chain.idx[after[leave]]]
+    end[:, to_rest] = centre[:, nxt[to_rest]]
+    step_km[after[leave]] = vector_distance_km(tuple(centre[:, leave]), tuple(end))
+    return dataclasses.replace(chain, step_km=step_km)
+
+
+def at_rest_km(home_km: Floats, chain: Chain, stays: Stays) -> Floats:
+    """`home_km` (of the fixes of `chain`) with each fix of a stay at its stay's centre:
+    where a device rested, one noisy fix or a drift jump must not set the farthest point.
+    `stays` must be of the chain's rows, in order."""
+    first = np.searchsorted(chain.idx, stays.first).tolist()
+    last = np.searchsorted(chain.idx, stays.last).tolist()
+    for a, b, km in zip(first, last, stays.home_km.tolist(), strict=True):
+        home_km[a : b + 1] = km  # one fill per stay: its fixes are consecutive
+    return home_km
 
 
 class Vectors:
@@ -247,10 +442,12 @@ def _merged(
     linked: Bools,
     silence_us: int,
     radius_m: float,
+    min_us: int,
 ) -> list[tuple[int, int, Floats, float]]:
     """Consecutive stays of one device whose centres lie within the stay radius (plus the
     fixes' typical reported accuracy) of each other and whose gap is no longer than the
-    silence limit are one stay that a wander interrupted. `reach_m` is `radius_m` plus
+    silence limit are one stay that a wander interrupted, unless the fixes between them,
+    for `min_us` or longer, went away (see `_wandered`). `reach_m` is `radius_m` plus
     each fix's accuracy (never negative)."""
     out: list[tuple[int, int, Floats, float]] = []
     for stay in found:
@@ -262,11 +459,27 @@ def _merged(
             # is at least the radius, so within it the median need not be computed.
             if gap_ok and (apart <= radius_m or _within_median(apart, reach_m[a : stay[1]])):
                 merged_centre, distance = _centre(xyz[a : stay[1]])
-                inside = distance <= reach_m[a : stay[1]]
-                out[-1] = (a, stay[1], merged_centre, float(distance[inside].max(initial=0.0)))
-                continue
+                # A wander stays near the place; a walk out and back from it goes away (an
+                # absence shorter than a stay is no walk to tell: a few wild fixes).
+                between = distance[b - a : stay[0] - a]
+                brief = t[stay[0]] - t[b - 1] < min_us
+                if brief or _wandered(between, reach_m[b : stay[0]]):
+                    inside = distance <= reach_m[a : stay[1]]
+                    out[-1] = (a, stay[1], merged_centre, float(distance[inside].max(initial=0.0)))
+                    continue
         out.append(stay)
     return out
+
+
+WANDER_REACHES = 2.0
+"""The fixes between two parts of one stay keep, but for a tenth of them, within this many
+times their reach of the stay's centre: drift wanders about the place, a walk leaves it."""
+
+
+def _wandered(distance: Floats, reach_m: Floats) -> bool:
+    """Whether fixes at `distance` (m) from a centre kept near it (see WANDER_REACHES)."""
+    beyond = int(np.count_nonzero(distance > WANDER_REACHES * reach_m))
+    return beyond <= len(distance) // 10
 
 
 def _within_median(value: float, values: Floats) -> bool:

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.engine import arrays
-from shared.engine.arrays import Bools, Codes, Floats, Ints, device_starts
+from shared.engine.arrays import Codes, Floats, Ints, device_starts
 from shared.engine.params import EngineParams
 from shared.engine.points import MISSING, MISSING_TIME, US_PER_S, Points
 from shared.engine.results import (
@@ -69,16 +69,6 @@ def once(keys: list[_K], compute: Callable[..., _V]) -> list[_V]:
     return [done[key] if key in done else done.setdefault(key, compute(*key)) for key in keys]
 
 
-def nth_true(mask: Bools, k: int) -> int:
-    """The position of the (k+1)-th True in `mask` (which must have that many): counted a
-    slice at a time, which is cheaper than listing every position."""
-    step, start = 1 << 16, 0
-    while k >= (here := int(np.count_nonzero(mask[start : start + step]))):
-        k -= here
-        start += step
-    return start + int(np.flatnonzero(mask[start : start + step])[k])
-
-
 class Summarizer:
     """Builds the `Summary` from the fixes in the window and the per-day sums."""
 
@@ -90,9 +80,12 @@ class Summarizer:
         *,
         distance_km: Floats,
         code: npt.NDArray[np.uint8],
+        stay: Codes,
+        stays: Stays,
     ) -> None:
         self.points, self.window, self.params = points, window, params
         self.distance_km, self.code = distance_km, code
+        self.stay, self.stays = stay, stays  # each row's stay id (from 1), and the stays
         self.used = code == KEPT
         # Jitter fixes add no path, but a resting device is really where they say.
         self.seen = self.used | (code == JITTER)
@@ -109,7 +102,6 @@ class Summarizer:
         read_days: Ints,
         used_days: Ints,
         trips: Trips,
-        stays: Stays,
         cumulative_km: Floats,
         valid_device: Codes,
         valid_t: Ints,
@@ -154,7 +146,7 @@ class Summarizer:
             )
             for k in range(len(trips.device))
         ]
-        spans = stay_spans(stays, self.params, self.window)
+        spans = stay_spans(self.stays, self.params, self.window)
         models = Models(points.device_ids, self.window)
         timelines: dict[int, TimelineModels] = {}
         bounds = self.window.bounds_us.tolist()
@@ -232,15 +224,18 @@ class Summarizer:
 
     def _distance_stats(self, first_fix: Ints, sizes: Ints) -> list[DistanceStats]:
         """Farthest place, max, min, mean and median distance of the fixes seen, for each
-        device (`sizes` of them, from row `first_fix`) and then for all of them together."""
+        device (`sizes` of them, from row `first_fix`) and then for all of them together.
+        The farthest counts each fix of a stay at the stay's centre (see `_farthest`)."""
         seen_km = self.distance_km[self.seen]  # a copy, which the medians may reorder
         ranges = part_ranges(sizes)
         # Everything that depends on the order comes first; the medians then reorder each
         # device's part in place, which leaves the whole's median as it was. The whole's
         # extremes and sum are those of its devices.
         parts = [
-            self._extremes(row, seen_km[a:b])
-            for row, (a, b) in zip(first_fix[:-1].tolist(), ranges[:-1], strict=True)
+            self._extremes(row, end, seen_km[a:b])
+            for row, end, (a, b) in zip(
+                first_fix[:-1].tolist(), first_fix[1:].tolist(), ranges[:-1], strict=True
+            )
         ]
         seen = [part for part in parts if part[4]]
         farthest = max(seen, key=lambda part: part[1], default=(-1, 0.0, 0.0, 0.0, 0))
@@ -259,23 +254,47 @@ class Summarizer:
             )
         ]
 
-    def _extremes(self, row: int, distance: Floats) -> tuple[int, float, float, float, int]:
-        """The row of the farthest fix (-1 for none), max, min, sum and count of `distance`,
-        the km of the fixes seen from `row` on."""
+    def _extremes(
+        self, row: int, end: int, distance: Floats
+    ) -> tuple[int, float, float, float, int]:
+        """The row of the farthest fix (-1 for none), the farthest, min, sum and count of
+        `distance`, the km of the fixes seen in rows `row:end` (one device's)."""
         if not len(distance):
             return -1, 0.0, 0.0, 0.0, 0
-        k = row + nth_true(self.seen[row:], int(np.argmax(distance)))
-        return k, float(distance.max()), float(distance.min()), float(distance.sum()), len(distance)
+        k, farthest = self._farthest(row, end)
+        return k, farthest, float(distance.min()), float(distance.sum()), len(distance)
+
+    def _farthest(self, row: int, end: int) -> tuple[int, float]:
+        """The row and km of the farthest fix seen in rows `row:end`, each fix of a stay
+        counted at the stay's centre (its first row there): where a device rested, one
+        noisy fix or a drift jump must not set the farthest point."""
+        distance, stay = self.distance_km[row:end], self.stay[row:end]
+        free = self.seen[row:end] & (stay == 0)
+        far = float(np.max(distance, where=free, initial=-np.inf))
+        ids = int(np.max(stay, initial=0))
+        if ids:
+            # A device's stays have consecutive ids; the first one here may start earlier.
+            low = int(np.min(stay, where=stay > 0, initial=ids))
+            at = low - 1 + int(np.argmax(self.stays.home_km[low - 1 : ids]))
+            there = np.flatnonzero(stay == at + 1)
+            if self.stays.home_km[at] > far and len(there):
+                return row + int(there[0]), float(self.stays.home_km[at])
+        return row + int(np.argmax(free & (distance == far))), far
 
     def _place(self, k: int) -> Place | None:
         """Where and when the fix at row `k` was (None for -1)."""
         if k < 0:
             return None
-        points = self.points
+        points, stay = self.points, int(self.stay[k])
+        # A fix of a stay stands for the stay: the place is its centre.
+        lat, lon = points.lat[k], points.lon[k]
+        if stay:
+            lat = round(float(self.stays.lat[stay - 1]), 7)  # as the stay reports it
+            lon = round(float(self.stays.lon[stay - 1]), 7)
         return Place(
             time=self.window.local_time(int(points.timestamp[k])),
-            latitude=float(points.lat[k]),
-            longitude=float(points.lon[k]),
+            latitude=float(lat),
+            longitude=float(lon),
             device_id=points.device_ids[points.device[k]],
         )
 

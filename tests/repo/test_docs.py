@@ -307,9 +307,9 @@ def test_the_readme_configuration_table_shows_the_defaults() -> None:
 # The data of DEVELOPMENT.md's recipe (`otel-worker seed --days 14 --devices 2`), on which
 # API.md's examples were run: (device, day, figures the examples show).
 _API_EXAMPLES = [
-    ("phone1", "2024-03-12", ["2459 read, 135 used;", "Path          2856.975 km"]),
-    ("phone1", "2024-03-13", ["path      16.604 km from 2883 fixes", '"path_km": 16.603711']),
-    ("phone2", "2024-03-13", ['"pathKm": 27.691486', '"pointsUsed": "138"']),
+    ("phone1", "2024-03-12", ["2459 read, 102 used;", "Path          2855.808 km"]),
+    ("phone1", "2024-03-13", ["path      16.107 km from 2883 fixes", '"path_km": 16.106680']),
+    ("phone2", "2024-03-13", ['"pathKm": 27.053897', '"pointsUsed": "115"']),
 ]
 
 

@@ -35,7 +35,13 @@ PARAMS = {
     "jitter_radius_m": 100.0,
     "jitter_fixes": 4,
     "context_s": 10 * 86400.0,  # the reference sees every fix, so must the engine
+    "stay_radius_m": 100.0,
+    # No stay here (none lasts a million minutes), so every rest is a pause: the reference
+    # follows the pause rule; what stays add (the farthest counts a stay at its centre) is
+    # tests/unit/test_stays.py's.
+    "stay_min_minutes": 1e6,
 }
+PAUSE_S = 60
 RULES = ["", "invalid", "accuracy", "duplicate", "jump", "jitter"]
 
 
@@ -134,6 +140,13 @@ def reference(fixes: list[Fix], start: int, end: int, p: dict[str, float]) -> Re
                 f.rule = "jitter"
             else:
                 anchor = centre
+        rests = pauses(valid, p)
+        for first, last, _ in rests:
+            for f in valid[first + 1 : last]:
+                f.rule = "jitter"
+            valid[first].rule = valid[last].rule = ""  # the path reaches the pause, leaves it
+        arrive = {id(valid[first]): place for first, _, place in rests}
+        leave = {id(valid[last]): place for _, last, place in rests}
         used = [f for f in valid if f.rule == ""]
         # A move from a resting place starts after the last fix seen there.
         last_seen = {id(f): valid[i - 1].t for i, f in enumerate(valid) if i}
@@ -148,7 +161,10 @@ def reference(fixes: list[Fix], start: int, end: int, p: dict[str, float]) -> Re
                 state = "home"
             f.state = state
             if i:
-                f.segment = hav_km((used[i - 1].lat, used[i - 1].lon), (f.lat, f.lon))
+                # The path runs through a pause's centre, and not across the pause.
+                origin = leave.get(id(used[i - 1]), (used[i - 1].lat, used[i - 1].lon))
+                here = arrive.get(id(f), (f.lat, f.lon))
+                f.segment = 0.0 if id(f) in leave else hav_km(origin, here)
                 f.segment *= ref.inside(last_seen[id(f)], f.t)
                 ref.path += f.segment
         for i, f in enumerate(valid):
@@ -175,6 +191,48 @@ def reference(fixes: list[Fix], start: int, end: int, p: dict[str, float]) -> Re
                 ref.trips.append((device, max(begin, start), min(finish, end), path))
             i = j + 1
     return ref
+
+
+def pauses(valid: list[Fix], p: dict[str, float]) -> list[tuple[int, int, tuple[float, float]]]:
+    """Runs of valid fixes, cut where a step leaves the reach (the stay radius plus the
+    larger accuracy of its two fixes), of at least three fixes and PAUSE_S that keep within
+    the reach of their mean place once the fixes beyond it at either end are trimmed: first
+    and last index and the centre (lat, lon)."""
+
+    def reach(f: Fix) -> float:
+        return p["stay_radius_m"] + max(f.acc, 0)
+
+    def mean_place(run: list[int]) -> tuple[float, float, float]:
+        vectors = [unit((valid[i].lat, valid[i].lon)) for i in run]
+        total = [sum(v[k] for v in vectors) for k in range(3)]
+        norm = math.sqrt(sum(c * c for c in total))
+        return (total[0] / norm, total[1] / norm, total[2] / norm)
+
+    def within(i: int, centre: tuple[float, float, float]) -> bool:
+        chord = math.dist(unit((valid[i].lat, valid[i].lon)), centre)
+        return chord * R_KM * 1000 <= reach(valid[i])
+
+    def long_enough(run: list[int]) -> bool:
+        return len(run) >= 3 and valid[run[-1]].t - valid[run[0]].t >= PAUSE_S * 1e6
+
+    runs: list[list[int]] = []
+    for i, f in enumerate(valid):
+        step_m = hav_km((valid[i - 1].lat, valid[i - 1].lon), (f.lat, f.lon)) * 1000 if i else 0
+        if not i or step_m > max(reach(f), reach(valid[i - 1])):
+            runs.append([])
+        runs[-1].append(i)
+    found = []
+    for run in filter(long_enough, runs):
+        held = [i for i in run if within(i, mean_place(run))]
+        trimmed = list(range(held[0], held[-1] + 1)) if held else []
+        if long_enough(trimmed):
+            centre = mean_place(trimmed)
+            if all(within(i, centre) for i in trimmed):
+                lat = math.degrees(math.asin(centre[2]))
+                found.append(
+                    (trimmed[0], trimmed[-1], (lat, math.degrees(math.atan2(centre[1], centre[0]))))
+                )
+    return found
 
 
 @st.composite

@@ -171,6 +171,46 @@ def test_indoor_drift_makes_no_phantom_stays_or_moves() -> None:
     assert len(summary.stays) == 1
     assert [entry.kind for entry in summary.timeline] == ["stay", "unknown"]
     assert summary.timeline[1].duration_s == 60  # after the last fix
+    # A day at rest is no path, whatever the drift and its jumps say (they are jitter)...
+    assert summary.path_km < 0.1
+    # ...and the farthest point is the stay's centre, not its farthest jump.
+    centre = summary.stays[0]
+    assert summary.max_distance_at is not None
+    assert summary.max_distance_at.latitude == centre.latitude
+    assert summary.max_distance_km == pytest.approx(3.0, abs=0.03)
+
+
+def test_a_single_wild_fix_at_the_far_place_does_not_set_the_farthest_point() -> None:
+    points, window = day_track(*WORKDAY, noise_m=10)
+    lat = points.lat.copy()
+    stay_s = np.flatnonzero((points.timestamp - window.start_us) // 1_000_000 == 12 * 3600)
+    lat[stay_s] += 90 / M_PER_DEG  # one fix 90 m north at noon, within the stay's reach
+    spoiled = Points.from_columns(
+        ["phone"],
+        device=points.device,
+        timestamp=points.timestamp,
+        lat=lat,
+        lon=points.lon,
+        accuracy=points.accuracy,
+    )
+    summary = analyze(spoiled, window, params()).summary
+    # 5 km east; the wild fix would have said 5.0008 km or more.
+    assert summary.max_distance_km == pytest.approx(5.0, abs=0.005)
+    assert summary.trips[0].max_distance_km == summary.max_distance_km
+
+
+def test_a_traffic_stop_adds_no_path_and_is_no_stay() -> None:
+    # 10 km east at 12 m/s with a 3-minute stop halfway, logged every 30 s with 30 m noise:
+    # the stop's fixes scatter some 50 m from each other, which is no path.
+    drive_h = 10_000 / 12 / 3600
+    hours = [0, 8, 8 + drive_h / 2, 8 + drive_h / 2 + 0.05, 8 + drive_h + 0.05, 24]
+    points, window = day_track(hours, [0, 0, 5, 5, 10, 10], noise_m=30, accuracy=45)
+    summary = analyze(points, window, params()).summary
+    assert [stay.place for stay in summary.stays][:1] == ["home"]
+    assert len(summary.stays) == 2  # home, and the end of the drive: the stop is none
+    moves = [entry for entry in summary.timeline if entry.kind == "move"]
+    assert len(moves) == 1
+    assert moves[0].path_km == pytest.approx(10.0, rel=0.02)
 
 
 def test_dropped_fixes_neither_make_nor_break_a_stay() -> None:
