@@ -21,7 +21,7 @@ from shared import locations
 from shared.db import Connection
 from shared.engine.points import DTYPES, Points
 from shared.tools import formats
-from shared.tools.sources import SourceError, read_file
+from shared.tools.sources import SourceError, read_batches
 
 
 def _as_device(batch: Points, device: str) -> Points:
@@ -31,11 +31,8 @@ def _as_device(batch: Points, device: str) -> Points:
 
 
 def _batches(path: Path, device: str | None, skipped: formats.Skipped) -> Iterator[Points]:
-    if formats.sniff(path) in formats.FORMATS:
-        batches = formats.read_batches(path, device, skipped)
-    else:
-        batches = iter([read_file(path)])
-    for batch in batches:
+    # A CSV, OwnTracks JSON or .rec file names its devices itself; --device renames them.
+    for batch in read_batches(path, device, skipped):
         yield batch if device is None else _as_device(batch, device)
 
 
