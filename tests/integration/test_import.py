@@ -171,7 +171,7 @@ def test_batches_that_overlap_or_repeat_add_each_fix_once_and_leave_the_index(
     # that overlaps an earlier one in time, or repeats a fix, goes through the duplicate
     # check, and the index is there at the end either way.
     points = read_file(REC)
-    half = points.take(slice(0, 6))
+    half = points.take(np.arange(6))
     twice = points.take(np.repeat(np.arange(len(points)), 2))  # each fix twice in one batch
     with use_database.connect() as conn:
         counts = locations.import_points(conn, iter([half, points, twice]))
@@ -181,6 +181,6 @@ def test_batches_that_overlap_or_repeat_add_each_fix_once_and_leave_the_index(
         assert conn.execute(
             "SELECT count(*) FROM pg_indexes WHERE indexname = %s", (locations.INDEX_NAME,)
         ).fetchone() == (1,)
-        later = points.take(slice(6, None))
+        later = points.take(np.arange(6, len(points)))
         again = locations.import_points(conn, iter([later]))
     assert (again.read, again.written) == (5, 0)
