@@ -36,6 +36,7 @@ import contextlib
 import datetime as dt
 import gzip
 import io
+import mmap
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -173,30 +174,51 @@ def stream_batches(
 
 
 def concat(batches: Iterable[Points]) -> Points:
-    """Batches (each with its own device ids) as one sorted `Points`. The batches are let go
-    as they arrive and their columns joined one at a time, so the peak is about the result
-    and one column more; a single batch is returned as it is."""
+    """Batches (each with its own device ids) as one sorted `Points`; a single batch is
+    returned as it is. The batches are copied as they arrive into column chunks of
+    `_CHUNK_ROWS` rows in memory of their own, each given back to the system as soon as the
+    result holds it, so the peak is about the result and one column more (small arrays
+    freed by numpy stay with the allocator, which would make it twice the result)."""
     ids: dict[str, int] = {}
-    parts: dict[str, list[npt.NDArray[Any]]] = {name: [] for name in DTYPES}
+    chunks: dict[str, list[npt.NDArray[Any]]] = {name: [] for name in DTYPES}
+    total = filled = 0
     only: Points | None = None
     for count, batch in enumerate(batches):
         only = batch if count == 0 else None
         codes = np.array([ids.setdefault(name, len(ids)) for name in batch.device_ids], np.int32)
-        parts["device"].append(codes[batch.device])
-        for name in DTYPES:
-            if name != "device":
-                parts[name].append(getattr(batch, name))
+        columns = {name: getattr(batch, name) for name in DTYPES}
+        columns["device"] = codes[batch.device]
+        at = 0
+        while at < len(batch):
+            if filled == _CHUNK_ROWS or not chunks["device"]:
+                for name, dtype in DTYPES.items():
+                    chunks[name].append(_chunk(dtype))
+                filled = 0
+            take = min(len(batch) - at, _CHUNK_ROWS - filled)
+            for name, column in columns.items():
+                chunks[name][-1][filled : filled + take] = column[at : at + take]
+            filled, at, total = filled + take, at + take, total + take
     if only is not None:
         return only
     names = sorted(ids)
     rank = np.zeros(max(len(ids), 1), np.int32)
     rank[[ids[name] for name in names]] = np.arange(len(names), dtype=np.int32)
-    columns = {
-        name: np.concatenate(parts.pop(name) or [np.empty(0, dtype)])
-        for name, dtype in DTYPES.items()
-    }
-    columns["device"] = rank[columns["device"]]
-    return Points.from_columns(names, **columns)
+    joined: dict[str, npt.NDArray[Any]] = {}
+    for name, dtype in DTYPES.items():
+        joined[name] = np.empty(total, dtype)
+        for k, chunk in enumerate(chunks.pop(name)):
+            rows = joined[name][k * _CHUNK_ROWS : (k + 1) * _CHUNK_ROWS]
+            rows[:] = chunk[: len(rows)]
+    joined["device"] = rank[joined["device"]]
+    return Points.from_columns(names, **joined)
+
+
+_CHUNK_ROWS: Final = 1 << 20
+
+
+def _chunk(dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+    """An empty column chunk in an anonymous mapping of its own: unmapped when let go."""
+    return np.frombuffer(mmap.mmap(-1, _CHUNK_ROWS * dtype.itemsize), dtype)
 
 
 # A record: (device or None, time as ISO text or epoch seconds text, lat, lon, accuracy,
