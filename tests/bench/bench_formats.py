@@ -29,6 +29,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import psycopg
@@ -77,22 +78,41 @@ PEAK = (
 `ru_maxrss` is no measure here: a child started by vfork and exec inherits its parent's.)"""
 
 
-def run_measured(
-    script: str, args: list[str], env: dict[str, str] | None = None
-) -> tuple[float, float, str]:
-    """Run a Python script alone; its wall seconds, its own peak RSS in MB and its stdout."""
+class Measured(NamedTuple):
+    """One command's run."""
+
+    seconds: float
+    cpu_seconds: float
+    """Its own user and system CPU time (not PostgreSQL's): what a busy machine moves least."""
+    peak_mb: float
+    out: str
+
+    def line(self, label: str, fixes: int) -> str:
+        """The figures as one line of the report."""
+        return (
+            f"{label:<14} {fixes / self.seconds / 1e3:6.0f} k fixes/s "
+            f"({fixes / self.cpu_seconds / 1e3:5.0f} k per CPU-s)  {self.seconds:6.1f} s  "
+            f"peak RSS {self.peak_mb:6.0f} MB"
+        )
+
+
+def run_measured(script: str, args: list[str], env: dict[str, str] | None = None) -> Measured:
+    """Run a Python script alone and measure it."""
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         argv = [sys.executable, "-c", PEAK + script, *args]
-        code = subprocess.run(argv, stdout=out, stderr=err, text=True, env=env, check=False)
+        child = subprocess.Popen(argv, stdout=out, stderr=err, text=True, env=env)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own CPU times
+        child.returncode = os.waitstatus_to_exitcode(status)
         elapsed = time.perf_counter() - started
         out.seek(0)
         err.seek(0)
         errors = err.read()
-        if code.returncode:
-            raise SystemExit(f"{' '.join(args)} failed ({code.returncode}):\n{errors}")
+        if child.returncode:
+            raise SystemExit(f"{' '.join(args)} failed ({child.returncode}):\n{errors}")
         peak_kb = int(errors.rsplit("peak-kB ", 1)[1].split()[0])
-        return elapsed, peak_kb / 1024, out.read()
+        cpu = usage.ru_utime + usage.ru_stime
+        return Measured(elapsed, cpu, peak_kb / 1024, out.read())
 
 
 READ_STREAMED = (
@@ -128,19 +148,13 @@ def main() -> None:
 
         print(load())
         for label, script in (("read streamed", READ_STREAMED), ("read whole", READ_WHOLE)):
-            seconds, peak, out = run_measured(script, [str(big)])
-            assert int(out) == args.fixes
-            print(
-                f"{label:<14} {args.fixes / seconds / 1e3:8.0f} k fixes/s  "
-                f"{seconds:6.1f} s  peak RSS {peak:6.0f} MB"
-            )
-        seconds, peak, _ = run_measured(
+            run = run_measured(script, [str(big)])
+            assert int(run.out) == args.fixes
+            print(run.line(label, args.fixes))
+        run = run_measured(
             CLI, ["analyze", str(big), "--home", "51.3397,12.3731", "--tz", "UTC", "--json"]
         )
-        print(
-            f"analyze        {args.fixes / seconds / 1e3:8.0f} k fixes/s  "
-            f"{seconds:6.1f} s  peak RSS {peak:6.0f} MB"
-        )
+        print(run.line("analyze", args.fixes))
 
         small = Path(folder) / "first.json"
         write_records(small, args.import_fixes)
@@ -159,14 +173,9 @@ def main() -> None:
             )
             env = {**os.environ, "DATABASE_URL": url}
             for label in ("import", "import again"):
-                seconds, peak, said = run_measured(
-                    CLI, ["import", str(small), "--device", "bench"], env
-                )
-                assert f"{args.import_fixes:,} fixes read" in said, said
-                print(
-                    f"{label:<14} {args.import_fixes / seconds / 1e3:8.0f} k fixes/s  "
-                    f"{seconds:6.1f} s  peak RSS {peak:6.0f} MB"
-                )
+                run = run_measured(CLI, ["import", str(small), "--device", "bench"], env)
+                assert f"{args.import_fixes:,} fixes read" in run.out, run.out
+                print(run.line(label, args.import_fixes))
         finally:
             with psycopg.connect(admin, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
