@@ -49,6 +49,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.engine.points import DTYPES, MISSING, Points
+from shared.errors import OtelWorkerError
 from shared.gpx import EXTENSIONS
 from shared.tools.sources import (
     SourceError,
@@ -371,77 +372,65 @@ _STAY: Final = f"{EXTENSIONS} stay"
 """The extension marking a waypoint as a stay `otel-worker` wrote (expat's namespaced name)."""
 
 
+_FIELDS: Final = frozenset({"time", "hdop", "speed", "accuracy", "hacc"})
+"""The elements of a point whose text the reader keeps."""
+_PARSE_BYTES: Final = 1 << 20
+
+
 def _gpx(stream: _Counting, path: Path, skipped: Skipped) -> Iterator[_Record]:
-    """GPX points through expat: SAX events, only the current point's fields kept."""
+    """GPX points through expat: SAX events, only the current point's fields kept. The
+    handlers run once per element, so they keep their state in closure variables and look
+    local names up in a dict rather than splitting each one."""
     parser = expat.ParserCreate(namespace_separator=" ")
     parser.buffer_text = True
     found: list[_Record] = []
-    state: dict[str, Any] = {"point": None, "text": [], "device": None, "root": None}
+    local_names: dict[str, str] = {}
+    text: list[str] = []
+    point: dict[str, Any] | None = None
+    device: str | None = None
+    root: str | None = None
+
+    def local_of(name: str) -> str:
+        local = local_names.get(name)
+        if local is None:
+            local = local_names[name] = name.rsplit(" ", 1)[-1]
+        return local
 
     def start(name: str, attributes: dict[str, str]) -> None:
-        local = name.rsplit(" ", 1)[-1]
-        if state["root"] is None:
-            state["root"] = local
+        nonlocal point, device, root
+        local = local_of(name)
+        if root is None:
+            root = local
             if local != "gpx":
                 raise SourceError(f"{path}, line 1: an XML file whose root is <{local}>, not <gpx>")
         if local in _POINTS:
-            state["point"] = {
+            point = {
                 "lat": attributes.get("lat"),
                 "lon": attributes.get("lon"),
                 "line": parser.CurrentLineNumber,
             }
         elif local == "trk":
-            state["device"] = None
-        state["text"] = []
-
-    def text(data: str) -> None:
-        state["text"].append(data)
+            device = None
+        text.clear()
 
     def end(name: str) -> None:
-        local = name.rsplit(" ", 1)[-1]
-        point = state["point"]
-        value = "".join(state["text"]).strip()
-        state["text"] = []
+        nonlocal point, device
+        local = local_of(name)
         if point is None:
             if local == "device":
-                state["device"] = value
-            return
-        if local in _POINTS:
-            state["point"] = None
-            line = point["line"]
-            if point["lat"] is None or point["lon"] is None:
-                raise SourceError(f"{path}, line {line}: <{local}> without lat and lon")
-            if point.get("stay"):
-                # A stay this project wrote beside the track: a summary of fixes, not one.
-                skipped["GPX stay waypoints (a summary, not fixes)"] += 1
-                return
-            if "time" not in point:
-                skipped[f"GPX <{local}> without a time"] += 1
-                return
-            accuracy = point.get("accuracy")
-            if accuracy is None and "hdop" in point:
-                accuracy = _number(point["hdop"], "hdop", path, line) * HDOP_METRES
-            speed = point.get("speed")
-            velocity = None if speed is None else _number(speed, "speed", path, line) * 3.6
-            device = state["device"] if local == "trkpt" else None
-            found.append(
-                (
-                    device,
-                    point["time"],
-                    point["lat"],
-                    point["lon"],
-                    accuracy,
-                    velocity,
-                    None,
-                    line,
-                )
-            )
-        elif local in ("time", "hdop", "speed"):
-            point[local] = value
+                device = "".join(text).strip()
+        elif local in _FIELDS:
+            value = "".join(text).strip()
+            if local in ("accuracy", "hacc"):
+                point["accuracy"] = _number(value, local, path, point["line"])
+            else:
+                point[local] = value
         elif name == _STAY:
             point["stay"] = True
-        elif local in ("accuracy", "hacc"):
-            point["accuracy"] = _number(value, local, path, point["line"])
+        elif local in _POINTS:
+            done, point = point, None
+            found.extend(_gpx_point(done, local, device, path, skipped))
+        text.clear()
 
     def refuse_entities(*_: Any) -> None:
         # An entity declaration is how billion-laughs documents start; GPX needs none.
@@ -449,10 +438,10 @@ def _gpx(stream: _Counting, path: Path, skipped: Skipped) -> Iterator[_Record]:
 
     parser.StartElementHandler = start
     parser.EndElementHandler = end
-    parser.CharacterDataHandler = text
+    parser.CharacterDataHandler = text.append
     parser.EntityDeclHandler = refuse_entities
     while True:
-        chunk = stream.read(_SNIFF_BYTES)
+        chunk = stream.read(_PARSE_BYTES)
         try:
             parser.Parse(chunk, not chunk)
         except expat.ExpatError as exc:
@@ -463,6 +452,29 @@ def _gpx(stream: _Counting, path: Path, skipped: Skipped) -> Iterator[_Record]:
         found.clear()
         if not chunk:
             return
+
+
+def _gpx_point(
+    point: dict[str, Any], local: str, device: str | None, path: Path, skipped: Skipped
+) -> list[_Record]:
+    """A finished `trkpt`, `rtept` or `wpt` as a record, or none when it is skipped."""
+    line = point["line"]
+    if point["lat"] is None or point["lon"] is None:
+        raise SourceError(f"{path}, line {line}: <{local}> without lat and lon")
+    if point.get("stay"):
+        # A stay this project wrote beside the track: a summary of fixes, not one.
+        skipped["GPX stay waypoints (a summary, not fixes)"] += 1
+        return []
+    if "time" not in point:
+        skipped[f"GPX <{local}> without a time"] += 1
+        return []
+    accuracy = point.get("accuracy")
+    if accuracy is None and "hdop" in point:
+        accuracy = _number(point["hdop"], "hdop", path, line) * HDOP_METRES
+    speed = point.get("speed")
+    velocity = None if speed is None else _number(speed, "speed", path, line) * 3.6
+    owner = device if local == "trkpt" else None
+    return [(owner, point["time"], point["lat"], point["lon"], accuracy, velocity, None, line)]
 
 
 def _number(value: Any, name: str, path: Path, line: int) -> float:
@@ -570,7 +582,7 @@ _MAX_PIECE_BYTES: Final = 64 << 20
 """A run of bytes this long without a record's end is left to the streaming parser."""
 
 
-class _Unplaced(Exception):
+class _Unplaced(OtelWorkerError):
     """A piece the fast path does not read exactly as the record-by-record path would."""
 
 
