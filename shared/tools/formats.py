@@ -586,6 +586,10 @@ class _Unplaced(OtelWorkerError):
     """A piece the fast path does not read exactly as the record-by-record path would."""
 
 
+class _Unfixed(_Unplaced):
+    """A piece with records that are not fixes: read again without them."""
+
+
 def _takeout(
     stream: _Counting, path: Path, skipped: Skipped, rows: _Rows, batch_rows: int, block: int
 ) -> Iterator[Points]:
@@ -618,7 +622,7 @@ def _takeout(
                 break
             piece, rest = tail[:-1].rstrip()[:-1], b""
         try:
-            yield from _takeout_piece(piece, rows, batch_rows)
+            yield from _takeout_piece(piece, rows, batch_rows, skipped)
         except (msgspec.ValidationError, _Unplaced):
             yield from _replay(piece, at, path, skipped, rows, batch_rows)
         except msgspec.DecodeError:
@@ -648,14 +652,44 @@ def _records_end(buf: bytes) -> int:
     return 0
 
 
-def _takeout_piece(piece: bytes, rows: _Rows, batch_rows: int) -> list[Points]:
+def _takeout_piece(piece: bytes, rows: _Rows, batch_rows: int, skipped: Skipped) -> list[Points]:
     """The records of `piece` (whole records, comma-separated) as `Points` batches; raises
-    `_Unplaced` when a record needs the record-by-record path."""
+    `_Unplaced` when a record needs the record-by-record path. Records that are not fixes
+    are left out and counted as that path counts them, once the whole piece is read."""
     found = _LOCATIONS.decode(b"[" + piece + b"]")
+    counted: Skipped = Counter()
+    try:
+        batches = _takeout_batches(found, rows.device, batch_rows)
+    except _Unfixed:
+        found = _fixes_only(found, counted)
+        batches = _takeout_batches(found, rows.device, batch_rows)
+    skipped.update(counted)
+    return batches
+
+
+def _takeout_batches(found: list[_Location], fallback: str | None, batch_rows: int) -> list[Points]:
     return [
-        _takeout_points(found[first : first + batch_rows], rows.device)
+        _takeout_points(found[first : first + batch_rows], fallback)
         for first in range(0, len(found), batch_rows)
     ]
+
+
+def _fixes_only(found: list[_Location], counted: Skipped) -> list[_Location]:
+    """The records with coordinates and a time; the others counted by reason."""
+    unset = msgspec.UNSET
+    placed = [r for r in found if r.latitude_e7 is not unset and r.longitude_e7 is not unset]
+    timed = [
+        r
+        for r in placed
+        if (r.timestamp is not None and r.timestamp is not unset) or r.timestamp_ms is not unset
+    ]
+    for reason, count in (
+        ("Takeout record without latitudeE7/longitudeE7", len(found) - len(placed)),
+        ("Takeout record without a timestamp", len(placed) - len(timed)),
+    ):
+        if count:
+            counted[reason] += count
+    return timed
 
 
 def _takeout_points(found: list[_Location], fallback: str | None) -> Points:
@@ -683,19 +717,22 @@ def _takeout_columns(found: list[_Location]) -> dict[str, Any]:
     try:
         lat = np.array([r.latitude_e7 for r in found], np.float64) / 1e7
         lon = np.array([r.longitude_e7 for r in found], np.float64) / 1e7
-    except TypeError:  # a record without coordinates: counted by the other path
-        raise _Unplaced from None
+    except TypeError:  # a record without coordinates
+        raise _Unfixed from None
     times: list[Any] = [r.timestamp for r in found]
     try:
         kinds = set(map(type, times))
         if kinds == {str}:
             timestamp = _times(times, "time", Path(), _Nowhere(len(times)))
         else:
-            if str in kinds:
-                raise _Unplaced
+            if str in kinds:  # records without a time, or both styles of time in one piece
+                raise _Unfixed
             # timestampMs (all of a piece, as in older exports): digits of milliseconds.
-            milliseconds = np.array([r.timestamp_ms for r in found]).astype(np.int64)
-            if (np.abs(milliseconds) > _MS_THRESHOLD * 1000).any():
+            digits = [r.timestamp_ms for r in found]
+            if msgspec.UNSET in digits:  # a record without any time
+                raise _Unfixed
+            milliseconds = np.array(digits).astype(np.int64)
+            if ((milliseconds < 0) | (milliseconds > _MS_THRESHOLD * 1000)).any():
                 raise _Unplaced
             timestamp = milliseconds * 1000
     except (SourceError, TypeError, ValueError, OverflowError):

@@ -365,16 +365,17 @@ def test_records_json_in_takeouts_layout_reads_the_same_in_small_and_large_block
             ]
         records.append(record)
     del records[150]["latitudeE7"]  # passed over, counted
+    del records[151]["timestamp"]  # the same
     path = tmp_path / "Records.json"
     path.write_text(takeout_layout(records))
-    kept = [r for r in records if "latitudeE7" in r]
+    kept = [r for r in records if "latitudeE7" in r and "timestamp" in r]
     for block in (64, 1000, formats.BLOCK_BYTES):
         skipped: Counter[str] = Counter()
         points = formats.concat(
             formats.read_batches(path, None, skipped, batch_rows=40, block_bytes=block)
         )
         assert points.device_ids == ("11", "22")
-        assert len(points) == len(kept) == 299
+        assert len(points) == len(kept) == 298
         assert points.lat.tolist() == [r["latitudeE7"] / 1e7 for r in kept]  # type: ignore[operator]
         assert points.lon.tolist() == [r["longitudeE7"] / 1e7 for r in kept]  # type: ignore[operator]
         expected_us = [
@@ -388,7 +389,10 @@ def test_records_json_in_takeouts_layout_reads_the_same_in_small_and_large_block
             round(r["velocity"] * 3.6) if "velocity" in r else MISSING  # type: ignore[operator]
             for r in kept
         ]
-        assert skipped == {"Takeout record without latitudeE7/longitudeE7": 1}
+        assert skipped == {
+            "Takeout record without latitudeE7/longitudeE7": 1,
+            "Takeout record without a timestamp": 1,
+        }
 
 
 def test_a_bad_record_deep_in_a_records_json_is_named_near_its_byte(tmp_path: Path) -> None:
