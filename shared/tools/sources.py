@@ -165,7 +165,9 @@ def _times(
     if utc is not None:
         return utc
     text = np.strings.strip(np.array(values, dtype=np.str_))
-    epoch = np.strings.isdigit(np.strings.replace(text, ".", "", 1))
+    # Epoch seconds, before 1970 too: digits with at most one '.', after at most one '-'.
+    unsigned = np.where(np.strings.startswith(text, "-"), np.strings.slice(text, 1, None), text)
+    epoch = np.strings.isdigit(np.strings.replace(unsigned, ".", "", 1))
     times = np.zeros(len(text), dtype=np.int64)
     times[epoch] = np.rint(text[epoch].astype(np.float64) * US_PER_S).astype(np.int64)
     iso = np.flatnonzero(~epoch).tolist()
