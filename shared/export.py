@@ -96,7 +96,7 @@ def _signed(magnitude: npt.NDArray[np.int64], negative: npt.NDArray[np.bool_]) -
     return out
 
 
-def _integers(values: npt.NDArray[Any], empty: npt.NDArray[np.bool_] | None = None) -> Bytes:
+def render_integers(values: npt.NDArray[Any], empty: npt.NDArray[np.bool_] | None = None) -> Bytes:
     """Integers, '-' for negatives; rows where `empty` holds are left blank."""
     values = values.astype(np.int64)
     out = _signed(np.abs(values), values < 0)
@@ -105,14 +105,14 @@ def _integers(values: npt.NDArray[Any], empty: npt.NDArray[np.bool_] | None = No
     return out
 
 
-def _decimals(values: npt.NDArray[np.float64], places: int) -> Bytes:
+def render_decimals(values: npt.NDArray[np.float64], places: int) -> Bytes:
     """Fixed-point numbers with `places` decimals. NaN, infinities and magnitudes too large
     for fixed point (an invalid coordinate such as 1e300) are left blank."""
     with np.errstate(invalid="ignore", over="ignore"):
         blank = ~(np.abs(values) < 2.0**62 / 10.0**places)
     scaled = np.rint(np.abs(np.where(blank, 0.0, values)) * 10.0**places).astype(np.int64)
     whole, fraction = np.divmod(scaled, 10**places)
-    out = _join(
+    out = join_columns(
         [_signed(whole, (values < 0) & (scaled > 0)), ".", _digits(fraction, places, pad=True)],
         len(values),
     )
@@ -172,7 +172,9 @@ def utc_offsets(us: npt.NDArray[np.int64], timezone: str) -> npt.NDArray[np.int6
     return np.array(values, dtype=np.int64)[np.searchsorted(changes, seconds, side="right")]
 
 
-def _timestamps(us: npt.NDArray[np.int64], offsets: npt.NDArray[np.int64], micro: bool) -> Bytes:
+def render_timestamps(
+    us: npt.NDArray[np.int64], offsets: npt.NDArray[np.int64], micro: bool
+) -> Bytes:
     """Local ISO-8601 times with their offset: 2024-03-10T03:00:00-04:00."""
     seconds = us // US_PER_S + offsets
     days, clock = np.divmod(seconds, 86400)
@@ -198,10 +200,10 @@ def _timestamps(us: npt.NDArray[np.int64], offsets: npt.NDArray[np.int64], micro
     if micro:
         parts += [".", _digits(us % US_PER_S, 6, pad=True)]
     parts += [sign, zone_[:, 0:2], ":", zone_[:, 2:4]]
-    return _join(parts, len(us))
+    return join_columns(parts, len(us))
 
 
-def _join(parts: Sequence[Bytes | str], rows: int) -> Bytes:
+def join_columns(parts: Sequence[Bytes | str], rows: int) -> Bytes:
     """Matrices side by side; a str part is that literal text in every row."""
     widths = [len(part) if isinstance(part, str) else part.shape[1] for part in parts]
     out = np.empty((rows, sum(widths)), dtype=np.uint8)
@@ -222,7 +224,7 @@ def csv_rows(columns: Sequence[Bytes]) -> bytes:
     for k, column in enumerate(columns):
         parts += [column, "," if k < len(columns) - 1 else "\n"]
     # bytes.translate deletes the NUL padding several times faster than numpy's masking.
-    return _join(parts, rows).tobytes().translate(None, b"\0")
+    return join_columns(parts, rows).tobytes().translate(None, b"\0")
 
 
 def header(names: Sequence[str]) -> bytes:
@@ -245,21 +247,21 @@ def write_csv(analysis: Analysis, out: BinaryIO | Path) -> int:
     for start in range(0, len(points), BLOCK_ROWS):
         rows = slice(start, start + BLOCK_ROWS)
         columns = [
-            _timestamps(points.timestamp[rows], offsets[rows], micro),
+            render_timestamps(points.timestamp[rows], offsets[rows], micro),
             _labels(points.device[rows], points.device_ids),
-            _decimals(points.lat[rows], 7),
-            _decimals(points.lon[rows], 7),
+            render_decimals(points.lat[rows], 7),
+            render_decimals(points.lon[rows], 7),
             *(
-                _integers(column[rows], column[rows] == MISSING)
+                render_integers(column[rows], column[rows] == MISSING)
                 for column in (points.accuracy, points.velocity, points.battery)
             ),
-            _decimals(analysis.distance_km[rows], 6),
-            _decimals(analysis.segment_km[rows], 6),
-            _decimals(analysis.cumulative_km[rows], 6),
+            render_decimals(analysis.distance_km[rows], 6),
+            render_decimals(analysis.segment_km[rows], 6),
+            render_decimals(analysis.cumulative_km[rows], 6),
             _labels(analysis.at_home[rows] + 1, ("", "false", "true")),
-            _integers(analysis.trip[rows], analysis.trip[rows] == 0),
+            render_integers(analysis.trip[rows], analysis.trip[rows] == 0),
             _labels(analysis.dropped_by[rows], ("", *DROP_RULES)),
-            _integers(analysis.stay[rows], analysis.stay[rows] == 0),
+            render_integers(analysis.stay[rows], analysis.stay[rows] == 0),
         ]
         written += out.write(csv_rows(columns))
     return written
@@ -306,20 +308,20 @@ def write_locations_csv(points: Points, out: BinaryIO | Path) -> int:
         moving = points.velocity[rows] > 0
         created = points.created_at[rows]
         columns = [
-            _integers(np.arange(start + 1, start + n + 1)),
+            render_integers(np.arange(start + 1, start + n + 1)),
             _labels(points.device[rows], points.device_ids),
             _labels(points.device[rows], tids),
-            _decimals(points.lat[rows], 7),
-            _decimals(points.lon[rows], 7),
+            render_decimals(points.lat[rows], 7),
+            render_decimals(points.lon[rows], 7),
             *(
-                _integers(column[rows], column[rows] == MISSING)
+                render_integers(column[rows], column[rows] == MISSING)
                 for column in (points.accuracy, points.velocity, points.battery)
             ),
             _labels(np.where(points.battery[rows] == 100, 1, 0), ("1", "3")),
             _labels(moving.view(np.int8), ("w", "m")),
             _labels(moving.view(np.int8), ("p", "t")),
-            _timestamps(points.timestamp[rows], utc[:n], micro),
-            _timestamps(np.where(created == MISSING_TIME, 0, created), utc[:n], micro),
+            render_timestamps(points.timestamp[rows], utc[:n], micro),
+            render_timestamps(np.where(created == MISSING_TIME, 0, created), utc[:n], micro),
         ]
         columns[-1][created == MISSING_TIME] = 0
         out.write(csv_rows(columns))

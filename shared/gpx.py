@@ -25,6 +25,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 import numpy.typing as npt
 
+from shared import export
 from shared.engine import Analysis
 from shared.engine.points import MISSING, US_PER_S
 
@@ -41,37 +42,52 @@ def _text(value: str) -> str:
     return escape(_NOT_XML.sub("\ufffd", value))
 
 
-def _times(timestamp: npt.NDArray[np.int64]) -> list[str]:
-    stamps = timestamp.astype("datetime64[us]")
-    if (timestamp % US_PER_S).any():
-        text = np.datetime_as_string(stamps, unit="us")
-    else:
-        text = np.datetime_as_string(stamps, unit="s")
-    return [value + "Z" for value in text.tolist()]
+_BREAK: Final = "</trkseg>\n<trkseg>\n"
 
 
-def _segment(analysis: Analysis, rows: npt.NDArray[np.intp]) -> str:
+def _points(analysis: Analysis, rows: npt.NDArray[np.intp], gaps: npt.NDArray[np.bool_]) -> bytes:
+    """`<trkpt>` lines for `rows`, each column rendered for all rows at once as in `export`;
+    a row where `gaps` holds starts a new segment. Parts a row does not have (an accuracy,
+    a speed, the segment break) are blanked to NUL and dropped with the padding."""
     points = analysis.points
-    lat = points.lat[rows].tolist()
+    lon = points.lon[rows]
     # The schema's longitude excludes +180, which is the same meridian as -180.
-    lon = np.where(points.lon[rows] >= 180.0, points.lon[rows] - 360.0, points.lon[rows]).tolist()
-    times = _times(points.timestamp[rows])
-    accuracy = points.accuracy[rows].tolist()
-    velocity = points.velocity[rows].tolist()
-    parts = ["<trkseg>\n"]
-    for k, time in enumerate(times):
-        extra = ""
-        if accuracy[k] != MISSING:
-            extra += f"<otel:accuracy>{accuracy[k]}</otel:accuracy>"
-        if velocity[k] != MISSING:
-            extra += f"<otel:speed>{velocity[k] / 3.6:.3f}</otel:speed>"
-        if extra:
-            extra = f"<extensions>{extra}</extensions>"
-        parts.append(
-            f'<trkpt lat="{lat[k]:.7f}" lon="{lon[k]:.7f}"><time>{time}</time>{extra}</trkpt>\n'
-        )
-    parts.append("</trkseg>\n")
-    return "".join(parts)
+    lon = np.where(lon >= 180.0, lon - 360.0, lon)
+    stamps = points.timestamp[rows]
+    utc = export.render_timestamps(
+        stamps, np.zeros(len(rows), np.int64), bool((stamps % US_PER_S).any())
+    )
+    accuracy = points.accuracy[rows]
+    velocity = points.velocity[rows]
+    no_accuracy, no_speed = accuracy == MISSING, velocity == MISSING
+    no_extensions = no_accuracy & no_speed
+    parts: list[tuple[export.Bytes | str, npt.NDArray[np.bool_] | None]] = [
+        (_BREAK, ~gaps),
+        ('<trkpt lat="', None),
+        (export.render_decimals(points.lat[rows], 7), None),
+        ('" lon="', None),
+        (export.render_decimals(lon, 7), None),
+        ('"><time>', None),
+        (utc[:, :-6], None),  # without its "+00:00": Z says UTC
+        ("Z</time>", None),
+        ("<extensions>", no_extensions),
+        ("<otel:accuracy>", no_accuracy),
+        (export.render_integers(accuracy), no_accuracy),
+        ("</otel:accuracy>", no_accuracy),
+        ("<otel:speed>", no_speed),
+        (export.render_decimals(velocity / 3.6, 3), no_speed),
+        ("</otel:speed>", no_speed),
+        ("</extensions>", no_extensions),
+        ("</trkpt>\n", None),
+    ]
+    out = export.join_columns([part for part, _ in parts], len(rows))
+    at = 0
+    for part, blank in parts:
+        width = len(part) if isinstance(part, str) else part.shape[1]
+        if blank is not None:
+            out[blank, at : at + width] = 0
+        at += width
+    return out.tobytes().translate(None, b"\0")
 
 
 def _utc(moment: dt.datetime) -> str:
@@ -120,9 +136,11 @@ def write_gpx(analysis: Analysis, out: BinaryIO | Path) -> int:
             f"<trk><name>{name}</name>"
             f"<extensions><otel:device>{name}</otel:device></extensions>\n".encode()
         )
-        gaps = np.flatnonzero(np.diff(points.timestamp[rows]) > max_gap_us) + 1
-        for segment in np.split(rows, gaps):
-            written += out.write(_segment(analysis, segment).encode())
-        written += out.write(b"</trk>\n")
+        gaps = np.diff(points.timestamp[rows], prepend=points.timestamp[rows[0]]) > max_gap_us
+        written += out.write(b"<trkseg>\n")
+        for first in range(0, len(rows), export.BLOCK_ROWS):
+            block = slice(first, first + export.BLOCK_ROWS)
+            written += out.write(_points(analysis, rows[block], gaps[block]))
+        written += out.write(b"</trkseg>\n</trk>\n")
     written += out.write(b"</gpx>\n")
     return written

@@ -32,18 +32,24 @@ number is too large to be seconds). A malformed record raises `SourceError` nami
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gzip
+import io
+import mmap
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, Final, Protocol
 from xml.parsers import expat
 
+import msgspec
 import numpy as np
+import numpy.typing as npt
 
-from shared.engine.points import DTYPES, Points
+from shared.engine.points import DTYPES, MISSING, Points
+from shared.errors import OtelWorkerError
 from shared.gpx import EXTENSIONS
 from shared.tools.sources import (
     SourceError,
@@ -56,6 +62,9 @@ from shared.tools.sources import (
 BATCH_ROWS: Final = 200_000
 """Records converted to `Points` at a time: large enough for numpy to pay, small enough to
 keep the reader's memory flat."""
+
+BLOCK_BYTES: Final = 8 << 20
+"""Bytes of a Records.json read and decoded at a time (about 45,000 records)."""
 
 HDOP_METRES: Final = 5.0
 """Metres of horizontal accuracy per unit of GPX `hdop`, when no accuracy extension says more."""
@@ -70,28 +79,25 @@ Skipped = Counter[str]
 """Records a reader passed over, by reason (for `otel-worker import`'s summary)."""
 
 
-def open_bytes(path: Path) -> IO[bytes]:
-    """The file's bytes, decompressed when it is gzip-compressed (told by its magic bytes)."""
+@contextlib.contextmanager
+def open_bytes(path: Path) -> Iterator[IO[bytes]]:
+    """The file's bytes, decompressed when it is gzip-compressed (told by its magic bytes).
+    The file is opened once and never rewound, so a pipe (`<(gunzip -c …)`) reads too."""
     try:
         raw = path.open("rb")
     except OSError as exc:
         raise SourceError(f"{path}: {exc.strerror or exc}") from None
-    magic = raw.read(2)
-    if magic == _GZIP_MAGIC:
-        raw.close()
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    raw.seek(0)
-    return raw
+    with raw:
+        if raw.peek(2)[:2] == _GZIP_MAGIC:
+            with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
+                yield unzipped  # type: ignore[misc]
+        else:
+            yield raw
 
 
-def sniff(path: Path) -> str:
+def sniff(head: bytes) -> str:
     """The format of a file by its first bytes (after gunzip): `gpx`, `geojson`, `records`,
     `timeline`, `timeline-ios`, or `other` (a locations CSV, OwnTracks JSON or `.rec`)."""
-    with open_bytes(path) as stream:
-        try:
-            head = stream.read(_SNIFF_BYTES)
-        except (OSError, EOFError) as exc:
-            raise SourceError(f"{path}: cannot decompress: {exc}") from None
     text = head.decode("utf-8", errors="ignore").lstrip("\ufeff \t\r\n")
     if text.startswith("<"):
         return "gpx"
@@ -112,51 +118,108 @@ FORMATS: Final = ("gpx", "geojson", "records", "timeline", "timeline-ios")
 """The formats this module reads (`sniff`'s other answer is for `sources`)."""
 
 
+@contextlib.contextmanager
+def open_source(path: Path) -> Iterator[tuple[str, _Counting]]:
+    """The file opened once: its format (`sniff` of its first bytes) and a stream of all its
+    bytes, those first ones included."""
+    with open_bytes(path) as raw:
+        try:
+            head = raw.read(_SNIFF_BYTES)
+        except (OSError, EOFError) as exc:
+            raise SourceError(f"{path}: cannot decompress: {exc}") from None
+        yield sniff(head), _Counting(raw, head)
+
+
 def read_batches(
     path: Path,
     device: str | None,
     skipped: Skipped | None = None,
     batch_rows: int = BATCH_ROWS,
+    block_bytes: int = BLOCK_BYTES,
 ) -> Iterator[Points]:
-    """The fixes of a GPX, GeoJSON or Takeout file as `Points` batches (each sorted, the
-    batches in file order). `device` names the fixes whose file carries no device id; when
-    it is None such a fix raises `SourceError`. `skipped` counts records passed over."""
-    kind = sniff(path)
+    """The fixes of a GPX, GeoJSON or Takeout file as `Points` batches (see `stream_batches`)."""
+    with open_source(path) as (kind, stream):
+        yield from stream_batches(kind, stream, path, device, skipped, batch_rows, block_bytes)
+
+
+def stream_batches(
+    kind: str,
+    stream: _Counting,
+    path: Path,
+    device: str | None,
+    skipped: Skipped | None = None,
+    batch_rows: int = BATCH_ROWS,
+    block_bytes: int = BLOCK_BYTES,
+) -> Iterator[Points]:
+    """The fixes of an opened file of `kind` (one of `FORMATS`) as `Points` batches of at
+    most `batch_rows` (each sorted, the batches in file order; a Records.json is decoded
+    `block_bytes` at a time). `device` names the fixes
+    whose file carries no device id; when it is None such a fix raises `SourceError`.
+    `skipped` counts records passed over."""
     if kind not in FORMATS:
         raise SourceError(f"{path}: not GPX, GeoJSON or a Google Takeout file")
     rows = _Rows(path, "line" if kind == "gpx" else "byte", device)
     counts = skipped if skipped is not None else Counter()
-    with open_bytes(path) as stream:
-        counter = _Counting(stream)
-        try:
-            if kind == "records":
-                for _ in _records(counter, path, counts, rows, batch_rows):
-                    yield rows.flush()
-            else:
-                for record in _READERS[kind](counter, path, counts):
-                    rows.add(*record)
-                    if len(rows) >= batch_rows:
-                        yield rows.flush()
-        except (OSError, EOFError) as exc:
-            raise SourceError(f"{path}: cannot read: {exc}") from None
+    try:
+        if kind == "records":
+            yield from _takeout(stream, path, counts, rows, batch_rows, block_bytes)
+            return
+        for record in _READERS[kind](stream, path, counts):
+            rows.add(*record)
+            if len(rows) >= batch_rows:
+                yield rows.flush()
+    except (OSError, EOFError) as exc:
+        raise SourceError(f"{path}: cannot read: {exc}") from None
     if len(rows):
         yield rows.flush()
 
 
-def concat(batches: Sequence[Points]) -> Points:
-    """Batches (each with its own device ids) as one sorted `Points`."""
-    ids = sorted({name for batch in batches for name in batch.device_ids})
-    index = {name: code for code, name in enumerate(ids)}
-    device = np.concatenate(
-        [np.array([index[n] for n in b.device_ids], np.int32)[b.device] for b in batches]
-        or [np.empty(0, np.int32)]
-    )
-    columns = {
-        name: np.concatenate([getattr(b, name) for b in batches] or [np.empty(0, dtype)])
-        for name, dtype in DTYPES.items()
-        if name != "device"
-    }
-    return Points.from_columns(ids, device=device, **columns)
+def concat(batches: Iterable[Points]) -> Points:
+    """Batches (each with its own device ids) as one sorted `Points`; a single batch is
+    returned as it is. The batches are copied as they arrive into column chunks of
+    `_CHUNK_ROWS` rows in memory of their own, each given back to the system as soon as the
+    result holds it, so the peak is about the result and one column more (small arrays
+    freed by numpy stay with the allocator, which would make it twice the result)."""
+    ids: dict[str, int] = {}
+    chunks: dict[str, list[npt.NDArray[Any]]] = {name: [] for name in DTYPES}
+    total = filled = 0
+    only: Points | None = None
+    for count, batch in enumerate(batches):
+        only = batch if count == 0 else None
+        codes = np.array([ids.setdefault(name, len(ids)) for name in batch.device_ids], np.int32)
+        columns = {name: getattr(batch, name) for name in DTYPES}
+        columns["device"] = codes[batch.device]
+        at = 0
+        while at < len(batch):
+            if filled == _CHUNK_ROWS or not chunks["device"]:
+                for name, dtype in DTYPES.items():
+                    chunks[name].append(_chunk(dtype))
+                filled = 0
+            take = min(len(batch) - at, _CHUNK_ROWS - filled)
+            for name, column in columns.items():
+                chunks[name][-1][filled : filled + take] = column[at : at + take]
+            filled, at, total = filled + take, at + take, total + take
+    if only is not None:
+        return only
+    names = sorted(ids)
+    rank = np.zeros(max(len(ids), 1), np.int32)
+    rank[[ids[name] for name in names]] = np.arange(len(names), dtype=np.int32)
+    joined: dict[str, npt.NDArray[Any]] = {}
+    for name, dtype in DTYPES.items():
+        joined[name] = np.empty(total, dtype)
+        for k, chunk in enumerate(chunks.pop(name)):
+            rows = joined[name][k * _CHUNK_ROWS : (k + 1) * _CHUNK_ROWS]
+            rows[:] = chunk[: len(rows)]
+    joined["device"] = rank[joined["device"]]
+    return Points.from_columns(names, **joined)
+
+
+_CHUNK_ROWS: Final = 1 << 20
+
+
+def _chunk(dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+    """An empty column chunk in an anonymous mapping of its own: unmapped when let go."""
+    return np.frombuffer(mmap.mmap(-1, _CHUNK_ROWS * dtype.itemsize), dtype)
 
 
 # A record: (device or None, time as ISO text or epoch seconds text, lat, lon, accuracy,
@@ -164,15 +227,27 @@ def concat(batches: Sequence[Points]) -> Points:
 _Record = tuple[str | None, str, Any, Any, Any, Any, Any, int]
 
 
-class _Counting:
-    """A binary stream that counts the bytes read through it, for error positions."""
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
 
-    def __init__(self, stream: IO[bytes]) -> None:
-        self.stream = stream
-        self.position = 0
+
+class _Counting:
+    """A binary stream that counts the bytes read through it, for error positions: `head`
+    (bytes already taken from `stream`) is served first, and `position` starts at the file
+    offset of the first byte served."""
+
+    def __init__(self, stream: _Readable, head: bytes = b"", position: int = 0) -> None:
+        self.stream, self.head = stream, head
+        self.position = position
 
     def read(self, size: int = -1) -> bytes:
-        data = self.stream.read(size)
+        if self.head:
+            data = self.head if size < 0 else self.head[:size]
+            self.head = self.head[len(data) :]
+            if size < 0 or len(data) < size:
+                data += self.stream.read(size if size < 0 else size - len(data))
+        else:
+            data = self.stream.read(size)
         self.position += len(data)
         return data
 
@@ -297,77 +372,65 @@ _STAY: Final = f"{EXTENSIONS} stay"
 """The extension marking a waypoint as a stay `otel-worker` wrote (expat's namespaced name)."""
 
 
+_FIELDS: Final = frozenset({"time", "hdop", "speed", "accuracy", "hacc"})
+"""The elements of a point whose text the reader keeps."""
+_PARSE_BYTES: Final = 1 << 20
+
+
 def _gpx(stream: _Counting, path: Path, skipped: Skipped) -> Iterator[_Record]:
-    """GPX points through expat: SAX events, only the current point's fields kept."""
+    """GPX points through expat: SAX events, only the current point's fields kept. The
+    handlers run once per element, so they keep their state in closure variables and look
+    local names up in a dict rather than splitting each one."""
     parser = expat.ParserCreate(namespace_separator=" ")
     parser.buffer_text = True
     found: list[_Record] = []
-    state: dict[str, Any] = {"point": None, "text": [], "device": None, "root": None}
+    local_names: dict[str, str] = {}
+    text: list[str] = []
+    point: dict[str, Any] | None = None
+    device: str | None = None
+    root: str | None = None
+
+    def local_of(name: str) -> str:
+        local = local_names.get(name)
+        if local is None:
+            local = local_names[name] = name.rsplit(" ", 1)[-1]
+        return local
 
     def start(name: str, attributes: dict[str, str]) -> None:
-        local = name.rsplit(" ", 1)[-1]
-        if state["root"] is None:
-            state["root"] = local
+        nonlocal point, device, root
+        local = local_of(name)
+        if root is None:
+            root = local
             if local != "gpx":
                 raise SourceError(f"{path}, line 1: an XML file whose root is <{local}>, not <gpx>")
         if local in _POINTS:
-            state["point"] = {
+            point = {
                 "lat": attributes.get("lat"),
                 "lon": attributes.get("lon"),
                 "line": parser.CurrentLineNumber,
             }
         elif local == "trk":
-            state["device"] = None
-        state["text"] = []
-
-    def text(data: str) -> None:
-        state["text"].append(data)
+            device = None
+        text.clear()
 
     def end(name: str) -> None:
-        local = name.rsplit(" ", 1)[-1]
-        point = state["point"]
-        value = "".join(state["text"]).strip()
-        state["text"] = []
+        nonlocal point, device
+        local = local_of(name)
         if point is None:
             if local == "device":
-                state["device"] = value
-            return
-        if local in _POINTS:
-            state["point"] = None
-            line = point["line"]
-            if point["lat"] is None or point["lon"] is None:
-                raise SourceError(f"{path}, line {line}: <{local}> without lat and lon")
-            if point.get("stay"):
-                # A stay this project wrote beside the track: a summary of fixes, not one.
-                skipped["GPX stay waypoints (a summary, not fixes)"] += 1
-                return
-            if "time" not in point:
-                skipped[f"GPX <{local}> without a time"] += 1
-                return
-            accuracy = point.get("accuracy")
-            if accuracy is None and "hdop" in point:
-                accuracy = _number(point["hdop"], "hdop", path, line) * HDOP_METRES
-            speed = point.get("speed")
-            velocity = None if speed is None else _number(speed, "speed", path, line) * 3.6
-            device = state["device"] if local == "trkpt" else None
-            found.append(
-                (
-                    device,
-                    point["time"],
-                    point["lat"],
-                    point["lon"],
-                    accuracy,
-                    velocity,
-                    None,
-                    line,
-                )
-            )
-        elif local in ("time", "hdop", "speed"):
-            point[local] = value
+                device = "".join(text).strip()
+        elif local in _FIELDS:
+            value = "".join(text).strip()
+            if local in ("accuracy", "hacc"):
+                point["accuracy"] = _number(value, local, path, point["line"])
+            else:
+                point[local] = value
         elif name == _STAY:
             point["stay"] = True
-        elif local in ("accuracy", "hacc"):
-            point["accuracy"] = _number(value, local, path, point["line"])
+        elif local in _POINTS:
+            done, point = point, None
+            found.extend(_gpx_point(done, local, device, path, skipped))
+        text.clear()
 
     def refuse_entities(*_: Any) -> None:
         # An entity declaration is how billion-laughs documents start; GPX needs none.
@@ -375,10 +438,10 @@ def _gpx(stream: _Counting, path: Path, skipped: Skipped) -> Iterator[_Record]:
 
     parser.StartElementHandler = start
     parser.EndElementHandler = end
-    parser.CharacterDataHandler = text
+    parser.CharacterDataHandler = text.append
     parser.EntityDeclHandler = refuse_entities
     while True:
-        chunk = stream.read(_SNIFF_BYTES)
+        chunk = stream.read(_PARSE_BYTES)
         try:
             parser.Parse(chunk, not chunk)
         except expat.ExpatError as exc:
@@ -389,6 +452,29 @@ def _gpx(stream: _Counting, path: Path, skipped: Skipped) -> Iterator[_Record]:
         found.clear()
         if not chunk:
             return
+
+
+def _gpx_point(
+    point: dict[str, Any], local: str, device: str | None, path: Path, skipped: Skipped
+) -> list[_Record]:
+    """A finished `trkpt`, `rtept` or `wpt` as a record, or none when it is skipped."""
+    line = point["line"]
+    if point["lat"] is None or point["lon"] is None:
+        raise SourceError(f"{path}, line {line}: <{local}> without lat and lon")
+    if point.get("stay"):
+        # A stay this project wrote beside the track: a summary of fixes, not one.
+        skipped["GPX stay waypoints (a summary, not fixes)"] += 1
+        return []
+    if "time" not in point:
+        skipped[f"GPX <{local}> without a time"] += 1
+        return []
+    accuracy = point.get("accuracy")
+    if accuracy is None and "hdop" in point:
+        accuracy = _number(point["hdop"], "hdop", path, line) * HDOP_METRES
+    speed = point.get("speed")
+    velocity = None if speed is None else _number(speed, "speed", path, line) * 3.6
+    owner = device if local == "trkpt" else None
+    return [(owner, point["time"], point["lat"], point["lon"], accuracy, velocity, None, line)]
 
 
 def _number(value: Any, name: str, path: Path, line: int) -> float:
@@ -402,13 +488,14 @@ def _number(value: Any, name: str, path: Path, line: int) -> float:
 # --- JSON ------------------------------------------------------------------------------
 
 
-def _items(stream: _Counting, path: Path, prefix: str) -> Iterator[Any]:
-    """The objects at `prefix`, streamed; invalid JSON names the byte offset reached."""
+def _items(stream: _Counting, path: Path, prefix: str, buf_size: int = 1 << 20) -> Iterator[Any]:
+    """The objects at `prefix`, streamed; invalid JSON names the byte offset reached (the
+    end of the `buf_size` bytes being parsed: 1 MB parses about 15 % faster than ijson's
+    64 kB default, a small one names a bad record more closely)."""
     import ijson
 
     try:
-        # A 1 MB buffer parses about 15 % faster than ijson's 64 kB default.
-        yield from ijson.items(stream, prefix, use_float=True, buf_size=1 << 20)
+        yield from ijson.items(stream, prefix, use_float=True, buf_size=buf_size)
     except ijson.JSONError as exc:
         message = str(exc).splitlines()[0] if str(exc) else "invalid JSON"
         raise SourceError(f"{path}: invalid JSON near byte {stream.position}: {message}") from None
@@ -424,7 +511,7 @@ def _object(item: Any, path: Path, stream: _Counting, what: str) -> dict[str, An
 
 
 def _records(
-    stream: _Counting, path: Path, skipped: Skipped, rows: _Rows, batch_rows: int
+    stream: _Counting, path: Path, skipped: Skipped, rows: _Rows, batch_rows: int, buf_size: int
 ) -> Iterator[None]:
     """Google Takeout `Records.json`, appended to `rows` column by column (the biggest
     files come in this format, so no tuple is made per record); yields when a batch is full.
@@ -433,7 +520,7 @@ def _records(
     devices, times, lat, lon = rows.devices, rows.times, rows.lat, rows.lon
     acc, vel, batt, where = rows.acc, rows.vel, rows.batt, rows.where
     fallback = rows.device
-    for item in _items(stream, path, "locations.item"):
+    for item in _items(stream, path, "locations.item", buf_size):
         record = _object(item, path, stream, "locations")
         if "latitudeE7" not in record or "longitudeE7" not in record:
             skipped["Takeout record without latitudeE7/longitudeE7"] += 1
@@ -468,6 +555,253 @@ def _records(
         where.append(stream.position)
         if len(where) >= batch_rows:
             yield
+
+
+# --- Google Takeout Records.json ----------------------------------------------------------
+
+
+class _Location(msgspec.Struct, rename="camel", gc=False):
+    """The fields of a Takeout `locations[]` record this reader uses (the others, such as
+    `activity`, are skipped by the decoder without being built)."""
+
+    latitude_e7: int | float | msgspec.UnsetType = msgspec.UNSET
+    longitude_e7: int | float | msgspec.UnsetType = msgspec.UNSET
+    accuracy: int | float | msgspec.UnsetType | None = msgspec.UNSET
+    velocity: int | float | msgspec.UnsetType | None = msgspec.UNSET
+    timestamp: str | msgspec.UnsetType | None = msgspec.UNSET
+    timestamp_ms: str | int | msgspec.UnsetType | None = msgspec.UNSET
+    device_tag: int | str | msgspec.UnsetType | None = msgspec.UNSET
+
+
+_LOCATIONS: Final = msgspec.json.Decoder(list[_Location])
+_TAKEOUT_HEAD: Final = re.compile(rb'(?:\xef\xbb\xbf)?\s*\{\s*"locations"\s*:\s*\[\s*')
+_TAKEOUT_PREFIX: Final = b'{"locations": ['
+_REPLAY_BUFFER: Final = 4096
+"""ijson's buffer when a piece is read again: a bad record is named within this many bytes."""
+_MAX_PIECE_BYTES: Final = 64 << 20
+"""A run of bytes this long without a record's end is left to the streaming parser."""
+
+
+class _Unplaced(OtelWorkerError):
+    """A piece the fast path does not read exactly as the record-by-record path would."""
+
+
+class _Unfixed(_Unplaced):
+    """A piece with records that are not fixes: read again without them."""
+
+
+def _takeout(
+    stream: _Counting, path: Path, skipped: Skipped, rows: _Rows, batch_rows: int, block: int
+) -> Iterator[Points]:
+    """Google Takeout `Records.json` in pieces of whole records: each piece is decoded by
+    msgspec into a list of small structs and turned into columns by numpy. A piece that is
+    not plain (a record without coordinates or time, a value of an unexpected type) is read
+    again record by record (`_takeout_records`), which counts, converts or names the bad
+    record exactly as before; bytes that do not look like Takeout's layout at all (another
+    key beside `locations`, a record larger than `_MAX_PIECE_BYTES`, invalid JSON) go to that
+    streaming parser for the rest of the file."""
+    buf = stream.read(block)
+    head = _TAKEOUT_HEAD.match(buf)
+    if head is None:
+        yield from _takeout_records(_Counting(stream, buf), path, skipped, rows, batch_rows)
+        return
+    at, buf = head.end(), buf[head.end() :]  # `at`: the file offset of buf[0]
+    while True:
+        more = stream.read(block)
+        buf += more
+        if more:
+            cut = _records_end(buf)
+            if not cut:
+                if len(buf) < _MAX_PIECE_BYTES:
+                    continue
+                break
+            piece, rest = buf[:cut], buf[cut:].lstrip()[1:].lstrip()  # drop the ','
+        else:
+            tail = buf.rstrip()
+            if not (tail.endswith(b"}") and tail[:-1].rstrip().endswith(b"]")):
+                break
+            piece, rest = tail[:-1].rstrip()[:-1], b""
+        try:
+            yield from _takeout_piece(piece, rows, batch_rows, skipped)
+        except (msgspec.ValidationError, _Unplaced):
+            yield from _replay(piece, at, path, skipped, rows, batch_rows)
+        except msgspec.DecodeError:
+            break
+        if not more:
+            return
+        at += len(buf) - len(rest)
+        buf = rest
+    # Not the layout the fast path reads: record by record from here on, with exact offsets.
+    again = _Counting(stream, _TAKEOUT_PREFIX + buf, at - len(_TAKEOUT_PREFIX))
+    yield from _takeout_records(again, path, skipped, rows, batch_rows)
+
+
+def _records_end(buf: bytes) -> int:
+    """Just past the last `}` in `buf` that closes a top-level record and is followed by a
+    comma, or 0. `buf` starts at a record, so that is the last `}` with as many `{` before
+    it; a brace inside a string can fool this count, but then the piece does not decode
+    (a piece that starts at a record and decodes as a JSON array ends at one's end)."""
+    end = len(buf)
+    depth = buf.count(b"{") - buf.count(b"}")
+    while (k := buf.rfind(b"}", 0, end)) >= 0:
+        depth -= buf.count(b"{", k + 1, end) - buf.count(b"}", k + 1, end)
+        if depth == 0 and buf[k + 1 : k + 4096].lstrip()[:1] == b",":
+            return k + 1
+        depth += 1
+        end = k
+    return 0
+
+
+def _takeout_piece(piece: bytes, rows: _Rows, batch_rows: int, skipped: Skipped) -> list[Points]:
+    """The records of `piece` (whole records, comma-separated) as `Points` batches; raises
+    `_Unplaced` when a record needs the record-by-record path. Records that are not fixes
+    are left out and counted as that path counts them, once the whole piece is read."""
+    found = _LOCATIONS.decode(b"[" + piece + b"]")
+    counted: Skipped = Counter()
+    try:
+        batches = _takeout_batches(found, rows.device, batch_rows)
+    except _Unfixed:
+        found = _fixes_only(found, counted)
+        batches = _takeout_batches(found, rows.device, batch_rows)
+    skipped.update(counted)
+    return batches
+
+
+def _takeout_batches(found: list[_Location], fallback: str | None, batch_rows: int) -> list[Points]:
+    return [
+        _takeout_points(found[first : first + batch_rows], fallback)
+        for first in range(0, len(found), batch_rows)
+    ]
+
+
+def _fixes_only(found: list[_Location], counted: Skipped) -> list[_Location]:
+    """The records with coordinates and a time; the others counted by reason."""
+    unset = msgspec.UNSET
+    placed = [r for r in found if r.latitude_e7 is not unset and r.longitude_e7 is not unset]
+    timed = [
+        r
+        for r in placed
+        if (r.timestamp is not None and r.timestamp is not unset) or r.timestamp_ms is not unset
+    ]
+    for reason, count in (
+        ("Takeout record without latitudeE7/longitudeE7", len(found) - len(placed)),
+        ("Takeout record without a timestamp", len(placed) - len(timed)),
+    ):
+        if count:
+            counted[reason] += count
+    return timed
+
+
+def _takeout_points(found: list[_Location], fallback: str | None) -> Points:
+    columns = _takeout_columns(found)
+    names, codes = _takeout_devices([r.device_tag for r in found], fallback)
+    return Points.from_columns(names, device=codes, **columns)
+
+
+class _Nowhere(Sequence[str]):
+    """Where the records of a decoded piece are, which the fast path does not know: asking
+    sends the piece to the record-by-record path, which names the record."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, k: Any) -> Any:
+        raise _Unplaced
+
+
+def _takeout_columns(found: list[_Location]) -> dict[str, Any]:
+    """The columns of plain records: coordinates, time and the optional numbers."""
+    try:
+        lat = np.array([r.latitude_e7 for r in found], np.float64) / 1e7
+        lon = np.array([r.longitude_e7 for r in found], np.float64) / 1e7
+    except TypeError:  # a record without coordinates
+        raise _Unfixed from None
+    times: list[Any] = [r.timestamp for r in found]
+    try:
+        kinds = set(map(type, times))
+        if kinds == {str}:
+            timestamp = _times(times, "time", Path(), _Nowhere(len(times)))
+        else:
+            if str in kinds:  # records without a time, or both styles of time in one piece
+                raise _Unfixed
+            # timestampMs (all of a piece, as in older exports): digits of milliseconds.
+            digits = [r.timestamp_ms for r in found]
+            if msgspec.UNSET in digits:  # a record without any time
+                raise _Unfixed
+            milliseconds = np.array(digits).astype(np.int64)
+            if ((milliseconds < 0) | (milliseconds > _MS_THRESHOLD * 1000)).any():
+                raise _Unplaced
+            timestamp = milliseconds * 1000
+    except (SourceError, TypeError, ValueError, OverflowError):
+        raise _Unplaced from None
+    velocity = _present([r.velocity for r in found]) * 3.6
+    return {
+        "timestamp": timestamp,
+        "lat": lat,
+        "lon": lon,
+        "accuracy": _rint(_present([r.accuracy for r in found])),
+        "velocity": _rint(velocity),
+    }
+
+
+def _present(values: list[Any]) -> npt.NDArray[np.float64]:
+    """Numbers as float64, NaN where absent or null."""
+    kinds = set(map(type, values))
+    if not kinds & {int, float}:  # a field the export does not have
+        return np.full(len(values), np.nan)
+    if kinds <= {int, float}:
+        return np.array(values, np.float64)
+    return np.array([np.nan if v is None or v is msgspec.UNSET else v for v in values])
+
+
+def _rint(values: npt.NDArray[np.float64]) -> npt.NDArray[np.int32]:
+    """Rounded to integers, MISSING where NaN; `_Unplaced` when one is infinite."""
+    if np.isinf(values).any():
+        raise _Unplaced
+    return np.where(np.isnan(values), MISSING, np.rint(values)).astype(np.int32)
+
+
+def _takeout_devices(
+    tags: list[Any], fallback: str | None
+) -> tuple[list[str], npt.NDArray[np.int32]]:
+    """The device ids (sorted) and each record's code: its `deviceTag`, else `fallback`
+    (when None, the other path says which record lacks a device)."""
+    named = {t: fallback if t is None or t is msgspec.UNSET else str(t) for t in set(tags)}
+    names = sorted({name for name in named.values() if name is not None})
+    if None in named.values() or any("\0" in name for name in names):
+        raise _Unplaced
+    if len(names) == 1:
+        return names, np.zeros(len(tags), np.int32)
+    code = {tag: names.index(name) for tag, name in named.items() if name is not None}
+    return names, np.array([code[tag] for tag in tags], np.int32)
+
+
+def _replay(
+    piece: bytes, at: int, path: Path, skipped: Skipped, rows: _Rows, batch_rows: int
+) -> Iterator[Points]:
+    """A piece read again record by record, its offsets those of the file."""
+    again = _Counting(
+        io.BytesIO(_TAKEOUT_PREFIX + piece + b"]}"), position=at - len(_TAKEOUT_PREFIX)
+    )
+    yield from _takeout_records(again, path, skipped, rows, batch_rows, _REPLAY_BUFFER)
+
+
+def _takeout_records(
+    stream: _Counting,
+    path: Path,
+    skipped: Skipped,
+    rows: _Rows,
+    batch_rows: int,
+    buf_size: int = 1 << 20,
+) -> Iterator[Points]:
+    """Records.json record by record through ijson (see `_records`)."""
+    for _ in _records(stream, path, skipped, rows, batch_rows, buf_size):
+        yield rows.flush()
+    if len(rows):
+        yield rows.flush()
 
 
 def _latlng(text: Any, path: Path, where: int) -> tuple[float, float]:

@@ -9,11 +9,14 @@ holds is skipped, so a file imported twice adds nothing. Each file is one transa
 from __future__ import annotations
 
 import argparse
+import contextlib
+import queue
 import sys
+import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
-from typing import TextIO
+from typing import Final, TextIO
 
 import numpy as np
 
@@ -21,7 +24,7 @@ from shared import locations
 from shared.db import Connection
 from shared.engine.points import DTYPES, Points
 from shared.tools import formats
-from shared.tools.sources import SourceError, read_file
+from shared.tools.sources import SourceError, read_batches
 
 
 def _as_device(batch: Points, device: str) -> Points:
@@ -30,13 +33,56 @@ def _as_device(batch: Points, device: str) -> Points:
     return Points.from_columns([device], device=np.zeros(len(batch), np.int32), **columns)
 
 
-def _batches(path: Path, device: str | None, skipped: formats.Skipped) -> Iterator[Points]:
-    if formats.sniff(path) in formats.FORMATS:
-        batches = formats.read_batches(path, device, skipped)
-    else:
-        batches = iter([read_file(path)])
-    for batch in batches:
+def _batches(
+    path: Path, device: str | None, skipped: formats.Skipped
+) -> Generator[Points, None, None]:
+    # A CSV, OwnTracks JSON or .rec file names its devices itself; --device renames them.
+    for batch in read_batches(path, device, skipped):
         yield batch if device is None else _as_device(batch, device)
+
+
+_AHEAD: Final = 2
+"""Batches read ahead of the one being written."""
+
+
+def _read_ahead(batches: Generator[Points, None, None]) -> Generator[Points, None, None]:
+    """`batches`, read by a thread of their own up to `_AHEAD` batches ahead, so the file is
+    parsed while PostgreSQL writes the batch before (the two take about as long). A reading
+    error is raised here, in order; closing this generator stops the thread and the read."""
+    handed: queue.Queue[tuple[Points | None, BaseException | None]] = queue.Queue(_AHEAD)
+    stop = threading.Event()
+
+    def hand(item: tuple[Points | None, BaseException | None]) -> bool:
+        while not stop.is_set():
+            with contextlib.suppress(queue.Full):
+                handed.put(item, timeout=0.1)
+                return True
+        return False
+
+    def read() -> None:
+        try:
+            for batch in batches:
+                if not hand((batch, None)):
+                    return
+            hand((None, None))
+        except BaseException as exc:
+            hand((None, exc))
+        finally:
+            batches.close()
+
+    reader = threading.Thread(target=read, name="import-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            batch, error = handed.get()
+            if error is not None:
+                raise error
+            if batch is None:
+                return
+            yield batch
+    finally:
+        stop.set()
+        reader.join()
 
 
 class _Progress:
@@ -68,13 +114,14 @@ def run_import(args: argparse.Namespace, conn: Connection) -> int:
         skipped: formats.Skipped = Counter()
         progress = _Progress(path, sys.stderr)
         try:
-            counts = locations.import_points(
-                conn,
-                _batches(path, args.device, skipped),
-                dry_run=args.dry_run,
-                create_unique_index=args.create_unique_index,
-                progress=progress,
-            )
+            with contextlib.closing(_read_ahead(_batches(path, args.device, skipped))) as batches:
+                counts = locations.import_points(
+                    conn,
+                    batches,
+                    dry_run=args.dry_run,
+                    create_unique_index=args.create_unique_index,
+                    progress=progress,
+                )
         except SourceError as exc:
             progress.done()
             sys.stderr.write(f"otel-worker import: {exc}; nothing of it was imported\n")

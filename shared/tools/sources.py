@@ -26,7 +26,8 @@ import csv
 import io
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,25 +49,42 @@ class SourceError(OtelWorkerError, ValueError):
 
 
 def read_file(path: Path, device: str | None = None) -> Points:
-    """Read a location file by its content (gzip-compressed or not): GPX, GeoJSON and
-    Google Takeout through the streaming readers of `formats` (their fixes without a device
-    id named `device`, else the file's stem), or a locations CSV, OwnTracks JSON or
-    Recorder `.rec` file."""
+    """Read a location file by its content (see `read_batches`) into one `Points`: the
+    fixes of a file that names no device are named `device`, else the file's stem."""
     from shared.tools import formats
 
-    if formats.sniff(path) in formats.FORMATS:
-        batches = list(formats.read_batches(path, device or _stem(path)))
-        if not batches:
-            raise SourceError(f"{path}: no location fixes with a time and a position")
-        return formats.concat(batches)
-    try:
-        with formats.open_bytes(path) as stream:
+    points = formats.concat(read_batches(path, device or _stem(path)))
+    if not len(points):
+        raise SourceError(f"{path}: no location fixes with a time and a position")
+    return points
+
+
+def read_batches(
+    path: Path, device: str | None, skipped: Counter[str] | None = None
+) -> Iterator[Points]:
+    """A location file's fixes as `Points` batches, the file opened once and its format told
+    by its content (gzip-compressed or not): GPX, GeoJSON and Google Takeout streamed by
+    `formats` in batches (fixes whose file names no device are named `device`; when it is
+    None they raise `SourceError`; `skipped` counts records passed over), a locations CSV,
+    OwnTracks JSON or Recorder `.rec` file as one batch."""
+    from shared.tools import formats
+
+    with formats.open_source(path) as (kind, stream):
+        if kind in formats.FORMATS:
+            yield from formats.stream_batches(kind, stream, path, device, skipped)
+            return
+        try:
             # utf-8-sig: exports from spreadsheet tools often start with a byte-order mark.
             text = stream.read().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise SourceError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except (OSError, EOFError) as exc:
-        raise SourceError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise SourceError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        except (OSError, EOFError) as exc:
+            raise SourceError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
+    yield read_text(text, path)
+
+
+def read_text(text: str, path: Path) -> Points:
+    """A locations CSV, OwnTracks JSON or Recorder `.rec` file's text (`path` names it)."""
     if not text.strip():
         raise SourceError(
             f"{path}: empty file; expected a locations CSV, OwnTracks JSON or a Recorder .rec file"
@@ -143,8 +161,13 @@ def _times(
     values: Sequence[str], name: str, path: Path, lines: Sequence[int | str]
 ) -> npt.NDArray[np.int64]:
     """ISO-8601 times (UTC when they carry no offset) or epoch seconds, as µs since the epoch."""
+    utc = _utc_times(values)
+    if utc is not None:
+        return utc
     text = np.strings.strip(np.array(values, dtype=np.str_))
-    epoch = np.strings.isdigit(np.strings.replace(text, ".", "", 1))
+    # Epoch seconds, before 1970 too: digits with at most one '.', after at most one '-'.
+    unsigned = np.where(np.strings.startswith(text, "-"), np.strings.slice(text, 1, None), text)
+    epoch = np.strings.isdigit(np.strings.replace(unsigned, ".", "", 1))
     times = np.zeros(len(text), dtype=np.int64)
     times[epoch] = np.rint(text[epoch].astype(np.float64) * US_PER_S).astype(np.int64)
     iso = np.flatnonzero(~epoch).tolist()
@@ -153,6 +176,33 @@ def _times(
         where = lines if len(iso) == len(lines) else [lines[k] for k in iso]
         times[iso] = _iso_times(text[iso], name, path, where)
     return times
+
+
+def _utc_times(values: Sequence[str]) -> npt.NDArray[np.int64] | None:
+    """Times that all look like `2024-03-10T12:00:00[.fff]Z` (Takeout's and most exports'),
+    parsed as bytes by numpy in one call; None when any does not, for `_times`' general path
+    (which also names a bad one)."""
+    try:
+        raw = np.array(values, dtype=np.bytes_)
+    except (UnicodeEncodeError, TypeError, ValueError):
+        return None
+    if raw.ndim != 1 or not raw.size or raw.dtype.itemsize < 17:
+        return None
+    grid = raw.view(np.uint8).reshape(len(raw), raw.dtype.itemsize)
+    last = np.strings.str_len(raw) - 1
+    rows = np.arange(len(raw))
+    date_time = np.isin(grid[:, 10], (ord("T"), ord(" ")))
+    offset = (grid[:, 11:] == ord("+")) | (grid[:, 11:] == ord("-"))
+    if (last < 16).any() or not (grid[rows, last] == ord("Z")).all() or not date_time.all():
+        return None
+    if offset.any():
+        return None
+    grid[rows, last] = 0  # the Z becomes padding: numpy reads the naive time, which is UTC
+    try:
+        times = raw.astype("datetime64[us]").astype(np.int64)
+    except ValueError:
+        return None
+    return None if (times == MISSING_TIME).any() else times
 
 
 def _iso_times(

@@ -5,13 +5,18 @@ Google Takeout `Records.json` of `--fixes` fixes (8 M by default, about 1.4 GB, 
 Takeout lays it out) into a temporary folder, then measures, each in a process of its own
 so its peak RSS is its own:
 
-- reading it alone (the streaming reader into `Points`),
-- `otel-worker analyze` on it (reading plus the engine over the whole range at once),
+- reading it streamed (the reader's batches, counted and let go: the reader's own pace and
+  footprint),
+- reading it whole (`read_file`: the batches joined into one `Points`, as `analyze` takes
+  them),
+- `otel-worker analyze` on it (reading plus the engine),
 - `otel-worker import` of its first `--import-fixes` fixes into a database of its own on
   the server (BENCH_DATABASE_URL, else TEST_DATABASE_URL, else postgres@127.0.0.1:5432),
   then again (every fix already present), the database dropped afterwards.
 
 The file is deleted at the end, whatever happens. Not a test: never run by `make test`.
+The machine's load average is printed first and last: on a shared machine the figures move
+with it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import psycopg
@@ -60,26 +66,69 @@ def write_records(path: Path, fixes: int, seed: int = 7) -> int:
     return path.stat().st_size
 
 
-def run_measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """Run a command alone; its wall seconds, its own peak RSS in MB and its stdout."""
+PEAK = (
+    "import atexit, sys\n"
+    "def _peak():\n"
+    "    with open('/proc/self/status') as status:\n"
+    "        kb = next(line.split()[1] for line in status if line.startswith('VmHWM:'))\n"
+    "    sys.stderr.write(f'\\npeak-kB {kb}\\n')\n"
+    "atexit.register(_peak)\n"
+)
+"""Prepended to each measured script: at exit it writes the process's own peak RSS. (A child's
+`ru_maxrss` is no measure here: a child started by vfork and exec inherits its parent's.)"""
+
+
+class Measured(NamedTuple):
+    """One command's run."""
+
+    seconds: float
+    cpu_seconds: float
+    """Its own user and system CPU time (not PostgreSQL's): what a busy machine moves least."""
+    peak_mb: float
+    out: str
+
+    def line(self, label: str, fixes: int) -> str:
+        """The figures as one line of the report."""
+        return (
+            f"{label:<14} {fixes / self.seconds / 1e3:6.0f} k fixes/s "
+            f"({fixes / self.cpu_seconds / 1e3:5.0f} k per CPU-s)  {self.seconds:6.1f} s  "
+            f"peak RSS {self.peak_mb:6.0f} MB"
+        )
+
+
+def run_measured(script: str, args: list[str], env: dict[str, str] | None = None) -> Measured:
+    """Run a Python script alone and measure it."""
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        argv = [sys.executable, "-c", PEAK + script, *args]
         child = subprocess.Popen(argv, stdout=out, stderr=err, text=True, env=env)
-        # wait4 gives this child's own usage (RUSAGE_CHILDREN would be the largest of all).
-        _, status, usage = os.wait4(child.pid, 0)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own CPU times
         child.returncode = os.waitstatus_to_exitcode(status)
         elapsed = time.perf_counter() - started
         out.seek(0)
         err.seek(0)
+        errors = err.read()
         if child.returncode:
-            raise SystemExit(f"{' '.join(argv)} failed ({child.returncode}):\n{err.read()}")
-        return elapsed, usage.ru_maxrss / 1024, out.read()
+            raise SystemExit(f"{' '.join(args)} failed ({child.returncode}):\n{errors}")
+        peak_kb = int(errors.rsplit("peak-kB ", 1)[1].split()[0])
+        cpu = usage.ru_utime + usage.ru_stime
+        return Measured(elapsed, cpu, peak_kb / 1024, out.read())
 
 
-READ_ONLY = (
-    "import sys; from pathlib import Path; from shared.tools.sources import read_file; "
+READ_STREAMED = (
+    "from pathlib import Path; from shared.tools.sources import read_batches; "
+    "print(sum(len(b) for b in read_batches(Path(sys.argv[1]), 'bench')))"
+)
+READ_WHOLE = (
+    "from pathlib import Path; from shared.tools.sources import read_file; "
     "print(len(read_file(Path(sys.argv[1]))))"
 )
+CLI = "from shared.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def load() -> str:
+    """The load average over 1 minute and the cores, for the reader of the figures."""
+    return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
 
 
 def main() -> None:
@@ -88,8 +137,6 @@ def main() -> None:
     parser.add_argument("--fixes", type=int, default=8_000_000)
     parser.add_argument("--import-fixes", type=int, default=1_000_000)
     args = parser.parse_args()
-    python = sys.executable
-    cli = str(Path(python).with_name("otel-worker"))
     with tempfile.TemporaryDirectory(prefix="bench-formats-") as folder:
         big = Path(folder) / "Records.json"
         started = time.perf_counter()
@@ -99,19 +146,15 @@ def main() -> None:
             f"{time.perf_counter() - started:.0f} s"
         )
 
-        seconds, peak, out = run_measured([python, "-c", READ_ONLY, str(big)])
-        assert int(out) == args.fixes
-        print(
-            f"read only      {args.fixes / seconds / 1e3:8.0f} k fixes/s  "
-            f"{seconds:6.1f} s  peak RSS {peak:6.0f} MB"
+        print(load())
+        for label, script in (("read streamed", READ_STREAMED), ("read whole", READ_WHOLE)):
+            run = run_measured(script, [str(big)])
+            assert int(run.out) == args.fixes
+            print(run.line(label, args.fixes))
+        run = run_measured(
+            CLI, ["analyze", str(big), "--home", "51.3397,12.3731", "--tz", "UTC", "--json"]
         )
-        seconds, peak, _ = run_measured(
-            [cli, "analyze", str(big), "--home", "51.3397,12.3731", "--tz", "UTC", "--json"]
-        )
-        print(
-            f"analyze        {args.fixes / seconds / 1e3:8.0f} k fixes/s  "
-            f"{seconds:6.1f} s  peak RSS {peak:6.0f} MB"
-        )
+        print(run.line("analyze", args.fixes))
 
         small = Path(folder) / "first.json"
         write_records(small, args.import_fixes)
@@ -130,16 +173,13 @@ def main() -> None:
             )
             env = {**os.environ, "DATABASE_URL": url}
             for label in ("import", "import again"):
-                seconds, peak, _ = run_measured(
-                    [cli, "import", str(small), "--device", "bench"], env
-                )
-                print(
-                    f"{label:<14} {args.import_fixes / seconds / 1e3:8.0f} k fixes/s  "
-                    f"{seconds:6.1f} s  peak RSS {peak:6.0f} MB"
-                )
+                run = run_measured(CLI, ["import", str(small), "--device", "bench"], env)
+                assert f"{args.import_fixes:,} fixes read" in run.out, run.out
+                print(run.line(label, args.import_fixes))
         finally:
             with psycopg.connect(admin, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        print(load())
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import psycopg
 import pytest
 
@@ -161,3 +162,25 @@ def test_create_unique_index_is_asked_for(
                 ' SELECT device_id, latitude, longitude, "timestamp" FROM public.locations'
                 " LIMIT 1"
             )
+
+
+def test_batches_that_overlap_or_repeat_add_each_fix_once_and_leave_the_index(
+    use_database: Database,
+) -> None:
+    # A new table is loaded without its index while every batch is plainly new; a batch
+    # that overlaps an earlier one in time, or repeats a fix, goes through the duplicate
+    # check, and the index is there at the end either way.
+    points = read_file(REC)
+    half = points.take(np.arange(6))
+    twice = points.take(np.repeat(np.arange(len(points)), 2))  # each fix twice in one batch
+    with use_database.connect() as conn:
+        counts = locations.import_points(conn, iter([half, points, twice]))
+    assert (counts.read, counts.written, counts.present) == (6 + 11 + 22, 11, 28)
+    assert len(_rows(use_database)) == 11
+    with use_database.connect() as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM pg_indexes WHERE indexname = %s", (locations.INDEX_NAME,)
+        ).fetchone() == (1,)
+        later = points.take(np.arange(6, len(points)))
+        again = locations.import_points(conn, iter([later]))
+    assert (again.read, again.written) == (5, 0)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gzip
 import json
+import os
+import re
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -331,6 +335,109 @@ def test_records_json_is_read_in_batches_with_its_device_tags(tmp_path: Path) ->
     assert points.device_ids == ("-3", "7")
     assert np.array_equal(np.sort(points.timestamp), (T0 + np.arange(5)) * 10**6)
     assert skipped == {"Takeout record without latitudeE7/longitudeE7": 1}
+
+
+def takeout_layout(records: list[dict[str, object]]) -> str:
+    """Records.json as Google writes it: two-space indents, `}, {` between records."""
+    return json.dumps({"locations": records}, indent=2).replace("},\n    {", "}, {")
+
+
+def test_records_json_in_takeouts_layout_reads_the_same_in_small_and_large_blocks(
+    tmp_path: Path,
+) -> None:
+    records: list[dict[str, object]] = []
+    for k in range(300):
+        record: dict[str, object] = {
+            "latitudeE7": 513397000 + 37 * k,
+            "longitudeE7": 123731000 - 11 * k,
+            "accuracy": None if k == 7 else 3 + k % 50,
+            # A brace and a quote inside a string, and nested objects with their own
+            # "timestamp": none of them ends a record.
+            "source": "WIFI" if k % 13 else 'odd }, {"name',
+            "deviceTag": 11 if k < 200 else 22,
+            "timestamp": iso((T0 + 10 * k) * 10**6 + (k % 3) * 1000),
+        }
+        if k % 4 == 0:
+            record["velocity"] = k % 9
+        if k % 5 == 0:
+            record["activity"] = [
+                {"activity": [{"type": "STILL", "confidence": 90}], "timestamp": "2001-01-01Z"}
+            ]
+        records.append(record)
+    del records[150]["latitudeE7"]  # passed over, counted
+    del records[151]["timestamp"]  # the same
+    path = tmp_path / "Records.json"
+    path.write_text(takeout_layout(records))
+    kept = [r for r in records if "latitudeE7" in r and "timestamp" in r]
+    for block in (64, 1000, formats.BLOCK_BYTES):
+        skipped: Counter[str] = Counter()
+        points = formats.concat(
+            formats.read_batches(path, None, skipped, batch_rows=40, block_bytes=block)
+        )
+        assert points.device_ids == ("11", "22")
+        assert len(points) == len(kept) == 298
+        assert points.lat.tolist() == [r["latitudeE7"] / 1e7 for r in kept]  # type: ignore[operator]
+        assert points.lon.tolist() == [r["longitudeE7"] / 1e7 for r in kept]  # type: ignore[operator]
+        expected_us = [
+            dt.datetime.fromisoformat(str(r["timestamp"])).timestamp() * 10**6 for r in kept
+        ]
+        assert points.timestamp.tolist() == [round(t) for t in expected_us]
+        assert points.accuracy.tolist() == [
+            MISSING if r["accuracy"] is None else r["accuracy"] for r in kept
+        ]
+        assert points.velocity.tolist() == [
+            round(r["velocity"] * 3.6) if "velocity" in r else MISSING  # type: ignore[operator]
+            for r in kept
+        ]
+        assert skipped == {
+            "Takeout record without latitudeE7/longitudeE7": 1,
+            "Takeout record without a timestamp": 1,
+        }
+
+
+def test_a_bad_record_deep_in_a_records_json_is_named_near_its_byte(tmp_path: Path) -> None:
+    records: list[dict[str, object]] = [
+        {"latitudeE7": 520000000 + k, "longitudeE7": 130000000, "timestamp": iso(T0 * 10**6)}
+        for k in range(3000)
+    ]
+    records[2000]["timestamp"] = "soon"
+    path = tmp_path / "Records.json"
+    text = takeout_layout(records)
+    path.write_text(text)
+    bad_end = text.index("}", text.index('"soon"')) + 1
+    with pytest.raises(SourceError, match="time 'soon' is not an ISO-8601 time") as raised:
+        read_file(path)
+    named = re.search(r"near byte (\d+)", str(raised.value))
+    assert named is not None
+    assert bad_end <= int(named[1]) <= bad_end + 4096 < len(text)
+
+
+def test_analyze_reads_a_pipe_such_as_a_process_substitution(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    expected = summary_of(capsys, REC)
+    pipe = tmp_path / "KT"
+    os.mkfifo(pipe)
+    done = threading.Event()
+
+    def feed() -> None:
+        with pipe.open("wb") as out:  # waits for the reader
+            out.write(gzip.compress(as_records(read_file(REC)).encode()))
+        # A reader that opened the pipe a second time would wait for a writer for ever: give
+        # it an empty one, so such a reader fails instead of hanging.
+        while not done.wait(0.05):
+            with contextlib.suppress(OSError):
+                os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        summary = summary_of(capsys, pipe)
+    finally:
+        done.set()
+        feeder.join(5)
+    for key in ("points", "path_km", "trips", "time_at_home_s"):
+        assert summary[key] == expected[key], key
 
 
 def test_an_empty_gpx_is_not_location_data(tmp_path: Path) -> None:

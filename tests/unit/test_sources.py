@@ -56,6 +56,18 @@ def test_a_locations_csv_with_iso_and_epoch_times(tmp_path: Path) -> None:
     assert points.created_at.tolist() == [MISSING_TIME, base + 31_000_000, base + 61_000_000]
 
 
+def test_epoch_times_before_1970_are_read_and_a_lone_minus_is_named(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "old.csv",
+        "device_id,latitude,longitude,timestamp\nscan,51.5,-0.1,-86400\nscan,51.5,-0.1,-0.5\n",
+    )
+    assert read_file(path).timestamp.tolist() == [-86_400_000_000, -500_000]
+    bad = write(tmp_path, "bad.csv", "device_id,latitude,longitude,timestamp\nscan,51.5,-0.1,-\n")
+    with pytest.raises(SourceError, match=r"line 2: timestamp '-' is not an ISO-8601 time"):
+        read_file(bad)
+
+
 def test_owntracks_json_as_an_array_and_as_lines(tmp_path: Path) -> None:
     fixes = [
         {
