@@ -442,6 +442,13 @@ class TelemetrySettings(SettingsGroup):
         return value.lower() if isinstance(value, str) else value
 
 
+class FaultSettings(SettingsGroup):
+    """Test-only fault injection, never set in a deployment: the reliability tests stop
+    compute with SIGKILL at a named point of an attempt (`shared.faults`)."""
+
+    test_fault_kill_at: Literal["before_upload", "after_upload", "after_complete"] | None = None
+
+
 GROUPS: dict[str, type[SettingsGroup]] = {
     "database": DatabaseSettings,
     "analysis": AnalysisSettings,
@@ -454,6 +461,7 @@ GROUPS: dict[str, type[SettingsGroup]] = {
     "upstream": UpstreamSettings,
     "client": ClientSettings,
     "telemetry": TelemetrySettings,
+    "faults": FaultSettings,
 }
 """Every settings group by a short name (for `otel-worker config` and documentation)."""
 
