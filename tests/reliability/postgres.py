@@ -24,8 +24,10 @@ def _binaries() -> Path:
 
 @dataclass
 class OwnedPostgres:
-    """`initdb` a cluster in a temporary folder (trust, user postgres), start, stop, remove."""
+    """`initdb` a cluster in a temporary folder (user postgres; trust, or with `password`
+    the server asks for it), start, stop, remove."""
 
+    password: str | None = None
     port: int = 0
     folder: Path | None = field(default=None, repr=False)
 
@@ -47,9 +49,16 @@ class OwnedPostgres:
             account = pwd.getpwnam("postgres")
             os.chown(self.folder, account.pw_uid, account.pw_gid)
         (self.port,) = free_ports(1)
-        self._run(
-            str(_binaries() / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres"
-        )
+        auth = ["-A", "trust"]
+        if self.password is not None:
+            secret = self.folder / "password"
+            secret.write_text(self.password)
+            if os.geteuid() == 0:
+                os.chown(secret, account.pw_uid, account.pw_gid)
+            auth = ["-A", "scram-sha-256", f"--pwfile={secret}"]
+        self._run(str(_binaries() / "initdb"), "-D", str(self.data), *auth, "-U", "postgres")
+        if self.password is not None:
+            secret.unlink()
         return self.start()
 
     def start(self) -> OwnedPostgres:
@@ -73,4 +82,5 @@ class OwnedPostgres:
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        auth = "postgres" if self.password is None else f"postgres:{self.password}"
+        return f"postgresql://{auth}@127.0.0.1:{self.port}/postgres"
