@@ -162,13 +162,9 @@ class Computation:
         """Remove what `attempts` of the job uploaded (this one's, for a job cancelled under
         it; earlier ones', which died); what cannot be removed now is left to the bucket's
         expiry rule (the job names none of it)."""
-        every = [
-            result_keys(job.id, a, job.date_from, job.date_to, job.device_id) for a in attempts
-        ]
+        sets = [result_keys(job.id, n, job.date_from, job.date_to, job.device_id) for n in attempts]
         try:
-            self.objects.remove(
-                [key for k in every for key in (k.csv_key, k.series_key, k.gpx_key, k.summary_key)]
-            )
+            self.objects.remove([key for keys in sets for key in keys.every()])
         except StorageUnavailable as exc:
             log.warning("could not remove an attempt's objects", extra={"error": str(exc)})
 

@@ -229,6 +229,12 @@ class SweepReport:
     unpublished: list[Job] = field(default_factory=list)
     """Jobs that need their event sent, left as they are because no publisher was given."""
     pruned: int = 0
+    pruned_jobs: list[Job] = field(default_factory=list)
+    """The jobs pruned, whose objects the caller removes (`shared.maintenance`)."""
+    objects_removed: int = 0
+    """Objects of pruned jobs removed (none a remaining job names)."""
+    remove_failures: list[str] = field(default_factory=list)
+    """Why objects of pruned jobs could not be removed (the bucket's expiry rule will)."""
     failures_announced: int = 0
     """How many of `failed` had their job.failed event sent."""
     announce_failures: list[tuple[Job, str]] = field(default_factory=list)
@@ -263,6 +269,9 @@ class SweepReport:
                 for job in self.unpublished
             ]
         lines.append(f"pruned {self.pruned} finished job(s) past the retention")
+        if self.objects_removed:
+            lines.append(f"  removed {self.objects_removed} object(s) of theirs")
+        lines += [f"could not remove their objects: {error}" for error in self.remove_failures]
         return lines
 
 
@@ -742,15 +751,25 @@ class JobStore:
             "DELETE FROM {jobs} WHERE id IN (SELECT id FROM {jobs}"
             " WHERE status IN ('completed', 'failed', 'cancelled')"
             " AND completed_at < {now} - make_interval(days => %(retention)s)"
-            " LIMIT %(limit)s FOR UPDATE SKIP LOCKED)",
+            " LIMIT %(limit)s FOR UPDATE SKIP LOCKED) RETURNING {columns}",
             now=_AT,
         )
         with self._connection() as conn:
             report.failed = self._all(conn, fail, params)
             report.requeued = self._all(conn, requeue, params)
             self._republish(conn, publish, params, report)
-            report.pruned = conn.execute(prune, params).rowcount
+            report.pruned_jobs = self._all(conn, prune, params)
+            report.pruned = len(report.pruned_jobs)
         return report
+
+    def named_keys(self, keys: list[str]) -> set[str]:
+        """Those of the object `keys` that a job row still names (its CSV or summary)."""
+        query = self._sql(
+            "SELECT csv_key FROM {jobs} WHERE csv_key = ANY(%(keys)s)"
+            " UNION SELECT summary_key FROM {jobs} WHERE summary_key = ANY(%(keys)s)"
+        )
+        with self._connection() as conn:
+            return {str(key) for (key,) in conn.execute(query, {"keys": keys})}
 
     def _republish(
         self,

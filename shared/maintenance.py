@@ -1,12 +1,15 @@
 """Maintenance wired to its dependencies: migrations and the sweep, as `otel-worker
 migrate`, `otel-worker sweep`, the dev supervisor and the demo run them.
 
-The sweep talks only to PostgreSQL and the broker, so running it wakes no function
-unless a job needs its `job.queued` event again. Jobs it fails (out of attempts) are
-announced with `job.failed`, as compute announces the ones it finishes.
+The sweep talks only to PostgreSQL, the broker and the object store, so running it wakes
+no function unless a job needs its `job.queued` event again. Jobs it fails (out of
+attempts) are announced with `job.failed`, as compute announces the ones it finishes; the
+objects of the jobs it prunes are removed with them, except one a remaining job names.
 """
 
 from __future__ import annotations
+
+import datetime as dt
 
 from shared import telemetry
 from shared.config import DatabaseSettings, EventSettings, JobSettings
@@ -15,6 +18,7 @@ from shared.events import Publisher, PublishError
 from shared.job_view import outcome_event
 from shared.jobs import Job, JobStore, Publish, SweepReport
 from shared.migrate import Migration, migrate
+from shared.storage import ObjectStore, StorageUnavailable, result_keys
 from shared.submission import queued_event
 
 
@@ -55,22 +59,55 @@ def _announce_failures(publisher: Publisher, source: str, report: SweepReport) -
             report.failures_announced += 1
 
 
+REMOVE_BATCH = 1000
+"""Keys per delete request (the most S3 takes in one)."""
+
+
+def _remove_objects(store: JobStore, objects: ObjectStore, report: SweepReport) -> None:
+    """Remove every object the pruned jobs' attempts may have written, except those a
+    remaining job still names (an object several jobs share). A failure is reported; the
+    bucket's expiry rule removes what is left."""
+    keys = [
+        key
+        for job in report.pruned_jobs
+        for attempt in range(1, job.attempts + 1)
+        for key in result_keys(job.id, attempt, job.date_from, job.date_to, job.device_id).every()
+    ]
+    for start in range(0, len(keys), REMOVE_BATCH):
+        batch = keys[start : start + REMOVE_BATCH]
+        named = store.named_keys(batch)
+        batch = [key for key in batch if key not in named]
+        try:
+            objects.remove(batch)
+        except StorageUnavailable as exc:
+            report.remove_failures.append(str(exc))
+            return
+        report.objects_removed += len(batch)
+
+
 def sweep(
     conn: Connection,
     database: DatabaseSettings,
     jobs: JobSettings,
     events: EventSettings,
     limit: int = 1000,
+    *,
+    objects: ObjectStore | None = None,
+    now: dt.datetime | None = None,
 ) -> SweepReport:
-    """One sweep over `conn`, publishing to K_SINK."""
+    """One sweep over `conn`, publishing to K_SINK and removing the pruned jobs' objects
+    from `objects` (None: left to the bucket's expiry rule). `now`: the instant ages are
+    judged against (default: the database's clock)."""
     store = JobStore(conn, jobs, schema=database.jobs_schema)
     publisher = _publisher(events)
     source = f"{events.event_source.rstrip('/')}/sweep"
     if publisher is None:
-        report = store.sweep(None, limit=limit)
+        report = store.sweep(None, limit=limit, now=now)
     else:
-        report = store.sweep(_queued(publisher, source), limit=limit)
+        report = store.sweep(_queued(publisher, source), limit=limit, now=now)
         _announce_failures(publisher, source, report)
+    if objects is not None and report.pruned_jobs:
+        _remove_objects(store, objects, report)
     if report.failed:  # finished jobs are counted by outcome, wherever they finish
         telemetry.instruments().jobs.add(len(report.failed), {"outcome": "failed"})
     telemetry.record_queue(*store.queue_stats())
