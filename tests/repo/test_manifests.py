@@ -161,6 +161,7 @@ class Volume(_Strict):
 
 
 class RevisionSpec(_Strict):
+    automount_service_account_token: Literal[False] = Field(alias="automountServiceAccountToken")
     container_concurrency: int = Field(alias="containerConcurrency", ge=1)
     timeout_seconds: int = Field(alias="timeoutSeconds", ge=1)
     containers: list[Container] = Field(min_length=1, max_length=1)
@@ -211,6 +212,7 @@ class SinkBinding(_Strict):
 
 
 class PodSpec(_Strict):
+    automount_service_account_token: Literal[False] = Field(alias="automountServiceAccountToken")
     restart_policy: Literal["Never", "OnFailure"] = Field(alias="restartPolicy")
     containers: list[Container]
 
@@ -1318,3 +1320,32 @@ def _changed(resource: dict[str, Any], change: Callable[[dict[str, Any]], None])
     copy = json.loads(json.dumps(resource))
     change(copy)
     return crd_errors(copy)
+
+
+def _pod_specs(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pod spec of a workload (Service, Deployment, Job, CronJob); none for others."""
+    spec = resource.get("spec") or {}
+    if resource["kind"] == "CronJob":
+        return [spec["jobTemplate"]["spec"]["template"]["spec"]]
+    if resource["kind"] in {"Deployment", "Job"} or (
+        resource["kind"] == "Service" and resource["apiVersion"] == "serving.knative.dev/v1"
+    ):
+        return [spec["template"]["spec"]]
+    return []
+
+
+@pytest.mark.parametrize("folder", [BASE, *OVERLAYS], ids=lambda p: str(p.relative_to(KNATIVE)))
+def test_no_workload_mounts_a_service_account_token(folder: Path) -> None:
+    """None of them calls the Kubernetes API: a token in the pod would only help an intruder."""
+    specs = {
+        f"{r['kind']} {r['metadata']['name']}": spec
+        for r in _build(folder)
+        for spec in _pod_specs(r)
+    }
+    assert len(specs) >= 6  # four Services, the sweep and the migration
+    mounting = [
+        name
+        for name, spec in specs.items()
+        if spec.get("automountServiceAccountToken") is not False
+    ]
+    assert mounting == []
