@@ -40,8 +40,7 @@ def test_the_sweep_removes_expired_jobs_objects_but_not_a_shared_one(
             (kept, expired),
         ).fetchone()[0]
         conn.execute(
-            "UPDATE otel_worker.jobs SET completed_at = now() - interval '40 days'"
-            " WHERE id = %s",
+            "UPDATE otel_worker.jobs SET completed_at = now() - interval '40 days' WHERE id = %s",
             (expired,),
         )
     # The sweep, with the object store rights compute has (write, which includes delete).
@@ -67,9 +66,7 @@ def test_the_sweep_removes_expired_jobs_objects_but_not_a_shared_one(
     assert all(str(expired) in key for key in gone)
     assert shared_key in after  # still named by the job that stays
     assert [key for key in after if str(expired) in key] == [shared_key]
-    assert [key for key in after if str(kept) in key] == [
-        key for key in before if str(kept) in key
-    ]
+    assert [key for key in after if str(kept) in key] == [key for key in before if str(kept) in key]
     assert report.objects_removed == len(gone)
     with stack.db() as conn:
         assert conn.execute(
