@@ -34,6 +34,8 @@ from shared.dev.manifests import (
     BASE,
     LEASE_MARGIN_SECONDS,
     Broker,
+    NetworkPolicy,
+    NetworkPolicyPeer,
     ObjectMeta,
     Trigger,
     documents,
@@ -291,6 +293,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "Namespace": Namespace,
     "Broker": Broker,
     "Trigger": Trigger,
+    "NetworkPolicy": NetworkPolicy,
 }
 
 
@@ -977,7 +980,7 @@ def test_the_compat_overlay_runs_the_ingress_where_old_callers_look() -> None:
     by_kind = {(r["apiVersion"], r["kind"], r["metadata"]["name"]): r for r in built}
     deployment = by_kind[("apps/v1", "Deployment", "otel-worker")]
     service = by_kind[("v1", "Service", "otel-worker")]
-    (policy,) = [r for r in built if r["kind"] == "NetworkPolicy"]
+    policy = by_kind[("networking.k8s.io/v1", "NetworkPolicy", "otel-worker-callers")]
     # Everything of the base is there too, unchanged.
     assert {r["metadata"]["name"] for r in built if r["kind"] == "Trigger"} == {
         t["metadata"]["name"] for t in _build(BASE) if t["kind"] == "Trigger"
@@ -1349,3 +1352,57 @@ def test_no_workload_mounts_a_service_account_token(folder: Path) -> None:
         if spec.get("automountServiceAccountToken") is not False
     ]
     assert mounting == []
+
+
+SERVICE_LABEL = "serving.knative.dev/service"
+ACTIVATOR = ("knative-serving", (("app", "activator"),))
+GATEWAY = ("kourier-system", ())
+BROKER_FILTER = ("knative-eventing", (("eventing.knative.dev/brokerRole", "filter"),))
+CALLERS = ("label otel-worker.dev/caller=true", ())
+
+
+def _peer(peer: NetworkPolicyPeer) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """(namespace, pod labels) a peer admits; the namespace by name or by label."""
+    assert peer.namespace_selector is not None, "a peer without a namespace selector"
+    namespace = peer.namespace_selector.match_labels
+    assert namespace, "an empty namespace selector admits every namespace"
+    pods = tuple(sorted((peer.pod_selector.match_labels if peer.pod_selector else {}).items()))
+    name = namespace.get("kubernetes.io/metadata.name")
+    if name is None:
+        ((key, value),) = namespace.items()
+        name = f"label {key}={value}"
+    return name, pods
+
+
+def test_each_function_admits_only_knative_the_broker_and_its_named_callers(
+    base: dict[str, list[Any]],
+) -> None:
+    """Read against the Services and Triggers: every function has a policy; the activator
+    and the gateway reach each; the broker's filter only the Triggers' subscribers and
+    dead-letter sinks; the labelled callers' namespaces only status."""
+    policies: dict[str, list[NetworkPolicy]] = {}
+    for policy in base["NetworkPolicy"]:
+        assert policy.spec.policy_types == ["Ingress"]
+        assert list(policy.spec.pod_selector.match_labels) == [SERVICE_LABEL]
+        policies.setdefault(policy.spec.pod_selector.match_labels[SERVICE_LABEL], []).append(policy)
+    services = set(_services(base))
+    assert set(policies) == services  # each function guarded, no policy guarding nothing
+    delivered_to = {
+        destination.ref.name
+        for trigger in base["Trigger"]
+        for destination in (
+            trigger.spec.subscriber,
+            *([trigger.spec.delivery.dead_letter_sink] if trigger.spec.delivery else []),
+        )
+        if destination is not None and destination.ref is not None
+    }
+    assert delivered_to == {"submit", "compute", "status"}
+    for name in sorted(services):
+        (policy,) = policies[name]
+        admitted = {_peer(peer) for rule in policy.spec.ingress for peer in rule.from_}
+        expected = {ACTIVATOR, GATEWAY}
+        if name in delivered_to:
+            expected.add(BROKER_FILTER)
+        if name == "status":
+            expected.add(CALLERS)
+        assert admitted == expected, name
