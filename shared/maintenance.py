@@ -3,7 +3,8 @@ migrate`, `otel-worker sweep`, the dev supervisor and the demo run them.
 
 The sweep talks only to PostgreSQL, the broker and the object store, so running it wakes
 no function unless a job needs its `job.queued` event again. Jobs it fails (out of
-attempts) are announced with `job.failed`, as compute announces the ones it finishes; the
+attempts) are announced with `job.failed`, as compute announces the ones it finishes (an
+announcement a broker outage stopped is sent by a later sweep: the outcome outbox); the
 objects of the jobs it prunes are removed with them, except one a remaining job names.
 """
 
@@ -14,7 +15,7 @@ import datetime as dt
 from shared import telemetry
 from shared.config import DatabaseSettings, EventSettings, JobSettings
 from shared.db import Connection, connect
-from shared.events import Publisher, PublishError
+from shared.events import Publisher
 from shared.job_view import outcome_event
 from shared.jobs import Job, JobStore, Publish, SweepReport
 from shared.migrate import Migration, migrate
@@ -47,16 +48,13 @@ def _queued(publisher: Publisher, source: str) -> Publish:
     return publish
 
 
-def _announce_failures(publisher: Publisher, source: str, report: SweepReport) -> None:
-    """Send `job.failed` for the jobs the sweep failed; a failure to send is reported (the
-    job stays failed either way: the table is the record, the event the notice)."""
-    for job in report.failed:
-        try:
-            publisher.publish(outcome_event(job, source, job.traceparent))
-        except PublishError as exc:
-            report.announce_failures.append((job, str(exc)))
-        else:
-            report.failures_announced += 1
+def _failed(publisher: Publisher, source: str) -> Publish:
+    """Publishes a failed job's `job.failed` event (the outcome outbox's sender)."""
+
+    def announce(job: Job) -> None:
+        publisher.publish(outcome_event(job, source, job.traceparent))
+
+    return announce
 
 
 REMOVE_BATCH = 1000
@@ -104,8 +102,9 @@ def sweep(
     if publisher is None:
         report = store.sweep(None, limit=limit, now=now)
     else:
-        report = store.sweep(_queued(publisher, source), limit=limit, now=now)
-        _announce_failures(publisher, source, report)
+        report = store.sweep(
+            _queued(publisher, source), announce=_failed(publisher, source), limit=limit, now=now
+        )
     if objects is not None and report.pruned_jobs:
         _remove_objects(store, objects, report)
     if report.failed:  # finished jobs are counted by outcome, wherever they finish
