@@ -152,7 +152,7 @@ def _migrate(args: argparse.Namespace, conn: Connection, settings: config.Databa
         sys.stdout.write(migrate.SCHEMA_FILE_HEADER + migrate.describe_schema(conn, schema))
         return 0
     try:
-        applied = migrate.migrate(conn, schema)
+        applied = migrate.migrate(conn, schema, settings.db_service_role)
     except migrate.MigrationError as exc:
         sys.stderr.write(f"otel-worker: {exc}\n")
         return 1

@@ -115,14 +115,17 @@ class DatabaseSettings(SettingsGroup):
     postgres_user: str = "postgres"
     postgres_password: SecretStr = SecretStr("")
     jobs_schema: str = "otel_worker"
+    db_service_role: str | None = None
+    """The role the services log in as: `otel-worker migrate` grants it the jobs table and
+    SELECT on public.locations, and nothing else (docs/DATABASE.md#roles)."""
     db_connect_timeout_seconds: PositiveFloat = 5.0
     db_startup_retry_seconds: Annotated[float, Field(ge=0)] = 30.0
     db_pool_max_size: Annotated[int, Field(ge=1, le=100)] = 4
 
-    @field_validator("jobs_schema")
+    @field_validator("jobs_schema", "db_service_role")
     @classmethod
-    def _schema_is_identifier(cls, value: str) -> str:
-        if not _SQL_IDENTIFIER.match(value):
+    def _schema_is_identifier(cls, value: str | None) -> str | None:
+        if value is not None and not _SQL_IDENTIFIER.match(value):
             raise ValueError("must be a lower-case SQL identifier (letters, digits, _)")
         return value
 

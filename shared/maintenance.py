@@ -26,7 +26,7 @@ from shared.submission import queued_event
 def migrate_jobs(settings: DatabaseSettings) -> list[Migration]:
     """Apply the pending migrations of the jobs schema; the ones applied."""
     with connect(settings) as conn:
-        return migrate(conn, settings.jobs_schema)
+        return migrate(conn, settings.jobs_schema, settings.db_service_role)
 
 
 def _publisher(events: EventSettings) -> Publisher | None:

@@ -104,12 +104,13 @@ def _history_problems(migrations: list[Migration], applied: dict[int, str]) -> l
     return problems
 
 
-def migrate(conn: Connection, schema: str) -> list[Migration]:
+def migrate(conn: Connection, schema: str, service_role: str | None = None) -> list[Migration]:
     """Bring `schema` up to date; return the migrations this call applied (often none).
 
     `conn` must be outside a transaction (autocommit or idle): everything runs in one
     transaction of its own. Raises `MigrationError` when the recorded history disagrees
-    with the files.
+    with the files. With `service_role` (DB_SERVICE_ROLE), that role is granted what the
+    services need, and only that (`grant_service_role`, migration 0005), on every run.
     """
     migrations = available()
     name = sql.Identifier(schema)
@@ -138,6 +139,8 @@ def migrate(conn: Connection, schema: str) -> list[Migration]:
                 "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
                 [migration.version, migration.name, migration.checksum],
             )
+        if service_role is not None:
+            conn.execute("SELECT grant_service_role(%s)", [service_role])
     return pending
 
 

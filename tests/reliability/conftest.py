@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Database, S3Server
+from tests.conftest import ROLES, Database, S3Server
 from tests.stack import Stack, start_stack
 
 HERE = Path(__file__).parent
@@ -119,6 +119,6 @@ LEASE_SECONDS = 5
 def reliable_stack(seeded: Database, s3: S3Server) -> Iterator[Stack]:
     """The whole system with the shortest lease, for scenarios that kill and restart its
     services (they put back what they change)."""
-    started = start_stack(seeded, s3, JOB_LEASE_SECONDS=str(LEASE_SECONDS))
+    started = start_stack(seeded, s3, roles=ROLES, JOB_LEASE_SECONDS=str(LEASE_SECONDS))
     yield started
     started.supervisor.stop()
