@@ -33,7 +33,7 @@ def test_a_failure_announcement_survives_a_broker_outage(
     sink = config.EventSettings(
         k_sink=broker.url,
         publish_attempts=1,
-        publish_timeout_seconds=1,  # type: ignore[arg-type]
+        publish_timeout_seconds=1,
     )
     jobs = config.JobSettings()
     with connect(settings) as conn:

@@ -34,11 +34,13 @@ def test_the_sweep_removes_expired_jobs_objects_but_not_a_shared_one(
     before = stack.objects()
     with stack.db() as conn:
         # The job that stays also names the expired one's summary (a shared object).
-        shared_key = conn.execute(
+        row = conn.execute(
             "UPDATE otel_worker.jobs k SET summary_key = e.summary_key"
             " FROM otel_worker.jobs e WHERE k.id = %s AND e.id = %s RETURNING k.summary_key",
             (kept, expired),
-        ).fetchone()[0]
+        ).fetchone()
+        assert row is not None
+        shared_key = row[0]
         conn.execute(
             "UPDATE otel_worker.jobs SET completed_at = now() - interval '40 days' WHERE id = %s",
             (expired,),

@@ -94,7 +94,7 @@ def test_injection_payloads_are_stored_literally_or_refused(
                         timeout=30,
                     )
                 except grpc.RpcError as exc:
-                    refusals.append((exc.code(), field in (exc.details() or "")))  # type: ignore[attr-defined]
+                    refusals.append((exc.code(), field in (exc.details() or "")))
                 else:
                     refusals.append(("accepted", False))
     for job_id in stored:
