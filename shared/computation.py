@@ -97,6 +97,9 @@ class Computation:
                 HTTPStatus.CONFLICT, None, f"job {job_id} is being computed (lease until {until})"
             )
         if claim.result == ClaimResult.FINISHED:
+            if job.status == JobStatus.CANCELLED and job.attempts:
+                # An attempt killed before it saw the cancel may have left objects.
+                self._remove_attempts(job, range(1, job.attempts + 1))
             # The outcome again: the reply that carried it may have been lost (the broker
             # gave up waiting, or the connection broke after the commit). Its id is the same
             # every time, so a consumer drops the repeats.

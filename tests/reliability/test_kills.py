@@ -10,6 +10,7 @@ import pytest
 import urllib3
 
 from shared.contracts import JobAccepted
+from shared.dev.stack import wait_until
 from tests.reliability.conftest import Figures
 from tests.stack import Stack
 
@@ -55,3 +56,33 @@ def test_compute_killed_at(reliable_stack: Stack, point: str, score: Figures) ->
     assert folders == {job.csv_key.rsplit("/", 1)[0]}, objects  # one object set: the job's
     score.jobs, score.lost, score.duplicates = 1, 0, len(folders) - 1
     score.note = f"{job.attempts} attempt(s), {len(objects)} objects"
+
+
+def test_a_cancel_while_the_attempt_lies_killed_leaves_no_objects(
+    reliable_stack: Stack, score: Figures
+) -> None:
+    """compute dies after uploading; the caller cancels meanwhile. The job stays cancelled
+    (no later attempt completes it) and the dead attempt's objects are removed."""
+    stack = reliable_stack
+    compute = stack.supervisor.services["compute"]
+    kill_compute_at(stack, "after_upload")
+    try:
+        job_id = submit(stack, "2024-03-08")
+        assert compute.process is not None
+        compute.process.wait(timeout=60)
+    finally:
+        del compute.env["TEST_FAULT_KILL_AT"]
+    assert [key for key in stack.objects() if str(job_id) in key]  # it did upload
+    cancel = urllib3.request("DELETE", f"{stack.url('submit')}/jobs/{job_id}", retries=False)
+    assert cancel.status == 200, cancel.data
+    stack.supervisor.restart("compute")
+    # The broker retries the delivery the kill cut off; that one finds the job cancelled.
+    wait_until(
+        lambda: not [key for key in stack.objects() if str(job_id) in key],
+        60,
+        "the dead attempt's objects removed",
+    )
+    job = stack.job(job_id)
+    assert (job.status, job.csv_key, job.attempts) == ("cancelled", None, 1)
+    score.jobs, score.lost, score.duplicates = 1, 0, 0
+    score.note = "cancelled, 0 objects left"
