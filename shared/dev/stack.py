@@ -362,6 +362,8 @@ class PgBouncer:
     pool_size: int = 20
     others: tuple[str, ...] = ()
     """Further roles that may log in (trust still needs them listed)."""
+    settings: dict[str, str | int] = field(default_factory=dict)
+    """More `[pgbouncer]` settings (e.g. `query_wait_timeout`), over the ones below."""
     port: int = 0
     folder: Path | None = field(default=None, repr=False)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -391,6 +393,7 @@ class PgBouncer:
             "default_pool_size": self.pool_size,
             "ignore_startup_parameters": "extra_float_digits,options",
             "logfile": folder / "pgbouncer.log",
+            **self.settings,
         }
         lines = [
             "[databases]",

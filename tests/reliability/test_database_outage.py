@@ -38,8 +38,15 @@ def owned() -> Iterator[OwnedPostgres]:
 
 @pytest.fixture(scope="module")
 def outage_stack(owned: OwnedPostgres, s3: S3Server) -> Iterator[Stack]:
-    bouncer = PgBouncer(server_host="127.0.0.1", server_port=owned.port, dbname="postgres",
-                        user="postgres").start()  # fmt: skip
+    # As DEPLOYMENT.md advises: a query waits at most 5 s for a server (then the caller
+    # gets 503 instead of hanging), and a failed login is retried after 2 s, not 15.
+    bouncer = PgBouncer(
+        server_host="127.0.0.1",
+        server_port=owned.port,
+        dbname="postgres",
+        user="postgres",
+        settings={"query_wait_timeout": 5, "server_login_retry": 2},
+    ).start()
     database = Database(bouncer.dsn, "127.0.0.1", bouncer.port, "postgres", "postgres")
     stack = start_stack(database, s3, JOB_LEASE_SECONDS=str(LEASE_SECONDS))
     try:
