@@ -115,10 +115,11 @@ LEASE_SECONDS = 5
 """The shortest lease the settings allow: a killed attempt is taken over within seconds."""
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def reliable_stack(seeded: Database, s3: S3Server) -> Iterator[Stack]:
     """The whole system with the shortest lease, for scenarios that kill and restart its
-    services (they put back what they change)."""
+    services (they put back what they change). Stopped when this folder's tests end: the
+    session's stack works on the same jobs table, and its sweep must not see two systems."""
     started = start_stack(seeded, s3, roles=ROLES, JOB_LEASE_SECONDS=str(LEASE_SECONDS))
     yield started
     started.supervisor.stop()
