@@ -78,6 +78,10 @@ test: install system-deps lint bytecode  ## everything CI checks: lint, types, t
 test-unit: install  ## the unit tests alone (no database, S3 or processes): seconds
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+.PHONY: test-reliability
+test-reliability: install system-deps bytecode  ## the reliability scenarios (tests/reliability) and their scoreboard (SOAK_S: soak length)
+	$(PY) -m pytest tests/reliability $(PYTEST_ARGS)
+
 .PHONY: bench-db
 bench-db: install system-deps  ## benchmark seeding, the locations reader and the jobs store
 	$(PY) -m tests.bench.bench_db $(BENCH_ARGS)

@@ -152,7 +152,7 @@ def _migrate(args: argparse.Namespace, conn: Connection, settings: config.Databa
         sys.stdout.write(migrate.SCHEMA_FILE_HEADER + migrate.describe_schema(conn, schema))
         return 0
     try:
-        applied = migrate.migrate(conn, schema)
+        applied = migrate.migrate(conn, schema, settings.db_service_role)
     except migrate.MigrationError as exc:
         sys.stderr.write(f"otel-worker: {exc}\n")
         return 1
@@ -203,12 +203,26 @@ def _doctor(args: argparse.Namespace, conn: Connection, settings: config.Databas
 def _sweep(args: argparse.Namespace, conn: Connection, settings: config.DatabaseSettings) -> int:
     """One maintenance pass over the jobs (publishing to K_SINK); prints what it did."""
     from shared import maintenance, telemetry
+    from shared.storage import ObjectStore
 
     telemetry.start("sweep", config.load(config.TelemetrySettings), database=True)
 
     events = config.load(config.EventSettings)
+    # The pruned jobs' objects are removed with compute's identity; without one configured
+    # (MINIO_ACCESS_KEY unset) they are left to the bucket's expiry rule.
+    objects: ObjectStore | None = None
+    try:
+        objects = ObjectStore(config.load(config.StorageSettings))
+    except config.ConfigError as exc:
+        if "MINIO_ACCESS_KEY: is required but not set" not in str(exc):
+            raise
     report = maintenance.sweep(
-        conn, settings, config.load(config.JobSettings), events, limit=args.limit
+        conn,
+        settings,
+        config.load(config.JobSettings),
+        events,
+        limit=args.limit,
+        objects=objects,
     )
     sys.stdout.write("".join(line + "\n" for line in report.lines()))
     telemetry.shutdown()  # the CronJob's pod ends here: flush what it measured

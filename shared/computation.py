@@ -14,6 +14,7 @@ import logging
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ import psycopg
 from cloudevents.http import CloudEvent
 from pydantic import ValidationError
 
-from shared import events, telemetry
+from shared import events, faults, telemetry
 from shared.config import StorageSettings
 from shared.db import ConnectionSource, DatabaseUnavailable
 from shared.errors import OtelWorkerError, one_line
@@ -96,6 +97,9 @@ class Computation:
                 HTTPStatus.CONFLICT, None, f"job {job_id} is being computed (lease until {until})"
             )
         if claim.result == ClaimResult.FINISHED:
+            if job.status == JobStatus.CANCELLED and job.attempts:
+                # An attempt killed before it saw the cancel may have left objects.
+                self._remove_attempts(job, range(1, job.attempts + 1))
             # The outcome again: the reply that carried it may have been lost (the broker
             # gave up waiting, or the connection broke after the commit). Its id is the same
             # every time, so a consumer drops the repeats.
@@ -109,6 +113,9 @@ class Computation:
         assert job.lease_token is not None
         token = job.lease_token
         started = time.monotonic()
+        if job.attempts > 1:
+            # An earlier attempt killed after uploading left objects no job names.
+            self._remove_attempts(job, range(1, job.attempts))
         try:
             facts, copy = self._compute(job)
         except LeaseLost as exc:
@@ -139,10 +146,11 @@ class Computation:
                 completed = self.jobs.complete(job.id, token, **facts)
             except LeaseLost as exc:
                 if exc.status == JobStatus.CANCELLED:
-                    self._remove_attempt(job)
+                    self._remove_attempts(job, [job.attempts])
                 # A newer attempt owns the job, or nobody does: this one's work is dropped.
                 outcome = Outcome(HTTPStatus.OK, None, str(exc))
             else:
+                faults.kill_point("after_complete")
                 outcome = self._finished(completed)
             if copy is not None and outcome.event is not None:
                 # This attempt completed the job: its copy is the one to show.
@@ -153,14 +161,15 @@ class Computation:
         telemetry.instruments().job_duration.record(time.monotonic() - started)
         return outcome
 
-    def _remove_attempt(self, job: Job) -> None:
-        """Remove what this attempt uploaded for a job cancelled under it; what cannot be
-        removed now is left to the bucket's expiry rule (the job names none of it)."""
-        keys = result_keys(job.id, job.attempts, job.date_from, job.date_to, job.device_id)
+    def _remove_attempts(self, job: Job, attempts: Iterable[int]) -> None:
+        """Remove what `attempts` of the job uploaded (this one's, for a job cancelled under
+        it; earlier ones', which died); what cannot be removed now is left to the bucket's
+        expiry rule (the job names none of it)."""
+        sets = [result_keys(job.id, n, job.date_from, job.date_to, job.device_id) for n in attempts]
         try:
-            self.objects.remove([keys.csv_key, keys.series_key, keys.gpx_key, keys.summary_key])
+            self.objects.remove([key for keys in sets for key in keys.every()])
         except StorageUnavailable as exc:
-            log.warning("could not remove a cancelled attempt's objects", extra={"error": str(exc)})
+            log.warning("could not remove an attempt's objects", extra={"error": str(exc)})
 
     def _release(self, job: Job, token: uuid.UUID, error: str, status: int) -> Outcome:
         try:
@@ -285,10 +294,12 @@ class Computation:
                     f"({self.storage.max_csv_bytes}); ask for fewer days or one device"
                 )
             digest, size = sha256_of(csv)
+            faults.kill_point("before_upload")
             self.objects.upload(keys.csv_key, csv, size, CSV_TYPE)
             self._upload_json(keys.series_key, series_json(analysis))
             self._upload_gpx(keys.gpx_key, analysis)
             self._upload_json(keys.summary_key, summary.model_dump_json(indent=2).encode())
+            faults.kill_point("after_upload")
             metrics.csv_bytes.record(size)
             facts = {
                 "result": summary.model_dump(mode="json"),

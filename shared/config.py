@@ -135,14 +135,17 @@ class DatabaseSettings(SettingsGroup):
     postgres_user: str = "postgres"
     postgres_password: SecretStr = SecretStr("")
     jobs_schema: str = "otel_worker"
+    db_service_role: str | None = None
+    """The role the services log in as: `otel-worker migrate` grants it the jobs table and
+    SELECT on public.locations, and nothing else (docs/DATABASE.md#roles)."""
     db_connect_timeout_seconds: PositiveFloat = 5.0
     db_startup_retry_seconds: Annotated[float, Field(ge=0)] = 30.0
     db_pool_max_size: Annotated[int, Field(ge=1, le=100)] = 4
 
-    @field_validator("jobs_schema")
+    @field_validator("jobs_schema", "db_service_role")
     @classmethod
-    def _schema_is_identifier(cls, value: str) -> str:
-        if not _SQL_IDENTIFIER.match(value):
+    def _schema_is_identifier(cls, value: str | None) -> str | None:
+        if value is not None and not _SQL_IDENTIFIER.match(value):
             raise ValueError("must be a lower-case SQL identifier (letters, digits, _)")
         return value
 
@@ -509,6 +512,13 @@ class TelemetrySettings(SettingsGroup):
         return value.lower() if isinstance(value, str) else value
 
 
+class FaultSettings(SettingsGroup):
+    """Test-only fault injection, never set in a deployment: the reliability tests stop
+    compute with SIGKILL at a named point of an attempt (`shared.faults`)."""
+
+    test_fault_kill_at: Literal["before_upload", "after_upload", "after_complete"] | None = None
+
+
 GROUPS: dict[str, type[SettingsGroup]] = {
     "database": DatabaseSettings,
     "analysis": AnalysisSettings,
@@ -523,6 +533,7 @@ GROUPS: dict[str, type[SettingsGroup]] = {
     "upstream": UpstreamSettings,
     "client": ClientSettings,
     "telemetry": TelemetrySettings,
+    "faults": FaultSettings,
 }
 """Every settings group by a short name (for `otel-worker config` and documentation)."""
 

@@ -46,7 +46,7 @@ class _Handler(BaseHTTPRequestHandler):
         """`/download/{name}`, relayed from status; `/healthz` for probes."""
         path = urlsplit(self.path).path
         if path == "/healthz":
-            self.send_json(HTTPStatus.OK, {"status": "ok"})
+            self.send_json(HTTPStatus.OK, {"status": "SERVING"})
             return
         parts = path.split("/")
         if len(parts) != 3 or parts[1] != "download" or not parts[2]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Generic, TypeVar
 
 import flask
@@ -19,6 +20,10 @@ import flask
 from shared import clients, config, serving, telemetry, web
 
 T = TypeVar("T")
+
+
+def _not_found(error: Exception) -> flask.Response:
+    return web.error_response(HTTPStatus.NOT_FOUND, f"no such resource: {flask.request.path!r}")
 
 
 class HttpFunction(Generic[T]):
@@ -37,6 +42,10 @@ class HttpFunction(Generic[T]):
         database (a function that must answer without one says False)."""
         config.require(name, *settings, config.TelemetrySettings)
         serving.bound()
+        if flask.has_app_context():  # functions-framework imports the function in its app
+            # A path its catch-all route does not match (a newline in it) gets a JSON 404
+            # like any other unknown path, not Flask's HTML page.
+            flask.current_app.register_error_handler(HTTPStatus.NOT_FOUND, _not_found)
         self.name = name
         self._build = build
         self._probe_database = probe_database

@@ -240,10 +240,18 @@ class SweepReport:
     unpublished: list[Job] = field(default_factory=list)
     """Jobs that need their event sent, left as they are because no publisher was given."""
     pruned: int = 0
+    pruned_jobs: list[Job] = field(default_factory=list)
+    """The jobs pruned, whose objects the caller removes (`shared.maintenance`)."""
+    objects_removed: int = 0
+    """Objects of pruned jobs removed (none a remaining job names)."""
+    remove_failures: list[str] = field(default_factory=list)
+    """Why objects of pruned jobs could not be removed (the bucket's expiry rule will)."""
     failures_announced: int = 0
-    """How many of `failed` had their job.failed event sent."""
+    """How many job.failed events were sent: for `failed`, and for jobs an earlier sweep
+    failed but could not announce."""
     announce_failures: list[tuple[Job, str]] = field(default_factory=list)
-    """Jobs of `failed` whose job.failed event could not be sent (they stay failed)."""
+    """Jobs whose job.failed event could not be sent (they stay failed and owed it: a
+    later sweep sends it)."""
 
     def lines(self) -> list[str]:
         """One human-readable line per action, and one per job acted on."""
@@ -254,7 +262,7 @@ class SweepReport:
         if self.announce_failures:
             lines.append(
                 f"could not send job.failed for {len(self.announce_failures)} job(s)"
-                " (they stay failed)"
+                " (they stay failed; the next sweep sends it)"
             )
             lines += [f"  {job.id}: {error}" for job, error in self.announce_failures]
         lines.append(f"re-queued {len(self.requeued)} job(s) whose lease expired")
@@ -274,6 +282,9 @@ class SweepReport:
                 for job in self.unpublished
             ]
         lines.append(f"pruned {self.pruned} finished job(s) past the retention")
+        if self.objects_removed:
+            lines.append(f"  removed {self.objects_removed} object(s) of theirs")
+        lines += [f"could not remove their objects: {error}" for error in self.remove_failures]
         return lines
 
 
@@ -647,14 +658,21 @@ class JobStore:
     # --- maintenance --------------------------------------------------------------------
 
     def sweep(
-        self, publish: Publish | None, *, now: dt.datetime | None = None, limit: int = 1000
+        self,
+        publish: Publish | None,
+        *,
+        announce: Publish | None = None,
+        now: dt.datetime | None = None,
+        limit: int = 1000,
     ) -> SweepReport:
         """One maintenance pass (what the CronJob runs); safe to run concurrently with itself.
 
         In order, each step on at most `limit` jobs, skipping rows another session has
         locked:
         1. fail jobs with no attempts left whose lease expired (or that sit queued),
-           with a message naming the attempts;
+           with a message naming the attempts, each owed its job.failed (the outcome
+           outbox); then `announce(job)` every job owed one, this run's and those an
+           earlier run could not announce, clearing the debt once sent;
         2. re-queue processing jobs whose lease expired, recording the lost attempt and
            clearing their outbox mark so step 3 announces them;
         3. re-publish queued jobs never announced, or announced more than
@@ -673,7 +691,8 @@ class JobStore:
             "retention": self.settings.job_retention_days,
         }
         fail = self._sql(
-            "UPDATE {jobs} SET " + _FAIL_EXHAUSTED + " WHERE id IN (SELECT id FROM {jobs}"
+            "UPDATE {jobs} SET " + _FAIL_EXHAUSTED + ", outcome_pending = true"
+            " WHERE id IN (SELECT id FROM {jobs}"
             " WHERE " + _EXHAUSTED + " LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
             " RETURNING {columns}",
             now=_AT,
@@ -693,15 +712,52 @@ class JobStore:
             "DELETE FROM {jobs} WHERE id IN (SELECT id FROM {jobs}"
             " WHERE status IN ('completed', 'failed', 'cancelled')"
             " AND completed_at < {now} - make_interval(days => %(retention)s)"
-            " LIMIT %(limit)s FOR UPDATE SKIP LOCKED)",
+            " LIMIT %(limit)s FOR UPDATE SKIP LOCKED) RETURNING {columns}",
             now=_AT,
         )
         with self._connection() as conn:
             report.failed = self._all(conn, fail, params)
+            if announce is not None:
+                self._announce(conn, announce, limit, report)
             report.requeued = self._all(conn, requeue, params)
             self._republish(conn, publish, params, report)
-            report.pruned = conn.execute(prune, params).rowcount
+            report.pruned_jobs = self._all(conn, prune, params)
+            report.pruned = len(report.pruned_jobs)
         return report
+
+    def named_keys(self, keys: list[str]) -> set[str]:
+        """Those of the object `keys` that a job row still names (its CSV or summary)."""
+        query = self._sql(
+            "SELECT csv_key FROM {jobs} WHERE csv_key = ANY(%(keys)s)"
+            " UNION SELECT summary_key FROM {jobs} WHERE summary_key = ANY(%(keys)s)"
+        )
+        with self._connection() as conn:
+            return {str(key) for (key,) in conn.execute(query, {"keys": keys})}
+
+    def _announce(
+        self, conn: Connection, announce: Publish, limit: int, report: SweepReport
+    ) -> None:
+        """Send the job.failed every failed job with `outcome_pending` is owed, one job per
+        transaction (its row locked while it is sent, so a concurrent sweep skips it)."""
+        take = self._sql(
+            "SELECT {columns} FROM {jobs} WHERE outcome_pending AND id <> ALL(%(seen)s)"
+            " ORDER BY completed_at LIMIT 1 FOR UPDATE SKIP LOCKED"
+        )
+        paid = self._sql("UPDATE {jobs} SET outcome_pending = false WHERE id = %(id)s")
+        seen: list[uuid.UUID] = []
+        while len(seen) < limit:
+            with conn.transaction():
+                job = self._one(conn, take, {"seen": seen})
+                if job is None:
+                    return
+                seen.append(job.id)
+                try:
+                    announce(job)
+                except Exception as exc:  # any failure of the caller's publisher: report it
+                    report.announce_failures.append((job, f"{type(exc).__name__}: {exc}"))
+                    continue
+                conn.execute(paid, {"id": job.id})
+                report.failures_announced += 1
 
     def _republish(
         self,

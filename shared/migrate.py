@@ -57,7 +57,7 @@ class Migration:
 
 
 def available() -> list[Migration]:
-    """The migration files shipped with the code, in version order (versions 1, 2, 3, ...)."""
+    """The migration files shipped with the code, in version order (from 1, each once)."""
     folder = resources.files("shared") / "migrations"
     migrations = []
     for entry in folder.iterdir():
@@ -66,8 +66,9 @@ def available() -> list[Migration]:
             migrations.append(Migration(int(match[1]), match[2], entry.read_text("utf-8")))
     migrations.sort(key=lambda migration: migration.version)
     versions = [migration.version for migration in migrations]
-    if versions != list(range(1, len(versions) + 1)):
-        raise MigrationError(f"migration versions must run 1, 2, 3, ... without gaps: {versions}")
+    # Increasing from 1, each once; a number may be skipped (taken by work not merged yet).
+    if not versions or versions[0] != 1 or len(set(versions)) != len(versions):
+        raise MigrationError(f"migration versions must start at 1, each used once: {versions}")
     return migrations
 
 
@@ -103,12 +104,13 @@ def _history_problems(migrations: list[Migration], applied: dict[int, str]) -> l
     return problems
 
 
-def migrate(conn: Connection, schema: str) -> list[Migration]:
+def migrate(conn: Connection, schema: str, service_role: str | None = None) -> list[Migration]:
     """Bring `schema` up to date; return the migrations this call applied (often none).
 
     `conn` must be outside a transaction (autocommit or idle): everything runs in one
     transaction of its own. Raises `MigrationError` when the recorded history disagrees
-    with the files.
+    with the files. With `service_role` (DB_SERVICE_ROLE), that role is granted what the
+    services need, and only that (`grant_service_role`, migration 0005), on every run.
     """
     migrations = available()
     name = sql.Identifier(schema)
@@ -137,6 +139,8 @@ def migrate(conn: Connection, schema: str) -> list[Migration]:
                 "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
                 [migration.version, migration.name, migration.checksum],
             )
+        if service_role is not None:
+            conn.execute("SELECT grant_service_role(%s)", [service_role])
     return pending
 
 

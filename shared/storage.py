@@ -73,6 +73,10 @@ class ResultKeys:
         """The tracks as GPX, beside the summary."""
         return self.summary_key.removesuffix(".summary.json") + ".gpx"
 
+    def every(self) -> list[str]:
+        """All four keys: CSV, summary, chart data and GPX."""
+        return [self.csv_key, self.summary_key, self.series_key, self.gpx_key]
+
     @property
     def csv_name(self) -> str:
         """The CSV's basename (what existing clients link to)."""

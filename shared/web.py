@@ -136,10 +136,15 @@ def guarded(
     return run
 
 
+SERVING: Final = "SERVING"
+NOT_SERVING: Final = "NOT_SERVING"
+"""What the health endpoints say, as gRPC health checking does: nothing more."""
+
+
 def health(request: flask.Request, ready: Callable[[], None]) -> flask.Response | None:
-    """Answer `/healthz` (the process serves), `/readyz` (`ready()` does not raise: its
-    dependencies answer) and `/metrics` (404 unless METRICS_PROMETHEUS is on); None
-    otherwise."""
+    """Answer `/healthz` (the process serves) and `/readyz` (`ready()` does not raise: its
+    dependencies answer), each with SERVING or NOT_SERVING and nothing else, and `/metrics`
+    (404 unless METRICS_PROMETHEUS is on); None otherwise."""
     if request.path == "/metrics":
         if not telemetry.prometheus_enabled():
             return error_response(
@@ -149,13 +154,15 @@ def health(request: flask.Request, ready: Callable[[], None]) -> flask.Response 
 
         return flask.Response(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
     if request.path == "/healthz":
-        return json_response({"status": "ok"})
+        return json_response({"status": SERVING})
     if request.path == "/readyz":
         try:
             ready()
         except Exception as exc:
-            return error_response(HTTPStatus.SERVICE_UNAVAILABLE, f"not ready: {exc}")
-        return json_response({"status": "ready"})
+            # Why goes to the log only: a probe's answer names no dependency, host or port.
+            log.warning("not ready", extra={"error": str(exc)})
+            return json_response({"status": NOT_SERVING}, HTTPStatus.SERVICE_UNAVAILABLE)
+        return json_response({"status": SERVING})
     return None
 
 

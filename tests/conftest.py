@@ -129,14 +129,52 @@ def scratch_database() -> Iterator[Database]:
         yield database
 
 
+@dataclass(frozen=True)
+class Roles:
+    """The two roles of a deployment (docs/DATABASE.md#roles): the one that runs the
+    migrations and owns the jobs schema, and the one the services log in as."""
+
+    migrator: str = "otel_worker_test_migrator"
+    service: str = "otel_worker_test_service"
+
+    def dsn(self, database: Database, role: str) -> str:
+        """`database`'s DSN, logging in as `role` (trust: no password)."""
+        return f"postgresql://{role}@{database.host}:{database.port}/{database.dbname}"
+
+
+ROLES = Roles()
+
+
+def _create_roles(admin: Database) -> None:
+    """Create the test roles on the server, unless another session already has (they are
+    the server's, shared by every test database, and never dropped)."""
+    with admin.connect() as conn:
+        for role in (ROLES.migrator, ROLES.service):
+            with contextlib.suppress(
+                psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation
+            ):
+                conn.execute(f"CREATE ROLE {role} LOGIN")
+
+
+def grant_database(database: Database) -> None:
+    """What a DBA grants for a deployment: the migrator may create the jobs schema and pass
+    on reading public.locations (the services get it from the migrations)."""
+    with database.connect() as conn:
+        conn.execute(f'GRANT CREATE ON DATABASE "{database.dbname}" TO {ROLES.migrator}')
+        if conn.execute("SELECT to_regclass('public.locations')").fetchone() != (None,):
+            conn.execute(f"GRANT SELECT ON public.locations TO {ROLES.migrator} WITH GRANT OPTION")
+
+
 @pytest.fixture(scope="session")
 def pgbouncer(postgres: Database) -> Iterator[Database]:
     """PgBouncer in transaction pooling mode in front of the session database."""
+    _create_roles(postgres)
     bouncer = PgBouncer(
         server_host=postgres.host,
         server_port=postgres.port,
         dbname=postgres.dbname,
         user=postgres.user,
+        others=(ROLES.migrator, ROLES.service),
     )
     try:
         bouncer.start()
@@ -267,6 +305,7 @@ def seeded(pgbouncer: Database) -> Iterator[Database]:
     with _new_database() as database:
         with database.connect() as conn:
             write_points(conn, generate(SEED).points, force=True)
+        grant_database(database)
         yield Database(
             dsn=f"postgresql://{database.user}@127.0.0.1:{pgbouncer.port}/{database.dbname}",
             host="127.0.0.1",
@@ -290,7 +329,9 @@ def stack(seeded: Database, postgres: Database, s3: S3Server, tiles: TileServer)
     from tests.stack import start_stack
 
     direct = f"postgresql://{seeded.user}@{postgres.host}:{postgres.port}/{seeded.dbname}"
-    started = start_stack(seeded, s3, MAP_TILE_URL=tiles.template, DATABASE_LISTEN_URL=direct)
+    started = start_stack(
+        seeded, s3, MAP_TILE_URL=tiles.template, DATABASE_LISTEN_URL=direct, roles=ROLES
+    )
     yield started
     started.supervisor.stop()
 

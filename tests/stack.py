@@ -20,7 +20,7 @@ from shared.dev.runner import Supervisor
 from shared.dev.stack import S3Identity, wait_until
 from shared.dev.tracks import TrackSpec
 from shared.maintenance import migrate_jobs, sweep_once
-from tests.conftest import Database, S3Server
+from tests.conftest import Database, Roles, S3Server
 
 SEED = TrackSpec(seed=7, start=dt.date(2024, 3, 1), days=31, devices=3)
 
@@ -138,16 +138,24 @@ def start_stack(
     s3: S3Server,
     out: io.TextIOBase | None = None,
     time_scale: float = 0.05,
+    roles: Roles | None = None,
     **extra: str,
 ) -> Stack:
     """All services, the dev broker (its backoffs scaled by `time_scale`: short for tests)
     and a sweep every 0.5 s, with `extra` settings for every service. compute and status
     use the object store with the rights they are deployed with: compute may only write,
-    status only read (and list)."""
+    status only read (and list). With `roles`, as deployed too: the migrations run as the
+    migrator, which grants the service role what the services (and the sweep) log in as."""
     bucket = f"pipeline-{uuid.uuid4().hex[:10]}"
     s3.client().make_bucket(bucket)
-    env = stack_env(database, s3, bucket, **extra)
-    settings = config.DatabaseSettings(database_url=database.dsn)
+    service_dsn = database.dsn if roles is None else roles.dsn(database, roles.service)
+    env = stack_env(database, s3, bucket, DATABASE_URL=service_dsn, **extra)
+    settings = config.DatabaseSettings(database_url=service_dsn)
+    owner = settings
+    if roles is not None:
+        owner = config.DatabaseSettings(
+            database_url=roles.dsn(database, roles.migrator), db_service_role=roles.service
+        )
     # The sweep (run by this process) follows the services' job settings, so a caller that
     # sets JOB_REPUBLISH_SECONDS or JOB_MAX_ATTEMPTS changes both alike.
     jobs = config.JobSettings.model_validate(
@@ -156,7 +164,7 @@ def start_stack(
     supervisor = Supervisor(
         env=env,
         out=out or Discard(),
-        migrate=lambda: migrate_jobs(settings),
+        migrate=lambda: migrate_jobs(owner),
         sweep=lambda sink: sweep_once(settings, jobs, config.EventSettings(k_sink=sink)),
         sweep_interval=0.5,
         time_scale=time_scale,

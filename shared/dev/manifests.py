@@ -127,6 +127,43 @@ class Trigger(_Strict):
         return all(attributes.get(k) == v for k, v in self.spec.filter.attributes.items())
 
 
+class LabelSelector(_Strict):
+    """Labels that must all match (`matchLabels`; an empty selector matches everything)."""
+
+    match_labels: dict[str, str] = Field(default_factory=dict, alias="matchLabels")
+
+
+class NetworkPolicyPeer(_Strict):
+    """Who may connect: pods matching `pod_selector` in namespaces matching
+    `namespace_selector` (either absent: this namespace / every pod of those namespaces)."""
+
+    namespace_selector: LabelSelector | None = Field(default=None, alias="namespaceSelector")
+    pod_selector: LabelSelector | None = Field(default=None, alias="podSelector")
+
+
+class NetworkPolicyIngressRule(_Strict):
+    """One rule: any of `from_` may connect."""
+
+    from_: list[NetworkPolicyPeer] = Field(alias="from", min_length=1)
+
+
+class NetworkPolicySpec(_Strict):
+    """Which pods the policy guards and who may reach them (ingress only)."""
+
+    pod_selector: LabelSelector = Field(alias="podSelector")
+    policy_types: list[Literal["Ingress"]] = Field(alias="policyTypes")
+    ingress: list[NetworkPolicyIngressRule]
+
+
+class NetworkPolicy(_Strict):
+    """A Kubernetes NetworkPolicy, as the manifests write them."""
+
+    api_version: Literal["networking.k8s.io/v1"] = Field(alias="apiVersion")
+    kind: Literal["NetworkPolicy"]
+    metadata: ObjectMeta
+    spec: NetworkPolicySpec
+
+
 Eventing = Annotated[Broker | Trigger, Field(discriminator="kind")]
 _EVENTING = TypeAdapter(Eventing)
 

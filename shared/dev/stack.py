@@ -360,6 +360,10 @@ class PgBouncer:
     dbname: str
     user: str
     pool_size: int = 20
+    others: tuple[str, ...] = ()
+    """Further roles that may log in (trust still needs them listed)."""
+    settings: dict[str, str | int] = field(default_factory=dict)
+    """More `[pgbouncer]` settings (e.g. `query_wait_timeout`), over the ones below."""
     port: int = 0
     folder: Path | None = field(default=None, repr=False)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -374,7 +378,9 @@ class PgBouncer:
         # Not under a private (0700) temporary root: the postgres user must reach it.
         self.folder = folder = Path(tempfile.mkdtemp(prefix="otel-worker-pgbouncer-"))
         (self.port,) = free_ports(1)
-        (folder / "userlist.txt").write_text(f'"{self.user}" ""\n')
+        (folder / "userlist.txt").write_text(
+            "".join(f'"{user}" ""\n' for user in (self.user, *self.others))
+        )
         settings = {
             "listen_addr": "127.0.0.1",
             "listen_port": self.port,
@@ -387,6 +393,7 @@ class PgBouncer:
             "default_pool_size": self.pool_size,
             "ignore_startup_parameters": "extra_float_digits,options",
             "logfile": folder / "pgbouncer.log",
+            **self.settings,
         }
         lines = [
             "[databases]",

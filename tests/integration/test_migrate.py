@@ -22,9 +22,11 @@ def schema(pgbouncer: Database) -> Iterator[str]:
         conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
 
 
-def test_migrations_are_numbered_from_one_without_gaps() -> None:
+def test_migrations_are_numbered_from_one_each_once() -> None:
     migrations = migrate.available()
-    assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
+    versions = [m.version for m in migrations]
+    assert versions[0] == 1
+    assert versions == sorted(set(versions))
     assert migrations[0].name == "jobs"
     assert len(migrations[0].checksum) == 64
 

@@ -34,6 +34,8 @@ from shared.dev.manifests import (
     BASE,
     LEASE_MARGIN_SECONDS,
     Broker,
+    NetworkPolicy,
+    NetworkPolicyPeer,
     ObjectMeta,
     Trigger,
     documents,
@@ -161,6 +163,7 @@ class Volume(_Strict):
 
 
 class RevisionSpec(_Strict):
+    automount_service_account_token: Literal[False] = Field(alias="automountServiceAccountToken")
     container_concurrency: int = Field(alias="containerConcurrency", ge=1)
     timeout_seconds: int = Field(alias="timeoutSeconds", ge=1)
     containers: list[Container] = Field(min_length=1, max_length=1)
@@ -211,6 +214,7 @@ class SinkBinding(_Strict):
 
 
 class PodSpec(_Strict):
+    automount_service_account_token: Literal[False] = Field(alias="automountServiceAccountToken")
     restart_policy: Literal["Never", "OnFailure"] = Field(alias="restartPolicy")
     containers: list[Container]
 
@@ -289,6 +293,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "Namespace": Namespace,
     "Broker": Broker,
     "Trigger": Trigger,
+    "NetworkPolicy": NetworkPolicy,
 }
 
 
@@ -976,7 +981,7 @@ def test_the_compat_overlay_runs_the_ingress_where_old_callers_look() -> None:
     by_kind = {(r["apiVersion"], r["kind"], r["metadata"]["name"]): r for r in built}
     deployment = by_kind[("apps/v1", "Deployment", "otel-worker")]
     service = by_kind[("v1", "Service", "otel-worker")]
-    (policy,) = [r for r in built if r["kind"] == "NetworkPolicy"]
+    policy = by_kind[("networking.k8s.io/v1", "NetworkPolicy", "otel-worker-callers")]
     # Everything of the base is there too, unchanged.
     assert {r["metadata"]["name"] for r in built if r["kind"] == "Trigger"} == {
         t["metadata"]["name"] for t in _build(BASE) if t["kind"] == "Trigger"
@@ -1319,3 +1324,86 @@ def _changed(resource: dict[str, Any], change: Callable[[dict[str, Any]], None])
     copy = json.loads(json.dumps(resource))
     change(copy)
     return crd_errors(copy)
+
+
+def _pod_specs(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pod spec of a workload (Service, Deployment, Job, CronJob); none for others."""
+    spec = resource.get("spec") or {}
+    if resource["kind"] == "CronJob":
+        return [spec["jobTemplate"]["spec"]["template"]["spec"]]
+    if resource["kind"] in {"Deployment", "Job"} or (
+        resource["kind"] == "Service" and resource["apiVersion"] == "serving.knative.dev/v1"
+    ):
+        return [spec["template"]["spec"]]
+    return []
+
+
+@pytest.mark.parametrize("folder", [BASE, *OVERLAYS], ids=lambda p: str(p.relative_to(KNATIVE)))
+def test_no_workload_mounts_a_service_account_token(folder: Path) -> None:
+    """None of them calls the Kubernetes API: a token in the pod would only help an intruder."""
+    specs = {
+        f"{r['kind']} {r['metadata']['name']}": spec
+        for r in _build(folder)
+        for spec in _pod_specs(r)
+    }
+    assert len(specs) >= 6  # four Services, the sweep and the migration
+    mounting = [
+        name
+        for name, spec in specs.items()
+        if spec.get("automountServiceAccountToken") is not False
+    ]
+    assert mounting == []
+
+
+SERVICE_LABEL = "serving.knative.dev/service"
+ACTIVATOR = ("knative-serving", (("app", "activator"),))
+GATEWAY = ("kourier-system", ())
+BROKER_FILTER = ("knative-eventing", (("eventing.knative.dev/brokerRole", "filter"),))
+CALLERS = ("label otel-worker.dev/caller=true", ())
+
+
+def _peer(peer: NetworkPolicyPeer) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """(namespace, pod labels) a peer admits; the namespace by name or by label."""
+    assert peer.namespace_selector is not None, "a peer without a namespace selector"
+    namespace = peer.namespace_selector.match_labels
+    assert namespace, "an empty namespace selector admits every namespace"
+    pods = tuple(sorted((peer.pod_selector.match_labels if peer.pod_selector else {}).items()))
+    name = namespace.get("kubernetes.io/metadata.name")
+    if name is None:
+        ((key, value),) = namespace.items()
+        name = f"label {key}={value}"
+    return name, pods
+
+
+def test_each_function_admits_only_knative_the_broker_and_its_named_callers(
+    base: dict[str, list[Any]],
+) -> None:
+    """Read against the Services and Triggers: every function has a policy; the activator
+    and the gateway reach each; the broker's filter only the Triggers' subscribers and
+    dead-letter sinks; the labelled callers' namespaces only status."""
+    policies: dict[str, list[NetworkPolicy]] = {}
+    for policy in base["NetworkPolicy"]:
+        assert policy.spec.policy_types == ["Ingress"]
+        assert list(policy.spec.pod_selector.match_labels) == [SERVICE_LABEL]
+        policies.setdefault(policy.spec.pod_selector.match_labels[SERVICE_LABEL], []).append(policy)
+    services = set(_services(base))
+    assert set(policies) == services  # each function guarded, no policy guarding nothing
+    delivered_to = {
+        destination.ref.name
+        for trigger in base["Trigger"]
+        for destination in (
+            trigger.spec.subscriber,
+            *([trigger.spec.delivery.dead_letter_sink] if trigger.spec.delivery else []),
+        )
+        if destination is not None and destination.ref is not None
+    }
+    assert delivered_to == {"submit", "compute", "status"}
+    for name in sorted(services):
+        (policy,) = policies[name]
+        admitted = {_peer(peer) for rule in policy.spec.ingress for peer in rule.from_}
+        expected = {ACTIVATOR, GATEWAY}
+        if name in delivered_to:
+            expected.add(BROKER_FILTER)
+        if name == "status":
+            expected.add(CALLERS)
+        assert admitted == expected, name
