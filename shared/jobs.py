@@ -402,7 +402,11 @@ class JobStore:
             row = cursor.execute(query, params).fetchone()
         assert row is not None
         values = {name.strip(): row.pop(name.strip()) for name in outs.split(",")}
-        return values, Job.model_validate(row) if row["id"] is not None else None
+        if row["id"] is None:
+            return values, None
+        # The row type carries every column; bookkeeping ones (outcome_pending) are not the
+        # job callers see.
+        return values, Job.model_validate({name: row[name] for name in Job.model_fields})
 
     # --- creating and reading -----------------------------------------------------------
 
