@@ -306,6 +306,15 @@ def seeded(pgbouncer: Database) -> Iterator[Database]:
         with database.connect() as conn:
             write_points(conn, generate(SEED).points, force=True)
         grant_database(database)
+        # The jobs schema is the migrator's from the start, as deployed: a stack a test starts
+        # without roles (as the superuser) then finds it migrated instead of claiming it.
+        from shared.maintenance import migrate_jobs
+
+        migrate_jobs(
+            config.DatabaseSettings(
+                database_url=ROLES.dsn(database, ROLES.migrator), db_service_role=ROLES.service
+            )
+        )
         yield Database(
             dsn=f"postgresql://{database.user}@127.0.0.1:{pgbouncer.port}/{database.dbname}",
             host="127.0.0.1",
