@@ -34,6 +34,7 @@ from shared.engine.results import (
     KEPT,
     STATE_UNKNOWN,
     Analysis,
+    DaySums,
 )
 from shared.engine.stays import Stays, find_stays
 from shared.engine.summary import Summarizer
@@ -177,6 +178,14 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
         trip=out.trip[w],
         stay=out.stay[w],
         dropped_by=code,
+        sums=DaySums(
+            path=path_days,
+            path_low=bound_days[0],
+            path_high=bound_days[1],
+            raw_path=raw_days,
+            home_s=time_days[:, HOME],
+            away_s=time_days[:, AWAY],
+        ),
     )
 
 

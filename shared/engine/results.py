@@ -260,3 +260,18 @@ class Analysis:
     """Id of the stay the fix belongs to, 0 for none."""
     dropped_by: npt.NDArray[np.uint8]
     """0 for kept fixes, else 1 + the index of the rule in `DROP_RULES`."""
+    sums: DaySums | None = None
+    """The unrounded per-(device, day) sums the summary was rounded from."""
+
+
+@dataclass(frozen=True, eq=False)
+class DaySums:
+    """Unrounded sums per device (rows, in `Points.device_ids` order) and day (columns):
+    what `assembly` adds up across days so a range equals a single pass to the last digit."""
+
+    path: Floats
+    path_low: Floats
+    path_high: Floats
+    raw_path: Floats
+    home_s: Floats
+    away_s: Floats

@@ -1,0 +1,639 @@
+"""Device-days and their assembly: a range is analysed one local day at a time (each day
+with its own context, so memory follows the largest device-day, not the range), and the
+days' parts are assembled into the `Summary` a single pass over the range gives.
+
+`day_parts(analysis)` turns a one-day `Analysis` into one `DayPart` per device: the
+device's metrics for that day plus what assembly needs that rounding would lose (the
+unrounded sums, the distance and ingest-lag extremes, a mergeable quantile sketch, the
+first and last observed fix). `assemble(parts, window, params)` adds them up: counts, sums,
+extremes and times exactly; trips, stays and timeline entries that cross midnight are
+stitched back into one; the medians come from the merged sketches (within `SKETCH_ERROR`).
+`months(summary)` gives the per calendar month totals of a summary's days.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from shared.engine.analysis import analyze
+from shared.engine.arrays import Floats, concat_ranges, device_starts, first_at_or_after
+from shared.engine.params import EngineParams
+from shared.engine.points import MISSING_TIME, US_PER_S, Points
+from shared.engine.results import (
+    DROP_RULES,
+    JITTER,
+    KEPT,
+    Analysis,
+    Completeness,
+    DayMetrics,
+    DroppedCounts,
+    Metrics,
+    Place,
+    PlaceVisit,
+    PointCounts,
+    Stay,
+    Summary,
+    TimelineEntry,
+    Trip,
+    WindowInfo,
+)
+from shared.engine.statistics import mean_km, round_km, round_s
+from shared.engine.timeline import join_places
+from shared.engine.window import Window, day_window, read_range
+
+ASSEMBLY_VERSION = 1
+"""Version of `DayPart`'s JSON and of the assembly rules; part of a kept day's key."""
+
+SKETCH_ERROR = 0.001
+"""Relative width of a sketch bin: a sketched median is within half of it of a value of the
+bin holding the true median (values under `SKETCH_FLOOR` are exact to that floor)."""
+
+SKETCH_FLOOR = 1e-6
+"""Magnitudes below this fall in one bin (0): a millimetre, a microsecond."""
+
+_LOG_STEP = math.log1p(SKETCH_ERROR)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Sketch(_Model):
+    """A mergeable quantile sketch: counts of values per logarithmic bin (signed, so the
+    bins' order is the values' order). Merging adds counts; nothing depends on the order
+    the values came in, so the days of a range merge to the range's own sketch."""
+
+    bins: list[tuple[int, int]] = []
+    """(bin, count), sorted by bin."""
+
+    @staticmethod
+    def of(values: Floats) -> Sketch:
+        """The sketch of `values`."""
+        if not len(values):
+            return Sketch()
+        magnitude = np.abs(values)
+        big = magnitude >= SKETCH_FLOOR
+        index = np.zeros(len(values), dtype=np.int64)
+        index[big] = np.floor(np.log(magnitude[big] / SKETCH_FLOOR) / _LOG_STEP).astype(np.int64)
+        index[big] += 1
+        keys = np.where(values < 0, -index, index)
+        found, counts = np.unique(keys, return_counts=True)
+        return Sketch(bins=list(zip(found.tolist(), counts.tolist(), strict=True)))
+
+    @staticmethod
+    def merged(sketches: Iterable[Sketch]) -> Sketch:
+        """The sketch of all their values together."""
+        total: dict[int, int] = {}
+        for sketch in sketches:
+            for key, count in sketch.bins:
+                total[key] = total.get(key, 0) + count
+        return Sketch(bins=sorted(total.items()))
+
+    def median(self) -> float | None:
+        """The median of the values (the mean of the two middle ones for an even count),
+        each taken as its bin's centre; None for no values."""
+        n = sum(count for _, count in self.bins)
+        if not n:
+            return None
+        keys = np.array([key for key, _ in self.bins], dtype=np.int64)
+        ends = np.cumsum([count for _, count in self.bins])
+        ranks = [n // 2] if n % 2 else [n // 2 - 1, n // 2]
+        values = [_centre(int(keys[np.searchsorted(ends, rank, side="right")])) for rank in ranks]
+        return sum(values) / len(values)
+
+
+def _centre(key: int) -> float:
+    if key == 0:
+        return 0.0
+    magnitude = SKETCH_FLOOR * math.exp((abs(key) - 0.5) * _LOG_STEP)
+    return magnitude if key > 0 else -magnitude
+
+
+class Spread(_Model):
+    """Count, sum and extremes of some values (distances or lags) and their sketch."""
+
+    n: int = 0
+    total: float = 0.0
+    maximum: float | None = None
+    minimum: float | None = None
+    sketch: Sketch = Sketch()
+
+
+class DayPart(_Model):
+    """One device's analysis of one local day, with what assembly needs besides it."""
+
+    version: int = ASSEMBLY_VERSION
+    device_id: str
+    date: dt.date
+    metrics: Metrics
+    """The device's metrics for the day (its one `days` entry included)."""
+    path: float
+    path_low: float
+    path_high: float
+    raw_path: float
+    home_s: float
+    away_s: float
+    distance: Spread
+    farthest: Place | None
+    lag: Spread
+    first_seen_us: int | None
+    """The first and last observed fix inside the day (valid, not dropped)."""
+    last_seen_us: int | None
+    inner_gap: tuple[float, int] | None
+    """The longest gap between two observed fixes of the day (s, its start µs)."""
+
+
+def day_parts(analysis: Analysis) -> list[DayPart]:
+    """One part per device the one-day `analysis` reports (see `DayPart`)."""
+    summary, points, sums = analysis.summary, analysis.points, analysis.sums
+    if sums is None or summary.window.first_day != summary.window.last_day:
+        raise ValueError("day_parts needs the Analysis of one day, with its sums")
+    first = device_starts(points.device, len(points.device_ids))
+    code = analysis.dropped_by
+    seen = (code == KEPT) | (code == JITTER)
+    parts = []
+    for g, device_id in enumerate(points.device_ids):
+        metrics = summary.devices.get(device_id)
+        if metrics is None:
+            continue
+        rows = slice(int(first[g]), int(first[g + 1]))
+        km = analysis.distance_km[rows][seen[rows]]
+        t = points.timestamp[rows][seen[rows]]
+        created, at = points.created_at[rows], points.timestamp[rows]
+        has = created != MISSING_TIME
+        lag = (created[has] - at[has]) / US_PER_S
+        gap: tuple[float, int] | None = None
+        if len(t) > 1:
+            steps = np.diff(t)
+            k = int(np.argmax(steps))
+            gap = (float(steps[k]) / US_PER_S, int(t[k]))
+        parts.append(
+            DayPart(
+                device_id=device_id,
+                date=summary.window.first_day,
+                metrics=metrics,
+                path=float(sums.path[g, 0]),
+                path_low=float(sums.path_low[g, 0]),
+                path_high=float(sums.path_high[g, 0]),
+                raw_path=float(sums.raw_path[g, 0]),
+                home_s=float(sums.home_s[g, 0]),
+                away_s=float(sums.away_s[g, 0]),
+                distance=_spread(km),
+                farthest=metrics.max_distance_at,
+                lag=_spread(lag),
+                first_seen_us=int(t[0]) if len(t) else None,
+                last_seen_us=int(t[-1]) if len(t) else None,
+                inner_gap=gap,
+            )
+        )
+    return parts
+
+
+def day_by_day(points: Points, window: Window, params: EngineParams) -> Summary:
+    """The summary of `window` as `analyze` gives it, computed one local day at a time
+    (each day with its context) and assembled: memory follows the largest day."""
+    return assemble(
+        [part for date in window.dates for part in analyze_day(points, date, window, params)],
+        window,
+        params,
+    )
+
+
+def analyze_day(
+    points: Points, date: dt.date, window: Window, params: EngineParams
+) -> list[DayPart]:
+    """The parts of local day `date` of `window`'s time zone, from the fixes of `points`
+    (sorted by device and time) that day's read range holds."""
+    day = day_window(date, date, window.timezone)
+    return day_parts(analyze(day_points(points, *read_range(day, params)), day, params))
+
+
+def day_points(points: Points, lo: int, hi: int) -> Points:
+    """The fixes of `points` with lo <= timestamp < hi: each device's run found by binary
+    search, not by a pass over every fix."""
+    starts = device_starts(points.device, len(points.device_ids))
+    edges = first_at_or_after(points.timestamp, starts, np.array([lo, hi], dtype=np.int64))
+    return points.take(concat_ranges(edges[:, 0], edges[:, 1]))
+
+
+def _spread(values: Floats) -> Spread:
+    if not len(values):
+        return Spread()
+    return Spread(
+        n=len(values),
+        total=float(values.sum()),
+        maximum=float(values.max()),
+        minimum=float(values.min()),
+        sketch=Sketch.of(values),
+    )
+
+
+_SUMS = ("path", "path_low", "path_high", "raw_path", "home_s", "away_s")
+
+
+def assemble(parts: Sequence[DayPart], window: Window, params: EngineParams) -> Summary:
+    """The `Summary` of `window` from the day parts of its days (any order; a device-day
+    without a part had nothing to report). Devices come in the order of their ids, as
+    readers number them."""
+    index = {date: k for k, date in enumerate(window.dates)}
+    devices = sorted({part.device_id for part in parts})
+    by_device: dict[str, list[DayPart]] = {device: [] for device in devices}
+    for part in parts:
+        if part.date not in index:
+            raise ValueError(f"a part for {part.date} is outside the window")
+        by_device[part.device_id].append(part)
+    n_days = len(window.dates)
+    sums = np.zeros((len(_SUMS), len(devices), n_days))
+    for g, device in enumerate(devices):
+        by_device[device].sort(key=lambda part: part.date)
+        for part in by_device[device]:
+            sums[:, g, index[part.date]] = [getattr(part, name) for name in _SUMS]
+    day_s = np.diff(window.bounds_us) / US_PER_S
+    lo, hi = window.start_us, window.end_us
+    metrics: dict[str, Metrics] = {}
+    gaps: list[tuple[float, int]] = []
+    stitched: list[_Stitched] = []
+    next_trip, next_stay = 1, 1
+    for g, device in enumerate(devices):
+        mine = by_device[device]
+        joined = _Stitched.of(mine, window, next_trip, next_stay)
+        next_trip += len(joined.trips)
+        next_stay += joined.n_stays
+        stitched.append(joined)
+        gap = _largest_gap(mine, lo, hi)
+        gaps.append(gap)
+        metrics[device] = _metrics(
+            mine,
+            sums[:, g],
+            day_s,
+            window,
+            joined=joined,
+            gap=gap,
+            days=[_day(mine, index, window, day_s, d, joined) for d in range(n_days)],
+        )
+    total_sums, total_s = sums.sum(axis=1), day_s * len(devices)
+    totals = _metrics(
+        list(parts),
+        total_sums,
+        total_s,
+        window,
+        joined=_Stitched.joined(stitched),
+        gap=max(gaps, default=((hi - lo) / US_PER_S, lo)),
+        days=[
+            _total_day(
+                [metrics[d].days[k] for d in devices], total_sums[:, k], total_s[k], window.dates[k]
+            )
+            for k in range(n_days)
+        ],
+    )
+    notes = []
+    counts = totals.points
+    if not counts.read:
+        notes.append("no fixes in the window: every metric is zero")
+    elif counts.used + counts.dropped.jitter == 0:
+        notes.append("every fix in the window was dropped by a filter")
+    elif not counts.used:
+        notes.append("no movement: every fix in the window was stationary jitter")
+    return Summary(
+        **dict(totals),
+        window=WindowInfo(
+            timezone=window.timezone,
+            first_day=window.dates[0],
+            last_day=window.dates[-1],
+            start=window.local_time(lo),
+            end=window.local_time(hi),
+        ),
+        parameters=params,
+        devices=metrics,
+        notes=notes,
+    )
+
+
+class _Stitched:
+    """One device's (or all devices') trips, stays and timeline over the range, with the
+    pieces that meet at midnight joined, renumbered as a single pass numbers them, and the
+    days' own lists with the new numbers."""
+
+    def __init__(
+        self,
+        trips: list[Trip],
+        stays: list[Stay],
+        timeline: list[TimelineEntry],
+        places: list[PlaceVisit],
+        day_lists: dict[dt.date, tuple[list[Stay], list[TimelineEntry]]],
+        n_stays: int,
+    ) -> None:
+        self.trips, self.stays, self.timeline, self.places = trips, stays, timeline, places
+        self.day_lists, self.n_stays = day_lists, n_stays
+
+    @staticmethod
+    def of(parts: list[DayPart], window: Window, first_trip: int, first_stay: int) -> _Stitched:
+        """The stitched lists of one device's parts (sorted by day)."""
+        trips: list[Trip] = []
+        for part in parts:
+            for trip in part.metrics.trips:
+                if trips and _continues(trips[-1], trip):
+                    trips[-1] = _join_trips(trips[-1], trip)
+                else:
+                    trips.append(trip.model_copy(update={"id": first_trip + len(trips)}))
+        stays: list[Stay] = []
+        renumber: dict[tuple[dt.date, int], int] = {}
+        joins: dict[str, int] = {}
+        for part in parts:
+            for stay in part.metrics.stays:
+                if stays and _continues(stays[-1], stay) and _same_place(stays[-1], stay):
+                    stays[-1] = _join_stays(stays[-1], stay)
+                    joins[stay.place] = joins.get(stay.place, 0) + 1
+                else:
+                    stays.append(stay.model_copy(update={"id": first_stay + len(stays)}))
+                renumber[(part.date, stay.id)] = stays[-1].id
+        timeline: list[TimelineEntry] = []
+        day_lists: dict[dt.date, tuple[list[Stay], list[TimelineEntry]]] = {}
+        for part in parts:
+            entries = [_renumbered(entry, part.date, renumber) for entry in part.metrics.timeline]
+            for entry in entries:
+                if timeline and _continues_entry(timeline[-1], entry):
+                    timeline[-1] = _join_entries(timeline[-1], entry)
+                else:
+                    timeline.append(entry)
+            day = part.metrics.days[0]
+            day_lists[part.date] = (
+                [s.model_copy(update={"id": renumber[(part.date, s.id)]}) for s in day.stays],
+                [_renumbered(entry, part.date, renumber) for entry in day.timeline],
+            )
+        places = join_places([part.metrics.places for part in parts])
+        places = [
+            visit.model_copy(update={"visits": visit.visits - joins[visit.place]})
+            if visit.place in joins
+            else visit
+            for visit in places
+        ]
+        return _Stitched(trips, stays, timeline, places, day_lists, len(stays))
+
+    @staticmethod
+    def joined(parts: list[_Stitched]) -> _Stitched:
+        """Several devices' lists together, in device order."""
+        return _Stitched(
+            [trip for part in parts for trip in part.trips],
+            [stay for part in parts for stay in part.stays],
+            [entry for part in parts for entry in part.timeline],
+            join_places([part.places for part in parts]),
+            {},
+            sum(part.n_stays for part in parts),
+        )
+
+
+def _continues(before: Trip | Stay, after: Trip | Stay) -> bool:
+    """`after` carries on `before` across a day bound: one was cut there, into both."""
+    return (
+        before.device_id == after.device_id
+        and before.clipped_end
+        and after.clipped_start
+        and before.end == after.start
+    )
+
+
+def _same_place(before: Stay, after: Stay) -> bool:
+    return (before.latitude, before.longitude, before.place) == (
+        after.latitude,
+        after.longitude,
+        after.place,
+    )
+
+
+def _duration(start: dt.datetime, end: dt.datetime) -> float:
+    """Seconds between two local times (in UTC: a DST change between them counts)."""
+    elapsed = end.astimezone(dt.UTC) - start.astimezone(dt.UTC)
+    return round_s(elapsed / dt.timedelta(microseconds=1) / US_PER_S)
+
+
+def _join_trips(before: Trip, after: Trip) -> Trip:
+    farthest = [km for km in (before.max_distance_km, after.max_distance_km) if km is not None]
+    return before.model_copy(
+        update={
+            "end": after.end,
+            "duration_s": _duration(before.start, after.end),
+            "max_distance_km": max(farthest) if farthest else None,
+            "path_km": round_km(before.path_km + after.path_km),
+            "clipped_end": after.clipped_end,
+        }
+    )
+
+
+def _join_stays(before: Stay, after: Stay) -> Stay:
+    return before.model_copy(
+        update={
+            "end": after.end,
+            "duration_s": _duration(before.start, after.end),
+            "radius_m": max(before.radius_m, after.radius_m),
+            "fixes": max(before.fixes, after.fixes),
+            "clipped_end": after.clipped_end,
+        }
+    )
+
+
+def _renumbered(
+    entry: TimelineEntry, date: dt.date, renumber: dict[tuple[dt.date, int], int]
+) -> TimelineEntry:
+    if entry.stay_id is None:
+        return entry
+    return entry.model_copy(update={"stay_id": renumber[(date, entry.stay_id)]})
+
+
+def _continues_entry(before: TimelineEntry, after: TimelineEntry) -> bool:
+    return (
+        before.device_id == after.device_id
+        and before.end == after.start
+        and before.kind == after.kind
+        and before.place == after.place
+        and before.stay_id == after.stay_id
+        and before.from_place == after.from_place
+        and before.to_place == after.to_place
+    )
+
+
+def _join_entries(before: TimelineEntry, after: TimelineEntry) -> TimelineEntry:
+    path = None
+    if before.path_km is not None or after.path_km is not None:
+        path = round_km((before.path_km or 0.0) + (after.path_km or 0.0))
+    return before.model_copy(
+        update={"end": after.end, "duration_s": _duration(before.start, after.end), "path_km": path}
+    )
+
+
+def _largest_gap(parts: list[DayPart], lo: int, hi: int) -> tuple[float, int]:
+    """The longest stretch of the window without an observed fix of the device (its days
+    in order), the earliest of equals, as a single pass finds it."""
+    best = (-1.0, lo)
+    previous = lo
+    for part in parts:
+        if part.first_seen_us is None or part.last_seen_us is None:
+            continue
+        across = ((part.first_seen_us - previous) / US_PER_S, previous)
+        for gap in (across, part.inner_gap):
+            if gap is not None and gap[0] > best[0]:
+                best = gap
+        previous = part.last_seen_us
+    end = ((hi - previous) / US_PER_S, previous)
+    return end if end[0] > best[0] else best
+
+
+def _metrics(
+    parts: list[DayPart],
+    sums: Floats,
+    window_s: Floats,
+    window: Window,
+    *,
+    joined: _Stitched,
+    gap: tuple[float, int],
+    days: list[DayMetrics],
+) -> Metrics:
+    """The metrics of `parts` (one device's days, or every part), from their unrounded
+    `sums` (rows of `_SUMS`, columns per day) over a window of `window_s` per day."""
+    path, low, high, raw, home, away = (sums[k] for k in range(len(_SUMS)))
+    points = [part.metrics.points for part in parts]
+    dropped = {rule: sum(getattr(p.dropped, rule) for p in points) for rule in DROP_RULES}
+    distance = _merged([part.distance for part in parts])
+    lag = _merged([part.lag for part in parts])
+    farthest = None
+    best = -1.0
+    for part in parts:  # the first of equal maxima, in time (then device) order
+        if part.distance.maximum is not None and part.distance.maximum > best:
+            best, farthest = part.distance.maximum, part.farthest
+    unknown = np.maximum(window_s - home - away, 0.0)
+    total_s = float(window_s.sum())
+    known_s = float(home.sum() + away.sum())
+    distance_median = distance.sketch.median()
+    lag_median = lag.sketch.median()
+    return Metrics(
+        points=PointCounts(
+            read=sum(p.read for p in points),
+            used=sum(p.used for p in points),
+            dropped=DroppedCounts(**dropped),
+            accuracy_unknown=sum(p.accuracy_unknown for p in points),
+        ),
+        path_km=round_km(path.sum()),
+        path_km_low=round_km(low.sum()),
+        path_km_high=round_km(high.sum()),
+        raw_path_km=round_km(raw.sum()),
+        max_distance_km=round_km(distance.maximum or 0.0),
+        max_distance_at=farthest,
+        min_distance_km=round_km(distance.minimum or 0.0),
+        mean_distance_km=mean_km(distance.total, distance.n),
+        median_distance_km=round_km(distance_median or 0.0),
+        time_at_home_s=round_s(home.sum()),
+        time_away_s=round_s(away.sum()),
+        time_unknown_s=round_s(unknown.sum()),
+        trips=joined.trips,
+        completeness=Completeness(
+            coverage=round(known_s / total_s, 6) if total_s else 0.0,
+            largest_gap_s=round_s(gap[0]),
+            largest_gap_start=window.local_time(gap[1]),
+            ingest_lag_median_s=None if lag_median is None else round_s(lag_median),
+            ingest_lag_max_s=None if lag.maximum is None else round_s(lag.maximum),
+        ),
+        days=days,
+        stays=joined.stays,
+        places=joined.places,
+        timeline=joined.timeline,
+    )
+
+
+def _merged(spreads: list[Spread]) -> Spread:
+    present = [spread for spread in spreads if spread.n]
+    if not present:
+        return Spread()
+    return Spread(
+        n=sum(s.n for s in present),
+        total=sum(s.total for s in present),
+        maximum=max(s.maximum for s in present if s.maximum is not None),
+        minimum=min(s.minimum for s in present if s.minimum is not None),
+        sketch=Sketch.merged(s.sketch for s in present),
+    )
+
+
+def _day(
+    parts: list[DayPart],
+    index: dict[dt.date, int],
+    window: Window,
+    day_s: Floats,
+    k: int,
+    joined: _Stitched,
+) -> DayMetrics:
+    """The device's metrics of day `k`: its part's, with the stitched numbering, or an
+    empty day."""
+    date = window.dates[k]
+    for part in parts:
+        if index[part.date] == k:
+            stays, timeline = joined.day_lists[date]
+            return part.metrics.days[0].model_copy(update={"stays": stays, "timeline": timeline})
+    return DayMetrics(
+        date=date,
+        points_read=0,
+        points_used=0,
+        path_km=0.0,
+        raw_path_km=0.0,
+        time_at_home_s=0.0,
+        time_away_s=0.0,
+        time_unknown_s=round_s(day_s[k]),
+    )
+
+
+def _total_day(days: list[DayMetrics], sums: Floats, day_s: float, date: dt.date) -> DayMetrics:
+    """One day over every device (`days`, their unrounded `sums` added up over a window of
+    `day_s`): counts added, and the devices' stays and timeline."""
+    path, low, high, raw, home, away = sums.tolist()
+    return DayMetrics(
+        date=date,
+        points_read=sum(d.points_read for d in days),
+        points_used=sum(d.points_used for d in days),
+        path_km=round_km(path),
+        path_km_low=round_km(low),
+        path_km_high=round_km(high),
+        raw_path_km=round_km(raw),
+        time_at_home_s=round_s(home),
+        time_away_s=round_s(away),
+        time_unknown_s=round_s(max(day_s - home - away, 0.0)),
+        stays=[stay for d in days for stay in d.stays],
+        places=join_places([d.places for d in days]),
+        timeline=[entry for d in days for entry in d.timeline],
+    )
+
+
+class Month(_Model):
+    """One calendar month of a summary's days (the days of it inside the window)."""
+
+    month: str
+    """`YYYY-MM`."""
+    days: int
+    points_read: int
+    points_used: int
+    path_km: float
+    time_at_home_s: float
+    time_away_s: float
+    time_unknown_s: float
+
+
+def months(days: Sequence[DayMetrics]) -> list[Month]:
+    """Per calendar month totals of `days` (in order)."""
+    groups: dict[str, list[DayMetrics]] = {}
+    for day in days:
+        groups.setdefault(f"{day.date:%Y-%m}", []).append(day)
+    return [
+        Month(
+            month=name,
+            days=len(group),
+            points_read=sum(d.points_read for d in group),
+            points_used=sum(d.points_used for d in group),
+            path_km=round_km(sum(d.path_km for d in group)),
+            time_at_home_s=round_s(sum(d.time_at_home_s for d in group)),
+            time_away_s=round_s(sum(d.time_away_s for d in group)),
+            time_unknown_s=round_s(sum(d.time_unknown_s for d in group)),
+        )
+        for name, group in groups.items()
+    ]
