@@ -333,8 +333,14 @@ class JobStore:
         else:
             self._connection = connection
         self.settings = settings
+        self.schema = schema
         self._names = {"jobs": sql.Identifier(schema, "jobs"), "columns": _COLUMNS}
         self._statements: dict[tuple[str, ...], bytes] = {}
+
+    @property
+    def connection(self) -> ConnectionSource:
+        """Lends a connection to the jobs schema (what the kept device-days use too)."""
+        return self._connection
 
     def _sql(self, template: LiteralString, **parts: LiteralString) -> bytes:
         """`template` with {jobs}, {columns} and the SQL `parts` filled in, composed once."""

@@ -8,7 +8,6 @@ unrounded sums, the distance and ingest-lag extremes, a mergeable quantile sketc
 first and last observed fix). `assemble(parts, window, params)` adds them up: counts, sums,
 extremes and times exactly; trips, stays and timeline entries that cross midnight are
 stitched back into one; the medians come from the merged sketches (within `SKETCH_ERROR`).
-`months(summary)` gives the per calendar month totals of a summary's days.
 """
 
 from __future__ import annotations
@@ -41,6 +40,7 @@ from shared.engine.results import (
     TimelineEntry,
     Trip,
     WindowInfo,
+    months,
 )
 from shared.engine.statistics import mean_km, round_km, round_s
 from shared.engine.timeline import join_places
@@ -311,6 +311,7 @@ def assemble(parts: Sequence[DayPart], window: Window, params: EngineParams) -> 
         parameters=params,
         devices=metrics,
         notes=notes,
+        months=months(totals.days),
     )
 
 
@@ -603,37 +604,3 @@ def _total_day(days: list[DayMetrics], sums: Floats, day_s: float, date: dt.date
         places=join_places([d.places for d in days]),
         timeline=[entry for d in days for entry in d.timeline],
     )
-
-
-class Month(_Model):
-    """One calendar month of a summary's days (the days of it inside the window)."""
-
-    month: str
-    """`YYYY-MM`."""
-    days: int
-    points_read: int
-    points_used: int
-    path_km: float
-    time_at_home_s: float
-    time_away_s: float
-    time_unknown_s: float
-
-
-def months(days: Sequence[DayMetrics]) -> list[Month]:
-    """Per calendar month totals of `days` (in order)."""
-    groups: dict[str, list[DayMetrics]] = {}
-    for day in days:
-        groups.setdefault(f"{day.date:%Y-%m}", []).append(day)
-    return [
-        Month(
-            month=name,
-            days=len(group),
-            points_read=sum(d.points_read for d in group),
-            points_used=sum(d.points_used for d in group),
-            path_km=round_km(sum(d.path_km for d in group)),
-            time_at_home_s=round_s(sum(d.time_at_home_s for d in group)),
-            time_away_s=round_s(sum(d.time_away_s for d in group)),
-            time_unknown_s=round_s(sum(d.time_unknown_s for d in group)),
-        )
-        for name, group in groups.items()
-    ]

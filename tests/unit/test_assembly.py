@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.engine import EngineParams, Summary, analyze, day_window
-from shared.engine.assembly import Sketch, day_by_day, months
+from shared.engine.assembly import Sketch, day_by_day
 from shared.engine.points import US_PER_S, Points
+from shared.engine.results import months
 from shared.engine.statistics import exact_median
 
 HOME = (52.52, 13.405)
