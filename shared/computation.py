@@ -41,7 +41,7 @@ from shared.storage import (
 )
 
 if TYPE_CHECKING:
-    from shared.engine import Analysis
+    from shared.engine import Analysis, EngineParams
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +221,8 @@ class Computation:
             params = EngineParams.model_validate(job.parameters)
         except ValidationError as exc:
             raise JobFailure(f"the job's parameters are invalid: {events.describe(exc)}") from None
+        if job.date_from != job.date_to:
+            return self._compute_range(job, params), None
         window = day_window(job.date_from, job.date_to, job.timezone)
         start, end = read_range(window, params)
         metrics = telemetry.instruments()
@@ -299,6 +301,55 @@ class Computation:
             }
             folder = self.storage.csv_output_path
             return facts, None if folder is None else stage_compat_copy(folder, keys.csv_name, csv)
+
+    def _compute_range(self, job: Job, params: EngineParams) -> dict[str, Any]:
+        """A range job's results, device-day by device-day (see `shared.ranges`)."""
+        from shared.day_results import DayStore
+        from shared.ranges import RangeComputation, upload_csv
+
+        ranges = RangeComputation(
+            connection=self.connection,
+            days=DayStore(self.jobs.connection, self.jobs.schema),
+            objects=self.objects,
+            max_csv_rows=self.storage.max_csv_rows,
+        )
+        with telemetry.span("range", attributes={"job.id": str(job.id)}):
+            try:
+                outcome = ranges.run(
+                    job.id,
+                    job.date_from,
+                    job.date_to,
+                    job.device_id,
+                    job.timezone,
+                    job.parameters,
+                    params,
+                )
+            except psycopg.Error as exc:
+                from shared.locations import read_error_message
+
+                status = (
+                    HTTPStatus.SERVICE_UNAVAILABLE
+                    if isinstance(exc, psycopg.OperationalError)
+                    else HTTPStatus.INTERNAL_SERVER_ERROR
+                )
+                raise ReadFailed(read_error_message(exc), status) from exc
+        keys = result_keys(job.id, job.attempts, job.date_from, job.date_to, job.device_id)
+        assert job.lease_token is not None
+        self.jobs.holds(job.id, job.lease_token)  # cancelled meanwhile: upload nothing more
+        digest, size = upload_csv(self.objects, keys.csv_key, outcome.csv)
+        summary = outcome.summary
+        self._upload_json(keys.summary_key, summary.model_dump_json(indent=2).encode())
+        log.info(
+            "range computed",
+            extra={"reused_days": outcome.reused, "computed_days": outcome.computed},
+        )
+        return {
+            "result": summary.model_dump(mode="json"),
+            "csv_key": keys.csv_key,
+            "summary_key": keys.summary_key,
+            "csv_bytes": size,
+            "csv_sha256": digest,
+        }
 
 
 KNOWN_DEVICES_SHOWN = 20

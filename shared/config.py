@@ -288,7 +288,7 @@ class StorageSettings(SettingsGroup):
 class JobSettings(SettingsGroup):
     """Job lifecycle: request limits, leases, retries and retention."""
 
-    max_range_days: Annotated[int, Field(ge=1, le=366)] = 31
+    max_range_days: Annotated[int, Field(ge=1, le=366)] = 366
     job_lease_seconds: Annotated[int, Field(ge=5)] = 300
     job_max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
     job_retention_days: Annotated[int, Field(ge=1)] = 30

@@ -1,0 +1,242 @@
+"""Computing a range job device-day by device-day: plan the days, reuse the kept ones
+whose key and fingerprint match, compute the rest a chunk of days per read (each day with
+its own context), keep them, and assemble the range's summary and CSV from the days.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import tempfile
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from shared.day_results import DayStore, KeptDay, day_key, scan_buckets
+from shared.db import ConnectionSource
+from shared.storage import CSV_TYPE, ObjectStore, sha256_of
+
+if TYPE_CHECKING:
+    from shared.engine import Analysis, EngineParams, Window
+    from shared.engine.assembly import DayPart
+
+CHUNK_DAYS = 31
+"""Days computed from one read: a month of fixes plus a day of context on each side."""
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _utc(us: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(microseconds=us)
+
+
+@dataclass(frozen=True)
+class RangeResult:
+    """The range's summary and CSV, and what the days did."""
+
+    summary: Any
+    csv: bytes
+    csv_rows: int
+    over_cap: bool
+    reused: int
+    computed: int
+
+
+@dataclass(frozen=True)
+class RangeComputation:
+    """What a range needs: the points' database, the kept days, the object store."""
+
+    connection: ConnectionSource
+    days: DayStore
+    objects: ObjectStore
+    max_csv_rows: int
+    _bodies: dict[tuple[str, dt.date], bytes] = field(default_factory=dict)
+    """The CSVs of the device-days computed by this run."""
+
+    def run(
+        self,
+        job_id: Any,
+        first: dt.date,
+        last: dt.date,
+        device_id: str | None,
+        timezone: str,
+        parameters: dict[str, Any],
+        params: EngineParams,
+    ) -> RangeResult:
+        """The range `first`..`last`, from kept days where they still hold."""
+        from shared.engine import day_window, read_range
+        from shared.engine.assembly import ASSEMBLY_VERSION, DayPart, assemble
+
+        window = day_window(first, last, timezone)
+        start, end = read_range(window, params)
+        key = day_key(parameters, timezone, ASSEMBLY_VERSION)
+        with self.connection() as conn:
+            buckets = scan_buckets(conn, _utc(start), _utc(end), device_id)
+        kept = self.days.kept(key, first, last, device_id)
+        reads = {
+            date: read_range(day_window(date, date, timezone), params) for date in window.dates
+        }
+        plan = {
+            (device, date): buckets.fingerprint(device, *reads[date])
+            for device in buckets.devices()
+            for date in window.dates
+        }
+        fresh = {
+            cell for cell, fp in plan.items() if cell not in kept or kept[cell].fingerprint != fp
+        }
+        stale_dates = sorted({date for _, date in fresh})
+        computed = self._compute(key, stale_dates, fresh, plan, device_id, window, params)
+        self.days.keep(
+            key,
+            computed.values(),
+            {date: (_utc(reads[date][0]), _utc(reads[date][1])) for date in stale_dates},
+        )
+        days = {cell: kept[cell] for cell in plan if cell not in fresh} | computed
+        self.days.name(job_id, key, days)
+        parts = [DayPart.model_validate(day.part) for day in days.values() if day.part]
+        summary = assemble(parts, window, params)
+        rows = sum(day.csv_rows for day in days.values())
+        ordered = sorted(cell for cell in days if days[cell].csv_rows)
+        over = rows > self.max_csv_rows
+        # Compute writes objects it cannot read back: reused days' rows stay in their own CSVs.
+        whole = not over and all(cell in self._bodies for cell in ordered)
+        csv = self._joined(ordered) if whole else self._index(ordered, days)
+        if not whole:
+            why = (
+                f"{rows} CSV rows exceed MAX_CSV_ROWS ({self.max_csv_rows})"
+                if over
+                else "days were reused from earlier jobs"
+            )
+            note = f"{why}: the CSV lists each device-day's CSV instead of holding the rows"
+            summary = summary.model_copy(update={"notes": [*summary.notes, note]})
+        return RangeResult(summary, csv, rows, over, len(plan) - len(fresh), len(fresh))
+
+    def _compute(
+        self,
+        key: str,
+        dates: list[dt.date],
+        fresh: set[tuple[str, dt.date]],
+        plan: dict[tuple[str, dt.date], str],
+        device_id: str | None,
+        window: Window,
+        params: EngineParams,
+    ) -> dict[tuple[str, dt.date], KeptDay]:
+        """Compute the `fresh` device-days (on `dates`), a chunk of days per read."""
+        from shared.engine import analyze, day_window, read_range
+        from shared.engine.assembly import day_parts, day_points
+        from shared.locations import read_points
+
+        out: dict[tuple[str, dt.date], KeptDay] = {}
+        for chunk in _chunks(dates):
+            lo = read_range(day_window(chunk[0], chunk[0], window.timezone), params)[0]
+            hi = read_range(day_window(chunk[-1], chunk[-1], window.timezone), params)[1]
+            with self.connection() as conn:
+                points = read_points(conn, _utc(lo), _utc(hi), device_id)
+            for date in chunk:
+                day = day_window(date, date, window.timezone)
+                analysis = analyze(day_points(points, *read_range(day, params)), day, params)
+                parts = {part.device_id: part for part in day_parts(analysis)}
+                for device, when in plan:
+                    if when != date or (device, date) not in fresh:
+                        continue
+                    out[(device, date)] = self._keep_day(
+                        key, device, date, plan[(device, date)], parts.get(device), analysis
+                    )
+        return out
+
+    def _keep_day(
+        self,
+        key: str,
+        device: str,
+        date: dt.date,
+        fingerprint: str,
+        part: DayPart | None,
+        analysis: Analysis,
+    ) -> KeptDay:
+        """Upload the device-day's CSV and describe it for keeping."""
+        from shared.export import write_csv
+
+        rows = _device_rows(analysis, device)
+        if part is None or rows is None:
+            return KeptDay(device, date, fingerprint, {}, "", 0)
+        body = io.BytesIO()
+        write_csv(rows, body)
+        csv_key = f"days/{key[:16]}/{_slug(device)}/{date:%Y%m%d}-{fingerprint[:12]}.csv"
+        size = body.tell()
+        body.seek(0)
+        self.objects.upload(csv_key, body, size, CSV_TYPE)
+        self._bodies[(device, date)] = body.getvalue()
+        return KeptDay(
+            device, date, fingerprint, part.model_dump(mode="json"), csv_key, len(rows.points)
+        )
+
+    def _joined(self, cells: list[tuple[str, dt.date]]) -> bytes:
+        """The range's CSV: one header, then each device-day's rows (device, then day)."""
+        from shared.export import CSV_COLUMNS, header
+
+        out = bytearray(header(CSV_COLUMNS))
+        for cell in cells:
+            body = self._bodies[cell]
+            out += body[body.index(b"\n") + 1 :]
+        return bytes(out)
+
+    def _index(self, cells: list[tuple[str, dt.date]], days: dict[Any, KeptDay]) -> bytes:
+        """The CSV of a range over MAX_CSV_ROWS: each device-day's CSV object and rows."""
+        lines = ["date,device_id,rows,csv_key"]
+        lines += [
+            f"{date},{device},{days[(device, date)].csv_rows},{days[(device, date)].csv_key}"
+            for device, date in cells
+        ]
+        return ("\n".join(lines) + "\n").encode()
+
+
+def upload_csv(objects: ObjectStore, key: str, body: bytes) -> tuple[str, int]:
+    """Upload the range's CSV; its digest and size."""
+    with tempfile.TemporaryFile() as file:
+        file.write(body)
+        digest, size = sha256_of(file)
+        objects.upload(key, file, size, CSV_TYPE)
+    return digest, size
+
+
+def _chunks(dates: list[dt.date]) -> list[list[dt.date]]:
+    """Runs of consecutive dates, each at most CHUNK_DAYS long."""
+    chunks: list[list[dt.date]] = []
+    for date in dates:
+        if (
+            chunks
+            and len(chunks[-1]) < CHUNK_DAYS
+            and date - chunks[-1][-1] == dt.timedelta(days=1)
+        ):
+            chunks[-1].append(date)
+        else:
+            chunks.append([date])
+    return chunks
+
+
+def _device_rows(analysis: Analysis, device: str) -> Analysis | None:
+    """The analysis' rows of one device (None when it has none)."""
+    points = analysis.points
+    if device not in points.device_ids:
+        return None
+    code = points.device_ids.index(device)
+    a, b = np.searchsorted(points.device, [code, code + 1])
+    if a == b:
+        return None
+    rows = slice(int(a), int(b))
+    return replace(
+        analysis,
+        points=points.take(np.arange(a, b)),
+        distance_km=analysis.distance_km[rows],
+        segment_km=analysis.segment_km[rows],
+        cumulative_km=analysis.cumulative_km[rows],
+        at_home=analysis.at_home[rows],
+        trip=analysis.trip[rows],
+        stay=analysis.stay[rows],
+        dropped_by=analysis.dropped_by[rows],
+    )
+
+
+def _slug(device: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in device)[:60]
