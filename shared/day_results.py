@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from shared.db import Connection, ConnectionSource
 
@@ -103,12 +102,13 @@ def scan_buckets(
 
 @dataclass(frozen=True)
 class KeptDay:
-    """One kept device-day: its fingerprint, its part (JSON), its CSV object and rows."""
+    """One kept device-day: its fingerprint, its part (JSON text; None when the device had
+    nothing to report that day), its CSV object and rows."""
 
     device_id: str
     day: dt.date
     fingerprint: str
-    part: dict[str, Any]
+    part: str | None
     csv_key: str
     csv_rows: int
 
@@ -126,7 +126,7 @@ class DayStore:
     ) -> dict[tuple[str, dt.date], KeptDay]:
         """The kept days of `key` from `first` to `last` (of one device, or all)."""
         query = sql.SQL(
-            "SELECT device_id, day, fingerprint, part, csv_key, csv_rows FROM {days}"
+            "SELECT device_id, day, fingerprint, part::text, csv_key, csv_rows FROM {days}"
             " WHERE key_hash = %(key)s AND day BETWEEN %(first)s AND %(last)s{device}"
         ).format(
             days=self._days,
@@ -143,7 +143,7 @@ class DayStore:
         """Keep (or replace) `days` under `key`; `reads[day]` is the day's read range."""
         query = sql.SQL(
             "INSERT INTO {days} (key_hash, device_id, day, fingerprint, read_from, read_to,"
-            " part, csv_key, csv_rows) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " part, csv_key, csv_rows) VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)"
             " ON CONFLICT (key_hash, device_id, day) DO UPDATE SET"
             " fingerprint = excluded.fingerprint, read_from = excluded.read_from,"
             " read_to = excluded.read_to, part = excluded.part, csv_key = excluded.csv_key,"
@@ -156,7 +156,7 @@ class DayStore:
                 d.day,
                 d.fingerprint,
                 *reads[d.day],
-                Jsonb(d.part),
+                d.part,
                 d.csv_key,
                 d.csv_rows,
             )

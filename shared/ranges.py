@@ -94,7 +94,7 @@ class RangeComputation:
         )
         days = {cell: kept[cell] for cell in plan if cell not in fresh} | computed
         self.days.name(job_id, key, days)
-        parts = [DayPart.model_validate(day.part) for day in days.values() if day.part]
+        parts = [DayPart.model_validate_json(day.part) for day in days.values() if day.part]
         summary = assemble(parts, window, params)
         rows = sum(day.csv_rows for day in days.values())
         ordered = sorted(cell for cell in days if days[cell].csv_rows)
@@ -159,7 +159,7 @@ class RangeComputation:
 
         rows = _device_rows(analysis, device)
         if part is None or rows is None:
-            return KeptDay(device, date, fingerprint, {}, "", 0)
+            return KeptDay(device, date, fingerprint, None, "", 0)
         body = io.BytesIO()
         write_csv(rows, body)
         csv_key = f"days/{key[:16]}/{_slug(device)}/{date:%Y%m%d}-{fingerprint[:12]}.csv"
@@ -167,9 +167,7 @@ class RangeComputation:
         body.seek(0)
         self.objects.upload(csv_key, body, size, CSV_TYPE)
         self._bodies[(device, date)] = body.getvalue()
-        return KeptDay(
-            device, date, fingerprint, part.model_dump(mode="json"), csv_key, len(rows.points)
-        )
+        return KeptDay(device, date, fingerprint, part.model_dump_json(), csv_key, len(rows.points))
 
     def _joined(self, cells: list[tuple[str, dt.date]]) -> bytes:
         """The range's CSV: one header, then each device-day's rows (device, then day)."""

@@ -12,15 +12,17 @@ stitched back into one; the medians come from the merged sketches (within `SKETC
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import math
+import zlib
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from shared.engine.analysis import analyze
-from shared.engine.arrays import Floats, concat_ranges, device_starts, first_at_or_after
+from shared.engine.arrays import Floats, Ints, concat_ranges, device_starts, first_at_or_after
 from shared.engine.params import EngineParams
 from shared.engine.points import MISSING_TIME, US_PER_S, Points
 from shared.engine.results import (
@@ -66,10 +68,12 @@ class _Model(BaseModel):
 class Sketch(_Model):
     """A mergeable quantile sketch: counts of values per logarithmic bin (signed, so the
     bins' order is the values' order). Merging adds counts; nothing depends on the order
-    the values came in, so the days of a range merge to the range's own sketch."""
+    the values came in, so the days of a range merge to the range's own sketch. Kept as
+    text (zlib and base64 of the bins' steps and counts): a day's sketch holds a thousand
+    bins or more."""
 
-    bins: list[tuple[int, int]] = []
-    """(bin, count), sorted by bin."""
+    bins: str = ""
+    """`encode_bins` of the sorted bins and their counts."""
 
     @staticmethod
     def of(values: Floats) -> Sketch:
@@ -83,28 +87,51 @@ class Sketch(_Model):
         index[big] += 1
         keys = np.where(values < 0, -index, index)
         found, counts = np.unique(keys, return_counts=True)
-        return Sketch(bins=list(zip(found.tolist(), counts.tolist(), strict=True)))
+        return Sketch(bins=encode_bins(found, counts))
+
+    def arrays(self) -> tuple[Ints, Ints]:
+        """The sorted bins and their counts."""
+        return decode_bins(self.bins)
 
     @staticmethod
     def merged(sketches: Iterable[Sketch]) -> Sketch:
         """The sketch of all their values together."""
-        total: dict[int, int] = {}
-        for sketch in sketches:
-            for key, count in sketch.bins:
-                total[key] = total.get(key, 0) + count
-        return Sketch(bins=sorted(total.items()))
+        pairs = [sketch.arrays() for sketch in sketches if sketch.bins]
+        if not pairs:
+            return Sketch()
+        keys = np.concatenate([k for k, _ in pairs])
+        found, at = np.unique(keys, return_inverse=True)
+        counts = np.bincount(at, weights=np.concatenate([c for _, c in pairs]))
+        return Sketch(bins=encode_bins(found, counts.astype(np.int64)))
 
     def median(self) -> float | None:
         """The median of the values (the mean of the two middle ones for an even count),
         each taken as its bin's centre; None for no values."""
-        n = sum(count for _, count in self.bins)
+        keys, counts = self.arrays()
+        n = int(counts.sum())
         if not n:
             return None
-        keys = np.array([key for key, _ in self.bins], dtype=np.int64)
-        ends = np.cumsum([count for _, count in self.bins])
+        ends = np.cumsum(counts)
         ranks = [n // 2] if n % 2 else [n // 2 - 1, n // 2]
         values = [_centre(int(keys[np.searchsorted(ends, rank, side="right")])) for rank in ranks]
         return sum(values) / len(values)
+
+
+def encode_bins(keys: Ints, counts: Ints) -> str:
+    """Sorted bins and their counts as text: the steps between bins and the counts, as
+    little-endian int64, deflated and base64-encoded."""
+    steps = np.diff(keys, prepend=0).astype("<i8")
+    raw = steps.tobytes() + counts.astype("<i8").tobytes()
+    return base64.b64encode(zlib.compress(raw, 6)).decode()
+
+
+def decode_bins(text: str) -> tuple[Ints, Ints]:
+    """The bins and counts `encode_bins` wrote."""
+    if not text:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    raw = np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype="<i8")
+    half = len(raw) // 2
+    return np.cumsum(raw[:half]).astype(np.int64), raw[half:].astype(np.int64)
 
 
 def _centre(key: int) -> float:
@@ -131,7 +158,8 @@ class DayPart(_Model):
     device_id: str
     date: dt.date
     metrics: Metrics
-    """The device's metrics for the day (its one `days` entry included)."""
+    """The device's metrics for the day; its stays, places and timeline are those of its
+    one `days` entry, kept there only."""
     path: float
     path_low: float
     path_high: float
@@ -176,7 +204,8 @@ def day_parts(analysis: Analysis) -> list[DayPart]:
             DayPart(
                 device_id=device_id,
                 date=summary.window.first_day,
-                metrics=metrics,
+                # A day's own lists are the window's: kept once, in its `days` entry.
+                metrics=metrics.model_copy(update={"stays": [], "places": [], "timeline": []}),
                 path=float(sums.path[g, 0]),
                 path_low=float(sums.path_low[g, 0]),
                 path_high=float(sums.path_high[g, 0]),
@@ -346,7 +375,7 @@ class _Stitched:
         renumber: dict[tuple[dt.date, int], int] = {}
         joins: dict[str, int] = {}
         for part in parts:
-            for stay in part.metrics.stays:
+            for stay in part.metrics.days[0].stays:
                 if stays and _continues(stays[-1], stay) and _same_place(stays[-1], stay):
                     stays[-1] = _join_stays(stays[-1], stay)
                     joins[stay.place] = joins.get(stay.place, 0) + 1
@@ -356,7 +385,9 @@ class _Stitched:
         timeline: list[TimelineEntry] = []
         day_lists: dict[dt.date, tuple[list[Stay], list[TimelineEntry]]] = {}
         for part in parts:
-            entries = [_renumbered(entry, part.date, renumber) for entry in part.metrics.timeline]
+            entries = [
+                _renumbered(entry, part.date, renumber) for entry in part.metrics.days[0].timeline
+            ]
             for entry in entries:
                 if timeline and _continues_entry(timeline[-1], entry):
                     timeline[-1] = _join_entries(timeline[-1], entry)
@@ -367,7 +398,7 @@ class _Stitched:
                 [s.model_copy(update={"id": renumber[(part.date, s.id)]}) for s in day.stays],
                 [_renumbered(entry, part.date, renumber) for entry in day.timeline],
             )
-        places = join_places([part.metrics.places for part in parts])
+        places = join_places([part.metrics.days[0].places for part in parts])
         places = [
             visit.model_copy(update={"visits": visit.visits - joins[visit.place]})
             if visit.place in joins

@@ -11,7 +11,8 @@ CREATE TABLE day_results (
     fingerprint text NOT NULL,
     read_from timestamptz NOT NULL,
     read_to timestamptz NOT NULL,
-    part jsonb NOT NULL,
+    -- The day's part for assembly; NULL when the device had nothing to report that day.
+    part jsonb,
     csv_key text NOT NULL,
     csv_rows bigint NOT NULL,
     computed_at timestamptz NOT NULL DEFAULT now(),
