@@ -93,7 +93,7 @@ def _dev(args: argparse.Namespace) -> int:
         # Before anything starts: a database that is missing or refuses is one clear line,
         # not a broker and four functions started only to be stopped again.
         db.connect(config.load(config.DatabaseSettings)).close()
-        return run_dev(sys.stdout, args.sweep_interval, args.local_s3)
+        return run_dev(sys.stdout, args.sweep_interval, args.local_s3, args.compute_workers)
     except KeyboardInterrupt:
         sys.stderr.write("otel-worker dev: interrupted while starting; stopped what had started\n")
         return 130
@@ -520,6 +520,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="start a SeaweedFS S3 server with its data in DIR and use it",
+    )
+    dev.add_argument(
+        "--compute-workers",
+        type=int,
+        default=3,
+        metavar="N",
+        help="compute processes taking deliveries in turn, as pods would (3)",
     )
     dev.set_defaults(handler=_development(_dev))
 

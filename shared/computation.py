@@ -24,7 +24,9 @@ from pydantic import ValidationError
 
 from shared import events, telemetry
 from shared.config import StorageSettings
+from shared.contracts import DayRequested
 from shared.db import ConnectionSource, DatabaseUnavailable
+from shared.engine.params import EngineParams
 from shared.errors import OtelWorkerError, one_line
 from shared.job_view import outcome_event
 from shared.jobs import ClaimResult, Job, JobStatus, JobStore, LeaseLost
@@ -41,13 +43,18 @@ from shared.storage import (
 )
 
 if TYPE_CHECKING:
-    from shared.engine import Analysis, EngineParams
+    from shared.engine import Analysis
+    from shared.ranges import RangeComputation, RangePlan
 
 log = logging.getLogger(__name__)
 
 
 class JobFailure(OtelWorkerError):
     """The job can never succeed as asked (too many points, bad parameters): fail it."""
+
+
+class Deferred(OtelWorkerError):
+    """The job's days were announced: it stays processing until its last day is in."""
 
 
 class ReadFailed(OtelWorkerError):
@@ -83,6 +90,9 @@ class Computation:
     worker: str
     source: str
     lease_seconds: float
+    publisher: events.Publisher | None = None
+    """Where a range job's `day.requested` events go (the broker); None computes its days
+    in the attempt that claimed the job."""
 
     def run(self, job_id: uuid.UUID) -> Outcome:
         """Handle one delivery of `job.queued` for `job_id`."""
@@ -114,13 +124,15 @@ class Computation:
         except LeaseLost as exc:
             # Cancelled (or taken over) while it computed: stopped before uploading anything.
             return Outcome(HTTPStatus.OK, None, str(exc))
+        except Deferred as exc:
+            return Outcome(HTTPStatus.OK, None, str(exc))
         except JobFailure as exc:
             reason = one_line(str(exc), ERROR_MESSAGE_LIMIT)
             return self._fenced(lambda: self.jobs.fail(job.id, token, reason))
         except ReadFailed as exc:
             log.warning("attempt failed reading the fixes", exc_info=exc.__cause__)
             return self._release(job, token, one_line(str(exc), ERROR_MESSAGE_LIMIT), exc.status)
-        except (DatabaseUnavailable, StorageUnavailable) as exc:
+        except (DatabaseUnavailable, StorageUnavailable, events.PublishError) as exc:
             log.warning("attempt failed, dependency down", extra={"error": str(exc)})
             return self._release(
                 job, token, one_line(str(exc), ERROR_MESSAGE_LIMIT), HTTPStatus.SERVICE_UNAVAILABLE
@@ -302,37 +314,57 @@ class Computation:
             folder = self.storage.csv_output_path
             return facts, None if folder is None else stage_compat_copy(folder, keys.csv_name, csv)
 
-    def _compute_range(self, job: Job, params: EngineParams) -> dict[str, Any]:
-        """A range job's results, device-day by device-day (see `shared.ranges`)."""
+    def _ranges(self) -> RangeComputation:
         from shared.day_results import DayStore
-        from shared.ranges import RangeComputation, upload_csv
+        from shared.ranges import RangeComputation
 
-        ranges = RangeComputation(
+        return RangeComputation(
             connection=self.connection,
             days=DayStore(self.jobs.connection, self.jobs.schema),
             objects=self.objects,
             max_csv_rows=self.storage.max_csv_rows,
         )
-        with telemetry.span("range", attributes={"job.id": str(job.id)}):
-            try:
-                outcome = ranges.run(
-                    job.id,
-                    job.date_from,
-                    job.date_to,
-                    job.device_id,
-                    job.timezone,
-                    job.parameters,
-                    params,
-                )
-            except psycopg.Error as exc:
-                from shared.locations import read_error_message
 
-                status = (
-                    HTTPStatus.SERVICE_UNAVAILABLE
-                    if isinstance(exc, psycopg.OperationalError)
-                    else HTTPStatus.INTERNAL_SERVER_ERROR
+    def _plan(self, ranges: RangeComputation, job: Job, params: EngineParams) -> RangePlan:
+        try:
+            return ranges.plan(
+                job.date_from, job.date_to, job.device_id, job.timezone, job.parameters, params
+            )
+        except psycopg.Error as exc:
+            raise _read_failed(exc) from exc
+
+    def _compute_range(
+        self, job: Job, params: EngineParams, *, fan_out: bool = True
+    ) -> dict[str, Any]:
+        """A range job's results, device-day by device-day (see `shared.ranges`). With a
+        broker to publish to, the days to compute are announced as `day.requested` events
+        (`Deferred`: the last day's compute assembles the job); else computed here."""
+        from shared.ranges import upload_csv
+
+        ranges = self._ranges()
+        with telemetry.span("plan days", attributes={"job.id": str(job.id)}):
+            plan = self._plan(ranges, job, params)
+        fresh = plan.fresh()
+        if fresh and fan_out and self.publisher is not None:
+            announce = ranges.days.plan(job.id, plan.key, plan.holding, fresh)
+            for device_id, day in announce:
+                data = DayRequested(job_id=job.id, device_id=device_id, day=day)
+                self.publisher.publish(
+                    events.new_event(
+                        events.DAY_REQUESTED,
+                        data,
+                        source=self.source,
+                        subject=str(job.id),
+                        traceparent=telemetry.traceparent(),
+                    )
                 )
-                raise ReadFailed(read_error_message(exc), status) from exc
+            raise Deferred(f"job {job.id} waits for {len(fresh)} device-day(s)")
+        with telemetry.span("range", attributes={"job.id": str(job.id), "days": len(fresh)}):
+            try:
+                outcome = ranges.finish(plan)
+            except psycopg.Error as exc:
+                raise _read_failed(exc) from exc
+        ranges.days.plan(job.id, plan.key, plan.cells, [])  # the days its result names
         keys = result_keys(job.id, job.attempts, job.date_from, job.date_to, job.device_id)
         assert job.lease_token is not None
         self.jobs.holds(job.id, job.lease_token)  # cancelled meanwhile: upload nothing more
@@ -351,6 +383,68 @@ class Computation:
             "csv_sha256": digest,
         }
 
+    def run_day(self, job_id: uuid.UUID, device_id: str, day: dt.date) -> Outcome:
+        """Handle one delivery of `day.requested`: compute and keep the device-day, and
+        when it is the job's last, assemble and complete the job (exactly once: the
+        completion is fenced by the job's lease)."""
+        from shared.day_results import DayState
+
+        ranges = self._ranges()
+        what = f"day {day} of {device_id} for job {job_id}"
+        claim = ranges.days.claim(
+            job_id, device_id, day, self.lease_seconds, self.jobs.settings.job_max_attempts
+        )
+        if claim.state == DayState.BUSY:
+            return Outcome(HTTPStatus.CONFLICT, None, f"{what} is being computed")
+        if claim.state in (DayState.GONE, DayState.DONE):
+            # A repeated event, or a cancelled job's: nothing to do, nothing to retry.
+            return Outcome(HTTPStatus.OK, None, f"{what} is {claim.state.value}")
+        job = self.jobs.get(job_id)
+        if job is None or job.finished:
+            if claim.token is not None:
+                ranges.days.release(job_id, device_id, day, claim.token, "", final=True)
+            return Outcome(HTTPStatus.OK, None, f"job {job_id} is no longer being computed")
+        if claim.state == DayState.EXHAUSTED:
+            reason = f"{what} failed {self.jobs.settings.job_max_attempts} attempts"
+            if job.lease_token is None:
+                return Outcome(HTTPStatus.OK, None, reason)  # its next attempt plans again
+            token = job.lease_token
+            return self._fenced(lambda: self.jobs.fail(job.id, token, reason))
+        assert claim.token is not None
+        # A job the sweep requeued meanwhile still wants the day: its next attempt reuses
+        # it, and assembles the job itself should this day be the last.
+        try:
+            params = EngineParams.model_validate(job.parameters)
+            plan = self._plan(ranges, job, params)
+            cell = (device_id, day)
+            if cell in plan.cells and cell not in plan.holding:
+                ranges.compute_day(plan, cell)
+        except Exception as exc:
+            final = claim.attempt >= self.jobs.settings.job_max_attempts
+            status = HTTPStatus.SERVICE_UNAVAILABLE
+            if not isinstance(exc, (DatabaseUnavailable, StorageUnavailable, ReadFailed)):
+                log.exception("device-day failed unexpectedly")
+                status = HTTPStatus.INTERNAL_SERVER_ERROR
+            error = one_line(str(exc), ERROR_MESSAGE_LIMIT)
+            ranges.days.release(job_id, device_id, day, claim.token, error, final=final)
+            return Outcome(status, None, f"{what}: {error}")
+        left = ranges.days.finish(job_id, device_id, day, claim.token)
+        if left != 0 or job.status != JobStatus.PROCESSING:
+            return Outcome(HTTPStatus.OK, None, f"{what} done; {left} left")
+        return self._assemble(job, params)
+
+    def _assemble(self, job: Job, params: EngineParams) -> Outcome:
+        """Complete a range job whose days are all in (the last day's compute does this)."""
+        assert job.lease_token is not None
+        token = job.lease_token
+        try:
+            facts = self._compute_range(job, params, fan_out=False)
+            completed = self.jobs.complete(job.id, token, **facts)
+        except LeaseLost as exc:
+            # Another compute assembled it first, or the job was cancelled or taken over.
+            return Outcome(HTTPStatus.OK, None, str(exc))
+        return self._finished(completed)
+
 
 KNOWN_DEVICES_SHOWN = 20
 """At most this many known device ids in the note about an unknown device."""
@@ -368,6 +462,17 @@ def unknown_device_note(device_id: str, known: list[str]) -> str:
         f"device {device_id!r} has no fixes at all in public.locations; "
         f"devices with fixes: {shown}{more}"
     )
+
+
+def _read_failed(exc: psycopg.Error) -> ReadFailed:
+    status = (
+        HTTPStatus.SERVICE_UNAVAILABLE
+        if isinstance(exc, psycopg.OperationalError)
+        else HTTPStatus.INTERNAL_SERVER_ERROR
+    )
+    from shared.locations import read_error_message
+
+    return ReadFailed(read_error_message(exc), status)
 
 
 def _publish(copy: StagedCopy) -> None:

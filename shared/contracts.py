@@ -177,6 +177,14 @@ class JobQueued(_Contract):
     job_id: UUID
 
 
+class DayRequested(_Contract):
+    """Data of `day.requested`: one device-day of a range job is to be computed."""
+
+    job_id: UUID
+    device_id: Annotated[str, Field(min_length=1, max_length=100)]
+    day: dt.date
+
+
 class Download(_Contract):
     """A presigned link to one result object."""
 

@@ -13,8 +13,10 @@ is one query; it changes when a fix is added, removed or edited, whatever its cr
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import hashlib
 import json
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -167,14 +169,136 @@ class DayStore:
         with self._connection() as conn, conn.cursor() as cursor:
             cursor.executemany(query, rows)
 
-    def name(self, job_id: Any, key: str, days: Iterable[tuple[str, dt.date]]) -> None:
-        """Record that the job's result names these kept days (retention keeps them)."""
+    def plan(
+        self,
+        job_id: uuid.UUID,
+        key: str,
+        done: Iterable[tuple[str, dt.date]],
+        queued: Iterable[tuple[str, dt.date]],
+    ) -> list[tuple[str, dt.date]]:
+        """Record the job's device-days: `done` ones (kept and still holding) and `queued`
+        ones to compute. A day some compute holds under a live lease is left to it. Returns
+        the queued days to announce."""
         query = sql.SQL(
-            "INSERT INTO {named} (job_id, key_hash, device_id, day) VALUES (%s, %s, %s, %s)"
-            " ON CONFLICT DO NOTHING"
+            "INSERT INTO {named} (job_id, device_id, day, key_hash, status)"
+            " SELECT %(job)s, device, day, %(key)s, status"
+            " FROM unnest(%(devices)s::text[], %(days)s::date[], %(statuses)s::text[])"
+            " AS plan(device, day, status)"
+            " ON CONFLICT (job_id, device_id, day) DO UPDATE SET key_hash = excluded.key_hash,"
+            " status = excluded.status, attempts = 0, lease_token = NULL,"
+            " lease_expires_at = NULL, error_message = NULL"
+            " WHERE NOT ({named}.status = 'processing' AND {named}.lease_expires_at > now())"
+            " RETURNING device_id, day, status"
         ).format(named=self._named)
-        rows = [(job_id, key, device, day) for device, day in days]
-        if not rows:
-            return
-        with self._connection() as conn, conn.cursor() as cursor:
-            cursor.executemany(query, rows)
+        cells = [(*cell, "done") for cell in done] + [(*cell, "queued") for cell in queued]
+        if not cells:
+            return []
+        params = {
+            "job": job_id,
+            "key": key,
+            "devices": [device for device, _, _ in cells],
+            "days": [day for _, day, _ in cells],
+            "statuses": [status for _, _, status in cells],
+        }
+        with self._connection() as conn:
+            rows = conn.execute(query, params).fetchall()
+        return sorted((device, day) for device, day, status in rows if status == "queued")
+
+    def claim(
+        self, job_id: uuid.UUID, device_id: str, day: dt.date, lease_s: float, max_attempts: int
+    ) -> DayClaim:
+        """Take the device-day for one attempt (a new lease), or say why not."""
+        where = sql.SQL("job_id = %(job)s AND device_id = %(device)s AND day = %(day)s")
+        take = sql.SQL(
+            "UPDATE {named} SET status = 'processing', attempts = attempts + 1,"
+            " lease_token = gen_random_uuid(),"
+            " lease_expires_at = now() + make_interval(secs => %(lease)s)"
+            " WHERE {where} AND attempts < %(max)s AND (status = 'queued'"
+            " OR (status = 'processing' AND lease_expires_at <= now()))"
+            " RETURNING lease_token, attempts, key_hash"
+        ).format(named=self._named, where=where)
+        look = sql.SQL(
+            "SELECT status, lease_expires_at > now(), key_hash FROM {named} WHERE {where}"
+        ).format(named=self._named, where=where)
+        params = {
+            "job": job_id,
+            "device": device_id,
+            "day": day,
+            "lease": lease_s,
+            "max": max_attempts,
+        }
+        with self._connection() as conn:
+            row = conn.execute(take, params).fetchone()
+            if row is not None:
+                return DayClaim(DayState.CLAIMED, row[0], row[1], row[2])
+            seen = conn.execute(look, params).fetchone()
+        if seen is None or seen[0] in ("cancelled", "failed"):
+            return DayClaim(DayState.GONE)
+        if seen[0] == "done":
+            return DayClaim(DayState.DONE, key=seen[2])
+        if seen[0] == "processing" and seen[1]:
+            return DayClaim(DayState.BUSY)
+        return DayClaim(DayState.EXHAUSTED, key=seen[2])
+
+    def finish(
+        self, job_id: uuid.UUID, device_id: str, day: dt.date, token: uuid.UUID
+    ) -> int | None:
+        """Mark the day done, fenced by its lease `token`; then the job's days not yet done
+        (counted after the commit, so whichever compute finishes last sees none), or None
+        when the lease was lost."""
+        done = sql.SQL(
+            "UPDATE {named} SET status = 'done', lease_token = NULL, lease_expires_at = NULL,"
+            " error_message = NULL WHERE job_id = %s AND device_id = %s AND day = %s"
+            " AND lease_token = %s"
+        ).format(named=self._named)
+        left = sql.SQL("SELECT count(*) FROM {named} WHERE job_id = %s AND status <> 'done'")
+        with self._connection() as conn:
+            if conn.execute(done, (job_id, device_id, day, token)).rowcount != 1:
+                return None
+        with self._connection() as conn:
+            row = conn.execute(left.format(named=self._named), (job_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def release(
+        self,
+        job_id: uuid.UUID,
+        device_id: str,
+        day: dt.date,
+        token: uuid.UUID,
+        error: str,
+        *,
+        final: bool,
+    ) -> None:
+        """Give the day back after a failed attempt (queued again, or failed if `final`)."""
+        query = sql.SQL(
+            "UPDATE {named} SET status = %s, lease_token = NULL, lease_expires_at = NULL,"
+            " error_message = %s WHERE job_id = %s AND device_id = %s AND day = %s"
+            " AND lease_token = %s"
+        ).format(named=self._named)
+        status = "failed" if final else "queued"
+        with self._connection() as conn:
+            conn.execute(query, (status, error, job_id, device_id, day, token))
+
+
+class DayState(enum.Enum):
+    """What claiming a device-day found."""
+
+    CLAIMED = "claimed"
+    DONE = "done"
+    """Computed already (a repeated event)."""
+    BUSY = "busy"
+    """Another compute holds it under a live lease."""
+    GONE = "gone"
+    """Not a day of a live job (cancelled, failed, pruned or never planned)."""
+    EXHAUSTED = "exhausted"
+    """Its attempts are used up."""
+
+
+@dataclass(frozen=True)
+class DayClaim:
+    """The outcome of `DayStore.claim`: the lease token and attempt when claimed."""
+
+    state: DayState
+    token: uuid.UUID | None = None
+    attempt: int = 0
+    key: str | None = None

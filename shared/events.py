@@ -34,7 +34,8 @@ JOB_QUEUED = f"{PREFIX}.job.queued.v1"
 JOB_COMPLETED = f"{PREFIX}.job.completed.v1"
 JOB_FAILED = f"{PREFIX}.job.failed.v1"
 JOB_CANCELLED = f"{PREFIX}.job.cancelled.v1"
-EMITTED = (JOB_ACCEPTED, JOB_QUEUED, JOB_COMPLETED, JOB_FAILED, JOB_CANCELLED)
+DAY_REQUESTED = f"{PREFIX}.day.requested.v1"
+EMITTED = (JOB_ACCEPTED, JOB_QUEUED, JOB_COMPLETED, JOB_FAILED, JOB_CANCELLED, DAY_REQUESTED)
 """Every type this system emits (`distance.requested` comes from callers)."""
 
 OUTBOUND = (JOB_ACCEPTED, JOB_COMPLETED, JOB_FAILED, JOB_CANCELLED)
@@ -48,6 +49,7 @@ DATA_MODELS: dict[str, type[BaseModel]] = {
     JOB_COMPLETED: contracts.JobOutcome,
     JOB_FAILED: contracts.JobOutcome,
     JOB_CANCELLED: contracts.JobOutcome,
+    DAY_REQUESTED: contracts.DayRequested,
 }
 """The pydantic model of each event type's data."""
 

@@ -32,6 +32,28 @@ def _utc(us: int) -> dt.datetime:
 
 
 @dataclass(frozen=True)
+class RangePlan:
+    """A range's device-days: the key, the fingerprint of each (device, day) with rows in
+    its read now, and the kept days that still hold."""
+
+    key: str
+    window: Window
+    device_id: str | None
+    params: EngineParams
+    reads: dict[dt.date, tuple[int, int]]
+    cells: dict[tuple[str, dt.date], str]
+    holding: dict[tuple[str, dt.date], KeptDay]
+
+    def fresh(self) -> list[tuple[str, dt.date]]:
+        """The device-days to compute: missing, or kept under another fingerprint."""
+        return sorted(cell for cell in self.cells if cell not in self.holding)
+
+    def read_times(self, dates: list[dt.date]) -> dict[dt.date, tuple[dt.datetime, ...]]:
+        """The read range of each of `dates` as UTC datetimes."""
+        return {date: (_utc(self.reads[date][0]), _utc(self.reads[date][1])) for date in dates}
+
+
+@dataclass(frozen=True)
 class RangeResult:
     """The range's summary and CSV, and what the days did."""
 
@@ -54,94 +76,106 @@ class RangeComputation:
     _bodies: dict[tuple[str, dt.date], bytes] = field(default_factory=dict)
     """The CSVs of the device-days computed by this run."""
 
-    def run(
+    def plan(
         self,
-        job_id: Any,
         first: dt.date,
         last: dt.date,
         device_id: str | None,
         timezone: str,
         parameters: dict[str, Any],
         params: EngineParams,
-    ) -> RangeResult:
-        """The range `first`..`last`, from kept days where they still hold."""
+    ) -> RangePlan:
+        """The range's device-days, their fingerprints now, and which kept ones hold."""
         from shared.engine import day_window, read_range
-        from shared.engine.assembly import ASSEMBLY_VERSION, DayPart, assemble
+        from shared.engine.assembly import ASSEMBLY_VERSION
 
         window = day_window(first, last, timezone)
         start, end = read_range(window, params)
         key = day_key(parameters, timezone, ASSEMBLY_VERSION)
+        # Fingerprints first, then the reads: a fix landing in between is in the day's
+        # result but not its fingerprint, which only makes the next job compute it again.
         with self.connection() as conn:
             buckets = scan_buckets(conn, _utc(start), _utc(end), device_id)
         kept = self.days.kept(key, first, last, device_id)
         reads = {
             date: read_range(day_window(date, date, timezone), params) for date in window.dates
         }
-        plan = {
+        cells = {
             (device, date): buckets.fingerprint(device, *reads[date])
             for device in buckets.devices()
             for date in window.dates
         }
-        fresh = {
-            cell for cell, fp in plan.items() if cell not in kept or kept[cell].fingerprint != fp
+        holding = {
+            cell: kept[cell]
+            for cell, fp in cells.items()
+            if cell in kept and kept[cell].fingerprint == fp
         }
+        return RangePlan(key, window, device_id, params, reads, cells, holding)
+
+    def finish(self, plan: RangePlan) -> RangeResult:
+        """Compute the plan's missing or stale days here, keep them, and assemble."""
+        from shared.engine.assembly import DayPart, assemble
+
+        fresh = plan.fresh()
         stale_dates = sorted({date for _, date in fresh})
-        computed = self._compute(key, stale_dates, fresh, plan, device_id, window, params)
-        self.days.keep(
-            key,
-            computed.values(),
-            {date: (_utc(reads[date][0]), _utc(reads[date][1])) for date in stale_dates},
-        )
-        days = {cell: kept[cell] for cell in plan if cell not in fresh} | computed
-        self.days.name(job_id, key, days)
+        computed = self._compute(plan, stale_dates, set(fresh))
+        self.days.keep(plan.key, computed.values(), plan.read_times(stale_dates))
+        days = plan.holding | computed
         parts = [DayPart.model_validate_json(day.part) for day in days.values() if day.part]
-        summary = assemble(parts, window, params)
+        summary = assemble(parts, plan.window, plan.params)
         rows = sum(day.csv_rows for day in days.values())
         ordered = sorted(cell for cell in days if days[cell].csv_rows)
         over = rows > self.max_csv_rows
-        # Compute writes objects it cannot read back: reused days' rows stay in their own CSVs.
+        # Compute writes objects it cannot read back: the rows of days this run did not
+        # compute stay in their own CSVs.
         whole = not over and all(cell in self._bodies for cell in ordered)
         csv = self._joined(ordered) if whole else self._index(ordered, days)
         if not whole:
             why = (
                 f"{rows} CSV rows exceed MAX_CSV_ROWS ({self.max_csv_rows})"
                 if over
-                else "days were reused from earlier jobs"
+                else "its days were computed apart"
             )
             note = f"{why}: the CSV lists each device-day's CSV instead of holding the rows"
             summary = summary.model_copy(update={"notes": [*summary.notes, note]})
-        return RangeResult(summary, csv, rows, over, len(plan) - len(fresh), len(fresh))
+        return RangeResult(summary, csv, rows, over, len(plan.holding), len(computed))
+
+    def compute_day(self, plan: RangePlan, cell: tuple[str, dt.date]) -> None:
+        """Compute and keep one device-day of `plan` (as a fanned-out day does)."""
+        computed = self._compute(plan, [cell[1]], {cell})
+        self.days.keep(plan.key, computed.values(), plan.read_times([cell[1]]))
 
     def _compute(
-        self,
-        key: str,
-        dates: list[dt.date],
-        fresh: set[tuple[str, dt.date]],
-        plan: dict[tuple[str, dt.date], str],
-        device_id: str | None,
-        window: Window,
-        params: EngineParams,
+        self, plan: RangePlan, dates: list[dt.date], fresh: set[tuple[str, dt.date]]
     ) -> dict[tuple[str, dt.date], KeptDay]:
-        """Compute the `fresh` device-days (on `dates`), a chunk of days per read."""
+        """Compute the `fresh` device-days (on `dates`), a chunk of days per read (of the
+        one device when only one is fresh)."""
         from shared.engine import analyze, day_window, read_range
         from shared.engine.assembly import day_parts, day_points
         from shared.locations import read_points
 
         out: dict[tuple[str, dt.date], KeptDay] = {}
+        devices = {device for device, _ in fresh}
+        device_id = plan.device_id if len(devices) > 1 else next(iter(devices), None)
+        timezone, params = plan.window.timezone, plan.params
         for chunk in _chunks(dates):
-            lo = read_range(day_window(chunk[0], chunk[0], window.timezone), params)[0]
-            hi = read_range(day_window(chunk[-1], chunk[-1], window.timezone), params)[1]
+            lo, hi = plan.reads[chunk[0]][0], plan.reads[chunk[-1]][1]
             with self.connection() as conn:
                 points = read_points(conn, _utc(lo), _utc(hi), device_id)
             for date in chunk:
-                day = day_window(date, date, window.timezone)
+                day = day_window(date, date, timezone)
                 analysis = analyze(day_points(points, *read_range(day, params)), day, params)
                 parts = {part.device_id: part for part in day_parts(analysis)}
-                for device, when in plan:
+                for device, when in plan.cells:
                     if when != date or (device, date) not in fresh:
                         continue
                     out[(device, date)] = self._keep_day(
-                        key, device, date, plan[(device, date)], parts.get(device), analysis
+                        plan.key,
+                        device,
+                        date,
+                        plan.cells[(device, date)],
+                        parts.get(device),
+                        analysis,
                     )
         return out
 

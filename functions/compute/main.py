@@ -19,7 +19,7 @@ import psycopg
 
 from shared import clients, config, events, telemetry, web
 from shared.computation import Computation
-from shared.contracts import JobQueued
+from shared.contracts import DayRequested, JobQueued
 from shared.http_function import HttpFunction
 from shared.logs import log_context
 
@@ -36,6 +36,7 @@ def _computation() -> Computation:
         worker=clients.worker_name(),
         source=clients.event_source(FUNCTION),
         lease_seconds=config.load(config.JobSettings).job_lease_seconds,
+        publisher=clients.publisher(),
     )
 
 
@@ -52,15 +53,29 @@ def _serve(request: flask.Request) -> flask.Response:
     if request.method != "POST":
         raise web.method_not_allowed(request, "POST")
     event = events.parse(web.request_headers(request), request.get_data())
-    if event["type"] != events.JOB_QUEUED:
-        raise events.EventError(f"type: expected {events.JOB_QUEUED}, got {event['type']}")
-    job_id = events.data_as(event, JobQueued).job_id
+    if event["type"] not in (events.JOB_QUEUED, events.DAY_REQUESTED):
+        raise events.EventError(
+            f"type: expected {events.JOB_QUEUED} or {events.DAY_REQUESTED}, got {event['type']}"
+        )
     parent = {"traceparent": event["traceparent"]} if event.get("traceparent") else None
     computation = _function.service()
-    with log_context(job_id=str(job_id)), telemetry.span("compute job", parent=parent) as span:
-        span.set_attribute("job.id", str(job_id))
-        outcome = computation.run(job_id)
-        log.info("delivery handled", extra={"status": outcome.status, "detail": outcome.detail})
+    if event["type"] == events.DAY_REQUESTED:
+        day = events.data_as(event, DayRequested)
+        with (
+            log_context(job_id=str(day.job_id)),
+            telemetry.span("compute day", parent=parent) as span,
+        ):
+            span.set_attribute("job.id", str(day.job_id))
+            outcome = computation.run_day(day.job_id, day.device_id, day.day)
+    else:
+        job_id = events.data_as(event, JobQueued).job_id
+        with (
+            log_context(job_id=str(job_id)),
+            telemetry.span("compute job", parent=parent) as span,
+        ):
+            span.set_attribute("job.id", str(job_id))
+            outcome = computation.run(job_id)
+    log.info("delivery handled", extra={"status": outcome.status, "detail": outcome.detail})
     if outcome.event is not None:
         return web.event_response(outcome.event)
     if outcome.status < HTTPStatus.BAD_REQUEST:

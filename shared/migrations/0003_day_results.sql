@@ -21,13 +21,39 @@ CREATE TABLE day_results (
     CONSTRAINT day_results_csv_rows_check CHECK (csv_rows >= 0)
 );
 
--- The kept days a job's result names: retention keeps a day (and its CSV object) while a
--- kept job names it.
+-- The device-days of each range job: the ones it reused ('done' from the start) and the
+-- ones it announced as day.requested events, each claimed, fenced and retried like a job
+-- (attempts, a lease while one compute works on it). Deleted with the job; while a kept
+-- job names a kept day here, retention keeps that day and its object.
 CREATE TABLE job_days (
     job_id uuid NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-    key_hash text NOT NULL,
     device_id varchar(100) NOT NULL,
     day date NOT NULL,
-    CONSTRAINT job_days_pkey PRIMARY KEY (job_id, key_hash, device_id, day)
+    key_hash text NOT NULL,
+    status text NOT NULL DEFAULT 'queued',
+    attempts integer NOT NULL DEFAULT 0,
+    lease_token uuid,
+    lease_expires_at timestamptz,
+    error_message text,
+    CONSTRAINT job_days_pkey PRIMARY KEY (job_id, device_id, day),
+    CONSTRAINT job_days_status_check
+        CHECK (status IN ('queued', 'processing', 'done', 'failed', 'cancelled')),
+    CONSTRAINT job_days_lease_check CHECK (
+        (status = 'processing') = (lease_token IS NOT NULL AND lease_expires_at IS NOT NULL)
+    ),
+    CONSTRAINT job_days_attempts_check CHECK (attempts >= 0)
 );
-CREATE INDEX job_days_day_idx ON job_days (key_hash, device_id, day);
+CREATE INDEX job_days_kept_idx ON job_days (key_hash, device_id, day);
+
+-- Cancelling a job cancels its pending days: a day event delivered later finds its day
+-- cancelled and computes nothing.
+CREATE FUNCTION cancel_pending_days() RETURNS trigger
+    LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    UPDATE job_days SET status = 'cancelled', lease_token = NULL, lease_expires_at = NULL
+        WHERE job_id = NEW.id AND status IN ('queued', 'processing');
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER jobs_cancel_pending_days AFTER UPDATE OF status ON jobs
+    FOR EACH ROW WHEN (NEW.status = 'cancelled') EXECUTE FUNCTION cancel_pending_days();

@@ -4,7 +4,9 @@ device-day and only it, and a parameter change computes everything afresh."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,14 +17,16 @@ import pytest
 from shared import migrate
 from shared.computation import Computation
 from shared.config import AnalysisSettings, DatabaseSettings, JobSettings, StorageSettings
+from shared.contracts import DayRequested
 from shared.db import LazyPool
 from shared.dev.tracks import TrackSpec, generate
 from shared.engine import day_window
 from shared.engine.assembly import day_by_day
+from shared.events import Publisher
 from shared.jobs import JobRequest, JobStore
 from shared.locations import read_points, write_points
 from shared.storage import ObjectStore
-from tests.conftest import Database, S3Server
+from tests.conftest import Database, RecordingServer, S3Server
 
 SCHEMA = "otel_worker"
 FIRST = dt.date(2024, 3, 28)
@@ -65,7 +69,7 @@ def computation(pool: LazyPool, s3: S3Server) -> Computation:
     )
 
 
-def _run(computation: Computation, **changes: float) -> dict[str, Any]:
+def _create(computation: Computation, **changes: float) -> uuid.UUID:
     params = AnalysisSettings(
         home_latitude=SPEC.home_latitude, home_longitude=SPEC.home_longitude
     ).engine_params()
@@ -79,9 +83,14 @@ def _run(computation: Computation, **changes: float) -> dict[str, Any]:
         ),
         idempotency_key=uuid.uuid4().hex,
     )
-    outcome = computation.run(job.id)
-    assert outcome.detail == f"job {job.id} completed", outcome.detail
-    done = computation.jobs.get(job.id)
+    return job.id
+
+
+def _run(computation: Computation, **changes: float) -> dict[str, Any]:
+    job_id = _create(computation, **changes)
+    outcome = computation.run(job_id)
+    assert outcome.detail == f"job {job_id} completed", outcome.detail
+    done = computation.jobs.get(job_id)
     assert done is not None
     assert done.result is not None
     return done.result
@@ -105,7 +114,7 @@ def test_a_range_reuses_its_kept_days_and_recomputes_only_the_day_a_fix_changed(
     # Same range under a new idempotency key: every day reused, the same figures.
     again = _run(computation)
     assert _computed_at(pool) == kept
-    note = "days were reused from earlier jobs: the CSV lists each device-day's CSV instead"
+    note = "its days were computed apart: the CSV lists each device-day's CSV instead"
     assert again["notes"] == [*first["notes"], note + " of holding the rows"]
     assert {**again, "notes": first["notes"]} == first
     # One fix inserted on one device-day: that day (and the days whose context holds it)
@@ -150,3 +159,150 @@ def test_a_parameter_change_computes_every_day_afresh(
     assert len(after) == 2 * len(kept)  # a second key: a second set of days
     assert wider["parameters"]["exit_radius_km"] == 2.0
     assert wider["points"] == first["points"]
+
+
+# --- fanned out: each device-day announced as a day.requested event -----------------
+
+
+@pytest.fixture
+def broker() -> Iterator[RecordingServer]:
+    """A real HTTP peer standing in for the broker's ingress: it takes the events."""
+    server = RecordingServer().start()
+    yield server
+    server.stop()
+
+
+def _fanned(computation: Computation, broker: RecordingServer) -> Computation:
+    return dataclasses.replace(computation, publisher=Publisher(broker.url))
+
+
+def _day_events(broker: RecordingServer) -> list[tuple[uuid.UUID, str, dt.date]]:
+    out = []
+    for request in broker.received:
+        assert request["headers"]["ce-type"] == "dev.otelworker.day.requested.v1"
+        data = DayRequested.model_validate_json(request["body"])
+        out.append((data.job_id, data.device_id, data.day))
+    broker.received.clear()
+    return out
+
+
+def test_a_fanned_out_range_completes_once_when_its_last_day_is_in(
+    computation: Computation, pool: LazyPool, broker: RecordingServer
+) -> None:
+    fanned = _fanned(computation, broker)
+    job_id = _create(fanned)
+    outcome = fanned.run(job_id)
+    assert outcome.detail.startswith(f"job {job_id} waits for ")
+    days = _day_events(broker)
+    n_days = (LAST - FIRST).days + 1
+    assert len(days) == len({(d, day) for _, d, day in days}) >= n_days
+    job = fanned.jobs.get(job_id)
+    assert job is not None
+    assert job.status == "processing"
+    outcomes = []
+    for k, (job_of, device, day) in enumerate(days):
+        outcomes.append(fanned.run_day(job_of, device, day))
+        if k == 0:
+            # A repeated event for a day already in: acknowledged, nothing recomputed.
+            assert fanned.run_day(job_of, device, day).detail.endswith(" is done")
+    completed = [o for o in outcomes if o.event is not None]
+    assert len(completed) == 1  # the last day's compute assembled the job, the others not
+    assert outcomes[-1].detail == f"job {job_id} completed"
+    done = fanned.jobs.get(job_id)
+    assert done is not None
+    assert done.status == "completed"
+    # The same figures as computing the range in one attempt.
+    alone = _run(computation)
+    assert done.result is not None
+    assert {**done.result, "notes": []} == {**alone, "notes": []}
+    # Every day of the job is named by it, done.
+    with pool.connection() as conn:
+        statuses = conn.execute(
+            f"SELECT status, count(*) FROM {SCHEMA}.job_days WHERE job_id = %s GROUP BY 1",
+            (job_id,),
+        ).fetchall()
+    assert statuses == [("done", len(days))]
+    # A late repeat of the last event after completion: nothing happens.
+    assert fanned.run_day(*days[-1]).status == 200
+    assert fanned.jobs.get(job_id) == done
+
+
+def test_a_day_whose_compute_died_is_taken_over_after_its_lease(
+    computation: Computation, pool: LazyPool, broker: RecordingServer
+) -> None:
+    fanned = dataclasses.replace(_fanned(computation, broker), lease_seconds=0.3)
+    job_id = _create(fanned)
+    fanned.run(job_id)
+    days = _day_events(broker)
+    # A compute claims the first day, then dies (its pod is killed) before finishing.
+    claim = fanned._ranges().days.claim(job_id, days[0][1], days[0][2], 0.3, 3)
+    assert claim.token is not None
+    busy = fanned.run_day(*days[0])
+    assert busy.status == 409  # the broker retries while the dead attempt's lease lasts
+    time.sleep(0.5)
+    outcomes = [fanned.run_day(*day) for day in days]
+    assert outcomes[-1].detail == f"job {job_id} completed"
+    done = fanned.jobs.get(job_id)
+    assert done is not None
+    assert done.result is not None
+    assert done.result["points"] == _run(computation)["points"]  # nothing lost or doubled
+
+
+def test_cancelling_a_range_job_cancels_its_pending_days(
+    computation: Computation, pool: LazyPool, broker: RecordingServer
+) -> None:
+    fanned = _fanned(computation, broker)
+    job_id = _create(fanned)
+    fanned.run(job_id)
+    days = _day_events(broker)
+    fanned.run_day(*days[0])
+    assert fanned.jobs.cancel(job_id) is not None
+    with pool.connection() as conn:
+        statuses = dict(
+            conn.execute(
+                f"SELECT status, count(*) FROM {SCHEMA}.job_days WHERE job_id = %s GROUP BY 1",
+                (job_id,),
+            ).fetchall()
+        )
+        kept_before = conn.execute(f"SELECT count(*) FROM {SCHEMA}.day_results").fetchone()
+    assert statuses == {"done": 1, "cancelled": len(days) - 1}
+    later = fanned.run_day(*days[1])
+    assert later.status == 200
+    assert later.detail.endswith(" is gone")
+    with pool.connection() as conn:
+        assert conn.execute(f"SELECT count(*) FROM {SCHEMA}.day_results").fetchone() == kept_before
+    job = fanned.jobs.get(job_id)
+    assert job is not None
+    assert job.status == "cancelled"
+
+
+def test_the_sweep_requeuing_a_job_while_its_last_day_finishes_loses_nothing(
+    computation: Computation, pool: LazyPool, broker: RecordingServer
+) -> None:
+    fanned = _fanned(computation, broker)
+    job_id = _create(fanned)
+    fanned.run(job_id)
+    days = _day_events(broker)
+    for day in days[:-1]:
+        fanned.run_day(*day)
+    # The job's lease runs out just as the last day finishes: the sweep requeues the job.
+    with pool.connection() as conn:
+        conn.execute(
+            f"UPDATE {SCHEMA}.jobs SET lease_expires_at = now() - interval '1 s' WHERE id = %s",
+            (job_id,),
+        )
+    fanned.jobs.sweep(None)
+    last = fanned.run_day(*days[-1])
+    # The last day's compute finds the job no longer its to finish (or finishes it).
+    job = fanned.jobs.get(job_id)
+    assert job is not None
+    if job.status != "completed":
+        assert last.event is None
+        # The requeued job's next attempt finds every day kept and assembles at once.
+        again = fanned.run(job_id)
+        assert again.detail == f"job {job_id} completed"
+        assert _day_events(broker) == []
+    done = fanned.jobs.get(job_id)
+    assert done is not None
+    assert done.result is not None
+    assert done.result["points"] == _run(computation)["points"]
