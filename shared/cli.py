@@ -223,6 +223,41 @@ def _sweep(args: argparse.Namespace, conn: Connection, settings: config.Database
     return 1 if unannounced or report.publish_failures or report.announce_failures else 0
 
 
+def _refresh(args: argparse.Namespace, conn: Connection, settings: config.DatabaseSettings) -> int:
+    """The late-fix check (a CronJob beside the sweep); prints what it did. 1 when an
+    event could not be sent."""
+    from shared.supersession import check_late_fixes
+
+    report = check_late_fixes(
+        conn,
+        settings,
+        config.load(config.JobSettings),
+        config.load(config.StorageSettings),
+        config.load(config.EventSettings),
+        config.load(config.AnalysisSettings).home_timezone,
+    )
+    sys.stdout.write("".join(line + "\n" for line in report.lines()))
+    return 1 if report.publish_failures else 0
+
+
+def _nightly(args: argparse.Namespace, conn: Connection, settings: config.DatabaseSettings) -> int:
+    """The nightly day summaries (a CronJob after local midnight); prints what it did. 1
+    when an event could not be sent."""
+    from shared.nightly import summarize_yesterday
+
+    report = summarize_yesterday(
+        conn,
+        settings,
+        config.load(config.JobSettings),
+        config.load(config.StorageSettings),
+        config.load(config.EventSettings),
+        config.load(config.AnalysisSettings),
+        args.day,
+    )
+    sys.stdout.write("".join(line + "\n" for line in report.lines()))
+    return 1 if report.publish_failures else 0
+
+
 def _home(text: str) -> tuple[float, float]:
     try:
         lat, lon = (float(part) for part in text.split(","))
@@ -567,6 +602,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=int, default=1000, help="at most this many jobs per step (default 1000)"
     )
     sweep.set_defaults(handler=_with_database(_sweep))
+
+    refresh = commands.add_parser(
+        "refresh",
+        help="recompute device-days late fixes changed and supersede the jobs they moved",
+    )
+    refresh.set_defaults(handler=_with_database(_refresh))
+
+    nightly = commands.add_parser(
+        "nightly", help="summarise yesterday for every device that reported (day.summarized)"
+    )
+    nightly.add_argument(
+        "--day", type=_day, help="this local day instead of yesterday (HOME_TIMEZONE)"
+    )
+    nightly.set_defaults(handler=_with_database(_nightly))
 
     analyze = commands.add_parser(
         "analyze", help="distance-from-home metrics of a location file (CSV, JSON, .rec, GPX, ...)"

@@ -293,6 +293,9 @@ class JobSettings(SettingsGroup):
     job_max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
     job_retention_days: Annotated[int, Field(ge=1)] = 30
     job_republish_seconds: Annotated[int, Field(ge=1)] = 120
+    # Fixes a phone buffered arrive hours, rarely days, late: a week back catches them while
+    # the late-fix check stays a scan of a few days per device.
+    refresh_days: Annotated[int, Field(ge=1, le=366)] = 7
 
 
 class AdmissionSettings(SettingsGroup):

@@ -221,6 +221,10 @@ class JobView(_Contract):
     summary: Download | None = None
     gpx: Download | None = None
     """The tracks as GPX 1.1 (`/download/{job_id}/gpx`)."""
+    superseded_by: UUID | None = Field(
+        default=None, description="the job that replaced this one after late fixes"
+    )
+    supersedes: UUID | None = Field(default=None, description="the job this one replaces")
 
 
 class JobAccepted(_Contract):
@@ -243,3 +247,52 @@ class JobPage(_Contract):
     total_count: int
     limit: int
     offset: int
+
+
+class Headline(_Contract):
+    """The figures a person reads first: path, farthest from home, time at home and away,
+    trips and the fixes used (rounded to a metre and a second, so a change that moves no
+    figure compares equal)."""
+
+    path_km: float
+    max_distance_km: float
+    time_at_home_s: float
+    time_away_s: float
+    trips: int
+    points_used: int
+
+
+def headline(summary: dict[str, Any]) -> Headline:
+    """The headline figures of a summary (or one device's metrics) as JSON."""
+    return Headline(
+        path_km=round(summary["path_km"], 3),
+        max_distance_km=round(summary["max_distance_km"], 3),
+        time_at_home_s=round(summary["time_at_home_s"]),
+        time_away_s=round(summary["time_away_s"]),
+        trips=len(summary["trips"]),
+        points_used=summary["points"]["used"],
+    )
+
+
+class JobSuperseded(_Contract):
+    """Data of `job.superseded`: late fixes moved a completed job's figures, and a new job
+    for the same request replaces it."""
+
+    old_job_id: UUID
+    new_job_id: UUID
+    date: dt.date
+    end_date: dt.date
+    device_id: str | None
+    timezone: str
+    requester: Requester | None = None
+    old: Headline
+    new: Headline = Field(description="the figures the new job computes from the kept days")
+
+
+class DaySummarized(_Contract):
+    """Data of `day.summarized`: the nightly figures of one device's local day."""
+
+    device_id: str
+    day: dt.date
+    timezone: str
+    figures: Headline

@@ -146,6 +146,12 @@ class Job(JobRequest):
     traceparent: str | None
     published_at: dt.datetime | None
     """When the current queued state was last announced (NULL: not yet)."""
+    superseded_by: uuid.UUID | None = None
+    """The job that replaced this completed one after late fixes moved its figures."""
+    supersedes: uuid.UUID | None = None
+    """The completed job this one replaces (same request, figures recomputed)."""
+    figures_checked_at: dt.datetime | None = None
+    """When the late-fix check last found this job's figures still true."""
 
     @property
     def finished(self) -> bool:

@@ -1,0 +1,344 @@
+"""Late fixes: completed jobs whose figures late-arriving fixes moved are superseded.
+
+A phone uploads buffered fixes hours after it took them. The check runs every few minutes
+(`otel-worker refresh`, a CronJob beside the sweep) over the kept device-days of the last
+REFRESH_DAYS local days:
+
+1. it re-takes the fingerprint of each kept day's read range, one index range scan per
+   device, and finds the days whose rows changed since they were computed;
+2. a completed job still standing is a candidate when one of its kept days is stale, or was
+   recomputed after the job finished (by a later job, or the nightly run);
+3. for each candidate it plans the job's range as a range job does: only the stale or
+   missing device-days are computed again (and kept), the others are reused, and the
+   range is assembled;
+4. when the assembled headline figures differ from the job's, a new job for the same
+   request replaces it (`superseded_by` on the old, `supersedes` on the new, in one
+   transaction: racing checks make one successor) and `job.superseded` is published; when
+   they do not (an exact duplicate fix, a fix beyond a day's edge) the job is marked
+   checked and left alone.
+
+A job none of whose days is kept under its key (a one-day job computed before the nightly
+run kept its day) is not checked until one is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cloudevents.http import CloudEvent
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from shared import events
+from shared.config import DatabaseSettings, EventSettings, JobSettings, StorageSettings
+from shared.contracts import Headline, JobSuperseded, Requester, headline
+from shared.day_results import DayStore, day_key, scan_buckets
+from shared.db import Connection
+from shared.engine.params import EngineParams
+from shared.jobs import Job, JobStatus, JobStore
+from shared.nightly import local_today
+from shared.ranges import RangeComputation
+from shared.storage import ObjectStore
+from shared.submission import queued_event
+
+Cell = tuple[str, str, dt.date]
+"""A kept device-day: (key hash, device, local day)."""
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_US = dt.timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class KeptCell:
+    """What the check needs of a kept device-day: its fingerprint, read range, when."""
+
+    fingerprint: str
+    read_from: dt.datetime
+    read_to: dt.datetime
+    computed_at: dt.datetime
+
+
+@dataclass
+class RefreshReport:
+    """What one late-fix check did."""
+
+    since: dt.date
+    kept: int = 0
+    """Kept device-days of the refresh window looked at."""
+    stale: list[Cell] = field(default_factory=list)
+    """Kept device-days whose rows changed since they were computed."""
+    recomputed: int = 0
+    """Device-days computed again (and kept) while re-checking jobs."""
+    still_true: list[uuid.UUID] = field(default_factory=list)
+    superseded: list[tuple[Job, Job]] = field(default_factory=list)
+    """(old, new) for each job replaced."""
+    publish_failures: list[tuple[uuid.UUID, str]] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """One human-readable line per action, and one per job acted on."""
+        lines = [
+            f"checked {self.kept} kept device-day(s) since {self.since}:"
+            f" {len(self.stale)} changed since computed"
+        ]
+        lines += [f"  {device} {day}" for _, device, day in sorted(set(self.stale))]
+        lines.append(
+            f"recomputed {self.recomputed} device-day(s); {len(self.still_true)} job(s) still"
+            f" true, {len(self.superseded)} superseded"
+        )
+        lines += [f"  {old.id} superseded by {new.id}" for old, new in self.superseded]
+        if self.publish_failures:
+            lines.append(f"could not publish {len(self.publish_failures)} event(s)")
+            lines += [f"  {job_id}: {error}" for job_id, error in self.publish_failures]
+        return lines
+
+
+def superseded_event(
+    old: Job, new: Job, before: Headline, after: Headline, source: str
+) -> CloudEvent:
+    """The `job.superseded` event; its id names the old job, so a repeat is recognisable."""
+    requester = (
+        Requester(source=old.requester_source, id=old.requester_id)
+        if old.requester_source and old.requester_id
+        else None
+    )
+    data = JobSuperseded(
+        old_job_id=old.id,
+        new_job_id=new.id,
+        date=old.date_from,
+        end_date=old.date_to,
+        device_id=old.device_id,
+        timezone=old.timezone,
+        requester=requester,
+        old=before,
+        new=after,
+    )
+    return events.new_event(
+        events.JOB_SUPERSEDED,
+        data,
+        source=source,
+        subject=str(old.id),
+        event_id=f"{old.id}.superseded",
+    )
+
+
+@dataclass(frozen=True)
+class LateFixCheck:
+    """The late-fix check over the jobs store, the kept days and the points' database."""
+
+    jobs: JobStore
+    ranges: RangeComputation
+    refresh_days: int
+
+    def run(
+        self,
+        today: dt.date,
+        publish: Callable[[CloudEvent], None] | None,
+        source: str,
+        queued: Callable[[Job], None] | None = None,
+    ) -> RefreshReport:
+        """One check of the REFRESH_DAYS before `today` (inclusive): recompute what late
+        fixes changed and supersede the jobs whose figures moved. `publish` sends
+        `job.superseded`; `queued` announces each new job (`job.queued`)."""
+        since = today - dt.timedelta(days=self.refresh_days)
+        report = RefreshReport(since)
+        kept = self._kept(since)
+        report.kept = len(kept)
+        stale = self._stale(kept)
+        report.stale = sorted(stale)
+        for job in self._standing(since):
+            key = day_key(job.parameters, job.timezone, _engine_version())
+            cells = [
+                cell
+                for cell in kept
+                if cell[0] == key
+                and job.date_from <= cell[2] <= job.date_to
+                and job.device_id in (None, cell[1])
+            ]
+            seen = max(filter(None, (job.completed_at, job.figures_checked_at)))
+            if not any(cell in stale or kept[cell].computed_at > seen for cell in cells):
+                continue
+            self._recheck(job, report, publish, queued, source)
+        return report
+
+    def _recheck(
+        self,
+        job: Job,
+        report: RefreshReport,
+        publish: Callable[[CloudEvent], None] | None,
+        queued: Callable[[Job], None] | None,
+        source: str,
+    ) -> None:
+        """Recompute the job's stale days, assemble, and supersede it if a figure moved."""
+        assert job.result is not None
+        params = EngineParams.model_validate(job.parameters)
+        plan = self.ranges.plan(
+            job.date_from, job.date_to, job.device_id, job.timezone, job.parameters, params
+        )
+        outcome = self.ranges.finish(plan)
+        report.recomputed += outcome.computed
+        before = headline(job.result)
+        after = headline(outcome.summary.model_dump(mode="json"))
+        if before == after:
+            self._checked(job.id)
+            report.still_true.append(job.id)
+            return
+        new = self._supersede(job)
+        if new is None:
+            return  # another check replaced it first
+        report.superseded.append((job, new))
+        try:
+            if publish is not None:
+                publish(superseded_event(job, new, before, after, source))
+            if queued is not None:
+                queued(new)
+        except events.PublishError as exc:
+            report.publish_failures.append((job.id, str(exc)))
+
+    def _kept(self, since: dt.date) -> dict[Cell, KeptCell]:
+        query = sql.SQL(
+            "SELECT key_hash, device_id, day, fingerprint, read_from, read_to, computed_at"
+            " FROM {days} WHERE day >= %s"
+        ).format(days=sql.Identifier(self.jobs.schema, "day_results"))
+        with self.jobs.connection() as conn:
+            rows = conn.execute(query, (since,)).fetchall()
+        return {(row[0], row[1], row[2]): KeptCell(*row[3:]) for row in rows}
+
+    def _stale(self, kept: dict[Cell, KeptCell]) -> set[Cell]:
+        """The kept days whose rows changed: one bucket scan per device over the span of
+        its kept days' reads, through the (device_id, timestamp) index."""
+        spans: dict[str, tuple[dt.datetime, dt.datetime]] = {}
+        for (_, device, _), cell in kept.items():
+            lo, hi = spans.get(device, (cell.read_from, cell.read_to))
+            spans[device] = (min(lo, cell.read_from), max(hi, cell.read_to))
+        stale: set[Cell] = set()
+        with self.ranges.connection() as conn:
+            for device, (lo, hi) in spans.items():
+                buckets = scan_buckets(conn, lo, hi, device)
+                stale |= {
+                    cell
+                    for cell, kept_cell in kept.items()
+                    if cell[1] == device
+                    and buckets.fingerprint(
+                        device,
+                        (kept_cell.read_from - _EPOCH) // _US,
+                        (kept_cell.read_to - _EPOCH) // _US,
+                    )
+                    != kept_cell.fingerprint
+                }
+        return stale
+
+    def _standing(self, since: dt.date) -> list[Job]:
+        """Completed jobs not yet superseded that reach into the refresh window."""
+        query = sql.SQL(
+            "SELECT {columns} FROM {jobs} WHERE status = 'completed' AND superseded_by IS NULL"
+            " AND date_to >= %(since)s ORDER BY queued_at"
+        ).format(columns=_COLUMNS, jobs=self._jobs)
+        with self.jobs.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+            return [Job.model_validate(row) for row in cursor.execute(query, {"since": since})]
+
+    @property
+    def _jobs(self) -> sql.Identifier:
+        return sql.Identifier(self.jobs.schema, "jobs")
+
+    def _checked(self, job_id: uuid.UUID) -> None:
+        query = sql.SQL("UPDATE {jobs} SET figures_checked_at = now() WHERE id = %s").format(
+            jobs=self._jobs
+        )
+        with self.jobs.connection() as conn:
+            conn.execute(query, (job_id,))
+
+    def _supersede(self, old: Job) -> Job | None:
+        """Create the job replacing `old` and name each other, in one transaction; None
+        when `old` is no longer a standing completed job (another check replaced it)."""
+        lock = sql.SQL(
+            "SELECT 1 FROM {jobs} WHERE id = %(old)s AND status = 'completed'"
+            " AND superseded_by IS NULL FOR UPDATE"
+        ).format(jobs=self._jobs)
+        insert = sql.SQL(
+            "INSERT INTO {jobs} (date_from, date_to, device_id, timezone, parameters,"
+            " idempotency_key, requester_source, requester_id, max_attempts, supersedes)"
+            " VALUES (%(date_from)s, %(date_to)s, %(device_id)s, %(timezone)s,"
+            " %(parameters)s, %(key)s, %(source)s, %(requester)s, %(max_attempts)s, %(old)s)"
+            " RETURNING {columns}"
+        ).format(jobs=self._jobs, columns=_COLUMNS)
+        mark = sql.SQL(
+            "UPDATE {jobs} SET superseded_by = %(new)s, updated_at = now() WHERE id = %(old)s"
+        ).format(jobs=self._jobs)
+        params = {
+            "old": old.id,
+            "date_from": old.date_from,
+            "date_to": old.date_to,
+            "device_id": old.device_id,
+            "timezone": old.timezone,
+            "parameters": Jsonb(old.parameters),
+            "key": f"superseding:{old.id}",
+            "source": old.requester_source,
+            "requester": old.requester_id,
+            "max_attempts": self.jobs.settings.job_max_attempts,
+        }
+        with self.jobs.connection() as conn, conn.transaction():
+            if conn.execute(lock, params).fetchone() is None:
+                return None
+            with conn.cursor(row_factory=dict_row) as cursor:
+                row = cursor.execute(insert, params).fetchone()
+            assert row is not None
+            new = Job.model_validate(row)
+            conn.execute(mark, {"old": old.id, "new": new.id})
+        assert new.status == JobStatus.QUEUED
+        return new
+
+
+_COLUMNS = sql.SQL(", ").join(sql.Identifier(name) for name in Job.model_fields)
+
+
+def _engine_version() -> int:
+    from shared.engine.assembly import ASSEMBLY_VERSION
+
+    return ASSEMBLY_VERSION
+
+
+def check_late_fixes(
+    conn: Connection,
+    database: DatabaseSettings,
+    jobs: JobSettings,
+    storage: StorageSettings,
+    sink: EventSettings,
+    timezone: str,
+) -> RefreshReport:
+    """One late-fix check on `conn` (`otel-worker refresh`), publishing to K_SINK when set.
+    The refresh window ends today in `timezone` (HOME_TIMEZONE)."""
+    store = JobStore(conn, jobs, schema=database.jobs_schema)
+    source = f"{sink.event_source.rstrip('/')}/refresh"
+    check = LateFixCheck(store, ranges_on(store, storage), jobs.refresh_days)
+    publisher = publisher_of(sink)
+    if publisher is None:
+        return check.run(local_today(timezone), None, source)
+
+    def queued(job: Job) -> None:
+        publisher.publish(queued_event(job, source))
+        store.mark_published(job.id)
+
+    return check.run(local_today(timezone), publisher.publish, source, queued)
+
+
+def ranges_on(store: JobStore, storage: StorageSettings) -> RangeComputation:
+    """Range computation through the store's connection (points and kept days alike)."""
+    return RangeComputation(
+        connection=store.connection,
+        days=DayStore(store.connection, store.schema),
+        objects=ObjectStore(storage),
+        max_csv_rows=storage.max_csv_rows,
+    )
+
+
+def publisher_of(sink: EventSettings) -> events.Publisher | None:
+    """The broker at K_SINK, or None when no sink is set."""
+    if sink.k_sink is None:
+        return None
+    return events.Publisher(
+        str(sink.k_sink), attempts=sink.publish_attempts, timeout=sink.publish_timeout_seconds
+    )
