@@ -80,6 +80,10 @@ bench-engine: install  ## engine and CSV writer throughput and memory for 1M and
 bench-formats: install  ## file readers, analyze and import on a generated 1.4 GB Takeout file (deleted after)
 	$(PY) -m tests.bench.bench_formats $(BENCH_ARGS)
 
+.PHONY: bench-late-fixes
+bench-late-fixes: install system-deps  ## the late-fix check (otel-worker refresh) on a two-year table
+	$(PY) -m tests.bench.bench_late_fixes $(BENCH_ARGS)
+
 .PHONY: bench-pipeline
 bench-pipeline: install system-deps bytecode  ## the whole system: job latency, throughput, status latency, start-up
 	$(PY) -m tests.bench.bench_pipeline $(BENCH_ARGS)
