@@ -256,8 +256,8 @@ class Headline(_Contract):
 
     path_km: float
     max_distance_km: float
-    time_at_home_s: float
-    time_away_s: float
+    time_at_home_s: int
+    time_away_s: int
     trips: int
     points_used: int
 
