@@ -14,6 +14,7 @@ import logging
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -65,6 +66,10 @@ class ReadFailed(OtelWorkerError):
         super().__init__(message)
         self.status = status
 
+
+ANNOUNCE_THREADS = 4
+"""Day events published side by side when a range job fans out (as many as the
+publisher keeps connections to the broker)."""
 
 ERROR_MESSAGE_LIMIT = 300
 """The most characters of a job's error_message."""
@@ -347,17 +352,7 @@ class Computation:
         fresh = plan.fresh()
         if fresh and fan_out and self.publisher is not None:
             announce = ranges.days.plan(job.id, plan.key, plan.holding, fresh)
-            for device_id, day in announce:
-                data = DayRequested(job_id=job.id, device_id=device_id, day=day)
-                self.publisher.publish(
-                    events.new_event(
-                        events.DAY_REQUESTED,
-                        data,
-                        source=self.source,
-                        subject=str(job.id),
-                        traceparent=telemetry.traceparent(),
-                    )
-                )
+            self._announce(job, announce)
             raise Deferred(f"job {job.id} waits for {len(fresh)} device-day(s)")
         with telemetry.span("range", attributes={"job.id": str(job.id), "days": len(fresh)}):
             try:
@@ -382,6 +377,26 @@ class Computation:
             "csv_bytes": size,
             "csv_sha256": digest,
         }
+
+    def _announce(self, job: Job, days: list[tuple[str, dt.date]]) -> None:
+        """Publish a `day.requested` event per device-day, a few at a time (each is one
+        request to the broker; a year of two devices is 730 of them)."""
+        assert self.publisher is not None
+        publisher, parent = self.publisher, telemetry.traceparent()
+
+        def publish(cell: tuple[str, dt.date]) -> None:
+            data = DayRequested(job_id=job.id, device_id=cell[0], day=cell[1])
+            event = events.new_event(
+                events.DAY_REQUESTED,
+                data,
+                source=self.source,
+                subject=str(job.id),
+                traceparent=parent,
+            )
+            publisher.publish(event)
+
+        with ThreadPoolExecutor(ANNOUNCE_THREADS, thread_name_prefix="announce") as pool:
+            list(pool.map(publish, days))
 
     def run_day(self, job_id: uuid.UUID, device_id: str, day: dt.date) -> Outcome:
         """Handle one delivery of `day.requested`: compute and keep the device-day, and
@@ -415,7 +430,12 @@ class Computation:
         # it, and assembles the job itself should this day be the last.
         try:
             params = EngineParams.model_validate(job.parameters)
-            plan = self._plan(ranges, job, params)
+            # This device-day alone: its fingerprint now, and whether a kept one holds.
+            plan = self._plan(
+                ranges,
+                job.model_copy(update={"date_from": day, "date_to": day, "device_id": device_id}),
+                params,
+            )
             cell = (device_id, day)
             if cell in plan.cells and cell not in plan.holding:
                 ranges.compute_day(plan, cell)
