@@ -205,100 +205,118 @@ class DayStore:
         return sorted((device, day) for device, day, status in rows if status == "queued")
 
     def claim(
-        self, job_id: uuid.UUID, device_id: str, day: dt.date, lease_s: float, max_attempts: int
-    ) -> DayClaim:
-        """Take the device-day for one attempt (a new lease), or say why not."""
-        where = sql.SQL("job_id = %(job)s AND device_id = %(device)s AND day = %(day)s")
+        self,
+        job_id: uuid.UUID,
+        device_id: str,
+        days: tuple[dt.date, dt.date],
+        lease_s: float,
+        max_attempts: int,
+    ) -> RunClaim:
+        """Take each device-day from `days[0]` to `days[1]` that is free for an attempt
+        (a lease of its own), and say what the others are."""
+        where = sql.SQL(
+            "job_id = %(job)s AND device_id = %(device)s AND day BETWEEN %(first)s AND %(last)s"
+        )
         take = sql.SQL(
             "UPDATE {named} SET status = 'processing', attempts = attempts + 1,"
             " lease_token = gen_random_uuid(),"
             " lease_expires_at = now() + make_interval(secs => %(lease)s)"
             " WHERE {where} AND attempts < %(max)s AND (status = 'queued'"
             " OR (status = 'processing' AND lease_expires_at <= now()))"
-            " RETURNING lease_token, attempts, key_hash"
+            " RETURNING day, lease_token, attempts"
         ).format(named=self._named, where=where)
         look = sql.SQL(
-            "SELECT status, lease_expires_at > now(), key_hash FROM {named} WHERE {where}"
+            "SELECT day, status, lease_expires_at > now() FROM {named} WHERE {where}"
         ).format(named=self._named, where=where)
         params = {
             "job": job_id,
             "device": device_id,
-            "day": day,
+            "first": days[0],
+            "last": days[1],
             "lease": lease_s,
             "max": max_attempts,
         }
         with self._connection() as conn:
-            row = conn.execute(take, params).fetchone()
-            if row is not None:
-                return DayClaim(DayState.CLAIMED, row[0], row[1], row[2])
-            seen = conn.execute(look, params).fetchone()
-        if seen is None or seen[0] in ("cancelled", "failed"):
-            return DayClaim(DayState.GONE)
-        if seen[0] == "done":
-            return DayClaim(DayState.DONE, key=seen[2])
-        if seen[0] == "processing" and seen[1]:
-            return DayClaim(DayState.BUSY)
-        return DayClaim(DayState.EXHAUSTED, key=seen[2])
+            taken = conn.execute(take, params).fetchall()
+            seen = conn.execute(look, params).fetchall()
+        claimed = {day: (token, attempt) for day, token, attempt in taken}
+        states: dict[DayState, list[dt.date]] = {state: [] for state in DayState}
+        for day, status, live in seen:
+            if day in claimed:
+                continue
+            if status == "done":
+                states[DayState.DONE].append(day)
+            elif status == "processing" and live:
+                states[DayState.BUSY].append(day)
+            elif status in ("queued", "processing"):
+                states[DayState.EXHAUSTED].append(day)
+        return RunClaim(claimed, states[DayState.BUSY], states[DayState.EXHAUSTED])
 
     def finish(
-        self, job_id: uuid.UUID, device_id: str, day: dt.date, token: uuid.UUID
+        self, job_id: uuid.UUID, device_id: str, claimed: dict[dt.date, tuple[uuid.UUID, int]]
     ) -> int | None:
-        """Mark the day done, fenced by its lease `token`; then the job's days not yet done
-        (counted after the commit, so whichever compute finishes last sees none), or None
-        when the lease was lost."""
+        """Mark the claimed days done, each fenced by its lease token; then the job's days
+        not yet done (counted after the commit, so whichever compute finishes last sees
+        none), or None when a lease was lost."""
         done = sql.SQL(
-            "UPDATE {named} SET status = 'done', lease_token = NULL, lease_expires_at = NULL,"
-            " error_message = NULL WHERE job_id = %s AND device_id = %s AND day = %s"
-            " AND lease_token = %s"
+            "UPDATE {named} AS d SET status = 'done', lease_token = NULL,"
+            " lease_expires_at = NULL, error_message = NULL"
+            " FROM unnest(%s::date[], %s::uuid[]) AS c(day, token)"
+            " WHERE d.job_id = %s AND d.device_id = %s AND d.day = c.day"
+            " AND d.lease_token = c.token"
         ).format(named=self._named)
-        left = sql.SQL("SELECT count(*) FROM {named} WHERE job_id = %s AND status <> 'done'")
+        left = sql.SQL(
+            "SELECT count(*) FROM {named} WHERE job_id = %s AND status <> 'done'"
+        ).format(named=self._named)
+        days = list(claimed)
+        tokens = [claimed[day][0] for day in days]
         with self._connection() as conn:
-            if conn.execute(done, (job_id, device_id, day, token)).rowcount != 1:
+            if conn.execute(done, (days, tokens, job_id, device_id)).rowcount != len(days):
                 return None
         with self._connection() as conn:
-            row = conn.execute(left.format(named=self._named), (job_id,)).fetchone()
+            row = conn.execute(left, (job_id,)).fetchone()
         return int(row[0]) if row else 0
 
     def release(
         self,
         job_id: uuid.UUID,
         device_id: str,
-        day: dt.date,
-        token: uuid.UUID,
+        claimed: dict[dt.date, tuple[uuid.UUID, int]],
         error: str,
-        *,
-        final: bool,
+        max_attempts: int,
     ) -> None:
-        """Give the day back after a failed attempt (queued again, or failed if `final`)."""
+        """Give the claimed days back after a failed attempt: queued again, or failed
+        for good once their attempts are used up."""
         query = sql.SQL(
-            "UPDATE {named} SET status = %s, lease_token = NULL, lease_expires_at = NULL,"
-            " error_message = %s WHERE job_id = %s AND device_id = %s AND day = %s"
-            " AND lease_token = %s"
+            "UPDATE {named} AS d SET status = CASE WHEN d.attempts >= %s THEN 'failed'"
+            " ELSE 'queued' END, lease_token = NULL, lease_expires_at = NULL,"
+            " error_message = %s FROM unnest(%s::date[], %s::uuid[]) AS c(day, token)"
+            " WHERE d.job_id = %s AND d.device_id = %s AND d.day = c.day"
+            " AND d.lease_token = c.token"
         ).format(named=self._named)
-        status = "failed" if final else "queued"
+        days = list(claimed)
+        tokens = [claimed[day][0] for day in days]
         with self._connection() as conn:
-            conn.execute(query, (status, error, job_id, device_id, day, token))
+            conn.execute(query, (max_attempts, error, days, tokens, job_id, device_id))
 
 
 class DayState(enum.Enum):
     """What claiming a device-day found."""
 
-    CLAIMED = "claimed"
     DONE = "done"
     """Computed already (a repeated event)."""
     BUSY = "busy"
     """Another compute holds it under a live lease."""
-    GONE = "gone"
-    """Not a day of a live job (cancelled, failed, pruned or never planned)."""
     EXHAUSTED = "exhausted"
     """Its attempts are used up."""
 
 
 @dataclass(frozen=True)
-class DayClaim:
-    """The outcome of `DayStore.claim`: the lease token and attempt when claimed."""
+class RunClaim:
+    """What `DayStore.claim` took (day -> lease token and attempt) and what it left: days
+    another compute holds under a live lease, and days whose attempts are used up (the
+    rest were done already, or belong to no live job)."""
 
-    state: DayState
-    token: uuid.UUID | None = None
-    attempt: int = 0
-    key: str | None = None
+    claimed: dict[dt.date, tuple[uuid.UUID, int]]
+    busy: list[dt.date]
+    exhausted: list[dt.date]
