@@ -8,10 +8,8 @@ from __future__ import annotations
 import datetime as dt
 import io
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from shared.day_results import DayStore, KeptDay, day_key, scan_buckets
 from shared.db import ConnectionSource
@@ -190,9 +188,10 @@ class RangeComputation:
         analysis: Analysis,
     ) -> KeptDay:
         """Upload the device-day's CSV and describe it for keeping."""
+        from shared.engine.assembly import device_rows
         from shared.export import write_csv
 
-        rows = _device_rows(analysis, device)
+        rows = device_rows(analysis, device)
         if part is None or rows is None:
             return KeptDay(device, date, fingerprint, None, "", 0)
         body = io.BytesIO()
@@ -255,29 +254,6 @@ def day_runs(cells: list[tuple[str, dt.date]], size: int) -> list[tuple[str, dt.
         for device, dates in by_device.items()
         for run in _chunks(dates, size)
     ]
-
-
-def _device_rows(analysis: Analysis, device: str) -> Analysis | None:
-    """The analysis' rows of one device (None when it has none)."""
-    points = analysis.points
-    if device not in points.device_ids:
-        return None
-    code = points.device_ids.index(device)
-    a, b = np.searchsorted(points.device, [code, code + 1])
-    if a == b:
-        return None
-    rows = slice(int(a), int(b))
-    return replace(
-        analysis,
-        points=points.take(np.arange(a, b)),
-        distance_km=analysis.distance_km[rows],
-        segment_km=analysis.segment_km[rows],
-        cumulative_km=analysis.cumulative_km[rows],
-        at_home=analysis.at_home[rows],
-        trip=analysis.trip[rows],
-        stay=analysis.stay[rows],
-        dropped_by=analysis.dropped_by[rows],
-    )
 
 
 def _slug(device: str) -> str:
