@@ -88,6 +88,10 @@ bench-late-fixes: install system-deps  ## the late-fix check (otel-worker refres
 bench-pipeline: install system-deps bytecode  ## the whole system: job latency, throughput, status latency, start-up
 	$(PY) -m tests.bench.bench_pipeline $(BENCH_ARGS)
 
+.PHONY: bench-ranges
+bench-ranges: install system-deps bytecode  ## a year of two devices: first run, again under a new key, one fix inserted
+	$(PY) -m tests.bench.bench_ranges $(BENCH_ARGS)
+
 .PHONY: coldstart
 coldstart: install system-deps bytecode  ## each function: process start -> ready -> first answered request
 	$(PY) -m tests.bench.coldstart $(BENCH_ARGS)

@@ -14,6 +14,7 @@ import logging
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ from pydantic import ValidationError
 
 from shared import events, telemetry
 from shared.config import StorageSettings
-from shared.contracts import DayRequested
+from shared.contracts import DAYS_PER_EVENT, DayRequested
 from shared.db import ConnectionSource, DatabaseUnavailable
 from shared.engine.params import EngineParams
 from shared.errors import OtelWorkerError, one_line
@@ -65,6 +66,10 @@ class ReadFailed(OtelWorkerError):
         super().__init__(message)
         self.status = status
 
+
+ANNOUNCE_THREADS = 4
+"""Day events published side by side when a range job fans out (as many as the
+publisher keeps connections to the broker)."""
 
 ERROR_MESSAGE_LIMIT = 300
 """The most characters of a job's error_message."""
@@ -347,17 +352,7 @@ class Computation:
         fresh = plan.fresh()
         if fresh and fan_out and self.publisher is not None:
             announce = ranges.days.plan(job.id, plan.key, plan.holding, fresh)
-            for device_id, day in announce:
-                data = DayRequested(job_id=job.id, device_id=device_id, day=day)
-                self.publisher.publish(
-                    events.new_event(
-                        events.DAY_REQUESTED,
-                        data,
-                        source=self.source,
-                        subject=str(job.id),
-                        traceparent=telemetry.traceparent(),
-                    )
-                )
+            self._announce(job, announce)
             raise Deferred(f"job {job.id} waits for {len(fresh)} device-day(s)")
         with telemetry.span("range", attributes={"job.id": str(job.id), "days": len(fresh)}):
             try:
@@ -383,52 +378,79 @@ class Computation:
             "csv_sha256": digest,
         }
 
-    def run_day(self, job_id: uuid.UUID, device_id: str, day: dt.date) -> Outcome:
-        """Handle one delivery of `day.requested`: compute and keep the device-day, and
-        when it is the job's last, assemble and complete the job (exactly once: the
-        completion is fenced by the job's lease)."""
-        from shared.day_results import DayState
+    def _announce(self, job: Job, days: list[tuple[str, dt.date]]) -> None:
+        """Publish `day.requested` events for `days`: a run of up to DAYS_PER_EVENT
+        consecutive days of a device each, a few events at a time."""
+        from shared.ranges import day_runs
 
+        assert self.publisher is not None
+        publisher, parent = self.publisher, telemetry.traceparent()
+
+        def publish(run: tuple[str, dt.date, dt.date]) -> None:
+            device_id, first, last = run
+            data = DayRequested(
+                job_id=job.id,
+                device_id=device_id,
+                day=first,
+                last_day=None if last == first else last,
+            )
+            event = events.new_event(
+                events.DAY_REQUESTED,
+                data,
+                source=self.source,
+                subject=str(job.id),
+                traceparent=parent,
+            )
+            publisher.publish(event)
+
+        with ThreadPoolExecutor(ANNOUNCE_THREADS, thread_name_prefix="announce") as pool:
+            list(pool.map(publish, day_runs(days, DAYS_PER_EVENT)))
+
+    def run_day(
+        self, job_id: uuid.UUID, device_id: str, day: dt.date, last_day: dt.date | None = None
+    ) -> Outcome:
+        """Handle one delivery of `day.requested`: compute and keep each device-day of the
+        run whose own claim succeeds, and when the job's last day is in, assemble and
+        complete the job (exactly once: the completion is fenced by the job's lease)."""
+        last = last_day or day
+        max_attempts = self.jobs.settings.job_max_attempts
         ranges = self._ranges()
-        what = f"day {day} of {device_id} for job {job_id}"
-        claim = ranges.days.claim(
-            job_id, device_id, day, self.lease_seconds, self.jobs.settings.job_max_attempts
-        )
-        if claim.state == DayState.BUSY:
-            return Outcome(HTTPStatus.CONFLICT, None, f"{what} is being computed")
-        if claim.state in (DayState.GONE, DayState.DONE):
-            # A repeated event, or a cancelled job's: nothing to do, nothing to retry.
-            return Outcome(HTTPStatus.OK, None, f"{what} is {claim.state.value}")
-        job = self.jobs.get(job_id)
+        what = f"{device_id} {day}" + (f"..{last}" if last != day else "") + f" of job {job_id}"
+        claim = ranges.days.claim(job_id, device_id, (day, last), self.lease_seconds, max_attempts)
+        job = self.jobs.get(job_id) if claim.claimed or claim.exhausted else None
         if job is None or job.finished:
-            if claim.token is not None:
-                ranges.days.release(job_id, device_id, day, claim.token, "", final=True)
-            return Outcome(HTTPStatus.OK, None, f"job {job_id} is no longer being computed")
-        if claim.state == DayState.EXHAUSTED:
-            reason = f"{what} failed {self.jobs.settings.job_max_attempts} attempts"
-            if job.lease_token is None:
-                return Outcome(HTTPStatus.OK, None, reason)  # its next attempt plans again
+            if claim.claimed:
+                ranges.days.release(job_id, device_id, claim.claimed, "", 0)
+            if claim.busy:
+                return Outcome(HTTPStatus.CONFLICT, None, f"{what} is being computed")
+            # A repeated event, or a cancelled job's: nothing to do, nothing to retry.
+            return Outcome(HTTPStatus.OK, None, f"{what}: nothing left to compute")
+        if claim.exhausted and job.lease_token is not None:
             token = job.lease_token
+            reason = f"{device_id} {claim.exhausted[0]}: failed {max_attempts} attempts"
             return self._fenced(lambda: self.jobs.fail(job.id, token, reason))
-        assert claim.token is not None
-        # A job the sweep requeued meanwhile still wants the day: its next attempt reuses
-        # it, and assembles the job itself should this day be the last.
+        if not claim.claimed:
+            return Outcome(HTTPStatus.CONFLICT, None, f"{what} is being computed")
+        # A job the sweep requeued meanwhile still wants the days: its next attempt reuses
+        # them, and assembles the job itself should these be the last.
         try:
             params = EngineParams.model_validate(job.parameters)
-            plan = self._plan(ranges, job, params)
-            cell = (device_id, day)
-            if cell in plan.cells and cell not in plan.holding:
-                ranges.compute_day(plan, cell)
+            # These device-days alone: their fingerprints now, and which kept ones hold.
+            mine = {"date_from": day, "date_to": last, "device_id": device_id}
+            plan = self._plan(ranges, job.model_copy(update=mine), params)
+            fresh = [cell for cell in plan.fresh() if cell[1] in claim.claimed]
+            ranges.compute_days(plan, fresh)
         except Exception as exc:
-            final = claim.attempt >= self.jobs.settings.job_max_attempts
             status = HTTPStatus.SERVICE_UNAVAILABLE
             if not isinstance(exc, (DatabaseUnavailable, StorageUnavailable, ReadFailed)):
-                log.exception("device-day failed unexpectedly")
+                log.exception("device-days failed unexpectedly")
                 status = HTTPStatus.INTERNAL_SERVER_ERROR
             error = one_line(str(exc), ERROR_MESSAGE_LIMIT)
-            ranges.days.release(job_id, device_id, day, claim.token, error, final=final)
+            ranges.days.release(job_id, device_id, claim.claimed, error, max_attempts)
             return Outcome(status, None, f"{what}: {error}")
-        left = ranges.days.finish(job_id, device_id, day, claim.token)
+        left = ranges.days.finish(job_id, device_id, claim.claimed)
+        if claim.busy:  # delivered again later, when those are done or free
+            return Outcome(HTTPStatus.CONFLICT, None, f"{what}: some days are being computed")
         if left != 0 or job.status != JobStatus.PROCESSING:
             return Outcome(HTTPStatus.OK, None, f"{what} done; {left} left")
         return self._assemble(job, params)

@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 # Matched whole (fullmatch): `$` alone would also take a trailing newline.
@@ -177,12 +178,28 @@ class JobQueued(_Contract):
     job_id: UUID
 
 
+DAYS_PER_EVENT: Final = 7
+"""The most consecutive device-days one `day.requested` event asks for: one read, one
+claim statement and one broker delivery for a week of a device, each day still claimed,
+kept and counted on its own."""
+
+
 class DayRequested(_Contract):
-    """Data of `day.requested`: one device-day of a range job is to be computed."""
+    """Data of `day.requested`: device-days of a range job are to be computed: `day` (to
+    `last_day`, when given: at most DAYS_PER_EVENT days in all) of one device."""
 
     job_id: UUID
     device_id: Annotated[str, Field(min_length=1, max_length=100)]
     day: dt.date
+    last_day: dt.date | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DayRequested:
+        if self.last_day is not None and not 0 <= (self.last_day - self.day).days < DAYS_PER_EVENT:
+            raise ValueError(
+                f"last_day must be day or one of the {DAYS_PER_EVENT - 1} days after it"
+            )
+        return self
 
 
 class Download(_Contract):

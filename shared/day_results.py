@@ -4,10 +4,13 @@ range job with the same key while the fingerprint still matches.
 
 The key hashes everything that can change a figure or a byte: the engine parameters
 (home, radii, filters, places, context), the time zone, and the versions of the engine's
-assembly and of the CSV format. The fingerprint is the count and a hash sum of the rows
-in the day's read range (context included), taken per quarter hour in one grouped scan
-of the `(device_id, timestamp)` index range for a whole range job, so re-checking a year
-is one query; it changes when a fix is added, removed or edited, whatever its created_at.
+assembly and of the CSV format. The fingerprint covers every row in the day's read range
+(context included): per quarter hour, their count and the XOR of their timestamps'
+hashes, taken in one grouped scan of the `(device_id, timestamp)` index for a whole
+range job (an index-only scan: re-checking a year is one query that reads no row). It
+changes when a fix is added, removed or moved in time, whatever its created_at; a fix
+edited in place (same device and timestamp, other coordinates) is not seen, as the index
+does not hold them.
 """
 
 from __future__ import annotations
@@ -26,20 +29,25 @@ from psycopg import sql
 
 from shared.db import Connection, ConnectionSource
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
 CSV_FORMAT_VERSION = 1
 """Bumped whenever a per-day CSV's bytes change for the same fixes and parameters."""
 
-BUCKET_US = 900 * 1_000_000
-"""Fingerprint buckets are quarter hours: every time zone's day starts on one, so a day's
-read range (its midnights plus whole-hour context) is a run of whole buckets."""
-
+# Fingerprint buckets are quarter hours: every time zone's day starts on one, so a day's
+# read range (its midnights plus whole-hour context) is a run of whole buckets.
 _BUCKETS = sql.SQL(
-    'SELECT device_id, div(floor(extract(epoch FROM "timestamp") * 1000000)::bigint, {size}),'
-    " count(*), sum(hashtextextended(concat_ws(',', \"timestamp\", latitude, longitude,"
-    " accuracy, velocity, battery, created_at), 0)::numeric)::text"
+    "SELECT device_id, date_bin('15 minutes', \"timestamp\", '2000-01-01 00:00+00'),"
+    " count(*), bit_xor(timestamp_hash_extended(\"timestamp\" AT TIME ZONE 'UTC', 0))"
     ' FROM public.locations WHERE "timestamp" >= %(start)s AND "timestamp" < %(end)s{device}'
     " GROUP BY 1, 2"
 )
+"""Per device and quarter hour, the rows' count and the XOR of their timestamps' hashes:
+only the `(device_id, timestamp)` index is read (an index-only scan), no row."""
+
+_GROUPS_MEMORY = "64MB"
+"""work_mem for the grouping: a year of quarter hours of a few devices is some 100,000
+groups, which the default would spill to disk."""
 
 
 def day_key(parameters: dict[str, Any], timezone: str, engine_version: int) -> str:
@@ -84,13 +92,14 @@ def scan_buckets(
 ) -> Buckets:
     """The fingerprint buckets of every row in [start, end) (of one device, or all)."""
     query = _BUCKETS.format(
-        size=sql.Literal(BUCKET_US),
         device=sql.SQL(" AND device_id = %(device)s" if device_id is not None else ""),
     )
-    rows = conn.execute(query, {"start": start, "end": end, "device": device_id}).fetchall()
+    with conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL work_mem = {}").format(sql.Literal(_GROUPS_MEMORY)))
+        rows = conn.execute(query, {"start": start, "end": end, "device": device_id}).fetchall()
     grouped: dict[str, list[tuple[int, str]]] = {}
     for device, bucket, count, total in rows:
-        start_us = int(bucket) * BUCKET_US
+        start_us = round((bucket - _EPOCH).total_seconds()) * 1_000_000
         grouped.setdefault(device, []).append((start_us, f"{start_us}:{count}:{total}"))
     by_device = {}
     for device, entries in grouped.items():
@@ -205,100 +214,118 @@ class DayStore:
         return sorted((device, day) for device, day, status in rows if status == "queued")
 
     def claim(
-        self, job_id: uuid.UUID, device_id: str, day: dt.date, lease_s: float, max_attempts: int
-    ) -> DayClaim:
-        """Take the device-day for one attempt (a new lease), or say why not."""
-        where = sql.SQL("job_id = %(job)s AND device_id = %(device)s AND day = %(day)s")
+        self,
+        job_id: uuid.UUID,
+        device_id: str,
+        days: tuple[dt.date, dt.date],
+        lease_s: float,
+        max_attempts: int,
+    ) -> RunClaim:
+        """Take each device-day from `days[0]` to `days[1]` that is free for an attempt
+        (a lease of its own), and say what the others are."""
+        where = sql.SQL(
+            "job_id = %(job)s AND device_id = %(device)s AND day BETWEEN %(first)s AND %(last)s"
+        )
         take = sql.SQL(
             "UPDATE {named} SET status = 'processing', attempts = attempts + 1,"
             " lease_token = gen_random_uuid(),"
             " lease_expires_at = now() + make_interval(secs => %(lease)s)"
             " WHERE {where} AND attempts < %(max)s AND (status = 'queued'"
             " OR (status = 'processing' AND lease_expires_at <= now()))"
-            " RETURNING lease_token, attempts, key_hash"
+            " RETURNING day, lease_token, attempts"
         ).format(named=self._named, where=where)
         look = sql.SQL(
-            "SELECT status, lease_expires_at > now(), key_hash FROM {named} WHERE {where}"
+            "SELECT day, status, lease_expires_at > now() FROM {named} WHERE {where}"
         ).format(named=self._named, where=where)
         params = {
             "job": job_id,
             "device": device_id,
-            "day": day,
+            "first": days[0],
+            "last": days[1],
             "lease": lease_s,
             "max": max_attempts,
         }
         with self._connection() as conn:
-            row = conn.execute(take, params).fetchone()
-            if row is not None:
-                return DayClaim(DayState.CLAIMED, row[0], row[1], row[2])
-            seen = conn.execute(look, params).fetchone()
-        if seen is None or seen[0] in ("cancelled", "failed"):
-            return DayClaim(DayState.GONE)
-        if seen[0] == "done":
-            return DayClaim(DayState.DONE, key=seen[2])
-        if seen[0] == "processing" and seen[1]:
-            return DayClaim(DayState.BUSY)
-        return DayClaim(DayState.EXHAUSTED, key=seen[2])
+            taken = conn.execute(take, params).fetchall()
+            seen = conn.execute(look, params).fetchall()
+        claimed = {day: (token, attempt) for day, token, attempt in taken}
+        states: dict[DayState, list[dt.date]] = {state: [] for state in DayState}
+        for day, status, live in seen:
+            if day in claimed:
+                continue
+            if status == "done":
+                states[DayState.DONE].append(day)
+            elif status == "processing" and live:
+                states[DayState.BUSY].append(day)
+            elif status in ("queued", "processing"):
+                states[DayState.EXHAUSTED].append(day)
+        return RunClaim(claimed, states[DayState.BUSY], states[DayState.EXHAUSTED])
 
     def finish(
-        self, job_id: uuid.UUID, device_id: str, day: dt.date, token: uuid.UUID
+        self, job_id: uuid.UUID, device_id: str, claimed: dict[dt.date, tuple[uuid.UUID, int]]
     ) -> int | None:
-        """Mark the day done, fenced by its lease `token`; then the job's days not yet done
-        (counted after the commit, so whichever compute finishes last sees none), or None
-        when the lease was lost."""
+        """Mark the claimed days done, each fenced by its lease token; then the job's days
+        not yet done (counted after the commit, so whichever compute finishes last sees
+        none), or None when a lease was lost."""
         done = sql.SQL(
-            "UPDATE {named} SET status = 'done', lease_token = NULL, lease_expires_at = NULL,"
-            " error_message = NULL WHERE job_id = %s AND device_id = %s AND day = %s"
-            " AND lease_token = %s"
+            "UPDATE {named} AS d SET status = 'done', lease_token = NULL,"
+            " lease_expires_at = NULL, error_message = NULL"
+            " FROM unnest(%s::date[], %s::uuid[]) AS c(day, token)"
+            " WHERE d.job_id = %s AND d.device_id = %s AND d.day = c.day"
+            " AND d.lease_token = c.token"
         ).format(named=self._named)
-        left = sql.SQL("SELECT count(*) FROM {named} WHERE job_id = %s AND status <> 'done'")
+        left = sql.SQL(
+            "SELECT count(*) FROM {named} WHERE job_id = %s AND status <> 'done'"
+        ).format(named=self._named)
+        days = list(claimed)
+        tokens = [claimed[day][0] for day in days]
         with self._connection() as conn:
-            if conn.execute(done, (job_id, device_id, day, token)).rowcount != 1:
+            if conn.execute(done, (days, tokens, job_id, device_id)).rowcount != len(days):
                 return None
         with self._connection() as conn:
-            row = conn.execute(left.format(named=self._named), (job_id,)).fetchone()
+            row = conn.execute(left, (job_id,)).fetchone()
         return int(row[0]) if row else 0
 
     def release(
         self,
         job_id: uuid.UUID,
         device_id: str,
-        day: dt.date,
-        token: uuid.UUID,
+        claimed: dict[dt.date, tuple[uuid.UUID, int]],
         error: str,
-        *,
-        final: bool,
+        max_attempts: int,
     ) -> None:
-        """Give the day back after a failed attempt (queued again, or failed if `final`)."""
+        """Give the claimed days back after a failed attempt: queued again, or failed
+        for good once their attempts are used up."""
         query = sql.SQL(
-            "UPDATE {named} SET status = %s, lease_token = NULL, lease_expires_at = NULL,"
-            " error_message = %s WHERE job_id = %s AND device_id = %s AND day = %s"
-            " AND lease_token = %s"
+            "UPDATE {named} AS d SET status = CASE WHEN d.attempts >= %s THEN 'failed'"
+            " ELSE 'queued' END, lease_token = NULL, lease_expires_at = NULL,"
+            " error_message = %s FROM unnest(%s::date[], %s::uuid[]) AS c(day, token)"
+            " WHERE d.job_id = %s AND d.device_id = %s AND d.day = c.day"
+            " AND d.lease_token = c.token"
         ).format(named=self._named)
-        status = "failed" if final else "queued"
+        days = list(claimed)
+        tokens = [claimed[day][0] for day in days]
         with self._connection() as conn:
-            conn.execute(query, (status, error, job_id, device_id, day, token))
+            conn.execute(query, (max_attempts, error, days, tokens, job_id, device_id))
 
 
 class DayState(enum.Enum):
     """What claiming a device-day found."""
 
-    CLAIMED = "claimed"
     DONE = "done"
     """Computed already (a repeated event)."""
     BUSY = "busy"
     """Another compute holds it under a live lease."""
-    GONE = "gone"
-    """Not a day of a live job (cancelled, failed, pruned or never planned)."""
     EXHAUSTED = "exhausted"
     """Its attempts are used up."""
 
 
 @dataclass(frozen=True)
-class DayClaim:
-    """The outcome of `DayStore.claim`: the lease token and attempt when claimed."""
+class RunClaim:
+    """What `DayStore.claim` took (day -> lease token and attempt) and what it left: days
+    another compute holds under a live lease, and days whose attempts are used up (the
+    rest were done already, or belong to no live job)."""
 
-    state: DayState
-    token: uuid.UUID | None = None
-    attempt: int = 0
-    key: str | None = None
+    claimed: dict[dt.date, tuple[uuid.UUID, int]]
+    busy: list[dt.date]
+    exhausted: list[dt.date]

@@ -8,10 +8,8 @@ from __future__ import annotations
 import datetime as dt
 import io
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from shared.day_results import DayStore, KeptDay, day_key, scan_buckets
 from shared.db import ConnectionSource
@@ -140,10 +138,11 @@ class RangeComputation:
             summary = summary.model_copy(update={"notes": [*summary.notes, note]})
         return RangeResult(summary, csv, rows, over, len(plan.holding), len(computed))
 
-    def compute_day(self, plan: RangePlan, cell: tuple[str, dt.date]) -> None:
-        """Compute and keep one device-day of `plan` (as a fanned-out day does)."""
-        computed = self._compute(plan, [cell[1]], {cell})
-        self.days.keep(plan.key, computed.values(), plan.read_times([cell[1]]))
+    def compute_days(self, plan: RangePlan, cells: list[tuple[str, dt.date]]) -> None:
+        """Compute and keep these device-days of `plan` (as a fanned-out event does)."""
+        dates = sorted({date for _, date in cells})
+        computed = self._compute(plan, dates, set(cells))
+        self.days.keep(plan.key, computed.values(), plan.read_times(dates))
 
     def _compute(
         self, plan: RangePlan, dates: list[dt.date], fresh: set[tuple[str, dt.date]]
@@ -189,9 +188,10 @@ class RangeComputation:
         analysis: Analysis,
     ) -> KeptDay:
         """Upload the device-day's CSV and describe it for keeping."""
+        from shared.engine.assembly import device_rows
         from shared.export import write_csv
 
-        rows = _device_rows(analysis, device)
+        rows = device_rows(analysis, device)
         if part is None or rows is None:
             return KeptDay(device, date, fingerprint, None, "", 0)
         body = io.BytesIO()
@@ -232,42 +232,28 @@ def upload_csv(objects: ObjectStore, key: str, body: bytes) -> tuple[str, int]:
     return digest, size
 
 
-def _chunks(dates: list[dt.date]) -> list[list[dt.date]]:
-    """Runs of consecutive dates, each at most CHUNK_DAYS long."""
+def _chunks(dates: list[dt.date], size: int = CHUNK_DAYS) -> list[list[dt.date]]:
+    """Runs of consecutive `dates` (sorted), each at most `size` long."""
     chunks: list[list[dt.date]] = []
     for date in dates:
-        if (
-            chunks
-            and len(chunks[-1]) < CHUNK_DAYS
-            and date - chunks[-1][-1] == dt.timedelta(days=1)
-        ):
+        if chunks and len(chunks[-1]) < size and date - chunks[-1][-1] == dt.timedelta(days=1):
             chunks[-1].append(date)
         else:
             chunks.append([date])
     return chunks
 
 
-def _device_rows(analysis: Analysis, device: str) -> Analysis | None:
-    """The analysis' rows of one device (None when it has none)."""
-    points = analysis.points
-    if device not in points.device_ids:
-        return None
-    code = points.device_ids.index(device)
-    a, b = np.searchsorted(points.device, [code, code + 1])
-    if a == b:
-        return None
-    rows = slice(int(a), int(b))
-    return replace(
-        analysis,
-        points=points.take(np.arange(a, b)),
-        distance_km=analysis.distance_km[rows],
-        segment_km=analysis.segment_km[rows],
-        cumulative_km=analysis.cumulative_km[rows],
-        at_home=analysis.at_home[rows],
-        trip=analysis.trip[rows],
-        stay=analysis.stay[rows],
-        dropped_by=analysis.dropped_by[rows],
-    )
+def day_runs(cells: list[tuple[str, dt.date]], size: int) -> list[tuple[str, dt.date, dt.date]]:
+    """Device-days as (device, first, last): runs of consecutive days of one device, each
+    at most `size` long (what one `day.requested` event asks for)."""
+    by_device: dict[str, list[dt.date]] = {}
+    for device, date in sorted(cells):
+        by_device.setdefault(device, []).append(date)
+    return [
+        (device, run[0], run[-1])
+        for device, dates in by_device.items()
+        for run in _chunks(dates, size)
+    ]
 
 
 def _slug(device: str) -> str:

@@ -66,7 +66,7 @@ def _serve(request: flask.Request) -> flask.Response:
             telemetry.span("compute day", parent=parent) as span,
         ):
             span.set_attribute("job.id", str(day.job_id))
-            outcome = computation.run_day(day.job_id, day.device_id, day.day)
+            outcome = computation.run_day(day.job_id, day.device_id, day.day, day.last_day)
     else:
         job_id = events.data_as(event, JobQueued).job_id
         with (

@@ -17,6 +17,7 @@ import datetime as dt
 import math
 import zlib
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -238,8 +239,16 @@ def analyze_day(
 ) -> list[DayPart]:
     """The parts of local day `date` of `window`'s time zone, from the fixes of `points`
     (sorted by device and time) that day's read range holds."""
+    return analyze_day_rows(points, date, window, params)[0]
+
+
+def analyze_day_rows(
+    points: Points, date: dt.date, window: Window, params: EngineParams
+) -> tuple[list[DayPart], Analysis]:
+    """`analyze_day`'s parts, and the day's `Analysis` (its rows, for the CSV)."""
     day = day_window(date, date, window.timezone)
-    return day_parts(analyze(day_points(points, *read_range(day, params)), day, params))
+    analysis = analyze(day_points(points, *read_range(day, params)), day, params)
+    return day_parts(analysis), analysis
 
 
 def day_points(points: Points, lo: int, hi: int) -> Points:
@@ -248,6 +257,29 @@ def day_points(points: Points, lo: int, hi: int) -> Points:
     starts = device_starts(points.device, len(points.device_ids))
     edges = first_at_or_after(points.timestamp, starts, np.array([lo, hi], dtype=np.int64))
     return points.take(concat_ranges(edges[:, 0], edges[:, 1]))
+
+
+def device_rows(analysis: Analysis, device: str) -> Analysis | None:
+    """The analysis' rows of one device (None when it has none)."""
+    points = analysis.points
+    if device not in points.device_ids:
+        return None
+    code = points.device_ids.index(device)
+    a, b = np.searchsorted(points.device, [code, code + 1])
+    if a == b:
+        return None
+    rows = slice(int(a), int(b))
+    return replace(
+        analysis,
+        points=points.take(np.arange(a, b)),
+        distance_km=analysis.distance_km[rows],
+        segment_km=analysis.segment_km[rows],
+        cumulative_km=analysis.cumulative_km[rows],
+        at_home=analysis.at_home[rows],
+        trip=analysis.trip[rows],
+        stay=analysis.stay[rows],
+        dropped_by=analysis.dropped_by[rows],
+    )
 
 
 def _spread(values: Floats) -> Spread:

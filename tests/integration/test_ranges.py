@@ -30,8 +30,8 @@ from tests.conftest import Database, RecordingServer, S3Server
 
 SCHEMA = "otel_worker"
 FIRST = dt.date(2024, 3, 28)
-LAST = dt.date(2024, 4, 2)  # a DST change in between
-SPEC = TrackSpec(start=FIRST - dt.timedelta(days=1), days=8)
+LAST = dt.date(2024, 4, 5)  # a DST change in between
+SPEC = TrackSpec(start=FIRST - dt.timedelta(days=1), days=11, devices=2)
 
 
 @pytest.fixture
@@ -141,7 +141,7 @@ def test_a_range_reuses_its_kept_days_and_recomputes_only_the_day_a_fix_changed(
         points = read_points(
             conn,
             dt.datetime(2024, 3, 26, tzinfo=dt.UTC),
-            dt.datetime(2024, 4, 5, tzinfo=dt.UTC),
+            dt.datetime(2024, 4, 9, tzinfo=dt.UTC),
             None,
         )
     expected = day_by_day(points, window, params).model_dump(mode="json")
@@ -176,14 +176,26 @@ def _fanned(computation: Computation, broker: RecordingServer) -> Computation:
     return dataclasses.replace(computation, publisher=Publisher(broker.url))
 
 
-def _day_events(broker: RecordingServer) -> list[tuple[uuid.UUID, str, dt.date]]:
+Run = tuple[uuid.UUID, str, dt.date, dt.date | None]
+
+
+def _day_events(broker: RecordingServer) -> list[Run]:
+    """The day.requested events the broker took, in the order of their first day."""
     out = []
     for request in broker.received:
         assert request["headers"]["ce-type"] == "dev.otelworker.day.requested.v1"
         data = DayRequested.model_validate_json(request["body"])
-        out.append((data.job_id, data.device_id, data.day))
+        out.append((data.job_id, data.device_id, data.day, data.last_day))
     broker.received.clear()
-    return out
+    return sorted(out, key=lambda run: (run[2], run[1]))
+
+
+def _cells(runs: list[Run]) -> set[tuple[str, dt.date]]:
+    return {
+        (device, first + dt.timedelta(days=k))
+        for _, device, first, last in runs
+        for k in range(((last or first) - first).days + 1)
+    }
 
 
 def test_a_fanned_out_range_completes_once_when_its_last_day_is_in(
@@ -195,16 +207,21 @@ def test_a_fanned_out_range_completes_once_when_its_last_day_is_in(
     assert outcome.detail.startswith(f"job {job_id} waits for ")
     days = _day_events(broker)
     n_days = (LAST - FIRST).days + 1
-    assert len(days) == len({(d, day) for _, d, day in days}) >= n_days
+    assert len(_cells(days)) == n_days * len({run[1] for run in days})
+    assert all(len(_cells([run])) <= 7 for run in days)
     job = fanned.jobs.get(job_id)
     assert job is not None
     assert job.status == "processing"
     outcomes = []
-    for k, (job_of, device, day) in enumerate(days):
-        outcomes.append(fanned.run_day(job_of, device, day))
+    for k, (job_of, device, day, last) in enumerate(days):
+        outcomes.append(fanned.run_day(job_of, device, day, last))
         if k == 0:
             # A repeated event for a day already in: acknowledged, nothing recomputed.
-            assert fanned.run_day(job_of, device, day).detail.endswith(" is done")
+            repeat = fanned.run_day(job_of, device, day, last)
+            assert (repeat.status, repeat.detail) == (
+                200,
+                f"{device} {day}..{days[0][3]} of job {job_id}: nothing left to compute",
+            )
     completed = [o for o in outcomes if o.event is not None]
     assert len(completed) == 1  # the last day's compute assembled the job, the others not
     assert outcomes[-1].detail == f"job {job_id} completed"
@@ -221,7 +238,7 @@ def test_a_fanned_out_range_completes_once_when_its_last_day_is_in(
             f"SELECT status, count(*) FROM {SCHEMA}.job_days WHERE job_id = %s GROUP BY 1",
             (job_id,),
         ).fetchall()
-    assert statuses == [("done", len(days))]
+    assert statuses == [("done", len(_cells(days)))]
     # A late repeat of the last event after completion: nothing happens.
     assert fanned.run_day(*days[-1]).status == 200
     assert fanned.jobs.get(job_id) == done
@@ -235,8 +252,9 @@ def test_a_day_whose_compute_died_is_taken_over_after_its_lease(
     fanned.run(job_id)
     days = _day_events(broker)
     # A compute claims the first day, then dies (its pod is killed) before finishing.
-    claim = fanned._ranges().days.claim(job_id, days[0][1], days[0][2], 0.3, 3)
-    assert claim.token is not None
+    first = days[0]
+    claim = fanned._ranges().days.claim(job_id, first[1], (first[2], first[3] or first[2]), 0.3, 3)
+    assert claim.claimed
     busy = fanned.run_day(*days[0])
     assert busy.status == 409  # the broker retries while the dead attempt's lease lasts
     time.sleep(0.5)
@@ -265,10 +283,10 @@ def test_cancelling_a_range_job_cancels_its_pending_days(
             ).fetchall()
         )
         kept_before = conn.execute(f"SELECT count(*) FROM {SCHEMA}.day_results").fetchone()
-    assert statuses == {"done": 1, "cancelled": len(days) - 1}
+    assert statuses == {"done": len(_cells(days[:1])), "cancelled": len(_cells(days[1:]))}
     later = fanned.run_day(*days[1])
     assert later.status == 200
-    assert later.detail.endswith(" is gone")
+    assert later.detail.endswith(": nothing left to compute")
     with pool.connection() as conn:
         assert conn.execute(f"SELECT count(*) FROM {SCHEMA}.day_results").fetchone() == kept_before
     job = fanned.jobs.get(job_id)

@@ -353,7 +353,11 @@ def test_a_misspelt_field_is_caught() -> None:
 
 def test_trigger_filters_name_types_the_code_handles(base: dict[str, list[Any]]) -> None:
     _, triggers = load_eventing()
-    handled = {events.DISTANCE_REQUESTED: "submit", events.JOB_QUEUED: "compute"}
+    handled = {
+        events.DISTANCE_REQUESTED: "submit",
+        events.JOB_QUEUED: "compute",
+        events.DAY_REQUESTED: "compute",
+    }
     for trigger in triggers:
         event_type = trigger.spec.filter.attributes["type"]
         assert event_type in handled, f"{trigger.metadata.name} filters on unknown {event_type}"
@@ -791,7 +795,7 @@ def test_every_delivery_times_out_before_its_service(base: dict[str, list[Any]])
         timeout = _seconds(trigger.spec.delivery.timeout)
         assert timeout < services[ref.name].spec.template.spec.timeout_seconds, ref.name
         checked += 1
-    assert checked == 2
+    assert checked == 3
 
 
 @pytest.mark.parametrize("folder", [BASE, *OVERLAYS], ids=lambda p: str(p.relative_to(KNATIVE)))
