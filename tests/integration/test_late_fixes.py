@@ -1,4 +1,4 @@
-"""Late fixes against the real database and S3 server: a fix uploaded after a job finished
+"""Late fixes against the real database (through PgBouncer) and S3 server: a fix uploaded after a job finished
 supersedes that job exactly once, with the right event, recomputing only the device-days
 whose rows changed; a change that moves no figure supersedes nothing; racing checks make
 one successor; late fixes landing while a range is fanned out are caught."""
@@ -20,6 +20,7 @@ from shared.config import AnalysisSettings, DatabaseSettings, JobSettings, Stora
 from shared.contracts import DayRequested, JobSuperseded, headline
 from shared.day_results import DayStore
 from shared.db import LazyPool
+from shared.dev.stack import PgBouncer
 from shared.dev.tracks import TrackSpec, generate
 from shared.events import Publisher
 from shared.job_view import job_view
@@ -56,9 +57,17 @@ def pool(scratch_database: Database) -> Iterator[LazyPool]:
             ' public.locations l JOIN held h ON (l.device_id, l."timestamp") ='
             ' (h.device_id, h."timestamp"))'
         )
-    lazy = LazyPool(DatabaseSettings(database_url=scratch_database.url))
+    # Through PgBouncer in transaction pooling mode, as production reaches the database.
+    bouncer = PgBouncer(
+        server_host=scratch_database.host,
+        server_port=scratch_database.port,
+        dbname=scratch_database.dbname,
+        user=scratch_database.user,
+    ).start()
+    lazy = LazyPool(DatabaseSettings(database_url=bouncer.dsn))
     yield lazy
     lazy.close()
+    bouncer.stop()
 
 
 @pytest.fixture
