@@ -342,3 +342,17 @@ def publisher_of(sink: EventSettings) -> events.Publisher | None:
     return events.Publisher(
         str(sink.k_sink), attempts=sink.publish_attempts, timeout=sink.publish_timeout_seconds
     )
+
+
+def refresh_once(
+    database: DatabaseSettings,
+    jobs: JobSettings,
+    storage: StorageSettings,
+    sink: EventSettings,
+    timezone: str,
+) -> RefreshReport:
+    """One late-fix check on a connection of its own (the dev supervisor's periodic run)."""
+    from shared.db import connect
+
+    with connect(database) as conn:
+        return check_late_fixes(conn, database, jobs, storage, sink, timezone)

@@ -288,6 +288,7 @@ def run_dev(
     the functions use it; otherwise they use the configured object store.
     """
     from shared.maintenance import migrate_jobs, sweep_once
+    from shared.supersession import refresh_once
 
     database = config.load(config.DatabaseSettings)
     telemetry = config.load(config.TelemetrySettings)
@@ -300,6 +301,18 @@ def run_dev(
     def interrupt(*_: object) -> None:
         raise KeyboardInterrupt
 
+    def maintain(sink: str) -> None:
+        """The sweep, then the late-fix check (once the object store is known: its CSVs)."""
+        events = event_settings.model_copy(update={"k_sink": sink})
+        sweep_once(database, jobs, events)
+        if env.get("MINIO_ACCESS_KEY") and env.get("MINIO_SECRET_KEY"):
+            fields = config.StorageSettings.model_fields
+            storage = config.StorageSettings.model_validate(
+                {name: env[name.upper()] for name in fields if name.upper() in env}
+            )
+            home = config.load(config.AnalysisSettings).home_timezone
+            refresh_once(database, jobs, storage, events, home)
+
     # While starting, a signal unwinds the start (which stops what it started); once
     # running, it ends the wait below.
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -308,9 +321,7 @@ def run_dev(
         env=env,
         out=out,
         migrate=lambda: migrate_jobs(database),
-        sweep=lambda sink: sweep_once(
-            database, jobs, event_settings.model_copy(update={"k_sink": sink})
-        ),
+        sweep=maintain,
         sweep_interval=sweep_interval,
         readable=wants_text(telemetry.log_format, out),
         ports=DEV_PORTS,

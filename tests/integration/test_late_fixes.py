@@ -1,7 +1,8 @@
-"""Late fixes against the real database (through PgBouncer) and S3 server: a fix uploaded after a job finished
-supersedes that job exactly once, with the right event, recomputing only the device-days
-whose rows changed; a change that moves no figure supersedes nothing; racing checks make
-one successor; late fixes landing while a range is fanned out are caught."""
+"""Late fixes against the real database (through PgBouncer) and S3 server: a fix uploaded
+after a job finished supersedes that job exactly once, with the right event, recomputing
+only the device-days whose rows changed; a change that moves no figure supersedes nothing;
+racing checks make one successor; late fixes landing while a range is fanned out are
+caught."""
 
 from __future__ import annotations
 
@@ -328,8 +329,8 @@ def test_late_fixes_landing_during_a_fan_out_end_in_the_job_and_supersede_nothin
     days = _days(broker)
     done_first = [run for run in days if run[1] == phone1 and run[2] <= LATE_DAY <= run[3]]
     rest = [cell for cell in days if cell not in done_first]
-    # phone1's run holding LATE_DAY is computed, then the late fixes land, then the other days finish:
-    # the assembly re-checks every day's fingerprint and computes the stale one again.
+    # phone1's run holding LATE_DAY is computed, then the late fixes land, then the other
+    # days finish: the assembly re-checks every day's fingerprint and computes it again.
     fanned.run_day(*done_first[0])
     _late_fixes(pool)
     outcomes = [fanned.run_day(*cell) for cell in rest]
