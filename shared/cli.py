@@ -225,7 +225,7 @@ def _sweep(args: argparse.Namespace, conn: Connection, settings: config.Database
 
 def _refresh(args: argparse.Namespace, conn: Connection, settings: config.DatabaseSettings) -> int:
     """The late-fix check (a CronJob beside the sweep); prints what it did. 1 when an
-    event could not be sent."""
+    event could not be sent or a job could not be re-checked."""
     from shared.supersession import check_late_fixes
 
     report = check_late_fixes(
@@ -237,7 +237,7 @@ def _refresh(args: argparse.Namespace, conn: Connection, settings: config.Databa
         config.load(config.AnalysisSettings).home_timezone,
     )
     sys.stdout.write("".join(line + "\n" for line in report.lines()))
-    return 1 if report.publish_failures else 0
+    return 1 if report.publish_failures or report.failures else 0
 
 
 def _nightly(args: argparse.Namespace, conn: Connection, settings: config.DatabaseSettings) -> int:

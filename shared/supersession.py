@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import psycopg
 from cloudevents.http import CloudEvent
 from psycopg import sql
 from psycopg.rows import dict_row
@@ -39,6 +40,7 @@ from shared.contracts import Headline, JobSuperseded, Requester, headline
 from shared.day_results import DayStore, day_key, scan_buckets
 from shared.db import Connection
 from shared.engine.params import EngineParams
+from shared.errors import DependencyUnavailable, one_line
 from shared.jobs import Job, JobStatus, JobStore
 from shared.nightly import local_today
 from shared.ranges import RangeComputation
@@ -77,6 +79,9 @@ class RefreshReport:
     superseded: list[tuple[Job, Job]] = field(default_factory=list)
     """(old, new) for each job replaced."""
     publish_failures: list[tuple[uuid.UUID, str]] = field(default_factory=list)
+    failures: list[tuple[uuid.UUID, str]] = field(default_factory=list)
+    """Jobs that could not be re-checked (the database or the object store failed): the
+    next run tries them again."""
 
     def lines(self) -> list[str]:
         """One human-readable line per action, and one per job acted on."""
@@ -93,6 +98,9 @@ class RefreshReport:
         if self.publish_failures:
             lines.append(f"could not publish {len(self.publish_failures)} event(s)")
             lines += [f"  {job_id}: {error}" for job_id, error in self.publish_failures]
+        if self.failures:
+            lines.append(f"could not re-check {len(self.failures)} job(s); the next run will")
+            lines += [f"  {job_id}: {error}" for job_id, error in self.failures]
         return lines
 
 
@@ -161,7 +169,11 @@ class LateFixCheck:
             seen = max(filter(None, (job.completed_at, job.figures_checked_at)))
             if not any(cell in stale or kept[cell].computed_at > seen for cell in cells):
                 continue
-            self._recheck(job, report, publish, queued, source)
+            try:
+                self._recheck(job, report, publish, queued, source)
+            except (DependencyUnavailable, psycopg.Error) as exc:
+                # Nothing is marked: the job stays a candidate for the next run.
+                report.failures.append((job.id, one_line(str(exc), 300)))
         return report
 
     def _recheck(

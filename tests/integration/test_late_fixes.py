@@ -350,3 +350,28 @@ def test_late_fixes_landing_during_a_fan_out_end_in_the_job_and_supersede_nothin
     stood = fanned.jobs.get(job.id)
     assert stood is not None
     assert stood.superseded_by is None
+
+
+def test_a_check_that_cannot_store_its_days_supersedes_nothing_and_the_next_one_does(
+    computation: Computation, pool: LazyPool
+) -> None:
+    job_id = _run(computation, _request())
+    _late_fixes(pool)
+    dead = computation.storage.model_copy(update={"minio_endpoint": "127.0.0.1:9"})
+    check = _check(computation)
+    down = dataclasses.replace(
+        check, ranges=dataclasses.replace(check.ranges, objects=ObjectStore(dead))
+    )
+    sent = Sent()
+    report = down.run(TODAY, sent, "/tests")
+    assert [job for job, _ in report.failures] == [job_id]
+    assert report.failures[0][1].startswith("uploading days/")
+    assert (report.superseded, sent) == ([], [])
+    assert "could not re-check 1 job(s); the next run will" in report.lines()
+    job = computation.jobs.get(job_id)
+    assert job is not None
+    assert (job.superseded_by, job.figures_checked_at) == (None, None)
+    # The store is back: the next check supersedes it.
+    again = check.run(TODAY, sent, "/tests")
+    assert [old.id for old, _ in again.superseded] == [job_id]
+    assert again.failures == []
