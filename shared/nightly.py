@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 from cloudevents.http import CloudEvent
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from shared import events
 from shared.config import (
@@ -124,7 +125,7 @@ class NightlySummaries:
             except events.PublishError as exc:
                 report.publish_failures.append((device, str(exc)))
                 continue
-            self._record(plan.key, device, day, fingerprint, event_id)
+            self._record(plan.key, device, day, (timezone, parameters, fingerprint, event_id))
             report.published.append(device)
         return report
 
@@ -138,15 +139,23 @@ class NightlySummaries:
             row = conn.execute(query, (key, device, day)).fetchone()
         return str(row[0]) if row else None
 
-    def _record(self, key: str, device: str, day: dt.date, fingerprint: str, event_id: str) -> None:
+    def _record(
+        self, key: str, device: str, day: dt.date, summary: tuple[str, Any, str, str]
+    ) -> None:
+        """Record the device-day's `day.summarized` as sent: (time zone, parameters,
+        fingerprint, event id)."""
         query = sql.SQL(
-            "INSERT INTO {table} (key_hash, device_id, day, fingerprint, event_id, published_at)"
-            " VALUES (%s, %s, %s, %s, %s, now()) ON CONFLICT (key_hash, device_id, day) DO UPDATE"
-            " SET fingerprint = excluded.fingerprint, event_id = excluded.event_id,"
+            "INSERT INTO {table} (key_hash, device_id, day, timezone, parameters, fingerprint,"
+            " event_id, published_at) VALUES (%s, %s, %s, %s, %s, %s, %s, now())"
+            " ON CONFLICT (key_hash, device_id, day) DO UPDATE SET"
+            " fingerprint = excluded.fingerprint, event_id = excluded.event_id,"
             " published_at = excluded.published_at"
         ).format(table=sql.Identifier(self.schema, "day_summaries"))
+        timezone, parameters, fingerprint, event_id = summary
         with self.connection() as conn:
-            conn.execute(query, (key, device, day, fingerprint, event_id))
+            conn.execute(
+                query, (key, device, day, timezone, Jsonb(parameters), fingerprint, event_id)
+            )
 
 
 def yesterday(timezone: str, now: dt.datetime | None = None) -> dt.date:

@@ -24,6 +24,7 @@ run kept its day) is not checked until one is.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from shared.db import Connection
 from shared.engine.params import EngineParams
 from shared.errors import DependencyUnavailable, one_line
 from shared.jobs import Job, JobStatus, JobStore
-from shared.nightly import local_today
+from shared.nightly import NightlySummaries, local_today
 from shared.ranges import RangeComputation
 from shared.storage import ObjectStore
 from shared.submission import queued_event
@@ -78,10 +79,13 @@ class RefreshReport:
     still_true: list[uuid.UUID] = field(default_factory=list)
     superseded: list[tuple[Job, Job]] = field(default_factory=list)
     """(old, new) for each job replaced."""
-    publish_failures: list[tuple[uuid.UUID, str]] = field(default_factory=list)
-    failures: list[tuple[uuid.UUID, str]] = field(default_factory=list)
-    """Jobs that could not be re-checked (the database or the object store failed): the
-    next run tries them again."""
+    resummarized: list[tuple[str, dt.date]] = field(default_factory=list)
+    """(device, day) whose nightly `day.summarized` was sent again with corrected figures."""
+    publish_failures: list[tuple[str, str]] = field(default_factory=list)
+    """(what, error): `job <id>` or `<device> <day>` whose event could not be sent."""
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    """(what, error): `job <id>` or `day <day>` that could not be re-checked (the database
+    or the object store failed): the next run tries again."""
 
     def lines(self) -> list[str]:
         """One human-readable line per action, and one per job acted on."""
@@ -95,12 +99,15 @@ class RefreshReport:
             f" true, {len(self.superseded)} superseded"
         )
         lines += [f"  {old.id} superseded by {new.id}" for old, new in self.superseded]
+        if self.resummarized:
+            lines.append(f"day.summarized sent again for {len(self.resummarized)} device-day(s)")
+            lines += [f"  {device} {day}" for device, day in self.resummarized]
         if self.publish_failures:
             lines.append(f"could not publish {len(self.publish_failures)} event(s)")
-            lines += [f"  {job_id}: {error}" for job_id, error in self.publish_failures]
+            lines += [f"  {what}: {error}" for what, error in self.publish_failures]
         if self.failures:
-            lines.append(f"could not re-check {len(self.failures)} job(s); the next run will")
-            lines += [f"  {job_id}: {error}" for job_id, error in self.failures]
+            lines.append(f"could not re-check {len(self.failures)} item(s); the next run will")
+            lines += [f"  {what}: {error}" for what, error in self.failures]
         return lines
 
 
@@ -173,8 +180,50 @@ class LateFixCheck:
                 self._recheck(job, report, publish, queued, source)
             except (DependencyUnavailable, psycopg.Error) as exc:
                 # Nothing is marked: the job stays a candidate for the next run.
-                report.failures.append((job.id, one_line(str(exc), 300)))
+                report.failures.append((f"job {job.id}", one_line(str(exc), 300)))
+        if publish is not None:
+            self._resummarize(since, stale, publish, source, report)
         return report
+
+    def _resummarize(
+        self,
+        since: dt.date,
+        stale: set[Cell],
+        publish: Callable[[CloudEvent], None],
+        source: str,
+        report: RefreshReport,
+    ) -> None:
+        """Send the nightly `day.summarized` again for the days whose rows changed since
+        it was sent (late fixes): stale now, or recomputed since (by a job re-check)."""
+        query = sql.SQL(
+            "SELECT s.key_hash, s.device_id, s.day, s.timezone, s.parameters,"
+            " s.fingerprint IS DISTINCT FROM r.fingerprint FROM {summaries} s"
+            " LEFT JOIN {days} r USING (key_hash, device_id, day)"
+            " WHERE s.day >= %s AND s.published_at IS NOT NULL"
+        ).format(
+            summaries=sql.Identifier(self.jobs.schema, "day_summaries"),
+            days=sql.Identifier(self.jobs.schema, "day_results"),
+        )
+        with self.jobs.connection() as conn:
+            rows = conn.execute(query, (since,)).fetchall()
+        days = {
+            (day, timezone, json.dumps(parameters, sort_keys=True))
+            for key, device, day, timezone, parameters, moved in rows
+            if moved or (key, device, day) in stale
+        }
+        nightly = NightlySummaries(self.ranges, self.jobs.connection, self.jobs.schema)
+        for day, timezone, parameters in sorted(days):
+            params = EngineParams.model_validate_json(parameters)
+            try:
+                again = nightly.run(day, timezone, params, publish, source)
+            except (DependencyUnavailable, psycopg.Error) as exc:
+                report.failures.append((f"day {day}", one_line(str(exc), 300)))
+                continue
+            report.recomputed += again.computed
+            report.resummarized += [(device, day) for device in again.published]
+            report.publish_failures += [
+                (f"{device} {day}", error) for device, error in again.publish_failures
+            ]
 
     def _recheck(
         self,
@@ -208,7 +257,7 @@ class LateFixCheck:
             if queued is not None:
                 queued(new)
         except events.PublishError as exc:
-            report.publish_failures.append((job.id, str(exc)))
+            report.publish_failures.append((f"job {job.id}", str(exc)))
 
     def _kept(self, since: dt.date) -> dict[Cell, KeptCell]:
         query = sql.SQL(

@@ -9,11 +9,14 @@ ALTER TABLE jobs ADD COLUMN figures_checked_at timestamptz;
 CREATE UNIQUE INDEX jobs_supersedes_key ON jobs (supersedes);
 
 -- The nightly day summaries announced: one `day.summarized` event per device, local day
--- and key, sent again only when the day's fingerprint changed (its event id changes too).
+-- and key, sent again only when the day's fingerprint changed (its event id changes too),
+-- with the time zone and parameters the late-fix check needs to summarise it again.
 CREATE TABLE day_summaries (
     key_hash text NOT NULL,
     device_id varchar(100) NOT NULL,
     day date NOT NULL,
+    timezone text NOT NULL,
+    parameters jsonb NOT NULL,
     fingerprint text NOT NULL,
     event_id text NOT NULL,
     published_at timestamptz,

@@ -18,7 +18,7 @@ from cloudevents.http import CloudEvent
 from shared import events, migrate
 from shared.computation import Computation
 from shared.config import AnalysisSettings, DatabaseSettings, JobSettings, StorageSettings
-from shared.contracts import DayRequested, JobSuperseded, headline
+from shared.contracts import DayRequested, DaySummarized, JobSuperseded, headline
 from shared.day_results import DayStore
 from shared.db import LazyPool
 from shared.dev.stack import PgBouncer
@@ -27,6 +27,7 @@ from shared.events import Publisher
 from shared.job_view import job_view
 from shared.jobs import JobRequest, JobStore
 from shared.locations import write_points
+from shared.nightly import NightlySummaries
 from shared.ranges import RangeComputation
 from shared.storage import ObjectStore
 from shared.supersession import LateFixCheck, RefreshReport
@@ -364,10 +365,10 @@ def test_a_check_that_cannot_store_its_days_supersedes_nothing_and_the_next_one_
     )
     sent = Sent()
     report = down.run(TODAY, sent, "/tests")
-    assert [job for job, _ in report.failures] == [job_id]
+    assert [what for what, _ in report.failures] == [f"job {job_id}"]
     assert report.failures[0][1].startswith("uploading days/")
     assert (report.superseded, sent) == ([], [])
-    assert "could not re-check 1 job(s); the next run will" in report.lines()
+    assert "could not re-check 1 item(s); the next run will" in report.lines()
     job = computation.jobs.get(job_id)
     assert job is not None
     assert (job.superseded_by, job.figures_checked_at) == (None, None)
@@ -375,3 +376,33 @@ def test_a_check_that_cannot_store_its_days_supersedes_nothing_and_the_next_one_
     again = check.run(TODAY, sent, "/tests")
     assert [old.id for old, _ in again.superseded] == [job_id]
     assert again.failures == []
+
+
+def test_late_fixes_into_a_summarised_day_send_its_corrected_summary_once(
+    computation: Computation, pool: LazyPool
+) -> None:
+    check = _check(computation)
+    nightly = NightlySummaries(check.ranges, computation.jobs.connection, SCHEMA)
+    params = AnalysisSettings(
+        home_latitude=SPEC.home_latitude, home_longitude=SPEC.home_longitude
+    ).engine_params()
+    first = Sent()
+    assert nightly.run(LATE_DAY, SPEC.timezone, params, first, "/tests").published == [
+        "phone1",
+        "phone2",
+    ]
+    _late_fixes(pool)
+    sent = Sent()
+    report = check.run(TODAY, sent, "/tests")
+    # phone1's day is sent again, with a new id and the late fixes in; phone2's is not.
+    assert report.resummarized == [("phone1", LATE_DAY)]
+    assert [event["type"] for event in sent] == [events.DAY_SUMMARIZED]
+    before = DaySummarized.model_validate(first[0].get_data())
+    after = DaySummarized.model_validate(sent[0].get_data())
+    assert (after.device_id, after.day) == ("phone1", LATE_DAY)
+    assert sent[0]["id"] != first[0]["id"]
+    assert after.figures.points_used > before.figures.points_used
+    # Once sent, not again.
+    sent.clear()
+    assert check.run(TODAY, sent, "/tests").resummarized == []
+    assert sent == []
