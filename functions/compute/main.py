@@ -16,6 +16,8 @@ from http import HTTPStatus
 import flask
 import functions_framework
 import psycopg
+import pydantic_core
+from psycopg.types.json import set_json_dumps
 
 from shared import clients, config, events, telemetry, web
 from shared.computation import Computation
@@ -28,6 +30,9 @@ log = logging.getLogger(FUNCTION)
 
 
 def _computation() -> Computation:
+    # A year's summary is megabytes of JSON: pydantic's serialiser writes it several
+    # times faster than the standard library's, for every jsonb this process stores.
+    set_json_dumps(pydantic_core.to_json)
     return Computation(
         jobs=clients.jobs(),
         connection=clients.pool().connection,
