@@ -182,6 +182,10 @@ class DayPart(_Model):
     last_seen_us: int | None
     inner_gap: tuple[float, int] | None
     """The longest gap between two observed fixes of the day (s, its start µs)."""
+    lead_km: float = 0.0
+    """The share before midnight of the step into the device's first fix of the day..."""
+    lead_us: int | None = None
+    """...and that fix's time: a trip starting with it counts the whole step in a range."""
 
 
 def day_parts(analysis: Analysis) -> list[DayPart]:
@@ -226,6 +230,8 @@ def day_parts(analysis: Analysis) -> list[DayPart]:
                 first_seen_us=int(t[0]) if len(t) else None,
                 last_seen_us=int(t[-1]) if len(t) else None,
                 inner_gap=gap,
+                lead_km=float(sums.lead_km[g]),
+                lead_us=int(sums.lead_us[g]) if sums.lead_us[g] >= 0 else None,
             )
         )
     return parts
@@ -329,7 +335,7 @@ def assemble(parts: Sequence[DayPart], window: Window, params: EngineParams) -> 
     next_trip, next_stay = 1, 1
     for g, device in enumerate(devices):
         mine = by_device[device]
-        joined = _Stitched.of(mine, window, next_trip, next_stay)
+        joined = _Stitched.of(mine, window.dates[0], next_trip, next_stay)
         next_trip += len(joined.trips)
         next_stay += joined.n_stays
         stitched.append(joined)
@@ -401,11 +407,12 @@ class _Stitched:
         self.day_lists, self.n_stays = day_lists, n_stays
 
     @staticmethod
-    def of(parts: list[DayPart], window: Window, first_trip: int, first_stay: int) -> _Stitched:
-        """The stitched lists of one device's parts (sorted by day)."""
+    def of(parts: list[DayPart], first: dt.date, first_trip: int, first_stay: int) -> _Stitched:
+        """The stitched lists of one device's parts (sorted by day; the range starts on
+        `first`)."""
         trips: list[Trip] = []
         for part in parts:
-            for trip in part.metrics.trips:
+            for trip in _led(part, first):
                 if trips and _continues(trips[-1], trip):
                     trips[-1] = _join_trips(trips[-1], trip)
                 else:
@@ -457,6 +464,24 @@ class _Stitched:
             {},
             sum(part.n_stays for part in parts),
         )
+
+
+def _led(part: DayPart, first: dt.date) -> list[Trip]:
+    """The part's trips, a trip that leaves with the day's first fix given back the share
+    of the step into that fix that lies before midnight (inside the range but for its
+    first day), as a single pass over the range counts it."""
+    if part.lead_us is None or part.date == first:
+        return part.metrics.trips
+    at = _EPOCH + dt.timedelta(microseconds=part.lead_us)
+    return [
+        _copy(trip, path_km=round_km(trip.path_km + part.lead_km))
+        if trip.start.astimezone(dt.UTC) == at and not trip.clipped_start
+        else trip
+        for trip in part.metrics.trips
+    ]
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def _continues(before: Trip | Stay, after: Trip | Stay) -> bool:
