@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -71,6 +72,8 @@ class RangeComputation:
     days: DayStore
     objects: ObjectStore
     max_csv_rows: int
+    max_day_read_rows: int
+    """MAX_DAY_READ_ROWS: the most fixes one device-day's read may hold, context included."""
     _bodies: dict[tuple[str, dt.date], bytes] = field(default_factory=dict)
     """The CSVs of the device-days computed by this run."""
 
@@ -151,7 +154,7 @@ class RangeComputation:
         one device when only one is fresh)."""
         from shared.engine import analyze, day_window, read_range
         from shared.engine.assembly import day_parts, day_points
-        from shared.locations import read_points
+        from shared.locations import PointLimit, read_points
 
         out: dict[tuple[str, dt.date], KeptDay] = {}
         devices = {device for device, _ in fresh}
@@ -159,8 +162,12 @@ class RangeComputation:
         timezone, params = plan.window.timezone, plan.params
         for chunk in _chunks(dates):
             lo, hi = plan.reads[chunk[0]][0], plan.reads[chunk[-1]][1]
+            # The days' reads share their context: a run of n days reads n + 2 days' worth.
+            limit = PointLimit(
+                _utc(lo), _utc(hi), sys.maxsize, self.max_day_read_rows * (len(chunk) + 2)
+            )
             with self.connection() as conn:
-                points = read_points(conn, _utc(lo), _utc(hi), device_id)
+                points = read_points(conn, _utc(lo), _utc(hi), device_id, limit)
             for date in chunk:
                 day = day_window(date, date, timezone)
                 analysis = analyze(day_points(points, *read_range(day, params)), day, params)
