@@ -67,7 +67,7 @@ def test_doctor_from_nothing_to_healthy(
     code, out, _ = _run(capsys, "doctor")
     assert code == 1
     assert "public.locations: MISSING" in out
-    assert "0 of 2 migration(s) applied" in out
+    assert "0 of 3 migration(s) applied" in out
     assert "pending (run `otel-worker migrate`): 0001_jobs" in out
 
     count = 2_000
