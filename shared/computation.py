@@ -45,6 +45,7 @@ from shared.storage import (
 
 if TYPE_CHECKING:
     from shared.engine import Analysis
+    from shared.locations import TooManyDeviceRows
     from shared.ranges import RangeComputation, RangePlan
 
 log = logging.getLogger(__name__)
@@ -328,6 +329,7 @@ class Computation:
             days=DayStore(self.jobs.connection, self.jobs.schema),
             objects=self.objects,
             max_csv_rows=self.storage.max_csv_rows,
+            max_day_read_rows=self.storage.max_day_read_rows,
         )
 
     def _plan(self, ranges: RangeComputation, job: Job, params: EngineParams) -> RangePlan:
@@ -344,6 +346,7 @@ class Computation:
         """A range job's results, device-day by device-day (see `shared.ranges`). With a
         broker to publish to, the days to compute are announced as `day.requested` events
         (`Deferred`: the last day's compute assembles the job); else computed here."""
+        from shared.locations import TooManyDeviceRows
         from shared.ranges import upload_csv
 
         ranges = self._ranges()
@@ -359,6 +362,8 @@ class Computation:
                 outcome = ranges.finish(plan)
             except psycopg.Error as exc:
                 raise _read_failed(exc) from exc
+            except TooManyDeviceRows as exc:
+                raise JobFailure(_too_many(exc, self.storage.max_day_read_rows)) from None
         ranges.days.plan(job.id, plan.key, plan.cells, [])  # the days its result names
         keys = result_keys(job.id, job.attempts, job.date_from, job.date_to, job.device_id)
         assert job.lease_token is not None
@@ -412,6 +417,8 @@ class Computation:
         """Handle one delivery of `day.requested`: compute and keep each device-day of the
         run whose own claim succeeds, and when the job's last day is in, assemble and
         complete the job (exactly once: the completion is fenced by the job's lease)."""
+        from shared.locations import TooManyDeviceRows
+
         last = last_day or day
         max_attempts = self.jobs.settings.job_max_attempts
         ranges = self._ranges()
@@ -440,6 +447,13 @@ class Computation:
             plan = self._plan(ranges, job.model_copy(update=mine), params)
             fresh = [cell for cell in plan.fresh() if cell[1] in claim.claimed]
             ranges.compute_days(plan, fresh)
+        except TooManyDeviceRows as exc:
+            ranges.days.release(job_id, device_id, claim.claimed, str(exc), 0)
+            reason = _too_many(exc, self.storage.max_day_read_rows)
+            if job.lease_token is None:
+                return Outcome(HTTPStatus.OK, None, reason)
+            token = job.lease_token
+            return self._fenced(lambda: self.jobs.fail(job.id, token, reason))
         except Exception as exc:
             status = HTTPStatus.SERVICE_UNAVAILABLE
             if not isinstance(exc, (DatabaseUnavailable, StorageUnavailable, ReadFailed)):
@@ -483,6 +497,14 @@ def unknown_device_note(device_id: str, known: list[str]) -> str:
     return (
         f"device {device_id!r} has no fixes at all in public.locations; "
         f"devices with fixes: {shown}{more}"
+    )
+
+
+def _too_many(exc: TooManyDeviceRows, per_day: int) -> str:
+    return (
+        f"device {exc.device}: {exc.count} fixes to read for its days, window and context, "
+        f"exceed MAX_DAY_READ_ROWS ({per_day}) per device-day; ask for another window or "
+        "have the data thinned"
     )
 
 

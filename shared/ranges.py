@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -71,6 +72,8 @@ class RangeComputation:
     days: DayStore
     objects: ObjectStore
     max_csv_rows: int
+    max_day_read_rows: int
+    """MAX_DAY_READ_ROWS: the most fixes one device-day's read may hold, context included."""
     _bodies: dict[tuple[str, dt.date], bytes] = field(default_factory=dict)
     """The CSVs of the device-days computed by this run."""
 
@@ -124,18 +127,19 @@ class RangeComputation:
         rows = sum(day.csv_rows for day in days.values())
         ordered = sorted(cell for cell in days if days[cell].csv_rows)
         over = rows > self.max_csv_rows
-        # Compute writes objects it cannot read back: the rows of days this run did not
-        # compute stay in their own CSVs.
-        whole = not over and all(cell in self._bodies for cell in ordered)
-        csv = self._joined(ordered) if whole else self._index(ordered, days)
-        if not whole:
-            why = (
-                f"{rows} CSV rows exceed MAX_CSV_ROWS ({self.max_csv_rows})"
-                if over
-                else "its days were computed apart"
+        if over:
+            csv = self._index(ordered, days)
+            note = (
+                f"{rows} CSV rows exceed MAX_CSV_ROWS ({self.max_csv_rows}): the CSV lists "
+                "each device-day's CSV instead of holding the rows"
             )
-            note = f"{why}: the CSV lists each device-day's CSV instead of holding the rows"
             summary = summary.model_copy(update={"notes": [*summary.notes, note]})
+        else:
+            # Compute writes objects it cannot read back: the rows of days this run did
+            # not compute are made again (the engine is cheap next to the whole range).
+            again = [cell for cell in ordered if cell not in self._bodies]
+            self._compute(plan, sorted({date for _, date in again}), set(again), keep=False)
+            csv = self._joined(ordered)
         return RangeResult(summary, csv, rows, over, len(plan.holding), len(computed))
 
     def compute_days(self, plan: RangePlan, cells: list[tuple[str, dt.date]]) -> None:
@@ -145,13 +149,18 @@ class RangeComputation:
         self.days.keep(plan.key, computed.values(), plan.read_times(dates))
 
     def _compute(
-        self, plan: RangePlan, dates: list[dt.date], fresh: set[tuple[str, dt.date]]
+        self,
+        plan: RangePlan,
+        dates: list[dt.date],
+        fresh: set[tuple[str, dt.date]],
+        *,
+        keep: bool = True,
     ) -> dict[tuple[str, dt.date], KeptDay]:
         """Compute the `fresh` device-days (on `dates`), a chunk of days per read (of the
-        one device when only one is fresh)."""
+        one device when only one is fresh); without `keep`, only their CSV rows."""
         from shared.engine import analyze, day_window, read_range
         from shared.engine.assembly import day_parts, day_points
-        from shared.locations import read_points
+        from shared.locations import PointLimit, read_points
 
         out: dict[tuple[str, dt.date], KeptDay] = {}
         devices = {device for device, _ in fresh}
@@ -159,14 +168,21 @@ class RangeComputation:
         timezone, params = plan.window.timezone, plan.params
         for chunk in _chunks(dates):
             lo, hi = plan.reads[chunk[0]][0], plan.reads[chunk[-1]][1]
+            # The days' reads share their context: a run of n days reads n + 2 days' worth.
+            limit = PointLimit(
+                _utc(lo), _utc(hi), sys.maxsize, self.max_day_read_rows * (len(chunk) + 2)
+            )
             with self.connection() as conn:
-                points = read_points(conn, _utc(lo), _utc(hi), device_id)
+                points = read_points(conn, _utc(lo), _utc(hi), device_id, limit)
             for date in chunk:
                 day = day_window(date, date, timezone)
                 analysis = analyze(day_points(points, *read_range(day, params)), day, params)
                 parts = {part.device_id: part for part in day_parts(analysis)}
                 for device, when in plan.cells:
                     if when != date or (device, date) not in fresh:
+                        continue
+                    if not keep:
+                        self._rows_of(device, date, analysis)
                         continue
                     out[(device, date)] = self._keep_day(
                         plan.key,
@@ -188,20 +204,24 @@ class RangeComputation:
         analysis: Analysis,
     ) -> KeptDay:
         """Upload the device-day's CSV and describe it for keeping."""
-        from shared.engine.assembly import device_rows
-        from shared.export import write_csv
-
-        rows = device_rows(analysis, device)
+        rows = self._rows_of(device, date, analysis)
         if part is None or rows is None:
             return KeptDay(device, date, fingerprint, None, "", 0)
-        body = io.BytesIO()
-        write_csv(rows, body)
+        body = self._bodies[(device, date)]
         csv_key = f"days/{key[:16]}/{_slug(device)}/{date:%Y%m%d}-{fingerprint[:12]}.csv"
-        size = body.tell()
-        body.seek(0)
-        self.objects.upload(csv_key, body, size, CSV_TYPE)
-        self._bodies[(device, date)] = body.getvalue()
-        return KeptDay(device, date, fingerprint, part.model_dump_json(), csv_key, len(rows.points))
+        self.objects.upload(csv_key, io.BytesIO(body), len(body), CSV_TYPE)
+        return KeptDay(device, date, fingerprint, part.model_dump_json(), csv_key, rows)
+
+    def _rows_of(self, device: str, date: dt.date, analysis: Analysis) -> int | None:
+        """The device-day's CSV (kept in this run's bodies) and its rows; None for none."""
+        from shared.engine.assembly import device_rows
+        from shared.export import csv_bytes
+
+        rows = device_rows(analysis, device)
+        if rows is None:
+            return None
+        self._bodies[(device, date)] = csv_bytes(rows)
+        return len(rows.points)
 
     def _joined(self, cells: list[tuple[str, dt.date]]) -> bytes:
         """The range's CSV: one header, then each device-day's rows (device, then day)."""

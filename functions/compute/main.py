@@ -16,9 +16,11 @@ from http import HTTPStatus
 import flask
 import functions_framework
 import psycopg
+import pydantic_core
+from psycopg.types.json import set_json_dumps
 
 from shared import clients, config, events, telemetry, web
-from shared.computation import Computation
+from shared.computation import Computation, Outcome
 from shared.contracts import DayRequested, JobQueued
 from shared.http_function import HttpFunction
 from shared.logs import log_context
@@ -28,6 +30,9 @@ log = logging.getLogger(FUNCTION)
 
 
 def _computation() -> Computation:
+    # A year's summary is megabytes of JSON: pydantic's serialiser writes it several
+    # times faster than the standard library's, for every jsonb this process stores.
+    set_json_dumps(pydantic_core.to_json)
     return Computation(
         jobs=clients.jobs(),
         connection=clients.pool().connection,
@@ -67,6 +72,7 @@ def _serve(request: flask.Request) -> flask.Response:
         ):
             span.set_attribute("job.id", str(day.job_id))
             outcome = computation.run_day(day.job_id, day.device_id, day.day, day.last_day)
+            _handled(outcome)
     else:
         job_id = events.data_as(event, JobQueued).job_id
         with (
@@ -75,12 +81,17 @@ def _serve(request: flask.Request) -> flask.Response:
         ):
             span.set_attribute("job.id", str(job_id))
             outcome = computation.run(job_id)
-    log.info("delivery handled", extra={"status": outcome.status, "detail": outcome.detail})
+            _handled(outcome)
     if outcome.event is not None:
         return web.event_response(outcome.event)
     if outcome.status < HTTPStatus.BAD_REQUEST:
         return flask.Response(status=outcome.status)
     return web.error_response(outcome.status, outcome.detail)
+
+
+def _handled(outcome: Outcome) -> None:
+    """The delivery's log line, inside its job's log context and span."""
+    log.info("delivery handled", extra={"status": outcome.status, "detail": outcome.detail})
 
 
 @functions_framework.http

@@ -177,7 +177,11 @@ class Supervisor:
         if self.migrate is not None:
             self.migrate()
         extra = [f"compute-{k}" for k in range(2, self.compute_workers + 1)]
-        ports = choose_ports((*HTTP_FUNCTIONS, *extra, "ingress", "broker"), self.ports)
+        # The extra compute workers right after compute, where the log lists them.
+        functions = [
+            n for name in HTTP_FUNCTIONS for n in ([name, *extra] if name == "compute" else [name])
+        ]
+        ports = choose_ports((*functions, "ingress", "broker"), self.ports)
         for name, port in ports.items():
             wanted = self.ports.get(name)
             if wanted is not None and port != wanted:
@@ -190,7 +194,7 @@ class Supervisor:
             brokers, triggers, service_resolver(targets), time_scale=self.time_scale
         ).start(ports["broker"])
         base = {**self.env, "K_SINK": self.broker.url}
-        for name in (*HTTP_FUNCTIONS, *extra):
+        for name in functions:
             function = name.split("-")[0]
             env = {**base, "OTEL_SERVICE_NAME": f"otel-worker-{function}"}
             env |= self.service_env.get(function, {})

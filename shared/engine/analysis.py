@@ -66,6 +66,10 @@ class Part:
     stays: Stays
     """Rows counted within the block."""
     n_valid: int
+    lead_km: Floats
+    """Per device, the share before the window of the step into its first fix inside it."""
+    lead_us: Ints
+    """Per device, that fix's time (-1 for none)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,6 +123,8 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
     bound_days = np.zeros((2, n_devices, n_days))
     time_days = np.zeros((n_devices, 2, n_days))
     read_days, used_days = np.zeros((2, n_devices, n_days), dtype=np.int64)
+    lead_km = np.zeros(n_devices)
+    lead_us = np.full(n_devices, -1, dtype=np.int64)
     parts: list[Part] = []
     n_valid = n_trips = n_stays = 0
     blocks = device_blocks(points.device, n_devices)
@@ -138,6 +144,7 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
         bound_days[:, devices] = part.bound_days
         time_days[devices], read_days[devices] = part.time_days, part.read_days
         used_days[devices] = part.used_days
+        lead_km[devices], lead_us[devices] = part.lead_km, part.lead_us
         parts.append(part)
     trips = Trips.joined([part.trips for part in parts])
     stays = Stays.joined(
@@ -185,6 +192,8 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
             raw_path=raw_days,
             home_s=time_days[:, HOME],
             away_s=time_days[:, AWAY],
+            lead_km=lead_km,
+            lead_us=lead_us,
         ),
     )
 
@@ -267,11 +276,12 @@ def analyze_devices(
     stay = out.stay[rows]
     np.copyto(stay, np.repeat(ids, np.diff(edges, prepend=0, append=len(stay))))
     low_km, high_km = step_bounds(fixes, used, stay)
+    since = np.where(used.linked, last_seen, used.idx)
     path_days, crossing, crossing_km = spread_over_days(
         used,
         np.stack([used.step_km, low_km, high_km]),
         at_bound,
-        since=np.where(used.linked, last_seen, used.idx),
+        since=since,
         **spread,
     )
     # The path each fix adds inside the window, by row: none before or after the window.
@@ -281,6 +291,16 @@ def analyze_devices(
     seg[concat_ranges(starts[:-1], at_bound[:, 0])] = 0.0
     seg[concat_ranges(at_bound[:, -1], starts[1:])] = 0.0
     seg[used.idx[crossing]] = crossing_km[0]
+    # The share before the window of the step into each device's first fix inside it: a
+    # range analysed day by day gives it back to a trip that starts with that fix.
+    lead_km = np.zeros(last_device - first_device)
+    lead_us = np.full(last_device - first_device, -1, dtype=np.int64)
+    end_t = t[used.idx[crossing]]
+    lead = (t[since[crossing]] < window.start_us) & (end_t >= window.start_us)
+    lead &= end_t < window.end_us
+    lead_device = device[used.idx[crossing[lead]]] - first_device
+    lead_km[lead_device] = used.step_km[crossing[lead]] - crossing_km[0][lead]
+    lead_us[lead_device] = end_t[lead]
 
     state_used = home_states(home_km, used, params)
     # A jitter fix is where its device's last used fix was: it shares that fix's state (a
@@ -330,4 +350,6 @@ def analyze_devices(
         trips=trips,
         stays=stays,
         n_valid=len(valid.idx),
+        lead_km=lead_km,
+        lead_us=lead_us,
     )

@@ -18,6 +18,7 @@ import math
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -44,6 +45,7 @@ from shared.engine.results import (
     Trip,
     WindowInfo,
     months,
+    trusted,
 )
 from shared.engine.statistics import mean_km, round_km, round_s
 from shared.engine.timeline import join_places
@@ -60,6 +62,9 @@ SKETCH_FLOOR = 1e-6
 """Magnitudes below this fall in one bin (0): a millimetre, a microsecond."""
 
 _LOG_STEP = math.log1p(SKETCH_ERROR)
+
+
+_M = TypeVar("_M", Stay, Trip, TimelineEntry, PlaceVisit, Metrics, DayMetrics)
 
 
 class _Model(BaseModel):
@@ -101,9 +106,11 @@ class Sketch(_Model):
         if not pairs:
             return Sketch()
         keys = np.concatenate([k for k, _ in pairs])
-        found, at = np.unique(keys, return_inverse=True)
-        counts = np.bincount(at, weights=np.concatenate([c for _, c in pairs]))
-        return Sketch(bins=encode_bins(found, counts.astype(np.int64)))
+        low = int(keys.min())
+        # Bins span a few tens of thousands at most: counting by offset beats sorting.
+        counts = np.bincount(keys - low, weights=np.concatenate([c for _, c in pairs]))
+        found = np.flatnonzero(counts)
+        return Sketch(bins=encode_bins(found + low, counts[found].astype(np.int64)))
 
     def median(self) -> float | None:
         """The median of the values (the mean of the two middle ones for an even count),
@@ -175,6 +182,10 @@ class DayPart(_Model):
     last_seen_us: int | None
     inner_gap: tuple[float, int] | None
     """The longest gap between two observed fixes of the day (s, its start µs)."""
+    lead_km: float = 0.0
+    """The share before midnight of the step into the device's first fix of the day..."""
+    lead_us: int | None = None
+    """...and that fix's time: a trip starting with it counts the whole step in a range."""
 
 
 def day_parts(analysis: Analysis) -> list[DayPart]:
@@ -206,7 +217,7 @@ def day_parts(analysis: Analysis) -> list[DayPart]:
                 device_id=device_id,
                 date=summary.window.first_day,
                 # A day's own lists are the window's: kept once, in its `days` entry.
-                metrics=metrics.model_copy(update={"stays": [], "places": [], "timeline": []}),
+                metrics=_copy(metrics, stays=[], places=[], timeline=[]),
                 path=float(sums.path[g, 0]),
                 path_low=float(sums.path_low[g, 0]),
                 path_high=float(sums.path_high[g, 0]),
@@ -219,6 +230,8 @@ def day_parts(analysis: Analysis) -> list[DayPart]:
                 first_seen_us=int(t[0]) if len(t) else None,
                 last_seen_us=int(t[-1]) if len(t) else None,
                 inner_gap=gap,
+                lead_km=float(sums.lead_km[g]),
+                lead_us=int(sums.lead_us[g]) if sums.lead_us[g] >= 0 else None,
             )
         )
     return parts
@@ -322,7 +335,7 @@ def assemble(parts: Sequence[DayPart], window: Window, params: EngineParams) -> 
     next_trip, next_stay = 1, 1
     for g, device in enumerate(devices):
         mine = by_device[device]
-        joined = _Stitched.of(mine, window, next_trip, next_stay)
+        joined = _Stitched.of(mine, window.dates[0], next_trip, next_stay)
         next_trip += len(joined.trips)
         next_stay += joined.n_stays
         stitched.append(joined)
@@ -394,15 +407,16 @@ class _Stitched:
         self.day_lists, self.n_stays = day_lists, n_stays
 
     @staticmethod
-    def of(parts: list[DayPart], window: Window, first_trip: int, first_stay: int) -> _Stitched:
-        """The stitched lists of one device's parts (sorted by day)."""
+    def of(parts: list[DayPart], first: dt.date, first_trip: int, first_stay: int) -> _Stitched:
+        """The stitched lists of one device's parts (sorted by day; the range starts on
+        `first`)."""
         trips: list[Trip] = []
         for part in parts:
-            for trip in part.metrics.trips:
+            for trip in _led(part, first):
                 if trips and _continues(trips[-1], trip):
                     trips[-1] = _join_trips(trips[-1], trip)
                 else:
-                    trips.append(trip.model_copy(update={"id": first_trip + len(trips)}))
+                    trips.append(_copy(trip, id=first_trip + len(trips)))
         stays: list[Stay] = []
         renumber: dict[tuple[dt.date, int], int] = {}
         joins: dict[str, int] = {}
@@ -412,7 +426,7 @@ class _Stitched:
                     stays[-1] = _join_stays(stays[-1], stay)
                     joins[stay.place] = joins.get(stay.place, 0) + 1
                 else:
-                    stays.append(stay.model_copy(update={"id": first_stay + len(stays)}))
+                    stays.append(_copy(stay, id=first_stay + len(stays)))
                 renumber[(part.date, stay.id)] = stays[-1].id
         timeline: list[TimelineEntry] = []
         day_lists: dict[dt.date, tuple[list[Stay], list[TimelineEntry]]] = {}
@@ -427,12 +441,12 @@ class _Stitched:
                     timeline.append(entry)
             day = part.metrics.days[0]
             day_lists[part.date] = (
-                [s.model_copy(update={"id": renumber[(part.date, s.id)]}) for s in day.stays],
+                [_copy(s, id=renumber[(part.date, s.id)]) for s in day.stays],
                 [_renumbered(entry, part.date, renumber) for entry in day.timeline],
             )
         places = join_places([part.metrics.days[0].places for part in parts])
         places = [
-            visit.model_copy(update={"visits": visit.visits - joins[visit.place]})
+            _copy(visit, visits=visit.visits - joins[visit.place])
             if visit.place in joins
             else visit
             for visit in places
@@ -452,6 +466,24 @@ class _Stitched:
         )
 
 
+def _led(part: DayPart, first: dt.date) -> list[Trip]:
+    """The part's trips, a trip that leaves with the day's first fix given back the share
+    of the step into that fix that lies before midnight (inside the range but for its
+    first day), as a single pass over the range counts it."""
+    if part.lead_us is None or part.date == first:
+        return part.metrics.trips
+    at = _EPOCH + dt.timedelta(microseconds=part.lead_us)
+    return [
+        _copy(trip, path_km=round_km(trip.path_km + part.lead_km))
+        if trip.start.astimezone(dt.UTC) == at and not trip.clipped_start
+        else trip
+        for trip in part.metrics.trips
+    ]
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def _continues(before: Trip | Stay, after: Trip | Stay) -> bool:
     """`after` carries on `before` across a day bound: one was cut there, into both."""
     return (
@@ -468,6 +500,12 @@ def _same_place(before: Stay, after: Stay) -> bool:
         after.longitude,
         after.place,
     )
+
+
+def _copy(model: _M, **changes: Any) -> _M:
+    """`model.model_copy(update=changes)` without the deep copy of its private state:
+    assembly renumbers thousands of stays and timeline entries."""
+    return trusted(type(model), {**model.__dict__, **changes})
 
 
 def _duration(start: dt.datetime, end: dt.datetime) -> float:
@@ -506,7 +544,7 @@ def _renumbered(
 ) -> TimelineEntry:
     if entry.stay_id is None:
         return entry
-    return entry.model_copy(update={"stay_id": renumber[(date, entry.stay_id)]})
+    return _copy(entry, stay_id=renumber[(date, entry.stay_id)])
 
 
 def _continues_entry(before: TimelineEntry, after: TimelineEntry) -> bool:
@@ -635,7 +673,7 @@ def _day(
     for part in parts:
         if index[part.date] == k:
             stays, timeline = joined.day_lists[date]
-            return part.metrics.days[0].model_copy(update={"stays": stays, "timeline": timeline})
+            return _copy(part.metrics.days[0], stays=stays, timeline=timeline)
     return DayMetrics(
         date=date,
         points_read=0,

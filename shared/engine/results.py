@@ -312,3 +312,8 @@ class DaySums:
     raw_path: Floats
     home_s: Floats
     away_s: Floats
+    lead_km: Floats
+    """Per device: the share before the window of the step into its first fix inside it
+    (a trip starting with that fix counts the whole step in a single pass over a range)."""
+    lead_us: npt.NDArray[np.int64]
+    """Per device: that fix's time (µs), -1 for none."""

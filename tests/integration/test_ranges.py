@@ -114,9 +114,7 @@ def test_a_range_reuses_its_kept_days_and_recomputes_only_the_day_a_fix_changed(
     # Same range under a new idempotency key: every day reused, the same figures.
     again = _run(computation)
     assert _computed_at(pool) == kept
-    note = "its days were computed apart: the CSV lists each device-day's CSV instead"
-    assert again["notes"] == [*first["notes"], note + " of holding the rows"]
-    assert {**again, "notes": first["notes"]} == first
+    assert again == first
     # One fix inserted on one device-day: that day (and the days whose context holds it)
     # are recomputed, no other.
     at = dt.datetime(2024, 3, 30, 11, 0, 7, tzinfo=dt.UTC)
@@ -144,8 +142,7 @@ def test_a_range_reuses_its_kept_days_and_recomputes_only_the_day_a_fix_changed(
             dt.datetime(2024, 4, 9, tzinfo=dt.UTC),
             None,
         )
-    expected = day_by_day(points, window, params).model_dump(mode="json")
-    assert {**third, "notes": expected["notes"]} == expected
+    assert third == day_by_day(points, window, params).model_dump(mode="json")
     assert [m["month"] for m in third["months"]] == ["2024-03", "2024-04"]
 
 
@@ -199,7 +196,7 @@ def _cells(runs: list[Run]) -> set[tuple[str, dt.date]]:
 
 
 def test_a_fanned_out_range_completes_once_when_its_last_day_is_in(
-    computation: Computation, pool: LazyPool, broker: RecordingServer
+    computation: Computation, pool: LazyPool, broker: RecordingServer, s3: S3Server
 ) -> None:
     fanned = _fanned(computation, broker)
     job_id = _create(fanned)
@@ -228,10 +225,12 @@ def test_a_fanned_out_range_completes_once_when_its_last_day_is_in(
     done = fanned.jobs.get(job_id)
     assert done is not None
     assert done.status == "completed"
-    # The same figures as computing the range in one attempt.
+    # The same figures as computing the range in one attempt, and a CSV of every row.
     alone = _run(computation)
-    assert done.result is not None
-    assert {**done.result, "notes": []} == {**alone, "notes": []}
+    assert done.result == alone
+    assert done.csv_key is not None
+    body = s3.client().get_object(computation.storage.minio_bucket, done.csv_key).read()
+    assert body.count(b"\n") == alone["points"]["read"] + 1
     # Every day of the job is named by it, done.
     with pool.connection() as conn:
         statuses = conn.execute(

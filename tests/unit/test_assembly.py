@@ -100,6 +100,7 @@ def _same_figures(one: Summary, days: Summary) -> None:
         for a, w in zip(assembled.trips, whole.trips, strict=True):
             assert a.duration_s == w.duration_s
             assert a.max_distance_km == w.max_distance_km
+            assert a.path_km == pytest.approx(w.path_km, abs=3e-6)
         for a_day, w_day in zip(assembled.days, whole.days, strict=True):
             assert (a_day.date, a_day.points_read, a_day.points_used) == (
                 w_day.date,
