@@ -23,6 +23,7 @@ run kept its day) is not checked until one is.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import uuid
@@ -236,10 +237,12 @@ class LateFixCheck:
         """Recompute the job's stale days, assemble, and supersede it if a figure moved."""
         assert job.result is not None
         params = EngineParams.model_validate(job.parameters)
-        plan = self.ranges.plan(
+        # A computation of its own: the day CSVs it holds for joining go with it.
+        ranges = dataclasses.replace(self.ranges, _bodies={})
+        plan = ranges.plan(
             job.date_from, job.date_to, job.device_id, job.timezone, job.parameters, params
         )
-        outcome = self.ranges.finish(plan)
+        outcome = ranges.finish(plan)
         report.recomputed += outcome.computed
         before = headline(job.result)
         after = headline(outcome.summary.model_dump(mode="json"))
@@ -393,6 +396,7 @@ def ranges_on(store: JobStore, storage: StorageSettings) -> RangeComputation:
         days=DayStore(store.connection, store.schema),
         objects=ObjectStore(storage),
         max_csv_rows=storage.max_csv_rows,
+        max_day_read_rows=storage.max_day_read_rows,
     )
 
 

@@ -103,6 +103,7 @@ def _check(computation: Computation) -> LateFixCheck:
         days=DayStore(computation.jobs.connection, SCHEMA),
         objects=computation.objects,
         max_csv_rows=computation.storage.max_csv_rows,
+        max_day_read_rows=computation.storage.max_day_read_rows,
     )
     return LateFixCheck(computation.jobs, ranges, refresh_days=7)
 
