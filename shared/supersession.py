@@ -29,6 +29,7 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 from cloudevents.http import CloudEvent
@@ -64,6 +65,20 @@ class KeptCell:
     read_from: dt.datetime
     read_to: dt.datetime
     computed_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Standing:
+    """A completed job still standing, as far as telling a candidate needs: its request
+    and when its figures were last known true (completed, or checked since)."""
+
+    id: uuid.UUID
+    date_from: dt.date
+    date_to: dt.date
+    device_id: str | None
+    timezone: str
+    parameters: dict[str, Any]
+    seen: dt.datetime
 
 
 @dataclass
@@ -165,17 +180,19 @@ class LateFixCheck:
         report.kept = len(kept)
         stale = self._stale(kept)
         report.stale = sorted(stale)
-        for job in self._standing(since):
-            key = day_key(job.parameters, job.timezone, _engine_version())
+        for standing in self._standing(since):
+            key = day_key(standing.parameters, standing.timezone, _engine_version())
             cells = [
                 cell
                 for cell in kept
                 if cell[0] == key
-                and job.date_from <= cell[2] <= job.date_to
-                and job.device_id in (None, cell[1])
+                and standing.date_from <= cell[2] <= standing.date_to
+                and standing.device_id in (None, cell[1])
             ]
-            seen = max(filter(None, (job.completed_at, job.figures_checked_at)))
-            if not any(cell in stale or kept[cell].computed_at > seen for cell in cells):
+            if not any(cell in stale or kept[cell].computed_at > standing.seen for cell in cells):
+                continue
+            job = self.jobs.get(standing.id)  # the whole row (its result) only now
+            if job is None or job.status != JobStatus.COMPLETED or job.superseded_by:
                 continue
             try:
                 self._recheck(job, report, publish, queued, source)
@@ -295,14 +312,17 @@ class LateFixCheck:
                 }
         return stale
 
-    def _standing(self, since: dt.date) -> list[Job]:
-        """Completed jobs not yet superseded that reach into the refresh window."""
+    def _standing(self, since: dt.date) -> list[Standing]:
+        """Completed jobs not yet superseded that reach into the refresh window: what
+        telling a candidate takes, not their results (a year's summary is large)."""
         query = sql.SQL(
-            "SELECT {columns} FROM {jobs} WHERE status = 'completed' AND superseded_by IS NULL"
-            " AND date_to >= %(since)s ORDER BY queued_at"
-        ).format(columns=_COLUMNS, jobs=self._jobs)
-        with self.jobs.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
-            return [Job.model_validate(row) for row in cursor.execute(query, {"since": since})]
+            "SELECT id, date_from, date_to, device_id, timezone, parameters,"
+            " greatest(completed_at, figures_checked_at) FROM {jobs}"
+            " WHERE status = 'completed' AND superseded_by IS NULL AND date_to >= %s"
+            " ORDER BY queued_at"
+        ).format(jobs=self._jobs)
+        with self.jobs.connection() as conn:
+            return [Standing(*row) for row in conn.execute(query, (since,)).fetchall()]
 
     @property
     def _jobs(self) -> sql.Identifier:
