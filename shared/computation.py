@@ -466,6 +466,10 @@ class Computation:
         if claim.busy:  # delivered again later, when those are done or free
             return Outcome(HTTPStatus.CONFLICT, None, f"{what}: some days are being computed")
         if left != 0 or job.status != JobStatus.PROCESSING:
+            if left and job.lease_token is not None:
+                # Days are coming in: the job is alive, its lease is renewed, so the sweep
+                # does not take it for dead while a long range computes.
+                self.jobs.extend(job.id, job.lease_token, self.lease_seconds)
             return Outcome(HTTPStatus.OK, None, f"{what} done; {left} left")
         return self._assemble(job, params)
 
