@@ -9,6 +9,7 @@ import datetime as dt
 import io
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -95,9 +96,12 @@ class RangeComputation:
         key = day_key(parameters, timezone, ASSEMBLY_VERSION)
         # Fingerprints first, then the reads: a fix landing in between is in the day's
         # result but not its fingerprint, which only makes the next job compute it again.
-        with self.connection() as conn:
-            buckets = scan_buckets(conn, _utc(start), _utc(end), device_id)
-        kept = self.days.kept(key, first, last, device_id)
+        # The kept days load while the scan runs (both wait on the database).
+        with ThreadPoolExecutor(1, thread_name_prefix="kept") as pool:
+            kept_days = pool.submit(self.days.kept, key, first, last, device_id)
+            with self.connection() as conn:
+                buckets = scan_buckets(conn, _utc(start), _utc(end), device_id)
+            kept = kept_days.result()
         reads = {
             date: read_range(day_window(date, date, timezone), params) for date in window.dates
         }
