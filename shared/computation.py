@@ -370,6 +370,7 @@ class Computation:
         self.jobs.holds(job.id, job.lease_token)  # cancelled meanwhile: upload nothing more
         digest, size = upload_csv(self.objects, keys.csv_key, outcome.csv)
         summary = outcome.summary
+        self._upload_json(keys.series_key, outcome.series)
         self._upload_json(keys.summary_key, summary.model_dump_json(indent=2).encode())
         log.info(
             "range computed",
@@ -466,6 +467,10 @@ class Computation:
         if claim.busy:  # delivered again later, when those are done or free
             return Outcome(HTTPStatus.CONFLICT, None, f"{what}: some days are being computed")
         if left != 0 or job.status != JobStatus.PROCESSING:
+            if left and job.lease_token is not None:
+                # Days are coming in: the job is alive, its lease is renewed, so the sweep
+                # does not take it for dead while a long range computes.
+                self.jobs.extend(job.id, job.lease_token, self.lease_seconds)
             return Outcome(HTTPStatus.OK, None, f"{what} done; {left} left")
         return self._assemble(job, params)
 

@@ -685,6 +685,19 @@ class JobStore:
             current = self._by_id(conn, job_id)
         raise LeaseLost(job_id, current.status if current else None)
 
+    def extend(self, job_id: uuid.UUID, token: uuid.UUID, lease_seconds: float) -> bool:
+        """Renew the lease of a processing job that `token` still holds, to `lease_seconds`
+        from now (a range job waiting for its days, which keep coming in); False when the
+        token no longer holds it."""
+        query = self._sql(
+            "UPDATE {jobs} SET lease_expires_at = now() + make_interval(secs => %(lease)s),"
+            " updated_at = now() WHERE id = %(id)s AND status = 'processing'"
+            " AND lease_token = %(token)s"
+        )
+        params = {"id": job_id, "token": token, "lease": lease_seconds}
+        with self._connection() as conn:
+            return conn.execute(query, params).rowcount == 1
+
     def cancel(self, job_id: uuid.UUID) -> Job | None:
         """Cancel a queued or processing job: it ends `cancelled` at once (a queued one is
         never claimed; a running attempt loses its lease token, so its next fence raises

@@ -213,6 +213,12 @@ def test_a_fanned_out_range_completes_once_when_its_last_day_is_in(
     for k, (job_of, device, day, last) in enumerate(days):
         outcomes.append(fanned.run_day(job_of, device, day, last))
         if k == 0:
+            # Days coming in renew the waiting job's lease: the sweep sees it alive.
+            renewed = fanned.jobs.get(job_id)
+            assert renewed is not None
+            assert renewed.lease_expires_at is not None
+            assert job.lease_expires_at is not None
+            assert renewed.lease_expires_at > job.lease_expires_at
             # A repeated event for a day already in: acknowledged, nothing recomputed.
             repeat = fanned.run_day(job_of, device, day, last)
             assert (repeat.status, repeat.detail) == (
