@@ -98,6 +98,10 @@ bench-engine: install  ## engine and CSV writer throughput and memory for 1M and
 bench-formats: install  ## file readers, analyze and import on a generated 1.4 GB Takeout file (deleted after)
 	$(PY) -m tests.bench.bench_formats $(BENCH_ARGS)
 
+.PHONY: bench-late-fixes
+bench-late-fixes: install system-deps  ## the late-fix check (otel-worker refresh) on a two-year table
+	$(PY) -m tests.bench.bench_late_fixes $(BENCH_ARGS)
+
 .PHONY: bench-pipeline
 bench-pipeline: install system-deps bytecode  ## the whole system: job latency, throughput, status latency, start-up
 	$(PY) -m tests.bench.bench_pipeline $(BENCH_ARGS)
@@ -105,6 +109,10 @@ bench-pipeline: install system-deps bytecode  ## the whole system: job latency, 
 .PHONY: bench-compare
 bench-compare: install system-deps bytecode  ## this project beside the server's own COPY of the rows: the comparison table
 	$(PY) -m tests.bench.bench_compare $(BENCH_ARGS)
+
+.PHONY: bench-ranges
+bench-ranges: install system-deps bytecode  ## a year of two devices: first run, again under a new key, one fix inserted
+	$(PY) -m tests.bench.bench_ranges $(BENCH_ARGS)
 
 .PHONY: coldstart
 coldstart: install system-deps bytecode  ## each function: process start -> ready -> first answered request

@@ -93,7 +93,7 @@ def _dev(args: argparse.Namespace) -> int:
         # Before anything starts: a database that is missing or refuses is one clear line,
         # not a broker and four functions started only to be stopped again.
         db.connect(config.load(config.DatabaseSettings)).close()
-        return run_dev(sys.stdout, args.sweep_interval, args.local_s3)
+        return run_dev(sys.stdout, args.sweep_interval, args.local_s3, args.compute_workers)
     except KeyboardInterrupt:
         sys.stderr.write("otel-worker dev: interrupted while starting; stopped what had started\n")
         return 130
@@ -235,6 +235,41 @@ def _sweep(args: argparse.Namespace, conn: Connection, settings: config.Database
             " were not announced (is the SinkBinding bound to this pod?)\n"
         )
     return 1 if unannounced or report.publish_failures or report.announce_failures else 0
+
+
+def _refresh(args: argparse.Namespace, conn: Connection, settings: config.DatabaseSettings) -> int:
+    """The late-fix check (a CronJob beside the sweep); prints what it did. 1 when an
+    event could not be sent or a job could not be re-checked."""
+    from shared.supersession import check_late_fixes
+
+    report = check_late_fixes(
+        conn,
+        settings,
+        config.load(config.JobSettings),
+        config.load(config.StorageSettings),
+        config.load(config.EventSettings),
+        config.load(config.AnalysisSettings).home_timezone,
+    )
+    sys.stdout.write("".join(line + "\n" for line in report.lines()))
+    return 1 if report.publish_failures or report.failures else 0
+
+
+def _nightly(args: argparse.Namespace, conn: Connection, settings: config.DatabaseSettings) -> int:
+    """The nightly day summaries (a CronJob after local midnight); prints what it did. 1
+    when an event could not be sent."""
+    from shared.nightly import summarize_yesterday
+
+    report = summarize_yesterday(
+        conn,
+        settings,
+        config.load(config.JobSettings),
+        config.load(config.StorageSettings),
+        config.load(config.EventSettings),
+        config.load(config.AnalysisSettings),
+        args.day,
+    )
+    sys.stdout.write("".join(line + "\n" for line in report.lines()))
+    return 1 if report.publish_failures else 0
 
 
 def _home(text: str) -> tuple[float, float]:
@@ -535,6 +570,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="start a SeaweedFS S3 server with its data in DIR and use it",
     )
+    dev.add_argument(
+        "--compute-workers",
+        type=int,
+        default=3,
+        metavar="N",
+        help="compute processes taking deliveries in turn, as pods would (3)",
+    )
     dev.set_defaults(handler=_development(_dev))
 
     demo = commands.add_parser(
@@ -574,6 +616,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=int, default=1000, help="at most this many jobs per step (default 1000)"
     )
     sweep.set_defaults(handler=_with_database(_sweep))
+
+    refresh = commands.add_parser(
+        "refresh",
+        help="recompute device-days late fixes changed and supersede the jobs they moved",
+    )
+    refresh.set_defaults(handler=_with_database(_refresh))
+
+    nightly = commands.add_parser(
+        "nightly", help="summarise yesterday for every device that reported (day.summarized)"
+    )
+    nightly.add_argument(
+        "--day", type=_day, help="this local day instead of yesterday (HOME_TIMEZONE)"
+    )
+    nightly.set_defaults(handler=_with_database(_nightly))
 
     analyze = commands.add_parser(
         "analyze", help="distance-from-home metrics of a location file (CSV, JSON, .rec, GPX, ...)"

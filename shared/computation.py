@@ -15,6 +15,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,9 @@ from pydantic import ValidationError
 
 from shared import events, faults, telemetry
 from shared.config import StorageSettings
+from shared.contracts import DAYS_PER_EVENT, DayRequested
 from shared.db import ConnectionSource, DatabaseUnavailable
+from shared.engine.params import EngineParams
 from shared.errors import OtelWorkerError, one_line
 from shared.job_view import outcome_event
 from shared.jobs import ClaimResult, Job, JobStatus, JobStore, LeaseLost
@@ -43,12 +46,18 @@ from shared.storage import (
 
 if TYPE_CHECKING:
     from shared.engine import Analysis
+    from shared.locations import TooManyDeviceRows
+    from shared.ranges import RangeComputation, RangePlan
 
 log = logging.getLogger(__name__)
 
 
 class JobFailure(OtelWorkerError):
     """The job can never succeed as asked (too many points, bad parameters): fail it."""
+
+
+class Deferred(OtelWorkerError):
+    """The job's days were announced: it stays processing until its last day is in."""
 
 
 class ReadFailed(OtelWorkerError):
@@ -59,6 +68,10 @@ class ReadFailed(OtelWorkerError):
         super().__init__(message)
         self.status = status
 
+
+ANNOUNCE_THREADS = 4
+"""Day events published side by side when a range job fans out (as many as the
+publisher keeps connections to the broker)."""
 
 ERROR_MESSAGE_LIMIT = 300
 """The most characters of a job's error_message."""
@@ -84,6 +97,9 @@ class Computation:
     worker: str
     source: str
     lease_seconds: float
+    publisher: events.Publisher | None = None
+    """Where a range job's `day.requested` events go (the broker); None computes its days
+    in the attempt that claimed the job."""
 
     def run(self, job_id: uuid.UUID) -> Outcome:
         """Handle one delivery of `job.queued` for `job_id`."""
@@ -121,13 +137,15 @@ class Computation:
         except LeaseLost as exc:
             # Cancelled (or taken over) while it computed: stopped before uploading anything.
             return Outcome(HTTPStatus.OK, None, str(exc))
+        except Deferred as exc:
+            return Outcome(HTTPStatus.OK, None, str(exc))
         except JobFailure as exc:
             reason = one_line(str(exc), ERROR_MESSAGE_LIMIT)
             return self._fenced(lambda: self.jobs.fail(job.id, token, reason))
         except ReadFailed as exc:
             log.warning("attempt failed reading the fixes", exc_info=exc.__cause__)
             return self._release(job, token, one_line(str(exc), ERROR_MESSAGE_LIMIT), exc.status)
-        except (DatabaseUnavailable, StorageUnavailable) as exc:
+        except (DatabaseUnavailable, StorageUnavailable, events.PublishError) as exc:
             log.warning("attempt failed, dependency down", extra={"error": str(exc)})
             return self._release(
                 job, token, one_line(str(exc), ERROR_MESSAGE_LIMIT), HTTPStatus.SERVICE_UNAVAILABLE
@@ -230,6 +248,8 @@ class Computation:
             params = EngineParams.model_validate(job.parameters)
         except ValidationError as exc:
             raise JobFailure(f"the job's parameters are invalid: {events.describe(exc)}") from None
+        if job.date_from != job.date_to:
+            return self._compute_range(job, params), None
         window = day_window(job.date_from, job.date_to, job.timezone)
         start, end = read_range(window, params)
         metrics = telemetry.instruments()
@@ -311,6 +331,172 @@ class Computation:
             folder = self.storage.csv_output_path
             return facts, None if folder is None else stage_compat_copy(folder, keys.csv_name, csv)
 
+    def _ranges(self) -> RangeComputation:
+        from shared.day_results import DayStore
+        from shared.ranges import RangeComputation
+
+        return RangeComputation(
+            connection=self.connection,
+            days=DayStore(self.jobs.connection, self.jobs.schema),
+            objects=self.objects,
+            max_csv_rows=self.storage.max_csv_rows,
+            max_day_read_rows=self.storage.max_day_read_rows,
+        )
+
+    def _plan(self, ranges: RangeComputation, job: Job, params: EngineParams) -> RangePlan:
+        try:
+            return ranges.plan(
+                job.date_from, job.date_to, job.device_id, job.timezone, job.parameters, params
+            )
+        except psycopg.Error as exc:
+            raise _read_failed(exc) from exc
+
+    def _compute_range(
+        self, job: Job, params: EngineParams, *, fan_out: bool = True
+    ) -> dict[str, Any]:
+        """A range job's results, device-day by device-day (see `shared.ranges`). With a
+        broker to publish to, the days to compute are announced as `day.requested` events
+        (`Deferred`: the last day's compute assembles the job); else computed here."""
+        from shared.locations import TooManyDeviceRows
+        from shared.ranges import upload_csv
+
+        ranges = self._ranges()
+        with telemetry.span("plan days", attributes={"job.id": str(job.id)}):
+            plan = self._plan(ranges, job, params)
+        fresh = plan.fresh()
+        if fresh and fan_out and self.publisher is not None:
+            announce = ranges.days.plan(job.id, plan.key, plan.holding, fresh)
+            self._announce(job, announce)
+            raise Deferred(f"job {job.id} waits for {len(fresh)} device-day(s)")
+        with telemetry.span("range", attributes={"job.id": str(job.id), "days": len(fresh)}):
+            try:
+                outcome = ranges.finish(plan)
+            except psycopg.Error as exc:
+                raise _read_failed(exc) from exc
+            except TooManyDeviceRows as exc:
+                raise JobFailure(_too_many(exc, self.storage.max_day_read_rows)) from None
+        ranges.days.plan(job.id, plan.key, plan.cells, [])  # the days its result names
+        keys = result_keys(job.id, job.attempts, job.date_from, job.date_to, job.device_id)
+        assert job.lease_token is not None
+        self.jobs.holds(job.id, job.lease_token)  # cancelled meanwhile: upload nothing more
+        digest, size = upload_csv(self.objects, keys.csv_key, outcome.csv)
+        summary = outcome.summary
+        self._upload_json(keys.series_key, outcome.series)
+        self._upload_json(keys.summary_key, summary.model_dump_json(indent=2).encode())
+        log.info(
+            "range computed",
+            extra={"reused_days": outcome.reused, "computed_days": outcome.computed},
+        )
+        return {
+            "result": summary.model_dump(mode="json"),
+            "csv_key": keys.csv_key,
+            "summary_key": keys.summary_key,
+            "csv_bytes": size,
+            "csv_sha256": digest,
+        }
+
+    def _announce(self, job: Job, days: list[tuple[str, dt.date]]) -> None:
+        """Publish `day.requested` events for `days`: a run of up to DAYS_PER_EVENT
+        consecutive days of a device each, a few events at a time."""
+        from shared.ranges import day_runs
+
+        assert self.publisher is not None
+        publisher, parent = self.publisher, telemetry.traceparent()
+
+        def publish(run: tuple[str, dt.date, dt.date]) -> None:
+            device_id, first, last = run
+            data = DayRequested(
+                job_id=job.id,
+                device_id=device_id,
+                day=first,
+                last_day=None if last == first else last,
+            )
+            event = events.new_event(
+                events.DAY_REQUESTED,
+                data,
+                source=self.source,
+                subject=str(job.id),
+                traceparent=parent,
+            )
+            publisher.publish(event)
+
+        with ThreadPoolExecutor(ANNOUNCE_THREADS, thread_name_prefix="announce") as pool:
+            list(pool.map(publish, day_runs(days, DAYS_PER_EVENT)))
+
+    def run_day(
+        self, job_id: uuid.UUID, device_id: str, day: dt.date, last_day: dt.date | None = None
+    ) -> Outcome:
+        """Handle one delivery of `day.requested`: compute and keep each device-day of the
+        run whose own claim succeeds, and when the job's last day is in, assemble and
+        complete the job (exactly once: the completion is fenced by the job's lease)."""
+        from shared.locations import TooManyDeviceRows
+
+        last = last_day or day
+        max_attempts = self.jobs.settings.job_max_attempts
+        ranges = self._ranges()
+        what = f"{device_id} {day}" + (f"..{last}" if last != day else "") + f" of job {job_id}"
+        claim = ranges.days.claim(job_id, device_id, (day, last), self.lease_seconds, max_attempts)
+        job = self.jobs.get(job_id) if claim.claimed or claim.exhausted else None
+        if job is None or job.finished:
+            if claim.claimed:
+                ranges.days.release(job_id, device_id, claim.claimed, "", 0)
+            if claim.busy:
+                return Outcome(HTTPStatus.CONFLICT, None, f"{what} is being computed")
+            # A repeated event, or a cancelled job's: nothing to do, nothing to retry.
+            return Outcome(HTTPStatus.OK, None, f"{what}: nothing left to compute")
+        if claim.exhausted and job.lease_token is not None:
+            token = job.lease_token
+            reason = f"{device_id} {claim.exhausted[0]}: failed {max_attempts} attempts"
+            return self._fenced(lambda: self.jobs.fail(job.id, token, reason))
+        if not claim.claimed:
+            return Outcome(HTTPStatus.CONFLICT, None, f"{what} is being computed")
+        # A job the sweep requeued meanwhile still wants the days: its next attempt reuses
+        # them, and assembles the job itself should these be the last.
+        try:
+            params = EngineParams.model_validate(job.parameters)
+            # These device-days alone: their fingerprints now, and which kept ones hold.
+            mine = {"date_from": day, "date_to": last, "device_id": device_id}
+            plan = self._plan(ranges, job.model_copy(update=mine), params)
+            fresh = [cell for cell in plan.fresh() if cell[1] in claim.claimed]
+            ranges.compute_days(plan, fresh)
+        except TooManyDeviceRows as exc:
+            ranges.days.release(job_id, device_id, claim.claimed, str(exc), 0)
+            reason = _too_many(exc, self.storage.max_day_read_rows)
+            if job.lease_token is None:
+                return Outcome(HTTPStatus.OK, None, reason)
+            token = job.lease_token
+            return self._fenced(lambda: self.jobs.fail(job.id, token, reason))
+        except Exception as exc:
+            status = HTTPStatus.SERVICE_UNAVAILABLE
+            if not isinstance(exc, (DatabaseUnavailable, StorageUnavailable, ReadFailed)):
+                log.exception("device-days failed unexpectedly")
+                status = HTTPStatus.INTERNAL_SERVER_ERROR
+            error = one_line(str(exc), ERROR_MESSAGE_LIMIT)
+            ranges.days.release(job_id, device_id, claim.claimed, error, max_attempts)
+            return Outcome(status, None, f"{what}: {error}")
+        left = ranges.days.finish(job_id, device_id, claim.claimed)
+        if claim.busy:  # delivered again later, when those are done or free
+            return Outcome(HTTPStatus.CONFLICT, None, f"{what}: some days are being computed")
+        if left != 0 or job.status != JobStatus.PROCESSING:
+            if left and job.lease_token is not None:
+                # Days are coming in: the job is alive, its lease is renewed, so the sweep
+                # does not take it for dead while a long range computes.
+                self.jobs.extend(job.id, job.lease_token, self.lease_seconds)
+            return Outcome(HTTPStatus.OK, None, f"{what} done; {left} left")
+        return self._assemble(job, params)
+
+    def _assemble(self, job: Job, params: EngineParams) -> Outcome:
+        """Complete a range job whose days are all in (the last day's compute does this)."""
+        assert job.lease_token is not None
+        token = job.lease_token
+        try:
+            facts = self._compute_range(job, params, fan_out=False)
+            completed = self.jobs.complete(job.id, token, **facts)
+        except LeaseLost as exc:
+            # Another compute assembled it first, or the job was cancelled or taken over.
+            return Outcome(HTTPStatus.OK, None, str(exc))
+        return self._finished(completed)
+
 
 KNOWN_DEVICES_SHOWN = 20
 """At most this many known device ids in the note about an unknown device."""
@@ -328,6 +514,25 @@ def unknown_device_note(device_id: str, known: list[str]) -> str:
         f"device {device_id!r} has no fixes at all in public.locations; "
         f"devices with fixes: {shown}{more}"
     )
+
+
+def _too_many(exc: TooManyDeviceRows, per_day: int) -> str:
+    return (
+        f"device {exc.device}: {exc.count} fixes to read for its days, window and context, "
+        f"exceed MAX_DAY_READ_ROWS ({per_day}) per device-day; ask for another window or "
+        "have the data thinned"
+    )
+
+
+def _read_failed(exc: psycopg.Error) -> ReadFailed:
+    status = (
+        HTTPStatus.SERVICE_UNAVAILABLE
+        if isinstance(exc, psycopg.OperationalError)
+        else HTTPStatus.INTERNAL_SERVER_ERROR
+    )
+    from shared.locations import read_error_message
+
+    return ReadFailed(read_error_message(exc), status)
 
 
 def _publish(copy: StagedCopy) -> None:

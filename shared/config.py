@@ -297,11 +297,14 @@ class StorageSettings(SettingsGroup):
 class JobSettings(SettingsGroup):
     """Job lifecycle: request limits, leases, retries and retention."""
 
-    max_range_days: Annotated[int, Field(ge=1, le=366)] = 31
+    max_range_days: Annotated[int, Field(ge=1, le=366)] = 366
     job_lease_seconds: Annotated[int, Field(ge=5)] = 300
     job_max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
     job_retention_days: Annotated[int, Field(ge=1)] = 30
     job_republish_seconds: Annotated[int, Field(ge=1)] = 120
+    # Fixes a phone buffered arrive hours, rarely days, late: a week back catches them while
+    # the late-fix check stays a scan of a few days per device.
+    refresh_days: Annotated[int, Field(ge=1, le=366)] = 7
 
 
 class AdmissionSettings(SettingsGroup):

@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 # Matched whole (fullmatch): `$` alone would also take a trailing newline.
@@ -177,6 +178,30 @@ class JobQueued(_Contract):
     job_id: UUID
 
 
+DAYS_PER_EVENT: Final = 7
+"""The most consecutive device-days one `day.requested` event asks for: one read, one
+claim statement and one broker delivery for a week of a device, each day still claimed,
+kept and counted on its own."""
+
+
+class DayRequested(_Contract):
+    """Data of `day.requested`: device-days of a range job are to be computed: `day` (to
+    `last_day`, when given: at most DAYS_PER_EVENT days in all) of one device."""
+
+    job_id: UUID
+    device_id: Annotated[str, Field(min_length=1, max_length=100)]
+    day: dt.date
+    last_day: dt.date | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DayRequested:
+        if self.last_day is not None and not 0 <= (self.last_day - self.day).days < DAYS_PER_EVENT:
+            raise ValueError(
+                f"last_day must be day or one of the {DAYS_PER_EVENT - 1} days after it"
+            )
+        return self
+
+
 class Download(_Contract):
     """A presigned link to one result object."""
 
@@ -213,6 +238,10 @@ class JobView(_Contract):
     summary: Download | None = None
     gpx: Download | None = None
     """The tracks as GPX 1.1 (`/download/{job_id}/gpx`)."""
+    superseded_by: UUID | None = Field(
+        default=None, description="the job that replaced this one after late fixes"
+    )
+    supersedes: UUID | None = Field(default=None, description="the job this one replaces")
 
 
 class JobAccepted(_Contract):
@@ -235,3 +264,52 @@ class JobPage(_Contract):
     total_count: int
     limit: int
     offset: int
+
+
+class Headline(_Contract):
+    """The figures a person reads first: path, farthest from home, time at home and away,
+    trips and the fixes used (rounded to a metre and a second, so a change that moves no
+    figure compares equal)."""
+
+    path_km: float
+    max_distance_km: float
+    time_at_home_s: int
+    time_away_s: int
+    trips: int
+    points_used: int
+
+
+def headline(summary: dict[str, Any]) -> Headline:
+    """The headline figures of a summary (or one device's metrics) as JSON."""
+    return Headline(
+        path_km=round(summary["path_km"], 3),
+        max_distance_km=round(summary["max_distance_km"], 3),
+        time_at_home_s=round(summary["time_at_home_s"]),
+        time_away_s=round(summary["time_away_s"]),
+        trips=len(summary["trips"]),
+        points_used=summary["points"]["used"],
+    )
+
+
+class JobSuperseded(_Contract):
+    """Data of `job.superseded`: late fixes moved a completed job's figures, and a new job
+    for the same request replaces it."""
+
+    old_job_id: UUID
+    new_job_id: UUID
+    date: dt.date
+    end_date: dt.date
+    device_id: str | None
+    timezone: str
+    requester: Requester | None = None
+    old: Headline
+    new: Headline = Field(description="the figures the new job computes from the kept days")
+
+
+class DaySummarized(_Contract):
+    """Data of `day.summarized`: the nightly figures of one device's local day."""
+
+    device_id: str
+    day: dt.date
+    timezone: str
+    figures: Headline

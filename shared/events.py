@@ -34,10 +34,22 @@ JOB_QUEUED = f"{PREFIX}.job.queued.v1"
 JOB_COMPLETED = f"{PREFIX}.job.completed.v1"
 JOB_FAILED = f"{PREFIX}.job.failed.v1"
 JOB_CANCELLED = f"{PREFIX}.job.cancelled.v1"
-EMITTED = (JOB_ACCEPTED, JOB_QUEUED, JOB_COMPLETED, JOB_FAILED, JOB_CANCELLED)
+DAY_REQUESTED = f"{PREFIX}.day.requested.v1"
+JOB_SUPERSEDED = f"{PREFIX}.job.superseded.v1"
+DAY_SUMMARIZED = f"{PREFIX}.day.summarized.v1"
+EMITTED = (
+    JOB_ACCEPTED,
+    JOB_QUEUED,
+    JOB_COMPLETED,
+    JOB_FAILED,
+    JOB_CANCELLED,
+    DAY_REQUESTED,
+    JOB_SUPERSEDED,
+    DAY_SUMMARIZED,
+)
 """Every type this system emits (`distance.requested` comes from callers)."""
 
-OUTBOUND = (JOB_ACCEPTED, JOB_COMPLETED, JOB_FAILED, JOB_CANCELLED)
+OUTBOUND = (JOB_ACCEPTED, JOB_COMPLETED, JOB_FAILED, JOB_CANCELLED, JOB_SUPERSEDED, DAY_SUMMARIZED)
 """Emitted for requesters, consumed by no Trigger of ours: other cluster apps subscribe to
 them with Triggers of their own, matching `data.job.requester` to their request."""
 
@@ -48,6 +60,9 @@ DATA_MODELS: dict[str, type[BaseModel]] = {
     JOB_COMPLETED: contracts.JobOutcome,
     JOB_FAILED: contracts.JobOutcome,
     JOB_CANCELLED: contracts.JobOutcome,
+    DAY_REQUESTED: contracts.DayRequested,
+    JOB_SUPERSEDED: contracts.JobSuperseded,
+    DAY_SUMMARIZED: contracts.DaySummarized,
 }
 """The pydantic model of each event type's data."""
 

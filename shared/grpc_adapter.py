@@ -498,6 +498,8 @@ def status_message(job: JobView) -> pb.GetJobStatusResponse:
         end_date=_day(job.end_date),
         device_id=job.device_id or "",
         timezone=job.timezone,
+        superseded_by=str(job.superseded_by) if job.superseded_by else "",
+        supersedes=str(job.supersedes) if job.supersedes else "",
     )
 
 

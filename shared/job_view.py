@@ -50,6 +50,8 @@ def job_view(job: Job, objects: ObjectStore | None = None) -> JobView:
         gpx=objects.presign(ResultKeys(csv_key=job.csv_key, summary_key=job.summary_key).gpx_key)
         if links and objects and job.csv_key and job.summary_key
         else None,
+        superseded_by=job.superseded_by,
+        supersedes=job.supersedes,
     )
 
 

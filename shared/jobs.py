@@ -146,6 +146,12 @@ class Job(JobRequest):
     traceparent: str | None
     published_at: dt.datetime | None
     """When the current queued state was last announced (NULL: not yet)."""
+    superseded_by: uuid.UUID | None = None
+    """The job that replaced this completed one after late fixes moved its figures."""
+    supersedes: uuid.UUID | None = None
+    """The completed job this one replaces (same request, figures recomputed)."""
+    figures_checked_at: dt.datetime | None = None
+    """When the late-fix check last found this job's figures still true."""
 
     @property
     def finished(self) -> bool:
@@ -355,12 +361,18 @@ class JobStore:
         else:
             self._connection = connection
         self.settings = settings
+        self.schema = schema
         self._names = {
             "jobs": sql.Identifier(schema, "jobs"),
             "columns": _COLUMNS,
             "schema": sql.Identifier(schema),
         }
         self._statements: dict[tuple[str, ...], bytes] = {}
+
+    @property
+    def connection(self) -> ConnectionSource:
+        """Lends a connection to the jobs schema (what the kept device-days use too)."""
+        return self._connection
 
     def _sql(self, template: LiteralString, **parts: LiteralString) -> bytes:
         """`template` with {jobs}, {columns} and the SQL `parts` filled in, composed once."""
@@ -644,6 +656,19 @@ class JobStore:
                 return
             current = self._by_id(conn, job_id)
         raise LeaseLost(job_id, current.status if current else None)
+
+    def extend(self, job_id: uuid.UUID, token: uuid.UUID, lease_seconds: float) -> bool:
+        """Renew the lease of a processing job that `token` still holds, to `lease_seconds`
+        from now (a range job waiting for its days, which keep coming in); False when the
+        token no longer holds it."""
+        query = self._sql(
+            "UPDATE {jobs} SET lease_expires_at = now() + make_interval(secs => %(lease)s),"
+            " updated_at = now() WHERE id = %(id)s AND status = 'processing'"
+            " AND lease_token = %(token)s"
+        )
+        params = {"id": job_id, "token": token, "lease": lease_seconds}
+        with self._connection() as conn:
+            return conn.execute(query, params).rowcount == 1
 
     def cancel(self, job_id: uuid.UUID) -> Job | None:
         """Cancel a queued or processing job: it ends `cancelled` at once (a queued one is

@@ -110,7 +110,7 @@ def migrate(conn: Connection, schema: str, service_role: str | None = None) -> l
     `conn` must be outside a transaction (autocommit or idle): everything runs in one
     transaction of its own. Raises `MigrationError` when the recorded history disagrees
     with the files. With `service_role` (DB_SERVICE_ROLE), that role is granted what the
-    services need, and only that (`grant_service_role`, migration 0005), on every run.
+    services need, and only that (`grant_service_role`, migrations 0005 and 0007), on every run.
     """
     migrations = available()
     name = sql.Identifier(schema)

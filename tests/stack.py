@@ -139,6 +139,7 @@ def start_stack(
     out: io.TextIOBase | None = None,
     time_scale: float = 0.05,
     roles: Roles | None = None,
+    compute_workers: int = 1,
     **extra: str,
 ) -> Stack:
     """All services, the dev broker (its backoffs scaled by `time_scale`: short for tests)
@@ -168,6 +169,7 @@ def start_stack(
         sweep=lambda sink: sweep_once(settings, jobs, config.EventSettings(k_sink=sink)),
         sweep_interval=0.5,
         time_scale=time_scale,
+        compute_workers=compute_workers,
         service_env={
             "compute": _credentials(s3.writer),
             "status": _credentials(s3.reader),

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import itertools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -280,9 +281,22 @@ class DevBroker:
         self._record(trigger, event, 0, status, outcome)
 
 
-def service_resolver(services: dict[str, str]) -> Resolver:
+def service_resolver(services: Mapping[str, str | Sequence[str]]) -> Resolver:
     """Resolve Knative Service references to local base URLs (`{"compute": "http://..."}`),
-    keeping a relative `uri` as the path; absolute URIs are used as they are."""
+    keeping a relative `uri` as the path; absolute URIs are used as they are. A Service
+    with several URLs (several local workers, as pods behind one Service) gets each
+    delivery at the next one in turn."""
+    turns = {
+        name: itertools.cycle(urls) for name, urls in services.items() if not isinstance(urls, str)
+    }
+    lock = threading.Lock()
+
+    def base_of(name: str) -> str:
+        urls = services[name]
+        if isinstance(urls, str):
+            return urls
+        with lock:
+            return next(turns[name])
 
     def resolve(destination: Destination) -> str:
         if destination.ref is None:
@@ -290,7 +304,7 @@ def service_resolver(services: dict[str, str]) -> Resolver:
                 raise ValueError("a destination needs a ref or a uri")
             return destination.uri
         try:
-            base = services[destination.ref.name]
+            base = base_of(destination.ref.name)
         except KeyError:
             raise ValueError(
                 f"no local address for {destination.ref.kind} {destination.ref.name}"

@@ -136,6 +136,9 @@ class Supervisor:
     """Ports to listen on by service name (`DEV_PORTS`) where free; others get free ports."""
     stop_grace: float = STOP_GRACE_SECONDS
     """How long the services have, together, to exit on `stop` before they are killed."""
+    compute_workers: int = 1
+    """Compute processes (`compute`, `compute-2`, ...): the broker delivers to each in turn,
+    as Knative spreads a range job's device-days over compute pods."""
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     broker: DevBroker | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -173,21 +176,29 @@ class Supervisor:
     def _start(self) -> None:
         if self.migrate is not None:
             self.migrate()
-        ports = choose_ports((*HTTP_FUNCTIONS, "ingress", "broker"), self.ports)
+        extra = [f"compute-{k}" for k in range(2, self.compute_workers + 1)]
+        # The extra compute workers right after compute, where the log lists them.
+        functions = [
+            n for name in HTTP_FUNCTIONS for n in ([name, *extra] if name == "compute" else [name])
+        ]
+        ports = choose_ports((*functions, "ingress", "broker"), self.ports)
         for name, port in ports.items():
             wanted = self.ports.get(name)
             if wanted is not None and port != wanted:
                 log.warning("port %d is taken: %s listens on port %d instead", wanted, name, port)
         urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
         brokers, triggers = load_eventing()
+        targets: dict[str, str | list[str]] = dict(urls)
+        targets["compute"] = [urls["compute"], *(urls[name] for name in extra)]
         self.broker = DevBroker(
-            brokers, triggers, service_resolver(urls), time_scale=self.time_scale
+            brokers, triggers, service_resolver(targets), time_scale=self.time_scale
         ).start(ports["broker"])
         base = {**self.env, "K_SINK": self.broker.url}
-        for name in HTTP_FUNCTIONS:
-            env = {**base, "OTEL_SERVICE_NAME": f"otel-worker-{name}"}
-            env |= self.service_env.get(name, {})
-            self.services[name] = http_function(name, ports[name], env, self.workdir)
+        for name in functions:
+            function = name.split("-")[0]
+            env = {**base, "OTEL_SERVICE_NAME": f"otel-worker-{function}"}
+            env |= self.service_env.get(function, {})
+            self.services[name] = http_function(function, ports[name], env, self.workdir)
         # Deployed, the ingress holds no database or object store credentials; here it gets
         # none of those settings at all, which shows it has no use for them.
         ingress_env = {
@@ -269,13 +280,19 @@ class Supervisor:
             self._handler = None
 
 
-def run_dev(out: IO[str], sweep_interval: float, local_s3: Path | None) -> int:
+def run_dev(
+    out: IO[str], sweep_interval: float, local_s3: Path | None, compute_workers: int = 3
+) -> int:
     """`otel-worker dev`: run the stack until Ctrl-C or SIGTERM, then stop all of it.
+
+    `compute_workers` compute processes take the broker's deliveries in turn, so a range
+    job's device-days are computed side by side as on several pods.
 
     With `local_s3`, a SeaweedFS S3 server is started with its data in that folder and
     the functions use it; otherwise they use the configured object store.
     """
     from shared.maintenance import migrate_jobs, sweep_once
+    from shared.supersession import refresh_once
 
     database = config.load(config.DatabaseSettings)
     telemetry = config.load(config.TelemetrySettings)
@@ -288,6 +305,18 @@ def run_dev(out: IO[str], sweep_interval: float, local_s3: Path | None) -> int:
     def interrupt(*_: object) -> None:
         raise KeyboardInterrupt
 
+    def maintain(sink: str) -> None:
+        """The sweep, then the late-fix check (once the object store is known: its CSVs)."""
+        events = event_settings.model_copy(update={"k_sink": sink})
+        sweep_once(database, jobs, events)
+        if env.get("MINIO_ACCESS_KEY") and env.get("MINIO_SECRET_KEY"):
+            fields = config.StorageSettings.model_fields
+            storage = config.StorageSettings.model_validate(
+                {name: env[name.upper()] for name in fields if name.upper() in env}
+            )
+            home = config.load(config.AnalysisSettings).home_timezone
+            refresh_once(database, jobs, storage, events, home)
+
     # While starting, a signal unwinds the start (which stops what it started); once
     # running, it ends the wait below.
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -296,12 +325,11 @@ def run_dev(out: IO[str], sweep_interval: float, local_s3: Path | None) -> int:
         env=env,
         out=out,
         migrate=lambda: migrate_jobs(database),
-        sweep=lambda sink: sweep_once(
-            database, jobs, event_settings.model_copy(update={"k_sink": sink})
-        ),
+        sweep=maintain,
         sweep_interval=sweep_interval,
         readable=wants_text(telemetry.log_format, out),
         ports=DEV_PORTS,
+        compute_workers=compute_workers,
     )
     try:
         if local_s3 is not None:

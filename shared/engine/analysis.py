@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +35,7 @@ from shared.engine.results import (
     KEPT,
     STATE_UNKNOWN,
     Analysis,
+    DaySums,
 )
 from shared.engine.stays import (
     Rests,
@@ -53,6 +55,8 @@ BLOCK_FIXES = 1 << 20
 """Devices are analysed in blocks of about this many fixes (every step is per device):
 arrays this size are reused from the heap rather than faulted in afresh, which keeps the
 time per fix at ten million fixes close to that at one million and bounds temporaries."""
+_ALL_TIME: Final = (np.iinfo(np.int64).min, np.iinfo(np.int64).max)
+"""Bounds (µs) that every fix's time lies within."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,6 +78,10 @@ class Part:
     stays: Stays
     """Rows counted within the block."""
     n_valid: int
+    lead_km: Floats
+    """Per device, the share before the window of the step into its first fix inside it."""
+    lead_us: Ints
+    """Per device, that fix's time (-1 for none)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,6 +135,8 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
     bound_days = np.zeros((2, n_devices, n_days))
     time_days = np.zeros((n_devices, 2, n_days))
     read_days, used_days = np.zeros((2, n_devices, n_days), dtype=np.int64)
+    lead_km = np.zeros(n_devices)
+    lead_us = np.full(n_devices, -1, dtype=np.int64)
     parts: list[Part] = []
     n_valid = n_trips = n_stays = 0
     blocks = device_blocks(points.device, n_devices)
@@ -146,6 +156,7 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
         bound_days[:, devices] = part.bound_days
         time_days[devices], read_days[devices] = part.time_days, part.read_days
         used_days[devices] = part.used_days
+        lead_km[devices], lead_us[devices] = part.lead_km, part.lead_us
         parts.append(part)
     trips = Trips.joined([part.trips for part in parts])
     stays = Stays.joined(
@@ -187,6 +198,16 @@ def analyze(points: Points, window: Window, params: EngineParams) -> Analysis:
         trip=out.trip[w],
         stay=out.stay[w],
         dropped_by=code,
+        sums=DaySums(
+            path=path_days,
+            path_low=bound_days[0],
+            path_high=bound_days[1],
+            raw_path=raw_days,
+            home_s=time_days[:, HOME],
+            away_s=time_days[:, AWAY],
+            lead_km=lead_km,
+            lead_us=lead_us,
+        ),
     )
 
 
@@ -251,14 +272,19 @@ def analyze_devices(
         jumped = find_jumps(fixes, valid, params.max_speed_kmh)
         code[valid.idx[jumped]] = JUMP
         valid = fixes.subchain(valid, ~jumped)
-    stays = find_stays(fixes, valid, params, window.start_us, window.end_us)
+    # The stays of the whole read hold the device at rest, the context's too: a fix near
+    # midnight is then judged alike whether its day is analysed alone or within a range
+    # (a stay that ends just before the window still starts the step into it from its
+    # centre). Only those overlapping the window are reported.
+    resting = find_stays(fixes, valid, params, *_ALL_TIME)
+    stays = resting.overlapping(window.start_us, window.end_us)
     # Inside a stay the device rested, whatever the centroids say (which spares the
     # jitter rule its costliest work there, following centroids that wander).
-    still = find_still(fixes, valid, params, held_at_rest(valid, stays))
+    still = find_still(fixes, valid, params, held_at_rest(valid, resting))
     # Rule 5 also holds a device at rest where it stays or pauses (not when it is off).
     rests = Rests.empty()
     if params.jitter_radius_m > 0:
-        rests = Rests.of(stays, find_pauses(fixes, valid, params))
+        rests = Rests.of(resting, find_pauses(fixes, valid, params))
         still = rest_in_stays(still, valid, rests)
     code[valid.idx[still]] = JITTER
     used = through_centres(fixes, fixes.subchain(valid, ~still), rests)
@@ -279,13 +305,14 @@ def analyze_devices(
         centred = np.zeros(len(used.idx), dtype=bool)
         centred[np.searchsorted(used.idx, rests.first)] = True
         centred[np.searchsorted(used.idx, rests.last)] = True
-        centre_error_km = centre_errors(used, stays)
+        centre_error_km = centre_errors(used, resting)
     low_km, high_km = step_bounds(fixes, used, stay, centred, centre_error_km)
+    since = np.where(used.linked, last_seen, used.idx)
     path_days, crossing, crossing_km = spread_over_days(
         used,
         np.stack([used.step_km, low_km, high_km]),
         at_bound,
-        since=np.where(used.linked, last_seen, used.idx),
+        since=since,
         **spread,
     )
     # The path each fix adds inside the window, by row: none before or after the window.
@@ -295,6 +322,16 @@ def analyze_devices(
     seg[concat_ranges(starts[:-1], at_bound[:, 0])] = 0.0
     seg[concat_ranges(at_bound[:, -1], starts[1:])] = 0.0
     seg[used.idx[crossing]] = crossing_km[0]
+    # The share before the window of the step into each device's first fix inside it: a
+    # range analysed day by day gives it back to a trip that starts with that fix.
+    lead_km = np.zeros(last_device - first_device)
+    lead_us = np.full(last_device - first_device, -1, dtype=np.int64)
+    end_t = t[used.idx[crossing]]
+    lead = (t[since[crossing]] < window.start_us) & (end_t >= window.start_us)
+    lead &= end_t < window.end_us
+    lead_device = device[used.idx[crossing[lead]]] - first_device
+    lead_km[lead_device] = used.step_km[crossing[lead]] - crossing_km[0][lead]
+    lead_us[lead_device] = end_t[lead]
 
     state_used = home_states(home_km, used, params)
     # A jitter fix is where its device's last used fix was: it shares that fix's state (a
@@ -318,7 +355,7 @@ def analyze_devices(
         state,
         t=valid_t,
         segment_km=seg,
-        home_km=at_rest_km(home_km[valid.idx], valid, stays),
+        home_km=at_rest_km(home_km[valid.idx], valid, resting),
         window_edges=window_edges,
         device=valid_device,
         window=window,
@@ -344,4 +381,6 @@ def analyze_devices(
         trips=trips,
         stays=stays,
         n_valid=len(valid.idx),
+        lead_km=lead_km,
+        lead_us=lead_us,
     )

@@ -5,6 +5,7 @@ per-fix `Analysis` arrays, with the codes those arrays hold.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -215,6 +216,40 @@ class Metrics(_Model):
     """Per device in time order: stays, moves and unknown time adding up to the window."""
 
 
+class Month(_Model):
+    """One calendar month of a summary's days (the days of it inside the window)."""
+
+    month: str
+    """`YYYY-MM`."""
+    days: int
+    points_read: int
+    points_used: int
+    path_km: float
+    time_at_home_s: float
+    time_away_s: float
+    time_unknown_s: float
+
+
+def months(days: Sequence[DayMetrics]) -> list[Month]:
+    """Per calendar month totals of `days` (in order)."""
+    groups: dict[str, list[DayMetrics]] = {}
+    for day in days:
+        groups.setdefault(f"{day.date:%Y-%m}", []).append(day)
+    return [
+        Month(
+            month=name,
+            days=len(group),
+            points_read=sum(d.points_read for d in group),
+            points_used=sum(d.points_used for d in group),
+            path_km=round(sum(d.path_km for d in group), 6),
+            time_at_home_s=round(sum(d.time_at_home_s for d in group), 3),
+            time_away_s=round(sum(d.time_away_s for d in group), 3),
+            time_unknown_s=round(sum(d.time_unknown_s for d in group), 3),
+        )
+        for name, group in groups.items()
+    ]
+
+
 class WindowInfo(_Model):
     """The analysed window: local days, their time zone and the UTC range they make."""
 
@@ -234,6 +269,8 @@ class Summary(Metrics):
     parameters: EngineParams
     devices: dict[str, Metrics]
     notes: list[str]
+    months: list[Month] = []
+    """Per calendar month totals of `days`."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -260,3 +297,23 @@ class Analysis:
     """Id of the stay the fix belongs to, 0 for none."""
     dropped_by: npt.NDArray[np.uint8]
     """0 for kept fixes, else 1 + the index of the rule in `DROP_RULES`."""
+    sums: DaySums | None = None
+    """The unrounded per-(device, day) sums the summary was rounded from."""
+
+
+@dataclass(frozen=True, eq=False)
+class DaySums:
+    """Unrounded sums per device (rows, in `Points.device_ids` order) and day (columns):
+    what `assembly` adds up across days so a range equals a single pass to the last digit."""
+
+    path: Floats
+    path_low: Floats
+    path_high: Floats
+    raw_path: Floats
+    home_s: Floats
+    away_s: Floats
+    lead_km: Floats
+    """Per device: the share before the window of the step into its first fix inside it
+    (a trip starting with that fix counts the whole step in a single pass over a range)."""
+    lead_us: npt.NDArray[np.int64]
+    """Per device: that fix's time (µs), -1 for none."""

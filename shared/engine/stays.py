@@ -101,6 +101,11 @@ class Stays:
             **{name: np.concatenate([getattr(p, name) for p in parts]) for name in _FIELDS}
         )
 
+    def overlapping(self, lo: int, hi: int) -> Stays:
+        """The stays that overlap the window [lo, hi) (µs)."""
+        keep = (self.start_us < hi) & (self.end_us > lo)
+        return Stays(**{name: getattr(self, name)[keep] for name in _FIELDS})
+
     def shifted(self, rows: int) -> Stays:
         """The same stays with their rows counted `rows` further on."""
         values = {name: getattr(self, name) for name in _FIELDS}

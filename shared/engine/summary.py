@@ -30,6 +30,7 @@ from shared.engine.results import (
     Summary,
     Trip,
     WindowInfo,
+    months,
     trusted,
 )
 from shared.engine.statistics import exact_median, mean_km, round_km, round_s
@@ -220,6 +221,7 @@ class Summarizer:
             parameters=self.params,
             devices=devices,
             notes=notes,
+            months=months(totals.days),
         )
 
     def _distance_stats(self, first_fix: Ints, sizes: Ints) -> list[DistanceStats]:

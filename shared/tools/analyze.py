@@ -9,8 +9,11 @@ Thresholds come from the environment (`AnalysisSettings`) unless an option overr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import shutil
 import sys
+import tempfile
 from typing import TextIO
 
 from pydantic import ValidationError
@@ -18,6 +21,7 @@ from pydantic import ValidationError
 from shared import config, export
 from shared.contracts import check_time_zone
 from shared.engine import (
+    Analysis,
     EngineParams,
     Metrics,
     Summary,
@@ -26,6 +30,7 @@ from shared.engine import (
     day_window,
     zone,
 )
+from shared.engine.assembly import DayPart, analyze_day_rows, assemble, device_rows
 from shared.engine.points import Points
 from shared.report import summed_over
 from shared.tools.sources import read_file
@@ -141,12 +146,65 @@ def _analyze(args: argparse.Namespace) -> int:
     assumed = _assumptions(args, settings)
     if assumed:
         say(f"otel-worker analyze: {assumed}\n")
-    analysis = analyze(points, _window(args, points, timezone), params)
+    window = _window(args, points, timezone)
+    if len(window.dates) > 1:
+        return _analyze_days(args, points, window, params)
+    analysis = analyze(points, window, params)
     for warning in _heavy_filters(analysis.summary):
         say(f"otel-worker analyze: {warning}\n")
     if args.csv:
         export.write_csv(analysis, args.csv)
         say(f"wrote {len(analysis.points)} rows to {args.csv}\n")
+    _maps(args, analysis)
+    _print(args, analysis.summary)
+    return 0
+
+
+def _analyze_days(
+    args: argparse.Namespace, points: Points, window: Window, params: EngineParams
+) -> int:
+    """Several days: device-day by device-day through the assembly a range job uses, so
+    the figures are the job's and memory follows the largest day. The CSV holds each
+    device-day's rows (device, then day), as a range job's does."""
+    say = sys.stderr.write
+    parts: list[DayPart] = []
+    rows = 0
+    with contextlib.ExitStack() as stack:
+        # Each device's rows wait in a file of their own, a day at a time, so the CSV comes
+        # out device by device while only one day is ever held.
+        spools = {
+            device: stack.enter_context(tempfile.TemporaryFile()) for device in points.device_ids
+        }
+        for date in window.dates:
+            day_parts, analysis = analyze_day_rows(points, date, window, params)
+            parts += day_parts
+            if not args.csv:
+                continue
+            for device, spool in spools.items():
+                mine = device_rows(analysis, device)
+                if mine is not None:
+                    body = export.csv_bytes(mine)
+                    spool.write(body[body.index(b"\n") + 1 :])
+                    rows += len(mine.points)
+        if args.csv:
+            with open(args.csv, "wb") as out:
+                out.write(export.header(export.CSV_COLUMNS))
+                for spool in spools.values():
+                    spool.seek(0)
+                    shutil.copyfileobj(spool, out)
+            say(f"wrote {rows} rows to {args.csv}\n")
+    summary = assemble(parts, window, params)
+    for warning in _heavy_filters(summary):
+        say(f"otel-worker analyze: {warning}\n")
+    if args.geojson or args.gpx:
+        # The maps draw the fixes of the whole range at once.
+        _maps(args, analyze(points, window, params))
+    _print(args, summary)
+    return 0
+
+
+def _maps(args: argparse.Namespace, analysis: Analysis) -> None:
+    say = sys.stderr.write
     if args.geojson:
         export.write_geojson(analysis, args.geojson)
         used = analysis.summary.points.used
@@ -157,11 +215,13 @@ def _analyze(args: argparse.Namespace) -> int:
         gpx.write_gpx(analysis, args.gpx)
         used = analysis.summary.points.used
         say(f"wrote a GPX track of {used} fix{'es' * (used != 1)} to {args.gpx}\n")
+
+
+def _print(args: argparse.Namespace, summary: Summary) -> None:
     if args.json:
-        sys.stdout.write(analysis.summary.model_dump_json(indent=2) + "\n")
+        sys.stdout.write(summary.model_dump_json(indent=2) + "\n")
     else:
-        write_table(analysis.summary, sys.stdout)
-    return 0
+        write_table(summary, sys.stdout)
 
 
 def _assumptions(args: argparse.Namespace, settings: config.AnalysisSettings) -> str | None:

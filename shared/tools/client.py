@@ -213,6 +213,10 @@ def status(settings: ClientSettings, job_id: str, as_json: bool, out: TextIO = s
     )
     if reply.error_message:
         out.write(f"error     {reply.error_message}\n")
+    if reply.superseded_by:
+        out.write(f"superseded by {reply.superseded_by} (late fixes moved its figures)\n")
+    if reply.supersedes:
+        out.write(f"supersedes {reply.supersedes}\n")
     if reply.status == "completed":
         result = reply.result
         out.write(

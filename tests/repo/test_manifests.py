@@ -249,6 +249,7 @@ class CronJobTemplate(_Strict):
 
 class CronJobSpec(_Strict):
     schedule: str
+    time_zone: str | None = Field(default=None, alias="timeZone")
     concurrency_policy: Literal["Forbid"] = Field(alias="concurrencyPolicy")
     successful_jobs_history_limit: int = Field(alias="successfulJobsHistoryLimit")
     failed_jobs_history_limit: int = Field(alias="failedJobsHistoryLimit")
@@ -327,12 +328,14 @@ def _secret_keys(base: dict[str, list[Any]]) -> set[str]:
 
 
 def _containers(base: dict[str, list[Any]]) -> dict[str, Container]:
-    """The container of every workload: each Service, the migration Job, the sweep."""
+    """The container of every workload: each Service, the migration Job, each CronJob
+    (sweep, refresh, nightly)."""
     found = {name: s.spec.template.spec.containers[0] for name, s in _services(base).items()}
     (migrate,) = base["Job"]
-    (sweep,) = base["CronJob"]
     found["migrate"] = migrate.spec.template.spec.containers[0]
-    found["sweep"] = sweep.spec.job_template.spec.template.spec.containers[0]
+    for cron in base["CronJob"]:
+        name = cron.metadata.name.removeprefix("otel-worker-")
+        found[name] = cron.spec.job_template.spec.template.spec.containers[0]
     return found
 
 
@@ -355,7 +358,11 @@ def test_a_misspelt_field_is_caught() -> None:
 
 def test_trigger_filters_name_types_the_code_handles(base: dict[str, list[Any]]) -> None:
     _, triggers = load_eventing()
-    handled = {events.DISTANCE_REQUESTED: "submit", events.JOB_QUEUED: "compute"}
+    handled = {
+        events.DISTANCE_REQUESTED: "submit",
+        events.JOB_QUEUED: "compute",
+        events.DAY_REQUESTED: "compute",
+    }
     for trigger in triggers:
         event_type = trigger.spec.filter.attributes["type"]
         assert event_type in handled, f"{trigger.metadata.name} filters on unknown {event_type}"
@@ -437,6 +444,8 @@ CREDENTIALS = {
 SETTINGS = {
     **REQUIRED,
     "sweep": _settings_used(REPO_ROOT / "shared" / "cli.py", "_sweep"),
+    "refresh": _settings_used(REPO_ROOT / "shared" / "cli.py", "_refresh"),
+    "nightly": _settings_used(REPO_ROOT / "shared" / "cli.py", "_nightly"),
     "migrate": _settings_used(REPO_ROOT / "shared" / "cli.py", "_migrate"),
 }
 
@@ -552,8 +561,8 @@ PODSPECABLE = {
 
 
 def test_sink_bindings_reach_every_publisher(base: dict[str, list[Any]]) -> None:
-    """submit, compute and every Job of the sweep CronJob get K_SINK (a binding to the
-    CronJob itself would inject nothing: it has no pod template of its own)."""
+    """submit, compute and every Job of each CronJob get K_SINK (a binding to the CronJob
+    itself would inject nothing: it has no pod template of its own)."""
     bound: set[str] = set()
     for binding in base["SinkBinding"]:
         subject = binding.spec.subject
@@ -578,7 +587,13 @@ def test_sink_bindings_reach_every_publisher(base: dict[str, list[Any]]) -> None
                 if cron.spec.job_template.metadata
                 and wanted <= cron.spec.job_template.metadata.labels.items()
             }
-    assert bound == {"submit", "compute", "otel-worker-sweep"}
+    assert bound == {
+        "submit",
+        "compute",
+        "otel-worker-sweep",
+        "otel-worker-refresh",
+        "otel-worker-nightly",
+    }
 
 
 WAVE = "argocd.argoproj.io/sync-wave"
@@ -594,7 +609,6 @@ def test_sync_waves_create_what_is_referenced_first(base: dict[str, list[Any]]) 
     services = {name: _wave(s) for name, s in _services(base).items()}
     (broker,) = base["Broker"]
     (migrate,) = base["Job"]
-    (sweep,) = base["CronJob"]
     assert {_wave(cm) for cm in base["ConfigMap"]} == {0}
     assert 0 < _wave(migrate) < min(services.values())
     dead_letters = broker.spec.delivery.dead_letter_sink.ref
@@ -607,7 +621,7 @@ def test_sync_waves_create_what_is_referenced_first(base: dict[str, list[Any]]) 
     for binding in base["SinkBinding"]:
         assert _wave(broker) < _wave(binding), binding.metadata.name
         if binding.spec.subject.kind == "Job":
-            assert _wave(binding) < _wave(sweep)
+            assert all(_wave(binding) < _wave(cron) for cron in base["CronJob"])
 
 
 APPLICATION = KNATIVE / "clusters" / "k8s-pi5-cluster" / "otel-worker-application.yaml"
@@ -700,7 +714,7 @@ def test_commands_of_jobs_are_cli_subcommands(base: dict[str, list[Any]]) -> Non
     commands += [
         c.spec.job_template.spec.template.spec.containers[0].command for c in base["CronJob"]
     ]
-    assert sorted(c[1] for c in commands if c) == ["migrate", "sweep"]
+    assert sorted(c[1] for c in commands if c) == ["migrate", "nightly", "refresh", "sweep"]
     for command in commands:
         assert command is not None
         assert command[0] == "otel-worker"
@@ -787,7 +801,7 @@ def test_every_delivery_times_out_before_its_service(base: dict[str, list[Any]])
         timeout = _seconds(trigger.spec.delivery.timeout)
         assert timeout < services[ref.name].spec.template.spec.timeout_seconds, ref.name
         checked += 1
-    assert checked == 2
+    assert checked == 3
 
 
 @pytest.mark.parametrize("folder", [BASE, *OVERLAYS], ids=lambda p: str(p.relative_to(KNATIVE)))
@@ -816,6 +830,27 @@ def _build(folder: Path) -> list[dict[str, Any]]:
         [kubectl, "kustomize", str(folder)], capture_output=True, text=True, check=True
     ).stdout
     return [r for r in yaml.safe_load_all(built) if r]
+
+
+def test_the_nightly_runs_shortly_after_midnight_in_the_home_time_zone() -> None:
+    """Its "yesterday" is HOME_TIMEZONE's: the CronJob must tick in that zone, within the
+    first hour of the day (the base, without a zone, ticks in UTC)."""
+    for folder in CLUSTERS:
+        built = _build(folder)
+        (home,) = [
+            r["data"]["HOME_TIMEZONE"]
+            for r in built
+            if r["kind"] == "ConfigMap" and r["metadata"]["name"] == "otel-worker"
+        ]
+        (nightly,) = [
+            r
+            for r in built
+            if r["kind"] == "CronJob" and r["metadata"]["name"] == "otel-worker-nightly"
+        ]
+        assert nightly["spec"]["timeZone"] == home
+        minute, hour, *every_day = nightly["spec"]["schedule"].split()
+        assert (hour, every_day) == ("0", ["*", "*", "*"])
+        assert 0 < int(minute) < 60
 
 
 def test_the_overlay_exposes_only_the_ingress() -> None:

@@ -243,7 +243,11 @@ def test_the_deployed_triggers_route_our_event_types() -> None:
         for t in triggers
         if t.spec.subscriber.ref
     }
-    assert routes == {events.DISTANCE_REQUESTED: "submit", events.JOB_QUEUED: "compute"}
+    assert routes == {
+        events.DISTANCE_REQUESTED: "submit",
+        events.JOB_QUEUED: "compute",
+        events.DAY_REQUESTED: "compute",
+    }
     for trigger in triggers:
         assert trigger.spec.broker == "otel-worker"
         assert trigger.spec.delivery is not None

@@ -464,7 +464,14 @@ def test_summary_json_has_the_documented_keys(week: tuple) -> None:
     assert set(data["points"]["dropped"]) == set(DROP_RULES)
     assert {"read", "used"} <= set(data["points"])
     device = next(iter(data["devices"].values()))
-    assert set(device) == set(data) - {"schema_version", "window", "parameters", "devices", "notes"}
+    assert set(device) == set(data) - {
+        "schema_version",
+        "window",
+        "parameters",
+        "devices",
+        "notes",
+        "months",
+    }
     assert data["path_km"] == pytest.approx(
         sum(d["path_km"] for d in data["devices"].values()), abs=1e-5
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from shared import events
-from shared.contracts import DistanceRequested, JobQueued
+from shared.contracts import DayRequested, DistanceRequested, JobQueued
 from shared.dev.stack import REPO_ROOT, free_ports
 from tests.conftest import RecordingServer
 
@@ -225,3 +225,32 @@ def test_the_request_schema_tells_callers_the_date_format() -> None:
     assert schema["required"] == ["date"]
     assert schema["properties"]["date"]["format"] == "date"
     assert schema["additionalProperties"] is False
+
+
+@pytest.mark.parametrize(
+    ("last_day", "accepted"),
+    [
+        (None, True),
+        ("2024-03-12", True),
+        ("2024-03-18", True),
+        ("2024-03-19", False),
+        ("2024-03-11", False),
+    ],
+)
+def test_a_day_request_asks_for_at_most_a_week_of_one_device(
+    last_day: str | None, accepted: bool
+) -> None:
+    data = {"job_id": str(uuid.uuid4()), "device_id": "phone1", "day": "2024-03-12"}
+    event = events.new_event(
+        events.DAY_REQUESTED,
+        DayRequested.model_validate(data),
+        source="/tests",
+    )
+    event.data = {**data, "last_day": last_day}
+    if accepted:
+        assert events.data_as(event, DayRequested).last_day == (
+            None if last_day is None else dt.date.fromisoformat(last_day)
+        )
+    else:
+        with pytest.raises(events.EventError, match="last_day must be day or one of the 6 days"):
+            events.data_as(event, DayRequested)

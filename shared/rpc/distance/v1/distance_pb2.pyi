@@ -44,7 +44,7 @@ class GetJobStatusRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
 
 class GetJobStatusResponse(_message.Message):
-    __slots__ = ("job_id", "status", "queued_at", "started_at", "completed_at", "error_message", "result", "attempts", "max_attempts", "date", "end_date", "device_id", "timezone")
+    __slots__ = ("job_id", "status", "queued_at", "started_at", "completed_at", "error_message", "result", "attempts", "max_attempts", "date", "end_date", "device_id", "timezone", "superseded_by", "supersedes")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     QUEUED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,8 @@ class GetJobStatusResponse(_message.Message):
     END_DATE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     TIMEZONE_FIELD_NUMBER: _ClassVar[int]
+    SUPERSEDED_BY_FIELD_NUMBER: _ClassVar[int]
+    SUPERSEDES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     status: str
     queued_at: _timestamp_pb2.Timestamp
@@ -71,7 +73,9 @@ class GetJobStatusResponse(_message.Message):
     end_date: str
     device_id: str
     timezone: str
-    def __init__(self, job_id: _Optional[str] = ..., status: _Optional[str] = ..., queued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_message: _Optional[str] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., date: _Optional[str] = ..., end_date: _Optional[str] = ..., device_id: _Optional[str] = ..., timezone: _Optional[str] = ...) -> None: ...
+    superseded_by: str
+    supersedes: str
+    def __init__(self, job_id: _Optional[str] = ..., status: _Optional[str] = ..., queued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_message: _Optional[str] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., date: _Optional[str] = ..., end_date: _Optional[str] = ..., device_id: _Optional[str] = ..., timezone: _Optional[str] = ..., superseded_by: _Optional[str] = ..., supersedes: _Optional[str] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ("status", "limit", "offset", "date", "device_id")
