@@ -379,10 +379,12 @@ class Computation:
         keys = result_keys(job.id, job.attempts, job.date_from, job.date_to, job.device_id)
         assert job.lease_token is not None
         self.jobs.holds(job.id, job.lease_token)  # cancelled meanwhile: upload nothing more
+        faults.kill_point("before_upload")
         digest, size = upload_csv(self.objects, keys.csv_key, outcome.csv)
         summary = outcome.summary
         self._upload_json(keys.series_key, outcome.series)
         self._upload_json(keys.summary_key, summary.model_dump_json(indent=2).encode())
+        faults.kill_point("after_upload")
         log.info(
             "range computed",
             extra={"reused_days": outcome.reused, "computed_days": outcome.computed},
@@ -493,8 +495,12 @@ class Computation:
             facts = self._compute_range(job, params, fan_out=False)
             completed = self.jobs.complete(job.id, token, **facts)
         except LeaseLost as exc:
-            # Another compute assembled it first, or the job was cancelled or taken over.
+            # Another compute assembled it first (its objects are these keys: kept), or the
+            # job was cancelled (what this assembly uploaded goes) or taken over.
+            if exc.status == JobStatus.CANCELLED:
+                self._remove_attempts(job, [job.attempts])
             return Outcome(HTTPStatus.OK, None, str(exc))
+        faults.kill_point("after_complete")
         return self._finished(completed)
 
 
