@@ -616,21 +616,39 @@ class JobStore:
         summary_key: str | None = None,
         csv_bytes: int | None = None,
         csv_sha256: str | None = None,
+        timings_ms: dict[str, float] | None = None,
+        rest: str = "complete",
     ) -> Job:
         """Finish the job as completed with its result and object facts; fenced by `token`.
 
         Accepted while `token` is the job's current lease token (even if the lease has just
         expired, as long as no one else took over); otherwise raises `LeaseLost` and
         changes nothing. Clears the error of earlier attempts.
+
+        With `timings_ms` (the attempt's phases, in milliseconds) the result gets them as
+        `timings_ms`, plus phase `rest`: what the database clocks from `started_at` to this
+        completion beyond those phases (the completing statement itself, the claim's reply),
+        so the phases add up to `completed_at - started_at`.
         """
+        result_sql: LiteralString = "%(result)s"
+        if timings_ms is not None:
+            result_sql = (
+                "%(result)s || jsonb_build_object('timings_ms', %(timings)s::jsonb"
+                " || jsonb_build_object(%(rest)s::text, round((extract(epoch FROM now()"
+                " - started_at) * 1000)::numeric - %(measured)s::numeric, 2)))"
+            )
         return self._fenced(
             job_id,
             token,
             "status = 'completed', completed_at = now(), error_message = NULL,"
-            " result = %(result)s, csv_key = %(csv_key)s, summary_key = %(summary_key)s,"
+            " result = " + result_sql + ", csv_key = %(csv_key)s,"
+            " summary_key = %(summary_key)s,"
             " csv_bytes = %(csv_bytes)s, csv_sha256 = %(csv_sha256)s",
             {
                 "result": Jsonb(result),
+                "timings": Jsonb(timings_ms or {}),
+                "rest": rest,
+                "measured": round(sum((timings_ms or {}).values()), 2),
                 "csv_key": csv_key,
                 "summary_key": summary_key,
                 "csv_bytes": csv_bytes,
