@@ -72,6 +72,10 @@ ANNOUNCE_THREADS = 4
 """Day events published side by side when a range job fans out (as many as the
 publisher keeps connections to the broker)."""
 
+UPLOAD_THREADS = 3
+"""A one-day job's objects beside its CSV, uploaded side by side with it (the object
+store's client keeps four connections per host)."""
+
 ERROR_MESSAGE_LIMIT = 300
 """The most characters of a job's error_message."""
 
@@ -316,10 +320,22 @@ class Computation:
             with phases.phase("uploads", attributes={"key": keys.csv_key}):
                 assert job.lease_token is not None
                 self.jobs.holds(job.id, job.lease_token)  # cancelled meanwhile: upload nothing
-                self.objects.upload(keys.csv_key, csv, size, CSV_TYPE)
-                self._upload_json(keys.series_key, series_json(analysis))
-                self._upload_gpx(keys.gpx_key, analysis)
-                self._upload_json(keys.summary_key, summary.model_dump_json(indent=2).encode())
+                # Side by side: each PUT mostly waits for the store's answer.
+                with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload") as pool:
+                    beside = [
+                        pool.submit(
+                            lambda: self._upload_json(keys.series_key, series_json(analysis))
+                        ),
+                        pool.submit(self._upload_gpx, keys.gpx_key, analysis),
+                        pool.submit(
+                            lambda: self._upload_json(
+                                keys.summary_key, summary.model_dump_json(indent=2).encode()
+                            )
+                        ),
+                    ]
+                    self.objects.upload(keys.csv_key, csv, size, CSV_TYPE)
+                    for upload in beside:
+                        upload.result()
                 metrics.csv_bytes.record(size)
                 folder = self.storage.csv_output_path
                 copy = None if folder is None else stage_compat_copy(folder, keys.csv_name, csv)

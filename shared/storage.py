@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,8 @@ class ObjectStore:
         self._client: Minio | None = None
         self._signer: Minio | None = None
         self._bucket_checked = False
+        # Uploads run side by side: the clients and the bucket check happen once.
+        self._lock = threading.Lock()
         self._signed = functools.lru_cache(maxsize=4096)(self._sign)
 
     def _make(self, endpoint: str, secure: bool) -> Minio:
@@ -148,9 +151,10 @@ class ObjectStore:
     @property
     def client(self) -> Minio:
         """The client for the in-cluster endpoint."""
-        if self._client is None:
-            self._client = self._make(self.settings.minio_endpoint, self.settings.minio_secure)
-        return self._client
+        with self._lock:
+            if self._client is None:
+                self._client = self._make(self.settings.minio_endpoint, self.settings.minio_secure)
+            return self._client
 
     @property
     def signer(self) -> Minio:
@@ -167,23 +171,26 @@ class ObjectStore:
         if self._bucket_checked or not self.settings.minio_create_bucket:
             return
         bucket = self.settings.minio_bucket
-        with _translated("checking the bucket"):
-            if not self.client.bucket_exists(bucket) and self._make_bucket(bucket):
+        client = self.client
+        with self._lock, _translated("checking the bucket"):
+            if self._bucket_checked:
+                return
+            if not client.bucket_exists(bucket) and self._make_bucket(client, bucket):
                 log.info("created bucket", extra={"bucket": bucket})
-        self._bucket_checked = True
+            self._bucket_checked = True
 
-    def _make_bucket(self, bucket: str) -> bool:
+    def _make_bucket(self, client: Minio, bucket: str) -> bool:
         """Create `bucket`: True if this call made it, False if another process made it
         between our check and our request (two first jobs on a fresh store race here)."""
         from minio.error import S3Error
 
         try:
-            self.client.make_bucket(bucket)
+            client.make_bucket(bucket)
         except S3Error as exc:
             # S3 and MinIO answer the owner BucketAlreadyOwnedByYou; some stores answer
             # BucketAlreadyExists for any owner, so that one counts only if we can reach it.
             if exc.code == "BucketAlreadyOwnedByYou" or (
-                exc.code == "BucketAlreadyExists" and self.client.bucket_exists(bucket)
+                exc.code == "BucketAlreadyExists" and client.bucket_exists(bucket)
             ):
                 return False
             raise
