@@ -14,7 +14,7 @@ import logging
 import tempfile
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -71,10 +71,6 @@ class ReadFailed(OtelWorkerError):
 ANNOUNCE_THREADS = 4
 """Day events published side by side when a range job fans out (as many as the
 publisher keeps connections to the broker)."""
-
-UPLOAD_THREADS = 3
-"""A one-day job's objects beside its CSV, uploaded side by side with it (the object
-store's client keeps four connections per host)."""
 
 ERROR_MESSAGE_LIMIT = 300
 """The most characters of a job's error_message."""
@@ -321,21 +317,23 @@ class Computation:
                 assert job.lease_token is not None
                 self.jobs.holds(job.id, job.lease_token)  # cancelled meanwhile: upload nothing
                 # Side by side: each PUT mostly waits for the store's answer.
-                with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload") as pool:
-                    beside = [
-                        pool.submit(
-                            lambda: self._upload_json(keys.series_key, series_json(analysis))
-                        ),
-                        pool.submit(self._upload_gpx, keys.gpx_key, analysis),
-                        pool.submit(
-                            lambda: self._upload_json(
-                                keys.summary_key, summary.model_dump_json(indent=2).encode()
-                            )
-                        ),
-                    ]
+                pool = self.objects.uploader()
+                beside = [
+                    pool.submit(lambda: self._upload_json(keys.series_key, series_json(analysis))),
+                    pool.submit(self._upload_gpx, keys.gpx_key, analysis),
+                    pool.submit(
+                        lambda: self._upload_json(
+                            keys.summary_key, summary.model_dump_json(indent=2).encode()
+                        )
+                    ),
+                ]
+                try:
                     self.objects.upload(keys.csv_key, csv, size, CSV_TYPE)
-                    for upload in beside:
-                        upload.result()
+                finally:
+                    # Every upload has ended before the attempt goes on (or fails).
+                    wait(beside)
+                for upload in beside:
+                    upload.result()
                 metrics.csv_bytes.record(size)
                 folder = self.storage.csv_output_path
                 copy = None if folder is None else stage_compat_copy(folder, keys.csv_name, csv)

@@ -21,6 +21,7 @@ import re
 import tempfile
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO
@@ -114,6 +115,10 @@ def sha256_of(stream: IO[bytes]) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+UPLOAD_CONNECTIONS = 4
+"""Connections a client keeps to the store: a job's four objects go up at once."""
+
+
 class ObjectStore:
     """Uploads results and signs download URLs. Clients are created on first use."""
 
@@ -124,6 +129,7 @@ class ObjectStore:
         self._bucket_checked = False
         # Uploads run side by side: the clients and the bucket check happen once.
         self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
         self._signed = functools.lru_cache(maxsize=4096)(self._sign)
 
     def _make(self, endpoint: str, secure: bool) -> Minio:
@@ -133,7 +139,7 @@ class ObjectStore:
         # within seconds, not hang the request until the broker gives up.
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=5, read=60),
-            maxsize=4,
+            maxsize=UPLOAD_CONNECTIONS,
             retries=urllib3.Retry(
                 total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
             ),
@@ -163,6 +169,15 @@ class ObjectStore:
             host, secure = self.settings.public_host
             self._signer = self._make(host, secure)
         return self._signer
+
+    def uploader(self) -> ThreadPoolExecutor:
+        """Threads that upload beside the caller (as many as the client keeps connections
+        beyond the caller's), started on first use and kept: a job's objects go up side
+        by side without starting threads per job."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(UPLOAD_CONNECTIONS - 1, thread_name_prefix="upload")
+            return self._pool
 
     def _create_bucket(self) -> None:
         """Create the bucket when missing, once per process, where MINIO_CREATE_BUCKET
