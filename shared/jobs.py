@@ -626,16 +626,34 @@ class JobStore:
         changes nothing. Clears the error of earlier attempts.
 
         With `timings_ms` (the attempt's phases, in milliseconds) the result gets them as
-        `timings_ms`, plus phase `rest`: what the database clocks from `started_at` to this
-        completion beyond those phases (the completing statement itself, the claim's reply),
-        so the phases add up to `completed_at - started_at`.
+        `timings_ms`, adding up to `completed_at - started_at`: the phases after the claim
+        as measured; what that interval holds beyond them is the `claim` phase (as measured,
+        at most all of it: a claim's round trip starts before `started_at`) and phase `rest`
+        (the completing statement, what is left).
         """
         result_sql: LiteralString = "%(result)s"
+        phases = dict(timings_ms or {})
+        claim = phases.pop("claim", 0.0)
         if timings_ms is not None:
+            # r: what the database clocks from started_at to now beyond the phases between.
+            r: LiteralString = (
+                "round((extract(epoch FROM now() - started_at) * 1000)::numeric"
+                " - %(measured)s::numeric, 2)"
+            )
+            first: LiteralString = "least(%(claim)s::numeric, " + r + ")"
             result_sql = (
                 "%(result)s || jsonb_build_object('timings_ms', %(timings)s::jsonb"
-                " || jsonb_build_object(%(rest)s::text, round((extract(epoch FROM now()"
-                " - started_at) * 1000)::numeric - %(measured)s::numeric, 2)))"
+                " || jsonb_build_object(%(rest)s::text, "
+                + r
+                + " - "
+                + first
+                + ")"
+                + (
+                    " || jsonb_build_object('claim', " + first + ")"
+                    if "claim" in timings_ms
+                    else ""
+                )
+                + ")"
             )
         return self._fenced(
             job_id,
@@ -646,9 +664,10 @@ class JobStore:
             " csv_bytes = %(csv_bytes)s, csv_sha256 = %(csv_sha256)s",
             {
                 "result": Jsonb(result),
-                "timings": Jsonb(timings_ms or {}),
+                "timings": Jsonb(phases),
                 "rest": rest,
-                "measured": round(sum((timings_ms or {}).values()), 2),
+                "measured": round(sum(phases.values()), 2),
+                "claim": claim,
                 "csv_key": csv_key,
                 "summary_key": summary_key,
                 "csv_bytes": csv_bytes,
