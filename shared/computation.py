@@ -397,6 +397,7 @@ class Computation:
             assert job.lease_token is not None
             self.jobs.holds(job.id, job.lease_token)  # cancelled meanwhile: upload nothing more
             digest, size = upload_csv(self.objects, keys.csv_key, outcome.csv)
+            self._upload_json(keys.series_key, outcome.series)
             self._upload_json(keys.summary_key, summary.model_dump_json(indent=2).encode())
         log.info(
             "range computed",

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
+import math
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from shared.day_results import DayStore, KeptDay, day_key, scan_buckets
 from shared.db import ConnectionSource
@@ -55,10 +59,11 @@ class RangePlan:
 
 @dataclass(frozen=True)
 class RangeResult:
-    """The range's summary and CSV, and what the days did."""
+    """The range's summary, CSV and chart series, and what the days did."""
 
     summary: Any
     csv: bytes
+    series: bytes
     csv_rows: int
     over_cap: bool
     reused: int
@@ -77,6 +82,8 @@ class RangeComputation:
     """MAX_DAY_READ_ROWS: the most fixes one device-day's read may hold, context included."""
     _bodies: dict[tuple[str, dt.date], bytes] = field(default_factory=dict)
     """The CSVs of the device-days computed by this run."""
+    _rows: dict[tuple[str, dt.date], Analysis] = field(default_factory=dict)
+    """Their rows, for the range's CSV."""
 
     def plan(
         self,
@@ -143,8 +150,9 @@ class RangeComputation:
             # not compute are made again (the engine is cheap next to the whole range).
             again = [cell for cell in ordered if cell not in self._bodies]
             self._compute(plan, sorted({date for _, date in again}), set(again), keep=False)
-            csv = self._joined(ordered)
-        return RangeResult(summary, csv, rows, over, len(plan.holding), len(computed))
+            csv = self._joined(ordered, parts, plan)
+        series = range_series(parts, plan.params)
+        return RangeResult(summary, csv, series, rows, over, len(plan.holding), len(computed))
 
     def compute_days(self, plan: RangePlan, cells: list[tuple[str, dt.date]]) -> None:
         """Compute and keep these device-days of `plan` (as a fanned-out event does)."""
@@ -225,15 +233,41 @@ class RangeComputation:
         if rows is None:
             return None
         self._bodies[(device, date)] = csv_bytes(rows)
+        self._rows[(device, date)] = rows
         return len(rows.points)
 
-    def _joined(self, cells: list[tuple[str, dt.date]]) -> bytes:
-        """The range's CSV: one header, then each device-day's rows (device, then day)."""
-        from shared.export import CSV_COLUMNS, header
+    def _joined(
+        self, cells: list[tuple[str, dt.date]], parts: list[DayPart], plan: RangePlan
+    ) -> bytes:
+        """The range's CSV: one header, then each device-day's rows (device, then day),
+        with the range's trip and stay ids, each device's running path, and a day's first
+        step given back its share before midnight, as a single pass writes them."""
+        from shared.engine.assembly import numbering
+        from shared.export import CSV_COLUMNS, csv_bytes, header
 
+        numbers = numbering(parts, plan.window)
+        leads = {(p.device_id, p.date): (p.lead_km, p.lead_us) for p in parts}
         out = bytearray(header(CSV_COLUMNS))
-        for cell in cells:
-            body = self._bodies[cell]
+        running: dict[str, float] = {}
+        for device, date in cells:
+            rows = self._rows[(device, date)]
+            trips, stays = numbers.get(device, ({}, {}))
+            segment = rows.segment_km.copy()
+            lead_km, lead_us = leads.get((device, date), (0.0, None))
+            if lead_us is not None and date != plan.window.dates[0]:
+                segment[rows.points.timestamp == lead_us] += lead_km
+            cumulative = np.cumsum(segment) + running.get(device, 0.0)
+            if len(cumulative):
+                running[device] = float(cumulative[-1])
+            body = csv_bytes(
+                replace(
+                    rows,
+                    segment_km=segment,
+                    cumulative_km=cumulative,
+                    trip=_renumber(rows.trip, date, trips),
+                    stay=_renumber(rows.stay, date, stays),
+                )
+            )
             out += body[body.index(b"\n") + 1 :]
         return bytes(out)
 
@@ -247,6 +281,39 @@ class RangeComputation:
         return ("\n".join(lines) + "\n").encode()
 
 
+def range_series(parts: list[DayPart], params: EngineParams) -> bytes:
+    """The report's chart data of a range (the shape `report.series_of` gives a day), from
+    its days' samples: per device, in time order, at most `report.MAX_POINTS` fixes (evenly
+    spread, the farthest kept)."""
+    from shared.report import KM_PER_DEG, MAX_POINTS
+
+    cos_home = math.cos(math.radians(params.home_latitude))
+    devices: dict[str, dict[str, list[Any]]] = {}
+    for part in sorted(parts, key=lambda p: (p.device_id, p.date)):
+        columns = devices.setdefault(
+            part.device_id, {k: [] for k in ("t", "km", "lat", "lon", "trip")}
+        )
+        for name in columns:
+            columns[name] += getattr(part.series, name)
+    out = {}
+    for device, columns in devices.items():
+        km = np.array(columns["km"])
+        keep = np.arange(len(km))
+        if len(km) > MAX_POINTS:
+            keep = np.union1d(
+                np.linspace(0, len(km) - 1, MAX_POINTS - 1).astype(np.int64), np.argmax(km)
+            )
+        lat, lon = np.array(columns["lat"])[keep], np.array(columns["lon"])[keep]
+        out[device] = {
+            "t": np.array(columns["t"], dtype=np.int64)[keep].tolist(),
+            "km": km[keep].tolist(),
+            "east": np.round((lon - params.home_longitude) * KM_PER_DEG * cos_home, 4).tolist(),
+            "north": np.round((lat - params.home_latitude) * KM_PER_DEG, 4).tolist(),
+            "trip": np.array(columns["trip"], dtype=np.int64)[keep].tolist(),
+        }
+    return json.dumps({"version": 1, "devices": out}).encode()
+
+
 def upload_csv(objects: ObjectStore, key: str, body: bytes) -> tuple[str, int]:
     """Upload the range's CSV; its digest and size."""
     with tempfile.TemporaryFile() as file:
@@ -254,6 +321,14 @@ def upload_csv(objects: ObjectStore, key: str, body: bytes) -> tuple[str, int]:
         digest, size = sha256_of(file)
         objects.upload(key, file, size, CSV_TYPE)
     return digest, size
+
+
+def _renumber(ids: Any, date: dt.date, numbers: dict[tuple[dt.date, int], int]) -> Any:
+    """Per-fix ids of a day's analysis (0 for none) as the range numbers them."""
+    out = ids.copy()
+    for local in np.unique(ids[ids > 0]).tolist():
+        out[ids == local] = numbers.get((date, local), local)
+    return out
 
 
 def _chunks(dates: list[dt.date], size: int = CHUNK_DAYS) -> list[list[dt.date]]:

@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 
 from shared.engine.analysis import analyze
@@ -159,6 +160,20 @@ class Spread(_Model):
     sketch: Sketch = Sketch()
 
 
+DAY_SERIES_POINTS = 96
+"""Observed fixes a day keeps for a range's charts (its farthest among them)."""
+
+
+class DaySeries(_Model):
+    """Observed fixes of a device-day, sampled: time (s), distance (km), position, trip."""
+
+    t: list[int] = []
+    km: list[float] = []
+    lat: list[float] = []
+    lon: list[float] = []
+    trip: list[int] = []
+
+
 class DayPart(_Model):
     """One device's analysis of one local day, with what assembly needs besides it."""
 
@@ -186,6 +201,8 @@ class DayPart(_Model):
     """The share before midnight of the step into the device's first fix of the day..."""
     lead_us: int | None = None
     """...and that fix's time: a trip starting with it counts the whole step in a range."""
+    series: DaySeries = DaySeries()
+    """A sample of the day's observed fixes, for a range's charts."""
 
 
 def day_parts(analysis: Analysis) -> list[DayPart]:
@@ -207,6 +224,7 @@ def day_parts(analysis: Analysis) -> list[DayPart]:
         created, at = points.created_at[rows], points.timestamp[rows]
         has = created != MISSING_TIME
         lag = (created[has] - at[has]) / US_PER_S
+        sample = _sample(analysis.distance_km[rows], seen[rows])
         gap: tuple[float, int] | None = None
         if len(t) > 1:
             steps = np.diff(t)
@@ -217,7 +235,7 @@ def day_parts(analysis: Analysis) -> list[DayPart]:
                 device_id=device_id,
                 date=summary.window.first_day,
                 # A day's own lists are the window's: kept once, in its `days` entry.
-                metrics=_copy(metrics, stays=[], places=[], timeline=[]),
+                metrics=_own_numbers(metrics),
                 path=float(sums.path[g, 0]),
                 path_low=float(sums.path_low[g, 0]),
                 path_high=float(sums.path_high[g, 0]),
@@ -232,6 +250,13 @@ def day_parts(analysis: Analysis) -> list[DayPart]:
                 inner_gap=gap,
                 lead_km=float(sums.lead_km[g]),
                 lead_us=int(sums.lead_us[g]) if sums.lead_us[g] >= 0 else None,
+                series=DaySeries(
+                    t=(points.timestamp[rows][sample] // US_PER_S).tolist(),
+                    km=np.round(analysis.distance_km[rows][sample], 4).tolist(),
+                    lat=np.round(points.lat[rows][sample], 6).tolist(),
+                    lon=np.round(points.lon[rows][sample], 6).tolist(),
+                    trip=analysis.trip[rows][sample].tolist(),
+                ),
             )
         )
     return parts
@@ -282,6 +307,10 @@ def device_rows(analysis: Analysis, device: str) -> Analysis | None:
     if a == b:
         return None
     rows = slice(int(a), int(b))
+    trip_from, stay_from = _firsts(analysis.summary.devices[device])
+    trip, stay = analysis.trip[rows].copy(), analysis.stay[rows].copy()
+    trip[trip > 0] -= trip_from - 1
+    stay[stay > 0] -= stay_from - 1
     return replace(
         analysis,
         points=points.take(np.arange(a, b)),
@@ -289,10 +318,53 @@ def device_rows(analysis: Analysis, device: str) -> Analysis | None:
         segment_km=analysis.segment_km[rows],
         cumulative_km=analysis.cumulative_km[rows],
         at_home=analysis.at_home[rows],
-        trip=analysis.trip[rows],
-        stay=analysis.stay[rows],
+        trip=trip,
+        stay=stay,
         dropped_by=analysis.dropped_by[rows],
     )
+
+
+def _firsts(metrics: Metrics) -> tuple[int, int]:
+    """The first trip and stay id of one device in an analysis that may hold others: ids
+    run on from device to device, so each device's start where the one before ended."""
+    return (
+        min((trip.id for trip in metrics.trips), default=1),
+        min((stay.id for stay in metrics.stays), default=1),
+    )
+
+
+def _own_numbers(metrics: Metrics) -> Metrics:
+    """One device's metrics of a day with its trips and stays numbered from 1, whatever
+    other devices the day's analysis held (`device_rows` numbers its rows alike), and its
+    lists kept once: a day's stays, places and timeline are its one `days` entry's."""
+    trip_from, stay_from = _firsts(metrics)
+    day = metrics.days[0]
+    return _copy(
+        metrics,
+        trips=[_copy(t, id=t.id - trip_from + 1) for t in metrics.trips],
+        stays=[],
+        places=[],
+        timeline=[],
+        days=[
+            _copy(
+                day,
+                stays=[_copy(st, id=st.id - stay_from + 1) for st in day.stays],
+                timeline=[
+                    _copy(e, stay_id=e.stay_id - stay_from + 1) if e.stay_id is not None else e
+                    for e in day.timeline
+                ],
+            )
+        ],
+    )
+
+
+def _sample(km: Floats, seen: npt.NDArray[np.bool_]) -> Ints:
+    """Rows of up to DAY_SERIES_POINTS observed fixes, evenly spread, the farthest kept."""
+    rows = np.flatnonzero(seen)
+    if len(rows) <= DAY_SERIES_POINTS:
+        return rows
+    even = rows[np.linspace(0, len(rows) - 1, DAY_SERIES_POINTS - 1).astype(np.int64)]
+    return np.union1d(even, rows[np.argmax(km[rows])])
 
 
 def _spread(values: Floats) -> Spread:
@@ -389,6 +461,26 @@ def assemble(parts: Sequence[DayPart], window: Window, params: EngineParams) -> 
     )
 
 
+Numbers = tuple[dict[tuple[dt.date, int], int], dict[tuple[dt.date, int], int]]
+"""A device's trip and stay ids: (day, id in the day's analysis) -> id in the range."""
+
+
+def numbering(parts: Sequence[DayPart], window: Window) -> dict[str, Numbers]:
+    """Per device, the range's trip and stay ids of each day's ones, as `assemble` numbers
+    them (for the range's CSV rows)."""
+    by_device: dict[str, list[DayPart]] = {}
+    for part in sorted(parts, key=lambda part: (part.device_id, part.date)):
+        by_device.setdefault(part.device_id, []).append(part)
+    out: dict[str, Numbers] = {}
+    next_trip, next_stay = 1, 1
+    for device, mine in by_device.items():
+        joined = _Stitched.of(mine, window.dates[0], next_trip, next_stay)
+        next_trip += len(joined.trips)
+        next_stay += joined.n_stays
+        out[device] = joined.numbers
+    return out
+
+
 class _Stitched:
     """One device's (or all devices') trips, stays and timeline over the range, with the
     pieces that meet at midnight joined, renumbered as a single pass numbers them, and the
@@ -405,18 +497,21 @@ class _Stitched:
     ) -> None:
         self.trips, self.stays, self.timeline, self.places = trips, stays, timeline, places
         self.day_lists, self.n_stays = day_lists, n_stays
+        self.numbers: Numbers = ({}, {})
 
     @staticmethod
     def of(parts: list[DayPart], first: dt.date, first_trip: int, first_stay: int) -> _Stitched:
         """The stitched lists of one device's parts (sorted by day; the range starts on
         `first`)."""
         trips: list[Trip] = []
+        trip_ids: dict[tuple[dt.date, int], int] = {}
         for part in parts:
             for trip in _led(part, first):
                 if trips and _continues(trips[-1], trip):
                     trips[-1] = _join_trips(trips[-1], trip)
                 else:
                     trips.append(_copy(trip, id=first_trip + len(trips)))
+                trip_ids[(part.date, trip.id)] = trips[-1].id
         stays: list[Stay] = []
         renumber: dict[tuple[dt.date, int], int] = {}
         joins: dict[str, int] = {}
@@ -451,7 +546,9 @@ class _Stitched:
             else visit
             for visit in places
         ]
-        return _Stitched(trips, stays, timeline, places, day_lists, len(stays))
+        stitched = _Stitched(trips, stays, timeline, places, day_lists, len(stays))
+        stitched.numbers = (trip_ids, renumber)
+        return stitched
 
     @staticmethod
     def joined(parts: list[_Stitched]) -> _Stitched:

@@ -93,3 +93,7 @@ def test_a_compute_killed_mid_range_loses_no_day_and_counts_none_twice(
         )
     expected = day_by_day(points, window, params).model_dump(mode="json")
     assert view.result == expected
+    # Its report page draws from the range's chart data, as a day's does.
+    page = urllib3.request("GET", f"{workers.url('status')}/jobs/{job_id}/report")
+    assert page.status == 200, page.data[:300]
+    assert b"<svg" in page.data
