@@ -15,7 +15,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -103,7 +103,9 @@ class Computation:
 
     def run(self, job_id: uuid.UUID) -> Outcome:
         """Handle one delivery of `job.queued` for `job_id`."""
-        claim = self.jobs.claim(job_id, self.worker, self.lease_seconds)
+        phases = telemetry.Phases()
+        with phases.phase("claim", attributes={"job.id": str(job_id)}):
+            claim = self.jobs.claim(job_id, self.worker, self.lease_seconds)
         job = claim.job
         if claim.result == ClaimResult.NOT_FOUND or job is None:
             return Outcome(HTTPStatus.BAD_REQUEST, None, f"job {job_id} not found")
@@ -123,9 +125,9 @@ class Computation:
             return Outcome(HTTPStatus.OK, event, f"job {job_id} is already {job.status.value}")
         if claim.result == ClaimResult.EXHAUSTED:
             return self._finished(job)
-        return self._attempt(job)
+        return self._attempt(job, phases)
 
-    def _attempt(self, job: Job) -> Outcome:
+    def _attempt(self, job: Job, phases: telemetry.Phases) -> Outcome:
         assert job.lease_token is not None
         token = job.lease_token
         started = time.monotonic()
@@ -133,7 +135,7 @@ class Computation:
             # An earlier attempt killed after uploading left objects no job names.
             self._remove_attempts(job, range(1, job.attempts))
         try:
-            facts, copy = self._compute(job)
+            facts, copy = self._compute(job, phases)
         except LeaseLost as exc:
             # Cancelled (or taken over) while it computed: stopped before uploading anything.
             return Outcome(HTTPStatus.OK, None, str(exc))
@@ -161,7 +163,10 @@ class Computation:
             )
         try:
             try:
-                completed = self.jobs.complete(job.id, token, **facts)
+                with telemetry.span("complete", attributes={"job.id": str(job.id)}):
+                    completed = self.jobs.complete(
+                        job.id, token, **facts, timings_ms=phases.rounded()
+                    )
             except LeaseLost as exc:
                 if exc.status == JobStatus.CANCELLED:
                     self._remove_attempts(job, [job.attempts])
@@ -229,9 +234,12 @@ class Computation:
             document.seek(0)
             self.objects.upload(key, document, size, GPX_TYPE)
 
-    def _compute(self, job: Job) -> tuple[dict[str, Any], StagedCopy | None]:
+    def _compute(
+        self, job: Job, phases: telemetry.Phases
+    ) -> tuple[dict[str, Any], StagedCopy | None]:
         """The job's results uploaded, as `complete`'s arguments, and the CSV's copy for
-        CSV_OUTPUT_PATH written but not yet visible (None without that setting)."""
+        CSV_OUTPUT_PATH written but not yet visible (None without that setting); each
+        phase timed in `phases`."""
         from shared.engine import EngineParams, analyze, day_window, read_range
         from shared.export import write_csv
         from shared.locations import (
@@ -244,16 +252,20 @@ class Computation:
         )
         from shared.report import series_json
 
-        try:
-            params = EngineParams.model_validate(job.parameters)
-        except ValidationError as exc:
-            raise JobFailure(f"the job's parameters are invalid: {events.describe(exc)}") from None
+        with phases.phase("plan"):
+            try:
+                params = EngineParams.model_validate(job.parameters)
+            except ValidationError as exc:
+                raise JobFailure(
+                    f"the job's parameters are invalid: {events.describe(exc)}"
+                ) from None
+            if job.date_from == job.date_to:
+                window = day_window(job.date_from, job.date_to, job.timezone)
+                start, end = read_range(window, params)
         if job.date_from != job.date_to:
-            return self._compute_range(job, params), None
-        window = day_window(job.date_from, job.date_to, job.timezone)
-        start, end = read_range(window, params)
+            return self._compute_range(job, params, phases), None
         metrics = telemetry.instruments()
-        with telemetry.span("read points", attributes={"job.id": str(job.id)}):
+        with phases.phase("read", attributes={"job.id": str(job.id)}):
             read_started = time.monotonic()
             note: str | None = None
             days = (job.date_to - job.date_from).days + 1
@@ -291,45 +303,59 @@ class Computation:
                 )
                 raise ReadFailed(read_error_message(exc), status) from exc
             metrics.db_read.record(time.monotonic() - read_started)
-        with telemetry.span("analyze", attributes={"fixes": len(points)}):
+        with phases.phase("engine", attributes={"fixes": len(points)}):
             analysis = analyze(points, window, params)
-        summary = analysis.summary
-        if note is not None:
-            summary = summary.model_copy(update={"notes": [*summary.notes, note]})
-        metrics.points.add(summary.points.read)
-        for rule, count in summary.points.dropped.model_dump().items():
-            if count:
-                metrics.dropped.add(count, {"rule": rule})
+            summary = analysis.summary
+            if note is not None:
+                summary = summary.model_copy(update={"notes": [*summary.notes, note]})
+            metrics.points.add(summary.points.read)
+            for rule, count in summary.points.dropped.model_dump().items():
+                if count:
+                    metrics.dropped.add(count, {"rule": rule})
         keys = result_keys(job.id, job.attempts, job.date_from, job.date_to, job.device_id)
-        assert job.lease_token is not None
-        self.jobs.holds(job.id, job.lease_token)  # cancelled meanwhile: upload nothing
-        with (
-            tempfile.TemporaryFile() as csv,
-            telemetry.span("upload", attributes={"key": keys.csv_key}),
-        ):
-            size = write_csv(analysis, csv)
-            if size > self.storage.max_csv_bytes:
-                raise JobFailure(
-                    f"the CSV would be {size} bytes, over MAX_CSV_BYTES "
-                    f"({self.storage.max_csv_bytes}); ask for fewer days or one device"
-                )
-            digest, size = sha256_of(csv)
-            faults.kill_point("before_upload")
-            self.objects.upload(keys.csv_key, csv, size, CSV_TYPE)
-            self._upload_json(keys.series_key, series_json(analysis))
-            self._upload_gpx(keys.gpx_key, analysis)
-            self._upload_json(keys.summary_key, summary.model_dump_json(indent=2).encode())
-            faults.kill_point("after_upload")
-            metrics.csv_bytes.record(size)
-            facts = {
-                "result": summary.model_dump(mode="json"),
-                "csv_key": keys.csv_key,
-                "summary_key": keys.summary_key,
-                "csv_bytes": size,
-                "csv_sha256": digest,
-            }
-            folder = self.storage.csv_output_path
-            return facts, None if folder is None else stage_compat_copy(folder, keys.csv_name, csv)
+        with tempfile.TemporaryFile() as csv:
+            with phases.phase("csv", attributes={"job.id": str(job.id)}):
+                size = write_csv(analysis, csv)
+                if size > self.storage.max_csv_bytes:
+                    raise JobFailure(
+                        f"the CSV would be {size} bytes, over MAX_CSV_BYTES "
+                        f"({self.storage.max_csv_bytes}); ask for fewer days or one device"
+                    )
+                digest, size = sha256_of(csv)
+            with phases.phase("uploads", attributes={"key": keys.csv_key}):
+                assert job.lease_token is not None
+                self.jobs.holds(job.id, job.lease_token)  # cancelled meanwhile: upload nothing
+                # Side by side: each PUT mostly waits for the store's answer.
+                faults.kill_point("before_upload")
+                pool = self.objects.uploader()
+                beside = [
+                    pool.submit(lambda: self._upload_json(keys.series_key, series_json(analysis))),
+                    pool.submit(self._upload_gpx, keys.gpx_key, analysis),
+                    pool.submit(
+                        lambda: self._upload_json(
+                            keys.summary_key, summary.model_dump_json(indent=2).encode()
+                        )
+                    ),
+                ]
+                try:
+                    self.objects.upload(keys.csv_key, csv, size, CSV_TYPE)
+                finally:
+                    # Every upload has ended before the attempt goes on (or fails).
+                    wait(beside)
+                for upload in beside:
+                    upload.result()
+                faults.kill_point("after_upload")
+                metrics.csv_bytes.record(size)
+                folder = self.storage.csv_output_path
+                copy = None if folder is None else stage_compat_copy(folder, keys.csv_name, csv)
+        facts = {
+            "result": summary.model_dump(mode="json"),
+            "csv_key": keys.csv_key,
+            "summary_key": keys.summary_key,
+            "csv_bytes": size,
+            "csv_sha256": digest,
+        }
+        return facts, copy
 
     def _ranges(self) -> RangeComputation:
         from shared.day_results import DayStore
@@ -352,7 +378,7 @@ class Computation:
             raise _read_failed(exc) from exc
 
     def _compute_range(
-        self, job: Job, params: EngineParams, *, fan_out: bool = True
+        self, job: Job, params: EngineParams, phases: telemetry.Phases, *, fan_out: bool = True
     ) -> dict[str, Any]:
         """A range job's results, device-day by device-day (see `shared.ranges`). With a
         broker to publish to, the days to compute are announced as `day.requested` events
@@ -361,30 +387,31 @@ class Computation:
         from shared.ranges import upload_csv
 
         ranges = self._ranges()
-        with telemetry.span("plan days", attributes={"job.id": str(job.id)}):
+        with phases.phase("plan", attributes={"job.id": str(job.id)}):
             plan = self._plan(ranges, job, params)
         fresh = plan.fresh()
         if fresh and fan_out and self.publisher is not None:
             announce = ranges.days.plan(job.id, plan.key, plan.holding, fresh)
             self._announce(job, announce)
             raise Deferred(f"job {job.id} waits for {len(fresh)} device-day(s)")
-        with telemetry.span("range", attributes={"job.id": str(job.id), "days": len(fresh)}):
+        with phases.phase("assembly", attributes={"job.id": str(job.id), "days": len(fresh)}):
             try:
                 outcome = ranges.finish(plan)
             except psycopg.Error as exc:
                 raise _read_failed(exc) from exc
             except TooManyDeviceRows as exc:
                 raise JobFailure(_too_many(exc, self.storage.max_day_read_rows)) from None
-        ranges.days.plan(job.id, plan.key, plan.cells, [])  # the days its result names
         keys = result_keys(job.id, job.attempts, job.date_from, job.date_to, job.device_id)
-        assert job.lease_token is not None
-        self.jobs.holds(job.id, job.lease_token)  # cancelled meanwhile: upload nothing more
-        faults.kill_point("before_upload")
-        digest, size = upload_csv(self.objects, keys.csv_key, outcome.csv)
         summary = outcome.summary
-        self._upload_json(keys.series_key, outcome.series)
-        self._upload_json(keys.summary_key, summary.model_dump_json(indent=2).encode())
-        faults.kill_point("after_upload")
+        with phases.phase("uploads", attributes={"key": keys.csv_key}):
+            ranges.days.plan(job.id, plan.key, plan.cells, [])  # the days its result names
+            assert job.lease_token is not None
+            self.jobs.holds(job.id, job.lease_token)  # cancelled meanwhile: upload nothing more
+            faults.kill_point("before_upload")
+            digest, size = upload_csv(self.objects, keys.csv_key, outcome.csv)
+            self._upload_json(keys.series_key, outcome.series)
+            self._upload_json(keys.summary_key, summary.model_dump_json(indent=2).encode())
+            faults.kill_point("after_upload")
         log.info(
             "range computed",
             extra={"reused_days": outcome.reused, "computed_days": outcome.computed},
@@ -491,9 +518,14 @@ class Computation:
         """Complete a range job whose days are all in (the last day's compute does this)."""
         assert job.lease_token is not None
         token = job.lease_token
+        phases = telemetry.Phases()
         try:
-            facts = self._compute_range(job, params, fan_out=False)
-            completed = self.jobs.complete(job.id, token, **facts)
+            facts = self._compute_range(job, params, phases, fan_out=False)
+            # The phases before the assembly (the job's claim, the fan-out, the days
+            # computed elsewhere) are what the database clocks beyond this attempt's own.
+            completed = self.jobs.complete(
+                job.id, token, **facts, timings_ms=phases.rounded(), rest="days"
+            )
         except LeaseLost as exc:
             # Another compute assembled it first (its objects are these keys: kept), or the
             # job was cancelled (what this assembly uploaded goes) or taken over.

@@ -231,6 +231,11 @@ class JobView(_Contract):
     csv_bytes: int | None = None
     csv_sha256: str | None = None
     processing_time_ms: int | None = None
+    timings_ms: dict[str, float] | None = Field(
+        default=None,
+        description="where a completed job's processing time went, by phase, in milliseconds"
+        " (they add up to processing_time_ms)",
+    )
     result: dict[str, Any] | None = Field(
         default=None, description="the engine's summary (see FUNCTIONALITY.md)"
     )

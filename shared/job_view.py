@@ -22,6 +22,11 @@ def job_view(job: Job, objects: ObjectStore | None = None) -> JobView:
     if completed and job.started_at and job.completed_at:
         processing_ms = round((job.completed_at - job.started_at).total_seconds() * 1000)
     links = objects is not None and completed
+    result, timings = job.result, None
+    if result is not None and "timings_ms" in result:
+        # Stored with the result, shown beside it: the result is the engine's summary.
+        timings = result["timings_ms"]
+        result = {key: value for key, value in result.items() if key != "timings_ms"}
     return JobView(
         job_id=job.id,
         status=job.status.value,
@@ -44,7 +49,8 @@ def job_view(job: Job, objects: ObjectStore | None = None) -> JobView:
         csv_bytes=job.csv_bytes,
         csv_sha256=job.csv_sha256,
         processing_time_ms=processing_ms,
-        result=job.result,
+        timings_ms=timings,
+        result=result,
         csv=objects.presign(job.csv_key) if links and objects and job.csv_key else None,
         summary=objects.presign(job.summary_key) if links and objects and job.summary_key else None,
         gpx=objects.presign(ResultKeys(csv_key=job.csv_key, summary_key=job.summary_key).gpx_key)

@@ -611,13 +611,23 @@ class JobStore:
         summary_key: str | None = None,
         csv_bytes: int | None = None,
         csv_sha256: str | None = None,
+        timings_ms: dict[str, float] | None = None,
+        rest: str = "complete",
     ) -> Job:
         """Finish the job as completed with its result and object facts; fenced by `token`.
 
         Accepted while `token` is the job's current lease token (even if the lease has just
         expired, as long as no one else took over); otherwise raises `LeaseLost` and
         changes nothing. Clears the error of earlier attempts.
+
+        With `timings_ms` (the attempt's phases, in milliseconds) the result gets them as
+        `timings_ms`, adding up to `completed_at - started_at`: the phases after the claim
+        as measured; what that interval holds beyond them is the `claim` phase (as measured,
+        at most all of it: a claim's round trip starts before `started_at`) and phase `rest`
+        (the completing statement, what is left).
         """
+        phases = dict(timings_ms or {})
+        claim = phases.pop("claim", None)
         return self._fenced(
             "job_complete",
             job_id,
@@ -627,6 +637,9 @@ class JobStore:
             summary_key=summary_key,
             csv_bytes=csv_bytes,
             csv_sha256=csv_sha256,
+            timings=None if timings_ms is None else Jsonb(phases),
+            claim=claim,
+            rest=rest,
         )
 
     def fail(self, job_id: uuid.UUID, token: uuid.UUID, message: str) -> Job:

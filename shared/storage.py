@@ -19,7 +19,9 @@ import logging
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO
@@ -117,6 +119,10 @@ def sha256_of(stream: IO[bytes]) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+UPLOAD_CONNECTIONS = 4
+"""Connections a client keeps to the store: a job's four objects go up at once."""
+
+
 class ObjectStore:
     """Uploads results and signs download URLs. Clients are created on first use."""
 
@@ -125,6 +131,9 @@ class ObjectStore:
         self._client: Minio | None = None
         self._signer: Minio | None = None
         self._bucket_checked = False
+        # Uploads run side by side: the clients and the bucket check happen once.
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
         self._signed = functools.lru_cache(maxsize=4096)(self._sign)
 
     def _make(self, endpoint: str, secure: bool) -> Minio:
@@ -134,7 +143,7 @@ class ObjectStore:
         # within seconds, not hang the request until the broker gives up.
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=5, read=60),
-            maxsize=4,
+            maxsize=UPLOAD_CONNECTIONS,
             retries=urllib3.Retry(
                 total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
             ),
@@ -152,9 +161,10 @@ class ObjectStore:
     @property
     def client(self) -> Minio:
         """The client for the in-cluster endpoint."""
-        if self._client is None:
-            self._client = self._make(self.settings.minio_endpoint, self.settings.minio_secure)
-        return self._client
+        with self._lock:
+            if self._client is None:
+                self._client = self._make(self.settings.minio_endpoint, self.settings.minio_secure)
+            return self._client
 
     @property
     def signer(self) -> Minio:
@@ -164,6 +174,15 @@ class ObjectStore:
             self._signer = self._make(host, secure)
         return self._signer
 
+    def uploader(self) -> ThreadPoolExecutor:
+        """Threads that upload beside the caller (as many as the client keeps connections
+        beyond the caller's), started on first use and kept: a job's objects go up side
+        by side without starting threads per job."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(UPLOAD_CONNECTIONS - 1, thread_name_prefix="upload")
+            return self._pool
+
     def _create_bucket(self) -> None:
         """Create the bucket when missing, once per process, where MINIO_CREATE_BUCKET
         allows it (development). Elsewhere nothing is checked: the identity then needs no
@@ -171,23 +190,26 @@ class ObjectStore:
         if self._bucket_checked or not self.settings.minio_create_bucket:
             return
         bucket = self.settings.minio_bucket
-        with _translated("checking the bucket"):
-            if not self.client.bucket_exists(bucket) and self._make_bucket(bucket):
+        client = self.client
+        with self._lock, _translated("checking the bucket"):
+            if self._bucket_checked:
+                return
+            if not client.bucket_exists(bucket) and self._make_bucket(client, bucket):
                 log.info("created bucket", extra={"bucket": bucket})
-        self._bucket_checked = True
+            self._bucket_checked = True
 
-    def _make_bucket(self, bucket: str) -> bool:
+    def _make_bucket(self, client: Minio, bucket: str) -> bool:
         """Create `bucket`: True if this call made it, False if another process made it
         between our check and our request (two first jobs on a fresh store race here)."""
         from minio.error import S3Error
 
         try:
-            self.client.make_bucket(bucket)
+            client.make_bucket(bucket)
         except S3Error as exc:
             # S3 and MinIO answer the owner BucketAlreadyOwnedByYou; some stores answer
             # BucketAlreadyExists for any owner, so that one counts only if we can reach it.
             if exc.code == "BucketAlreadyOwnedByYou" or (
-                exc.code == "BucketAlreadyExists" and self.client.bucket_exists(bucket)
+                exc.code == "BucketAlreadyExists" and client.bucket_exists(bucket)
             ):
                 return False
             raise

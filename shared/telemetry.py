@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -256,3 +257,32 @@ def start(function: str, settings: TelemetrySettings, *, database: bool = False)
             function,
             extra={"pid": os.getpid(), "service": settings.otel_service_name},
         )
+
+
+class Phases:
+    """The phases of one job, each timed (milliseconds) and traced as its own span, so a
+    job's result can say where its time went."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(
+        self, name: str, attributes: Mapping[str, AttributeValue] | None = None
+    ) -> Iterator[trace.Span]:
+        """Time the body as phase `name` (added to an earlier phase of that name) in a span
+        of the same name."""
+        started = time.perf_counter()
+        try:
+            with span(name, attributes=attributes) as current:
+                yield current
+        finally:
+            self.add(name, (time.perf_counter() - started) * 1000)
+
+    def add(self, name: str, ms: float) -> None:
+        """Count `ms` milliseconds toward phase `name` (one timed outside a `phase`)."""
+        self.ms[name] = self.ms.get(name, 0.0) + ms
+
+    def rounded(self) -> dict[str, float]:
+        """The phases so far, to a hundredth of a millisecond."""
+        return {name: round(ms, 2) for name, ms in self.ms.items()}

@@ -48,6 +48,8 @@ SPEC = TrackSpec(seed=11, start=dt.date(2024, 1, 1), days=62, devices=3)
 DAYS = [SPEC.start + dt.timedelta(days=k) for k in range(SPEC.days)]
 DEVICES = ("phone1", "phone2", "phone3")
 STATUS_PACE = 50.0
+PHASES = ("claim", "plan", "read", "engine", "csv", "uploads", "complete")
+"""A one-day job's phases, as compute records them."""
 """GetJobStatus calls/s of the paced probe: clients polling the jobs in flight."""
 
 
@@ -94,10 +96,28 @@ class Jobs:
             raise RuntimeError(f"{missing} job(s) did not complete within {timeout:.0f} s")
         return done
 
+    def phases(self, job_ids: list[str]) -> str:
+        """The jobs' median processing time (claim -> completing statement) and the
+        median of each phase compute recorded (`timings_ms`), as one line."""
+        rows = self.conn.execute(
+            "SELECT extract(epoch FROM completed_at - started_at)::float8,"
+            " result->'timings_ms' FROM otel_worker.jobs WHERE id = ANY(%s::uuid[])",
+            (job_ids,),
+        ).fetchall()
+        line = f"processing p50 {ms(statistics.median(row[0] for row in rows))}"
+        timed = [row[1] for row in rows if row[1]]
+        if timed:
+            line += "; phases p50 (ms): " + ", ".join(
+                f"{name} {statistics.median(t.get(name, 0.0) for t in timed):.1f}"
+                for name in PHASES
+            )
+        return line
+
 
 def one_day_latency(stack: Stack, jobs: Jobs, count: int) -> None:
     http = urllib3.PoolManager()
     latencies = []
+    job_ids = []
     for day, device in itertools.islice(itertools.product(DAYS[31:], DEVICES), count):
         started = dt.datetime.now(dt.UTC)
         reply = http.request(
@@ -106,11 +126,13 @@ def one_day_latency(stack: Stack, jobs: Jobs, count: int) -> None:
         job_id = reply.json()["job"]["job_id"]
         completed = jobs.finished([job_id], 60)[job_id]
         latencies.append((completed - started).total_seconds())
+        job_ids.append(job_id)
     print(
         f"one-day job, warm, submit -> completed ({count} jobs, ~2,900 fixes each): "
         f"p50 {ms(statistics.median(latencies))}, p95 {ms(percentile(latencies, 95))}, "
         f"best {ms(min(latencies))}"
     )
+    print(f"  {jobs.phases(job_ids)}")
 
 
 def children_rss(pid: int) -> int:

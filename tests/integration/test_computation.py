@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from shared import migrate
+from shared import migrate, telemetry
 from shared.computation import KNOWN_DEVICES_SHOWN, Computation, unknown_device_note
 from shared.config import AnalysisSettings, DatabaseSettings, JobSettings, StorageSettings
 from shared.db import LazyPool
 from shared.dev.tracks import TrackSpec, generate
+from shared.job_view import job_view
 from shared.jobs import ClaimResult, JobRequest, JobStore
 from shared.locations import write_points
 from shared.storage import ObjectStore
@@ -99,7 +101,7 @@ def test_a_worker_that_outlived_its_lease_cannot_replace_the_completed_jobs_obje
                 dt.datetime(2024, 3, 12, 16, 0, 7, tzinfo=dt.UTC),
             ),
         )
-    stale = late._attempt(first.job)
+    stale = late._attempt(first.job, telemetry.Phases())
     assert "no longer valid" in stale.detail
     assert stale.event is None
     # The job names B's objects, which are what its size and digest say: A's went beside.
@@ -190,3 +192,48 @@ def test_a_failed_read_tells_the_caller_what_failed_in_one_line(
     assert failed.error_message.replace('"', "").endswith(f": {message}")
     assert "LINE" not in failed.error_message
     assert "^" not in failed.error_message
+
+
+@pytest.mark.parametrize(
+    ("days", "phases"),
+    [
+        (1, {"claim", "plan", "read", "engine", "csv", "uploads", "complete"}),
+        (2, {"claim", "plan", "assembly", "uploads", "complete"}),
+    ],
+    ids=["one-day", "range"],
+)
+def test_a_completed_job_says_where_its_processing_time_went(
+    pool: LazyPool, s3: S3Server, tmp_path: Path, days: int, phases: set[str]
+) -> None:
+    bucket = f"timed-{uuid.uuid4().hex[:8]}"
+    s3.client().make_bucket(bucket)
+    computation = _computation(pool, s3, bucket, "worker-a", tmp_path)
+    params = AnalysisSettings(
+        home_latitude=SPEC.home_latitude, home_longitude=SPEC.home_longitude
+    ).engine_params()
+    job, _ = computation.jobs.create(
+        JobRequest(
+            date_from=DAY,
+            date_to=DAY + dt.timedelta(days=days - 1),
+            device_id="phone1",
+            timezone=SPEC.timezone,
+            parameters=params.model_dump(mode="json"),
+        )
+    )
+    assert computation.run(job.id).detail == f"job {job.id} completed"
+    done = computation.jobs.get(job.id)
+    assert done is not None
+    view = job_view(done)
+    assert view.timings_ms is not None
+    assert set(view.timings_ms) == phases
+    assert all(ms >= 0 for ms in view.timings_ms.values()), view.timings_ms
+    # No work hides outside the phases: they add up to claim -> completing commit.
+    assert view.processing_time_ms is not None
+    assert abs(sum(view.timings_ms.values()) - view.processing_time_ms) <= 1
+    assert view.timings_ms["uploads"] > 0
+    # The result stays the engine's summary, the same as the summary object uploaded.
+    assert view.result is not None
+    assert "timings_ms" not in view.result
+    assert done.summary_key is not None
+    stored = json.loads(s3.client().get_object(bucket, done.summary_key).read())
+    assert stored == view.result

@@ -666,3 +666,27 @@ def test_a_cancel_racing_the_completion_has_exactly_one_winner(
         for connection in connections:
             connection.close()
     assert set(winners) <= {"completed", "cancelled"}
+
+
+def test_a_completed_jobs_phases_add_up_to_its_processing_time(
+    store: JobStore, conn: psycopg.Connection[Any], schema: str
+) -> None:
+    job, _ = store.create(REQUEST)
+    claimed = _lease(store, job.id, "worker-a")
+    assert claimed.lease_token is not None
+    # The attempt started 2 s ago on the database's clock; it measured 1.5 s of work after
+    # its claim, and a claim of 900 ms (most of it before started_at: a slow connect).
+    _set(conn, schema, job.id, "started_at = now() - interval '2 seconds'")
+    measured = {"claim": 900.0, "read": 1000.0, "uploads": 500.0}
+    done = store.complete(job.id, claimed.lease_token, result={"points": 3}, timings_ms=measured)
+    assert done.result is not None
+    assert done.started_at is not None
+    assert done.completed_at is not None
+    timings = done.result["timings_ms"]
+    interval = (done.completed_at - done.started_at).total_seconds() * 1000
+    assert abs(sum(timings.values()) - interval) <= 0.05
+    assert (timings["read"], timings["uploads"]) == (1000.0, 500.0)
+    # The claim counts inside the interval only: what is left is the completing statement.
+    assert 0 <= timings["complete"] < 50
+    assert 450 < timings["claim"] < 550
+    assert done.result["points"] == 3

@@ -23,6 +23,7 @@ from shared.dev.tracks import TrackSpec, generate
 from shared.engine import day_window
 from shared.engine.assembly import day_by_day
 from shared.events import Publisher
+from shared.job_view import job_view
 from shared.jobs import JobRequest, JobStore
 from shared.locations import read_points, write_points
 from shared.storage import ObjectStore
@@ -92,8 +93,9 @@ def _run(computation: Computation, **changes: float) -> dict[str, Any]:
     assert outcome.detail == f"job {job_id} completed", outcome.detail
     done = computation.jobs.get(job_id)
     assert done is not None
-    assert done.result is not None
-    return done.result
+    result = job_view(done).result
+    assert result is not None
+    return result
 
 
 def _computed_at(pool: LazyPool) -> dict[tuple[str, dt.date, str], dt.datetime]:
@@ -233,7 +235,14 @@ def test_a_fanned_out_range_completes_once_when_its_last_day_is_in(
     assert done.status == "completed"
     # The same figures as computing the range in one attempt, and a CSV of every row.
     alone = _run(computation)
-    assert done.result == alone
+    view = job_view(done)
+    assert view.result == alone
+    # The assembling compute says where the job's time went: its own phases, and the days
+    # (the job's claim, the fan-out, the days computed elsewhere) adding up to the rest.
+    assert view.timings_ms is not None
+    assert set(view.timings_ms) == {"plan", "assembly", "uploads", "days"}
+    assert view.processing_time_ms is not None
+    assert abs(sum(view.timings_ms.values()) - view.processing_time_ms) <= 1
     assert done.csv_key is not None
     body = s3.client().get_object(computation.storage.minio_bucket, done.csv_key).read()
     assert body.count(b"\n") == alone["points"]["read"] + 1

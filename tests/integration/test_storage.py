@@ -195,7 +195,7 @@ def test_first_uploads_racing_to_create_the_bucket_all_succeed(
         assert [stores[0].read(f"k{i}") for i in range(creators)] == [b"x"] * creators
     # Deterministically the losing side: the bucket exists by the time we ask to make it.
     late = ObjectStore(settings.model_copy(update={"minio_bucket": fresh.minio_bucket}))
-    assert late._make_bucket(fresh.minio_bucket) is False
+    assert late._make_bucket(late.client, fresh.minio_bucket) is False
 
 
 def test_objects_of_a_bucket_that_is_gone_are_missing_not_unavailable(

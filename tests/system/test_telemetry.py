@@ -118,10 +118,10 @@ def test_one_job_is_one_trace_across_ingress_submit_and_compute(
     job = stack.wait_finished(reply.job_id)
     assert job.status == "completed"
 
-    expected = {"submit distance.requested", "compute job", "read points", "analyze", "upload"}
+    expected = {"submit distance.requested", "compute job", "claim", "read", "engine", "uploads"}
 
     def exported() -> bool:
-        # Spans come in batches, each when it ends: "compute job" ends last, after "upload".
+        # Spans come in batches, each when it ends: "compute job" ends last, after "uploads".
         return expected <= {s.name for s in _spans(receiver)}
 
     wait_until(exported, 30, "the functions' spans")
@@ -134,11 +134,11 @@ def test_one_job_is_one_trace_across_ingress_submit_and_compute(
     assert expected <= {s.name for s in trace}
     # Each step of the job says what it worked on.
     named = {s.name: s.attributes for s in trace}
-    assert named["read points"]["job.id"] == reply.job_id
+    assert named["read"]["job.id"] == reply.job_id
     assert job.result is not None
     # (the fixes analysed include the context read on each side of the day)
-    assert named["analyze"]["fixes"] > job.result["points"]["read"] > 0
-    key = str(named["upload"]["key"])
+    assert named["engine"]["fixes"] > job.result["points"]["read"] > 0
+    key = str(named["uploads"]["key"])
     assert key.startswith(f"jobs/{reply.job_id}/attempt-1/distance_20240312")
     # psycopg is instrumented: the statements are child spans of each function's span.
     for service, parent_name in (
