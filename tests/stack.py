@@ -151,11 +151,16 @@ def start_stack(
     s3.client().make_bucket(bucket)
     service_dsn = database.dsn if roles is None else roles.dsn(database, roles.service)
     env = stack_env(database, s3, bucket, DATABASE_URL=service_dsn, **extra)
-    settings = config.DatabaseSettings(database_url=service_dsn)
+    # A stack may keep its jobs in a schema of its own (JOBS_SCHEMA), which no other
+    # stack's sweep then takes jobs from.
+    schema = extra.get("JOBS_SCHEMA", config.DatabaseSettings.model_fields["jobs_schema"].default)
+    settings = config.DatabaseSettings(database_url=service_dsn, jobs_schema=schema)
     owner = settings
     if roles is not None:
         owner = config.DatabaseSettings(
-            database_url=roles.dsn(database, roles.migrator), db_service_role=roles.service
+            database_url=roles.dsn(database, roles.migrator),
+            db_service_role=roles.service,
+            jobs_schema=schema,
         )
     # The sweep (run by this process) follows the services' job settings, so a caller that
     # sets JOB_REPUBLISH_SECONDS or JOB_MAX_ATTEMPTS changes both alike.

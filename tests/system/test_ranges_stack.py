@@ -19,13 +19,15 @@ from tests.conftest import Database, S3Server
 from tests.stack import SEED, Stack, start_stack
 
 FIRST, LAST = dt.date(2024, 3, 4), dt.date(2024, 3, 24)  # three weeks over the DST change
+SCHEMA = "otel_worker_ranges"
 
 
 @pytest.fixture
 def workers(seeded: Database, s3: S3Server) -> Iterator[Stack]:
     """The stack with two compute processes and short leases (a killed one's days are
-    taken over after 5 s)."""
-    started = start_stack(seeded, s3, compute_workers=2, JOB_LEASE_SECONDS="5")
+    taken over after 5 s), its jobs in a schema of their own: the session's stack, whose
+    sweep would take the job once its lease expired, never sees them."""
+    started = start_stack(seeded, s3, compute_workers=2, JOB_LEASE_SECONDS="5", JOBS_SCHEMA=SCHEMA)
     yield started
     started.supervisor.stop()
 
@@ -33,6 +35,10 @@ def workers(seeded: Database, s3: S3Server) -> Iterator[Stack]:
 def test_a_compute_killed_mid_range_loses_no_day_and_counts_none_twice(
     workers: Stack,
 ) -> None:
+    schema = SCHEMA
+    # Every day to be computed: none kept by an earlier run over these days.
+    with workers.db() as conn:
+        conn.execute(f"DELETE FROM {schema}.day_results WHERE day BETWEEN %s AND %s", (FIRST, LAST))
     reply = urllib3.request(
         "POST",
         workers.url("submit"),
@@ -40,7 +46,6 @@ def test_a_compute_killed_mid_range_loses_no_day_and_counts_none_twice(
     )
     assert reply.status in (200, 201, 202), reply.data
     job_id = reply.json()["job"]["job_id"]
-    schema = "otel_worker"
     with workers.db() as conn:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
