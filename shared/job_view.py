@@ -54,7 +54,7 @@ def job_view(job: Job, objects: ObjectStore | None = None) -> JobView:
         csv=objects.presign(job.csv_key) if links and objects and job.csv_key else None,
         summary=objects.presign(job.summary_key) if links and objects and job.summary_key else None,
         gpx=objects.presign(ResultKeys(csv_key=job.csv_key, summary_key=job.summary_key).gpx_key)
-        if links and objects and job.csv_key and job.summary_key
+        if links and objects and job.csv_key and job.summary_key and job.writes_gpx
         else None,
         superseded_by=job.superseded_by,
         supersedes=job.supersedes,

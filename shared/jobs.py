@@ -20,7 +20,7 @@ import enum
 import hashlib
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, LiteralString
 
@@ -101,6 +101,12 @@ class JobRequest(BaseModel):
         if self.date_from > self.date_to:
             raise ValueError(f"date_from {self.date_from} is after date_to {self.date_to}")
         return self
+
+    @property
+    def writes_gpx(self) -> bool:
+        """Whether the job's results include a GPX file: one-day jobs do; a range is
+        assembled from kept device-days, which keep no tracks to write one from."""
+        return self.date_from == self.date_to
 
     def asks_as(self, other: JobRequest) -> bool:
         """Whether `other` asks for the same days, device and time zone.
@@ -786,20 +792,11 @@ class JobStore:
             " ORDER BY completed_at LIMIT 1 FOR UPDATE SKIP LOCKED"
         )
         paid = self._sql("UPDATE {jobs} SET outcome_pending = false WHERE id = %(id)s")
-        seen: list[uuid.UUID] = []
-        while len(seen) < limit:
-            with conn.transaction():
-                job = self._one(conn, take, {"seen": seen})
-                if job is None:
-                    return
-                seen.append(job.id)
-                try:
-                    announce(job)
-                except Exception as exc:  # any failure of the caller's publisher: report it
-                    report.announce_failures.append((job, f"{type(exc).__name__}: {exc}"))
-                    continue
-                conn.execute(paid, {"id": job.id})
+        for job, failure in self._send_each(conn, take, paid, announce, {"limit": limit}):
+            if failure is None:
                 report.failures_announced += 1
+            else:
+                report.announce_failures.append((job, failure))
 
     def _republish(
         self,
@@ -820,8 +817,6 @@ class JobStore:
             )
             report.unpublished = self._all(conn, listing, {**params, "seen": []})
             return
-        # One job per transaction: its row stays locked while it is published (so a
-        # concurrent sweep skips it) but no longer than that.
         take = self._sql(
             "SELECT {columns} FROM {jobs} WHERE "
             + due
@@ -829,6 +824,23 @@ class JobStore:
             now=_AT,
         )
         mark = self._sql("UPDATE {jobs} SET published_at = now() WHERE id = %(id)s")
+        for job, failure in self._send_each(conn, take, mark, publish, params):
+            if failure is None:
+                report.republished.append(job)
+            else:
+                report.publish_failures.append((job, failure))
+
+    def _send_each(
+        self,
+        conn: Connection,
+        take: bytes,
+        sent: bytes,
+        send: Publish,
+        params: dict[str, Any],
+    ) -> Iterator[tuple[Job, str | None]]:
+        """Send each job `take` finds, up to `params['limit']`, one job per transaction: its
+        row stays locked while it is sent (a concurrent sweep skips it) but no longer, and
+        `sent` marks it once it went. Yields each job with None, or the failure of `send`."""
         seen: list[uuid.UUID] = []
         while len(seen) < params["limit"]:
             with conn.transaction():
@@ -837,9 +849,9 @@ class JobStore:
                     return
                 seen.append(job.id)
                 try:
-                    publish(job)
+                    send(job)
                 except Exception as exc:  # any failure of the caller's publisher: report it
-                    report.publish_failures.append((job, f"{type(exc).__name__}: {exc}"))
+                    yield job, f"{type(exc).__name__}: {exc}"
                     continue
-                conn.execute(mark, {"id": job.id})
-                report.republished.append(job)
+                conn.execute(sent, {"id": job.id})
+                yield job, None

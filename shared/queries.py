@@ -154,6 +154,12 @@ def download_key(job: Job, *, summary: bool = False, gpx: bool = False) -> str:
     """The object key of a completed job's CSV (or summary, or GPX); 409 while it is not
     completed."""
     key = job.summary_key if summary else job.csv_key
+    if gpx and not job.writes_gpx:
+        raise HttpError(
+            HTTPStatus.NOT_FOUND,
+            f"job {job.id} covers {job.date_from}..{job.date_to}: a GPX file is written for "
+            "one-day jobs; download the range's CSV, or a day of it as a one-day job",
+        )
     if gpx and job.csv_key is not None and job.summary_key is not None:
         key = ResultKeys(csv_key=job.csv_key, summary_key=job.summary_key).gpx_key
     if job.status != JobStatus.COMPLETED or key is None:

@@ -28,6 +28,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from shared import config
 
 if TYPE_CHECKING:
+    from shared.computation import Computation
+    from shared.db import LazyPool
     from tests.stack import Stack
 
 from shared.dev.stack import PgBouncer, S3Identity, SeaweedS3
@@ -79,6 +81,47 @@ class S3Server:
             secure=False,
             region=self.region,
         )
+
+    def writer_settings(self, bucket: str, **extra: Any) -> config.StorageSettings:
+        """Storage settings for `bucket` as compute is deployed: its write-only identity."""
+        return config.StorageSettings.model_validate(
+            {
+                "minio_endpoint": self.endpoint,
+                "minio_access_key": self.writer.access_key,
+                "minio_secret_key": self.writer.secret_key,
+                "minio_region": self.region,
+                "minio_bucket": bucket,
+                "minio_create_bucket": False,
+                **extra,
+            }
+        )
+
+
+def new_computation(
+    pool: LazyPool,
+    s3: S3Server,
+    bucket: str,
+    *,
+    schema: str,
+    worker: str,
+    source: str,
+    **storage: Any,
+) -> Computation:
+    """A compute worker on `pool`'s jobs in `schema`, writing to `bucket` as compute does."""
+    from shared.computation import Computation
+    from shared.jobs import JobStore
+    from shared.storage import ObjectStore
+
+    settings = s3.writer_settings(bucket, **storage)
+    return Computation(
+        jobs=JobStore(pool.connection, config.JobSettings(), schema=schema),
+        connection=pool.connection,
+        objects=ObjectStore(settings),
+        storage=settings,
+        worker=worker,
+        source=source,
+        lease_seconds=60,
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -194,9 +194,10 @@ class SeaweedS3:
             f"-filer.port.grpc={grpc[2]}",
             f"-s3.port={s3}",
             f"-s3.port.grpc={grpc[3]}",
-            # Each bucket is a collection that grows 7 volumes at once: allow many small ones.
+            # Each bucket is a collection that grows 7 volumes at once, and the test suite makes
+            # a bucket per test that writes: allow many small (sparse) ones, or uploads get 500s.
             "-master.volumeSizeLimitMB=64",
-            "-volume.max=200",
+            "-volume.max=2000",
             "-master.telemetry=false",
             "-filer=true",
             "-s3",

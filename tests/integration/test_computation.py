@@ -15,14 +15,13 @@ import pytest
 
 from shared import migrate, telemetry
 from shared.computation import KNOWN_DEVICES_SHOWN, Computation, unknown_device_note
-from shared.config import AnalysisSettings, DatabaseSettings, JobSettings, StorageSettings
+from shared.config import AnalysisSettings, DatabaseSettings
 from shared.db import LazyPool
 from shared.dev.tracks import TrackSpec, generate
 from shared.job_view import job_view
-from shared.jobs import ClaimResult, JobRequest, JobStore
+from shared.jobs import ClaimResult, JobRequest
 from shared.locations import write_points
-from shared.storage import ObjectStore
-from tests.conftest import Database, S3Server
+from tests.conftest import Database, S3Server, new_computation
 
 SCHEMA = "otel_worker"
 DAY = dt.date(2024, 3, 12)
@@ -42,25 +41,14 @@ def pool(scratch_database: Database) -> Iterator[LazyPool]:
 def _computation(
     pool: LazyPool, s3: S3Server, bucket: str, worker: str, copies: Path
 ) -> Computation:
-    storage = StorageSettings.model_validate(
-        {
-            "minio_endpoint": s3.endpoint,
-            "minio_access_key": s3.writer.access_key,
-            "minio_secret_key": s3.writer.secret_key,
-            "minio_region": s3.region,
-            "minio_bucket": bucket,
-            "minio_create_bucket": False,
-            "csv_output_path": copies,
-        }
-    )
-    return Computation(
-        jobs=JobStore(pool.connection, JobSettings(), schema=SCHEMA),
-        connection=pool.connection,
-        objects=ObjectStore(storage),
-        storage=storage,
+    return new_computation(
+        pool,
+        s3,
+        bucket,
+        schema=SCHEMA,
         worker=worker,
         source="/tests/computation",
-        lease_seconds=60,
+        csv_output_path=copies,
     )
 
 

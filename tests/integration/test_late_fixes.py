@@ -17,7 +17,7 @@ from cloudevents.http import CloudEvent
 
 from shared import events, migrate
 from shared.computation import Computation
-from shared.config import AnalysisSettings, DatabaseSettings, JobSettings, StorageSettings
+from shared.config import AnalysisSettings, DatabaseSettings
 from shared.contracts import DayRequested, DaySummarized, JobSuperseded, headline
 from shared.day_results import DayStore
 from shared.db import LazyPool
@@ -25,13 +25,13 @@ from shared.dev.stack import PgBouncer
 from shared.dev.tracks import TrackSpec, generate
 from shared.events import Publisher
 from shared.job_view import job_view
-from shared.jobs import JobRequest, JobStore
+from shared.jobs import JobRequest
 from shared.locations import write_points
 from shared.nightly import NightlySummaries
 from shared.ranges import RangeComputation
 from shared.storage import ObjectStore
 from shared.supersession import LateFixCheck, RefreshReport
-from tests.conftest import Database, RecordingServer, S3Server
+from tests.conftest import Database, RecordingServer, S3Server, new_computation
 
 SCHEMA = "otel_worker"
 FIRST = dt.date(2024, 3, 4)
@@ -76,24 +76,8 @@ def pool(scratch_database: Database) -> Iterator[LazyPool]:
 def computation(pool: LazyPool, s3: S3Server) -> Computation:
     bucket = f"late-{uuid.uuid4().hex[:8]}"
     s3.client().make_bucket(bucket)
-    storage = StorageSettings.model_validate(
-        {
-            "minio_endpoint": s3.endpoint,
-            "minio_access_key": s3.writer.access_key,
-            "minio_secret_key": s3.writer.secret_key,
-            "minio_region": s3.region,
-            "minio_bucket": bucket,
-            "minio_create_bucket": False,
-        }
-    )
-    return Computation(
-        jobs=JobStore(pool.connection, JobSettings(), schema=SCHEMA),
-        connection=pool.connection,
-        objects=ObjectStore(storage),
-        storage=storage,
-        worker="worker-late",
-        source="/tests/late",
-        lease_seconds=60,
+    return new_computation(
+        pool, s3, bucket, schema=SCHEMA, worker="worker-late", source="/tests/late"
     )
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from shared import migrate
 from shared.computation import Computation
-from shared.config import AnalysisSettings, DatabaseSettings, JobSettings, StorageSettings
+from shared.config import AnalysisSettings, DatabaseSettings
 from shared.contracts import DayRequested
 from shared.db import LazyPool
 from shared.dev.tracks import TrackSpec, generate
@@ -24,10 +24,9 @@ from shared.engine import day_window
 from shared.engine.assembly import day_by_day
 from shared.events import Publisher
 from shared.job_view import job_view
-from shared.jobs import JobRequest, JobStore
+from shared.jobs import JobRequest
 from shared.locations import read_points, write_points
-from shared.storage import ObjectStore
-from tests.conftest import Database, RecordingServer, S3Server
+from tests.conftest import Database, RecordingServer, S3Server, new_computation
 
 SCHEMA = "otel_worker"
 FIRST = dt.date(2024, 3, 28)
@@ -49,24 +48,8 @@ def pool(scratch_database: Database) -> Iterator[LazyPool]:
 def computation(pool: LazyPool, s3: S3Server) -> Computation:
     bucket = f"ranges-{uuid.uuid4().hex[:8]}"
     s3.client().make_bucket(bucket)
-    storage = StorageSettings.model_validate(
-        {
-            "minio_endpoint": s3.endpoint,
-            "minio_access_key": s3.writer.access_key,
-            "minio_secret_key": s3.writer.secret_key,
-            "minio_region": s3.region,
-            "minio_bucket": bucket,
-            "minio_create_bucket": False,
-        }
-    )
-    return Computation(
-        jobs=JobStore(pool.connection, JobSettings(), schema=SCHEMA),
-        connection=pool.connection,
-        objects=ObjectStore(storage),
-        storage=storage,
-        worker="worker-r",
-        source="/tests/ranges",
-        lease_seconds=60,
+    return new_computation(
+        pool, s3, bucket, schema=SCHEMA, worker="worker-r", source="/tests/ranges"
     )
 
 

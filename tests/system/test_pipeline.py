@@ -491,6 +491,22 @@ def test_downloads_redirect_to_fresh_presigned_urls_by_id_and_by_basename(stack:
     assert b"<otel:device>phone2</otel:device>" in track
 
 
+def test_a_range_job_offers_no_gpx_link_and_its_gpx_download_says_why(stack: Stack) -> None:
+    reply = urllib3.request(
+        "POST",
+        stack.url("submit"),
+        json={"date": "2024-03-18", "end_date": "2024-03-19", "device_id": "phone2"},
+    )
+    job = stack.wait_finished(JobAccepted.model_validate_json(reply.data).job.job_id)
+    assert job.status == "completed"
+    assert job.csv is not None
+    assert job.gpx is None
+    response = _get(stack, f"/download/{job.job_id}/gpx")
+    assert response.status == 404
+    assert "one-day jobs" in json.loads(response.data)["error"]
+    assert _get(stack, f"/download/{job.job_id}").status == 302
+
+
 def test_download_of_an_unfinished_job_says_so(stack: Stack) -> None:
     with stack.db() as conn:
         store = JobStore(conn, config.JobSettings(), schema="otel_worker")
