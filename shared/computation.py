@@ -268,12 +268,11 @@ class Computation:
         with phases.phase("read", attributes={"job.id": str(job.id)}):
             read_started = time.monotonic()
             note: str | None = None
-            days = (job.date_to - job.date_from).days + 1
             limit = PointLimit(
                 _utc(window.start_us),
                 _utc(window.end_us),
                 self.storage.max_csv_rows,
-                device_rows=self.storage.max_day_read_rows * days,
+                device_rows=self.storage.max_day_read_rows * job.days,
             )
             try:
                 with self.connection() as conn:
@@ -291,9 +290,7 @@ class Computation:
                 ) from None
             except TooManyDeviceRows as exc:
                 raise JobFailure(
-                    f"device {exc.device}: {exc.count} fixes to read for {days} day(s), window "
-                    f"and context, exceed MAX_DAY_READ_ROWS ({self.storage.max_day_read_rows})"
-                    f" per device-day; ask for another window or have the data thinned"
+                    _too_many(exc, self.storage.max_day_read_rows, f"{job.days} day(s)")
                 ) from None
             except psycopg.Error as exc:
                 status = (
@@ -554,9 +551,10 @@ def unknown_device_note(device_id: str, known: list[str]) -> str:
     )
 
 
-def _too_many(exc: TooManyDeviceRows, per_day: int) -> str:
+def _too_many(exc: TooManyDeviceRows, per_day: int, days: str = "its days") -> str:
+    """Why a read over MAX_DAY_READ_ROWS fails, naming the device, the count and `days`."""
     return (
-        f"device {exc.device}: {exc.count} fixes to read for its days, window and context, "
+        f"device {exc.device}: {exc.count} fixes to read for {days}, window and context, "
         f"exceed MAX_DAY_READ_ROWS ({per_day}) per device-day; ask for another window or "
         "have the data thinned"
     )

@@ -103,10 +103,15 @@ class JobRequest(BaseModel):
         return self
 
     @property
+    def days(self) -> int:
+        """How many local days the request covers."""
+        return (self.date_to - self.date_from).days + 1
+
+    @property
     def writes_gpx(self) -> bool:
         """Whether the job's results include a GPX file: one-day jobs do; a range is
         assembled from kept device-days, which keep no tracks to write one from."""
-        return self.date_from == self.date_to
+        return self.days == 1
 
     def asks_as(self, other: JobRequest) -> bool:
         """Whether `other` asks for the same days, device and time zone.
@@ -465,8 +470,7 @@ class JobStore:
         with self._connection() as conn:
             outs, job = self._call(conn, "job_create", "created, pending", params)
         if job is None:
-            days = (request.date_to - request.date_from).days + 1
-            raise PendingWorkFull(int(outs["pending"]), days, max_pending or 0)
+            raise PendingWorkFull(int(outs["pending"]), request.days, max_pending or 0)
         if not outs["created"] and not job.asks_as(request):
             raise IdempotencyConflict(key, job)
         return job, bool(outs["created"])
